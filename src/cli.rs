@@ -1,0 +1,293 @@
+//! Command-line interface: flags, environment, the config file, and one function per command.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Cast, Config, FileConfig, TargetUrl};
+use crate::error::Error;
+use crate::pipeline::{check, plan, snapshot};
+use crate::{pg, sqlite};
+
+/// Moves a live SQLite application to PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "sqlite2pg", version, about)]
+pub struct Args {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, global = true, env = "SQLITE2PG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The application's SQLite file.
+    #[arg(long, global = true, env = "SQLITE2PG_SOURCE")]
+    pub source: Option<PathBuf>,
+    /// Postgres connection string (postgres://user:password@host/db or key=value pairs).
+    #[arg(long, global = true, env = "SQLITE2PG_TARGET", hide_env_values = true)]
+    pub target: Option<String>,
+    /// Postgres schema that receives the tables.
+    #[arg(long, global = true)]
+    pub target_schema: Option<String>,
+    /// Only these tables (comma-separated or repeated).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub include: Vec<String>,
+    /// Leave these tables out (comma-separated or repeated).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Per-column override: TABLE.COLUMN=TYPE, TABLE.COLUMN=ENCODING or TABLE.COLUMN=TYPE:ENCODING.
+    #[arg(long = "cast", global = true)]
+    pub casts: Vec<String>,
+    /// Rows per snapshot chunk.
+    #[arg(long, global = true)]
+    pub chunk_rows: Option<usize>,
+    /// How long SQLite reads wait for the app's write lock, in milliseconds.
+    #[arg(long, global = true)]
+    pub busy_timeout_ms: Option<u64>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report how every table and column maps, and every value that would not survive the move.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy SQLite into Postgres.
+    Run {
+        /// Copy a snapshot and exit.
+        #[arg(long)]
+        snapshot_only: bool,
+        /// Print the DDL that would run and exit.
+        #[arg(long)]
+        dry_run: bool,
+        /// Empty existing target tables that already hold rows before copying into them.
+        #[arg(long)]
+        truncate: bool,
+    },
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_tracing(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Renders an error for the operator: the message, its causes, and what to do next.
+pub fn describe_error(e: &anyhow::Error) -> String {
+    let mut out = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        out.push_str(&format!("\n  caused by: {cause}"));
+    }
+    if let Some(ours) = e.chain().find_map(|c| c.downcast_ref::<Error>()) {
+        out.push_str(&format!("\n  next step: {}", ours.kind().hint()));
+    }
+    // The Postgres client never echoes the password, but a connection string can reach a
+    // message through a cause we do not control: redact every line once more.
+    out.lines()
+        .map(config::redact_in_text)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn build_config(args: &Args) -> anyhow::Result<Config> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let source = args.source.clone().or(file.source).ok_or_else(|| {
+        Error::new(
+            crate::error::ErrorKind::Config,
+            "no SQLite file given: pass --source PATH or set SQLITE2PG_SOURCE",
+        )
+    })?;
+    let mut casts = Vec::new();
+    for (k, v) in &file.cast {
+        casts.push(Cast::parse(&format!("{k}={v}"))?);
+    }
+    for c in &args.casts {
+        casts.push(Cast::parse(c)?);
+    }
+    Ok(Config {
+        source,
+        target: args.target.clone().or(file.target).map(TargetUrl::new),
+        target_schema: args
+            .target_schema
+            .clone()
+            .or(file.target_schema)
+            .unwrap_or_else(|| "public".into()),
+        include: if args.include.is_empty() {
+            file.include
+        } else {
+            args.include.clone()
+        },
+        exclude: if args.exclude.is_empty() {
+            file.exclude
+        } else {
+            args.exclude.clone()
+        },
+        casts,
+        chunk_rows: args.chunk_rows.or(file.chunk_rows).unwrap_or(20_000).max(1),
+        busy_timeout_ms: args
+            .busy_timeout_ms
+            .or(file.busy_timeout_ms)
+            .unwrap_or(5_000),
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs the command and returns the process exit code.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = build_config(&args)?;
+    match args.command {
+        Command::Check { json } => cmd_check(&cfg, json),
+        Command::Run {
+            snapshot_only,
+            dry_run,
+            truncate,
+        } => cmd_run(&cfg, snapshot_only, dry_run, truncate),
+    }
+}
+
+fn busy(cfg: &Config) -> Duration {
+    Duration::from_millis(cfg.busy_timeout_ms)
+}
+
+fn build_plan(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<(plan::Plan, Option<tokio_postgres::Client>)> {
+    let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
+    let tables = sqlite::schema::read_tables(&conn)?;
+    let (target, client) = match &cfg.target {
+        Some(url) => {
+            let client = rt.block_on(pg::connect(url))?;
+            let target = rt.block_on(pg::catalog::read_tables(&client, &cfg.target_schema))?;
+            (Some(target), Some(client))
+        }
+        None => (None, None),
+    };
+    Ok((plan::build(&tables, target.as_ref(), cfg), client))
+}
+
+fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    if cfg.target.is_none() {
+        tracing::info!("no --target: checking against the schema sqlite2pg would create");
+    }
+    let (plan, _client) = build_plan(cfg, &rt)?;
+    let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
+    let report = check::run(&conn, &plan, cfg.chunk_rows)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
+        writeln!(out).context("cannot write the report")?;
+    } else {
+        check::print_human(&report, &mut out).context("cannot write the report")?;
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn cmd_run(
+    cfg: &Config,
+    snapshot_only: bool,
+    dry_run: bool,
+    truncate: bool,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    cfg.require_target()?;
+    let (plan, client) = build_plan(cfg, &rt)?;
+    if dry_run {
+        print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if plan.has_errors() {
+        let mut msg =
+            String::from("the schema check found problems that would lose or alter data:");
+        for f in plan
+            .findings
+            .iter()
+            .filter(|f| f.severity == plan::Severity::Error)
+        {
+            msg.push_str(&format!(
+                "\n  {}{}: {} (fix: {})",
+                f.table,
+                f.column
+                    .as_ref()
+                    .map(|c| format!(".{c}"))
+                    .unwrap_or_default(),
+                f.message,
+                f.hint
+            ));
+        }
+        msg.push_str("\nrun `sqlite2pg check` for the full report");
+        anyhow::bail!(Error::new(crate::error::ErrorKind::Schema, msg));
+    }
+    if !snapshot_only {
+        tracing::warn!(
+            "live streaming is not built yet: `run` copies a snapshot and exits (same as --snapshot-only)"
+        );
+    }
+    let mut client = client.context("no Postgres connection")?;
+    let opts = snapshot::Options {
+        source: cfg.source.clone(),
+        schema: cfg.target_schema.clone(),
+        chunk_rows: cfg.chunk_rows,
+        chunk_time: Duration::from_millis(100),
+        busy_timeout: busy(cfg),
+        truncate,
+    };
+    let started = Instant::now();
+    let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
+    let total: i64 = summary.tables.iter().map(|(_, n)| n).sum();
+    let mut out = std::io::stdout().lock();
+    for (t, n) in &summary.tables {
+        writeln!(out, "{t}: {n} rows").context("cannot write the summary")?;
+    }
+    for w in &summary.warnings {
+        writeln!(out, "warning: {w}").context("cannot write the summary")?;
+    }
+    writeln!(
+        out,
+        "snapshot complete: {total} rows in {} tables in {:.1}s",
+        summary.tables.len(),
+        started.elapsed().as_secs_f64()
+    )
+    .context("cannot write the summary")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,410 @@
+//! Configuration: command-line flags, environment and an optional TOML file, merged and validated
+//! without touching either database.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A Postgres connection string whose password never leaves this type unredacted by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TargetUrl(String);
+
+impl TargetUrl {
+    /// Wraps a libpq-style URL or key=value connection string.
+    pub fn new(raw: impl Into<String>) -> Self {
+        TargetUrl(raw.into())
+    }
+
+    /// The raw string, for handing to the Postgres client only.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// The connection string with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TargetUrl({})", self.redacted())
+    }
+}
+
+/// Replaces every password in a connection string (URL userinfo, `password=` query parameter or
+/// key=value pair) with `***`.
+pub fn redact(conn: &str) -> String {
+    let trimmed = conn.trim_start();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        redact_url(conn)
+    } else {
+        redact_key_values(conn)
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let (scheme, rest) = url.split_at(scheme_end);
+    // The authority ends at the first '/', '?' or '#'; its userinfo ends at the last '@' inside it.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, hosts) = authority.split_at(at);
+            match userinfo.find(':') {
+                Some(colon) => format!("{}:***{}", &userinfo[..colon], hosts),
+                None => authority.to_string(),
+            }
+        }
+        None => authority.to_string(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let (path, query) = tail.split_at(q + 1);
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+fn redact_key_values(conn: &str) -> String {
+    let mut out = String::with_capacity(conn.len());
+    let chars: Vec<char> = conn.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        // Copy whitespace, then read one `key = value` pair.
+        if chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let key_start = i;
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[key_start..i].iter().collect();
+        out.push_str(&key);
+        while i < chars.len() && chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+        }
+        if i >= chars.len() || chars[i] != '=' {
+            continue;
+        }
+        out.push('=');
+        i += 1;
+        while i < chars.len() && chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+        }
+        let value_start = i;
+        if i < chars.len() && chars[i] == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(chars.len());
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+        }
+        let i_end = i.min(chars.len());
+        if key.eq_ignore_ascii_case("password") {
+            out.push_str("***");
+        } else {
+            out.extend(&chars[value_start..i_end]);
+        }
+        i = i_end;
+    }
+    out
+}
+
+/// How a source value is read before it is converted to the target type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceEncoding {
+    /// Integers or reals are seconds since 1970-01-01 UTC.
+    EpochS,
+    /// Integers or reals are milliseconds since 1970-01-01 UTC.
+    EpochMs,
+    /// Integers or reals are microseconds since 1970-01-01 UTC.
+    EpochUs,
+    /// Reals are julian day numbers, as SQLite's julianday() returns.
+    Julian,
+}
+
+/// A per-column override: a target type, or a way to read the source values, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cast {
+    /// The source table.
+    pub table: String,
+    /// The source column.
+    pub column: String,
+    /// The target type to create (only used when sqlite2pg creates the table).
+    pub target_type: Option<String>,
+    /// How to read numbers stored in a date or time column.
+    pub encoding: Option<SourceEncoding>,
+}
+
+impl Cast {
+    /// Parses `TABLE.COLUMN=SPEC`, SPEC being a Postgres type, an encoding
+    /// (`epoch_s`, `epoch_ms`, `epoch_us`, `julian`) or `TYPE:ENCODING`.
+    pub fn parse(spec: &str) -> Result<Cast> {
+        let bad = |why: &str| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "invalid --cast '{spec}': {why}; expected TABLE.COLUMN=TYPE, TABLE.COLUMN=ENCODING or TABLE.COLUMN=TYPE:ENCODING (encodings: epoch_s, epoch_ms, epoch_us, julian)"
+                ),
+            )
+        };
+        let (lhs, rhs) = spec.rsplit_once('=').ok_or_else(|| bad("no '='"))?;
+        let (table, column) = split_qualified(lhs).ok_or_else(|| bad("no TABLE.COLUMN"))?;
+        let rhs = rhs.trim();
+        if rhs.is_empty() {
+            return Err(bad("nothing after '='"));
+        }
+        let (ty, enc) = match rhs.rsplit_once(':') {
+            Some((t, e)) => (Some(t.trim()), Some(e.trim())),
+            None => match parse_encoding(rhs) {
+                Some(_) => (None, Some(rhs)),
+                None => (Some(rhs), None),
+            },
+        };
+        let encoding = match enc {
+            Some(e) => {
+                Some(parse_encoding(e).ok_or_else(|| bad(&format!("unknown encoding '{e}'")))?)
+            }
+            None => None,
+        };
+        Ok(Cast {
+            table,
+            column,
+            target_type: ty.map(|t| t.to_ascii_lowercase()),
+            encoding,
+        })
+    }
+}
+
+fn parse_encoding(s: &str) -> Option<SourceEncoding> {
+    match s.to_ascii_lowercase().as_str() {
+        "epoch_s" | "epoch" | "unixepoch" => Some(SourceEncoding::EpochS),
+        "epoch_ms" => Some(SourceEncoding::EpochMs),
+        "epoch_us" => Some(SourceEncoding::EpochUs),
+        "julian" | "julianday" => Some(SourceEncoding::Julian),
+        _ => None,
+    }
+}
+
+/// Splits `table.column`, where the table may be double-quoted to contain dots.
+fn split_qualified(s: &str) -> Option<(String, String)> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('"') {
+        let mut table = String::new();
+        let mut chars = rest.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if matches!(chars.peek(), Some((_, '"'))) {
+                    table.push('"');
+                    chars.next();
+                    continue;
+                }
+                let after = &rest[i + 1..];
+                let column = after.strip_prefix('.')?;
+                return (!column.is_empty()).then(|| (table, column.to_string()));
+            }
+            table.push(c);
+        }
+        None
+    } else {
+        let (t, c) = s.split_once('.')?;
+        (!t.is_empty() && !c.is_empty()).then(|| (t.to_string(), c.to_string()))
+    }
+}
+
+/// The optional TOML configuration file; every key mirrors a command-line flag.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `--source`
+    pub source: Option<PathBuf>,
+    /// `--target`
+    pub target: Option<String>,
+    /// `--target-schema`
+    pub target_schema: Option<String>,
+    /// `--include`
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// `--exclude`
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `--cast`, as a table of `"table.column" = "spec"`.
+    #[serde(default)]
+    pub cast: std::collections::BTreeMap<String, String>,
+    /// `--chunk-rows`
+    pub chunk_rows: Option<usize>,
+    /// `--busy-timeout-ms`
+    pub busy_timeout_ms: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("cannot read config file {}", path.display()),
+                e,
+            )
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("config file {} is not valid: {e}", path.display()),
+                e,
+            )
+        })
+    }
+}
+
+/// The merged configuration every command works from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The SQLite file.
+    pub source: PathBuf,
+    /// The Postgres connection string, if given.
+    pub target: Option<TargetUrl>,
+    /// The Postgres schema that receives the tables.
+    pub target_schema: String,
+    /// Tables to replicate (all when empty).
+    pub include: Vec<String>,
+    /// Tables to leave out.
+    pub exclude: Vec<String>,
+    /// Per-column overrides.
+    pub casts: Vec<Cast>,
+    /// Rows per snapshot chunk (one SQLite read transaction, one Postgres transaction).
+    pub chunk_rows: usize,
+    /// How long a SQLite read waits for the app's write lock before retrying.
+    pub busy_timeout_ms: u64,
+}
+
+impl Config {
+    /// Whether a source table is selected by the include/exclude lists.
+    pub fn selects(&self, table: &str) -> bool {
+        let matches = |list: &[String]| list.iter().any(|t| t == table);
+        (self.include.is_empty() || matches(&self.include)) && !matches(&self.exclude)
+    }
+
+    /// The override for one column, if any.
+    pub fn cast_for(&self, table: &str, column: &str) -> Option<&Cast> {
+        self.casts
+            .iter()
+            .find(|c| c.table == table && c.column.eq_ignore_ascii_case(column))
+    }
+
+    /// The target connection string, or an error saying how to give one.
+    pub fn require_target(&self) -> Result<&TargetUrl> {
+        self.target.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "no Postgres target given: pass --target URL or set SQLITE2PG_TARGET (e.g. postgres://user:password@host:5432/dbname)",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_url_password() {
+        assert_eq!(
+            redact("postgres://app:s3cr%40t@db:5432/crm?sslmode=disable"),
+            "postgres://app:***@db:5432/crm?sslmode=disable"
+        );
+        assert_eq!(redact("postgresql://app@db/crm"), "postgresql://app@db/crm");
+        assert_eq!(
+            redact("postgres://db/crm?user=a&password=hunter2"),
+            "postgres://db/crm?user=a&password=***"
+        );
+    }
+
+    #[test]
+    fn redacts_key_value_password() {
+        assert_eq!(
+            redact("host=db user=app password=hunter2 dbname=crm"),
+            "host=db user=app password=*** dbname=crm"
+        );
+        assert_eq!(
+            redact("host=db password = 'with space' dbname=crm"),
+            "host=db password = *** dbname=crm"
+        );
+        assert!(!redact("password='a\\'b' x=1").contains("a\\'b"));
+    }
+
+    #[test]
+    fn parses_casts() {
+        let c = Cast::parse("leads.created_at=epoch_ms").unwrap();
+        assert_eq!(c.table, "leads");
+        assert_eq!(c.encoding, Some(SourceEncoding::EpochMs));
+        assert_eq!(c.target_type, None);
+        let c = Cast::parse("clients.tags=jsonb").unwrap();
+        assert_eq!(c.target_type.as_deref(), Some("jsonb"));
+        let c = Cast::parse("\"my.table\".ts=timestamptz:epoch_s").unwrap();
+        assert_eq!(c.table, "my.table");
+        assert_eq!(c.target_type.as_deref(), Some("timestamptz"));
+        assert_eq!(c.encoding, Some(SourceEncoding::EpochS));
+        assert!(Cast::parse("nodot=jsonb").is_err());
+        assert!(Cast::parse("t.c=ts:nonsense").is_err());
+    }
+}
+
+/// Redacts passwords of any connection string found inside free text (an error message).
+pub fn redact_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.contains("://") {
+            match word.find("postgres") {
+                Some(start) => {
+                    out.push_str(&word[..start]);
+                    out.push_str(&redact_url(&word[start..]));
+                }
+                None => out.push_str(word),
+            }
+        } else if word.len() > 9 && word[..9].eq_ignore_ascii_case("password=") {
+            out.push_str("password=***");
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}

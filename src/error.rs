@@ -1,0 +1,177 @@
+//! Typed errors with a retry policy and an operator hint per kind.
+
+use std::fmt;
+
+/// What went wrong, at the granularity an operator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The SQLite file is missing, corrupt, or not a database.
+    SourceUnreadable,
+    /// The SQLite file is locked by a writer for longer than the busy timeout.
+    SourceBusy,
+    /// Postgres cannot be reached (network, server down, restart in progress).
+    TargetUnreachable,
+    /// Postgres refused the credentials or the rights are missing.
+    TargetAuth,
+    /// A value cannot be represented in its target column.
+    Conversion,
+    /// The schemas on both sides do not fit together.
+    Schema,
+    /// The configuration or command line is wrong.
+    Config,
+    /// Anything Postgres rejected that is none of the above.
+    Target,
+}
+
+/// What the daemon should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Transient: retry after a capped backoff.
+    RetryLater,
+    /// Needs a person to change something first.
+    NeedsOperator,
+}
+
+impl ErrorKind {
+    /// The retry policy of this kind of error.
+    pub fn retry_policy(self) -> RetryPolicy {
+        match self {
+            ErrorKind::SourceBusy | ErrorKind::TargetUnreachable => RetryPolicy::RetryLater,
+            _ => RetryPolicy::NeedsOperator,
+        }
+    }
+
+    /// One sentence telling the operator what to do next.
+    pub fn hint(self) -> &'static str {
+        match self {
+            ErrorKind::SourceUnreadable => {
+                "check the --source path and that the file is a SQLite database (sqlite3 FILE 'PRAGMA integrity_check')"
+            }
+            ErrorKind::SourceBusy => {
+                "another process holds a write lock on the SQLite file; sqlite2pg retries, nothing to do unless it persists"
+            }
+            ErrorKind::TargetUnreachable => {
+                "check that Postgres is running and reachable at the --target host and port; a re-run resumes where this one stopped"
+            }
+            ErrorKind::TargetAuth => {
+                "check the user and password in --target and that the user may create tables in the target schema"
+            }
+            ErrorKind::Conversion => {
+                "fix the value in SQLite, or choose a conversion with --cast TABLE.COLUMN=TYPE; `sqlite2pg check` lists every such value"
+            }
+            ErrorKind::Schema => {
+                "run `sqlite2pg check` for the full mapping and adjust the target schema or the --include/--exclude lists"
+            }
+            ErrorKind::Config => "see `sqlite2pg --help` and the README's configuration section",
+            ErrorKind::Target => {
+                "see the Postgres message above; a re-run resumes where this one stopped"
+            }
+        }
+    }
+
+    /// A short lowercase name used in logs and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::SourceUnreadable => "source_unreadable",
+            ErrorKind::SourceBusy => "source_busy",
+            ErrorKind::TargetUnreachable => "target_unreachable",
+            ErrorKind::TargetAuth => "target_auth",
+            ErrorKind::Conversion => "conversion",
+            ErrorKind::Schema => "schema",
+            ErrorKind::Config => "config",
+            ErrorKind::Target => "target",
+        }
+    }
+}
+
+/// The crate's error: a kind, a message naming what failed and where, and the cause.
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error {
+    /// An error without an underlying cause.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error caused by another error.
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Classifies a Postgres client error by its SQLSTATE or connection state.
+    pub fn from_pg(message: impl Into<String>, err: tokio_postgres::Error) -> Self {
+        let kind = pg_error_kind(&err);
+        Error::with_source(kind, message, err)
+    }
+
+    /// Classifies a SQLite error (busy, corrupt, other).
+    pub fn from_sqlite(message: impl Into<String>, err: rusqlite::Error) -> Self {
+        let kind = match err.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                ErrorKind::SourceBusy
+            }
+            _ => ErrorKind::SourceUnreadable,
+        };
+        Error::with_source(kind, message, err)
+    }
+}
+
+fn pg_error_kind(err: &tokio_postgres::Error) -> ErrorKind {
+    use tokio_postgres::error::SqlState;
+    match err.code() {
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *code == SqlState::INSUFFICIENT_PRIVILEGE =>
+        {
+            ErrorKind::TargetAuth
+        }
+        Some(code)
+            if *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::CONNECTION_FAILURE
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            ErrorKind::TargetUnreachable
+        }
+        Some(_) => ErrorKind::Target,
+        None if err.is_closed() => ErrorKind::TargetUnreachable,
+        // No SQLSTATE: an I/O or protocol failure on the connection itself.
+        None => ErrorKind::TargetUnreachable,
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

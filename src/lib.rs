@@ -1,0 +1,11 @@
+//! sqlite2pg: moves a live SQLite application to PostgreSQL.
+
+pub mod cli;
+pub mod config;
+pub mod datetime;
+pub mod error;
+pub mod model;
+pub mod pg;
+pub mod pipeline;
+pub mod sqlite;
+pub mod typemap;

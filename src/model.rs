@@ -1,0 +1,335 @@
+//! Types shared by the source and target sides: values, the source schema, and target types.
+
+use serde::{Deserialize, Serialize};
+
+/// A SQLite value borrowed from a row, with its true storage class.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SqlValue<'a> {
+    /// NULL.
+    Null,
+    /// A 64-bit signed integer.
+    Integer(i64),
+    /// An IEEE double.
+    Real(f64),
+    /// Text as SQLite stores it; not guaranteed to be valid UTF-8.
+    Text(&'a [u8]),
+    /// A BLOB.
+    Blob(&'a [u8]),
+}
+
+impl SqlValue<'_> {
+    /// SQLite's name for the storage class, for messages.
+    pub fn storage_class(&self) -> &'static str {
+        match self {
+            SqlValue::Null => "NULL",
+            SqlValue::Integer(_) => "INTEGER",
+            SqlValue::Real(_) => "REAL",
+            SqlValue::Text(_) => "TEXT",
+            SqlValue::Blob(_) => "BLOB",
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_owned_value(&self) -> OwnedValue {
+        match *self {
+            SqlValue::Null => OwnedValue::Null,
+            SqlValue::Integer(i) => OwnedValue::Integer(i),
+            SqlValue::Real(f) => OwnedValue::Real(f),
+            SqlValue::Text(t) => OwnedValue::Text(t.to_vec()),
+            SqlValue::Blob(b) => OwnedValue::Blob(b.to_vec()),
+        }
+    }
+
+    /// A short, printable rendering for reports (long values are cut, bytes shown escaped).
+    pub fn display(&self) -> String {
+        const MAX: usize = 60;
+        match *self {
+            SqlValue::Null => "NULL".into(),
+            SqlValue::Integer(i) => i.to_string(),
+            SqlValue::Real(f) => format!("{f:?}"),
+            SqlValue::Text(t) => {
+                let cut = &t[..t.len().min(MAX)];
+                let mut s = String::from("'");
+                for chunk in cut.utf8_chunks() {
+                    for c in chunk.valid().chars() {
+                        match c {
+                            '\0' => s.push_str("\\0"),
+                            '\'' => s.push_str("''"),
+                            c if c.is_control() => s.push_str(&c.escape_default().to_string()),
+                            c => s.push(c),
+                        }
+                    }
+                    for b in chunk.invalid() {
+                        s.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                s.push('\'');
+                if t.len() > MAX {
+                    s.push_str(&format!("... ({} bytes)", t.len()));
+                }
+                s
+            }
+            SqlValue::Blob(b) => {
+                let hex: String = b.iter().take(MAX / 2).map(|x| format!("{x:02x}")).collect();
+                if b.len() > MAX / 2 {
+                    format!("x'{hex}'... ({} bytes)", b.len())
+                } else {
+                    format!("x'{hex}'")
+                }
+            }
+        }
+    }
+}
+
+/// An owned SQLite value: snapshot positions and reported keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OwnedValue {
+    /// NULL.
+    Null,
+    /// INTEGER.
+    Integer(i64),
+    /// REAL.
+    Real(f64),
+    /// TEXT bytes.
+    Text(Vec<u8>),
+    /// BLOB.
+    Blob(Vec<u8>),
+}
+
+impl OwnedValue {
+    /// A borrowed view.
+    pub fn as_ref(&self) -> SqlValue<'_> {
+        match self {
+            OwnedValue::Null => SqlValue::Null,
+            OwnedValue::Integer(i) => SqlValue::Integer(*i),
+            OwnedValue::Real(f) => SqlValue::Real(*f),
+            OwnedValue::Text(t) => SqlValue::Text(t),
+            OwnedValue::Blob(b) => SqlValue::Blob(b),
+        }
+    }
+}
+
+/// Renders a key (one value per key column) for messages: `id=42` or `(a=1, b='x')`.
+pub fn display_key(names: &[String], key: &[OwnedValue]) -> String {
+    let parts: Vec<String> = names
+        .iter()
+        .zip(key)
+        .map(|(n, v)| format!("{n}={}", v.as_ref().display()))
+        .collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().unwrap_or_default()
+    } else {
+        format!("({})", parts.join(", "))
+    }
+}
+
+/// What kind of object a table in `sqlite_master` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableKind {
+    /// An ordinary table.
+    Plain,
+    /// A virtual table (FTS5, R*Tree, ...).
+    Virtual,
+    /// A shadow table that stores a virtual table's data.
+    Shadow,
+}
+
+/// A column as SQLite declares it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceColumn {
+    /// The column name.
+    pub name: String,
+    /// The declared type, as written (may be empty).
+    pub decl_type: String,
+    /// NOT NULL constraint.
+    pub not_null: bool,
+    /// The DEFAULT clause as SQL text, if any.
+    pub default: Option<String>,
+    /// Generated (computed) column.
+    pub generated: bool,
+}
+
+/// A foreign key as SQLite declares it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceForeignKey {
+    /// Columns of the child table.
+    pub columns: Vec<String>,
+    /// The parent table.
+    pub parent: String,
+    /// Parent columns; empty means the parent's primary key.
+    pub parent_columns: Vec<String>,
+    /// ON DELETE action (`NO ACTION`, `CASCADE`, ...).
+    pub on_delete: String,
+    /// ON UPDATE action.
+    pub on_update: String,
+}
+
+/// An index (explicit, or implied by UNIQUE) as SQLite declares it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceIndex {
+    /// The index name.
+    pub name: String,
+    /// UNIQUE index.
+    pub unique: bool,
+    /// `c` created by CREATE INDEX, `u` by a UNIQUE constraint, `pk` by the PRIMARY KEY.
+    pub origin: String,
+    /// Key columns; `None` for an expression term.
+    pub columns: Vec<Option<String>>,
+    /// Descending flags per key column.
+    pub descending: Vec<bool>,
+    /// The WHERE clause of a partial index, as SQL text.
+    pub where_clause: Option<String>,
+    /// The CREATE INDEX statement, when there is one.
+    pub sql: Option<String>,
+}
+
+/// A table as SQLite declares it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceTable {
+    /// The table name.
+    pub name: String,
+    /// Plain, virtual or shadow.
+    pub kind: TableKind,
+    /// Columns in declaration order.
+    pub columns: Vec<SourceColumn>,
+    /// Indexes into `columns`, in primary-key order; empty when there is no PRIMARY KEY.
+    pub primary_key: Vec<usize>,
+    /// The INTEGER PRIMARY KEY column that aliases the rowid, if any.
+    pub rowid_alias: Option<usize>,
+    /// Declared with AUTOINCREMENT.
+    pub autoincrement: bool,
+    /// A WITHOUT ROWID table.
+    pub without_rowid: bool,
+    /// Indexes, unique constraints included.
+    pub indexes: Vec<SourceIndex>,
+    /// Foreign keys.
+    pub foreign_keys: Vec<SourceForeignKey>,
+    /// The CREATE statement.
+    pub sql: String,
+}
+
+impl SourceTable {
+    /// The columns a snapshot orders and resumes by: the rowid when the table has one and it is
+    /// stable (INTEGER PRIMARY KEY, or no primary key at all), otherwise the primary key.
+    pub fn scan_key(&self) -> ScanKey {
+        if let Some(alias) = self.rowid_alias {
+            return ScanKey::Columns(vec![alias]);
+        }
+        if self.primary_key.is_empty() {
+            ScanKey::Rowid
+        } else {
+            ScanKey::Columns(self.primary_key.clone())
+        }
+    }
+}
+
+/// How a table's rows are ordered for chunked reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanKey {
+    /// The implicit rowid (tables without a primary key).
+    Rowid,
+    /// These columns (by index), in this order.
+    Columns(Vec<usize>),
+}
+
+/// A Postgres column type sqlite2pg can write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PgType {
+    /// boolean
+    Bool,
+    /// smallint
+    Int2,
+    /// integer
+    Int4,
+    /// bigint
+    Int8,
+    /// real
+    Float4,
+    /// double precision
+    Float8,
+    /// numeric, optionally with (precision, scale)
+    Numeric {
+        /// Precision and scale, when constrained.
+        typmod: Option<(u32, u32)>,
+    },
+    /// text
+    Text,
+    /// varchar(n)
+    Varchar {
+        /// Maximum length in characters.
+        len: Option<u32>,
+    },
+    /// character(n), blank-padded
+    Bpchar {
+        /// Length in characters.
+        len: Option<u32>,
+    },
+    /// bytea
+    Bytea,
+    /// date
+    Date,
+    /// time without time zone
+    Time,
+    /// timestamp without time zone
+    Timestamp,
+    /// timestamp with time zone
+    Timestamptz,
+    /// json (text kept exactly)
+    Json,
+    /// jsonb
+    Jsonb,
+    /// uuid
+    Uuid,
+    /// A user-defined enum type.
+    Enum {
+        /// Quoted, schema-qualified type name.
+        name: String,
+        /// Allowed labels.
+        labels: Vec<String>,
+    },
+    /// A type sqlite2pg cannot write; the name says which.
+    Unsupported {
+        /// The type as Postgres formats it.
+        name: String,
+    },
+}
+
+impl PgType {
+    /// The type as written in DDL.
+    pub fn sql(&self) -> String {
+        match self {
+            PgType::Bool => "boolean".into(),
+            PgType::Int2 => "smallint".into(),
+            PgType::Int4 => "integer".into(),
+            PgType::Int8 => "bigint".into(),
+            PgType::Float4 => "real".into(),
+            PgType::Float8 => "double precision".into(),
+            PgType::Numeric {
+                typmod: Some((p, s)),
+            } => format!("numeric({p},{s})"),
+            PgType::Numeric { typmod: None } => "numeric".into(),
+            PgType::Text => "text".into(),
+            PgType::Varchar { len: Some(n) } => format!("varchar({n})"),
+            PgType::Varchar { len: None } => "varchar".into(),
+            PgType::Bpchar { len: Some(n) } => format!("character({n})"),
+            PgType::Bpchar { len: None } => "character".into(),
+            PgType::Bytea => "bytea".into(),
+            PgType::Date => "date".into(),
+            PgType::Time => "time".into(),
+            PgType::Timestamp => "timestamp".into(),
+            PgType::Timestamptz => "timestamptz".into(),
+            PgType::Json => "json".into(),
+            PgType::Jsonb => "jsonb".into(),
+            PgType::Uuid => "uuid".into(),
+            PgType::Enum { name, .. } => name.clone(),
+            PgType::Unsupported { name } => name.clone(),
+        }
+    }
+
+    /// Integer types, whose identity/sequence can be moved past copied ids.
+    pub fn is_integer(&self) -> bool {
+        matches!(self, PgType::Int2 | PgType::Int4 | PgType::Int8)
+    }
+}

@@ -1,0 +1,241 @@
+//! The `sqlite2pg` schema in Postgres: per-table snapshot progress, updated in the same
+//! transaction as the rows it describes.
+
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::{Error, Result};
+use crate::model::OwnedValue;
+
+/// Where sqlite2pg keeps its state in the target database.
+pub const STATE_SCHEMA: &str = "sqlite2pg";
+
+/// Version of the state tables' layout.
+const FORMAT_VERSION: i32 = 1;
+
+/// A table's place in the snapshot lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Rows are being copied in chunks.
+    Copying,
+    /// Every row is copied; keys and indexes are not built yet.
+    Copied,
+    /// Keys and indexes are built (or the table existed with its own).
+    Indexed,
+    /// Foreign keys are in place and the identity is past the copied ids: ready to stream.
+    Ready,
+}
+
+impl Phase {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Copying => "copying",
+            Phase::Copied => "copied",
+            Phase::Indexed => "indexed",
+            Phase::Ready => "ready",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Phase> {
+        Some(match s {
+            "copying" => Phase::Copying,
+            "copied" => Phase::Copied,
+            "indexed" => Phase::Indexed,
+            "ready" => Phase::Ready,
+            _ => return None,
+        })
+    }
+}
+
+/// One table's stored progress.
+#[derive(Debug, Clone)]
+pub struct TableState {
+    /// Where it is.
+    pub phase: Phase,
+    /// Whether sqlite2pg created the target table.
+    pub owned: bool,
+    /// The key of the last copied row.
+    pub last_key: Option<Vec<OwnedValue>>,
+    /// Rows copied so far.
+    pub rows_copied: i64,
+}
+
+fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::from_pg(format!("cannot {what} in the {STATE_SCHEMA} schema"), e)
+}
+
+/// Creates the state schema and tables if they are missing.
+pub async fn ensure(client: &Client) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.meta (
+               id int PRIMARY KEY CHECK (id = 1),
+               format_version int NOT NULL,
+               created_at timestamptz NOT NULL DEFAULT now()
+             );
+             INSERT INTO {STATE_SCHEMA}.meta (id, format_version) VALUES (1, {FORMAT_VERSION})
+               ON CONFLICT (id) DO NOTHING;
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.table_state (
+               source_table text PRIMARY KEY,
+               target_schema text NOT NULL,
+               target_table text NOT NULL,
+               owned boolean NOT NULL,
+               phase text NOT NULL,
+               last_key bytea,
+               rows_copied bigint NOT NULL DEFAULT 0,
+               rows_total bigint,
+               started_at timestamptz NOT NULL DEFAULT now(),
+               updated_at timestamptz NOT NULL DEFAULT now()
+             );
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.saved_constraint (
+               target_schema text NOT NULL,
+               target_table text NOT NULL,
+               name text NOT NULL,
+               definition text NOT NULL,
+               PRIMARY KEY (target_schema, target_table, name)
+             );"
+        ))
+        .await
+        .map_err(pg("create the state tables"))?;
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT format_version FROM {STATE_SCHEMA}.meta"),
+            &[],
+        )
+        .await
+        .map_err(pg("read the state version"))?
+        .get(0);
+    if version != FORMAT_VERSION {
+        return Err(Error::new(
+            crate::error::ErrorKind::Schema,
+            format!(
+                "the {STATE_SCHEMA} schema has format {version}, this sqlite2pg writes {FORMAT_VERSION}; use the sqlite2pg version that started this migration"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the session-level advisory lock that keeps two runs off the same target.
+pub async fn try_lock(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock(hashtext('sqlite2pg'), 1)", &[])
+        .await
+        .map_err(pg("take the run lock"))?;
+    Ok(row.get(0))
+}
+
+fn encode_key(key: &[OwnedValue]) -> Result<Vec<u8>> {
+    rmp_serde::to_vec(key).map_err(|e| {
+        Error::with_source(
+            crate::error::ErrorKind::Target,
+            "cannot encode a snapshot position",
+            e,
+        )
+    })
+}
+
+/// The stored state of a source table, if its snapshot has started.
+pub async fn load(client: &impl GenericClient, source_table: &str) -> Result<Option<TableState>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT phase, owned, last_key, rows_copied FROM {STATE_SCHEMA}.table_state WHERE source_table = $1"
+            ),
+            &[&source_table],
+        )
+        .await
+        .map_err(pg("read table progress"))?;
+    let Some(row) = row else { return Ok(None) };
+    let phase: String = row.get(0);
+    let phase = Phase::parse(&phase).ok_or_else(|| {
+        Error::new(
+            crate::error::ErrorKind::Schema,
+            format!("unknown phase '{phase}' stored for table {source_table}"),
+        )
+    })?;
+    let last_key: Option<Vec<u8>> = row.get(2);
+    let last_key = match last_key {
+        Some(bytes) => Some(rmp_serde::from_slice(&bytes).map_err(|e| {
+            Error::with_source(
+                crate::error::ErrorKind::Schema,
+                format!("the stored snapshot position of table {source_table} is unreadable"),
+                e,
+            )
+        })?),
+        None => None,
+    };
+    Ok(Some(TableState {
+        phase,
+        owned: row.get(1),
+        last_key,
+        rows_copied: row.get(3),
+    }))
+}
+
+/// Records that a table's snapshot starts.
+pub async fn start(
+    client: &impl GenericClient,
+    source_table: &str,
+    target_schema: &str,
+    target_table: &str,
+    owned: bool,
+    rows_total: i64,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {STATE_SCHEMA}.table_state (source_table, target_schema, target_table, owned, phase, rows_total)
+                 VALUES ($1, $2, $3, $4, 'copying', $5)"
+            ),
+            &[&source_table, &target_schema, &target_table, &owned, &rows_total],
+        )
+        .await
+        .map_err(pg("record the start of a table"))?;
+    Ok(())
+}
+
+/// Advances a table's copy position (same transaction as the chunk's rows).
+pub async fn advance(
+    client: &impl GenericClient,
+    source_table: &str,
+    last_key: Option<&[OwnedValue]>,
+    rows: i64,
+    finished: bool,
+) -> Result<()> {
+    let key = last_key.map(encode_key).transpose()?;
+    let phase = if finished {
+        Phase::Copied
+    } else {
+        Phase::Copying
+    };
+    client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.table_state
+                 SET last_key = COALESCE($2, last_key), rows_copied = rows_copied + $3, phase = $4, updated_at = now()
+                 WHERE source_table = $1"
+            ),
+            &[&source_table, &key, &rows, &phase.as_str()],
+        )
+        .await
+        .map_err(pg("record copy progress"))?;
+    Ok(())
+}
+
+/// Moves a table to a later phase.
+pub async fn set_phase(
+    client: &impl GenericClient,
+    source_table: &str,
+    phase: Phase,
+) -> Result<()> {
+    client
+        .execute(
+            &format!("UPDATE {STATE_SCHEMA}.table_state SET phase = $2, updated_at = now() WHERE source_table = $1"),
+            &[&source_table, &phase.as_str()],
+        )
+        .await
+        .map_err(pg("record a phase change"))?;
+    Ok(())
+}

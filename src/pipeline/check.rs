@@ -1,0 +1,550 @@
+//! `check`: the pre-flight report. Every value goes through the same conversion the snapshot
+//! uses, so what `check` passes, the snapshot writes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::plan::{Finding, Plan, Severity, TablePlan};
+use crate::error::{Error, Result};
+use crate::model::{OwnedValue, SqlValue, display_key};
+use crate::pg::convert::{self, ProblemKind};
+use crate::sqlite::quote_ident;
+use crate::sqlite::reader::{self, ScanQuery};
+
+/// Examples kept per (table, column, kind).
+const EXAMPLES: usize = 5;
+
+/// One offending value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    /// The row's key, e.g. `id=42`.
+    pub key: String,
+    /// The value as SQLite holds it.
+    pub value: String,
+    /// What is wrong with it.
+    pub detail: String,
+}
+
+/// A group of values with the same problem in the same column.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueProblem {
+    /// Always an error: such a value would stop the run.
+    pub severity: Severity,
+    /// The kind.
+    pub kind: ProblemKind,
+    /// Source table.
+    pub table: String,
+    /// Source column (or key columns for duplicates and orphans).
+    pub column: String,
+    /// How many rows.
+    pub count: u64,
+    /// The first few.
+    pub examples: Vec<Example>,
+    /// What to do.
+    pub hint: String,
+}
+
+/// How one column maps.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnReport {
+    /// Source column.
+    pub source: String,
+    /// SQLite declared type.
+    pub declared: String,
+    /// Target column.
+    pub target: String,
+    /// Target type.
+    pub target_type: String,
+    /// Notes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// How one table maps.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// Source table.
+    pub source: String,
+    /// Target table.
+    pub target: String,
+    /// `create` (sqlite2pg creates it) or `existing`.
+    pub mode: &'static str,
+    /// Rows in SQLite.
+    pub rows: u64,
+    /// Column mapping.
+    pub columns: Vec<ColumnReport>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Tables and their mapping.
+    pub tables: Vec<TableReport>,
+    /// Tables left out, with the reason.
+    pub skipped: Vec<super::plan::Skipped>,
+    /// Target tables that have no source table.
+    pub target_only: Vec<String>,
+    /// Schema-level findings.
+    pub findings: Vec<Finding>,
+    /// Value-level problems.
+    pub problems: Vec<ValueProblem>,
+    /// Errors in all (findings and value problems).
+    pub errors: usize,
+    /// Warnings.
+    pub warnings: usize,
+}
+
+impl Report {
+    /// Clean when nothing would stop or alter the move.
+    pub fn is_clean(&self) -> bool {
+        self.errors == 0
+    }
+}
+
+fn hint_for(kind: ProblemKind) -> &'static str {
+    match kind {
+        ProblemKind::TypeMismatch => {
+            "fix the values in SQLite, or give the column a type that holds them with --cast TABLE.COLUMN=text"
+        }
+        ProblemKind::NulByte => {
+            "remove the NUL bytes in SQLite (replace(col, char(0), '')), or --cast the column to bytea"
+        }
+        ProblemKind::InvalidUtf8 => {
+            "re-encode the text in SQLite as UTF-8, or --cast the column to bytea"
+        }
+        ProblemKind::OutOfRange => {
+            "widen the column with --cast TABLE.COLUMN=bigint (or numeric), or fix the values"
+        }
+        ProblemKind::NonFinite => {
+            "replace Infinity in SQLite, or --cast the column to double precision"
+        }
+        ProblemKind::BadDate => "fix or NULL the dates in SQLite, or --cast the column to text",
+        ProblemKind::NumericDate => {
+            "say how the numbers are meant with --cast TABLE.COLUMN=epoch_s|epoch_ms|epoch_us|julian"
+        }
+        ProblemKind::TooLong => {
+            "widen the column with --cast TABLE.COLUMN=text, or shorten the values"
+        }
+        ProblemKind::Precision => {
+            "--cast the column to numeric or double precision, or round the values in SQLite"
+        }
+        ProblemKind::BadJson => "fix the JSON in SQLite, or --cast the column to text",
+        ProblemKind::NotEnumLabel => {
+            "add the label to the enum type in Postgres, or fix the values in SQLite"
+        }
+        ProblemKind::BadUuid => "fix the values in SQLite, or --cast the column to text",
+        ProblemKind::UnsupportedType => "change the target column's type",
+    }
+}
+
+/// Scans every row of every planned table and assembles the report.
+pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> {
+    let mut problems: Vec<ValueProblem> = Vec::new();
+    let mut tables = Vec::new();
+    for t in &plan.tables {
+        let rows = scan_values(conn, t, chunk_rows, &mut problems)?;
+        key_problems(conn, t, &mut problems)?;
+        orphan_problems(conn, t, &mut problems)?;
+        tables.push(TableReport {
+            source: t.source.name.clone(),
+            target: t.target.clone(),
+            mode: if t.create { "create" } else { "existing" },
+            rows,
+            columns: t
+                .columns
+                .iter()
+                .map(|c| ColumnReport {
+                    source: c.source.clone(),
+                    declared: c.decl_type.clone(),
+                    target: c.target.clone(),
+                    target_type: c.conv.ty.sql(),
+                    note: c
+                        .note
+                        .clone()
+                        .or_else(|| c.conv.encoding.map(|e| format!("read as {e:?}"))),
+                })
+                .collect(),
+        });
+    }
+    let mut findings = plan.findings.clone();
+    findings
+        .sort_by(|a, b| (a.severity, &a.table, &a.column).cmp(&(b.severity, &b.table, &b.column)));
+    problems.sort_by(|a, b| (&a.table, &a.column, a.kind).cmp(&(&b.table, &b.column, b.kind)));
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count()
+        + problems.len();
+    let warnings = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    Ok(Report {
+        tables,
+        skipped: plan.skipped.clone(),
+        target_only: plan.target_only.clone(),
+        findings,
+        problems,
+        errors,
+        warnings,
+    })
+}
+
+fn record(
+    problems: &mut Vec<ValueProblem>,
+    table: &str,
+    column: &str,
+    kind: ProblemKind,
+    example: Example,
+) {
+    if let Some(p) = problems
+        .iter_mut()
+        .find(|p| p.table == table && p.column == column && p.kind == kind)
+    {
+        p.count += 1;
+        if p.examples.len() < EXAMPLES {
+            p.examples.push(example);
+        }
+        return;
+    }
+    problems.push(ValueProblem {
+        severity: Severity::Error,
+        kind,
+        table: table.to_string(),
+        column: column.to_string(),
+        count: 1,
+        examples: vec![example],
+        hint: hint_for(kind).to_string(),
+    });
+}
+
+fn scan_values(
+    conn: &Connection,
+    t: &TablePlan,
+    chunk_rows: usize,
+    problems: &mut Vec<ValueProblem>,
+) -> Result<u64> {
+    let q = ScanQuery::new(&t.source, &t.source_columns());
+    let klen = q.key_len();
+    let mut after: Option<Vec<OwnedValue>> = None;
+    let mut total = 0;
+    let mut scratch = BytesMut::with_capacity(4096);
+    loop {
+        let read = reader::read_chunk(
+            conn,
+            &q,
+            after.as_deref(),
+            chunk_rows,
+            Duration::from_millis(200),
+            |row| {
+                for (c, v) in t.columns.iter().zip(&row[klen..]) {
+                    scratch.clear();
+                    if let Err(e) = convert::encode(*v, &c.conv, &mut scratch) {
+                        let key: Vec<OwnedValue> =
+                            row[..klen].iter().map(SqlValue::to_owned_value).collect();
+                        let example = Example {
+                            key: display_key(&t.key_names, &key),
+                            value: v.display(),
+                            detail: e.detail,
+                        };
+                        record(problems, &t.source.name, &c.source, e.kind, example);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        total += read.rows;
+        if read.exhausted {
+            break;
+        }
+        after = read.last_key;
+    }
+    Ok(total)
+}
+
+fn sqlite_err(table: &str, what: &str) -> impl Fn(rusqlite::Error) -> Error {
+    let msg = format!("cannot {what} of table {table}");
+    move |e| Error::from_sqlite(msg.clone(), e)
+}
+
+/// NULLs in the primary key, and duplicates the target's unique keys would reject.
+fn key_problems(conn: &Connection, t: &TablePlan, problems: &mut Vec<ValueProblem>) -> Result<()> {
+    let table = quote_ident(&t.source.name);
+    for (n, key) in t.unique_keys.iter().enumerate() {
+        if key.is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = key.iter().map(|i| t.columns[*i].source.as_str()).collect();
+        let label = cols.join(", ");
+        let quoted: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+        if n == 0 && !t.source.primary_key.is_empty() && t.source.rowid_alias.is_none() {
+            // SQLite lets NULL into a non-integer PRIMARY KEY of a rowid table; Postgres does not.
+            let cond: Vec<String> = quoted.iter().map(|c| format!("{c} IS NULL")).collect();
+            let sql = format!(
+                "SELECT rowid FROM {table} WHERE {} LIMIT {EXAMPLES}",
+                cond.join(" OR ")
+            );
+            if !t.source.without_rowid {
+                let mut stmt = conn
+                    .prepare(&sql)
+                    .map_err(sqlite_err(&t.source.name, "look for NULL keys"))?;
+                let ids: Vec<i64> = stmt
+                    .query_map([], |r| r.get(0))
+                    .and_then(|r| r.collect())
+                    .map_err(sqlite_err(&t.source.name, "look for NULL keys"))?;
+                for id in ids {
+                    record(
+                        problems,
+                        &t.source.name,
+                        &label,
+                        ProblemKind::TypeMismatch,
+                        Example {
+                            key: format!("rowid={id}"),
+                            value: "NULL".into(),
+                            detail: "NULL in a primary key column, which Postgres rejects".into(),
+                        },
+                    );
+                }
+            }
+        }
+        // Group the way the target compares: text targets compare the text form.
+        let exprs: Vec<String> = key
+            .iter()
+            .map(|i| {
+                let c = &t.columns[*i];
+                let q = quote_ident(&c.source);
+                if c.conv.ty.sql().contains("char") || c.conv.ty == crate::model::PgType::Text {
+                    format!("CAST({q} AS TEXT)")
+                } else {
+                    q
+                }
+            })
+            .collect();
+        let not_null: Vec<String> = quoted.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        let sql = format!(
+            "SELECT {e}, count(*) FROM {table} WHERE {nn} GROUP BY {e} HAVING count(*) > 1 LIMIT 100",
+            e = exprs.join(", "),
+            nn = not_null.join(" AND ")
+        );
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
+        while let Some(r) = rows
+            .next()
+            .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?
+        {
+            let vals: Vec<OwnedValue> = (0..key.len())
+                .map(|i| {
+                    r.get_ref(i)
+                        .map(|v| crate::sqlite::reader::to_sql_value(v).to_owned_value())
+                })
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
+            let count: i64 = r
+                .get(key.len())
+                .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
+            let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+            record(
+                problems,
+                &t.source.name,
+                &label,
+                ProblemKind::TypeMismatch,
+                Example {
+                    key: display_key(&names, &vals),
+                    value: format!("{count} rows"),
+                    detail: format!(
+                        "{count} rows share this value, which the target's unique key on ({label}) rejects"
+                    ),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Rows whose foreign key points at no parent row (SQLite does not enforce foreign keys unless
+/// the app turned them on).
+fn orphan_problems(
+    conn: &Connection,
+    t: &TablePlan,
+    problems: &mut Vec<ValueProblem>,
+) -> Result<()> {
+    if t.source.foreign_keys.is_empty() {
+        return Ok(());
+    }
+    let ctx = sqlite_err(&t.source.name, "check foreign keys");
+    let sql = format!("PRAGMA foreign_key_check({})", quote_ident(&t.source.name));
+    let mut stmt = conn.prepare(&sql).map_err(&ctx)?;
+    let rows: Vec<(Option<i64>, String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?)))
+        .and_then(|r| r.collect())
+        .map_err(&ctx)?;
+    // foreign_key_check numbers foreign keys in reverse declaration order.
+    let n_fks = t.source.foreign_keys.len() as i64;
+    let mut per_fk: BTreeMap<i64, Vec<Option<i64>>> = BTreeMap::new();
+    for (rowid, _, fkid) in rows {
+        per_fk.entry(fkid).or_default().push(rowid);
+    }
+    for (fkid, rowids) in per_fk {
+        let idx = (n_fks - 1 - fkid).clamp(0, n_fks - 1) as usize;
+        let fk = &t.source.foreign_keys[idx];
+        let label = fk.columns.join(", ");
+        for rowid in rowids {
+            let cols: Vec<String> = fk.columns.iter().map(|c| quote_ident(c)).collect();
+            let (key, value) = match rowid {
+                Some(id) => {
+                    let v: Vec<OwnedValue> = conn
+                        .query_row(
+                            &format!(
+                                "SELECT {} FROM {} WHERE rowid = ?1",
+                                cols.join(", "),
+                                quote_ident(&t.source.name)
+                            ),
+                            [id],
+                            |r| {
+                                (0..cols.len())
+                                    .map(|i| {
+                                        r.get_ref(i).map(|v| {
+                                            crate::sqlite::reader::to_sql_value(v).to_owned_value()
+                                        })
+                                    })
+                                    .collect()
+                            },
+                        )
+                        .map_err(&ctx)?;
+                    (
+                        format!("rowid={id}"),
+                        v.iter()
+                            .map(|v| v.as_ref().display())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )
+                }
+                None => ("(WITHOUT ROWID)".into(), "?".into()),
+            };
+            record(
+                problems,
+                &t.source.name,
+                &label,
+                ProblemKind::TypeMismatch,
+                Example {
+                    key,
+                    value,
+                    detail: format!(
+                        "no row in {} has this key (orphaned foreign key)",
+                        fk.parent
+                    ),
+                },
+            );
+        }
+    }
+    if let Some(p) = problems.iter_mut().find(|p| {
+        p.table == t.source.name && p.examples.iter().any(|e| e.detail.contains("orphaned"))
+    }) {
+        p.hint = "delete the orphans or point them at existing rows in SQLite; until then the foreign key is created NOT VALID".into();
+    }
+    Ok(())
+}
+
+/// Prints the report for a person.
+pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    for t in &report.tables {
+        writeln!(
+            out,
+            "table {} -> {} ({}, {} rows)",
+            t.source,
+            t.target,
+            if t.mode == "create" {
+                "created by sqlite2pg"
+            } else {
+                "existing target table"
+            },
+            t.rows
+        )?;
+        for c in &t.columns {
+            let declared = if c.declared.is_empty() {
+                "(none)"
+            } else {
+                &c.declared
+            };
+            write!(
+                out,
+                "  {:<24} {:<18} -> {:<24} {}",
+                c.source, declared, c.target, c.target_type
+            )?;
+            if let Some(n) = &c.note {
+                write!(out, "  [{n}]")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    for s in &report.skipped {
+        writeln!(out, "skipped {}: {}", s.table, s.reason)?;
+    }
+    if !report.target_only.is_empty() {
+        writeln!(
+            out,
+            "left alone in the target (no source table): {}",
+            report.target_only.join(", ")
+        )?;
+    }
+    if !report.findings.is_empty() || !report.problems.is_empty() {
+        writeln!(out)?;
+    }
+    for f in &report.findings {
+        let sev = match f.severity {
+            Severity::Error => "ERROR",
+            Severity::Warning => "WARNING",
+            Severity::Info => "note",
+        };
+        let col = f
+            .column
+            .as_ref()
+            .map(|c| format!(".{c}"))
+            .unwrap_or_default();
+        writeln!(out, "{sev}: {}{col}: {}", f.table, f.message)?;
+        if !f.hint.is_empty() {
+            writeln!(out, "       fix: {}", f.hint)?;
+        }
+    }
+    for p in &report.problems {
+        writeln!(
+            out,
+            "ERROR: {}.{}: {} value(s) would not survive ({:?})",
+            p.table, p.column, p.count, p.kind
+        )?;
+        for e in &p.examples {
+            writeln!(out, "       {}: {} -- {}", e.key, e.value, e.detail)?;
+        }
+        if p.count as usize > p.examples.len() {
+            writeln!(
+                out,
+                "       ... and {} more",
+                p.count as usize - p.examples.len()
+            )?;
+        }
+        writeln!(out, "       fix: {}", p.hint)?;
+    }
+    writeln!(out)?;
+    if report.is_clean() {
+        writeln!(
+            out,
+            "check: clean ({} tables, {} warnings); the move will not lose or alter a value",
+            report.tables.len(),
+            report.warnings
+        )
+    } else {
+        writeln!(
+            out,
+            "check: {} error(s), {} warning(s); fix them (or --exclude the tables) before `sqlite2pg run`",
+            report.errors, report.warnings
+        )
+    }
+}

@@ -1,0 +1,6 @@
+//! The order of things: plan, check, snapshot (streaming, cutover and verify build on these).
+
+pub mod check;
+pub mod plan;
+pub mod progress;
+pub mod snapshot;

@@ -1,0 +1,625 @@
+//! The plan: for every selected source table, the target table it lands in, how each column
+//! converts, and the schema-level findings `check` reports.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::model::{PgType, ScanKey, SourceTable, TableKind};
+use crate::pg::catalog::TargetTable;
+use crate::pg::convert::ColumnConv;
+use crate::pg::ddl::{self, ColumnDef, ForeignKeyDef, IndexDef};
+use crate::typemap;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The move would lose or alter data, or fail: must be fixed (or excluded) first.
+    Error,
+    /// Moves, but something differs from SQLite in a way worth knowing.
+    Warning,
+    /// For the record.
+    Info,
+}
+
+/// A schema-level finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// How serious.
+    pub severity: Severity,
+    /// The source table.
+    pub table: String,
+    /// The column, when it is about one.
+    pub column: Option<String>,
+    /// What is the matter.
+    pub message: String,
+    /// What to do.
+    pub hint: String,
+}
+
+/// One column's mapping.
+#[derive(Debug, Clone)]
+pub struct ColumnPlan {
+    /// Source column name.
+    pub source: String,
+    /// Its SQLite declared type.
+    pub decl_type: String,
+    /// Target column name.
+    pub target: String,
+    /// How values convert.
+    pub conv: ColumnConv,
+    /// A note for the report (identity, translated default, ...).
+    pub note: Option<String>,
+}
+
+/// One table's mapping.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    /// The source table.
+    pub source: SourceTable,
+    /// The target table name.
+    pub target: String,
+    /// Whether sqlite2pg creates the target table.
+    pub create: bool,
+    /// Columns copied, in source order.
+    pub columns: Vec<ColumnPlan>,
+    /// Names of the scan-key columns (`rowid` when the table has none), for messages.
+    pub key_names: Vec<String>,
+    /// Column sets (indexes into `columns`) the target enforces as unique, primary key first.
+    pub unique_keys: Vec<Vec<usize>>,
+    /// Columns created (when `create`).
+    pub column_defs: Vec<ColumnDef>,
+    /// Primary key to add after the load (target names; when `create`).
+    pub primary_key: Vec<String>,
+    /// Indexes to build after the load (when `create`).
+    pub indexes: Vec<IndexDef>,
+    /// Foreign keys to add after the load (when `create`).
+    pub foreign_keys: Vec<ForeignKeyDef>,
+}
+
+impl TablePlan {
+    /// Source column names, in copy order.
+    pub fn source_columns(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.source.as_str()).collect()
+    }
+
+    /// Target column names, in copy order.
+    pub fn target_columns(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.target.clone()).collect()
+    }
+}
+
+/// A table that is not copied, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// The source table.
+    pub table: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Tables to copy, parents before children.
+    pub tables: Vec<TablePlan>,
+    /// Tables left out.
+    pub skipped: Vec<Skipped>,
+    /// Schema-level findings.
+    pub findings: Vec<Finding>,
+    /// Target tables with no source table (e.g. `alembic_version`), left alone.
+    pub target_only: Vec<String>,
+}
+
+impl Plan {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+fn find_ci<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<(&'a String, &'a T)> {
+    if let Some(kv) = map.get_key_value(name) {
+        return Some(kv);
+    }
+    let mut found = map.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Builds the plan from the source schema and, when there is one, the existing target schema.
+pub fn build(
+    source: &[SourceTable],
+    target: Option<&BTreeMap<String, TargetTable>>,
+    cfg: &Config,
+) -> Plan {
+    let mut findings = Vec::new();
+    let mut skipped = Vec::new();
+    let mut tables = Vec::new();
+    let selected: Vec<&SourceTable> = source.iter().filter(|t| cfg.selects(&t.name)).collect();
+    for name in cfg.include.iter() {
+        if !source.iter().any(|t| &t.name == name) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                table: name.clone(),
+                column: None,
+                message: format!("--include names table {name}, which the SQLite file does not have"),
+                hint: "check the spelling (table names are case-sensitive here) or drop it from --include".into(),
+            });
+        }
+    }
+    let empty = BTreeMap::new();
+    let target_tables = target.unwrap_or(&empty);
+    let mut used_targets: HashMap<String, String> = HashMap::new();
+    for t in &selected {
+        match t.kind {
+            TableKind::Virtual => {
+                let module = t
+                    .sql
+                    .split_whitespace()
+                    .skip_while(|w| !w.eq_ignore_ascii_case("USING"))
+                    .nth(1)
+                    .unwrap_or("?");
+                skipped.push(Skipped {
+                    table: t.name.clone(),
+                    reason: format!("virtual table ({module})"),
+                });
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    table: t.name.clone(),
+                    column: None,
+                    message: format!("virtual table using {module} is not copied (its shadow tables are skipped too)"),
+                    hint: "recreate it in Postgres (full-text search: a tsvector column with a GIN index) or --exclude it".into(),
+                });
+                continue;
+            }
+            TableKind::Shadow => {
+                skipped.push(Skipped {
+                    table: t.name.clone(),
+                    reason: "shadow table of a virtual table".into(),
+                });
+                continue;
+            }
+            TableKind::Plain => {}
+        }
+        let target_name = ddl::truncate_ident(&t.name);
+        if target_name != t.name {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                table: t.name.clone(),
+                column: None,
+                message: format!("table name is {} bytes; Postgres keeps the first 63: {target_name}", t.name.len()),
+                hint: "nothing to do unless another name shares those 63 bytes; the app's queries are cut the same way".into(),
+            });
+        }
+        if let Some(other) = used_targets.insert(target_name.to_lowercase(), t.name.clone()) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                table: t.name.clone(),
+                column: None,
+                message: format!("lands on the same Postgres table name as table {other}"),
+                hint: "rename one of the tables in SQLite, or --exclude one".into(),
+            });
+            continue;
+        }
+        if t.primary_key.is_empty() {
+            findings.push(Finding {
+                severity: Severity::Error,
+                table: t.name.clone(),
+                column: None,
+                message: "has no PRIMARY KEY, so its changes cannot be matched to Postgres rows".into(),
+                hint: "add a primary key in SQLite (e.g. an INTEGER PRIMARY KEY column), or --exclude the table".into(),
+            });
+        }
+        let existing = find_ci(target_tables, &target_name);
+        let plan = match existing {
+            Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings),
+            None => plan_create(t, &target_name, &selected, cfg, &mut findings),
+        };
+        tables.push(plan);
+    }
+    let target_only = target_tables
+        .keys()
+        .filter(|k| !tables.iter().any(|p| &p.target == *k))
+        .cloned()
+        .collect();
+    order_parents_first(&mut tables);
+    Plan {
+        tables,
+        skipped,
+        findings,
+        target_only,
+    }
+}
+
+fn key_names(t: &SourceTable) -> Vec<String> {
+    match t.scan_key() {
+        ScanKey::Rowid => vec!["rowid".into()],
+        ScanKey::Columns(idx) => idx.iter().map(|i| t.columns[*i].name.clone()).collect(),
+    }
+}
+
+fn plan_create(
+    t: &SourceTable,
+    target: &str,
+    selected: &[&SourceTable],
+    cfg: &Config,
+    findings: &mut Vec<Finding>,
+) -> TablePlan {
+    let mut columns = Vec::new();
+    let mut column_defs = Vec::new();
+    let mut finding = |sev, col: &str, message: String, hint: &str| {
+        findings.push(Finding {
+            severity: sev,
+            table: t.name.clone(),
+            column: Some(col.to_string()),
+            message,
+            hint: hint.to_string(),
+        })
+    };
+    let mut seen_cols: HashMap<String, String> = HashMap::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        let cast = cfg.cast_for(&t.name, &c.name);
+        let mut ty = typemap::map_decltype(&c.decl_type);
+        if let Some(name) = cast.and_then(|c| c.target_type.as_deref()) {
+            match typemap::parse_pg_type_name(name) {
+                Some(cast_ty) => ty = cast_ty,
+                None => finding(
+                    Severity::Error,
+                    &c.name,
+                    format!("--cast names type '{name}', which sqlite2pg cannot write"),
+                    "use one of: boolean, smallint, integer, bigint, real, double precision, numeric(p,s), text, varchar(n), bytea, date, time, timestamp, timestamptz, json, jsonb, uuid",
+                ),
+            }
+        }
+        let target_col = ddl::truncate_ident(&c.name);
+        if target_col != c.name {
+            finding(
+                Severity::Warning,
+                &c.name,
+                format!(
+                    "column name is {} bytes; Postgres keeps the first 63",
+                    c.name.len()
+                ),
+                "nothing to do unless another column shares those 63 bytes",
+            );
+        }
+        if let Some(other) = seen_cols.insert(target_col.clone(), c.name.clone()) {
+            finding(
+                Severity::Error,
+                &c.name,
+                format!("lands on the same Postgres column name as column {other}"),
+                "rename one of the columns in SQLite",
+            );
+        }
+        let identity = t.rowid_alias == Some(i) && ty.is_integer();
+        let mut note = None;
+        if identity {
+            note = Some(
+                if t.autoincrement {
+                    "AUTOINCREMENT -> identity"
+                } else {
+                    "INTEGER PRIMARY KEY -> identity"
+                }
+                .to_string(),
+            );
+        }
+        if c.generated {
+            finding(
+                Severity::Warning,
+                &c.name,
+                "generated column becomes a plain column holding the computed values".into(),
+                "add the generation expression in Postgres by hand if the app relies on it",
+            );
+        }
+        if matches!(c.decl_type.trim(), "") {
+            note = Some("no declared type: values of any class become text".into());
+        }
+        let default = match (&c.default, identity) {
+            (Some(raw), false) => match ddl::translate_default(raw, &ty) {
+                Ok(d) => d,
+                Err(why) => {
+                    finding(
+                        Severity::Warning,
+                        &c.name,
+                        format!("default {raw} is not created: {why}"),
+                        "add the default in Postgres by hand if the app relies on it",
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        column_defs.push(ColumnDef {
+            name: target_col.clone(),
+            ty: ty.clone(),
+            not_null: c.not_null,
+            default,
+            identity,
+        });
+        columns.push(ColumnPlan {
+            source: c.name.clone(),
+            decl_type: c.decl_type.clone(),
+            target: target_col,
+            conv: ColumnConv {
+                ty,
+                encoding: cast.and_then(|c| c.encoding),
+            },
+            note,
+        });
+    }
+    let col_index = |name: &str| {
+        columns
+            .iter()
+            .position(|c: &ColumnPlan| c.source.eq_ignore_ascii_case(name))
+    };
+    let primary_key: Vec<String> = t
+        .primary_key
+        .iter()
+        .map(|i| columns[*i].target.clone())
+        .collect();
+    let mut unique_keys = Vec::new();
+    if !t.primary_key.is_empty() {
+        unique_keys.push(t.primary_key.clone());
+    }
+    let mut indexes = Vec::new();
+    for ix in &t.indexes {
+        let cols: Option<Vec<String>> = ix
+            .columns
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .and_then(|n| col_index(n))
+                    .map(|i| columns[i].target.clone())
+            })
+            .collect();
+        let Some(cols) = cols else {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                table: t.name.clone(),
+                column: None,
+                message: format!("index {} is on an expression and is not created", ix.name),
+                hint: "create it in Postgres by hand".into(),
+            });
+            continue;
+        };
+        if ix.unique && ix.where_clause.is_none() {
+            unique_keys.push(
+                ix.columns
+                    .iter()
+                    .filter_map(|c| c.as_deref().and_then(col_index))
+                    .collect(),
+            );
+        }
+        let name = if ix.origin == "u" || ix.name.starts_with("sqlite_autoindex") {
+            ddl::truncate_ident(&format!("{}_{}_key", t.name, cols.join("_")))
+        } else {
+            ddl::truncate_ident(&ix.name)
+        };
+        if ix.where_clause.is_some() {
+            findings.push(Finding {
+                severity: Severity::Info,
+                table: t.name.clone(),
+                column: None,
+                message: format!("partial index {} keeps its WHERE clause as written in SQLite", ix.name),
+                hint: "if Postgres rejects the predicate, the run reports it and goes on without the index".into(),
+            });
+        }
+        indexes.push(IndexDef {
+            name,
+            unique: ix.unique,
+            columns: cols
+                .into_iter()
+                .zip(ix.descending.iter().copied())
+                .collect(),
+            where_clause: ix.where_clause.clone(),
+        });
+    }
+    let mut foreign_keys = Vec::new();
+    for fk in &t.foreign_keys {
+        let Some(parent) = selected
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(&fk.parent) && p.kind == TableKind::Plain)
+        else {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                table: t.name.clone(),
+                column: Some(fk.columns.join(", ")),
+                message: format!(
+                    "foreign key to {} is not created: that table is not copied",
+                    fk.parent
+                ),
+                hint: "include the parent table, or add the constraint by hand".into(),
+            });
+            continue;
+        };
+        let parent_cols: Vec<String> = if fk.parent_columns.is_empty() {
+            parent
+                .primary_key
+                .iter()
+                .map(|i| ddl::truncate_ident(&parent.columns[*i].name))
+                .collect()
+        } else {
+            fk.parent_columns
+                .iter()
+                .map(|c| {
+                    let real = parent
+                        .columns
+                        .iter()
+                        .find(|pc| pc.name.eq_ignore_ascii_case(c))
+                        .map(|pc| pc.name.clone())
+                        .unwrap_or_else(|| c.clone());
+                    ddl::truncate_ident(&real)
+                })
+                .collect()
+        };
+        let child_cols: Vec<String> = fk
+            .columns
+            .iter()
+            .map(|c| {
+                col_index(c)
+                    .map(|i| columns[i].target.clone())
+                    .unwrap_or_else(|| c.clone())
+            })
+            .collect();
+        foreign_keys.push(ForeignKeyDef {
+            name: ddl::truncate_ident(&format!("{}_{}_fkey", t.name, child_cols.join("_"))),
+            columns: child_cols,
+            parent: ddl::truncate_ident(&parent.name),
+            parent_columns: parent_cols,
+            on_delete: fk.on_delete.clone(),
+            on_update: fk.on_update.clone(),
+        });
+    }
+    TablePlan {
+        source: t.clone(),
+        target: target.to_string(),
+        create: true,
+        columns,
+        key_names: key_names(t),
+        unique_keys,
+        column_defs,
+        primary_key,
+        indexes,
+        foreign_keys,
+    }
+}
+
+fn plan_existing(
+    t: &SourceTable,
+    tt: &TargetTable,
+    cfg: &Config,
+    findings: &mut Vec<Finding>,
+) -> TablePlan {
+    let mut columns = Vec::new();
+    let mut used = vec![false; tt.columns.len()];
+    for c in &t.columns {
+        let found = tt
+            .columns
+            .iter()
+            .position(|tc| tc.name == c.name)
+            .or_else(|| {
+                let mut it = tt
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, tc)| tc.name.eq_ignore_ascii_case(&c.name));
+                let first = it.next()?;
+                it.next().is_none().then_some(first.0)
+            });
+        let Some(pos) = found else {
+            findings.push(Finding {
+                severity: Severity::Error,
+                table: t.name.clone(),
+                column: Some(c.name.clone()),
+                message: format!(
+                    "the target table {} has no column {}; its values would be lost",
+                    tt.name, c.name
+                ),
+                hint: "add the column to the target (a migration), or drop it from SQLite".into(),
+            });
+            continue;
+        };
+        used[pos] = true;
+        let tc = &tt.columns[pos];
+        if tc.generated {
+            findings.push(Finding {
+                severity: Severity::Info,
+                table: t.name.clone(),
+                column: Some(c.name.clone()),
+                message: "the target column is generated; Postgres computes it, SQLite's values are not copied".into(),
+                hint: String::new(),
+            });
+            continue;
+        }
+        if let PgType::Unsupported { name } = &tc.ty {
+            findings.push(Finding {
+                severity: Severity::Error,
+                table: t.name.clone(),
+                column: Some(c.name.clone()),
+                message: format!("target column type {name} is not one sqlite2pg can write"),
+                hint: "change the target column to a supported type (text, numeric, timestamp, jsonb, ...)".into(),
+            });
+        }
+        let cast = cfg.cast_for(&t.name, &c.name);
+        if cast.and_then(|c| c.target_type.as_ref()).is_some() {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                table: t.name.clone(),
+                column: Some(c.name.clone()),
+                message:
+                    "--cast names a type, but the target table exists: its own column type is used"
+                        .into(),
+                hint:
+                    "keep only the encoding part of the cast (epoch_s, epoch_ms, epoch_us, julian)"
+                        .into(),
+            });
+        }
+        columns.push(ColumnPlan {
+            source: c.name.clone(),
+            decl_type: c.decl_type.clone(),
+            target: tc.name.clone(),
+            conv: ColumnConv {
+                ty: tc.ty.clone(),
+                encoding: cast.and_then(|c| c.encoding),
+            },
+            note: (tc.name != c.name).then(|| format!("matched to {} ignoring case", tc.name)),
+        });
+    }
+    for (tc, used) in tt.columns.iter().zip(used) {
+        if !used && tc.not_null && !tc.has_default && !tc.generated {
+            findings.push(Finding {
+                severity: Severity::Error,
+                table: t.name.clone(),
+                column: Some(tc.name.clone()),
+                message: format!(
+                    "target column {}.{} is NOT NULL without a default and has no source column",
+                    tt.name, tc.name
+                ),
+                hint: "give it a default in the target, or make it nullable".into(),
+            });
+        }
+    }
+    let unique_keys = tt
+        .unique_keys
+        .iter()
+        .filter_map(|names| {
+            names
+                .iter()
+                .map(|n| columns.iter().position(|c: &ColumnPlan| &c.target == n))
+                .collect::<Option<Vec<_>>>()
+        })
+        .collect();
+    TablePlan {
+        source: t.clone(),
+        target: tt.name.clone(),
+        create: false,
+        columns,
+        key_names: key_names(t),
+        unique_keys,
+        column_defs: Vec::new(),
+        primary_key: Vec::new(),
+        indexes: Vec::new(),
+        foreign_keys: Vec::new(),
+    }
+}
+
+/// Sorts tables so that parents come before children (cycles keep their name order).
+fn order_parents_first(tables: &mut Vec<TablePlan>) {
+    let mut ordered: Vec<TablePlan> = Vec::with_capacity(tables.len());
+    let mut rest: Vec<TablePlan> = std::mem::take(tables);
+    while !rest.is_empty() {
+        let ready = rest.iter().position(|t| {
+            t.source.foreign_keys.iter().all(|fk| {
+                fk.parent.eq_ignore_ascii_case(&t.source.name)
+                    || !rest
+                        .iter()
+                        .any(|o| o.source.name.eq_ignore_ascii_case(&fk.parent))
+            })
+        });
+        ordered.push(rest.remove(ready.unwrap_or(0)));
+    }
+    *tables = ordered;
+}

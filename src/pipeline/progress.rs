@@ -1,0 +1,96 @@
+//! Snapshot progress for a person: bars on a terminal, periodic log lines otherwise.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Reports rows copied per table.
+pub struct Progress {
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    logged: HashMap<String, (Instant, u64, u64, Instant)>,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Progress {
+    /// Bars when stderr is a terminal, log lines otherwise.
+    pub fn new() -> Progress {
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| (MultiProgress::new(), HashMap::new()));
+        Progress {
+            bars,
+            logged: HashMap::new(),
+        }
+    }
+
+    /// A table's copy starts (or resumes at `done` of `total` rows).
+    pub fn start(&mut self, table: &str, done: u64, total: u64) {
+        if let Some((multi, bars)) = &mut self.bars {
+            let bar = multi.add(ProgressBar::new(total.max(done)));
+            let style = ProgressStyle::with_template(
+                "{prefix:>20} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(table.to_string());
+            bar.set_position(done);
+            bars.insert(table.to_string(), bar);
+        } else {
+            tracing::info!(table, rows_done = done, rows_total = total, "copying table");
+            let now = Instant::now();
+            self.logged
+                .insert(table.to_string(), (now, done, total, now));
+        }
+    }
+
+    /// `rows` more rows of `table` are committed.
+    pub fn advance(&mut self, table: &str, rows: u64) {
+        if let Some((_, bars)) = &self.bars {
+            if let Some(bar) = bars.get(table) {
+                bar.inc(rows);
+            }
+        } else if let Some((last, done, total, started)) = self.logged.get_mut(table) {
+            *done += rows;
+            if last.elapsed() >= LOG_EVERY {
+                *last = Instant::now();
+                let rate = *done as f64 / started.elapsed().as_secs_f64().max(0.001);
+                let eta = (total.saturating_sub(*done)) as f64 / rate.max(1.0);
+                tracing::info!(
+                    table,
+                    rows_done = *done,
+                    rows_total = *total,
+                    rows_per_sec = rate as u64,
+                    eta_secs = eta as u64,
+                    "copy progress"
+                );
+            }
+        }
+    }
+
+    /// A table's copy is complete.
+    pub fn finish(&mut self, table: &str, rows: u64, elapsed: Duration) {
+        if let Some((_, bars)) = &self.bars {
+            if let Some(bar) = bars.get(table) {
+                bar.finish();
+            }
+        }
+        let rate = rows as f64 / elapsed.as_secs_f64().max(0.001);
+        tracing::info!(
+            table,
+            rows,
+            secs = elapsed.as_secs_f64(),
+            rows_per_sec = rate as u64,
+            "table copied"
+        );
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}

@@ -1,0 +1,654 @@
+//! The snapshot: every table copied in key order, chunk by chunk. A reader thread encodes each
+//! chunk (one short SQLite read transaction) while the previous one is written; each chunk is
+//! one Postgres transaction holding the rows and the new position, so a killed run resumes at
+//! its last committed chunk with nothing lost or doubled.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use super::plan::{Plan, TablePlan};
+use super::progress::Progress;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{OwnedValue, SqlValue, display_key};
+use crate::pg::state::{self, Phase};
+use crate::pg::{self, convert, copy, ddl, qualified};
+use crate::sqlite::{self, reader};
+
+/// Knobs of a snapshot run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The SQLite file.
+    pub source: PathBuf,
+    /// Target schema.
+    pub schema: String,
+    /// Most rows per chunk.
+    pub chunk_rows: usize,
+    /// Longest a chunk's SQLite read transaction may stay open.
+    pub chunk_time: Duration,
+    /// SQLite busy timeout.
+    pub busy_timeout: Duration,
+    /// Empty existing, non-empty target tables before the first chunk.
+    pub truncate: bool,
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// (source table, rows now in the target for it).
+    pub tables: Vec<(String, i64)>,
+    /// Warnings raised on the way (indexes or constraints that could not be built).
+    pub warnings: Vec<String>,
+}
+
+/// The DDL a snapshot would run, for `--dry-run`.
+pub fn ddl_script(plan: &Plan, schema: &str) -> String {
+    let mut out = String::new();
+    for t in plan.tables.iter().filter(|t| t.create) {
+        out.push_str(&ddl::create_table(schema, &t.target, &t.column_defs));
+        out.push_str(";\n");
+    }
+    out.push_str("-- after the bulk load:\n");
+    for t in plan.tables.iter().filter(|t| t.create) {
+        for s in post_load_statements(t, schema) {
+            out.push_str(&s);
+            out.push_str(";\n");
+        }
+    }
+    for t in plan.tables.iter().filter(|t| t.create) {
+        for fk in &t.foreign_keys {
+            out.push_str(&ddl::add_foreign_key(schema, &t.target, fk));
+            out.push_str(";\n");
+            out.push_str(&ddl::validate_constraint(schema, &t.target, &fk.name));
+            out.push_str(";\n");
+        }
+    }
+    out
+}
+
+fn post_load_statements(t: &TablePlan, schema: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    if !t.primary_key.is_empty() {
+        v.push(ddl::add_primary_key(schema, &t.target, &t.primary_key));
+    }
+    for ix in &t.indexes {
+        v.push(ddl::create_index(schema, &t.target, ix));
+    }
+    v
+}
+
+struct Chunk {
+    table: usize,
+    rows: u64,
+    last_key: Option<Vec<OwnedValue>>,
+    finished: bool,
+    data: BytesMut,
+}
+
+fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |e| Error::from_pg(what, e)
+}
+
+/// Runs (or resumes) the snapshot of every planned table.
+pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Summary> {
+    state::ensure(client).await?;
+    if !state::try_lock(client).await? {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "another sqlite2pg run is working on this Postgres database; stop it first (see `ps` / the other terminal)",
+        ));
+    }
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .map_err(pg_err("cannot configure the Postgres session".into()))?;
+    let mut summary = Summary::default();
+    let source = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+
+    // Record a start for each table (creating owned tables in the same transaction), and find
+    // where each one resumes.
+    let mut resume: Vec<Option<Option<Vec<OwnedValue>>>> = Vec::new();
+    let mut done_rows: Vec<u64> = Vec::new();
+    let mut totals: Vec<u64> = Vec::new();
+    let saved = save_and_drop_foreign_keys(client, plan, &opts.schema).await?;
+    for t in &plan.tables {
+        let total = sqlite::schema::count_rows(&source, &t.source.name)?;
+        totals.push(total);
+        match state::load(client, &t.source.name).await? {
+            None => {
+                let tx = client.transaction().await.map_err(pg_err(format!(
+                    "cannot start a transaction for table {}",
+                    t.target
+                )))?;
+                if t.create {
+                    tx.batch_execute(&ddl::create_table(&opts.schema, &t.target, &t.column_defs))
+                        .await
+                        .map_err(pg_err(format!(
+                            "cannot create table {}.{}",
+                            opts.schema, t.target
+                        )))?;
+                } else {
+                    let q = qualified(&opts.schema, &t.target);
+                    let has_rows: bool = tx
+                        .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {q})"), &[])
+                        .await
+                        .map_err(pg_err(format!("cannot read target table {}", t.target)))?
+                        .get(0);
+                    if has_rows && !opts.truncate {
+                        return Err(Error::new(
+                            ErrorKind::Schema,
+                            format!(
+                                "target table {}.{} already has rows; the snapshot would mix them with SQLite's. Empty it, or pass --truncate to let sqlite2pg empty it",
+                                opts.schema, t.target
+                            ),
+                        ));
+                    }
+                    if has_rows {
+                        tx.batch_execute(&format!("TRUNCATE {q}"))
+                            .await
+                            .map_err(pg_err(format!("cannot empty target table {}", t.target)))?;
+                    }
+                }
+                state::start(
+                    &tx,
+                    &t.source.name,
+                    &opts.schema,
+                    &t.target,
+                    t.create,
+                    total as i64,
+                )
+                .await?;
+                tx.commit().await.map_err(pg_err(format!(
+                    "cannot commit the start of table {}",
+                    t.target
+                )))?;
+                resume.push(Some(None));
+                done_rows.push(0);
+            }
+            Some(st) if st.phase == Phase::Copying => {
+                resume.push(Some(st.last_key));
+                done_rows.push(st.rows_copied as u64);
+            }
+            Some(st) => {
+                resume.push(None);
+                done_rows.push(st.rows_copied as u64);
+            }
+        }
+    }
+    drop(source);
+
+    copy_tables(client, plan, opts, resume, &done_rows, &totals).await?;
+    build_indexes(client, plan, &opts.schema, &mut summary).await?;
+    restore_foreign_keys(client, &saved, &mut summary).await?;
+    finish_tables(client, plan, &opts.schema, &mut summary).await?;
+    for t in &plan.tables {
+        let st = state::load(client, &t.source.name).await?;
+        summary.tables.push((
+            t.source.name.clone(),
+            st.map(|s| s.rows_copied).unwrap_or(0),
+        ));
+    }
+    Ok(summary)
+}
+
+async fn copy_tables(
+    client: &mut Client,
+    plan: &Plan,
+    opts: &Options,
+    resume: Vec<Option<Option<Vec<OwnedValue>>>>,
+    done_rows: &[u64],
+    totals: &[u64],
+) -> Result<()> {
+    if resume.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let (tx_chunks, mut rx_chunks) = mpsc::channel::<Result<Chunk>>(2);
+    let tables = plan.tables.clone();
+    let reader_opts = opts.clone();
+    let reader = std::thread::spawn(move || {
+        let result = read_all(&tables, &reader_opts, resume, &tx_chunks);
+        if let Err(e) = result {
+            // The writer may already be gone; nothing else to tell then.
+            let _ = tx_chunks.blocking_send(Err(e));
+        }
+    });
+    let mut progress = Progress::new();
+    let mut started: Vec<Option<Instant>> = vec![None; plan.tables.len()];
+    let mut copied = done_rows.to_vec();
+    let result = async {
+        while let Some(chunk) = rx_chunks.recv().await {
+            let chunk = chunk?;
+            let t = &plan.tables[chunk.table];
+            if started[chunk.table].is_none() {
+                started[chunk.table] = Some(Instant::now());
+                progress.start(&t.source.name, done_rows[chunk.table], totals[chunk.table]);
+            }
+            let tx = client.transaction().await.map_err(pg_err(format!(
+                "cannot start a transaction for table {}",
+                t.target
+            )))?;
+            if chunk.rows > 0 {
+                copy::copy_in(
+                    &tx,
+                    &opts.schema,
+                    &t.target,
+                    &t.target_columns(),
+                    chunk.data,
+                )
+                .await?;
+            }
+            state::advance(
+                &tx,
+                &t.source.name,
+                chunk.last_key.as_deref(),
+                chunk.rows as i64,
+                chunk.finished,
+            )
+            .await?;
+            tx.commit().await.map_err(pg_err(format!(
+                "cannot commit a chunk of table {}",
+                t.target
+            )))?;
+            progress.advance(&t.source.name, chunk.rows);
+            copied[chunk.table] += chunk.rows;
+            if chunk.finished {
+                let elapsed = started[chunk.table]
+                    .map(|s| s.elapsed())
+                    .unwrap_or_default();
+                progress.finish(&t.source.name, copied[chunk.table], elapsed);
+            }
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    drop(rx_chunks);
+    if reader.join().is_err() {
+        return Err(Error::new(
+            ErrorKind::SourceUnreadable,
+            "the SQLite reader thread panicked; re-run to resume",
+        ));
+    }
+    result
+}
+
+fn read_all(
+    tables: &[TablePlan],
+    opts: &Options,
+    resume: Vec<Option<Option<Vec<OwnedValue>>>>,
+    out: &mpsc::Sender<Result<Chunk>>,
+) -> Result<()> {
+    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    for (i, (t, start)) in tables.iter().zip(resume).enumerate() {
+        let Some(mut after) = start else { continue };
+        let q = reader::ScanQuery::new(&t.source, &t.source_columns());
+        let klen = q.key_len();
+        let ncols = t.columns.len();
+        loop {
+            let mut data = copy::begin_buffer(1 << 20);
+            let read = reader::read_chunk(
+                &conn,
+                &q,
+                after.as_deref(),
+                opts.chunk_rows,
+                opts.chunk_time,
+                |row| {
+                    copy::begin_row(&mut data, ncols);
+                    for (c, v) in t.columns.iter().zip(&row[klen..]) {
+                        convert::encode(*v, &c.conv, &mut data)
+                            .map_err(|e| conversion_error(t, &row[..klen], &c.source, *v, e))?;
+                    }
+                    Ok(())
+                },
+            )?;
+            if read.last_key.is_some() {
+                after = read.last_key.clone();
+            }
+            let chunk = Chunk {
+                table: i,
+                rows: read.rows,
+                last_key: read.last_key,
+                finished: read.exhausted,
+                data,
+            };
+            if out.blocking_send(Ok(chunk)).is_err() {
+                return Ok(());
+            }
+            if read.exhausted {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn conversion_error(
+    t: &TablePlan,
+    key: &[SqlValue<'_>],
+    column: &str,
+    value: SqlValue<'_>,
+    e: convert::ConvError,
+) -> Error {
+    let key: Vec<OwnedValue> = key.iter().map(SqlValue::to_owned_value).collect();
+    Error::new(
+        ErrorKind::Conversion,
+        format!(
+            "table {}, row {}, column {}: value {} cannot be copied: {}. Rows before it are committed; fix it and re-run to resume",
+            t.source.name,
+            display_key(&t.key_names, &key),
+            column,
+            value.display(),
+            e.detail
+        ),
+    )
+}
+
+async fn build_indexes(
+    client: &mut Client,
+    plan: &Plan,
+    schema: &str,
+    summary: &mut Summary,
+) -> Result<()> {
+    for t in &plan.tables {
+        let Some(st) = state::load(client, &t.source.name).await? else {
+            continue;
+        };
+        if st.phase != Phase::Copied {
+            continue;
+        }
+        let started = Instant::now();
+        let tx = client.transaction().await.map_err(pg_err(format!(
+            "cannot start a transaction for table {}",
+            t.target
+        )))?;
+        if t.create {
+            if !t.primary_key.is_empty() {
+                tx.batch_execute(&ddl::add_primary_key(schema, &t.target, &t.primary_key))
+                    .await
+                    .map_err(pg_err(format!("cannot add the primary key of table {} (duplicate or NULL keys? run `sqlite2pg check`)", t.target)))?;
+            }
+            for ix in &t.indexes {
+                let sql = ddl::create_index(schema, &t.target, ix);
+                tx.batch_execute("SAVEPOINT ix")
+                    .await
+                    .map_err(pg_err("cannot set a savepoint".into()))?;
+                match tx.batch_execute(&sql).await {
+                    Ok(()) => {}
+                    Err(e) if !ix.unique || ix.where_clause.is_some() => {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT ix")
+                            .await
+                            .map_err(pg_err("cannot roll back to a savepoint".into()))?;
+                        let w = format!(
+                            "index {} on {} was not created: {}; create it by hand",
+                            ix.name,
+                            t.target,
+                            db_message(&e)
+                        );
+                        tracing::warn!("{w}");
+                        summary.warnings.push(w);
+                    }
+                    Err(e) => {
+                        return Err(Error::from_pg(
+                            format!(
+                                "cannot build unique index {} on table {} (duplicates? run `sqlite2pg check`)",
+                                ix.name, t.target
+                            ),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        state::set_phase(&tx, &t.source.name, Phase::Indexed).await?;
+        tx.commit().await.map_err(pg_err(format!(
+            "cannot commit the indexes of table {}",
+            t.target
+        )))?;
+        if t.create {
+            tracing::info!(table = %t.target, secs = started.elapsed().as_secs_f64(), "keys and indexes built");
+        }
+    }
+    Ok(())
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+async fn finish_tables(
+    client: &mut Client,
+    plan: &Plan,
+    schema: &str,
+    summary: &mut Summary,
+) -> Result<()> {
+    for t in &plan.tables {
+        let Some(st) = state::load(client, &t.source.name).await? else {
+            continue;
+        };
+        if st.phase != Phase::Indexed {
+            continue;
+        }
+        let tx = client.transaction().await.map_err(pg_err(format!(
+            "cannot start a transaction for table {}",
+            t.target
+        )))?;
+        for fk in &t.foreign_keys {
+            add_foreign_key(
+                &tx,
+                &ddl::add_foreign_key(schema, &t.target, fk),
+                schema,
+                &t.target,
+                &fk.name,
+                summary,
+            )
+            .await?;
+        }
+        move_sequences(&tx, schema, &t.target).await?;
+        state::set_phase(&tx, &t.source.name, Phase::Ready).await?;
+        tx.commit().await.map_err(pg_err(format!(
+            "cannot commit the constraints of table {}",
+            t.target
+        )))?;
+    }
+    Ok(())
+}
+
+/// Adds a foreign key NOT VALID, then validates it; orphaned rows leave it NOT VALID (enforced
+/// for new rows) with a warning instead of failing the whole run.
+async fn add_foreign_key(
+    tx: &tokio_postgres::Transaction<'_>,
+    add_sql: &str,
+    schema: &str,
+    table: &str,
+    name: &str,
+    summary: &mut Summary,
+) -> Result<()> {
+    let exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = $1 AND r.relname = $2 AND c.conname = $3)",
+            &[&schema, &table, &name],
+        )
+        .await
+        .map_err(pg_err(format!("cannot read the constraints of table {table}")))?
+        .get(0);
+    if !exists {
+        tx.batch_execute(add_sql).await.map_err(pg_err(format!(
+            "cannot add foreign key {name} to table {table}"
+        )))?;
+    }
+    tx.batch_execute("SAVEPOINT fk")
+        .await
+        .map_err(pg_err("cannot set a savepoint".into()))?;
+    if let Err(e) = tx
+        .batch_execute(&ddl::validate_constraint(schema, table, name))
+        .await
+    {
+        tx.batch_execute("ROLLBACK TO SAVEPOINT fk")
+            .await
+            .map_err(pg_err("cannot roll back to a savepoint".into()))?;
+        let w = format!(
+            "foreign key {name} on {table} stays NOT VALID: {} (orphaned rows; `sqlite2pg check` lists them). New rows are checked",
+            db_message(&e)
+        );
+        tracing::warn!("{w}");
+        summary.warnings.push(w);
+    }
+    Ok(())
+}
+
+/// Moves identity and serial sequences past the largest copied value.
+async fn move_sequences(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> Result<()> {
+    let q = qualified(schema, table);
+    let cols = tx
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped AND pg_get_serial_sequence($1, a.attname) IS NOT NULL",
+            &[&q],
+        )
+        .await
+        .map_err(pg_err(format!("cannot find the sequences of table {table}")))?;
+    for c in cols {
+        let col: String = c.get(0);
+        let sql = format!(
+            "SELECT setval(pg_get_serial_sequence($1, $2), COALESCE((SELECT max({}) FROM {q}), 0) + 1, false)",
+            pg::quote_ident(&col)
+        );
+        tx.query_one(&sql, &[&q, &col])
+            .await
+            .map_err(pg_err(format!(
+                "cannot move the sequence of {table}.{col} past the copied ids"
+            )))?;
+    }
+    Ok(())
+}
+
+struct SavedFk {
+    table: String,
+    name: String,
+    definition: String,
+}
+
+/// Existing target tables (made by migrations) have immediate foreign keys, which a copy in key
+/// order can violate midway (children before parents, self-references). They are saved in the
+/// state schema and dropped in one transaction, and re-added after the copy, so a killed run
+/// still finds them.
+async fn save_and_drop_foreign_keys(
+    client: &mut Client,
+    plan: &Plan,
+    schema: &str,
+) -> Result<Vec<SavedFk>> {
+    let mut targets: Vec<String> = Vec::new();
+    for t in plan.tables.iter().filter(|t| !t.create) {
+        if state::load(client, &t.source.name)
+            .await?
+            .is_none_or(|s| s.phase == Phase::Copying)
+        {
+            targets.push(t.target.clone());
+        }
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(pg_err("cannot start a transaction".into()))?;
+    if !targets.is_empty() {
+        let rows = tx
+            .query(
+                "SELECT r.relname::text, c.conname::text, pg_get_constraintdef(c.oid)
+                 FROM pg_constraint c
+                 JOIN pg_class r ON r.oid = c.conrelid
+                 JOIN pg_namespace n ON n.oid = r.relnamespace
+                 JOIN pg_class p ON p.oid = c.confrelid
+                 WHERE c.contype = 'f' AND n.nspname = $1 AND (r.relname = ANY($2) OR p.relname = ANY($2))",
+                &[&schema, &targets],
+            )
+            .await
+            .map_err(pg_err("cannot read the foreign keys of the target tables".into()))?;
+        for r in rows {
+            let (table, name, def): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            tx.execute(
+                &format!("INSERT INTO {}.saved_constraint VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", state::STATE_SCHEMA),
+                &[&schema, &table, &name, &def],
+            )
+            .await
+            .map_err(pg_err("cannot save a foreign key definition".into()))?;
+            tx.batch_execute(&format!("ALTER TABLE {} DROP CONSTRAINT {}", qualified(schema, &table), pg::quote_ident(&name)))
+                .await
+                .map_err(pg_err(format!("cannot drop foreign key {name} of table {table} for the copy (the user needs to own the table)")))?;
+        }
+    }
+    let rows = tx
+        .query(
+            &format!("SELECT target_table, name, definition FROM {}.saved_constraint WHERE target_schema = $1 ORDER BY 1, 2", state::STATE_SCHEMA),
+            &[&schema],
+        )
+        .await
+        .map_err(pg_err("cannot read saved foreign keys".into()))?;
+    tx.commit()
+        .await
+        .map_err(pg_err("cannot commit the saved foreign keys".into()))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SavedFk {
+            table: r.get(0),
+            name: r.get(1),
+            definition: r.get(2),
+        })
+        .collect())
+}
+
+async fn restore_foreign_keys(
+    client: &mut Client,
+    saved: &[SavedFk],
+    summary: &mut Summary,
+) -> Result<()> {
+    if saved.is_empty() {
+        return Ok(());
+    }
+    let schema_rows = client
+        .query(
+            &format!(
+                "SELECT DISTINCT target_schema FROM {}.saved_constraint",
+                state::STATE_SCHEMA
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg_err("cannot read saved foreign keys".into()))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(pg_err("cannot start a transaction".into()))?;
+    for schema_row in schema_rows {
+        let schema: String = schema_row.get(0);
+        for fk in saved {
+            let def = fk.definition.trim_end();
+            let add = format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
+                qualified(&schema, &fk.table),
+                pg::quote_ident(&fk.name),
+                def
+            );
+            add_foreign_key(&tx, &add, &schema, &fk.table, &fk.name, summary).await?;
+        }
+        tx.execute(
+            &format!(
+                "DELETE FROM {}.saved_constraint WHERE target_schema = $1",
+                state::STATE_SCHEMA
+            ),
+            &[&schema],
+        )
+        .await
+        .map_err(pg_err("cannot clear saved foreign keys".into()))?;
+    }
+    tx.commit()
+        .await
+        .map_err(pg_err("cannot commit the restored foreign keys".into()))?;
+    Ok(())
+}

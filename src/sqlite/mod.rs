@@ -1,0 +1,50 @@
+//! The SQLite side: opening the file politely, reading its schema and its rows.
+
+pub mod reader;
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Quotes an identifier for SQLite (and Postgres): `"` doubled inside double quotes.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Opens the source read-only with a busy timeout, and proves it is a SQLite database.
+pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::new(
+            ErrorKind::SourceUnreadable,
+            format!(
+                "SQLite file {} does not exist; check --source",
+                path.display()
+            ),
+        ));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        Error::from_sqlite(format!("cannot open SQLite file {}", path.display()), e)
+    })?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| Error::from_sqlite("cannot set the SQLite busy timeout", e))?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| {
+        Error::from_sqlite(
+            format!(
+                "{} is not a readable SQLite database (corrupt, encrypted, or locked by a writer)",
+                path.display()
+            ),
+            e,
+        )
+    })?;
+    Ok(conn)
+}
