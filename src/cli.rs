@@ -190,15 +190,16 @@ fn build_plan(
 ) -> anyhow::Result<(plan::Plan, Option<tokio_postgres::Client>)> {
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
     let tables = sqlite::schema::read_tables(&conn)?;
-    let (target, client) = match &cfg.target {
+    let (target, owned, client) = match &cfg.target {
         Some(url) => {
             let client = rt.block_on(pg::connect(url))?;
             let target = rt.block_on(pg::catalog::read_tables(&client, &cfg.target_schema))?;
-            (Some(target), Some(client))
+            let owned = rt.block_on(pg::state::owned_tables(&client))?;
+            (Some(target), owned, Some(client))
         }
-        None => (None, None),
+        None => (None, Vec::new(), None),
     };
-    Ok((plan::build(&tables, target.as_ref(), cfg), client))
+    Ok((plan::build(&tables, target.as_ref(), &owned, cfg), client))
 }
 
 fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {

@@ -81,7 +81,7 @@ pub fn add_primary_key(schema: &str, table: &str, columns: &[String]) -> String 
     format!(
         "ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})",
         qualified(schema, table),
-        quote_ident(&truncate_ident(&format!("{table}_pkey"))),
+        quote_ident(&object_name(table, &[], "pkey")),
         idents(columns)
     )
 }
@@ -160,6 +160,34 @@ pub fn truncate_ident(name: &str) -> String {
         end -= 1;
     }
     name[..end].to_string()
+}
+
+/// A constraint or index name `table_col1_col2_suffix` that fits in 63 bytes, shortening the
+/// table and column parts (not the suffix) the way Postgres names its own objects, so that a
+/// long table name never yields a name equal to the table's.
+pub fn object_name(table: &str, columns: &[String], suffix: &str) -> String {
+    let cols = columns.join("_");
+    let mut table_part = table.to_string();
+    let mut col_part = cols;
+    let fixed = suffix.len() + 1 + usize::from(!col_part.is_empty());
+    while table_part.len() + col_part.len() + fixed > 63 {
+        let cut_table = table_part.len() >= col_part.len();
+        let part = if cut_table {
+            &mut table_part
+        } else {
+            &mut col_part
+        };
+        let mut end = part.len() - 1;
+        while !part.is_char_boundary(end) {
+            end -= 1;
+        }
+        part.truncate(end);
+    }
+    if col_part.is_empty() {
+        format!("{table_part}_{suffix}")
+    } else {
+        format!("{table_part}_{col_part}_{suffix}")
+    }
 }
 
 /// Translates a SQLite DEFAULT clause for a column of type `ty`; `Err` says why it cannot be.
@@ -290,6 +318,17 @@ mod tests {
         assert_eq!(t("'it''s'", PgType::Text), Ok(Some("'it''s'".into())));
         assert!(t("'a' || 'b'", PgType::Text).is_err());
         assert!(t("(strftime('%s','now'))", PgType::Int8).is_err());
+    }
+
+    #[test]
+    fn object_names_keep_their_suffix() {
+        let long = "t".repeat(70);
+        let n = object_name(&long, &[], "pkey");
+        assert!(n.len() <= 63 && n.ends_with("_pkey") && n != truncate_ident(&long));
+        let n = object_name("tasks", &["project_id".into()], "fkey");
+        assert_eq!(n, "tasks_project_id_fkey");
+        let n = object_name(&"é".repeat(40), &["c".repeat(40)], "key");
+        assert!(n.len() <= 63 && n.ends_with("_key"));
     }
 
     #[test]

@@ -117,6 +117,29 @@ pub async fn ensure(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Target tables sqlite2pg created itself (by an earlier, possibly killed, run).
+pub async fn owned_tables(client: &Client) -> Result<Vec<String>> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{STATE_SCHEMA}.table_state') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(pg("look for the state tables"))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            &format!("SELECT target_table FROM {STATE_SCHEMA}.table_state WHERE owned"),
+            &[],
+        )
+        .await
+        .map_err(pg("read owned tables"))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
 /// Takes the session-level advisory lock that keeps two runs off the same target.
 pub async fn try_lock(client: &Client) -> Result<bool> {
     let row = client

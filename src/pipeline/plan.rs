@@ -130,9 +130,13 @@ fn find_ci<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<(&'a Strin
 }
 
 /// Builds the plan from the source schema and, when there is one, the existing target schema.
+///
+/// `owned` lists target tables an earlier, possibly killed, run created: they are planned as
+/// created tables again (keys, indexes and foreign keys may still be missing), not as the app's.
 pub fn build(
     source: &[SourceTable],
     target: Option<&BTreeMap<String, TargetTable>>,
+    owned: &[String],
     cfg: &Config,
 ) -> Plan {
     let mut findings = Vec::new();
@@ -213,7 +217,11 @@ pub fn build(
                 hint: "add a primary key in SQLite (e.g. an INTEGER PRIMARY KEY column), or --exclude the table".into(),
             });
         }
-        let existing = find_ci(target_tables, &target_name);
+        let existing = if owned.contains(&target_name) {
+            None
+        } else {
+            find_ci(target_tables, &target_name)
+        };
         let plan = match existing {
             Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings),
             None => plan_create(t, &target_name, &selected, cfg, &mut findings),
@@ -222,7 +230,7 @@ pub fn build(
     }
     let target_only = target_tables
         .keys()
-        .filter(|k| !tables.iter().any(|p| &p.target == *k))
+        .filter(|k| !tables.iter().any(|p| &p.target == *k) && !owned.contains(k))
         .cloned()
         .collect();
     order_parents_first(&mut tables);
@@ -394,7 +402,7 @@ fn plan_create(
             );
         }
         let name = if ix.origin == "u" || ix.name.starts_with("sqlite_autoindex") {
-            ddl::truncate_ident(&format!("{}_{}_key", t.name, cols.join("_")))
+            ddl::object_name(&t.name, &cols, "key")
         } else {
             ddl::truncate_ident(&ix.name)
         };
@@ -465,7 +473,7 @@ fn plan_create(
             })
             .collect();
         foreign_keys.push(ForeignKeyDef {
-            name: ddl::truncate_ident(&format!("{}_{}_fkey", t.name, child_cols.join("_"))),
+            name: ddl::object_name(&t.name, &child_cols, "fkey"),
             columns: child_cols,
             parent: ddl::truncate_ident(&parent.name),
             parent_columns: parent_cols,

@@ -1,0 +1,363 @@
+//! Test harness: a throwaway Postgres cluster per test binary (or SQLITE2PG_TEST_PG), a fresh
+//! database per test, SQLite files in temp dirs, and the real `sqlite2pg` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Password of the throwaway cluster's superuser; tests also check it never leaks.
+pub const PASSWORD: &str = "pw-Secret-9f3k";
+
+static CLUSTER: OnceLock<String> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn pg_bindir() -> PathBuf {
+    for v in ["16", "15", "17"] {
+        let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
+        if p.join("initdb").exists() {
+            return p;
+        }
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if p.join("initdb").exists() {
+            return p;
+        }
+    }
+    panic!(
+        "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/{{15,16,17}}/bin). \
+         Install them with: apt-get update && apt-get install -y postgresql-15 \
+         or point SQLITE2PG_TEST_PG at a server (postgres://user:password@host:port/postgres)"
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn as_postgres(bin: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn start_cluster() -> String {
+    let bin = pg_bindir();
+    let dir = std::env::temp_dir().join(format!("sqlite2pg-test-pg-{}", unique()));
+    std::fs::create_dir_all(&dir).expect("create cluster dir");
+    let pwfile = dir.join("pw");
+    std::fs::write(&pwfile, PASSWORD).expect("write password file");
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(ok.success(), "cannot chown the cluster dir to postgres");
+    }
+    let data = dir.join("data");
+    let out = as_postgres(&bin.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
+        dir.display()
+    );
+    let out = as_postgres(&bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-o", &opts, "-l"])
+        .arg(dir.join("log"))
+        .args(["-w", "start"])
+        .output()
+        .expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A watchdog stops the cluster and removes it once this test process is gone.
+    let stop = if is_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}{pgctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        pgctl = bin.join("pg_ctl").display(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watchdog");
+    format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres")
+}
+
+/// The admin URL of the cluster tests use.
+pub fn cluster_url() -> &'static str {
+    CLUSTER.get_or_init(|| std::env::var("SQLITE2PG_TEST_PG").unwrap_or_else(|_| start_cluster()))
+}
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDb {
+    /// Connection URL of the database.
+    pub url: String,
+    name: String,
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    format!("{base}/{db}")
+}
+
+impl TestDb {
+    /// Creates a fresh database.
+    pub fn new() -> TestDb {
+        let name = format!("t_{}", unique());
+        let mut admin = postgres::Client::connect(cluster_url(), postgres::NoTls)
+            .expect("connect to the test cluster");
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("create test database");
+        TestDb {
+            url: with_db(cluster_url(), &name),
+            name,
+        }
+    }
+
+    /// A synchronous client on this database.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(cluster_url(), postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// A temp dir holding one SQLite file.
+pub struct SqliteFile {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl SqliteFile {
+    /// A new file built by running `sql`.
+    pub fn new(sql: &str) -> SqliteFile {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.db");
+        let conn = rusqlite::Connection::open(&path).expect("open sqlite");
+        conn.execute_batch(sql).expect("build sqlite fixture");
+        SqliteFile { dir, path }
+    }
+
+    /// A connection to it.
+    pub fn conn(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(&self.path).expect("open sqlite")
+    }
+}
+
+/// Runs the real binary.
+pub fn sqlite2pg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("SQLITE2PG_TARGET")
+        .env_remove("SQLITE2PG_SOURCE")
+        .output()
+        .expect("run sqlite2pg")
+}
+
+/// stdout and stderr together, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `run --snapshot-only` and insists it succeeds.
+pub fn snapshot(src: &Path, db: &TestDb, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--source",
+        src.to_str().expect("utf-8 path"),
+        "--target",
+        &db.url,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["run", "--snapshot-only"]);
+    let out = sqlite2pg(&args);
+    assert!(out.status.success(), "snapshot failed:\n{}", text(&out));
+    out
+}
+
+/// Every row of a Postgres query, each column rendered as text (NULL as None).
+pub fn pg_rows(client: &mut postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let rows = client.query(sql, &[]).expect("query postgres");
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        })
+        .collect()
+}
+
+/// Asserts that a table has the same rows on both sides, column by column, normalising only
+/// what differs in rendering (booleans, timestamp fraction digits, numbers parsed as f64).
+pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str, key: &str) {
+    let conn = rusqlite::Connection::open(src).expect("open sqlite");
+    let mut cols: Vec<(String, String)> = Vec::new();
+    {
+        let mut st = conn
+            .prepare(&format!(
+                "PRAGMA table_info(\"{}\")",
+                table.replace('"', "\"\"")
+            ))
+            .expect("table_info");
+        let mut rows = st.query([]).expect("table_info");
+        while let Some(r) = rows.next().expect("row") {
+            cols.push((
+                r.get(1).expect("name"),
+                r.get::<_, String>(2).expect("type").to_uppercase(),
+            ));
+        }
+    }
+    let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    let names: Vec<String> = cols.iter().map(|(n, _)| q(n)).collect();
+    let pg_names: Vec<String> = cols
+        .iter()
+        .map(|(n, _)| format!("{}::text", q(n)))
+        .collect();
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            names.join(", "),
+            q(table),
+            q(key)
+        ))
+        .expect("select sqlite");
+    let sqlite_rows: Vec<Vec<rusqlite::types::Value>> = st
+        .query_map([], |r| {
+            (0..cols.len())
+                .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                .collect()
+        })
+        .expect("query sqlite")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    // Qualified, so ORDER BY sorts by the column and not by its text rendering.
+    let pg = pg_rows(
+        client,
+        &format!(
+            "SELECT {} FROM {} t ORDER BY t.{}",
+            pg_names.join(", "),
+            q(table),
+            q(key)
+        ),
+    );
+    assert_eq!(sqlite_rows.len(), pg.len(), "row count of {table}");
+    for (s, p) in sqlite_rows.iter().zip(&pg) {
+        for ((v, pv), (name, ty)) in s.iter().zip(p).zip(&cols) {
+            use rusqlite::types::Value;
+            let ok = match (v, pv) {
+                (Value::Null, None) => true,
+                (Value::Integer(i), Some(t)) if ty.contains("BOOL") => {
+                    (*i == 1 && t == "true") || (*i == 0 && t == "false")
+                }
+                (Value::Integer(i), Some(t)) => {
+                    t.parse::<f64>().ok() == Some(*i as f64) || &i.to_string() == t
+                }
+                (Value::Real(f), Some(t)) => t.parse::<f64>().ok() == Some(*f),
+                (Value::Text(a), Some(b)) if ty.contains("DATE") || ty.contains("TIME") => {
+                    norm_ts(a) == norm_ts(b)
+                }
+                (Value::Text(a), Some(b)) => a == b,
+                _ => false,
+            };
+            assert!(
+                ok,
+                "{table}.{name}: sqlite {v:?} != postgres {pv:?} (row {:?})",
+                s.first()
+            );
+        }
+    }
+}
+
+fn norm_ts(s: &str) -> String {
+    let s = s.replace('T', " ");
+    match s.split_once('.') {
+        Some((a, frac)) => {
+            let f = frac.trim_end_matches('0');
+            if f.is_empty() {
+                a.to_string()
+            } else {
+                format!("{a}.{f}")
+            }
+        }
+        None => s,
+    }
+}

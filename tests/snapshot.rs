@@ -1,0 +1,403 @@
+//! Snapshot: every storage class and declared type round-trips; hostile names; an existing
+//! (migration-made) target schema; kill -9 at random moments resumes with nothing lost or doubled.
+
+mod common;
+
+use common::*;
+
+const LONG_NAME: &str = "a_table_name_that_is_exactly_seventy_bytes_long_for_the_identifier_t70";
+
+#[test]
+fn round_trips_every_storage_class_and_declared_type() {
+    assert_eq!(LONG_NAME.len(), 70);
+    let src = SqliteFile::new(
+        r#"
+        CREATE TABLE everything (
+          id INTEGER PRIMARY KEY, i INTEGER, big BIGINT, small SMALLINT, r REAL, n NUMERIC(12,2),
+          d DECIMAL, t TEXT, v VARCHAR(10), b BLOB, flag BOOLEAN, day DATE, ts DATETIME,
+          tstz TIMESTAMPTZ, tm TIME, j JSON, untyped, u UUID);
+        INSERT INTO everything VALUES (1, 0, 9223372036854775807, -32768, 0.1 + 0.2, 12.5,
+          '123456789012345678901234567890.123', 'emoji 😀 ''single'' "double" \ back', 'short', x'00ff', 1,
+          '2024-02-29', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+03:00', '12:34:56',
+          '{"a": [1, 2, {"b": null}], "k": "ж"}', 42, '0123456789abcdef0123456789abcdef');
+        INSERT INTO everything VALUES (2, -1, -9223372036854775808, 32767, 1.7976931348623157e308, -0.01,
+          0, '', 'ten chars!', x'', 0, '1999-12-31', '2024-01-02 03:04:05', '2024-06-01T10:00:00Z',
+          '00:00', '[]', 'text', '01234567-89ab-cdef-0123-456789abcdef');
+        INSERT INTO everything (id) VALUES (3);
+        INSERT INTO everything (id, b, ts) VALUES (4, randomblob(1048576), '2024-01-02 03:04:05.5+02:00');
+        "#,
+    );
+    let db = TestDb::new();
+    snapshot(&src.path, &db, &[]);
+    let mut c = db.client();
+    c.batch_execute("SET TimeZone = 'UTC'").unwrap();
+    let rows = pg_rows(
+        &mut c,
+        "SELECT id::text, i::text, big::text, small::text, r::text, n::text, d::text, t, v, encode(b, 'hex'),
+                flag::text, day::text, ts::text, tstz::text, tm::text, j::text, untyped, u::text
+         FROM everything WHERE id <= 3 ORDER BY id",
+    );
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(
+        rows[0],
+        vec![
+            s("1"),
+            s("0"),
+            s("9223372036854775807"),
+            s("-32768"),
+            s("0.30000000000000004"),
+            s("12.50"),
+            // NUMERIC affinity already stored this as a REAL in SQLite: Postgres gets what SQLite holds.
+            s("123456789012345680000000000000"),
+            s("emoji 😀 'single' \"double\" \\ back"),
+            s("short"),
+            s("00ff"),
+            s("true"),
+            s("2024-02-29"),
+            s("2024-01-02 03:04:05.123456"),
+            s("2024-01-02 00:04:05+00"),
+            s("12:34:56"),
+            s(r#"{"a": [1, 2, {"b": null}], "k": "ж"}"#),
+            s("42"),
+            s("01234567-89ab-cdef-0123-456789abcdef")
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        vec![
+            s("2"),
+            s("-1"),
+            s("-9223372036854775808"),
+            s("32767"),
+            s("1.7976931348623157e+308"),
+            s("-0.01"),
+            s("0"),
+            s(""),
+            s("ten chars!"),
+            s(""),
+            s("false"),
+            s("1999-12-31"),
+            s("2024-01-02 03:04:05"),
+            s("2024-06-01 10:00:00+00"),
+            s("00:00:00"),
+            s("[]"),
+            s("text"),
+            s("01234567-89ab-cdef-0123-456789abcdef")
+        ]
+    );
+    assert_eq!(rows[2][0], s("3"));
+    assert!(
+        rows[2][1..].iter().all(Option::is_none),
+        "row 3 is all NULL: {:?}",
+        rows[2]
+    );
+    // A 1 MB BLOB arrives byte for byte; an offset is applied the way SQLite's datetime() does.
+    let sqlite_md5: Vec<u8> = src
+        .conn()
+        .query_row("SELECT b FROM everything WHERE id = 4", [], |r| r.get(0))
+        .unwrap();
+    let pg_blob: Vec<u8> = c
+        .query_one("SELECT b FROM everything WHERE id = 4", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(pg_blob.len(), 1_048_576);
+    assert_eq!(sqlite_md5, pg_blob);
+    let ts: String = c
+        .query_one("SELECT ts::text FROM everything WHERE id = 4", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ts, "2024-01-02 01:04:05.5");
+    // Types as created.
+    let types = pg_rows(
+        &mut c,
+        "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_name = 'everything' ORDER BY ordinal_position",
+    );
+    let types: Vec<String> = types
+        .into_iter()
+        .map(|r| format!("{}:{}", r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "id:integer",
+            "i:integer",
+            "big:bigint",
+            "small:smallint",
+            "r:double precision",
+            "n:numeric",
+            "d:numeric",
+            "t:text",
+            "v:character varying",
+            "b:bytea",
+            "flag:boolean",
+            "day:date",
+            "ts:timestamp without time zone",
+            "tstz:timestamp with time zone",
+            "tm:time without time zone",
+            "j:json",
+            "untyped:text",
+            "u:uuid"
+        ]
+    );
+}
+
+#[test]
+fn hostile_identifiers_survive() {
+    let src = SqliteFile::new(&format!(
+        r#"
+        CREATE TABLE "my table" ("the ""id""" INTEGER PRIMARY KEY, "Mixed Case" TEXT, "order" INT, "group" TEXT);
+        CREATE INDEX "idx with space" ON "my table" ("Mixed Case");
+        CREATE TABLE "user" (id INTEGER PRIMARY KEY, name TEXT UNIQUE, "select" INTEGER REFERENCES "my table"("the ""id"""));
+        CREATE TABLE "таблица" ("колонка" INTEGER PRIMARY KEY, "值" TEXT);
+        CREATE TABLE "{LONG_NAME}" (id INTEGER PRIMARY KEY, v TEXT);
+        INSERT INTO "my table" VALUES (1, 'x', 2, 'g'), (2, 'y', 3, 'h');
+        INSERT INTO "user" VALUES (1, 'alice', 1), (2, 'bob', 2);
+        INSERT INTO "таблица" VALUES (7, 'семь');
+        INSERT INTO "{LONG_NAME}" VALUES (1, 'long');
+        "#
+    ));
+    let db = TestDb::new();
+    let out = sqlite2pg(&["--source", src.path.to_str().unwrap(), "check"]);
+    assert!(
+        out.status.success(),
+        "check should be clean:\n{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("Postgres keeps the first 63"),
+        "{}",
+        text(&out)
+    );
+    snapshot(&src.path, &db, &[]);
+    let mut c = db.client();
+    let truncated = &LONG_NAME[..63];
+    for (table, key) in [
+        ("my table", "the \"id\""),
+        ("user", "id"),
+        ("таблица", "колонка"),
+        (truncated, "id"),
+    ] {
+        let q = table.replace('"', "\"\"");
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM \"{q}\""), &[])
+            .unwrap()
+            .get(0);
+        assert!(n >= 1, "{table} has rows");
+        if table != truncated {
+            assert_table_equal(&src.path, &mut c, table, key);
+        }
+    }
+    // The app's own long name still reaches the table: Postgres cuts it the same way.
+    let v: String = c
+        .query_one(&format!("SELECT v FROM \"{LONG_NAME}\""), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "long");
+    let fks: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(fks, 1);
+    let ix: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx with space'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ix, 1);
+}
+
+#[test]
+fn existing_target_schema_made_by_migrations() {
+    // What SQLAlchemy models look like on SQLite...
+    let src = SqliteFile::new(
+        r#"
+        CREATE TABLE "user" (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(50) NOT NULL, created_at DATETIME NOT NULL);
+        CREATE TABLE project (id INTEGER NOT NULL PRIMARY KEY, owner_id INTEGER REFERENCES "user"(id),
+          status VARCHAR(6) NOT NULL CHECK (status IN ('new','active','done')), budget NUMERIC(12,2), meta JSON);
+        CREATE TABLE task (id INTEGER NOT NULL PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES project(id),
+          parent_id INTEGER REFERENCES task(id), title TEXT NOT NULL, done BOOLEAN NOT NULL);
+        CREATE TABLE membership (user_id INTEGER NOT NULL REFERENCES "user"(id), project_id INTEGER NOT NULL REFERENCES project(id),
+          role VARCHAR(20), PRIMARY KEY (user_id, project_id));
+        INSERT INTO "user" VALUES (1, 'alice', '2024-01-01 10:00:00.000000'), (2, 'bob', '2024-01-02 11:00:00.250000');
+        INSERT INTO project VALUES (1, 2, 'active', 1500.5, '{"tags": ["a"]}'), (2, 1, 'new', NULL, NULL);
+        -- a subtask whose parent has a higher id: key order puts the child first
+        INSERT INTO task VALUES (1, 1, 3, 'child', 0), (2, 2, NULL, 'solo', 1), (3, 1, NULL, 'parent', 0);
+        INSERT INTO membership VALUES (1, 1, 'owner'), (2, 1, 'member'), (1, 2, NULL);
+        "#,
+    );
+    // ...and the schema their migrations made on Postgres.
+    let db = TestDb::new();
+    let mut c = db.client();
+    c.batch_execute(
+        r#"
+        CREATE TYPE projectstatus AS ENUM ('new', 'active', 'done');
+        CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY);
+        INSERT INTO alembic_version VALUES ('abc123');
+        CREATE TABLE "user" (id SERIAL PRIMARY KEY, name VARCHAR(50) NOT NULL, created_at TIMESTAMPTZ NOT NULL);
+        CREATE TABLE project (id SERIAL PRIMARY KEY, owner_id INTEGER REFERENCES "user"(id), status projectstatus NOT NULL,
+          budget NUMERIC(12,2), meta JSONB);
+        CREATE TABLE task (id SERIAL PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES project(id),
+          parent_id INTEGER REFERENCES task(id), title TEXT NOT NULL, done BOOLEAN NOT NULL);
+        CREATE TABLE membership (user_id INTEGER NOT NULL REFERENCES "user"(id), project_id INTEGER NOT NULL REFERENCES project(id),
+          role VARCHAR(20), PRIMARY KEY (user_id, project_id));
+        "#,
+    )
+    .unwrap();
+    let out = sqlite2pg(&[
+        "--source",
+        src.path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "check",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "check should be clean:\n{}",
+        text(&out)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["target_only"],
+        serde_json::json!(["alembic_version"])
+    );
+    assert!(
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["mode"] == "existing")
+    );
+    snapshot(&src.path, &db, &[]);
+    c.batch_execute("SET TimeZone = 'UTC'").unwrap();
+    let rows = pg_rows(
+        &mut c,
+        "SELECT id::text, status::text, budget::text, meta::text FROM project ORDER BY id",
+    );
+    assert_eq!(
+        rows[0],
+        vec![
+            Some("1".into()),
+            Some("active".into()),
+            Some("1500.50".into()),
+            Some(r#"{"tags": ["a"]}"#.into())
+        ]
+    );
+    let created: String = c
+        .query_one("SELECT created_at::text FROM \"user\" WHERE id = 2", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(created, "2024-01-02 11:00:00.25+00");
+    assert_table_equal(&src.path, &mut c, "task", "id");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM membership", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    // Every migration-made foreign key is back, validated; alembic_version is untouched.
+    let fks: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(fks, 5);
+    let v: String = c
+        .query_one("SELECT version_num FROM alembic_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "abc123");
+    // Serial sequences moved past the copied ids: the app inserts without giving an id.
+    let id: i32 = c
+        .query_one(
+            "INSERT INTO task (project_id, title, done) VALUES (1, 'new', false) RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 4);
+}
+
+#[test]
+fn kill_9_at_random_moments_resumes_without_loss_or_doubles() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    let generator =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/gen_crm.py");
+    let st = std::process::Command::new("python3")
+        .arg(&generator)
+        .arg(&path)
+        .arg("100000")
+        .status()
+        .expect("python3 gen_crm.py");
+    assert!(st.success());
+    let db = TestDb::new();
+    let args = [
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "--chunk-rows",
+        "200",
+        "run",
+        "--snapshot-only",
+    ];
+    let mut seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("kill -9 seed: {seed}");
+    let mut kills = 0;
+    for _ in 0..80 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = std::time::Duration::from_millis(30 + seed % 200);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(
+                    status.success(),
+                    "run failed on its own after {kills} kills"
+                );
+                break;
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    assert!(
+        kills >= 5,
+        "the run was killed only {kills} times; the test did not test much"
+    );
+    let out = sqlite2pg(&args);
+    assert!(
+        out.status.success(),
+        "final run failed after {kills} kills:\n{}",
+        text(&out)
+    );
+    let mut c = db.client();
+    for t in ["admin_users", "clients", "projects", "tasks", "leads"] {
+        assert_table_equal(&path, &mut c, t, "id");
+    }
+    // Primary keys exist, so no row can have been copied twice.
+    let pks: i64 = c.query_one("SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid::regclass::text <> 'sqlite2pg.meta' AND connamespace = 'public'::regnamespace", &[]).unwrap().get(0);
+    assert_eq!(pks, 5);
+    println!("resumed after {kills} kills");
+}
