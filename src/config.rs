@@ -338,6 +338,30 @@ impl Config {
     }
 }
 
+/// Redacts passwords of any connection string found inside free text (an error message).
+pub fn redact_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.contains("://") {
+            match word.find("postgres") {
+                Some(start) => {
+                    out.push_str(&word[..start]);
+                    out.push_str(&redact_url(&word[start..]));
+                }
+                None => out.push_str(word),
+            }
+        } else if word.len() > 9 && word[..9].eq_ignore_ascii_case("password=") {
+            out.push_str("password=***");
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +393,12 @@ mod tests {
     }
 
     #[test]
+    fn redacts_inside_error_text() {
+        let t = redact_in_text("cannot connect to postgres://a:pw@h/db password=pw2 x");
+        assert!(!t.contains("pw@") && !t.contains("pw2"), "{t}");
+    }
+
+    #[test]
     fn parses_casts() {
         let c = Cast::parse("leads.created_at=epoch_ms").unwrap();
         assert_eq!(c.table, "leads");
@@ -383,28 +413,4 @@ mod tests {
         assert!(Cast::parse("nodot=jsonb").is_err());
         assert!(Cast::parse("t.c=ts:nonsense").is_err());
     }
-}
-
-/// Redacts passwords of any connection string found inside free text (an error message).
-pub fn redact_in_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, word) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        if word.contains("://") {
-            match word.find("postgres") {
-                Some(start) => {
-                    out.push_str(&word[..start]);
-                    out.push_str(&redact_url(&word[start..]));
-                }
-                None => out.push_str(word),
-            }
-        } else if word.len() > 9 && word[..9].eq_ignore_ascii_case("password=") {
-            out.push_str("password=***");
-        } else {
-            out.push_str(word);
-        }
-    }
-    out
 }

@@ -184,7 +184,7 @@ fn parse_time(c: &mut Cursor<'_>) -> Result<i64, DateError> {
 }
 
 fn is_leap(y: u32) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
 }
 
 fn days_from_date(y: u32, m: u32, d: u32) -> Result<i32, DateError> {

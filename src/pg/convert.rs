@@ -126,8 +126,8 @@ fn encode_payload(
             let b = match value {
                 SqlValue::Integer(0) => false,
                 SqlValue::Integer(1) => true,
-                SqlValue::Real(f) if f == 0.0 => false,
-                SqlValue::Real(f) if f == 1.0 => true,
+                SqlValue::Real(0.0) => false,
+                SqlValue::Real(1.0) => true,
                 SqlValue::Text(t) => match text_of(t, "text")?.to_ascii_lowercase().as_str() {
                     "t" | "true" | "y" | "yes" | "on" | "1" => true,
                     "f" | "false" | "n" | "no" | "off" | "0" => false,
@@ -334,8 +334,7 @@ fn integer_of(value: SqlValue<'_>, ty: &PgType) -> Result<i64, ConvError> {
         SqlValue::Integer(i) => Ok(i),
         SqlValue::Real(f)
             if f.fract() == 0.0
-                && f >= -9.223_372_036_854_776e18
-                && f < 9.223_372_036_854_776e18 =>
+                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) =>
         {
             Ok(f as i64)
         }

@@ -32,7 +32,7 @@ pub struct Example {
 /// A group of values with the same problem in the same column.
 #[derive(Debug, Clone, Serialize)]
 pub struct ValueProblem {
-    /// Always an error: such a value would stop the run.
+    /// Error: the value would stop the run; warning: it moves exactly but deserves a look.
     pub severity: Severity,
     /// The kind.
     pub kind: ProblemKind,
@@ -174,15 +174,11 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
     findings
         .sort_by(|a, b| (a.severity, &a.table, &a.column).cmp(&(b.severity, &b.table, &b.column)));
     problems.sort_by(|a, b| (&a.table, &a.column, a.kind).cmp(&(&b.table, &b.column, b.kind)));
-    let errors = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count()
-        + problems.len();
-    let warnings = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Warning)
-        .count();
+    let count = |sev| {
+        findings.iter().filter(|f| f.severity == sev).count()
+            + problems.iter().filter(|p| p.severity == sev).count()
+    };
+    let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
     Ok(Report {
         tables,
         skipped: plan.skipped.clone(),
@@ -201,6 +197,17 @@ fn record(
     kind: ProblemKind,
     example: Example,
 ) {
+    record_with(problems, Severity::Error, table, column, kind, example)
+}
+
+fn record_with(
+    problems: &mut Vec<ValueProblem>,
+    severity: Severity,
+    table: &str,
+    column: &str,
+    kind: ProblemKind,
+    example: Example,
+) {
     if let Some(p) = problems
         .iter_mut()
         .find(|p| p.table == table && p.column == column && p.kind == kind)
@@ -212,7 +219,7 @@ fn record(
         return;
     }
     problems.push(ValueProblem {
-        severity: Severity::Error,
+        severity,
         kind,
         table: table.to_string(),
         column: column.to_string(),
@@ -243,15 +250,37 @@ fn scan_values(
             |row| {
                 for (c, v) in t.columns.iter().zip(&row[klen..]) {
                     scratch.clear();
-                    if let Err(e) = convert::encode(*v, &c.conv, &mut scratch) {
+                    let key = || {
                         let key: Vec<OwnedValue> =
                             row[..klen].iter().map(SqlValue::to_owned_value).collect();
-                        let example = Example {
-                            key: display_key(&t.key_names, &key),
+                        display_key(&t.key_names, &key)
+                    };
+                    match convert::encode(*v, &c.conv, &mut scratch) {
+                        Err(e) => {
+                            let example = Example {
+                                key: key(),
+                                value: v.display(),
+                                detail: e.detail,
+                            };
+                            record(problems, &t.source.name, &c.source, e.kind, example);
+                        }
+                        // Moves exactly, but many apps and JSON encoders choke on it: worth a look.
+                        Ok(()) if matches!(v, SqlValue::Real(f) if !f.is_finite()) => {
+                            let example = Example {
+                            key: key(),
                             value: v.display(),
-                            detail: e.detail,
+                            detail: "Infinity is kept as Infinity in Postgres; check the app expects it".into(),
                         };
-                        record(problems, &t.source.name, &c.source, e.kind, example);
+                            record_with(
+                                problems,
+                                Severity::Warning,
+                                &t.source.name,
+                                &c.source,
+                                ProblemKind::NonFinite,
+                                example,
+                            );
+                        }
+                        Ok(()) => {}
                     }
                 }
                 Ok(())
@@ -515,11 +544,19 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
         }
     }
     for p in &report.problems {
-        writeln!(
-            out,
-            "ERROR: {}.{}: {} value(s) would not survive ({:?})",
-            p.table, p.column, p.count, p.kind
-        )?;
+        if p.severity == Severity::Error {
+            writeln!(
+                out,
+                "ERROR: {}.{}: {} value(s) would not survive ({:?})",
+                p.table, p.column, p.count, p.kind
+            )?;
+        } else {
+            writeln!(
+                out,
+                "WARNING: {}.{}: {} value(s) worth a look ({:?})",
+                p.table, p.column, p.count, p.kind
+            )?;
+        }
         for e in &p.examples {
             writeln!(out, "       {}: {} -- {}", e.key, e.value, e.detail)?;
         }

@@ -73,10 +73,8 @@ impl Progress {
 
     /// A table's copy is complete.
     pub fn finish(&mut self, table: &str, rows: u64, elapsed: Duration) {
-        if let Some((_, bars)) = &self.bars {
-            if let Some(bar) = bars.get(table) {
-                bar.finish();
-            }
+        if let Some(bar) = self.bars.as_ref().and_then(|(_, bars)| bars.get(table)) {
+            bar.finish();
         }
         let rate = rows as f64 / elapsed.as_secs_f64().max(0.001);
         tracing::info!(

@@ -134,7 +134,7 @@ pub fn read_chunk(
             }
             on_row(&values)?;
             n += 1;
-            if n % 64 == 0 && started.elapsed() >= max_time {
+            if n.is_multiple_of(64) && started.elapsed() >= max_time {
                 last_key = Some(
                     values[..q.key_len]
                         .iter()

@@ -136,13 +136,15 @@ fn start_cluster() -> String {
         data = data.display(),
         dir = dir.display(),
     );
-    Command::new("sh")
+    // Deliberately never waited on: the watchdog must outlive this process.
+    let watchdog = Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn watchdog");
+    std::mem::forget(watchdog);
     format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres")
 }
 

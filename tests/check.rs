@@ -1,0 +1,224 @@
+//! `check` reports every value that would not survive, with table, key, column and value; `run`
+//! stops on the same values with the same facts; bad input gets a clear error and no secrets.
+
+mod common;
+
+use common::*;
+
+fn bad_fixture() -> SqliteFile {
+    SqliteFile::new(
+        r#"
+        PRAGMA foreign_keys = OFF;
+        CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT, email TEXT UNIQUE);
+        CREATE TABLE leads (
+          id INTEGER PRIMARY KEY, client_id INTEGER REFERENCES clients(id), qty INTEGER, created_at DATETIME,
+          seen_at DATETIME, note TEXT, score REAL, small SMALLINT, code VARCHAR(3), extra JSONB);
+        INSERT INTO clients VALUES (1, 'a', 'x@example.com'), (2, 'b', 'X@example.com');
+        INSERT INTO leads VALUES (1, 1, 5, '2024-01-01 10:00:00', 1700000000000, 'ok', 1.5, 1, 'abc', '{}');
+        INSERT INTO leads VALUES (2, 99, 'many', '', NULL, 'nul' || char(0) || 'byte', 9e999, 70000, 'abcd', '{"a": "\u0000"}');
+        INSERT INTO leads VALUES (3, 1, 1, 'abc', NULL, CAST(x'c328' AS TEXT), NULL, NULL, NULL, 'not json');
+        INSERT INTO leads VALUES (4, 2, 2, '2023-02-30 00:00:00', NULL, NULL, NULL, NULL, NULL, NULL);
+        CREATE TABLE nokey (a TEXT, b TEXT);
+        CREATE VIRTUAL TABLE docs USING fts5(body);
+        INSERT INTO docs VALUES ('hello');
+        "#,
+    )
+}
+
+#[test]
+fn check_reports_every_value_that_would_not_survive() {
+    let src = bad_fixture();
+    let out = sqlite2pg(&["--source", src.path.to_str().unwrap(), "check", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check must fail:\n{}",
+        text(&out)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let problems = report["problems"].as_array().unwrap();
+    let find = |col: &str, kind: &str| {
+        problems
+            .iter()
+            .find(|p| p["table"] == "leads" && p["column"] == col && p["kind"] == kind)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind} problem on leads.{col} in {}",
+                    serde_json::to_string_pretty(&report).unwrap()
+                )
+            })
+    };
+    let p = find("qty", "type_mismatch");
+    assert_eq!(p["examples"][0]["key"], "id=2");
+    assert_eq!(p["examples"][0]["value"], "'many'");
+    assert_eq!(find("created_at", "bad_date")["count"], 3); // '', 'abc', February 30
+    assert!(
+        find("seen_at", "numeric_date")["examples"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("epoch_ms")
+    );
+    assert_eq!(find("note", "nul_byte")["examples"][0]["key"], "id=2");
+    assert_eq!(find("note", "invalid_utf8")["examples"][0]["key"], "id=3");
+    assert_eq!(find("score", "non_finite")["severity"], "warning");
+    find("small", "out_of_range");
+    find("code", "too_long");
+    assert_eq!(find("extra", "bad_json")["count"], 2);
+    // An orphaned foreign key (SQLite does not enforce them unless the app turns them on).
+    let orphan = problems
+        .iter()
+        .find(|p| p["table"] == "leads" && p["column"] == "client_id")
+        .expect("orphan reported");
+    assert!(
+        orphan["examples"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("orphaned")
+    );
+    let findings = report["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["table"] == "nokey"
+        && f["severity"] == "error"
+        && f["message"].as_str().unwrap().contains("PRIMARY KEY")));
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["table"] == "docs" && f["message"].as_str().unwrap().contains("fts5"))
+    );
+    let skipped: Vec<&str> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["table"].as_str().unwrap())
+        .collect();
+    assert!(
+        skipped.contains(&"docs")
+            && skipped.contains(&"docs_data")
+            && skipped.contains(&"docs_content"),
+        "{skipped:?}"
+    );
+    // The human report names the same facts.
+    let human = sqlite2pg(&["--source", src.path.to_str().unwrap(), "check"]);
+    assert_eq!(human.status.code(), Some(1));
+    let h = text(&human);
+    assert!(
+        h.contains("leads.qty") && h.contains("id=2") && h.contains("'many'") && h.contains("fix:"),
+        "{h}"
+    );
+}
+
+#[test]
+fn casts_fix_what_check_reported() {
+    let src = SqliteFile::new(
+        "CREATE TABLE ev (id INTEGER PRIMARY KEY, at_ms INTEGER, at DATETIME, n INTEGER);
+         INSERT INTO ev VALUES (1, 1700000000123, 1700000000123, 5000000000);",
+    );
+    let p = src.path.to_str().unwrap();
+    assert_eq!(sqlite2pg(&["--source", p, "check"]).status.code(), Some(1));
+    let casts = [
+        "--cast",
+        "ev.at=epoch_ms",
+        "--cast",
+        "ev.at_ms=timestamptz:epoch_ms",
+        "--cast",
+        "ev.n=bigint",
+    ];
+    let mut args = vec!["--source", p];
+    args.extend_from_slice(&casts);
+    args.push("check");
+    let out = sqlite2pg(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let db = TestDb::new();
+    snapshot(&src.path, &db, &casts);
+    let mut c = db.client();
+    c.batch_execute("SET TimeZone = 'UTC'").unwrap();
+    let r = pg_rows(&mut c, "SELECT at::text, at_ms::text, n::text FROM ev");
+    assert_eq!(
+        r[0],
+        vec![
+            Some("2023-11-14 22:13:20.123".into()),
+            Some("2023-11-14 22:13:20.123+00".into()),
+            Some("5000000000".into())
+        ]
+    );
+}
+
+#[test]
+fn run_stops_on_a_bad_value_naming_table_row_column_and_resumes_after_the_fix() {
+    let src = SqliteFile::new(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, qty INTEGER);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO t SELECT i, i FROM n;
+         UPDATE t SET qty = 'lots' WHERE id = 4321;",
+    );
+    let db = TestDb::new();
+    let p = src.path.to_str().unwrap();
+    let out = sqlite2pg(&[
+        "--source",
+        p,
+        "--target",
+        &db.url,
+        "--chunk-rows",
+        "1000",
+        "run",
+        "--snapshot-only",
+    ]);
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains("table t, row id=4321, column qty") && msg.contains("'lots'"),
+        "{msg}"
+    );
+    let mut c = db.client();
+    let copied: i64 = c.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+    assert_eq!(copied, 4000, "the chunks before the bad row are committed");
+    src.conn()
+        .execute("UPDATE t SET qty = 4321 WHERE id = 4321", [])
+        .unwrap();
+    snapshot(&src.path, &db, &["--chunk-rows", "1000"]);
+    assert_table_equal(&src.path, &mut c, "t", "id");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_never_the_password() {
+    let src = SqliteFile::new("CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    let p = src.path.to_str().unwrap();
+    // Missing file.
+    let out = sqlite2pg(&["--source", "/nonexistent/app.db", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    // Not a database.
+    let junk = src.dir.path().join("junk.db");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let out = sqlite2pg(&["--source", junk.to_str().unwrap(), "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("not a readable SQLite database"),
+        "{}",
+        text(&out)
+    );
+    // Wrong password, and unreachable server: the password never appears.
+    let db = TestDb::new();
+    let wrong = db.url.replace(PASSWORD, "hunter2-wrong");
+    for target in [
+        wrong.clone(),
+        "postgres://app:hunter2-wrong@127.0.0.1:1/db".to_string(),
+        "host=127.0.0.1 port=1 user=app password=hunter2-wrong dbname=x".to_string(),
+    ] {
+        let out = sqlite2pg(&["--source", p, "--target", &target, "run", "--snapshot-only"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let t = text(&out);
+        assert!(!t.contains("hunter2"), "password leaked: {t}");
+        assert!(
+            t.contains("cannot connect to Postgres") && t.contains("next step:"),
+            "{t}"
+        );
+    }
+    // Missing table in --include.
+    let out = sqlite2pg(&["--source", p, "--include", "nope", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("--include names table nope"),
+        "{}",
+        text(&out)
+    );
+}
