@@ -36,15 +36,34 @@ fn case() -> impl Strategy<Value = Case> {
         any::<u64>(),
         "[0-9]{0,30}",
         any::<bool>(),
-        (1u32..=9999, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60, 0u32..60, 0u32..1_000_000),
+        (
+            1u32..=9999,
+            1u32..=12,
+            1u32..=28,
+            0u32..24,
+            0u32..60,
+            0u32..60,
+            0u32..1_000_000,
+        ),
         "[^\u{0}]{0,40}",
     )
-        .prop_map(|(i, f, int_part, frac, negative, ts, text)| Case { i, f, int_part, frac, negative, ts, text })
+        .prop_map(|(i, f, int_part, frac, negative, ts, text)| Case {
+            i,
+            f,
+            int_part,
+            frac,
+            negative,
+            ts,
+            text,
+        })
 }
 
 fn config() -> ProptestConfig {
     // A fixed budget; a failure prints the seed that replays it (PROPTEST_CASES overrides).
-    ProptestConfig { cases: 64, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
