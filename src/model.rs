@@ -153,6 +153,8 @@ pub struct SourceColumn {
 /// A foreign key as SQLite declares it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceForeignKey {
+    /// SQLite's id of the key (as `PRAGMA foreign_key_list` and `foreign_key_check` number it).
+    pub id: i64,
     /// Columns of the child table.
     pub columns: Vec<String>,
     /// The parent table.

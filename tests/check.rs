@@ -222,3 +222,47 @@ fn bad_input_gets_a_clear_error_and_never_the_password() {
         text(&out)
     );
 }
+
+#[test]
+fn orphans_are_attributed_to_the_right_foreign_key_and_duplicates_to_the_target_key() {
+    let src = SqliteFile::new(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE a (id INTEGER PRIMARY KEY);
+         CREATE TABLE b (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, a_id INTEGER REFERENCES a(id), b_id INTEGER REFERENCES b(id), tag TEXT);
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);
+         INSERT INTO child VALUES (1, 1, 1, 'x'), (2, 1, 7, 'x'), (3, 1, 8, 'y');",
+    );
+    // The target (made by migrations) has a unique key on tag that SQLite never had.
+    let db = TestDb::new();
+    db.client()
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+             CREATE TABLE child (id int PRIMARY KEY, a_id int REFERENCES a(id), b_id int REFERENCES b(id), tag text UNIQUE);",
+        )
+        .unwrap();
+    let out = sqlite2pg(&[
+        "--source",
+        src.path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "check",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    let orphans: Vec<&serde_json::Value> =
+        problems.iter().filter(|p| p["kind"] == "orphan").collect();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0]["column"], "b_id");
+    assert_eq!(orphans[0]["count"], 2);
+    assert_eq!(orphans[0]["examples"][0]["value"], "7");
+    let dup = problems
+        .iter()
+        .find(|p| p["kind"] == "duplicate_key")
+        .expect("duplicate reported");
+    assert_eq!(dup["column"], "tag");
+    assert_eq!(dup["examples"][0]["key"], "tag='x'");
+    assert_eq!(dup["examples"][0]["value"], "2 rows");
+}

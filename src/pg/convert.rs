@@ -47,6 +47,12 @@ pub enum ProblemKind {
     BadUuid,
     /// A target type sqlite2pg cannot write.
     UnsupportedType,
+    /// A foreign key value with no parent row.
+    Orphan,
+    /// A key value that the target's primary key or unique constraint rejects.
+    DuplicateKey,
+    /// NULL in a primary key column.
+    NullKey,
 }
 
 /// Why a value cannot be converted, in words for the report.

@@ -9,10 +9,11 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::plan::{Finding, Plan, Severity, TablePlan};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::model::PgType;
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::pg::convert::{self, ProblemKind};
-use crate::sqlite::quote_ident;
+use crate::sqlite::audit;
 use crate::sqlite::reader::{self, ScanQuery};
 
 /// Examples kept per (table, column, kind).
@@ -138,6 +139,13 @@ fn hint_for(kind: ProblemKind) -> &'static str {
         }
         ProblemKind::BadUuid => "fix the values in SQLite, or --cast the column to text",
         ProblemKind::UnsupportedType => "change the target column's type",
+        ProblemKind::Orphan => {
+            "delete the orphans or point them at existing rows in SQLite; until then the foreign key is created NOT VALID"
+        }
+        ProblemKind::DuplicateKey => {
+            "remove the duplicates in SQLite, or drop the unique constraint in the target"
+        }
+        ProblemKind::NullKey => "give those rows a key in SQLite, or delete them",
     }
 }
 
@@ -295,104 +303,52 @@ fn scan_values(
     Ok(total)
 }
 
-fn sqlite_err(table: &str, what: &str) -> impl Fn(rusqlite::Error) -> Error {
-    let msg = format!("cannot {what} of table {table}");
-    move |e| Error::from_sqlite(msg.clone(), e)
-}
-
 /// NULLs in the primary key, and duplicates the target's unique keys would reject.
 fn key_problems(conn: &Connection, t: &TablePlan, problems: &mut Vec<ValueProblem>) -> Result<()> {
-    let table = quote_ident(&t.source.name);
+    let table = &t.source.name;
     for (n, key) in t.unique_keys.iter().enumerate() {
         if key.is_empty() {
             continue;
         }
         let cols: Vec<&str> = key.iter().map(|i| t.columns[*i].source.as_str()).collect();
         let label = cols.join(", ");
-        let quoted: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-        if n == 0 && !t.source.primary_key.is_empty() && t.source.rowid_alias.is_none() {
-            // SQLite lets NULL into a non-integer PRIMARY KEY of a rowid table; Postgres does not.
-            let cond: Vec<String> = quoted.iter().map(|c| format!("{c} IS NULL")).collect();
-            let sql = format!(
-                "SELECT rowid FROM {table} WHERE {} LIMIT {EXAMPLES}",
-                cond.join(" OR ")
-            );
-            if !t.source.without_rowid {
-                let mut stmt = conn
-                    .prepare(&sql)
-                    .map_err(sqlite_err(&t.source.name, "look for NULL keys"))?;
-                let ids: Vec<i64> = stmt
-                    .query_map([], |r| r.get(0))
-                    .and_then(|r| r.collect())
-                    .map_err(sqlite_err(&t.source.name, "look for NULL keys"))?;
-                for id in ids {
-                    record(
-                        problems,
-                        &t.source.name,
-                        &label,
-                        ProblemKind::TypeMismatch,
-                        Example {
-                            key: format!("rowid={id}"),
-                            value: "NULL".into(),
-                            detail: "NULL in a primary key column, which Postgres rejects".into(),
-                        },
-                    );
-                }
+        // SQLite lets NULL into a non-integer PRIMARY KEY of a rowid table; Postgres does not.
+        let nullable_pk = n == 0
+            && !t.source.primary_key.is_empty()
+            && t.source.rowid_alias.is_none()
+            && !t.source.without_rowid;
+        if nullable_pk {
+            for id in audit::null_key_rowids(conn, table, &cols, EXAMPLES)? {
+                let example = Example {
+                    key: format!("rowid={id}"),
+                    value: "NULL".into(),
+                    detail: "NULL in a primary key column, which Postgres rejects".into(),
+                };
+                record(problems, table, &label, ProblemKind::NullKey, example);
             }
         }
         // Group the way the target compares: text targets compare the text form.
-        let exprs: Vec<String> = key
+        let by: Vec<(&str, bool)> = key
             .iter()
             .map(|i| {
                 let c = &t.columns[*i];
-                let q = quote_ident(&c.source);
-                if c.conv.ty.sql().contains("char") || c.conv.ty == crate::model::PgType::Text {
-                    format!("CAST({q} AS TEXT)")
-                } else {
-                    q
-                }
+                let text = matches!(
+                    c.conv.ty,
+                    PgType::Text | PgType::Varchar { .. } | PgType::Bpchar { .. }
+                );
+                (c.source.as_str(), text)
             })
             .collect();
-        let not_null: Vec<String> = quoted.iter().map(|c| format!("{c} IS NOT NULL")).collect();
-        let sql = format!(
-            "SELECT {e}, count(*) FROM {table} WHERE {nn} GROUP BY {e} HAVING count(*) > 1 LIMIT 100",
-            e = exprs.join(", "),
-            nn = not_null.join(" AND ")
-        );
-        let mut stmt = conn
-            .prepare(&sql)
-            .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
-        let mut rows = stmt
-            .query([])
-            .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
-        while let Some(r) = rows
-            .next()
-            .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?
-        {
-            let vals: Vec<OwnedValue> = (0..key.len())
-                .map(|i| {
-                    r.get_ref(i)
-                        .map(|v| crate::sqlite::reader::to_sql_value(v).to_owned_value())
-                })
-                .collect::<rusqlite::Result<_>>()
-                .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
-            let count: i64 = r
-                .get(key.len())
-                .map_err(sqlite_err(&t.source.name, "look for duplicate keys"))?;
-            let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
-            record(
-                problems,
-                &t.source.name,
-                &label,
-                ProblemKind::TypeMismatch,
-                Example {
-                    key: display_key(&names, &vals),
-                    value: format!("{count} rows"),
-                    detail: format!(
-                        "{count} rows share this value, which the target's unique key on ({label}) rejects"
-                    ),
-                },
-            );
+        let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+        for (vals, count) in audit::duplicate_groups(conn, table, &by, 100)? {
+            let example = Example {
+                key: display_key(&names, &vals),
+                value: format!("{count} rows"),
+                detail: format!(
+                    "{count} rows share this value, which the target's unique key on ({label}) rejects"
+                ),
+            };
+            record(problems, table, &label, ProblemKind::DuplicateKey, example);
         }
     }
     Ok(())
@@ -408,76 +364,39 @@ fn orphan_problems(
     if t.source.foreign_keys.is_empty() {
         return Ok(());
     }
-    let ctx = sqlite_err(&t.source.name, "check foreign keys");
-    let sql = format!("PRAGMA foreign_key_check({})", quote_ident(&t.source.name));
-    let mut stmt = conn.prepare(&sql).map_err(&ctx)?;
-    let rows: Vec<(Option<i64>, String, i64)> = stmt
-        .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?)))
-        .and_then(|r| r.collect())
-        .map_err(&ctx)?;
-    // foreign_key_check numbers foreign keys in reverse declaration order.
-    let n_fks = t.source.foreign_keys.len() as i64;
-    let mut per_fk: BTreeMap<i64, Vec<Option<i64>>> = BTreeMap::new();
-    for (rowid, _, fkid) in rows {
-        per_fk.entry(fkid).or_default().push(rowid);
-    }
-    for (fkid, rowids) in per_fk {
-        let idx = (n_fks - 1 - fkid).clamp(0, n_fks - 1) as usize;
-        let fk = &t.source.foreign_keys[idx];
+    let table = &t.source.name;
+    let mut examples_left: BTreeMap<i64, usize> = BTreeMap::new();
+    for (rowid, fkid) in audit::foreign_key_violations(conn, table)? {
+        let Some(fk) = t.source.foreign_keys.iter().find(|fk| fk.id == fkid) else {
+            continue;
+        };
         let label = fk.columns.join(", ");
-        for rowid in rowids {
-            let cols: Vec<String> = fk.columns.iter().map(|c| quote_ident(c)).collect();
-            let (key, value) = match rowid {
-                Some(id) => {
-                    let v: Vec<OwnedValue> = conn
-                        .query_row(
-                            &format!(
-                                "SELECT {} FROM {} WHERE rowid = ?1",
-                                cols.join(", "),
-                                quote_ident(&t.source.name)
-                            ),
-                            [id],
-                            |r| {
-                                (0..cols.len())
-                                    .map(|i| {
-                                        r.get_ref(i).map(|v| {
-                                            crate::sqlite::reader::to_sql_value(v).to_owned_value()
-                                        })
-                                    })
-                                    .collect()
-                            },
-                        )
-                        .map_err(&ctx)?;
-                    (
-                        format!("rowid={id}"),
-                        v.iter()
-                            .map(|v| v.as_ref().display())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    )
-                }
-                None => ("(WITHOUT ROWID)".into(), "?".into()),
-            };
-            record(
-                problems,
-                &t.source.name,
-                &label,
-                ProblemKind::TypeMismatch,
-                Example {
-                    key,
-                    value,
-                    detail: format!(
-                        "no row in {} has this key (orphaned foreign key)",
-                        fk.parent
-                    ),
-                },
-            );
-        }
-    }
-    if let Some(p) = problems.iter_mut().find(|p| {
-        p.table == t.source.name && p.examples.iter().any(|e| e.detail.contains("orphaned"))
-    }) {
-        p.hint = "delete the orphans or point them at existing rows in SQLite; until then the foreign key is created NOT VALID".into();
+        let left = examples_left.entry(fkid).or_insert(EXAMPLES);
+        // Read the offending values for the first few rows only; the rest are counted.
+        let (key, value) = match rowid {
+            Some(id) if *left > 0 => {
+                *left -= 1;
+                let vals = audit::row_values(conn, table, id, &fk.columns)?;
+                (
+                    format!("rowid={id}"),
+                    vals.iter()
+                        .map(|v| v.as_ref().display())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            }
+            Some(id) => (format!("rowid={id}"), String::new()),
+            None => ("(WITHOUT ROWID row)".into(), String::new()),
+        };
+        let example = Example {
+            key,
+            value,
+            detail: format!(
+                "no row in {} has this key (orphaned foreign key)",
+                fk.parent
+            ),
+        };
+        record(problems, table, &label, ProblemKind::Orphan, example);
     }
     Ok(())
 }

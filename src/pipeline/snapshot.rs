@@ -182,7 +182,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
 
     copy_tables(client, plan, opts, resume, &done_rows, &totals).await?;
     build_indexes(client, plan, &opts.schema, &mut summary).await?;
-    restore_foreign_keys(client, &saved, &mut summary).await?;
+    restore_foreign_keys(client, &opts.schema, &saved, &mut summary).await?;
     finish_tables(client, plan, &opts.schema, &mut summary).await?;
     for t in &plan.tables {
         let st = state::load(client, &t.source.name).await?;
@@ -605,48 +605,35 @@ async fn save_and_drop_foreign_keys(
 
 async fn restore_foreign_keys(
     client: &mut Client,
+    schema: &str,
     saved: &[SavedFk],
     summary: &mut Summary,
 ) -> Result<()> {
     if saved.is_empty() {
         return Ok(());
     }
-    let schema_rows = client
-        .query(
-            &format!(
-                "SELECT DISTINCT target_schema FROM {}.saved_constraint",
-                state::STATE_SCHEMA
-            ),
-            &[],
-        )
-        .await
-        .map_err(pg_err("cannot read saved foreign keys".into()))?;
     let tx = client
         .transaction()
         .await
         .map_err(pg_err("cannot start a transaction".into()))?;
-    for schema_row in schema_rows {
-        let schema: String = schema_row.get(0);
-        for fk in saved {
-            let def = fk.definition.trim_end();
-            let add = format!(
-                "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
-                qualified(&schema, &fk.table),
-                pg::quote_ident(&fk.name),
-                def
-            );
-            add_foreign_key(&tx, &add, &schema, &fk.table, &fk.name, summary).await?;
-        }
-        tx.execute(
-            &format!(
-                "DELETE FROM {}.saved_constraint WHERE target_schema = $1",
-                state::STATE_SCHEMA
-            ),
-            &[&schema],
-        )
-        .await
-        .map_err(pg_err("cannot clear saved foreign keys".into()))?;
+    for fk in saved {
+        let add = format!(
+            "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
+            qualified(schema, &fk.table),
+            pg::quote_ident(&fk.name),
+            fk.definition.trim_end()
+        );
+        add_foreign_key(&tx, &add, schema, &fk.table, &fk.name, summary).await?;
     }
+    tx.execute(
+        &format!(
+            "DELETE FROM {}.saved_constraint WHERE target_schema = $1",
+            state::STATE_SCHEMA
+        ),
+        &[&schema],
+    )
+    .await
+    .map_err(pg_err("cannot clear saved foreign keys".into()))?;
     tx.commit()
         .await
         .map_err(pg_err("cannot commit the restored foreign keys".into()))?;

@@ -1,5 +1,6 @@
 //! The SQLite side: opening the file politely, reading its schema and its rows.
 
+pub mod audit;
 pub mod reader;
 pub mod schema;
 

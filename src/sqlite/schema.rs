@@ -227,6 +227,7 @@ fn read_foreign_keys(conn: &Connection, table: &str) -> Result<Vec<SourceForeign
         let on_update: String = r.get(5).map_err(|e| sq(e, table))?;
         let on_delete: String = r.get(6).map_err(|e| sq(e, table))?;
         let fk = by_id.entry(id).or_insert_with(|| SourceForeignKey {
+            id,
             columns: Vec::new(),
             parent,
             parent_columns: Vec::new(),
