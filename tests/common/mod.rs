@@ -363,3 +363,31 @@ fn norm_ts(s: &str) -> String {
         None => s,
     }
 }
+
+/// The test app's Python (tests/app/.venv, made by scripts/test).
+pub fn app_python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app");
+    let py = root.join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "the test app's venv is missing; create it with: python3 -m venv tests/app/.venv && \
+         tests/app/.venv/bin/pip install -r tests/app/requirements.txt (scripts/test does this)"
+    );
+    py
+}
+
+/// Runs `tests/app/app.py ARGS...` and insists it succeeds; returns its output.
+pub fn app(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app/app.py");
+    let out = Command::new(app_python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run the test app");
+    assert!(
+        out.status.success(),
+        "tests/app/app.py {args:?} failed:\n{}",
+        text(&out)
+    );
+    text(&out)
+}

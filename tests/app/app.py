@@ -1,0 +1,104 @@
+"""The test app. Usage:
+  app.py seed SQLITE_PATH N        create the schema on SQLite and write N projects through the ORM
+  app.py alembic PG_URL            autogenerate the initial migration from the models and upgrade
+  app.py compare SQLITE_PATH PG_URL  read every row of both through SQLAlchemy and compare
+"""
+import random
+import sys
+import tempfile
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+import models
+from models import Membership, Project, ProjectStatus, Task, User
+
+HERE = Path(__file__).resolve().parent
+
+
+def pg_engine(url):
+    return create_engine(url.replace("postgres://", "postgresql+psycopg://", 1))
+
+
+def seed(path, n):
+    rnd = random.Random(7)
+    engine = create_engine(f"sqlite:///{path}")
+    models.Base.metadata.create_all(engine)
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    with Session(engine) as s:
+        users = [User(telegram_id=10**9 + i, name=f"user {i} ✓", is_admin=i == 0, created_at=t0 + timedelta(seconds=i * 3.25)) for i in range(10)]
+        s.add_all(users)
+        s.flush()
+        for p in range(n):
+            proj = Project(owner_id=rnd.choice(users).id, title=f"project {p} 'quoted'", status=rnd.choice(list(ProjectStatus)),
+                           budget=Decimal(rnd.randint(0, 10**8)) / 100 if p % 3 else None, meta={"tags": ["бот", p], "n": p} if p % 2 else None)
+            s.add(proj)
+            s.flush()
+            # A subtask written before its parent: its parent gets the higher id.
+            child = Task(project_id=proj.id, title="child", due=datetime(2024, 5, 1, 12, 0, 0, 123456))
+            s.add(child)
+            s.flush()
+            parent = Task(project_id=proj.id, title="parent", notes="line1\nline2", done=True)
+            s.add(parent)
+            s.flush()
+            child.parent_id = parent.id
+            s.add(Membership(user_id=users[p % 10].id, project_id=proj.id, role="owner"))
+        s.commit()
+
+
+def alembic_upgrade(url):
+    from alembic import command
+    from alembic.config import Config
+
+    with tempfile.TemporaryDirectory() as versions:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(HERE / "alembic"))
+        cfg.set_main_option("version_locations", versions)
+        cfg.set_main_option("sqlalchemy.url", url.replace("postgres://", "postgresql+psycopg://", 1).replace("%", "%%"))
+        command.revision(cfg, autogenerate=True, message="initial", rev_id="0001")
+        command.upgrade(cfg, "head")
+
+
+def normalise(value):
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def compare(path, url):
+    a = create_engine(f"sqlite:///{path}")
+    b = pg_engine(url)
+    problems = 0
+    with Session(a) as sa, Session(b) as sb:
+        for model in (User, Project, Task, Membership):
+            cols = [c.key for c in model.__table__.columns]
+            key = [c.key for c in model.__table__.primary_key.columns]
+            order = [getattr(model, k) for k in key]
+            rows_a = sa.execute(select(model).order_by(*order)).scalars().all()
+            rows_b = sb.execute(select(model).order_by(*order)).scalars().all()
+            if len(rows_a) != len(rows_b):
+                print(f"{model.__tablename__}: {len(rows_a)} rows in SQLite, {len(rows_b)} in Postgres")
+                problems += 1
+            for ra, rb in zip(rows_a, rows_b):
+                for c in cols:
+                    va, vb = normalise(getattr(ra, c)), normalise(getattr(rb, c))
+                    if va != vb:
+                        print(f"{model.__tablename__} {[getattr(ra, k) for k in key]} {c}: {va!r} != {vb!r}")
+                        problems += 1
+            print(f"{model.__tablename__}: {len(rows_a)} rows compared")
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "seed":
+        seed(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "alembic":
+        alembic_upgrade(sys.argv[2])
+    elif cmd == "compare":
+        compare(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(__doc__)
