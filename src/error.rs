@@ -49,7 +49,7 @@ impl ErrorKind {
                 "check the --source path and that the file is a SQLite database (sqlite3 FILE 'PRAGMA integrity_check')"
             }
             ErrorKind::SourceBusy => {
-                "another process holds a write lock on the SQLite file; sqlite2pg retries, nothing to do unless it persists"
+                "another process held the SQLite write lock too long; retry, or raise --busy-timeout-ms (a long-running app transaction or an open sqlite3 shell is the usual cause)"
             }
             ErrorKind::TargetUnreachable => {
                 "check that Postgres is running and reachable at the --target host and port; a re-run resumes where this one stopped"

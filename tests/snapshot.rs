@@ -359,3 +359,118 @@ fn kill_9_at_random_moments_resumes_without_loss_or_doubles() {
     assert_eq!(pks, 5);
     println!("resumed after {kills} kills");
 }
+
+#[test]
+fn composite_and_text_keys_page_correctly_in_small_chunks() {
+    let src = SqliteFile::new(
+        "CREATE TABLE kv (k TEXT, n INTEGER, v BLOB, PRIMARY KEY (k, n)) WITHOUT ROWID;
+         CREATE TABLE tags (name TEXT PRIMARY KEY, hits INTEGER);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000)
+         INSERT INTO kv SELECT char(65 + i % 7) || 'key', i / 7, randomblob(i % 5) FROM s;
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 500)
+         INSERT INTO tags SELECT 'tag ' || (i * 7919 % 500) || ' é', i FROM s;
+         CREATE INDEX tags_partial ON tags (hits) WHERE hits > 10;
+         CREATE INDEX tags_rejected ON tags (hits) WHERE hits GLOB '1*';",
+    );
+    let db = TestDb::new();
+    let out = snapshot(&src.path, &db, &["--chunk-rows", "7"]);
+    // Postgres has no GLOB: that index is reported and the run goes on without it.
+    assert!(
+        text(&out).contains("index tags_rejected on tags was not created"),
+        "{}",
+        text(&out)
+    );
+    let mut c = db.client();
+    let n: i64 = c.query_one("SELECT count(*) FROM kv", &[]).unwrap().get(0);
+    assert_eq!(n, 1000);
+    let keys = pg_rows(
+        &mut c,
+        "SELECT k || '/' || n FROM kv ORDER BY k COLLATE \"C\", n",
+    );
+    let conn = src.conn();
+    let mut st = conn
+        .prepare("SELECT k || '/' || n FROM kv ORDER BY k, n")
+        .unwrap();
+    let want: Vec<Option<String>> = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| Some(r.unwrap()))
+        .collect();
+    assert_eq!(
+        keys.into_iter()
+            .map(|mut r| r.remove(0))
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert_table_equal(&src.path, &mut c, "tags", "hits");
+    let partial: String = c
+        .query_one(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'tags_partial'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(partial.contains("WHERE (hits > 10)"), "{partial}");
+}
+
+#[test]
+fn a_source_locked_by_a_writer_gets_a_clear_error() {
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = DELETE; CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    let writer = src.conn();
+    writer
+        .execute_batch("BEGIN EXCLUSIVE; INSERT INTO t VALUES (2);")
+        .unwrap();
+    let out = sqlite2pg(&[
+        "--source",
+        src.path.to_str().unwrap(),
+        "--busy-timeout-ms",
+        "200",
+        "check",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("locked by a writer") && t.contains("next step:"),
+        "{t}"
+    );
+    writer.execute_batch("COMMIT").unwrap();
+    let out = sqlite2pg(&["--source", src.path.to_str().unwrap(), "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_config_file_covers_the_flags() {
+    let src = SqliteFile::new(
+        "CREATE TABLE ev (id INTEGER PRIMARY KEY, at INTEGER); INSERT INTO ev VALUES (1, 1700000000);
+         CREATE TABLE skipped (id INTEGER PRIMARY KEY);",
+    );
+    let db = TestDb::new();
+    let cfg = src.dir.path().join("sqlite2pg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source = {:?}\ntarget = {:?}\nexclude = [\"skipped\"]\nchunk_rows = 10\n[cast]\n\"ev.at\" = \"timestamptz:epoch_s\"\n",
+            src.path.to_str().unwrap(),
+            db.url
+        ),
+    )
+    .unwrap();
+    let out = sqlite2pg(&["--config", cfg.to_str().unwrap(), "run", "--snapshot-only"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = db.client();
+    c.batch_execute("SET TimeZone = 'UTC'").unwrap();
+    let at: String = c.query_one("SELECT at::text FROM ev", &[]).unwrap().get(0);
+    assert_eq!(at, "2023-11-14 22:13:20+00");
+    let skipped: Option<String> = c
+        .query_one("SELECT to_regclass('skipped')::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(skipped, None);
+    // An unknown key is refused, not ignored.
+    std::fs::write(&cfg, "sourse = \"x\"\n").unwrap();
+    let out = sqlite2pg(&["--config", cfg.to_str().unwrap(), "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("unknown field"), "{}", text(&out));
+}

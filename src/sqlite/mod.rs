@@ -39,13 +39,23 @@ pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection>
         r.get::<_, i64>(0)
     })
     .map_err(|e| {
-        Error::from_sqlite(
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        let what = if busy {
             format!(
-                "{} is not a readable SQLite database (corrupt, encrypted, or locked by a writer)",
+                "{} is locked by a writer for longer than the busy timeout ({} ms)",
+                path.display(),
+                busy_timeout.as_millis()
+            )
+        } else {
+            format!(
+                "{} is not a readable SQLite database (corrupt or encrypted?)",
                 path.display()
-            ),
-            e,
-        )
+            )
+        };
+        Error::from_sqlite(what, e)
     })?;
     Ok(conn)
 }
