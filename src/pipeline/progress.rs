@@ -31,9 +31,15 @@ impl Progress {
         if let Some((multi, bars)) = &mut self.bars {
             let bar = multi.add(ProgressBar::new(total.max(done)));
             let style = ProgressStyle::with_template(
-                "{prefix:>20} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
+                "{prefix:>20} [{bar:30}] {pos}/{len} rows {rate} eta {eta} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                },
+            )
             .progress_chars("=> ");
             bar.set_style(style);
             bar.set_prefix(table.to_string());
@@ -73,17 +79,19 @@ impl Progress {
 
     /// A table's copy is complete.
     pub fn finish(&mut self, table: &str, rows: u64, elapsed: Duration) {
-        if let Some(bar) = self.bars.as_ref().and_then(|(_, bars)| bars.get(table)) {
-            bar.finish();
-        }
         let rate = rows as f64 / elapsed.as_secs_f64().max(0.001);
-        tracing::info!(
-            table,
-            rows,
-            secs = elapsed.as_secs_f64(),
-            rows_per_sec = rate as u64,
-            "table copied"
-        );
+        // On a terminal the finished bar is the record; a log line would tear the bars apart.
+        if let Some(bar) = self.bars.as_ref().and_then(|(_, bars)| bars.get(table)) {
+            bar.finish_with_message(format!("done in {:.1}s", elapsed.as_secs_f64()));
+        } else {
+            tracing::info!(
+                table,
+                rows,
+                secs = elapsed.as_secs_f64(),
+                rows_per_sec = rate as u64,
+                "table copied"
+            );
+        }
     }
 }
 
