@@ -394,19 +394,19 @@ fn json_has_nul(v: &serde_json::Value) -> bool {
 }
 
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let hex: Vec<u8> = match s.len() {
-        32 => s.bytes().collect(),
-        36 => {
-            let b = s.as_bytes();
-            if [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
-                return None;
-            }
-            s.bytes().filter(|&c| c != b'-').collect()
-        }
+    let b = s.as_bytes();
+    let hex: Vec<u8> = match b.len() {
+        32 => b.to_vec(),
+        36 if [8, 13, 18, 23].iter().all(|&i| b[i] == b'-') => b
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![8, 13, 18, 23].contains(i))
+            .map(|(_, c)| *c)
+            .collect(),
         _ => return None,
     };
     let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
         let hi = (pair[0] as char).to_digit(16)?;
         let lo = (pair[1] as char).to_digit(16)?;
         out[i] = (hi * 16 + lo) as u8;
@@ -793,6 +793,32 @@ mod tests {
                 .unwrap_err()
                 .kind,
             ProblemKind::Precision
+        );
+    }
+
+    #[test]
+    fn uuid_text_with_stray_hyphens_is_rejected_not_a_panic() {
+        // Found by fuzz/fuzz_targets/convert.rs.
+        let v = format!("5{}", "-".repeat(35));
+        assert_eq!(
+            enc(SqlValue::Text(v.as_bytes()), PgType::Uuid)
+                .unwrap_err()
+                .kind,
+            ProblemKind::BadUuid
+        );
+        let v = "01234567-89ab-cdef-0123-456789abcdeg";
+        assert_eq!(
+            enc(SqlValue::Text(v.as_bytes()), PgType::Uuid)
+                .unwrap_err()
+                .kind,
+            ProblemKind::BadUuid
+        );
+        assert!(
+            enc(
+                SqlValue::Text(b"0123456789ABCDEF0123456789abcdef"),
+                PgType::Uuid
+            )
+            .is_ok()
         );
     }
 
