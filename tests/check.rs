@@ -169,7 +169,7 @@ fn run_stops_on_a_bad_value_naming_table_row_column_and_resumes_after_the_fix() 
         "{msg}"
     );
     let mut c = db.client();
-    let copied: i64 = c.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+    let copied: i64 = scalar(&mut c, "SELECT count(*) FROM t");
     assert_eq!(copied, 4000, "the chunks before the bad row are committed");
     src.conn()
         .execute("UPDATE t SET qty = 4321 WHERE id = 4321", [])

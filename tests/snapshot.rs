@@ -96,16 +96,10 @@ fn round_trips_every_storage_class_and_declared_type() {
         .conn()
         .query_row("SELECT b FROM everything WHERE id = 4", [], |r| r.get(0))
         .unwrap();
-    let pg_blob: Vec<u8> = c
-        .query_one("SELECT b FROM everything WHERE id = 4", &[])
-        .unwrap()
-        .get(0);
+    let pg_blob: Vec<u8> = scalar(&mut c, "SELECT b FROM everything WHERE id = 4");
     assert_eq!(pg_blob.len(), 1_048_576);
     assert_eq!(sqlite_md5, pg_blob);
-    let ts: String = c
-        .query_one("SELECT ts::text FROM everything WHERE id = 4", &[])
-        .unwrap()
-        .get(0);
+    let ts: String = scalar(&mut c, "SELECT ts::text FROM everything WHERE id = 4");
     assert_eq!(ts, "2024-01-02 01:04:05.5");
     // Types as created.
     let types = pg_rows(
@@ -178,36 +172,21 @@ fn hostile_identifiers_survive() {
         (truncated, "id"),
     ] {
         let q = table.replace('"', "\"\"");
-        let n: i64 = c
-            .query_one(&format!("SELECT count(*) FROM \"{q}\""), &[])
-            .unwrap()
-            .get(0);
+        let n: i64 = scalar(&mut c, &format!("SELECT count(*) FROM \"{q}\""));
         assert!(n >= 1, "{table} has rows");
         if table != truncated {
             assert_table_equal(&src.path, &mut c, table, key);
         }
     }
     // The app's own long name still reaches the table: Postgres cuts it the same way.
-    let v: String = c
-        .query_one(&format!("SELECT v FROM \"{LONG_NAME}\""), &[])
-        .unwrap()
-        .get(0);
+    let v: String = scalar(&mut c, &format!("SELECT v FROM \"{LONG_NAME}\""));
     assert_eq!(v, "long");
-    let fks: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let fks: i64 = validated_foreign_keys(&mut c);
     assert_eq!(fks, 1);
-    let ix: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx with space'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let ix: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx with space'",
+    );
     assert_eq!(ix, 1);
 }
 
@@ -250,35 +229,21 @@ fn existing_target_schema_made_by_alembic_from_the_apps_models() {
         &mut c,
         "SELECT status::text, budget::text, meta::text FROM projects WHERE id = 2",
     )[0];
+    assert_eq!(row[0].as_deref(), Some("done"));
     assert_eq!(row[1].as_deref(), Some("64808.94"));
     assert_eq!(row[2].as_deref(), Some(r#"{"n": 1, "tags": ["бот", 1]}"#));
-    let created: String = c
-        .query_one("SELECT created_at::text FROM \"user\" WHERE id = 2", &[])
-        .unwrap()
-        .get(0);
+    let created: String = scalar(&mut c, "SELECT created_at::text FROM \"user\" WHERE id = 2");
     assert_eq!(created, "2024-01-01 00:00:03.25+00");
     // Every migration-made foreign key is back and validated; alembic_version is untouched.
-    let fks: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let fks: i64 = validated_foreign_keys(&mut c);
     assert_eq!(fks, 5);
-    let v: String = c
-        .query_one("SELECT version_num FROM alembic_version", &[])
-        .unwrap()
-        .get(0);
+    let v: String = scalar(&mut c, "SELECT version_num FROM alembic_version");
     assert_eq!(v, "0001");
     // Serial sequences moved past the copied ids: the app inserts without giving an id.
-    let id: i32 = c
-        .query_one(
-            "INSERT INTO tasks (project_id, title, done) VALUES (1, 'new', false) RETURNING id",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let id: i32 = scalar(
+        &mut c,
+        "INSERT INTO tasks (project_id, title, done) VALUES (1, 'new', false) RETURNING id",
+    );
     assert_eq!(id, 121);
 }
 
@@ -355,7 +320,10 @@ fn kill_9_at_random_moments_resumes_without_loss_or_doubles() {
         assert_table_equal(&path, &mut c, t, "id");
     }
     // Primary keys exist, so no row can have been copied twice.
-    let pks: i64 = c.query_one("SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid::regclass::text <> 'sqlite2pg.meta' AND connamespace = 'public'::regnamespace", &[]).unwrap().get(0);
+    let pks: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid::regclass::text <> 'sqlite2pg.meta' AND connamespace = 'public'::regnamespace",
+    );
     assert_eq!(pks, 5);
     println!("resumed after {kills} kills");
 }
@@ -381,7 +349,7 @@ fn composite_and_text_keys_page_correctly_in_small_chunks() {
         text(&out)
     );
     let mut c = db.client();
-    let n: i64 = c.query_one("SELECT count(*) FROM kv", &[]).unwrap().get(0);
+    let n: i64 = scalar(&mut c, "SELECT count(*) FROM kv");
     assert_eq!(n, 1000);
     let keys = pg_rows(
         &mut c,
@@ -403,13 +371,10 @@ fn composite_and_text_keys_page_correctly_in_small_chunks() {
         want
     );
     assert_table_equal(&src.path, &mut c, "tags", "hits");
-    let partial: String = c
-        .query_one(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'tags_partial'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let partial: String = scalar(
+        &mut c,
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'tags_partial'",
+    );
     assert!(partial.contains("WHERE (hits > 10)"), "{partial}");
 }
 
@@ -461,12 +426,9 @@ fn the_config_file_covers_the_flags() {
     assert!(out.status.success(), "{}", text(&out));
     let mut c = db.client();
     c.batch_execute("SET TimeZone = 'UTC'").unwrap();
-    let at: String = c.query_one("SELECT at::text FROM ev", &[]).unwrap().get(0);
+    let at: String = scalar(&mut c, "SELECT at::text FROM ev");
     assert_eq!(at, "2023-11-14 22:13:20+00");
-    let skipped: Option<String> = c
-        .query_one("SELECT to_regclass('skipped')::text", &[])
-        .unwrap()
-        .get(0);
+    let skipped: Option<String> = scalar(&mut c, "SELECT to_regclass('skipped')::text");
     assert_eq!(skipped, None);
     // An unknown key is refused, not ignored.
     std::fs::write(&cfg, "sourse = \"x\"\n").unwrap();

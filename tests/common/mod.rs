@@ -391,3 +391,22 @@ pub fn app(args: &[&str]) -> String {
     );
     text(&out)
 }
+
+/// The single value a Postgres query returns.
+pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(
+    client: &mut postgres::Client,
+    sql: &str,
+) -> T {
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// Foreign keys in the database that Postgres has validated.
+pub fn validated_foreign_keys(client: &mut postgres::Client) -> i64 {
+    scalar(
+        client,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated",
+    )
+}
