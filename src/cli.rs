@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Cast, Config, FileConfig, TargetUrl};
-use crate::error::Error;
+use crate::error::{Error, RetryPolicy};
 use crate::pipeline::{check, plan, snapshot};
 use crate::{pg, sqlite};
 
@@ -99,12 +99,20 @@ pub fn init_tracing(args: &Args) {
 
 /// Renders an error for the operator: the message, its causes, and what to do next.
 pub fn describe_error(e: &anyhow::Error) -> String {
-    let mut out = format!("error: {e}");
+    let ours = e.chain().find_map(|c| c.downcast_ref::<Error>());
+    let mut out = match ours {
+        Some(err) => format!("error [{}]: {e}", err.kind().label()),
+        None => format!("error: {e}"),
+    };
     for cause in e.chain().skip(1) {
         out.push_str(&format!("\n  caused by: {cause}"));
     }
-    if let Some(ours) = e.chain().find_map(|c| c.downcast_ref::<Error>()) {
-        out.push_str(&format!("\n  next step: {}", ours.kind().hint()));
+    if let Some(err) = ours {
+        let when = match err.kind().retry_policy() {
+            RetryPolicy::RetryLater => "transient; re-running resumes where this run stopped",
+            RetryPolicy::NeedsOperator => "needs a change before re-running",
+        };
+        out.push_str(&format!("\n  next step ({when}): {}", err.kind().hint()));
     }
     // The Postgres client never echoes the password, but a connection string can reach a
     // message through a cause we do not control: redact every line once more.

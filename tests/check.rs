@@ -209,7 +209,7 @@ fn bad_input_gets_a_clear_error_and_never_the_password() {
         let t = text(&out);
         assert!(!t.contains("hunter2"), "password leaked: {t}");
         assert!(
-            t.contains("cannot connect to Postgres") && t.contains("next step:"),
+            t.contains("cannot connect to Postgres") && t.contains("next step ("),
             "{t}"
         );
     }

@@ -397,7 +397,7 @@ fn a_source_locked_by_a_writer_gets_a_clear_error() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(
-        t.contains("locked by a writer") && t.contains("next step:"),
+        t.contains("locked by a writer") && t.contains("next step ("),
         "{t}"
     );
     writer.execute_batch("COMMIT").unwrap();

@@ -232,7 +232,7 @@ fn encode_payload(
                         "a BLOB in a text column; cast the column to bytea, or store it as text in SQLite",
                     );
                 }
-                SqlValue::Null => unreachable_null()?,
+                SqlValue::Null => return mismatch(value, ty),
             };
             match ty {
                 PgType::Varchar { len: Some(n) } | PgType::Bpchar { len: Some(n) } => {
@@ -318,14 +318,6 @@ fn encode_payload(
         }
     }
     Ok(())
-}
-
-fn unreachable_null() -> Result<&'static str, ConvError> {
-    // NULL is written before any payload is encoded; this keeps the match total without a panic.
-    err(
-        ProblemKind::TypeMismatch,
-        "NULL reached the payload encoder",
-    )
 }
 
 fn range_err<T>(i: i64, ty: &PgType) -> Result<T, ConvError> {
