@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Cast, Config, FileConfig, TargetUrl};
 use crate::error::{Error, RetryPolicy};
-use crate::pipeline::{check, plan, snapshot};
+use crate::pipeline::{check, plan, snapshot, stream};
 use crate::{pg, sqlite};
 
 /// Moves a live SQLite application to PostgreSQL.
@@ -70,11 +70,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Copy SQLite into Postgres.
+    /// Install capture, copy a snapshot, then stream every change until stopped (SIGTERM/SIGINT).
     Run {
-        /// Copy a snapshot and exit.
+        /// Copy a snapshot and exit (capture stays installed; a later `run` streams from there).
         #[arg(long)]
         snapshot_only: bool,
+        /// Fallback poll of the changelog when no file notification arrives, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        poll_interval_ms: u64,
+        /// Most changelog rows applied in one Postgres transaction.
+        #[arg(long, default_value_t = 10_000)]
+        batch_changes: usize,
         /// Print the DDL that would run and exit.
         #[arg(long)]
         dry_run: bool,
@@ -82,6 +88,10 @@ pub enum Command {
         #[arg(long)]
         truncate: bool,
     },
+    /// Install the capture triggers and changelog in the SQLite file (`run` does this itself).
+    Install,
+    /// Remove every trigger, table and fence of sqlite2pg from the SQLite file.
+    Uninstall,
 }
 
 /// Sets up `tracing` on stderr.
@@ -182,9 +192,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Check { json } => cmd_check(&cfg, json),
         Command::Run {
             snapshot_only,
+            poll_interval_ms,
+            batch_changes,
             dry_run,
             truncate,
-        } => cmd_run(&cfg, snapshot_only, dry_run, truncate),
+        } => {
+            let flags = StreamFlags {
+                poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
+                batch_changes: batch_changes.max(1),
+            };
+            cmd_run(&cfg, snapshot_only, dry_run, truncate, flags)
+        }
+        Command::Install => cmd_install(&cfg),
+        Command::Uninstall => cmd_uninstall(&cfg),
     }
 }
 
@@ -232,14 +252,47 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Stream settings from the command line.
+struct StreamFlags {
+    poll_interval: Duration,
+    batch_changes: usize,
+}
+
+fn capturable(plan: &plan::Plan) -> Vec<&crate::model::SourceTable> {
+    plan.tables.iter().map(|t| &t.source).collect()
+}
+
+fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
+    let tables = sqlite::schema::read_tables(&conn)?;
+    drop(conn);
+    let plan = plan::build(&tables, None, &[], cfg);
+    let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
+    let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
+    println!(
+        "capture installed on {} tables (install {})",
+        installed.tables.len(),
+        installed.install_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
+    let n = sqlite::capture::uninstall(&mut rw)?;
+    println!("removed {n} sqlite2pg objects; the SQLite file is as the app made it");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_run(
     cfg: &Config,
     snapshot_only: bool,
     dry_run: bool,
     truncate: bool,
+    flags: StreamFlags,
 ) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    cfg.require_target()?;
+    let target = cfg.require_target()?.clone();
     let (plan, client) = build_plan(cfg, &rt)?;
     if dry_run {
         print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
@@ -253,26 +306,26 @@ fn cmd_run(
             .iter()
             .filter(|f| f.severity == plan::Severity::Error)
         {
+            let col = f
+                .column
+                .as_ref()
+                .map(|c| format!(".{c}"))
+                .unwrap_or_default();
             msg.push_str(&format!(
-                "\n  {}{}: {} (fix: {})",
-                f.table,
-                f.column
-                    .as_ref()
-                    .map(|c| format!(".{c}"))
-                    .unwrap_or_default(),
-                f.message,
-                f.hint
+                "\n  {}{col}: {} (fix: {})",
+                f.table, f.message, f.hint
             ));
         }
         msg.push_str("\nrun `sqlite2pg check` for the full report");
         anyhow::bail!(Error::new(crate::error::ErrorKind::Schema, msg));
     }
-    if !snapshot_only {
-        tracing::warn!(
-            "live streaming is not built yet: `run` copies a snapshot and exits (same as --snapshot-only)"
-        );
-    }
+    // Capture first: from here on every change is in the changelog, so the snapshot and the
+    // stream together miss nothing.
+    let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
+    let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
+    drop(rw);
     let mut client = client.context("no Postgres connection")?;
+    rt.block_on(stream::prepare(&client, &installed, &cfg.source, busy(cfg)))?;
     let opts = snapshot::Options {
         source: cfg.source.clone(),
         schema: cfg.target_schema.clone(),
@@ -284,19 +337,57 @@ fn cmd_run(
     let started = Instant::now();
     let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
     let total: i64 = summary.tables.iter().map(|(_, n)| n).sum();
-    let mut out = std::io::stdout().lock();
-    for (t, n) in &summary.tables {
-        writeln!(out, "{t}: {n} rows").context("cannot write the summary")?;
+    {
+        let mut out = std::io::stdout().lock();
+        for (t, n) in &summary.tables {
+            writeln!(out, "{t}: {n} rows").context("cannot write the summary")?;
+        }
+        for w in &summary.warnings {
+            writeln!(out, "warning: {w}").context("cannot write the summary")?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        writeln!(
+            out,
+            "snapshot complete: {total} rows in {} tables in {secs:.1}s",
+            summary.tables.len()
+        )
+        .context("cannot write the summary")?;
     }
-    for w in &summary.warnings {
-        writeln!(out, "warning: {w}").context("cannot write the summary")?;
+    if snapshot_only {
+        return Ok(ExitCode::SUCCESS);
     }
-    writeln!(
-        out,
-        "snapshot complete: {total} rows in {} tables in {:.1}s",
-        summary.tables.len(),
-        started.elapsed().as_secs_f64()
-    )
-    .context("cannot write the summary")?;
+    let stream_opts = stream::Options {
+        source: cfg.source.clone(),
+        target,
+        schema: cfg.target_schema.clone(),
+        busy_timeout: busy(cfg),
+        poll_interval: flags.poll_interval,
+        batch_changes: flags.batch_changes,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    rt.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing the current batch");
+        let _ = stop_tx.send(true);
+    });
+    rt.block_on(stream::run(&plan, &installed, &stream_opts, stop_rx))?;
+    // This session holds the run lock until here.
+    drop(client);
+    tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

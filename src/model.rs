@@ -109,6 +109,19 @@ impl OwnedValue {
     }
 }
 
+impl rusqlite::ToSql for OwnedValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            OwnedValue::Null => ValueRef::Null,
+            OwnedValue::Integer(i) => ValueRef::Integer(*i),
+            OwnedValue::Real(f) => ValueRef::Real(*f),
+            OwnedValue::Text(t) => ValueRef::Text(t),
+            OwnedValue::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
 /// Renders a key (one value per key column) for messages: `id=42` or `(a=1, b='x')`.
 pub fn display_key(names: &[String], key: &[OwnedValue]) -> String {
     let parts: Vec<String> = names

@@ -1,5 +1,6 @@
 //! The Postgres side: connecting, reading an existing schema, DDL, binary COPY and our state.
 
+pub mod apply;
 pub mod catalog;
 pub mod convert;
 pub mod copy;

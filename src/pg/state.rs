@@ -88,6 +88,22 @@ pub async fn ensure(client: &Client) -> Result<()> {
                started_at timestamptz NOT NULL DEFAULT now(),
                updated_at timestamptz NOT NULL DEFAULT now()
              );
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.stream (
+               id int PRIMARY KEY CHECK (id = 1),
+               install_id text NOT NULL,
+               position bigint NOT NULL,
+               source_at double precision,
+               applied_at timestamptz,
+               changes_applied bigint NOT NULL DEFAULT 0,
+               last_error text
+             );
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.deferred_constraint (
+               target_schema text NOT NULL,
+               target_table text NOT NULL,
+               name text NOT NULL,
+               original_definition text NOT NULL,
+               PRIMARY KEY (target_schema, target_table, name)
+             );
              CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.saved_constraint (
                target_schema text NOT NULL,
                target_table text NOT NULL,
@@ -138,6 +154,97 @@ pub async fn owned_tables(client: &Client) -> Result<Vec<String>> {
         .await
         .map_err(pg("read owned tables"))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// The stream's stored position.
+#[derive(Debug, Clone)]
+pub struct StreamState {
+    /// The capture install this position belongs to.
+    pub install_id: String,
+    /// Highest changelog sequence number applied.
+    pub position: i64,
+    /// Commit time (julian day) of the newest applied change.
+    pub source_at: Option<f64>,
+    /// Changelog rows applied since the stream started.
+    pub changes_applied: i64,
+    /// The last error the daemon stopped on, if any.
+    pub last_error: Option<String>,
+}
+
+/// The stream position, if the stream has been set up.
+pub async fn stream_load(client: &impl GenericClient) -> Result<Option<StreamState>> {
+    let row = client
+        .query_opt(
+            &format!("SELECT install_id, position, source_at, changes_applied, last_error FROM {STATE_SCHEMA}.stream"),
+            &[],
+        )
+        .await
+        .map_err(pg("read the stream position"))?;
+    Ok(row.map(|r| StreamState {
+        install_id: r.get(0),
+        position: r.get(1),
+        source_at: r.get(2),
+        changes_applied: r.get(3),
+        last_error: r.get(4),
+    }))
+}
+
+/// Records where the stream starts (the changelog's newest row when the snapshot began); does
+/// nothing when a position is already stored.
+pub async fn stream_init(
+    client: &impl GenericClient,
+    install_id: &str,
+    position: i64,
+) -> Result<()> {
+    client
+        .execute(
+            &format!("INSERT INTO {STATE_SCHEMA}.stream (id, install_id, position) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING"),
+            &[&install_id, &position],
+        )
+        .await
+        .map_err(pg("record the stream start"))?;
+    Ok(())
+}
+
+/// Moves the position forward (same transaction as the applied rows). It never moves back: a
+/// batch at or below the stored position means two daemons, and is refused.
+pub async fn stream_advance(
+    client: &impl GenericClient,
+    position: i64,
+    source_at: f64,
+    changes: i64,
+) -> Result<()> {
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.stream SET position = $1, source_at = $2, applied_at = now(),
+                 changes_applied = changes_applied + $3, last_error = NULL WHERE id = 1 AND position < $1"
+            ),
+            &[&position, &source_at, &changes],
+        )
+        .await
+        .map_err(pg("record the stream position"))?;
+    if n != 1 {
+        return Err(Error::new(
+            crate::error::ErrorKind::Schema,
+            format!(
+                "the stored stream position is already at or past {position}: is another sqlite2pg daemon running on this target?"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Records the error the daemon stopped on, for `status`.
+pub async fn stream_error(client: &impl GenericClient, message: &str) -> Result<()> {
+    client
+        .execute(
+            &format!("UPDATE {STATE_SCHEMA}.stream SET last_error = $1 WHERE id = 1"),
+            &[&message],
+        )
+        .await
+        .map_err(pg("record the last error"))?;
+    Ok(())
 }
 
 /// Takes the session-level advisory lock that keeps two runs off the same target.

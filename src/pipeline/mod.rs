@@ -4,3 +4,4 @@ pub mod check;
 pub mod plan;
 pub mod progress;
 pub mod snapshot;
+pub mod stream;

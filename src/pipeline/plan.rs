@@ -217,6 +217,19 @@ pub fn build(
                 hint: "add a primary key in SQLite (e.g. an INTEGER PRIMARY KEY column), or --exclude the table".into(),
             });
         }
+        if t.primary_key.len() > crate::sqlite::capture::MAX_KEY_COLUMNS {
+            findings.push(Finding {
+                severity: Severity::Error,
+                table: t.name.clone(),
+                column: None,
+                message: format!(
+                    "has a {}-column primary key; capture holds keys of at most {} columns",
+                    t.primary_key.len(),
+                    crate::sqlite::capture::MAX_KEY_COLUMNS
+                ),
+                hint: "--exclude the table, or give it a shorter key".into(),
+            });
+        }
         let existing = if owned.contains(&target_name) {
             None
         } else {

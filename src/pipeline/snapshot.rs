@@ -94,13 +94,6 @@ fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
 
 /// Runs (or resumes) the snapshot of every planned table.
 pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Summary> {
-    state::ensure(client).await?;
-    if !state::try_lock(client).await? {
-        return Err(Error::new(
-            ErrorKind::Config,
-            "another sqlite2pg run is working on this Postgres database; stop it first (see `ps` / the other terminal)",
-        ));
-    }
     client
         .batch_execute("SET synchronous_commit = off")
         .await
@@ -617,11 +610,25 @@ async fn restore_foreign_keys(
         .await
         .map_err(pg_err("cannot start a transaction".into()))?;
     for fk in saved {
+        // Immediate, non-deferrable keys would fail a batch that deletes a parent before the
+        // upsert that re-points its child. Deferrable-initially-immediate behaves the same for
+        // the app; the original is recorded so that cutover can put it back.
+        let def = fk.definition.trim_end();
+        let deferrable = if def.contains("DEFERRABLE") {
+            def.to_string()
+        } else {
+            tx.execute(
+                &format!("INSERT INTO {}.deferred_constraint VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", state::STATE_SCHEMA),
+                &[&schema, &fk.table, &fk.name, &def],
+            )
+            .await
+            .map_err(pg_err("cannot record a foreign key made deferrable".into()))?;
+            format!("{def} DEFERRABLE INITIALLY IMMEDIATE")
+        };
         let add = format!(
-            "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
+            "ALTER TABLE {} ADD CONSTRAINT {} {deferrable} NOT VALID",
             qualified(schema, &fk.table),
             pg::quote_ident(&fk.name),
-            fk.definition.trim_end()
         );
         add_foreign_key(&tx, &add, schema, &fk.table, &fk.name, summary).await?;
     }

@@ -1,8 +1,11 @@
 //! The SQLite side: opening the file politely, reading its schema and its rows.
 
 pub mod audit;
+pub mod capture;
+pub mod changes;
 pub mod reader;
 pub mod schema;
+pub mod watch;
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ToSql};
 
 use super::quote_ident;
@@ -69,20 +69,6 @@ pub struct ChunkRead {
     pub exhausted: bool,
 }
 
-struct Param<'a>(&'a OwnedValue);
-
-impl ToSql for Param<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            OwnedValue::Null => ValueRef::Null,
-            OwnedValue::Integer(i) => ValueRef::Integer(*i),
-            OwnedValue::Real(f) => ValueRef::Real(*f),
-            OwnedValue::Text(t) => ValueRef::Text(t),
-            OwnedValue::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
-}
-
 /// Converts rusqlite's borrowed value to ours.
 pub fn to_sql_value(v: ValueRef<'_>) -> SqlValue<'_> {
     match v {
@@ -116,7 +102,7 @@ pub fn read_chunk(
         let mut params: Vec<Box<dyn ToSql + '_>> = Vec::new();
         if let Some(key) = after {
             for v in key {
-                params.push(Box::new(Param(v)));
+                params.push(Box::new(v));
             }
         }
         params.push(Box::new(limit));

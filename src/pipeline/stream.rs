@@ -1,0 +1,300 @@
+//! The stream: after the snapshot, tail the changelog and apply each range's current row
+//! states to Postgres, position in the same transaction; prune behind durable applies.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::plan::{Plan, TablePlan};
+use crate::config::TargetUrl;
+use crate::error::{Error, ErrorKind, Result, RetryPolicy};
+use crate::model::{OwnedValue, display_key};
+use crate::pg::apply::{Applier, TableBatch};
+use crate::pg::{self, convert, copy, state};
+use crate::sqlite::capture::{self, Installed};
+use crate::sqlite::changes::{self, Batch, RowReader};
+use crate::sqlite::{self, watch as file_watch};
+
+/// Knobs of the stream.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The SQLite file.
+    pub source: PathBuf,
+    /// The Postgres target.
+    pub target: TargetUrl,
+    /// Target schema.
+    pub schema: String,
+    /// SQLite busy timeout.
+    pub busy_timeout: Duration,
+    /// Fallback poll when no file notification arrives.
+    pub poll_interval: Duration,
+    /// Most changelog rows per applied batch.
+    pub batch_changes: usize,
+}
+
+/// One captured table: where its key columns sit among the plan's columns.
+struct Captured {
+    plan_index: usize,
+    key_positions: Vec<usize>,
+}
+
+/// Julian day of 1970-01-01 00:00 UTC.
+const UNIX_EPOCH_JULIAN: f64 = 2_440_587.5;
+
+/// Seconds since the Unix epoch of a julian day number.
+pub fn julian_to_unix(jd: f64) -> f64 {
+    (jd - UNIX_EPOCH_JULIAN) * 86_400.0
+}
+
+/// Checks that the target's stream belongs to this capture install and records where the
+/// stream starts, before the snapshot reads anything: every change after that point is in the
+/// changelog, and re-reading a key the snapshot already copied is harmless.
+/// Also creates the state schema and takes the run lock (held as long as `client` lives).
+pub async fn prepare(
+    client: &tokio_postgres::Client,
+    installed: &Installed,
+    source: &std::path::Path,
+    busy: Duration,
+) -> Result<()> {
+    state::ensure(client).await?;
+    if !state::try_lock(client).await? {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "another sqlite2pg run is working on this Postgres database; stop it first (`sqlite2pg status` shows its position)",
+        ));
+    }
+    match state::stream_load(client).await? {
+        Some(st) if st.install_id != installed.install_id => Err(Error::new(
+            ErrorKind::Schema,
+            "the SQLite capture was reinstalled since this target was filled (an uninstall, or a restored backup of the SQLite file), so changes in between were never recorded. Start over: drop the copied tables and the sqlite2pg schema in Postgres, then run again",
+        )),
+        Some(_) => Ok(()),
+        None => {
+            let copied: i64 = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {}.table_state", state::STATE_SCHEMA),
+                    &[],
+                )
+                .await
+                .map_err(|e| Error::from_pg("cannot read snapshot progress", e))?
+                .get(0);
+            if copied > 0 {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    "this target holds a snapshot taken before capture was installed; the changes since are unknown. Start over: drop the copied tables and the sqlite2pg schema in Postgres, then run again",
+                ));
+            }
+            let conn = sqlite::open_read_only(source, busy)?;
+            let (newest, _, _) = changes::pending(&conn, i64::MAX)?;
+            state::stream_init(client, &installed.install_id, newest).await
+        }
+    }
+}
+
+fn conversion_error(
+    t: &TablePlan,
+    key: &[OwnedValue],
+    column: &str,
+    value: &OwnedValue,
+    e: convert::ConvError,
+) -> Error {
+    Error::new(
+        ErrorKind::Conversion,
+        format!(
+            "table {}, row {}, column {}: value {} cannot be applied: {}. The position is kept; fix the value in SQLite (or --cast the column) and the daemon resumes there",
+            t.source.name,
+            display_key(&t.key_names, key),
+            column,
+            value.as_ref().display(),
+            e.detail
+        ),
+    )
+}
+
+fn encode_batch(
+    plan: &Plan,
+    captured: &BTreeMap<i64, Captured>,
+    batch: Batch,
+) -> Result<Vec<TableBatch>> {
+    let mut out = Vec::new();
+    for (tbl, changes) in batch.tables {
+        let Some(cap) = captured.get(&tbl) else {
+            continue;
+        };
+        let t = &plan.tables[cap.plan_index];
+        let mut upserts = copy::begin_buffer(4096);
+        let mut deletes = copy::begin_buffer(256);
+        for (key, row) in &changes.present {
+            copy::begin_row(&mut upserts, t.columns.len());
+            for (c, v) in t.columns.iter().zip(row) {
+                convert::encode(v.as_ref(), &c.conv, &mut upserts)
+                    .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
+            }
+        }
+        for key in &changes.absent {
+            copy::begin_row(&mut deletes, key.len());
+            for (pos, v) in cap.key_positions.iter().zip(key) {
+                let c = &t.columns[*pos];
+                convert::encode(v.as_ref(), &c.conv, &mut deletes)
+                    .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
+            }
+        }
+        out.push(TableBatch {
+            index: cap.plan_index,
+            table: t.target.clone(),
+            columns: t.target_columns(),
+            keys: cap
+                .key_positions
+                .iter()
+                .map(|p| t.columns[*p].target.clone())
+                .collect(),
+            upserts,
+            n_upserts: changes.present.len() as u64,
+            deletes,
+            n_deletes: changes.absent.len() as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Streams until `shutdown` turns true. Returns Ok on a clean shutdown; an error that needs the
+/// operator (a value that cannot be converted, a schema mismatch) stops it with the position kept.
+pub async fn run(
+    plan: &Plan,
+    installed: &Installed,
+    opts: &Options,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut readers = BTreeMap::new();
+    let mut captured = BTreeMap::new();
+    for (id, name) in &installed.tables {
+        let Some((i, t)) = plan
+            .tables
+            .iter()
+            .enumerate()
+            .find(|(_, t)| &t.source.name == name)
+        else {
+            continue;
+        };
+        let keys = capture::key_columns(&t.source).unwrap_or_default();
+        let key_positions: Option<Vec<usize>> = keys
+            .iter()
+            .map(|k| t.columns.iter().position(|c| &c.source == k))
+            .collect();
+        let Some(key_positions) = key_positions else {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!("table {name}: a key column is not copied to the target"),
+            ));
+        };
+        readers.insert(*id, RowReader::new(name, &keys, &t.source_columns()));
+        captured.insert(
+            *id,
+            Captured {
+                plan_index: i,
+                key_positions,
+            },
+        );
+    }
+    let reader = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let writer = capture::open_read_write(&opts.source, opts.busy_timeout)?;
+    let (_watcher, mut wake) = file_watch::watch(&opts.source)?;
+    let mut backoff = Duration::from_millis(250);
+    let mut down_since: Option<Instant> = None;
+    'connect: loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let client = match pg::connect(&opts.target).await {
+            Ok(c) => c,
+            Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
+                if down_since.is_none() {
+                    tracing::warn!(error = %e, "Postgres is unreachable; retrying with backoff, nothing is lost meanwhile");
+                    down_since = Some(Instant::now());
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue 'connect;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(since) = down_since.take() {
+            tracing::info!(
+                down_secs = since.elapsed().as_secs_f64(),
+                "Postgres is reachable again; resuming"
+            );
+        }
+        backoff = Duration::from_millis(250);
+        let mut applier = Applier::new(client, &opts.schema).await?;
+        let Some(st) = state::stream_load(applier.client()).await? else {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                "the stream position is missing from the sqlite2pg schema; run `sqlite2pg run` again",
+            ));
+        };
+        let mut position = st.position;
+        let mut pruned_to = 0i64;
+        let mut last_prune = Instant::now();
+        tracing::info!(position, "streaming");
+        loop {
+            // Drain: apply ranges until the changelog has nothing after the position.
+            loop {
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                let batch = tokio::task::block_in_place(|| {
+                    changes::read_batch(&reader, position, opts.batch_changes, &readers)
+                })?;
+                if batch.changes == 0 {
+                    break;
+                }
+                let (last, at, n) = (batch.last_seq, batch.max_at, batch.changes as i64);
+                let tables = encode_batch(plan, &captured, batch)?;
+                let started = Instant::now();
+                match applier.apply(tables, last, at, n).await {
+                    Ok(()) => {
+                        position = last;
+                        tracing::debug!(
+                            position,
+                            changes = n,
+                            secs = started.elapsed().as_secs_f64(),
+                            "batch applied"
+                        );
+                    }
+                    Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
+                        tracing::warn!(error = %e, "Postgres went away mid-batch; the batch rolled back and will be applied again");
+                        down_since = Some(Instant::now());
+                        continue 'connect;
+                    }
+                    Err(e) => {
+                        // Best effort: the connection may be the thing that failed.
+                        let _ = state::stream_error(applier.client(), &e.to_string()).await;
+                        return Err(e);
+                    }
+                }
+                if position - pruned_to >= 10_000 || last_prune.elapsed() >= Duration::from_secs(1)
+                {
+                    match tokio::task::block_in_place(|| capture::prune(&writer, position, 2_000)) {
+                        Ok(_) => pruned_to = position,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "changelog prune deferred (the app holds the write lock)")
+                        }
+                    }
+                    last_prune = Instant::now();
+                }
+            }
+            // Priority: shutdown first, then a file notification, then the fallback poll.
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                _ = wake.recv() => {}
+                _ = tokio::time::sleep(opts.poll_interval) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Capture: the changelog and the triggers that fill it, installed and removed in one short
+//! write transaction that waits politely for the app's lock.
+//!
+//! The changelog holds keys, never values: one row per changed row (two when an UPDATE changes
+//! the key), with the commit time from `julianday('now')`. Trigger SQL runs inside the *app's*
+//! SQLite library, which may be years older than ours, so it uses nothing newer than 3.8 and
+//! nothing that can fail on a value (keys are copied as they are, whatever their class).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use super::quote_ident;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{ScanKey, SourceTable, TableKind};
+
+/// Key columns the changelog can hold per row.
+pub const MAX_KEY_COLUMNS: usize = 4;
+/// The changelog table.
+pub const CHANGES: &str = "_sqlite2pg_changes";
+/// Table ids and install identity.
+pub const TABLES: &str = "_sqlite2pg_tables";
+/// Install identity and format.
+pub const META: &str = "_sqlite2pg_meta";
+const TRIGGER_PREFIX: &str = "_sqlite2pg_";
+
+/// What `install` left in the file.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// Random id of this install; a changelog made by another install cannot continue a stream.
+    pub install_id: String,
+    /// Tables captured, with their changelog ids.
+    pub tables: Vec<(i64, String)>,
+}
+
+/// Opens the source for writing our own objects (never the app's rows).
+pub fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::new(
+            ErrorKind::SourceUnreadable,
+            format!(
+                "SQLite file {} does not exist; check --source",
+                path.display()
+            ),
+        ));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        Error::from_sqlite(
+            format!("cannot open SQLite file {} for writing", path.display()),
+            e,
+        )
+    })?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| Error::from_sqlite("cannot set the SQLite busy timeout", e))?;
+    Ok(conn)
+}
+
+fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::from_sqlite(format!("cannot {what}"), e)
+}
+
+/// The columns whose values identify a row in the changelog.
+pub fn key_columns(t: &SourceTable) -> Option<Vec<String>> {
+    match t.scan_key() {
+        ScanKey::Columns(idx) if idx.len() <= MAX_KEY_COLUMNS => {
+            Some(idx.iter().map(|i| t.columns[*i].name.clone()).collect())
+        }
+        _ => None,
+    }
+}
+
+/// The install identity, if capture is installed.
+pub fn installed(conn: &Connection) -> Result<Option<Installed>> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [META],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(ctx("read the SQLite schema"))?
+        > 0;
+    if !exists {
+        return Ok(None);
+    }
+    let install_id: String = conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'install_id'"),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(ctx("read the capture install id"))?;
+    let mut stmt = conn
+        .prepare(&format!("SELECT id, name FROM {TABLES} ORDER BY id"))
+        .map_err(ctx("read captured tables"))?;
+    let tables = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|r| r.collect())
+        .map_err(ctx("read captured tables"))?;
+    Ok(Some(Installed { install_id, tables }))
+}
+
+fn random_id() -> String {
+    // Not a secret: just distinct per install. Time and pid are enough.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+/// Installs (or completes) capture for `tables` in one write transaction. Idempotent: tables
+/// already captured keep their id and triggers are recreated.
+pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Installed> {
+    for t in tables {
+        if t.kind != TableKind::Plain || key_columns(t).is_none() {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "table {} cannot be captured: it needs a primary key of at most {MAX_KEY_COLUMNS} columns; add one or --exclude the table",
+                    t.name
+                ),
+            ));
+        }
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(ctx(
+            "start the install transaction (the app holds the write lock; retry)",
+        ))?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS {TABLES} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+         CREATE TABLE IF NOT EXISTS {CHANGES} (seq INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, k1, k2, k3, k4, at REAL NOT NULL);"
+    ))
+    .map_err(ctx("create the changelog"))?;
+    tx.execute(
+        &format!("INSERT OR IGNORE INTO {META} (key, value) VALUES ('install_id', ?1)"),
+        [random_id()],
+    )
+    .map_err(ctx("record the install id"))?;
+    tx.execute(
+        &format!("INSERT OR IGNORE INTO {META} (key, value) VALUES ('format', '1')"),
+        [],
+    )
+    .map_err(ctx("record the changelog format"))?;
+    for t in tables {
+        tx.execute(
+            &format!("INSERT OR IGNORE INTO {TABLES} (name) VALUES (?1)"),
+            [&t.name],
+        )
+        .map_err(ctx("register a captured table"))?;
+        let id: i64 = tx
+            .query_row(
+                &format!("SELECT id FROM {TABLES} WHERE name = ?1"),
+                [&t.name],
+                |r| r.get(0),
+            )
+            .map_err(ctx("read a captured table id"))?;
+        for sql in trigger_sql(t, id) {
+            tx.execute_batch(&sql).map_err(|e| {
+                Error::from_sqlite(
+                    format!("cannot create a capture trigger on table {}", t.name),
+                    e,
+                )
+            })?;
+        }
+    }
+    tx.commit().map_err(ctx("commit the install"))?;
+    installed(conn)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::SourceUnreadable,
+            "capture vanished right after install",
+        )
+    })
+}
+
+fn trigger_name(kind: &str, id: i64) -> String {
+    quote_ident(&format!("{TRIGGER_PREFIX}{kind}_{id}"))
+}
+
+/// The triggers of one table: AFTER INSERT/UPDATE/DELETE record keys; BEFORE INSERT/UPDATE
+/// record the keys of rows a REPLACE is about to delete for a UNIQUE conflict (SQLite fires no
+/// DELETE trigger for those unless the app enabled recursive_triggers).
+fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
+    let keys = key_columns(t).unwrap_or_default();
+    let table = quote_ident(&t.name);
+    let slots: Vec<String> = (1..=keys.len()).map(|i| format!("k{i}")).collect();
+    let slot_list = slots.join(", ");
+    let row = |alias: &str| {
+        keys.iter()
+            .map(|k| format!("{alias}.{}", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let insert = |values: &str| {
+        format!(
+            "INSERT INTO {CHANGES} (tbl, {slot_list}, at) VALUES ({id}, {values}, julianday('now'));"
+        )
+    };
+    let changed_key: Vec<String> = keys
+        .iter()
+        .map(|k| format!("OLD.{q} IS NOT NEW.{q}", q = quote_ident(k)))
+        .collect();
+    let mut out = vec![
+        format!(
+            "DROP TRIGGER IF EXISTS {}; CREATE TRIGGER {} AFTER INSERT ON {table} BEGIN {} END;",
+            trigger_name("ai", id),
+            trigger_name("ai", id),
+            insert(&row("NEW"))
+        ),
+        format!(
+            "DROP TRIGGER IF EXISTS {}; CREATE TRIGGER {} AFTER DELETE ON {table} BEGIN {} END;",
+            trigger_name("ad", id),
+            trigger_name("ad", id),
+            insert(&row("OLD"))
+        ),
+        format!(
+            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} AFTER UPDATE ON {table} BEGIN {} \
+             INSERT INTO {CHANGES} (tbl, {slot_list}, at) SELECT {id}, {}, julianday('now') WHERE {}; END;",
+            insert(&row("NEW")),
+            row("OLD"),
+            changed_key.join(" OR "),
+            n = trigger_name("au", id),
+        ),
+    ];
+    let uniques: Vec<Vec<String>> = t
+        .indexes
+        .iter()
+        .filter(|ix| {
+            ix.unique && ix.where_clause.is_none() && ix.columns.iter().all(Option::is_some)
+        })
+        .map(|ix| ix.columns.iter().flatten().cloned().collect())
+        .collect();
+    let unique_cols: Vec<&String> = {
+        let mut v: Vec<&String> = uniques.iter().flatten().collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    // An UPDATE only evicts rows when it sets a unique column to a new value.
+    let update_of = unique_cols
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let update_when = unique_cols
+        .iter()
+        .map(|c| format!("OLD.{q} IS NOT NEW.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    for (kind, event) in [
+        ("bi", "INSERT".to_string()),
+        ("bu", format!("UPDATE OF {update_of}")),
+    ] {
+        let n = trigger_name(kind, id);
+        if uniques.is_empty() {
+            out.push(format!("DROP TRIGGER IF EXISTS {n};"));
+            continue;
+        }
+        let body: Vec<String> = uniques
+            .iter()
+            .map(|cols| {
+                let cond: Vec<String> = cols.iter().map(|c| format!("t.{q} = NEW.{q}", q = quote_ident(c))).collect();
+                format!(
+                    "INSERT INTO {CHANGES} (tbl, {slot_list}, at) SELECT {id}, {}, julianday('now') FROM {table} AS t WHERE {};",
+                    row("t"),
+                    cond.join(" AND ")
+                )
+            })
+            .collect();
+        let when = if kind == "bu" {
+            format!(" WHEN {update_when}")
+        } else {
+            String::new()
+        };
+        out.push(format!("DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} BEFORE {event} ON {table}{when} BEGIN {} END;", body.join(" ")));
+    }
+    out
+}
+
+/// Removes every object sqlite2pg created (changelog, triggers, fence), and only those.
+/// Returns how many objects were dropped.
+pub fn uninstall(conn: &mut Connection) -> Result<usize> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(ctx(
+            "start the uninstall transaction (the app holds the write lock; retry)",
+        ))?;
+    let objects: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT type, name FROM sqlite_master WHERE (type = 'trigger' OR type = 'table') AND name LIKE '\\_sqlite2pg\\_%' ESCAPE '\\'")
+            .map_err(ctx("list our objects"))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|r| r.collect())
+            .map_err(ctx("list our objects"))?
+    };
+    for (kind, name) in &objects {
+        let sql = if kind == "trigger" {
+            format!("DROP TRIGGER IF EXISTS {}", quote_ident(name))
+        } else {
+            format!("DROP TABLE IF EXISTS {}", quote_ident(name))
+        };
+        tx.execute_batch(&sql)
+            .map_err(ctx("drop one of our objects"))?;
+    }
+    tx.commit().map_err(ctx("commit the uninstall"))?;
+    Ok(objects.len())
+}
+
+/// Deletes applied changelog rows (`seq <= upto`) in short write transactions of at most
+/// `batch` rows, always keeping the newest row so that sequence numbers never restart.
+/// Returns the rows deleted.
+pub fn prune(conn: &Connection, upto: i64, batch: usize) -> Result<usize> {
+    let sql = format!(
+        "DELETE FROM {CHANGES} WHERE seq IN (SELECT seq FROM {CHANGES} WHERE seq <= ?1 \
+         AND seq < (SELECT max(seq) FROM {CHANGES}) ORDER BY seq LIMIT ?2)"
+    );
+    let mut total = 0;
+    loop {
+        let n = conn
+            .execute(&sql, rusqlite::params![upto, batch as i64])
+            .map_err(ctx("prune the changelog"))?;
+        total += n;
+        if n < batch {
+            return Ok(total);
+        }
+        // Let the app's writers in between our short transactions.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

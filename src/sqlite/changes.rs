@@ -1,0 +1,184 @@
+//! Reads a range of the changelog and the current rows for its keys in one read transaction,
+//! so what is applied is a state SQLite really had.
+
+use std::collections::{BTreeMap, HashSet};
+
+use rusqlite::Connection;
+
+use super::capture::{CHANGES, MAX_KEY_COLUMNS};
+use super::quote_ident;
+use super::reader::to_sql_value;
+use crate::error::{Error, Result};
+use crate::model::{OwnedValue, SqlValue};
+
+/// How to read one captured table's current rows by key.
+#[derive(Debug, Clone)]
+pub struct RowReader {
+    table: String,
+    key_len: usize,
+    sql: String,
+}
+
+impl RowReader {
+    /// Reads `columns` of `table` by its `keys`.
+    pub fn new(table: &str, keys: &[String], columns: &[&str]) -> RowReader {
+        let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let cond: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} = ?{}", quote_ident(k), i + 1))
+            .collect();
+        RowReader {
+            table: table.to_string(),
+            key_len: keys.len(),
+            sql: format!(
+                "SELECT {} FROM {} WHERE {}",
+                cols.join(", "),
+                quote_ident(table),
+                cond.join(" AND ")
+            ),
+        }
+    }
+}
+
+/// What one changelog range says about one table.
+#[derive(Debug, Default)]
+pub struct TableChanges {
+    /// Keys that still exist, with their current values (columns in reader order).
+    pub present: Vec<(Vec<OwnedValue>, Vec<OwnedValue>)>,
+    /// Keys that no longer exist.
+    pub absent: Vec<Vec<OwnedValue>>,
+}
+
+/// A changelog range and the state it leads to.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Highest sequence number in the range (0 when empty).
+    pub last_seq: i64,
+    /// Changelog rows in the range.
+    pub changes: usize,
+    /// Latest commit time in the range, as a julian day (0 when empty).
+    pub max_at: f64,
+    /// Per captured table id.
+    pub tables: BTreeMap<i64, TableChanges>,
+}
+
+fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::from_sqlite(format!("cannot {what}"), e)
+}
+
+/// Reads up to `max_changes` changelog rows after `after`, and the current row of each key they
+/// name, in one read transaction. Tables without a reader (not replicated) are skipped.
+pub fn read_batch(
+    conn: &Connection,
+    after: i64,
+    max_changes: usize,
+    readers: &BTreeMap<i64, RowReader>,
+) -> Result<Batch> {
+    conn.execute_batch("BEGIN DEFERRED")
+        .map_err(ctx("start a changelog read"))?;
+    let result = read_in_tx(conn, after, max_changes, readers);
+    let end = conn
+        .execute_batch("COMMIT")
+        .map_err(ctx("end a changelog read"));
+    let batch = result?;
+    end?;
+    Ok(batch)
+}
+
+fn read_in_tx(
+    conn: &Connection,
+    after: i64,
+    max_changes: usize,
+    readers: &BTreeMap<i64, RowReader>,
+) -> Result<Batch> {
+    let mut batch = Batch::default();
+    let mut keys: BTreeMap<i64, Vec<Vec<OwnedValue>>> = BTreeMap::new();
+    let mut seen: HashSet<(i64, Vec<u8>)> = HashSet::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT seq, tbl, k1, k2, k3, k4, at FROM {CHANGES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
+            .map_err(ctx("read the changelog"))?;
+        let mut rows = stmt
+            .query(rusqlite::params![after, max_changes as i64])
+            .map_err(ctx("read the changelog"))?;
+        while let Some(r) = rows.next().map_err(ctx("read the changelog"))? {
+            let seq: i64 = r.get(0).map_err(ctx("read the changelog"))?;
+            let tbl: i64 = r.get(1).map_err(ctx("read the changelog"))?;
+            let at: f64 = r.get(6).map_err(ctx("read the changelog"))?;
+            batch.last_seq = seq;
+            batch.changes += 1;
+            batch.max_at = batch.max_at.max(at);
+            let Some(reader) = readers.get(&tbl) else {
+                continue;
+            };
+            let mut key = Vec::with_capacity(reader.key_len);
+            for i in 0..reader.key_len.min(MAX_KEY_COLUMNS) {
+                key.push(
+                    to_sql_value(r.get_ref(2 + i).map_err(ctx("read the changelog"))?)
+                        .to_owned_value(),
+                );
+            }
+            let id = rmp_serde::to_vec(&key).map_err(|e| {
+                Error::with_source(
+                    crate::error::ErrorKind::SourceUnreadable,
+                    "cannot encode a changelog key",
+                    e,
+                )
+            })?;
+            if seen.insert((tbl, id)) {
+                keys.entry(tbl).or_default().push(key);
+            }
+        }
+    }
+    for (tbl, keys) in keys {
+        let Some(reader) = readers.get(&tbl) else {
+            continue;
+        };
+        let mut stmt = conn.prepare_cached(&reader.sql).map_err(|e| {
+            Error::from_sqlite(
+                format!("cannot read current rows of table {}", reader.table),
+                e,
+            )
+        })?;
+        let out = batch.tables.entry(tbl).or_default();
+        for key in keys {
+            let params: Vec<&dyn rusqlite::ToSql> =
+                key.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
+            let mut rows = stmt.query(params.as_slice()).map_err(|e| {
+                Error::from_sqlite(format!("cannot read a row of table {}", reader.table), e)
+            })?;
+            match rows.next().map_err(|e| {
+                Error::from_sqlite(format!("cannot read a row of table {}", reader.table), e)
+            })? {
+                Some(row) => {
+                    let n = row.as_ref().column_count();
+                    let mut values = Vec::with_capacity(n);
+                    for i in 0..n {
+                        let v: SqlValue<'_> = to_sql_value(
+                            row.get_ref(i)
+                                .map_err(|e| Error::from_sqlite("cannot read a column", e))?,
+                        );
+                        values.push(v.to_owned_value());
+                    }
+                    out.present.push((key, values));
+                }
+                None => out.absent.push(key),
+            }
+        }
+    }
+    Ok(batch)
+}
+
+/// The newest sequence number in the changelog (0 when it is empty), and the count of rows
+/// after `after` with the commit time of the oldest of them.
+pub fn pending(conn: &Connection, after: i64) -> Result<(i64, i64, Option<f64>)> {
+    conn.query_row(
+        &format!(
+            "SELECT (SELECT coalesce(max(seq), 0) FROM {CHANGES}), count(*), min(at) FROM {CHANGES} WHERE seq > ?1"
+        ),
+        [after],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .map_err(ctx("read the changelog position"))
+}
