@@ -254,9 +254,12 @@ pub async fn run(
                     break;
                 }
                 let (last, at, n) = (batch.last_seq, batch.max_at, batch.changes as i64);
-                let tables = encode_batch(plan, &captured, batch)?;
                 let started = Instant::now();
-                match applier.apply(tables, last, at, n).await {
+                let applied = match encode_batch(plan, &captured, batch) {
+                    Ok(tables) => applier.apply(tables, last, at, n).await,
+                    Err(e) => Err(e),
+                };
+                match applied {
                     Ok(()) => {
                         position = last;
                         tracing::debug!(
@@ -272,7 +275,7 @@ pub async fn run(
                         continue 'connect;
                     }
                     Err(e) => {
-                        // Best effort: the connection may be the thing that failed.
+                        // Kept for `status`; best effort, the connection may be what failed.
                         let _ = state::stream_error(applier.client(), &e.to_string()).await;
                         return Err(e);
                     }

@@ -338,6 +338,12 @@ pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str
                     norm_ts(a) == norm_ts(b)
                 }
                 (Value::Text(a), Some(b)) => a == b,
+                (Value::Blob(a), Some(b)) => {
+                    *b == format!(
+                        "\\x{}",
+                        a.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                    )
+                }
                 _ => false,
             };
             assert!(
@@ -409,4 +415,134 @@ pub fn validated_foreign_keys(client: &mut postgres::Client) -> i64 {
         client,
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated",
     )
+}
+
+/// A running `sqlite2pg run` daemon, killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    /// Its log (stderr), for failure messages.
+    pub log: PathBuf,
+    src: PathBuf,
+    url: String,
+}
+
+impl Daemon {
+    /// Starts `run` (snapshot, then stream) with a short poll interval.
+    pub fn start(src: &Path, db: &TestDb, extra: &[&str]) -> Daemon {
+        let log = src.with_extension(format!("daemon-{}.log", unique()));
+        let mut args = vec![
+            "--source",
+            src.to_str().expect("utf-8 path"),
+            "--target",
+            &db.url,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["run", "--poll-interval-ms", "100"]);
+        let child = Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create daemon log"))
+            .spawn()
+            .expect("start the daemon");
+        Daemon {
+            child,
+            log,
+            src: src.to_path_buf(),
+            url: db.url.clone(),
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the snapshot is done and Postgres has applied every change SQLite has
+    /// recorded so far.
+    pub fn wait_caught_up(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll daemon") {
+                panic!(
+                    "the daemon exited ({status}) before catching up:\n{}",
+                    self.log_text()
+                );
+            }
+            if self.caught_up() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not catch up within 60 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn caught_up(&self) -> bool {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &self.src,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return false;
+        };
+        let newest: i64 = match conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM _sqlite2pg_changes",
+            [],
+            |r| r.get(0),
+        ) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) else {
+            return false;
+        };
+        let row = c.query_opt(
+            "SELECT s.position, (SELECT count(*) FROM sqlite2pg.table_state WHERE phase <> 'ready') FROM sqlite2pg.stream s",
+            &[],
+        );
+        match row {
+            Ok(Some(r)) => r.get::<_, i64>(0) >= newest && r.get::<_, i64>(1) == 0,
+            _ => false,
+        }
+    }
+
+    /// Sends SIGTERM and waits; returns whether it exited 0.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs SQL through the system `sqlite3` shell: the app's SQLite library, older than ours.
+/// Like any app sharing a SQLite file, it waits for locks (Python's default is 5 s).
+pub fn sqlite3_shell(src: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
+        .arg(src)
+        .arg(sql)
+        .output()
+        .expect("run the sqlite3 shell (apt-get install sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3 failed on {sql}:\n{}",
+        text(&out)
+    );
 }

@@ -1,0 +1,213 @@
+//! Live replication: every way SQLite can change a row reaches Postgres; uninstall leaves the
+//! file as the app made it.
+
+mod common;
+
+use common::*;
+
+/// Starts a daemon on `schema`, applies `writes` through the sqlite3 shell once it streams,
+/// and checks every table listed in `tables` (name, key) row by row.
+fn replicate(schema: &str, writes: &[&str], tables: &[(&str, &str)]) -> (SqliteFile, TestDb) {
+    let src = SqliteFile::new(schema);
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    for w in writes {
+        sqlite3_shell(&src.path, w);
+    }
+    d.wait_caught_up();
+    let mut c = db.client();
+    for (t, k) in tables {
+        assert_table_equal(&src.path, &mut c, t, k);
+    }
+    assert!(d.stop(), "the daemon should exit 0 on SIGTERM");
+    (src, db)
+}
+
+const CLIENTS: &str = "PRAGMA journal_mode = WAL;
+    CREATE TABLE clients (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT, visits INTEGER DEFAULT 0);
+    INSERT INTO clients (email, name) VALUES ('a@x', 'A'), ('b@x', 'B'), ('c@x', 'C');";
+
+#[test]
+fn captures_insert_update_delete() {
+    replicate(
+        CLIENTS,
+        &[
+            "INSERT INTO clients (email, name) VALUES ('d@x', 'D ''quoted'' ✓')",
+            "UPDATE clients SET visits = visits + 1, name = 'A2' WHERE id = 1",
+            "DELETE FROM clients WHERE id = 2",
+        ],
+        &[("clients", "id")],
+    );
+}
+
+#[test]
+fn captures_a_primary_key_change() {
+    let (_src, db) = replicate(
+        CLIENTS,
+        &["UPDATE clients SET id = 100 WHERE id = 3"],
+        &[("clients", "id")],
+    );
+    let ids: Vec<i32> = db
+        .client()
+        .query("SELECT id FROM clients ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1, 2, 100]);
+}
+
+#[test]
+fn captures_rows_a_replace_evicts_on_a_unique_column() {
+    // INSERT OR REPLACE deletes the row holding 'a@x' without firing its DELETE trigger.
+    replicate(
+        CLIENTS,
+        &[
+            "INSERT OR REPLACE INTO clients (id, email, name) VALUES (10, 'a@x', 'new A')",
+            "REPLACE INTO clients (id, email, name) VALUES (2, 'c@x', 'B takes c')",
+            "UPDATE OR REPLACE clients SET email = 'b@x' WHERE id = 10",
+        ],
+        &[("clients", "id")],
+    );
+}
+
+#[test]
+fn captures_upserts() {
+    replicate(
+        CLIENTS,
+        &[
+            "INSERT INTO clients (email, name) VALUES ('a@x', 'dup') ON CONFLICT (email) DO UPDATE SET visits = visits + 5",
+            "INSERT INTO clients (email, name) VALUES ('z@x', 'Z') ON CONFLICT (email) DO NOTHING",
+        ],
+        &[("clients", "id")],
+    );
+}
+
+#[test]
+fn captures_cascades_and_set_null() {
+    replicate(
+        "CREATE TABLE projects (id INTEGER PRIMARY KEY, title TEXT);
+         CREATE TABLE tasks (id INTEGER PRIMARY KEY, project_id INTEGER REFERENCES projects(id) ON DELETE CASCADE,
+                             parent_id INTEGER REFERENCES tasks(id) ON DELETE SET NULL, title TEXT);
+         INSERT INTO projects VALUES (1, 'p1'), (2, 'p2');
+         INSERT INTO tasks VALUES (1, 1, NULL, 't1'), (2, 1, 1, 't2'), (3, 2, NULL, 't3'), (4, 2, 3, 't4');",
+        &["PRAGMA foreign_keys = ON; DELETE FROM projects WHERE id = 1; DELETE FROM tasks WHERE id = 3;"],
+        &[("projects", "id"), ("tasks", "id")],
+    );
+}
+
+#[test]
+fn captures_without_rowid_tables_with_composite_text_keys() {
+    replicate(
+        "CREATE TABLE kv (ns TEXT, k TEXT, v BLOB, PRIMARY KEY (ns, k)) WITHOUT ROWID;
+         INSERT INTO kv VALUES ('a', 'x', x'01'), ('a', 'y', x'02'), ('b', 'x', NULL);",
+        &[
+            "UPDATE kv SET v = x'ff' WHERE ns = 'a' AND k = 'x'",
+            "UPDATE kv SET k = 'z' WHERE ns = 'a' AND k = 'y'",
+            "DELETE FROM kv WHERE ns = 'b'",
+            "INSERT INTO kv VALUES ('c', 'é 😀', x'')",
+        ],
+        &[("kv", "ns")],
+    );
+}
+
+#[test]
+fn captures_delete_of_a_whole_table_and_writes_from_several_connections() {
+    let (src, db) = replicate(CLIENTS, &["DELETE FROM clients"], &[("clients", "id")]);
+    let n: i64 = scalar(&mut db.client(), "SELECT count(*) FROM clients");
+    assert_eq!(n, 0);
+    // The app's own connection (Python's sqlite3, another library build) is captured too.
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let py = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"INSERT INTO clients (email, name) VALUES ('py@x', 'from python')\"); c.commit()"])
+        .arg(&src.path)
+        .status()
+        .unwrap();
+    assert!(py.success());
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut db.client(), "clients", "id");
+}
+
+#[test]
+fn triggers_never_fail_the_apps_write_and_a_bad_value_stops_the_daemon_until_fixed() {
+    let src = SqliteFile::new(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB, r REAL, i BIGINT, v TEXT);",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    // Every write succeeds, whatever the value (the shell asserts it).
+    sqlite3_shell(
+        &src.path,
+        "INSERT INTO t VALUES (1, x'00ff00', 1e308, -9223372036854775808, '😀'), (2, x'', -0.0, 0, ''), (5, NULL, NULL, NULL, NULL)",
+    );
+    d.wait_caught_up();
+    sqlite3_shell(
+        &src.path,
+        "INSERT INTO t (id, v) VALUES (4, 'nul' || char(0) || 'x')",
+    );
+    // A NUL byte cannot go into Postgres text: the daemon stops and says where.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log_text().contains("cannot be applied") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop on the bad value:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = d.log_text();
+    assert!(
+        log.contains("table t, row id=4, column v") && log.contains("NUL"),
+        "{log}"
+    );
+    d.kill9();
+    let err: Option<String> = scalar(&mut db.client(), "SELECT last_error FROM sqlite2pg.stream");
+    assert!(err.is_some_and(|e| e.contains("id=4")));
+    // Fixed in SQLite, the daemon resumes from the kept position.
+    sqlite3_shell(&src.path, "UPDATE t SET v = 'nul x' WHERE id = 4");
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut db.client(), "t", "id");
+    assert!(d.stop());
+}
+
+#[test]
+fn uninstall_returns_sqlite_master_to_exactly_what_it_was() {
+    let src = SqliteFile::new(CLIENTS);
+    let master = |src: &SqliteFile| -> Vec<(String, String, Option<String>)> {
+        let conn = src.conn();
+        let mut st = conn
+            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let before = master(&src);
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    sqlite3_shell(&src.path, "INSERT INTO clients (email) VALUES ('during@x')");
+    d.wait_caught_up();
+    assert!(d.stop());
+    assert_ne!(master(&src), before, "run installs capture");
+    for _ in 0..2 {
+        let out = sqlite2pg(&["--source", src.path.to_str().unwrap(), "uninstall"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(master(&src), before);
+    // The app keeps working, and its rows are untouched.
+    sqlite3_shell(
+        &src.path,
+        "INSERT INTO clients (email) VALUES ('after@x'); UPDATE clients SET visits = 9 WHERE id = 1;",
+    );
+    let n: i64 = src
+        .conn()
+        .query_row("SELECT count(*) FROM clients", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5);
+}
