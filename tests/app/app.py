@@ -1,5 +1,7 @@
 """The test app. Usage:
-  app.py seed SQLITE_PATH N        create the schema on SQLite and write N projects through the ORM
+  app.py seed SQLITE_PATH N [wal|delete]  create the schema on SQLite and write N projects through the ORM
+  app.py write SQLITE_PATH SECONDS RATE   the bot at work: RATE ORM transactions/s for SECONDS, then
+                                   a JSON line {"transactions", "failed", "p50_ms", "p99_ms"}
   app.py alembic PG_URL            autogenerate the initial migration from the models and upgrade
   app.py compare SQLITE_PATH PG_URL  read every row of both through SQLAlchemy and compare
 """
@@ -14,7 +16,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 import models
-from models import Membership, Project, ProjectStatus, Task, User
+from models import Counter, Membership, Project, ProjectStatus, Task, User
 
 HERE = Path(__file__).resolve().parent
 
@@ -23,9 +25,11 @@ def pg_engine(url):
     return create_engine(url.replace("postgres://", "postgresql+psycopg://", 1))
 
 
-def seed(path, n):
+def seed(path, n, journal="wal"):
     rnd = random.Random(7)
     engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as c:
+        c.exec_driver_sql(f"PRAGMA journal_mode = {journal}")
     models.Base.metadata.create_all(engine)
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
     with Session(engine) as s:
@@ -46,7 +50,64 @@ def seed(path, n):
             s.flush()
             child.parent_id = parent.id
             s.add(Membership(user_id=users[p % 10].id, project_id=proj.id, role="owner"))
+        s.add_all([Counter(id=i, hits=0) for i in range(1, 11)])
         s.commit()
+
+
+def write(path, seconds, rate):
+    """Random ORM transactions at a steady rate; every failure is counted, none retried."""
+    import json
+    import time
+
+    rnd = random.Random()
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 5})
+    latencies, failed = [], 0
+    start = time.monotonic()
+    n = 0
+    while time.monotonic() - start < seconds:
+        due = start + n / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        n += 1
+        t0 = time.monotonic()
+        try:
+            with Session(engine) as s, s.begin():
+                op = rnd.random()
+                if op < 0.3:
+                    proj = Project(owner_id=rnd.randint(1, 10), title=f"live {n}", status=rnd.choice(list(ProjectStatus)),
+                                   budget=Decimal(rnd.randint(0, 10**7)) / 100, meta={"n": n})
+                    s.add(proj)
+                    s.flush()
+                    parent = Task(project_id=proj.id, title="parent")
+                    s.add(parent)
+                    s.flush()
+                    s.add(Task(project_id=proj.id, parent_id=parent.id, title="subtask", due=datetime(2025, 1, 1, 9, 30)))
+                elif op < 0.6:
+                    task = s.execute(select(Task).order_by(Task.id.desc()).limit(1).offset(rnd.randint(0, 50))).scalar()
+                    if task is not None:
+                        task.done = not task.done
+                        task.title = f"edited {n}"
+                elif op < 0.85:
+                    counter = s.get(Counter, rnd.randint(1, 10))
+                    counter.hits = Counter.hits + 1
+                elif op < 0.95:
+                    proj = s.execute(select(Project).order_by(Project.id).limit(1).offset(rnd.randint(0, 20))).scalar()
+                    if proj is not None:
+                        s.execute(Membership.__table__.delete().where(Membership.project_id == proj.id))
+                        s.execute(Task.__table__.update().where(Task.project_id == proj.id).values(parent_id=None))
+                        s.delete(proj)  # ORM cascade deletes its tasks
+                else:
+                    uid, pid = rnd.randint(1, 10), rnd.randint(1, 50)
+                    if s.get(Membership, (uid, pid)) is None and s.get(Project, pid) is not None:
+                        s.add(Membership(user_id=uid, project_id=pid, role="member"))
+        except Exception as e:  # noqa: BLE001 - every failure counts
+            failed += 1
+            print(f"transaction {n} failed: {e}", file=sys.stderr)
+        latencies.append((time.monotonic() - t0) * 1000)
+    latencies.sort()
+    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else 0
+    print(json.dumps({"transactions": n, "failed": failed, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}))
 
 
 def alembic_upgrade(url):
@@ -73,7 +134,7 @@ def compare(path, url):
     b = pg_engine(url)
     problems = 0
     with Session(a) as sa, Session(b) as sb:
-        for model in (User, Project, Task, Membership):
+        for model in (User, Project, Task, Membership, Counter):
             cols = [c.key for c in model.__table__.columns]
             key = [c.key for c in model.__table__.primary_key.columns]
             order = [getattr(model, k) for k in key]
@@ -95,7 +156,9 @@ def compare(path, url):
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "seed":
-        seed(sys.argv[2], int(sys.argv[3]))
+        seed(sys.argv[2], int(sys.argv[3]), *(sys.argv[4:5]))
+    elif cmd == "write":
+        write(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
     elif cmd == "alembic":
         alembic_upgrade(sys.argv[2])
     elif cmd == "compare":

@@ -50,6 +50,13 @@ class Task(Base):
     project: Mapped[Project] = relationship(back_populates="tasks")
 
 
+class Counter(Base):
+    """Updated only by increments, so a change applied twice would show."""
+    __tablename__ = "counters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hits: Mapped[int] = mapped_column(default=0)
+
+
 class Membership(Base):
     __tablename__ = "memberships"
     user_id: Mapped[int] = mapped_column(ForeignKey("user.id"), primary_key=True)

@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const PASSWORD: &str = "pw-Secret-9f3k";
 
 static CLUSTER: OnceLock<String> = OnceLock::new();
+/// pg_ctl, data dir and server options of the cluster this process started.
+static OWN_CLUSTER: OnceLock<(PathBuf, PathBuf, String, PathBuf)> = OnceLock::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique() -> String {
@@ -123,6 +125,12 @@ fn start_cluster() -> String {
         "pg_ctl start failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _ = OWN_CLUSTER.set((
+        bin.join("pg_ctl"),
+        data.clone(),
+        opts.clone(),
+        dir.join("log"),
+    ));
     // A watchdog stops the cluster and removes it once this test process is gone.
     let stop = if is_root() {
         "runuser -u postgres -- "
@@ -311,6 +319,9 @@ pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str
         .expect("query sqlite")
         .collect::<Result<_, _>>()
         .expect("rows");
+    client
+        .batch_execute("SET TimeZone = 'UTC'")
+        .expect("set the session time zone");
     // Qualified, so ORDER BY sorts by the column and not by its text rendering.
     let pg = pg_rows(
         client,
@@ -337,6 +348,11 @@ pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str
                 (Value::Text(a), Some(b)) if ty.contains("DATE") || ty.contains("TIME") => {
                     norm_ts(a) == norm_ts(b)
                 }
+                // jsonb normalises key order and escapes: compare JSON columns as JSON.
+                (Value::Text(a), Some(b)) if ty.contains("JSON") => {
+                    serde_json::from_str::<serde_json::Value>(a).ok()
+                        == serde_json::from_str::<serde_json::Value>(b).ok()
+                }
                 (Value::Text(a), Some(b)) => a == b,
                 (Value::Blob(a), Some(b)) => {
                     *b == format!(
@@ -356,7 +372,9 @@ pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str
 }
 
 fn norm_ts(s: &str) -> String {
+    // timestamptz renders in the session zone (UTC here) with an offset SQLite's text lacks.
     let s = s.replace('T', " ");
+    let s = s.strip_suffix("+00").unwrap_or(&s).to_string();
     match s.split_once('.') {
         Some((a, frac)) => {
             let f = frac.trim_end_matches('0');
@@ -545,4 +563,94 @@ pub fn sqlite3_shell(src: &Path, sql: &str) {
         "sqlite3 failed on {sql}:\n{}",
         text(&out)
     );
+}
+
+/// Stops the test cluster (fast shutdown: sessions are cut), waits `pause`, starts it again on
+/// the same port. Only for a cluster this process started.
+pub fn restart_cluster(pause: std::time::Duration) {
+    cluster_url();
+    let (pg_ctl, data, opts, log) = OWN_CLUSTER.get().expect(
+        "restart_cluster needs the harness's own cluster: unset SQLITE2PG_TEST_PG for this test",
+    );
+    let out = as_postgres(pg_ctl)
+        .arg("-D")
+        .arg(data)
+        .args(["-m", "fast", "-w", "stop"])
+        .output()
+        .expect("pg_ctl stop");
+    assert!(
+        out.status.success(),
+        "pg_ctl stop failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(pause);
+    let out = as_postgres(pg_ctl)
+        .arg("-D")
+        .arg(data)
+        .args(["-o", opts, "-l"])
+        .arg(log)
+        .args(["-w", "start"])
+        .output()
+        .expect("pg_ctl start");
+    assert!(
+        out.status.success(),
+        "pg_ctl start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the test app's writer: RATE ORM transactions/s for SECONDS.
+pub fn start_writer(src: &Path, seconds: f64, rate: f64) -> std::process::Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app/app.py");
+    Command::new(app_python())
+        .arg(script)
+        .args([
+            "write",
+            src.to_str().expect("utf-8 path"),
+            &seconds.to_string(),
+            &rate.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the app writer")
+}
+
+/// Waits for the writer and returns its summary; insists no app transaction failed.
+pub fn finish_writer(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("wait for the app writer");
+    assert!(
+        out.status.success(),
+        "the app writer crashed:\n{}",
+        text(&out)
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let summary: serde_json::Value =
+        serde_json::from_str(&last).unwrap_or_else(|_| panic!("writer summary: {}", text(&out)));
+    assert_eq!(
+        summary["failed"],
+        0,
+        "app transactions failed while sqlite2pg ran:\n{}",
+        text(&out)
+    );
+    assert!(summary["transactions"].as_i64().unwrap_or(0) > 0);
+    summary
+}
+
+/// Compares every table of the test app on both sides: through SQLAlchemy, and row by row.
+pub fn assert_app_equal(src: &Path, db: &TestDb) {
+    app(&["compare", src.to_str().expect("utf-8 path"), &db.url]);
+    let mut c = db.client();
+    for (t, k) in [
+        ("user", "id"),
+        ("projects", "id"),
+        ("tasks", "id"),
+        ("counters", "id"),
+    ] {
+        assert_table_equal(src, &mut c, t, k);
+    }
 }
