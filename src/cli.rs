@@ -88,6 +88,12 @@ pub enum Command {
         #[arg(long)]
         truncate: bool,
     },
+    /// Where the migration stands: phase, per-table progress, position, lag, last error.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Install the capture triggers and changelog in the SQLite file (`run` does this itself).
     Install,
     /// Remove every trigger, table and fence of sqlite2pg from the SQLite file.
@@ -203,6 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             cmd_run(&cfg, snapshot_only, dry_run, truncate, flags)
         }
+        Command::Status { json } => cmd_status(&cfg, json),
         Command::Install => cmd_install(&cfg),
         Command::Uninstall => cmd_uninstall(&cfg),
     }
@@ -260,6 +267,25 @@ struct StreamFlags {
 
 fn capturable(plan: &plan::Plan) -> Vec<&crate::model::SourceTable> {
     plan.tables.iter().map(|t| &t.source).collect()
+}
+
+fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let client = rt.block_on(pg::connect(cfg.require_target()?))?;
+    let status = rt.block_on(crate::pipeline::status::collect(
+        &client,
+        &cfg.source,
+        busy(cfg),
+    ))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &status).context("cannot write the status")?;
+        writeln!(out).context("cannot write the status")?;
+    } else {
+        crate::pipeline::status::print_human(&status, &mut out)
+            .context("cannot write the status")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {

@@ -211,3 +211,34 @@ fn uninstall_returns_sqlite_master_to_exactly_what_it_was() {
         .unwrap();
     assert_eq!(n, 5);
 }
+
+#[test]
+fn status_reports_phase_position_and_lag_with_or_without_the_daemon() {
+    let src = SqliteFile::new(CLIENTS);
+    let db = TestDb::new();
+    let p = src.path.to_str().unwrap();
+    let status = |db: &TestDb| -> serde_json::Value {
+        let out = sqlite2pg(&["--source", p, "--target", &db.url, "status", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(status(&db)["phase"], "not_started");
+    snapshot(&src.path, &db, &[]);
+    sqlite3_shell(&src.path, "UPDATE clients SET visits = visits + 1; INSERT INTO clients (email) VALUES ('n@x');");
+    let s = status(&db);
+    assert_eq!(s["phase"], "streaming");
+    assert_eq!(s["daemon_running"], false);
+    assert_eq!(s["lag_changes"], 4);
+    assert!(s["lag_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(s["tables"][0]["rows_copied"], 3);
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let s = status(&db);
+    assert_eq!(s["daemon_running"], true);
+    assert_eq!(s["lag_changes"], 0);
+    assert_eq!(s["changes_applied"], 4);
+    let human = sqlite2pg(&["--source", p, "--target", &db.url, "status"]);
+    assert!(text(&human).contains("lag:        0 changes"), "{}", text(&human));
+    assert!(!text(&human).contains(PASSWORD));
+    assert!(d.stop());
+}

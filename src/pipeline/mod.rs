@@ -4,4 +4,5 @@ pub mod check;
 pub mod plan;
 pub mod progress;
 pub mod snapshot;
+pub mod status;
 pub mod stream;

@@ -1,0 +1,184 @@
+//! `status`: where the migration stands, read from Postgres and the changelog, so it works
+//! whether or not the daemon runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::stream::julian_to_unix;
+use crate::error::{Error, Result};
+use crate::pg::state::{self, STATE_SCHEMA};
+use crate::sqlite::{self, capture, changes};
+
+/// One table's snapshot progress.
+#[derive(Debug, Serialize)]
+pub struct TableStatus {
+    /// Source table.
+    pub table: String,
+    /// copying, copied, indexed or ready.
+    pub phase: String,
+    /// Rows copied.
+    pub rows_copied: i64,
+    /// Rows in SQLite when the table's copy started.
+    pub rows_total: Option<i64>,
+}
+
+/// The whole picture.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// not_started, snapshot, streaming.
+    pub phase: String,
+    /// Whether a daemon holds the run lock right now.
+    pub daemon_running: bool,
+    /// Whether capture triggers are installed in SQLite.
+    pub capture_installed: bool,
+    /// Per-table snapshot progress.
+    pub tables: Vec<TableStatus>,
+    /// Highest changelog sequence number applied to Postgres.
+    pub position: Option<i64>,
+    /// Newest sequence number in the changelog.
+    pub changelog_newest: Option<i64>,
+    /// Changelog rows not yet applied (lag in changes).
+    pub lag_changes: Option<i64>,
+    /// Age of the oldest change not yet applied, in seconds (0 when caught up).
+    pub lag_seconds: Option<f64>,
+    /// Changelog rows applied since the stream started.
+    pub changes_applied: Option<i64>,
+    /// The error the daemon last stopped on.
+    pub last_error: Option<String>,
+}
+
+fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |e| Error::from_pg(format!("cannot {what}"), e)
+}
+
+/// Collects the status.
+pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<Status> {
+    let conn = sqlite::open_read_only(source, busy)?;
+    let installed = capture::installed(&conn)?;
+    let has_state: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{STATE_SCHEMA}.stream') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(pg("look for the sqlite2pg schema"))?
+        .get(0);
+    let mut status = Status {
+        phase: "not_started".into(),
+        daemon_running: false,
+        capture_installed: installed.is_some(),
+        tables: Vec::new(),
+        position: None,
+        changelog_newest: None,
+        lag_changes: None,
+        lag_seconds: None,
+        changes_applied: None,
+        last_error: None,
+    };
+    if !has_state {
+        return Ok(status);
+    }
+    status.daemon_running = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 1 AND objsubid = 2
+               AND classid::bigint - CASE WHEN classid::bigint > 2147483647 THEN 4294967296 ELSE 0 END = hashtext('sqlite2pg'))",
+            &[],
+        )
+        .await
+        .map_err(pg("look for a running daemon"))?
+        .get(0);
+    for r in client
+        .query(&format!("SELECT source_table, phase, rows_copied, rows_total FROM {STATE_SCHEMA}.table_state ORDER BY source_table"), &[])
+        .await
+        .map_err(pg("read snapshot progress"))?
+    {
+        status.tables.push(TableStatus { table: r.get(0), phase: r.get(1), rows_copied: r.get(2), rows_total: r.get(3) });
+    }
+    let stream = state::stream_load(client).await?;
+    let snapshot_done =
+        !status.tables.is_empty() && status.tables.iter().all(|t| t.phase == "ready");
+    status.phase = if snapshot_done {
+        "streaming"
+    } else if status.tables.is_empty() {
+        "not_started"
+    } else {
+        "snapshot"
+    }
+    .into();
+    if let Some(st) = stream {
+        status.position = Some(st.position);
+        status.changes_applied = Some(st.changes_applied);
+        status.last_error = st.last_error;
+        if installed.is_some() {
+            let (newest, pending, oldest_at) = changes::pending(&conn, st.position)?;
+            status.changelog_newest = Some(newest);
+            status.lag_changes = Some(pending);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            status.lag_seconds = Some(
+                oldest_at
+                    .map(|at| (now - julian_to_unix(at)).max(0.0))
+                    .unwrap_or(0.0),
+            );
+        }
+    }
+    Ok(status)
+}
+
+/// Prints the status for a person.
+pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "phase:      {}{}",
+        s.phase,
+        if s.daemon_running {
+            " (daemon running)"
+        } else {
+            " (no daemon running)"
+        }
+    )?;
+    writeln!(
+        out,
+        "capture:    {}",
+        if s.capture_installed {
+            "installed"
+        } else {
+            "not installed"
+        }
+    )?;
+    if let Some(p) = s.position {
+        writeln!(
+            out,
+            "position:   {p} applied of {} in the changelog",
+            s.changelog_newest
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "?".into())
+        )?;
+    }
+    if let (Some(c), Some(secs)) = (s.lag_changes, s.lag_seconds) {
+        writeln!(out, "lag:        {c} changes, {secs:.1} s")?;
+    }
+    if let Some(n) = s.changes_applied {
+        writeln!(out, "applied:    {n} changes since the stream started")?;
+    }
+    for t in &s.tables {
+        let total = t
+            .rows_total
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "?".into());
+        writeln!(
+            out,
+            "table {:<24} {:<8} {}/{} rows",
+            t.table, t.phase, t.rows_copied, total
+        )?;
+    }
+    if let Some(e) = &s.last_error {
+        writeln!(out, "last error: {e}")?;
+    }
+    Ok(())
+}
