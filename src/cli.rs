@@ -103,7 +103,7 @@ pub enum Command {
 /// Sets up `tracing` on stderr.
 pub fn init_tracing(args: &Args) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -319,88 +319,102 @@ fn cmd_run(
 ) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let target = cfg.require_target()?.clone();
-    let (plan, client) = build_plan(cfg, &rt)?;
-    if dry_run {
-        print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
-        return Ok(ExitCode::SUCCESS);
-    }
-    if plan.has_errors() {
-        let mut msg =
-            String::from("the schema check found problems that would lose or alter data:");
-        for f in plan
-            .findings
-            .iter()
-            .filter(|f| f.severity == plan::Severity::Error)
-        {
-            let col = f
-                .column
-                .as_ref()
-                .map(|c| format!(".{c}"))
-                .unwrap_or_default();
-            msg.push_str(&format!(
-                "\n  {}{col}: {} (fix: {})",
-                f.table, f.message, f.hint
-            ));
-        }
-        msg.push_str("\nrun `sqlite2pg check` for the full report");
-        anyhow::bail!(Error::new(crate::error::ErrorKind::Schema, msg));
-    }
-    // Capture first: from here on every change is in the changelog, so the snapshot and the
-    // stream together miss nothing.
-    let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
-    let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
-    drop(rw);
-    let mut client = client.context("no Postgres connection")?;
-    rt.block_on(stream::prepare(&client, &installed, &cfg.source, busy(cfg)))?;
-    let opts = snapshot::Options {
-        source: cfg.source.clone(),
-        schema: cfg.target_schema.clone(),
-        chunk_rows: cfg.chunk_rows,
-        chunk_time: Duration::from_millis(100),
-        busy_timeout: busy(cfg),
-        truncate,
-    };
-    let started = Instant::now();
-    let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
-    let total: i64 = summary.tables.iter().map(|(_, n)| n).sum();
-    {
-        let mut out = std::io::stdout().lock();
-        for (t, n) in &summary.tables {
-            writeln!(out, "{t}: {n} rows").context("cannot write the summary")?;
-        }
-        for w in &summary.warnings {
-            writeln!(out, "warning: {w}").context("cannot write the summary")?;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        writeln!(
-            out,
-            "snapshot complete: {total} rows in {} tables in {secs:.1}s",
-            summary.tables.len()
-        )
-        .context("cannot write the summary")?;
-    }
-    if snapshot_only {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let stream_opts = stream::Options {
-        source: cfg.source.clone(),
-        target,
-        schema: cfg.target_schema.clone(),
-        busy_timeout: busy(cfg),
-        poll_interval: flags.poll_interval,
-        batch_changes: flags.batch_changes,
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     rt.spawn(async move {
         wait_for_signal().await;
         tracing::info!("stopping: finishing the current batch");
         let _ = stop_tx.send(true);
     });
-    rt.block_on(stream::run(&plan, &installed, &stream_opts, stop_rx))?;
-    // This session holds the run lock until here.
-    drop(client);
-    tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
-    Ok(ExitCode::SUCCESS)
+    // Each pass plans from the current SQLite schema; a schema change ends the stream and
+    // starts a new pass, which captures and copies what is new.
+    loop {
+        let (plan, client) = build_plan(cfg, &rt)?;
+        if dry_run {
+            print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if plan.has_errors() {
+            let mut msg =
+                String::from("the schema check found problems that would lose or alter data:");
+            for f in plan
+                .findings
+                .iter()
+                .filter(|f| f.severity == plan::Severity::Error)
+            {
+                let col = f
+                    .column
+                    .as_ref()
+                    .map(|c| format!(".{c}"))
+                    .unwrap_or_default();
+                msg.push_str(&format!(
+                    "\n  {}{col}: {} (fix: {})",
+                    f.table, f.message, f.hint
+                ));
+            }
+            msg.push_str("\nrun `sqlite2pg check` for the full report");
+            anyhow::bail!(Error::new(crate::error::ErrorKind::Schema, msg));
+        }
+        // Capture first: from here on every change is in the changelog, so the snapshot and
+        // the stream together miss nothing.
+        let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
+        let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
+        drop(rw);
+        let mut client = client.context("no Postgres connection")?;
+        rt.block_on(stream::prepare(&client, &installed, &cfg.source, busy(cfg)))?;
+        let opts = snapshot::Options {
+            source: cfg.source.clone(),
+            schema: cfg.target_schema.clone(),
+            chunk_rows: cfg.chunk_rows,
+            chunk_time: Duration::from_millis(100),
+            busy_timeout: busy(cfg),
+            truncate,
+        };
+        let started = Instant::now();
+        let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
+        print_snapshot_summary(&summary, started.elapsed())?;
+        if snapshot_only {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let stream_opts = stream::Options {
+            source: cfg.source.clone(),
+            target: target.clone(),
+            schema: cfg.target_schema.clone(),
+            busy_timeout: busy(cfg),
+            poll_interval: flags.poll_interval,
+            batch_changes: flags.batch_changes,
+        };
+        let end = rt.block_on(stream::run(
+            &plan,
+            &installed,
+            &stream_opts,
+            stop_rx.clone(),
+        ))?;
+        // This session holds the run lock until here.
+        drop(client);
+        if end == stream::End::Shutdown {
+            tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+fn print_snapshot_summary(summary: &snapshot::Summary, elapsed: Duration) -> anyhow::Result<()> {
+    let total: i64 = summary.tables.iter().map(|(_, n)| n).sum();
+    let mut out = std::io::stdout().lock();
+    for (t, n) in &summary.tables {
+        writeln!(out, "{t}: {n} rows").context("cannot write the summary")?;
+    }
+    for w in &summary.warnings {
+        writeln!(out, "warning: {w}").context("cannot write the summary")?;
+    }
+    let secs = elapsed.as_secs_f64();
+    writeln!(
+        out,
+        "snapshot complete: {total} rows in {} tables in {secs:.1}s",
+        summary.tables.len()
+    )
+    .context("cannot write the summary")?;
+    Ok(())
 }
 
 async fn wait_for_signal() {

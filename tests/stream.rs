@@ -224,7 +224,10 @@ fn status_reports_phase_position_and_lag_with_or_without_the_daemon() {
     };
     assert_eq!(status(&db)["phase"], "not_started");
     snapshot(&src.path, &db, &[]);
-    sqlite3_shell(&src.path, "UPDATE clients SET visits = visits + 1; INSERT INTO clients (email) VALUES ('n@x');");
+    sqlite3_shell(
+        &src.path,
+        "UPDATE clients SET visits = visits + 1; INSERT INTO clients (email) VALUES ('n@x');",
+    );
     let s = status(&db);
     assert_eq!(s["phase"], "streaming");
     assert_eq!(s["daemon_running"], false);
@@ -238,7 +241,85 @@ fn status_reports_phase_position_and_lag_with_or_without_the_daemon() {
     assert_eq!(s["lag_changes"], 0);
     assert_eq!(s["changes_applied"], 4);
     let human = sqlite2pg(&["--source", p, "--target", &db.url, "status"]);
-    assert!(text(&human).contains("lag:        0 changes"), "{}", text(&human));
+    assert!(
+        text(&human).contains("lag:        0 changes"),
+        "{}",
+        text(&human)
+    );
     assert!(!text(&human).contains(PASSWORD));
     assert!(d.stop());
+}
+
+#[test]
+fn schema_changes_while_running_are_followed_or_stop_the_daemon_clearly() {
+    // Tables sqlite2pg created: a new column and a new table are picked up.
+    let src = SqliteFile::new(CLIENTS);
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    sqlite3_shell(
+        &src.path,
+        "ALTER TABLE clients ADD COLUMN tier TEXT NOT NULL DEFAULT 'free'",
+    );
+    sqlite3_shell(
+        &src.path,
+        "UPDATE clients SET tier = 'gold' WHERE id = 1; INSERT INTO clients (email, tier) VALUES ('t@x', 'silver');",
+    );
+    sqlite3_shell(
+        &src.path,
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, client_id INTEGER REFERENCES clients(id), body TEXT); INSERT INTO notes VALUES (1, 1, 'hello');",
+    );
+    sqlite3_shell(
+        &src.path,
+        "INSERT INTO notes VALUES (2, 2, 'after capture'); UPDATE clients SET visits = 7 WHERE id = 2;",
+    );
+    d.wait_caught_up();
+    let mut c = db.client();
+    assert_table_equal(&src.path, &mut c, "clients", "id");
+    assert_table_equal(&src.path, &mut c, "notes", "id");
+    // A renamed column cannot be followed live: the daemon stops and says what to do.
+    sqlite3_shell(
+        &src.path,
+        "ALTER TABLE notes RENAME COLUMN body TO text_body",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d
+        .log_text()
+        .contains("column body of table notes is gone from SQLite")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon should stop on the rename:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(d);
+
+    // A table the app's migrations made in Postgres: a column it lacks stops the daemon.
+    let src = SqliteFile::new(CLIENTS);
+    let db = TestDb::new();
+    db.client()
+        .batch_execute("CREATE TABLE clients (id int PRIMARY KEY, email text UNIQUE, name text, visits int DEFAULT 0)")
+        .unwrap();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    sqlite3_shell(
+        &src.path,
+        "ALTER TABLE clients ADD COLUMN tier TEXT; UPDATE clients SET tier = 'gold' WHERE id = 1;",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log_text().contains("has no column tier") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon should stop on the missing column:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        d.log_text().contains("add the column to the target"),
+        "{}",
+        d.log_text()
+    );
 }

@@ -76,6 +76,24 @@ pub fn create_table(schema: &str, table: &str, columns: &[ColumnDef]) -> String 
     )
 }
 
+/// `ALTER TABLE ... ADD COLUMN` for a column the app added later (never an identity).
+pub fn add_column(schema: &str, table: &str, c: &ColumnDef) -> String {
+    let mut s = format!(
+        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+        qualified(schema, table),
+        quote_ident(&c.name),
+        c.ty.sql()
+    );
+    if let Some(d) = &c.default {
+        s.push_str(" DEFAULT ");
+        s.push_str(d);
+    }
+    if c.not_null && c.default.is_some() {
+        s.push_str(" NOT NULL");
+    }
+    s
+}
+
 /// `ALTER TABLE ... ADD PRIMARY KEY`.
 pub fn add_primary_key(schema: &str, table: &str, columns: &[String]) -> String {
     format!(

@@ -111,6 +111,8 @@ pub struct Plan {
     pub findings: Vec<Finding>,
     /// Target tables with no source table (e.g. `alembic_version`), left alone.
     pub target_only: Vec<String>,
+    /// The shape of the source schema the plan was made from (`sqlite::schema::shape`).
+    pub source_shape: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Plan {
@@ -252,6 +254,7 @@ pub fn build(
         skipped,
         findings,
         target_only,
+        source_shape: crate::sqlite::schema::shape(source),
     }
 }
 

@@ -106,6 +106,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     let mut resume: Vec<Option<Option<Vec<OwnedValue>>>> = Vec::new();
     let mut done_rows: Vec<u64> = Vec::new();
     let mut totals: Vec<u64> = Vec::new();
+    add_new_columns(client, plan, &opts.schema).await?;
     let saved = save_and_drop_foreign_keys(client, plan, &opts.schema).await?;
     for t in &plan.tables {
         let total = sqlite::schema::count_rows(&source, &t.source.name)?;
@@ -185,6 +186,49 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         ));
     }
     Ok(summary)
+}
+
+/// Columns the app added in SQLite after sqlite2pg created the table: added in Postgres too,
+/// with the same default, so existing rows read the same value on both sides.
+async fn add_new_columns(client: &mut Client, plan: &Plan, schema: &str) -> Result<()> {
+    for t in plan.tables.iter().filter(|t| t.create) {
+        if state::load(client, &t.source.name).await?.is_none() {
+            continue;
+        }
+        let existing: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&schema, &t.target],
+            )
+            .await
+            .map_err(pg_err(format!("cannot read the columns of table {}", t.target)))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(gone) = existing
+            .iter()
+            .find(|e| !t.column_defs.iter().any(|c| &c.name == *e))
+        {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "column {gone} of table {} is gone from SQLite (dropped or renamed); sqlite2pg does not follow that live. Make the same change in Postgres (ALTER TABLE {} DROP or RENAME COLUMN), then start `sqlite2pg run` again",
+                    t.source.name,
+                    qualified(schema, &t.target)
+                ),
+            ));
+        }
+        for c in t.column_defs.iter().filter(|c| !existing.contains(&c.name)) {
+            let sql = ddl::add_column(schema, &t.target, c);
+            client.batch_execute(&sql).await.map_err(pg_err(format!(
+                "cannot add column {} to table {}",
+                c.name, t.target
+            )))?;
+            tracing::info!(table = %t.target, column = %c.name, "column added in SQLite; added in Postgres");
+        }
+    }
+    Ok(())
 }
 
 async fn copy_tables(

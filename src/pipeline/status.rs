@@ -84,6 +84,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     status.daemon_running = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 1 AND objsubid = 2
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND classid::bigint - CASE WHEN classid::bigint > 2147483647 THEN 4294967296 ELSE 0 END = hashtext('sqlite2pg'))",
             &[],
         )

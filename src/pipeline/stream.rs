@@ -159,14 +159,28 @@ fn encode_batch(
     Ok(out)
 }
 
-/// Streams until `shutdown` turns true. Returns Ok on a clean shutdown; an error that needs the
+/// Why the stream returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Asked to stop.
+    Shutdown,
+    /// The SQLite schema changed: re-plan (new tables, new columns) and stream on.
+    SchemaChanged,
+}
+
+fn schema_version(conn: &rusqlite::Connection) -> Result<i64> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .map_err(|e| Error::from_sqlite("cannot read the SQLite schema version", e))
+}
+
+/// Streams until `shutdown` turns true or the SQLite schema changes. An error that needs the
 /// operator (a value that cannot be converted, a schema mismatch) stops it with the position kept.
 pub async fn run(
     plan: &Plan,
     installed: &Installed,
     opts: &Options,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<End> {
     let mut readers = BTreeMap::new();
     let mut captured = BTreeMap::new();
     for (id, name) in &installed.tables {
@@ -199,13 +213,17 @@ pub async fn run(
         );
     }
     let reader = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    // The version moves with any schema change, ours included; the shape says whether the app
+    // changed something the plan must know. Checked at start too: the app may have changed
+    // the schema between planning and now.
+    let mut seen_version = -1;
     let writer = capture::open_read_write(&opts.source, opts.busy_timeout)?;
     let (_watcher, mut wake) = file_watch::watch(&opts.source)?;
     let mut backoff = Duration::from_millis(250);
     let mut down_since: Option<Instant> = None;
     'connect: loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return Ok(End::Shutdown);
         }
         let client = match pg::connect(&opts.target).await {
             Ok(c) => c,
@@ -215,7 +233,7 @@ pub async fn run(
                     down_since = Some(Instant::now());
                 }
                 tokio::select! {
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = shutdown.changed() => return Ok(End::Shutdown),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -245,7 +263,18 @@ pub async fn run(
             // Drain: apply ranges until the changelog has nothing after the position.
             loop {
                 if *shutdown.borrow() {
-                    return Ok(());
+                    return Ok(End::Shutdown);
+                }
+                // A batch is only read with the columns the plan knows: re-plan first.
+                let version = tokio::task::block_in_place(|| schema_version(&reader))?;
+                if version != seen_version {
+                    let tables =
+                        tokio::task::block_in_place(|| sqlite::schema::read_tables(&reader))?;
+                    if sqlite::schema::shape(&tables) != plan.source_shape {
+                        tracing::info!(position, "the SQLite schema changed; re-planning");
+                        return Ok(End::SchemaChanged);
+                    }
+                    seen_version = version;
                 }
                 let batch = tokio::task::block_in_place(|| {
                     changes::read_batch(&reader, position, opts.batch_changes, &readers)
@@ -294,7 +323,7 @@ pub async fn run(
             // Priority: shutdown first, then a file notification, then the fallback poll.
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => return Ok(End::Shutdown),
                 _ = wake.recv() => {}
                 _ = tokio::time::sleep(opts.poll_interval) => {}
             }

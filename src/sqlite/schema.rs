@@ -291,6 +291,23 @@ fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
 
+/// The shape of a schema: each table with its columns and declared types. Two reads of the
+/// same schema give the same shape; any table or column the app adds, drops or renames changes it.
+pub fn shape(tables: &[SourceTable]) -> Vec<(String, Vec<(String, String)>)> {
+    tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.decl_type.clone()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
 /// Counts a table's rows (for progress and reports).
 pub fn count_rows(conn: &Connection, table: &str) -> Result<u64> {
     conn.query_row(
