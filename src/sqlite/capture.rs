@@ -219,12 +219,21 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             insert(&row("OLD"))
         ),
         format!(
-            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} AFTER UPDATE ON {table} BEGIN {} \
-             INSERT INTO {CHANGES} (tbl, {slot_list}, at) SELECT {id}, {}, julianday('now') WHERE {}; END;",
+            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} AFTER UPDATE ON {table} BEGIN {} END;",
             insert(&row("NEW")),
-            row("OLD"),
+            n = trigger_name("au", id)
+        ),
+        // Only an UPDATE that sets a key column can move a row to another key; its old key is
+        // recorded by a trigger that ordinary updates never fire.
+        format!(
+            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} AFTER UPDATE OF {} ON {table} WHEN {} BEGIN {} END;",
+            keys.iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", "),
             changed_key.join(" OR "),
-            n = trigger_name("au", id),
+            insert(&row("OLD")),
+            n = trigger_name("ak", id),
         ),
     ];
     let uniques: Vec<Vec<String>> = t
