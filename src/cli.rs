@@ -382,6 +382,7 @@ fn cmd_run(
             busy_timeout: busy(cfg),
             poll_interval: flags.poll_interval,
             batch_changes: flags.batch_changes,
+            batch_bytes: 32 << 20,
         };
         let end = rt.block_on(stream::run(
             &plan,

@@ -100,7 +100,7 @@ impl Applier {
     /// one transaction with deferrable constraints deferred to its commit.
     pub async fn apply(
         &mut self,
-        tables: Vec<TableBatch>,
+        mut tables: Vec<TableBatch>,
         position: i64,
         source_at: f64,
         changes: i64,
@@ -119,13 +119,13 @@ impl Applier {
             .map_err(pg_err("cannot defer constraints".into()))?;
         // Deletes first: a key freed in SQLite (a UNIQUE value moved to another row) is free
         // in Postgres before any upsert takes it.
-        for t in &tables {
+        for t in tables.iter_mut() {
             if t.n_deletes == 0 {
                 continue;
             }
             let tmp = Self::del(t.index);
             let tmp_name = format!("_s2p_del_{}", t.index);
-            copy::copy_in_table(&tx, &tmp_name, &t.keys, t.deletes.clone()).await?;
+            copy::copy_in_table(&tx, &tmp_name, &t.keys, std::mem::take(&mut t.deletes)).await?;
             let cond: Vec<String> = t
                 .keys
                 .iter()
@@ -142,12 +142,12 @@ impl Applier {
             .await
             .map_err(pg_err(format!("cannot apply deletes to table {}", t.table)))?;
         }
-        for t in &tables {
+        for t in tables.iter_mut() {
             if t.n_upserts == 0 {
                 continue;
             }
             let tmp_name = format!("_s2p_up_{}", t.index);
-            copy::copy_in_table(&tx, &tmp_name, &t.columns, t.upserts.clone()).await?;
+            copy::copy_in_table(&tx, &tmp_name, &t.columns, std::mem::take(&mut t.upserts)).await?;
             let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
             let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
             let sets: Vec<String> = t

@@ -32,6 +32,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Most changelog rows per applied batch.
     pub batch_changes: usize,
+    /// Most bytes of row data per applied batch.
+    pub batch_bytes: usize,
 }
 
 /// One captured table: where its key columns sit among the plan's columns.
@@ -276,9 +278,29 @@ pub async fn run(
                     }
                     seen_version = version;
                 }
-                let batch = tokio::task::block_in_place(|| {
-                    changes::read_batch(&reader, position, opts.batch_changes, &readers)
-                })?;
+                let batch = loop {
+                    let read = tokio::task::block_in_place(|| {
+                        changes::read_batch(
+                            &reader,
+                            position,
+                            opts.batch_changes,
+                            opts.batch_bytes,
+                            &readers,
+                        )
+                    });
+                    match read {
+                        Ok(b) => break b,
+                        // The app held its write lock past the busy timeout: wait, never give up.
+                        Err(e) if e.kind() == ErrorKind::SourceBusy => {
+                            tracing::warn!(error = %e, "SQLite is busy; retrying");
+                            tokio::select! {
+                                _ = shutdown.changed() => return Ok(End::Shutdown),
+                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 if batch.changes == 0 {
                     break;
                 }

@@ -68,16 +68,20 @@ fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
 }
 
 /// Reads up to `max_changes` changelog rows after `after`, and the current row of each key they
-/// name, in one read transaction. Tables without a reader (not replicated) are skipped.
+/// name, in one read transaction. The batch also ends once the rows read reach `max_bytes`: it
+/// then ends at the last changelog row whose key was read (a key changed again later was read in
+/// its newest state, which the next batch re-applies harmlessly). Tables without a reader (not
+/// replicated) are skipped.
 pub fn read_batch(
     conn: &Connection,
     after: i64,
     max_changes: usize,
+    max_bytes: usize,
     readers: &BTreeMap<i64, RowReader>,
 ) -> Result<Batch> {
     conn.execute_batch("BEGIN DEFERRED")
         .map_err(ctx("start a changelog read"))?;
-    let result = read_in_tx(conn, after, max_changes, readers);
+    let result = read_in_tx(conn, after, max_changes, max_bytes, readers);
     let end = conn
         .execute_batch("COMMIT")
         .map_err(ctx("end a changelog read"));
@@ -86,88 +90,89 @@ pub fn read_batch(
     Ok(batch)
 }
 
+fn value_bytes(v: &OwnedValue) -> usize {
+    match v {
+        OwnedValue::Text(b) | OwnedValue::Blob(b) => b.len() + 8,
+        _ => 8,
+    }
+}
+
 fn read_in_tx(
     conn: &Connection,
     after: i64,
     max_changes: usize,
+    max_bytes: usize,
     readers: &BTreeMap<i64, RowReader>,
 ) -> Result<Batch> {
     let mut batch = Batch::default();
-    let mut keys: BTreeMap<i64, Vec<Vec<OwnedValue>>> = BTreeMap::new();
     let mut seen: HashSet<(i64, Vec<u8>)> = HashSet::new();
-    {
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT seq, tbl, k1, k2, k3, k4, at FROM {CHANGES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
-            .map_err(ctx("read the changelog"))?;
-        let mut rows = stmt
-            .query(rusqlite::params![after, max_changes as i64])
-            .map_err(ctx("read the changelog"))?;
-        while let Some(r) = rows.next().map_err(ctx("read the changelog"))? {
-            let seq: i64 = r.get(0).map_err(ctx("read the changelog"))?;
-            let tbl: i64 = r.get(1).map_err(ctx("read the changelog"))?;
-            let at: f64 = r.get(6).map_err(ctx("read the changelog"))?;
-            batch.last_seq = seq;
-            batch.changes += 1;
-            batch.max_at = batch.max_at.max(at);
-            let Some(reader) = readers.get(&tbl) else {
-                continue;
-            };
-            let mut key = Vec::with_capacity(reader.key_len);
-            for i in 0..reader.key_len.min(MAX_KEY_COLUMNS) {
-                key.push(
-                    to_sql_value(r.get_ref(2 + i).map_err(ctx("read the changelog"))?)
-                        .to_owned_value(),
-                );
-            }
-            let id = rmp_serde::to_vec(&key).map_err(|e| {
-                Error::with_source(
-                    crate::error::ErrorKind::SourceUnreadable,
-                    "cannot encode a changelog key",
-                    e,
-                )
-            })?;
-            if seen.insert((tbl, id)) {
-                keys.entry(tbl).or_default().push(key);
-            }
-        }
-    }
-    for (tbl, keys) in keys {
+    let mut bytes = 0usize;
+    let mut log = conn
+        .prepare_cached(&format!("SELECT seq, tbl, k1, k2, k3, k4, at FROM {CHANGES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
+        .map_err(ctx("read the changelog"))?;
+    let mut rows = log
+        .query(rusqlite::params![after, max_changes as i64])
+        .map_err(ctx("read the changelog"))?;
+    while let Some(r) = rows.next().map_err(ctx("read the changelog"))? {
+        let seq: i64 = r.get(0).map_err(ctx("read the changelog"))?;
+        let tbl: i64 = r.get(1).map_err(ctx("read the changelog"))?;
+        let at: f64 = r.get(6).map_err(ctx("read the changelog"))?;
+        batch.last_seq = seq;
+        batch.changes += 1;
+        batch.max_at = batch.max_at.max(at);
         let Some(reader) = readers.get(&tbl) else {
             continue;
         };
-        let mut stmt = conn.prepare_cached(&reader.sql).map_err(|e| {
-            Error::from_sqlite(
-                format!("cannot read current rows of table {}", reader.table),
+        let mut key = Vec::with_capacity(reader.key_len);
+        for i in 0..reader.key_len.min(MAX_KEY_COLUMNS) {
+            key.push(
+                to_sql_value(r.get_ref(2 + i).map_err(ctx("read the changelog"))?).to_owned_value(),
+            );
+        }
+        let id = rmp_serde::to_vec(&key).map_err(|e| {
+            Error::with_source(
+                crate::error::ErrorKind::SourceUnreadable,
+                "cannot encode a changelog key",
                 e,
             )
         })?;
+        if !seen.insert((tbl, id)) {
+            continue;
+        }
         let out = batch.tables.entry(tbl).or_default();
-        for key in keys {
-            let params: Vec<&dyn rusqlite::ToSql> =
-                key.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
-            let mut rows = stmt.query(params.as_slice()).map_err(|e| {
-                Error::from_sqlite(format!("cannot read a row of table {}", reader.table), e)
-            })?;
-            match rows.next().map_err(|e| {
-                Error::from_sqlite(format!("cannot read a row of table {}", reader.table), e)
-            })? {
-                Some(row) => {
-                    let n = row.as_ref().column_count();
-                    let mut values = Vec::with_capacity(n);
-                    for i in 0..n {
-                        let v: SqlValue<'_> = to_sql_value(
-                            row.get_ref(i)
-                                .map_err(|e| Error::from_sqlite("cannot read a column", e))?,
-                        );
-                        values.push(v.to_owned_value());
-                    }
-                    out.present.push((key, values));
-                }
-                None => out.absent.push(key),
+        match read_row(conn, reader, &key)? {
+            Some(values) => {
+                bytes += values.iter().map(value_bytes).sum::<usize>();
+                out.present.push((key, values));
             }
+            None => out.absent.push(key),
+        }
+        if bytes >= max_bytes {
+            break;
         }
     }
     Ok(batch)
+}
+
+fn read_row(
+    conn: &Connection,
+    reader: &RowReader,
+    key: &[OwnedValue],
+) -> Result<Option<Vec<OwnedValue>>> {
+    let err = |e| Error::from_sqlite(format!("cannot read a row of table {}", reader.table), e);
+    let mut stmt = conn.prepare_cached(&reader.sql).map_err(err)?;
+    let params: Vec<&dyn rusqlite::ToSql> = key.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
+    let mut rows = stmt.query(params.as_slice()).map_err(err)?;
+    let Some(row) = rows.next().map_err(err)? else {
+        return Ok(None);
+    };
+    let n = row.as_ref().column_count();
+    let mut values = Vec::with_capacity(n);
+    for i in 0..n {
+        let v: SqlValue<'_> = to_sql_value(row.get_ref(i).map_err(err)?);
+        values.push(v.to_owned_value());
+    }
+    Ok(Some(values))
 }
 
 /// The newest sequence number in the changelog (0 when it is empty), and the count of rows
