@@ -51,6 +51,20 @@ t_total = time.monotonic() - t0
 result["apply"] = {"changes": len(ids), "write_secs": round(t_written, 2), "until_applied_secs": round(t_total, 2),
                    "changes_per_sec": round(len(ids) / t_total)}
 
+# A2. Apply ceiling: the same 500k updates written while the daemon is paused (SIGSTOP), then
+#     the time it takes to catch up once resumed.
+os.kill(daemon_pid, signal.SIGSTOP)
+ids = rnd.sample(task_ids, 500_000)
+for i in range(0, len(ids), 1000):
+    app.execute("BEGIN")
+    app.executemany("UPDATE tasks SET priority = priority + 1 WHERE id = ?", ((x,) for x in ids[i:i + 1000]))
+    app.execute("COMMIT")
+t0 = time.monotonic()
+os.kill(daemon_pid, signal.SIGCONT)
+wait_caught_up(app)
+t_catch = time.monotonic() - t0
+result["apply_catch_up"] = {"changes": len(ids), "secs": round(t_catch, 2), "changes_per_sec": round(len(ids) / t_catch)}
+
 # B. Lag under load: 500 single-row transactions/s for 60 s; lag sampled every 50 ms as the
 #    age of the oldest change Postgres does not have yet (0 when caught up).
 samples, stop = [], threading.Event()
