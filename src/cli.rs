@@ -293,7 +293,7 @@ fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {
     let tables = sqlite::schema::read_tables(&conn)?;
     drop(conn);
     let plan = plan::build(&tables, None, &[], cfg);
-    let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
+    let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
     let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
     println!(
         "capture installed on {} tables (install {})",
@@ -304,7 +304,7 @@ fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
-    let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
+    let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
     let n = sqlite::capture::uninstall(&mut rw)?;
     println!("removed {n} sqlite2pg objects; the SQLite file is as the app made it");
     Ok(ExitCode::SUCCESS)
@@ -356,7 +356,7 @@ fn cmd_run(
         }
         // Capture first: from here on every change is in the changelog, so the snapshot and
         // the stream together miss nothing.
-        let mut rw = sqlite::capture::open_read_write(&cfg.source, busy(cfg))?;
+        let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
         let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
         drop(rw);
         let mut client = client.context("no Postgres connection")?;

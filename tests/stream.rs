@@ -149,15 +149,7 @@ fn triggers_never_fail_the_apps_write_and_a_bad_value_stops_the_daemon_until_fix
         "INSERT INTO t (id, v) VALUES (4, 'nul' || char(0) || 'x')",
     );
     // A NUL byte cannot go into Postgres text: the daemon stops and says where.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !d.log_text().contains("cannot be applied") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon did not stop on the bad value:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    d.wait_for_log("cannot be applied");
     let log = d.log_text();
     assert!(
         log.contains("table t, row id=4, column v") && log.contains("NUL"),
@@ -282,18 +274,7 @@ fn schema_changes_while_running_are_followed_or_stop_the_daemon_clearly() {
         &src.path,
         "ALTER TABLE notes RENAME COLUMN body TO text_body",
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !d
-        .log_text()
-        .contains("column body of table notes is gone from SQLite")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon should stop on the rename:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    d.wait_for_log("column body of table notes is gone from SQLite");
     drop(d);
 
     // A table the app's migrations made in Postgres: a column it lacks stops the daemon.
@@ -308,15 +289,7 @@ fn schema_changes_while_running_are_followed_or_stop_the_daemon_clearly() {
         &src.path,
         "ALTER TABLE clients ADD COLUMN tier TEXT; UPDATE clients SET tier = 'gold' WHERE id = 1;",
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !d.log_text().contains("has no column tier") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon should stop on the missing column:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    d.wait_for_log("has no column tier");
     assert!(
         d.log_text().contains("add the column to the target"),
         "{}",

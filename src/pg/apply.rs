@@ -125,7 +125,14 @@ impl Applier {
             }
             let tmp = Self::del(t.index);
             let tmp_name = format!("_s2p_del_{}", t.index);
-            copy::copy_in_table(&tx, &tmp_name, &t.keys, std::mem::take(&mut t.deletes)).await?;
+            copy::copy_in(
+                &tx,
+                None,
+                &tmp_name,
+                &t.keys,
+                std::mem::take(&mut t.deletes),
+            )
+            .await?;
             let cond: Vec<String> = t
                 .keys
                 .iter()
@@ -147,7 +154,14 @@ impl Applier {
                 continue;
             }
             let tmp_name = format!("_s2p_up_{}", t.index);
-            copy::copy_in_table(&tx, &tmp_name, &t.columns, std::mem::take(&mut t.upserts)).await?;
+            copy::copy_in(
+                &tx,
+                None,
+                &tmp_name,
+                &t.columns,
+                std::mem::take(&mut t.upserts),
+            )
+            .await?;
             let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
             let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
             let sets: Vec<String> = t

@@ -23,46 +23,29 @@ pub fn begin_row(buf: &mut BytesMut, fields: usize) {
     buf.put_i16(fields as i16);
 }
 
-/// Streams a buffer into a table of the session (a temp table, unqualified).
-pub async fn copy_in_table(
+/// Streams a buffer made by `begin_buffer`/`begin_row`/`convert::encode` into a table
+/// (`schema` None: a table of the session, such as a temp table) and returns the number of rows
+/// the server stored.
+pub async fn copy_in(
     tx: &Transaction<'_>,
+    schema: Option<&str>,
     table: &str,
     columns: &[String],
     mut buf: BytesMut,
 ) -> Result<u64> {
     buf.put_i16(-1);
     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let relation = match schema {
+        Some(s) => qualified(s, table),
+        None => quote_ident(table),
+    };
     let sql = format!(
-        "COPY {} ({}) FROM STDIN (FORMAT binary)",
-        quote_ident(table),
+        "COPY {relation} ({}) FROM STDIN (FORMAT binary)",
         cols.join(", ")
     );
-    send(tx, &sql, table, buf).await
-}
-
-async fn send(tx: &Transaction<'_>, sql: &str, table: &str, buf: BytesMut) -> Result<u64> {
     let ctx = |e| Error::from_pg(format!("COPY into table {table} failed"), e);
-    let sink = tx.copy_in::<_, Bytes>(sql).await.map_err(ctx)?;
+    let sink = tx.copy_in::<_, Bytes>(&sql).await.map_err(ctx)?;
     futures_util::pin_mut!(sink);
     sink.send(buf.freeze()).await.map_err(ctx)?;
     sink.as_mut().finish().await.map_err(ctx)
-}
-
-/// Streams a buffer made by `begin_buffer`/`begin_row`/`convert::encode` into the table and
-/// returns the number of rows the server stored.
-pub async fn copy_in(
-    tx: &Transaction<'_>,
-    schema: &str,
-    table: &str,
-    columns: &[String],
-    mut buf: BytesMut,
-) -> Result<u64> {
-    buf.put_i16(-1);
-    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-    let sql = format!(
-        "COPY {} ({}) FROM STDIN (FORMAT binary)",
-        qualified(schema, table),
-        cols.join(", ")
-    );
-    send(tx, &sql, table, buf).await
 }

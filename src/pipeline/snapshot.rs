@@ -270,7 +270,7 @@ async fn copy_tables(
             if chunk.rows > 0 {
                 copy::copy_in(
                     &tx,
-                    &opts.schema,
+                    Some(&opts.schema),
                     &t.target,
                     &t.target_columns(),
                     chunk.data,

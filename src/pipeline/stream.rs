@@ -219,7 +219,7 @@ pub async fn run(
     // changed something the plan must know. Checked at start too: the app may have changed
     // the schema between planning and now.
     let mut seen_version = -1;
-    let writer = capture::open_read_write(&opts.source, opts.busy_timeout)?;
+    let writer = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
     let (_watcher, mut wake) = file_watch::watch(&opts.source)?;
     let mut backoff = Duration::from_millis(250);
     let mut down_since: Option<Instant> = None;

@@ -6,10 +6,9 @@
 //! SQLite library, which may be years older than ours, so it uses nothing newer than 3.8 and
 //! nothing that can fail on a value (keys are copied as they are, whatever their class).
 
-use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::quote_ident;
 use crate::error::{Error, ErrorKind, Result};
@@ -32,31 +31,6 @@ pub struct Installed {
     pub install_id: String,
     /// Tables captured, with their changelog ids.
     pub tables: Vec<(i64, String)>,
-}
-
-/// Opens the source for writing our own objects (never the app's rows).
-pub fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection> {
-    if !path.exists() {
-        return Err(Error::new(
-            ErrorKind::SourceUnreadable,
-            format!(
-                "SQLite file {} does not exist; check --source",
-                path.display()
-            ),
-        ));
-    }
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        Error::from_sqlite(
-            format!("cannot open SQLite file {} for writing", path.display()),
-            e,
-        )
-    })?;
-    conn.busy_timeout(busy_timeout)
-        .map_err(|e| Error::from_sqlite("cannot set the SQLite busy timeout", e))?;
-    Ok(conn)
 }
 
 fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {

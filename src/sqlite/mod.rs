@@ -19,8 +19,12 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Opens the source read-only with a busy timeout, and proves it is a SQLite database.
-pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+fn open(
+    path: &Path,
+    busy_timeout: Duration,
+    flags: OpenFlags,
+    purpose: &str,
+) -> Result<Connection> {
     if !path.exists() {
         return Err(Error::new(
             ErrorKind::SourceUnreadable,
@@ -30,14 +34,36 @@ pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection>
             ),
         ));
     }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
+    let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        Error::from_sqlite(format!("cannot open SQLite file {}", path.display()), e)
+        Error::from_sqlite(
+            format!("cannot open SQLite file {} {purpose}", path.display()),
+            e,
+        )
     })?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| Error::from_sqlite("cannot set the SQLite busy timeout", e))?;
+    Ok(conn)
+}
+
+/// Opens the source for writing sqlite2pg's own objects (never the app's rows).
+pub fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    open(
+        path,
+        busy_timeout,
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
+        "for writing",
+    )
+}
+
+/// Opens the source read-only with a busy timeout, and proves it is a SQLite database.
+pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = open(
+        path,
+        busy_timeout,
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+        "for reading",
+    )?;
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     })
