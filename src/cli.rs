@@ -94,6 +94,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare both sides row by row (through the same conversion apply uses); exit 0 only if equal.
+    Verify {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only these tables (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Example differences shown per table.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+    },
     /// Install the capture triggers and changelog in the SQLite file (`run` does this itself).
     Install,
     /// Remove every trigger, table and fence of sqlite2pg from the SQLite file.
@@ -210,6 +222,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cmd_run(&cfg, snapshot_only, dry_run, truncate, flags)
         }
         Command::Status { json } => cmd_status(&cfg, json),
+        Command::Verify {
+            json,
+            tables,
+            examples,
+        } => cmd_verify(&cfg, json, tables, examples),
         Command::Install => cmd_install(&cfg),
         Command::Uninstall => cmd_uninstall(&cfg),
     }
@@ -286,6 +303,39 @@ fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
             .context("cannot write the status")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_verify(
+    cfg: &Config,
+    json: bool,
+    tables: Vec<String>,
+    examples: usize,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let (plan, client) = build_plan(cfg, &rt)?;
+    let mut client = client.context("verify needs a Postgres target: pass --target")?;
+    let opts = crate::pipeline::verify::Options {
+        source: cfg.source.clone(),
+        schema: cfg.target_schema.clone(),
+        busy_timeout: busy(cfg),
+        examples,
+        tables,
+        settle: Duration::from_secs(30),
+    };
+    let report = rt.block_on(crate::pipeline::verify::run(&mut client, &plan, &opts))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
+        writeln!(out).context("cannot write the report")?;
+    } else {
+        crate::pipeline::verify::print_human(&report, &mut out)
+            .context("cannot write the report")?;
+    }
+    Ok(if report.equal {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {

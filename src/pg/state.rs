@@ -173,6 +173,14 @@ pub struct StreamState {
 
 /// The stream position, if the stream has been set up.
 pub async fn stream_load(client: &impl GenericClient) -> Result<Option<StreamState>> {
+    let exists: bool = client
+        .query_one(&format!("SELECT to_regclass('{STATE_SCHEMA}.stream') IS NOT NULL"), &[])
+        .await
+        .map_err(pg("look for the stream position"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
     let row = client
         .query_opt(
             &format!("SELECT install_id, position, source_at, changes_applied, last_error FROM {STATE_SCHEMA}.stream"),

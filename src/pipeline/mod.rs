@@ -6,3 +6,4 @@ pub mod progress;
 pub mod snapshot;
 pub mod status;
 pub mod stream;
+pub mod verify;

@@ -140,7 +140,7 @@ fn read_in_tx(
             continue;
         }
         let out = batch.tables.entry(tbl).or_default();
-        match read_row(conn, reader, &key)? {
+        match read_row_by_key(conn, reader, &key)? {
             Some(values) => {
                 bytes += values.iter().map(value_bytes).sum::<usize>();
                 out.present.push((key, values));
@@ -154,7 +154,8 @@ fn read_in_tx(
     Ok(batch)
 }
 
-fn read_row(
+/// The current row of one key (columns in reader order), or `None` when it does not exist.
+pub fn read_row_by_key(
     conn: &Connection,
     reader: &RowReader,
     key: &[OwnedValue],

@@ -1,0 +1,705 @@
+//! `verify`: both sides compared row by row in key order (a merge join), every SQLite value
+//! encoded exactly as apply encodes it and compared with Postgres' binary value, so memory does
+//! not grow with table size. Differences found while the daemon streams are re-checked once it
+//! has caught up, so a moving target is not reported as a difference.
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::plan::{Plan, TablePlan};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{OwnedValue, PgType, display_key};
+use crate::pg::scan::{self, Raw};
+use crate::pg::{convert, qualified, quote_ident, state};
+use crate::sqlite::changes::{self, RowReader};
+use crate::sqlite::reader::{self, ScanQuery};
+use crate::sqlite::{self, capture};
+
+const PAGE: usize = 2_000;
+/// Differences kept (with their keys) for the re-check; beyond it they are only counted.
+const KEEP: usize = 10_000;
+
+/// Knobs of a verify run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The SQLite file.
+    pub source: PathBuf,
+    /// Target schema.
+    pub schema: String,
+    /// SQLite busy timeout.
+    pub busy_timeout: Duration,
+    /// Examples printed per table.
+    pub examples: usize,
+    /// Only these source tables (all when empty).
+    pub tables: Vec<String>,
+    /// How long to wait for the daemon to catch up before re-checking differences.
+    pub settle: Duration,
+}
+
+/// One difference, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    /// The row's key.
+    pub key: String,
+    /// `missing_in_postgres`, `extra_in_postgres` or `differs`.
+    pub kind: &'static str,
+    /// The differing column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// SQLite's value.
+    pub sqlite: Option<String>,
+    /// Postgres' value (as Postgres renders it).
+    pub postgres: Option<String>,
+}
+
+/// One table's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableResult {
+    /// Source table.
+    pub table: String,
+    /// Rows read from SQLite.
+    pub rows_compared: u64,
+    /// Rows SQLite has and Postgres lacks.
+    pub missing_in_postgres: u64,
+    /// Rows Postgres has and SQLite lacks.
+    pub extra_in_postgres: u64,
+    /// Rows on both sides with a different value.
+    pub differing: u64,
+    /// The first few differences.
+    pub examples: Vec<Example>,
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per table.
+    pub tables: Vec<TableResult>,
+    /// Differences that went away once the daemon caught up.
+    pub settled_by_recheck: u64,
+    /// No difference left.
+    pub equal: bool,
+    /// The stream position when verify started (everything up to it was compared).
+    pub position: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum KeyVal {
+    Num(f64, i64),
+    Bytes(Vec<u8>),
+}
+
+fn key_cmp(a: &[KeyVal], b: &[KeyVal]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = match (x, y) {
+            (KeyVal::Num(f, i), KeyVal::Num(g, j)) => f.total_cmp(g).then(i.cmp(j)),
+            (KeyVal::Num(..), KeyVal::Bytes(_)) => Ordering::Less,
+            (KeyVal::Bytes(_), KeyVal::Num(..)) => Ordering::Greater,
+            (KeyVal::Bytes(p), KeyVal::Bytes(q)) => p.cmp(q),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+fn key_from_sqlite(v: &OwnedValue) -> KeyVal {
+    match v {
+        OwnedValue::Integer(i) => KeyVal::Num(*i as f64, *i),
+        OwnedValue::Real(f) => KeyVal::Num(*f, *f as i64),
+        OwnedValue::Text(b) | OwnedValue::Blob(b) => KeyVal::Bytes(b.clone()),
+        OwnedValue::Null => KeyVal::Bytes(Vec::new()),
+    }
+}
+
+fn key_from_pg(ty: &PgType, raw: &Raw, table: &str) -> Result<KeyVal> {
+    let b = raw.0.as_deref().unwrap_or_default();
+    let int = |n: usize| -> Result<i64> {
+        let mut a = [0u8; 8];
+        let bytes = b.get(..n).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Target,
+                format!("short key value in table {table}"),
+            )
+        })?;
+        let neg = bytes.first().is_some_and(|x| x & 0x80 != 0);
+        a[8 - n..].copy_from_slice(bytes);
+        if neg {
+            for x in a.iter_mut().take(8 - n) {
+                *x = 0xff;
+            }
+        }
+        Ok(i64::from_be_bytes(a))
+    };
+    Ok(match ty {
+        PgType::Int2 => {
+            let i = int(2)?;
+            KeyVal::Num(i as f64, i)
+        }
+        PgType::Int4 => {
+            let i = int(4)?;
+            KeyVal::Num(i as f64, i)
+        }
+        PgType::Int8 => {
+            let i = int(8)?;
+            KeyVal::Num(i as f64, i)
+        }
+        PgType::Float8 => {
+            let f = f64::from_bits(int(8)? as u64);
+            KeyVal::Num(f, f as i64)
+        }
+        PgType::Text
+        | PgType::Varchar { .. }
+        | PgType::Bpchar { .. }
+        | PgType::Enum { .. }
+        | PgType::Bytea => KeyVal::Bytes(b.to_vec()),
+        other => {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "verify cannot order table {table} by a {} key yet; --tables can leave it out",
+                    other.sql()
+                ),
+            ));
+        }
+    })
+}
+
+fn key_to_owned(k: &KeyVal) -> OwnedValue {
+    match k {
+        KeyVal::Num(f, i) if (*i as f64) == *f => OwnedValue::Integer(*i),
+        KeyVal::Num(f, _) => OwnedValue::Real(*f),
+        KeyVal::Bytes(b) if std::str::from_utf8(b).is_ok() => OwnedValue::Text(b.clone()),
+        KeyVal::Bytes(b) => OwnedValue::Blob(b.clone()),
+    }
+}
+
+/// A numeric's value without its display scale: (sign, weight, base-10000 digits).
+fn numeric_value(b: &[u8]) -> Option<(u16, i16, Vec<u8>)> {
+    let ndigits = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
+    let weight = i16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    let sign = u16::from_be_bytes([*b.get(4)?, *b.get(5)?]);
+    let mut digits = b.get(8..8 + 2 * ndigits)?.to_vec();
+    while digits.len() >= 2 && digits[digits.len() - 2..] == [0, 0] {
+        digits.truncate(digits.len() - 2);
+    }
+    Some(if digits.is_empty() {
+        (0, 0, digits)
+    } else {
+        (sign, weight, digits)
+    })
+}
+
+fn same(ty: &PgType, a: &Option<Vec<u8>>, b: &Option<Vec<u8>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => match ty {
+            PgType::Numeric { .. } => numeric_value(x) == numeric_value(y),
+            PgType::Jsonb => {
+                let parse = |v: &[u8]| {
+                    serde_json::from_slice::<serde_json::Value>(v.get(1..).unwrap_or_default()).ok()
+                };
+                parse(x) == parse(y)
+            }
+            _ => x == y,
+        },
+        _ => false,
+    }
+}
+
+/// A SQLite row: its key, and each column encoded as apply would (Err: cannot be converted).
+struct SourceRow {
+    key: Vec<KeyVal>,
+    values: Vec<std::result::Result<Option<Vec<u8>>, String>>,
+}
+
+fn encode_row(
+    t: &TablePlan,
+    values: &[OwnedValue],
+    scratch: &mut BytesMut,
+) -> Vec<std::result::Result<Option<Vec<u8>>, String>> {
+    t.columns
+        .iter()
+        .zip(values)
+        .map(|(c, v)| {
+            scratch.clear();
+            match convert::encode(v.as_ref(), &c.conv, scratch) {
+                Ok(()) if matches!(v, OwnedValue::Null) => Ok(None),
+                Ok(()) => Ok(Some(scratch[4..].to_vec())),
+                Err(e) => Err(e.detail),
+            }
+        })
+        .collect()
+}
+
+struct Diff {
+    key: Vec<OwnedValue>,
+    kind: &'static str,
+    column: Option<usize>,
+}
+
+struct Counts {
+    rows: u64,
+    missing: u64,
+    extra: u64,
+    differing: u64,
+    kept: Vec<Diff>,
+}
+
+impl Counts {
+    fn add(&mut self, d: Diff) {
+        match d.kind {
+            "missing_in_postgres" => self.missing += 1,
+            "extra_in_postgres" => self.extra += 1,
+            _ => self.differing += 1,
+        }
+        if self.kept.len() < KEEP {
+            self.kept.push(d);
+        }
+    }
+}
+
+fn key_positions(t: &TablePlan) -> Result<Vec<usize>> {
+    let keys = capture::key_columns(&t.source).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Schema,
+            format!("table {} has no usable key for verify", t.source.name),
+        )
+    })?;
+    keys.iter()
+        .map(|k| t.columns.iter().position(|c| &c.source == k))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Schema,
+                format!("table {}: a key column is not copied", t.source.name),
+            )
+        })
+}
+
+async fn compare_table(
+    client: &mut Client,
+    conn: &rusqlite::Connection,
+    t: &TablePlan,
+    schema: &str,
+) -> Result<Counts> {
+    let keys = key_positions(t)?;
+    let q = ScanQuery::new(&t.source, &t.source_columns());
+    let klen = q.key_len();
+    let order: Vec<String> = keys
+        .iter()
+        .map(|p| scan::order_term(&t.columns[*p].target, &t.columns[*p].conv.ty))
+        .collect();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
+    let portal = scan::open(&tx, schema, &t.target, &t.target_columns(), &order).await?;
+    let mut counts = Counts {
+        rows: 0,
+        missing: 0,
+        extra: 0,
+        differing: 0,
+        kept: Vec::new(),
+    };
+    let mut src: VecDeque<SourceRow> = VecDeque::new();
+    let mut dst: VecDeque<Vec<Raw>> = VecDeque::new();
+    let (mut src_done, mut dst_done) = (false, false);
+    let mut after: Option<Vec<OwnedValue>> = None;
+    let mut scratch = BytesMut::new();
+    loop {
+        if src.is_empty() && !src_done {
+            let mut rows = Vec::new();
+            let read = tokio::task::block_in_place(|| {
+                reader::read_chunk(
+                    conn,
+                    &q,
+                    after.as_deref(),
+                    PAGE,
+                    Duration::from_millis(100),
+                    |row| {
+                        let owned: Vec<OwnedValue> =
+                            row.iter().map(|v| v.to_owned_value()).collect();
+                        rows.push(owned);
+                        Ok(())
+                    },
+                )
+            })?;
+            src_done = read.exhausted;
+            after = read.last_key.or(after);
+            for owned in rows {
+                let values = owned[klen..].to_vec();
+                let key = owned[..klen].iter().map(key_from_sqlite).collect();
+                src.push_back(SourceRow {
+                    key,
+                    values: encode_row(t, &values, &mut scratch),
+                });
+            }
+        }
+        if dst.is_empty() && !dst_done {
+            let page = scan::page(&tx, &portal, &t.target, PAGE as i32).await?;
+            dst_done = page.len() < PAGE;
+            dst.extend(page);
+        }
+        let pg_key = |row: &Vec<Raw>| -> Result<Vec<KeyVal>> {
+            keys.iter()
+                .map(|p| key_from_pg(&t.columns[*p].conv.ty, &row[*p], &t.target))
+                .collect()
+        };
+        match (src.front(), dst.front()) {
+            (None, None) if src_done && dst_done => break,
+            (None, None) => continue,
+            (Some(_), None) if !dst_done => continue,
+            (None, Some(_)) if !src_done => continue,
+            (Some(_), None) => {
+                let s = src.pop_front().map(|s| s.key).unwrap_or_default();
+                counts.rows += 1;
+                counts.add(Diff {
+                    key: s.iter().map(key_to_owned).collect(),
+                    kind: "missing_in_postgres",
+                    column: None,
+                });
+            }
+            (None, Some(d)) => {
+                let k = pg_key(d)?;
+                dst.pop_front();
+                counts.add(Diff {
+                    key: k.iter().map(key_to_owned).collect(),
+                    kind: "extra_in_postgres",
+                    column: None,
+                });
+            }
+            (Some(s), Some(d)) => {
+                let dk = pg_key(d)?;
+                match key_cmp(&s.key, &dk) {
+                    Ordering::Less => {
+                        let s = src.pop_front().map(|s| s.key).unwrap_or_default();
+                        counts.rows += 1;
+                        counts.add(Diff {
+                            key: s.iter().map(key_to_owned).collect(),
+                            kind: "missing_in_postgres",
+                            column: None,
+                        });
+                    }
+                    Ordering::Greater => {
+                        dst.pop_front();
+                        counts.add(Diff {
+                            key: dk.iter().map(key_to_owned).collect(),
+                            kind: "extra_in_postgres",
+                            column: None,
+                        });
+                    }
+                    Ordering::Equal => {
+                        let (Some(s), Some(d)) = (src.pop_front(), dst.pop_front()) else {
+                            break;
+                        };
+                        counts.rows += 1;
+                        let bad = t
+                            .columns
+                            .iter()
+                            .enumerate()
+                            .find(|(i, c)| match &s.values[*i] {
+                                Ok(v) => !same(&c.conv.ty, v, &d[*i].0),
+                                Err(_) => true,
+                            });
+                        if let Some((i, _)) = bad {
+                            let key = s.key.iter().map(key_to_owned).collect();
+                            counts.add(Diff {
+                                key,
+                                kind: "differs",
+                                column: Some(i),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::from_pg("cannot end a verify transaction", e))?;
+    Ok(counts)
+}
+
+/// Reads one row by key on both sides and says whether they now agree.
+async fn recheck(
+    client: &Client,
+    conn: &rusqlite::Connection,
+    t: &TablePlan,
+    schema: &str,
+    key: &[OwnedValue],
+) -> Result<Option<Diff>> {
+    let keys = key_positions(t)?;
+    let key_names: Vec<String> = keys.iter().map(|p| t.columns[*p].source.clone()).collect();
+    let reader = RowReader::new(&t.source.name, &key_names, &t.source_columns());
+    let sqlite_row = tokio::task::block_in_place(|| changes::read_row_by_key(conn, &reader, key))?;
+    let (sql, params) = by_key_query(t, schema, &keys, key, None);
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let pg_row = client
+        .query_opt(&sql, &refs)
+        .await
+        .map_err(|e| Error::from_pg(format!("cannot re-read a row of table {}", t.target), e))?;
+    let pg_values: Option<Vec<Raw>> =
+        pg_row.map(|r| (0..r.len()).map(|i| r.get::<_, Raw>(i)).collect());
+    let mut scratch = BytesMut::new();
+    Ok(match (sqlite_row, pg_values) {
+        (None, None) => None,
+        (Some(_), None) => Some(Diff {
+            key: key.to_vec(),
+            kind: "missing_in_postgres",
+            column: None,
+        }),
+        (None, Some(_)) => Some(Diff {
+            key: key.to_vec(),
+            kind: "extra_in_postgres",
+            column: None,
+        }),
+        (Some(s), Some(p)) => {
+            let enc = encode_row(t, &s, &mut scratch);
+            t.columns
+                .iter()
+                .enumerate()
+                .find(|(i, c)| match &enc[*i] {
+                    Ok(v) => !same(&c.conv.ty, v, &p[*i].0),
+                    Err(_) => true,
+                })
+                .map(|(i, _)| Diff {
+                    key: key.to_vec(),
+                    kind: "differs",
+                    column: Some(i),
+                })
+        }
+    })
+}
+
+/// `SELECT <columns or one column as text> FROM t WHERE key::text = $n ...`, keys as text.
+fn by_key_query(
+    t: &TablePlan,
+    schema: &str,
+    keys: &[usize],
+    key: &[OwnedValue],
+    column_text: Option<usize>,
+) -> (String, Vec<String>) {
+    let select = match column_text {
+        Some(i) => format!("{}::text", quote_ident(&t.columns[i].target)),
+        None => t
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.target))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let cond: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, p)| format!("{}::text = ${}", quote_ident(&t.columns[*p].target), n + 1))
+        .collect();
+    let params = key.iter().map(key_text).collect();
+    (
+        format!(
+            "SELECT {select} FROM {} WHERE {}",
+            qualified(schema, &t.target),
+            cond.join(" AND ")
+        ),
+        params,
+    )
+}
+
+fn key_text(v: &OwnedValue) -> String {
+    match v {
+        OwnedValue::Integer(i) => i.to_string(),
+        OwnedValue::Real(f) => format!("{f}"),
+        OwnedValue::Text(b) => String::from_utf8_lossy(b).into_owned(),
+        OwnedValue::Blob(b) => format!(
+            "\\x{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+        OwnedValue::Null => String::new(),
+    }
+}
+
+async fn example(
+    client: &Client,
+    conn: &rusqlite::Connection,
+    t: &TablePlan,
+    schema: &str,
+    d: &Diff,
+) -> Result<Example> {
+    let keys = key_positions(t)?;
+    let mut ex = Example {
+        key: display_key(&t.key_names, &d.key),
+        kind: d.kind,
+        column: d.column.map(|i| t.columns[i].source.clone()),
+        sqlite: None,
+        postgres: None,
+    };
+    if let Some(i) = d.column {
+        let key_names: Vec<String> = keys.iter().map(|p| t.columns[*p].source.clone()).collect();
+        let reader = RowReader::new(&t.source.name, &key_names, &t.source_columns());
+        if let Some(row) =
+            tokio::task::block_in_place(|| changes::read_row_by_key(conn, &reader, &d.key))?
+        {
+            ex.sqlite = Some(row[i].as_ref().display());
+        }
+        let (sql, params) = by_key_query(t, schema, &keys, &d.key, Some(i));
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        if let Some(r) = client
+            .query_opt(&sql, &refs)
+            .await
+            .map_err(|e| Error::from_pg("cannot read an example value", e))?
+        {
+            ex.postgres = Some(
+                r.get::<_, Option<String>>(0)
+                    .unwrap_or_else(|| "NULL".into()),
+            );
+        }
+    }
+    Ok(ex)
+}
+
+/// Waits until the stream has applied everything SQLite has recorded so far (if a daemon runs).
+async fn settle(client: &Client, conn: &rusqlite::Connection, wait: Duration) -> Result<()> {
+    let Some(st) = state::stream_load(client).await? else {
+        return Ok(());
+    };
+    let (newest, _, _) = tokio::task::block_in_place(|| changes::pending(conn, st.position))?;
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        match state::stream_load(client).await? {
+            Some(s) if s.position >= newest => return Ok(()),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    Ok(())
+}
+
+/// Compares the planned tables (or `opts.tables`) on both sides.
+pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Report> {
+    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let position = state::stream_load(client)
+        .await
+        .ok()
+        .flatten()
+        .map(|s| s.position);
+    let tables: Vec<&TablePlan> = plan
+        .tables
+        .iter()
+        .filter(|t| opts.tables.is_empty() || opts.tables.contains(&t.source.name))
+        .collect();
+    for name in &opts.tables {
+        if !plan.tables.iter().any(|t| &t.source.name == name) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("--tables names {name}, which is not a replicated table"),
+            ));
+        }
+    }
+    let mut found = Vec::new();
+    for t in &tables {
+        let counts = compare_table(client, &conn, t, &opts.schema).await?;
+        found.push(counts);
+    }
+    // Moving target: differences may be changes in flight. Let the daemon catch up, re-check.
+    let mut settled = 0;
+    if found.iter().any(|c| !c.kept.is_empty()) {
+        settle(client, &conn, opts.settle).await?;
+        for (t, counts) in tables.iter().zip(found.iter_mut()) {
+            let kept = std::mem::take(&mut counts.kept);
+            let (mut missing, mut extra, mut differing) =
+                (counts.missing, counts.extra, counts.differing);
+            for d in kept {
+                let now = recheck(client, &conn, t, &opts.schema, &d.key).await?;
+                let was = d.kind;
+                match was {
+                    "missing_in_postgres" => missing -= 1,
+                    "extra_in_postgres" => extra -= 1,
+                    _ => differing -= 1,
+                }
+                match now {
+                    Some(n) => {
+                        match n.kind {
+                            "missing_in_postgres" => missing += 1,
+                            "extra_in_postgres" => extra += 1,
+                            _ => differing += 1,
+                        }
+                        counts.kept.push(n);
+                    }
+                    None => settled += 1,
+                }
+            }
+            (counts.missing, counts.extra, counts.differing) = (missing, extra, differing);
+        }
+    }
+    let mut results = Vec::new();
+    for (t, counts) in tables.iter().zip(&found) {
+        let mut examples = Vec::new();
+        for d in counts.kept.iter().take(opts.examples) {
+            examples.push(example(client, &conn, t, &opts.schema, d).await?);
+        }
+        results.push(TableResult {
+            table: t.source.name.clone(),
+            rows_compared: counts.rows,
+            missing_in_postgres: counts.missing,
+            extra_in_postgres: counts.extra,
+            differing: counts.differing,
+            examples,
+        });
+    }
+    let equal = results
+        .iter()
+        .all(|r| r.missing_in_postgres == 0 && r.extra_in_postgres == 0 && r.differing == 0);
+    Ok(Report {
+        tables: results,
+        settled_by_recheck: settled,
+        equal,
+        position,
+    })
+}
+
+/// Prints the report for a person.
+pub fn print_human(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    for t in &r.tables {
+        writeln!(
+            out,
+            "table {}: {} rows compared, {} missing in Postgres, {} extra in Postgres, {} differing",
+            t.table, t.rows_compared, t.missing_in_postgres, t.extra_in_postgres, t.differing
+        )?;
+        for e in &t.examples {
+            match &e.column {
+                Some(c) => writeln!(
+                    out,
+                    "  {} column {}: SQLite {} | Postgres {}",
+                    e.key,
+                    c,
+                    e.sqlite.as_deref().unwrap_or("(gone)"),
+                    e.postgres.as_deref().unwrap_or("(gone)")
+                )?,
+                None => writeln!(out, "  {} {}", e.key, e.kind.replace('_', " "))?,
+            }
+        }
+    }
+    if r.settled_by_recheck > 0 {
+        writeln!(
+            out,
+            "{} difference(s) were changes in flight and matched once the daemon caught up",
+            r.settled_by_recheck
+        )?;
+    }
+    writeln!(
+        out,
+        "verify: {}",
+        if r.equal { "equal" } else { "NOT equal" }
+    )
+}
