@@ -106,6 +106,24 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         examples: usize,
     },
+    /// Switch to Postgres: fence SQLite writes, drain, verify, move sequences, record the window.
+    Cutover {
+        /// Fence only once the replication lag is at most this many seconds.
+        #[arg(long, default_value_t = 2.0)]
+        max_lag: f64,
+        /// How long to wait for the lag to get under --max-lag, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        wait: f64,
+        /// Verify every row inside the window (default: the rows changed since the last full verify).
+        #[arg(long)]
+        full_verify: bool,
+        /// Show what would happen, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run this shell command after a successful cutover (e.g. restart the bot on Postgres).
+        #[arg(long)]
+        exec: Option<String>,
+    },
     /// Install the capture triggers and changelog in the SQLite file (`run` does this itself).
     Install,
     /// Remove every trigger, table and fence of sqlite2pg from the SQLite file.
@@ -227,6 +245,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             tables,
             examples,
         } => cmd_verify(&cfg, json, tables, examples),
+        Command::Cutover {
+            max_lag,
+            wait,
+            full_verify,
+            dry_run,
+            exec,
+        } => {
+            let flags = CutoverFlags {
+                max_lag,
+                wait,
+                full_verify,
+                dry_run,
+                exec,
+            };
+            cmd_cutover(&cfg, flags)
+        }
         Command::Install => cmd_install(&cfg),
         Command::Uninstall => cmd_uninstall(&cfg),
     }
@@ -322,7 +356,11 @@ fn cmd_verify(
         tables,
         settle: Duration::from_secs(30),
     };
+    let full = opts.tables.is_empty();
     let report = rt.block_on(crate::pipeline::verify::run(&mut client, &plan, &opts))?;
+    if let (true, true, Some(position)) = (full, report.equal, report.position) {
+        rt.block_on(crate::pg::state::set_verified(&client, position))?;
+    }
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
@@ -336,6 +374,81 @@ fn cmd_verify(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Cutover settings from the command line.
+struct CutoverFlags {
+    max_lag: f64,
+    wait: f64,
+    full_verify: bool,
+    dry_run: bool,
+    exec: Option<String>,
+}
+
+fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
+    use crate::pipeline::cutover;
+    let rt = runtime()?;
+    let target = cfg.require_target()?.clone();
+    let (plan, client) = build_plan(cfg, &rt)?;
+    let mut client = client.context("cutover needs a Postgres target: pass --target")?;
+    let opts = cutover::Options {
+        source: cfg.source.clone(),
+        target,
+        schema: cfg.target_schema.clone(),
+        busy_timeout: busy(cfg),
+        max_lag: Duration::from_secs_f64(flags.max_lag.max(0.0)),
+        wait: Duration::from_secs_f64(flags.wait.max(0.0)),
+        full_verify: flags.full_verify,
+    };
+    if flags.dry_run {
+        for step in rt.block_on(cutover::describe(&client, &plan, &opts))? {
+            println!("{step}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcome = rt.block_on(cutover::run(&mut client, &plan, &opts))?;
+    let r = &outcome.record;
+    println!(
+        "cut over: writes were unavailable for {:.0} ms (fenced {}, done {}); {} rows verified; {} sequences moved; {} foreign keys back to NOT DEFERRABLE",
+        r.window_ms,
+        r.fenced_at,
+        r.done_at,
+        r.rows_verified,
+        outcome.sequences_moved,
+        outcome.constraints_restored
+    );
+    println!(
+        "Postgres is the database now: point the app at it. SQLite refuses writes with \"{}\"",
+        sqlite::capture::FENCE_MESSAGE
+    );
+    let Some(cmd) = flags.exec else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    tracing::info!(command = %config::redact_in_text(&cmd), "running the --exec hook");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .context("cannot run the --exec command")?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        tracing::info!(output = %config::redact_in_text(line), "--exec");
+    }
+    match out.status.code() {
+        Some(0) => {
+            println!("--exec hook exited 0");
+            Ok(ExitCode::SUCCESS)
+        }
+        code => {
+            println!(
+                "--exec hook failed (exit {}); the cutover itself is done",
+                code.map(|c| c.to_string())
+                    .unwrap_or_else(|| "by signal".into())
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
 }
 
 fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {
@@ -355,8 +468,14 @@ fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {
 
 fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
     let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
+    let was_fenced = sqlite::capture::fenced(&rw)?;
     let n = sqlite::capture::uninstall(&mut rw)?;
     println!("removed {n} sqlite2pg objects; the SQLite file is as the app made it");
+    if was_fenced {
+        println!(
+            "the cutover fence is lifted: SQLite is writable again. Writes made on PostgreSQL since the cutover are NOT in this file"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -433,6 +552,7 @@ fn cmd_run(
             poll_interval: flags.poll_interval,
             batch_changes: flags.batch_changes,
             batch_bytes: 32 << 20,
+            exit_when_caught_up: false,
         };
         let end = rt.block_on(stream::run(
             &plan,
@@ -442,9 +562,13 @@ fn cmd_run(
         ))?;
         // This session holds the run lock until here.
         drop(client);
-        if end == stream::End::Shutdown {
-            tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
-            return Ok(ExitCode::SUCCESS);
+        match end {
+            stream::End::Shutdown => {
+                tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
+                return Ok(ExitCode::SUCCESS);
+            }
+            stream::End::CutOver | stream::End::CaughtUp => return Ok(ExitCode::SUCCESS),
+            stream::End::SchemaChanged => {}
         }
     }
 }

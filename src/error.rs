@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Config,
     /// Anything Postgres rejected that is none of the above.
     Target,
+    /// The migration is not in a state where this command can run.
+    State,
 }
 
 /// What the daemon should do about an error.
@@ -67,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Target => {
                 "see the Postgres message above; a re-run resumes where this one stopped"
             }
+            ErrorKind::State => "the message above says what to do first; nothing was changed",
         }
     }
 
@@ -81,6 +84,7 @@ impl ErrorKind {
             ErrorKind::Schema => "schema",
             ErrorKind::Config => "config",
             ErrorKind::Target => "target",
+            ErrorKind::State => "state",
         }
     }
 }

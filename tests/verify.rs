@@ -6,10 +6,18 @@ mod common;
 use common::*;
 
 fn verify(src: &std::path::Path, db: &TestDb, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let mut args = vec!["--source", src.to_str().unwrap(), "--target", &db.url, "verify", "--json"];
+    let mut args = vec![
+        "--source",
+        src.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "verify",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let out = sqlite2pg(&args);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("verify output:\n{}", text(&out)));
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("verify output:\n{}", text(&out)));
     (out.status.code(), report)
 }
 
@@ -27,7 +35,12 @@ fn verify_is_equal_while_the_app_writes_and_the_daemon_streams() {
     let (code, report) = verify(&path, &db, &[]);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["equal"], true);
-    let tasks = report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "tasks").unwrap();
+    let tasks = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "tasks")
+        .unwrap();
     assert!(tasks["rows_compared"].as_u64().unwrap() >= 1000);
     finish_writer(writer);
     assert!(d.stop());
@@ -60,7 +73,12 @@ fn verify_reports_every_kind_of_difference() {
     let (code, report) = verify(&src.path, &db, &[]);
     assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(report["equal"], false);
-    let t = &report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "t").unwrap();
+    let t = &report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "t")
+        .unwrap();
     assert_eq!(t["rows_compared"], 3000);
     assert_eq!(t["differing"], 3);
     assert_eq!(t["missing_in_postgres"], 1);
@@ -70,9 +88,18 @@ fn verify_reports_every_kind_of_difference() {
     assert_eq!(name["column"], "name");
     assert_eq!(name["sqlite"], "'n10'");
     assert_eq!(name["postgres"], "tampered");
-    assert!(ex.iter().any(|e| e["key"] == "id=2999" && e["kind"] == "missing_in_postgres"));
-    assert!(ex.iter().any(|e| e["key"] == "id=5000" && e["kind"] == "extra_in_postgres"));
-    assert!(ex.iter().any(|e| e["key"] == "id=30" && e["column"] == "at"));
+    assert!(
+        ex.iter()
+            .any(|e| e["key"] == "id=2999" && e["kind"] == "missing_in_postgres")
+    );
+    assert!(
+        ex.iter()
+            .any(|e| e["key"] == "id=5000" && e["kind"] == "extra_in_postgres")
+    );
+    assert!(
+        ex.iter()
+            .any(|e| e["key"] == "id=30" && e["column"] == "at")
+    );
     // Text keys in SQLite's byte order on both sides; --tables limits the run.
     let (code, report) = verify(&src.path, &db, &["--tables", "kv"]);
     assert_eq!(code, Some(1));
@@ -81,7 +108,17 @@ fn verify_reports_every_kind_of_difference() {
     assert_eq!(report["tables"][0]["differing"], 1);
     assert_eq!(report["tables"][0]["missing_in_postgres"], 0);
     assert_eq!(report["tables"][0]["examples"][0]["key"], "k='é'");
-    let human = sqlite2pg(&["--source", src.path.to_str().unwrap(), "--target", &db.url, "verify"]);
+    let human = sqlite2pg(&[
+        "--source",
+        src.path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "verify",
+    ]);
     assert_eq!(human.status.code(), Some(1));
-    assert!(text(&human).contains("id=10 column name: SQLite 'n10' | Postgres tampered"), "{}", text(&human));
+    assert!(
+        text(&human).contains("id=10 column name: SQLite 'n10' | Postgres tampered"),
+        "{}",
+        text(&human)
+    );
 }

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod copy;
 pub mod ddl;
 pub mod scan;
+pub mod sequences;
 pub mod state;
 
 use std::str::FromStr;

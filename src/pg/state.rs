@@ -97,6 +97,15 @@ pub async fn ensure(client: &Client) -> Result<()> {
                changes_applied bigint NOT NULL DEFAULT 0,
                last_error text
              );
+             ALTER TABLE {STATE_SCHEMA}.stream ADD COLUMN IF NOT EXISTS verified_position bigint;
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.cutover (
+               id int PRIMARY KEY CHECK (id = 1),
+               fenced_at timestamptz NOT NULL,
+               done_at timestamptz NOT NULL,
+               window_ms double precision NOT NULL,
+               rows_verified bigint NOT NULL,
+               position bigint NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.deferred_constraint (
                target_schema text NOT NULL,
                target_table text NOT NULL,
@@ -174,7 +183,10 @@ pub struct StreamState {
 /// The stream position, if the stream has been set up.
 pub async fn stream_load(client: &impl GenericClient) -> Result<Option<StreamState>> {
     let exists: bool = client
-        .query_one(&format!("SELECT to_regclass('{STATE_SCHEMA}.stream') IS NOT NULL"), &[])
+        .query_one(
+            &format!("SELECT to_regclass('{STATE_SCHEMA}.stream') IS NOT NULL"),
+            &[],
+        )
         .await
         .map_err(pg("look for the stream position"))?
         .get(0);
@@ -241,6 +253,133 @@ pub async fn stream_advance(
         ));
     }
     Ok(())
+}
+
+/// Records that every table was verified equal up to `position`: cutover then only re-verifies
+/// the keys changed after it, and the daemon keeps those in the changelog.
+pub async fn set_verified(client: &impl GenericClient, position: i64) -> Result<()> {
+    client
+        .execute(
+            &format!("UPDATE {STATE_SCHEMA}.stream SET verified_position = $1 WHERE id = 1"),
+            &[&position],
+        )
+        .await
+        .map_err(pg("record the verified position"))?;
+    Ok(())
+}
+
+/// The position of the last full, equal verify.
+pub async fn verified_position(client: &impl GenericClient) -> Result<Option<i64>> {
+    let row = client
+        .query_opt(
+            &format!("SELECT verified_position FROM {STATE_SCHEMA}.stream"),
+            &[],
+        )
+        .await
+        .map_err(pg("read the verified position"))?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// A completed cutover.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cutover {
+    /// When SQLite writes were fenced (RFC 3339).
+    pub fenced_at: String,
+    /// When the cutover completed.
+    pub done_at: String,
+    /// The write-unavailable window, fence to done.
+    pub window_ms: f64,
+    /// Rows verified inside the window.
+    pub rows_verified: i64,
+    /// The changelog position Postgres holds.
+    pub position: i64,
+}
+
+/// The cutover record, if the migration is cut over.
+pub async fn cutover_load(client: &impl GenericClient) -> Result<Option<Cutover>> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{STATE_SCHEMA}.cutover') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(pg("look for the cutover record"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT to_char(fenced_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        to_char(done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        window_ms, rows_verified, position FROM {STATE_SCHEMA}.cutover"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("read the cutover record"))?;
+    Ok(row.map(|r| Cutover {
+        fenced_at: r.get(0),
+        done_at: r.get(1),
+        window_ms: r.get(2),
+        rows_verified: r.get(3),
+        position: r.get(4),
+    }))
+}
+
+/// Records the cutover (fenced_at/done_at as seconds since the Unix epoch).
+pub async fn cutover_record(
+    client: &impl GenericClient,
+    fenced_at: f64,
+    done_at: f64,
+    rows_verified: i64,
+    position: i64,
+) -> Result<()> {
+    let window_ms = (done_at - fenced_at) * 1000.0;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {STATE_SCHEMA}.cutover (id, fenced_at, done_at, window_ms, rows_verified, position)
+                 VALUES (1, to_timestamp($1), to_timestamp($2), $3, $4, $5)"
+            ),
+            &[&fenced_at, &done_at, &window_ms, &rows_verified, &position],
+        )
+        .await
+        .map_err(pg("record the cutover"))?;
+    Ok(())
+}
+
+/// Puts back foreign keys that were made deferrable for the stream (migration-made ones).
+pub async fn restore_deferred(client: &impl GenericClient) -> Result<usize> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT target_schema, target_table, name FROM {STATE_SCHEMA}.deferred_constraint"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("read the constraints made deferrable"))?;
+    for r in &rows {
+        let (schema, table, name): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {} ALTER CONSTRAINT {} NOT DEFERRABLE",
+                super::qualified(&schema, &table),
+                super::quote_ident(&name)
+            ))
+            .await
+            .map_err(pg("restore a foreign key to NOT DEFERRABLE"))?;
+    }
+    client
+        .execute(
+            &format!("DELETE FROM {STATE_SCHEMA}.deferred_constraint"),
+            &[],
+        )
+        .await
+        .map_err(pg("clear the constraints made deferrable"))?;
+    Ok(rows.len())
 }
 
 /// Records the error the daemon stopped on, for `status`.

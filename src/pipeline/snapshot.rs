@@ -484,7 +484,7 @@ async fn finish_tables(
             )
             .await?;
         }
-        move_sequences(&tx, schema, &t.target).await?;
+        crate::pg::sequences::move_past_max(&tx, schema, &t.target).await?;
         state::set_phase(&tx, &t.source.name, Phase::Ready).await?;
         tx.commit().await.map_err(pg_err(format!(
             "cannot commit the constraints of table {}",
@@ -533,35 +533,6 @@ async fn add_foreign_key(
         );
         tracing::warn!("{w}");
         summary.warnings.push(w);
-    }
-    Ok(())
-}
-
-/// Moves identity and serial sequences past the largest copied value.
-async fn move_sequences(
-    tx: &tokio_postgres::Transaction<'_>,
-    schema: &str,
-    table: &str,
-) -> Result<()> {
-    let q = qualified(schema, table);
-    let cols = tx
-        .query(
-            "SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped AND pg_get_serial_sequence($1, a.attname) IS NOT NULL",
-            &[&q],
-        )
-        .await
-        .map_err(pg_err(format!("cannot find the sequences of table {table}")))?;
-    for c in cols {
-        let col: String = c.get(0);
-        let sql = format!(
-            "SELECT setval(pg_get_serial_sequence($1, $2), COALESCE((SELECT max({}) FROM {q}), 0) + 1, false)",
-            pg::quote_ident(&col)
-        );
-        tx.query_one(&sql, &[&q, &col])
-            .await
-            .map_err(pg_err(format!(
-                "cannot move the sequence of {table}.{col} past the copied ids"
-            )))?;
     }
     Ok(())
 }

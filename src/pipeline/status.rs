@@ -48,6 +48,8 @@ pub struct Status {
     pub changes_applied: Option<i64>,
     /// The error the daemon last stopped on.
     pub last_error: Option<String>,
+    /// The cutover record, once cut over.
+    pub cutover: Option<state::Cutover>,
 }
 
 fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -77,6 +79,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         lag_seconds: None,
         changes_applied: None,
         last_error: None,
+        cutover: None,
     };
     if !has_state {
         return Ok(status);
@@ -109,6 +112,10 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         "snapshot"
     }
     .into();
+    status.cutover = state::cutover_load(client).await?;
+    if status.cutover.is_some() {
+        status.phase = "cut_over".into();
+    }
     if let Some(st) = stream {
         status.position = Some(st.position);
         status.changes_applied = Some(st.changes_applied);
@@ -176,6 +183,13 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
             out,
             "table {:<24} {:<8} {}/{} rows",
             t.table, t.phase, t.rows_copied, total
+        )?;
+    }
+    if let Some(c) = &s.cutover {
+        writeln!(
+            out,
+            "cutover:    at {} (fence to done {:.0} ms, {} rows verified, position {})",
+            c.fenced_at, c.window_ms, c.rows_verified, c.position
         )?;
     }
     if let Some(e) = &s.last_error {

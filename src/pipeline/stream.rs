@@ -34,6 +34,8 @@ pub struct Options {
     pub batch_changes: usize,
     /// Most bytes of row data per applied batch.
     pub batch_bytes: usize,
+    /// Return `End::CaughtUp` as soon as the changelog is drained (cutover without a daemon).
+    pub exit_when_caught_up: bool,
 }
 
 /// One captured table: where its key columns sit among the plan's columns.
@@ -168,6 +170,10 @@ pub enum End {
     Shutdown,
     /// The SQLite schema changed: re-plan (new tables, new columns) and stream on.
     SchemaChanged,
+    /// Every change is applied (only with `exit_when_caught_up`).
+    CaughtUp,
+    /// The migration was cut over: Postgres is the database now.
+    CutOver,
 }
 
 fn schema_version(conn: &rusqlite::Connection) -> Result<i64> {
@@ -333,7 +339,13 @@ pub async fn run(
                 }
                 if position - pruned_to >= 10_000 || last_prune.elapsed() >= Duration::from_secs(1)
                 {
-                    match tokio::task::block_in_place(|| capture::prune(&writer, position, 2_000)) {
+                    // Changes after the last full verify stay for cutover to re-verify.
+                    let upto = match state::verified_position(applier.client()).await {
+                        Ok(Some(v)) => v.min(position),
+                        Ok(None) => position,
+                        Err(_) => pruned_to,
+                    };
+                    match tokio::task::block_in_place(|| capture::prune(&writer, upto, 2_000)) {
                         Ok(_) => pruned_to = position,
                         Err(e) => {
                             tracing::debug!(error = %e, "changelog prune deferred (the app holds the write lock)")
@@ -341,6 +353,16 @@ pub async fn run(
                     }
                     last_prune = Instant::now();
                 }
+            }
+            if opts.exit_when_caught_up {
+                return Ok(End::CaughtUp);
+            }
+            if state::cutover_load(applier.client()).await?.is_some() {
+                tracing::info!(
+                    position,
+                    "the migration is cut over: Postgres is the database now; stopping"
+                );
+                return Ok(End::CutOver);
             }
             // Priority: shutdown first, then a file notification, then the fallback poll.
             tokio::select! {

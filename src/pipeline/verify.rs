@@ -569,6 +569,23 @@ async fn example(
     Ok(ex)
 }
 
+/// Compares one row by key on both sides; `Some((key, what))` when they differ.
+pub async fn recheck_key(
+    client: &Client,
+    conn: &rusqlite::Connection,
+    t: &TablePlan,
+    schema: &str,
+    key: &[OwnedValue],
+) -> Result<Option<(String, String)>> {
+    Ok(recheck(client, conn, t, schema, key).await?.map(|d| {
+        let what = match d.column {
+            Some(i) => format!("different in column {}", t.columns[i].source),
+            None => d.kind.replace('_', " "),
+        };
+        (display_key(&t.key_names, &d.key), what)
+    }))
+}
+
 /// Waits until the stream has applied everything SQLite has recorded so far (if a daemon runs).
 async fn settle(client: &Client, conn: &rusqlite::Connection, wait: Duration) -> Result<()> {
     let Some(st) = state::stream_load(client).await? else {

@@ -265,6 +265,64 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     out
 }
 
+/// What the app's writes get once the fence is up.
+pub const FENCE_MESSAGE: &str = "this database has moved to PostgreSQL; see sqlite2pg status";
+
+/// Raises the fence: BEFORE INSERT/UPDATE/DELETE triggers on every captured table abort the
+/// write with `FENCE_MESSAGE`. One immediate transaction: either every table is fenced or none.
+pub fn fence(conn: &mut Connection, tables: &[(i64, String)]) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(ctx(
+            "start the fence transaction (the app holds the write lock; retry)",
+        ))?;
+    for (id, name) in tables {
+        for (kind, event) in [("fi", "INSERT"), ("fu", "UPDATE"), ("fd", "DELETE")] {
+            let n = trigger_name(kind, *id);
+            let sql = format!(
+                "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} BEFORE {event} ON {} BEGIN SELECT RAISE(ABORT, '{FENCE_MESSAGE}'); END;",
+                quote_ident(name)
+            );
+            tx.execute_batch(&sql)
+                .map_err(|e| Error::from_sqlite(format!("cannot fence table {name}"), e))?;
+        }
+    }
+    tx.commit().map_err(ctx("commit the fence"))
+}
+
+/// Lifts the fence (the app can write to SQLite again). Returns whether one was up.
+pub fn unfence(conn: &mut Connection) -> Result<bool> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(ctx("start the unfence transaction"))?;
+    let names: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND (name LIKE '\\_sqlite2pg\\_fi\\_%' ESCAPE '\\' OR name LIKE '\\_sqlite2pg\\_fu\\_%' ESCAPE '\\' OR name LIKE '\\_sqlite2pg\\_fd\\_%' ESCAPE '\\')")
+            .map_err(ctx("list the fence"))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|r| r.collect())
+            .map_err(ctx("list the fence"))?
+    };
+    for n in &names {
+        tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(n)))
+            .map_err(ctx("drop the fence"))?;
+    }
+    tx.commit().map_err(ctx("commit the unfence"))?;
+    Ok(!names.is_empty())
+}
+
+/// Whether the fence is up.
+pub fn fenced(conn: &Connection) -> Result<bool> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_sqlite2pg\\_fi\\_%' ESCAPE '\\'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(ctx("look for the fence"))?;
+    Ok(n > 0)
+}
+
 /// Removes every object sqlite2pg created (changelog, triggers, fence), and only those.
 /// Returns how many objects were dropped.
 pub fn uninstall(conn: &mut Connection) -> Result<usize> {

@@ -1,0 +1,366 @@
+//! `cutover`: fence SQLite writes, drain the changelog, verify, move sequences, record the
+//! write-unavailable window. Any failure lifts the fence: the app keeps running on SQLite.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::plan::Plan;
+use super::status;
+use super::stream::{self, End};
+use super::verify;
+use crate::config::TargetUrl;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::OwnedValue;
+use crate::pg::{sequences, state};
+use crate::sqlite::{self, capture};
+
+/// Knobs of a cutover.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The SQLite file.
+    pub source: PathBuf,
+    /// The Postgres target.
+    pub target: TargetUrl,
+    /// Target schema.
+    pub schema: String,
+    /// SQLite busy timeout.
+    pub busy_timeout: Duration,
+    /// Fence only once the lag is at most this.
+    pub max_lag: Duration,
+    /// How long to wait for the lag to get there.
+    pub wait: Duration,
+    /// Verify every row inside the window, not only the rows changed since the last full verify.
+    pub full_verify: bool,
+}
+
+/// What a cutover did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The stored record.
+    pub record: state::Cutover,
+    /// Sequences moved.
+    pub sequences_moved: usize,
+    /// Foreign keys put back to NOT DEFERRABLE.
+    pub constraints_restored: usize,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn refuse(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::State, msg)
+}
+
+/// The steps `--dry-run` prints.
+pub async fn describe(client: &Client, plan: &Plan, opts: &Options) -> Result<Vec<String>> {
+    let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
+    let verified = state::verified_position(client).await.ok().flatten();
+    let mut steps = vec![format!(
+        "1. wait until lag <= {:.1} s (now {} changes, {:.1} s; daemon {})",
+        opts.max_lag.as_secs_f64(),
+        st.lag_changes.unwrap_or(0),
+        st.lag_seconds.unwrap_or(0.0),
+        if st.daemon_running {
+            "running"
+        } else {
+            "not running: cutover drains itself"
+        }
+    )];
+    if verified.is_none() && !opts.full_verify {
+        steps.push("   (no full verify recorded yet: one runs before the fence)".into());
+    }
+    steps.push(format!(
+        "2. fence SQLite writes on {} tables (\"{}\")",
+        plan.tables.len(),
+        capture::FENCE_MESSAGE
+    ));
+    steps.push("3. drain the changelog to Postgres".into());
+    steps.push(if opts.full_verify {
+        "4. verify every row of every table".into()
+    } else {
+        format!(
+            "4. verify the rows changed since the last full verify (position {})",
+            verified
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "of the pre-fence verify".into())
+        )
+    });
+    steps.push(format!("5. move identity/serial sequences past the copied ids on {} tables; put migration-made foreign keys back to NOT DEFERRABLE", plan.tables.len()));
+    steps.push(
+        "6. record the cutover and the write-unavailable window; a running daemon exits by itself"
+            .into(),
+    );
+    Ok(steps)
+}
+
+/// Runs the cutover. `client` must not hold the run lock (the daemon may).
+pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Outcome> {
+    if let Some(c) = state::cutover_load(client).await? {
+        return Err(refuse(format!(
+            "this migration was already cut over at {} (window {:.0} ms); Postgres is the database now. To write to SQLite again: `sqlite2pg uninstall`",
+            c.fenced_at, c.window_ms
+        )));
+    }
+    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let Some(installed) = capture::installed(&conn)? else {
+        return Err(refuse(
+            "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
+        ));
+    };
+    drop(conn);
+    let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
+    if st.phase != "streaming" {
+        return Err(refuse(format!(
+            "the migration is in phase {}: let `sqlite2pg run` finish the snapshot first",
+            st.phase
+        )));
+    }
+    // Without a full verify on record, one runs now, before the fence, outside the window.
+    if state::verified_position(client).await?.is_none() && !opts.full_verify {
+        tracing::info!("no full verify on record: verifying every table before the fence");
+        let report = verify::run(client, plan, &verify_opts(opts, Vec::new())).await?;
+        if !report.equal {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                "verify found differences before the fence; see `sqlite2pg verify` and fix them first",
+            ));
+        }
+        if let Some(p) = report.position {
+            state::set_verified(client, p).await?;
+        }
+    }
+    wait_for_lag(client, opts).await?;
+    let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
+    let lag = st.lag_changes.unwrap_or(0);
+    if !st.daemon_running && lag > 50_000 {
+        return Err(refuse(format!(
+            "no daemon is running and Postgres is {lag} changes behind: draining that would keep writes fenced for long. Start `sqlite2pg run`, let it catch up, then cut over"
+        )));
+    }
+
+    // The window opens here.
+    let fenced_at = now_secs();
+    let started = Instant::now();
+    let mut rw = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
+    capture::fence(&mut rw, &installed.tables)?;
+    tracing::info!("SQLite writes fenced");
+    let result = finish(client, plan, opts, &installed, st.daemon_running, fenced_at).await;
+    match result {
+        Ok(outcome) => {
+            tracing::info!(
+                window_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "cut over"
+            );
+            Ok(outcome)
+        }
+        Err(e) => {
+            // Back out: the app keeps running on SQLite.
+            match capture::unfence(&mut rw) {
+                Ok(_) => tracing::warn!(
+                    "cutover failed; the fence is lifted and the app can write to SQLite again"
+                ),
+                Err(u) => {
+                    tracing::error!(error = %u, "cutover failed AND the fence could not be lifted: run `sqlite2pg uninstall` now")
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn verify_opts(opts: &Options, tables: Vec<String>) -> verify::Options {
+    verify::Options {
+        source: opts.source.clone(),
+        schema: opts.schema.clone(),
+        busy_timeout: opts.busy_timeout,
+        examples: 5,
+        tables,
+        settle: Duration::from_secs(10),
+    }
+}
+
+async fn wait_for_lag(client: &Client, opts: &Options) -> Result<()> {
+    let deadline = Instant::now() + opts.wait;
+    loop {
+        let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
+        let lag = st.lag_seconds.unwrap_or(0.0);
+        if lag <= opts.max_lag.as_secs_f64() || !st.daemon_running {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(refuse(format!(
+                "the lag stayed at {lag:.1} s (more than --max-lag {:.1} s) for {:.0} s; nothing was fenced. Retry when the daemon has caught up",
+                opts.max_lag.as_secs_f64(),
+                opts.wait.as_secs_f64()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn finish(
+    client: &mut Client,
+    plan: &Plan,
+    opts: &Options,
+    installed: &capture::Installed,
+    daemon_running: bool,
+    fenced_at: f64,
+) -> Result<Outcome> {
+    // Drain: the running daemon applies the last changes; otherwise drain here.
+    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let (newest, _, _) = crate::sqlite::changes::pending(&conn, i64::MAX)?;
+    if daemon_running {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pos = state::stream_load(client)
+                .await?
+                .map(|s| s.position)
+                .unwrap_or(0);
+            if pos >= newest {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::TargetUnreachable,
+                    "the daemon did not apply the last changes within 60 s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    } else {
+        let sopts = stream::Options {
+            source: opts.source.clone(),
+            target: opts.target.clone(),
+            schema: opts.schema.clone(),
+            busy_timeout: opts.busy_timeout,
+            poll_interval: Duration::from_millis(50),
+            batch_changes: 10_000,
+            batch_bytes: 32 << 20,
+            exit_when_caught_up: true,
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        if stream::run(plan, installed, &sopts, rx).await? != End::CaughtUp {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                "the SQLite schema changed during cutover; retry",
+            ));
+        }
+    }
+    // Verify inside the window: the rows changed since the last full verify, or all of them.
+    let verified = state::verified_position(client).await?.unwrap_or(0);
+    let rows_verified = if opts.full_verify {
+        let report = verify::run(client, plan, &verify_opts(opts, Vec::new())).await?;
+        if !report.equal {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                "verify found differences after the drain; nothing was switched. See `sqlite2pg verify`",
+            ));
+        }
+        report.tables.iter().map(|t| t.rows_compared as i64).sum()
+    } else {
+        let keys = changed_keys(&conn, verified)?;
+        verify_keys(client, &conn, plan, &opts.schema, installed, &keys).await?
+    };
+    // Sequences past the copied ids, deferrable keys back to what the migrations made, record.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::from_pg("cannot start the cutover transaction", e))?;
+    let mut moved = 0;
+    for t in &plan.tables {
+        moved += sequences::move_past_max(&tx, &opts.schema, &t.target).await?;
+    }
+    let restored = state::restore_deferred(&tx).await?;
+    let done_at = now_secs();
+    state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::from_pg("cannot commit the cutover", e))?;
+    let record = state::cutover_load(client)
+        .await?
+        .ok_or_else(|| Error::new(ErrorKind::Target, "the cutover record vanished"))?;
+    Ok(Outcome {
+        record,
+        sequences_moved: moved,
+        constraints_restored: restored,
+    })
+}
+
+/// Distinct (table id, key) pairs in the changelog after `after`.
+fn changed_keys(conn: &rusqlite::Connection, after: i64) -> Result<BTreeSet<(i64, Vec<u8>)>> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT tbl, k1, k2, k3, k4 FROM {} WHERE seq > ?1",
+            capture::CHANGES
+        ))
+        .map_err(|e| Error::from_sqlite("cannot read the changelog", e))?;
+    let mut rows = stmt
+        .query([after])
+        .map_err(|e| Error::from_sqlite("cannot read the changelog", e))?;
+    let mut out = BTreeSet::new();
+    while let Some(r) = rows
+        .next()
+        .map_err(|e| Error::from_sqlite("cannot read the changelog", e))?
+    {
+        let tbl: i64 = r
+            .get(0)
+            .map_err(|e| Error::from_sqlite("cannot read the changelog", e))?;
+        let key: Vec<OwnedValue> = (1..=capture::MAX_KEY_COLUMNS)
+            .map(|i| {
+                r.get_ref(i)
+                    .map(|v| crate::sqlite::reader::to_sql_value(v).to_owned_value())
+            })
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| Error::from_sqlite("cannot read the changelog", e))?;
+        let bytes = rmp_serde::to_vec(&key).map_err(|e| {
+            Error::with_source(ErrorKind::SourceUnreadable, "cannot encode a key", e)
+        })?;
+        out.insert((tbl, bytes));
+    }
+    Ok(out)
+}
+
+async fn verify_keys(
+    client: &Client,
+    conn: &rusqlite::Connection,
+    plan: &Plan,
+    schema: &str,
+    installed: &capture::Installed,
+    keys: &BTreeSet<(i64, Vec<u8>)>,
+) -> Result<i64> {
+    let mut n = 0;
+    for (tbl, bytes) in keys {
+        let Some((_, name)) = installed.tables.iter().find(|(id, _)| id == tbl) else {
+            continue;
+        };
+        let Some(t) = plan.tables.iter().find(|t| &t.source.name == name) else {
+            continue;
+        };
+        let mut key: Vec<OwnedValue> = rmp_serde::from_slice(bytes).map_err(|e| {
+            Error::with_source(ErrorKind::SourceUnreadable, "cannot decode a key", e)
+        })?;
+        let width = capture::key_columns(&t.source)
+            .map(|k| k.len())
+            .unwrap_or(1);
+        key.truncate(width);
+        if let Some(d) = verify::recheck_key(client, conn, t, schema, &key).await? {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "verify after the drain: table {}, {} is {}; nothing was switched",
+                    name, d.0, d.1
+                ),
+            ));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
