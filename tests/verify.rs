@@ -60,6 +60,14 @@ fn verify_reports_every_kind_of_difference() {
     // Equal right after the snapshot (numeric 1.5 vs 1.50 and jsonb's key order are not differences).
     let (code, report) = verify(&src.path, &db, &[]);
     assert_eq!(code, Some(0), "{report:#}");
+    // A change in SQLite that no daemon has applied yet is pending, not a difference.
+    sqlite3_shell(
+        &src.path,
+        "UPDATE t SET name = 'changed in SQLite' WHERE id = 100",
+    );
+    let (code, report) = verify(&src.path, &db, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["pending_not_applied"], 1);
     let mut c = db.client();
     c.batch_execute(
         "UPDATE t SET name = 'tampered' WHERE id = 10;

@@ -394,6 +394,20 @@ pub async fn stream_error(client: &impl GenericClient, message: &str) -> Result<
     Ok(())
 }
 
+/// Whether a sqlite2pg daemon holds the run lock on this database right now.
+pub async fn daemon_running(client: &impl GenericClient) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 1 AND objsubid = 2
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid::bigint - CASE WHEN classid::bigint > 2147483647 THEN 4294967296 ELSE 0 END = hashtext('sqlite2pg'))",
+            &[],
+        )
+        .await
+        .map_err(pg("look for a running daemon"))?;
+    Ok(row.get(0))
+}
+
 /// Takes the session-level advisory lock that keeps two runs off the same target.
 pub async fn try_lock(client: &Client) -> Result<bool> {
     let row = client

@@ -123,6 +123,13 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
             st.phase
         )));
     }
+    let lag = st.lag_changes.unwrap_or(0);
+    if !st.daemon_running && lag > 50_000 {
+        return Err(refuse(format!(
+            "no daemon is running and Postgres is {lag} changes behind: draining that would keep writes fenced for long. Start `sqlite2pg run`, let it catch up, then cut over"
+        )));
+    }
+
     // Without a full verify on record, one runs now, before the fence, outside the window.
     if state::verified_position(client).await?.is_none() && !opts.full_verify {
         tracing::info!("no full verify on record: verifying every table before the fence");
@@ -139,12 +146,6 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
     }
     wait_for_lag(client, opts).await?;
     let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
-    let lag = st.lag_changes.unwrap_or(0);
-    if !st.daemon_running && lag > 50_000 {
-        return Err(refuse(format!(
-            "no daemon is running and Postgres is {lag} changes behind: draining that would keep writes fenced for long. Start `sqlite2pg run`, let it catch up, then cut over"
-        )));
-    }
 
     // The window opens here.
     let fenced_at = now_secs();

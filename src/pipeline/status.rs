@@ -84,16 +84,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     if !has_state {
         return Ok(status);
     }
-    status.daemon_running = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 1 AND objsubid = 2
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND classid::bigint - CASE WHEN classid::bigint > 2147483647 THEN 4294967296 ELSE 0 END = hashtext('sqlite2pg'))",
-            &[],
-        )
-        .await
-        .map_err(pg("look for a running daemon"))?
-        .get(0);
+    status.daemon_running = state::daemon_running(client).await?;
     for r in client
         .query(&format!("SELECT source_table, phase, rows_copied, rows_total FROM {STATE_SCHEMA}.table_state ORDER BY source_table"), &[])
         .await

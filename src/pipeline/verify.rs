@@ -82,6 +82,9 @@ pub struct Report {
     pub tables: Vec<TableResult>,
     /// Differences that went away once the daemon caught up.
     pub settled_by_recheck: u64,
+    /// Rows that differ only because their latest change is still in the changelog, not applied
+    /// (no daemon running): not differences, they are applied when the daemon runs.
+    pub pending_not_applied: u64,
     /// No difference left.
     pub equal: bool,
     /// The stream position when verify started (everything up to it was compared).
@@ -588,6 +591,10 @@ pub async fn recheck_key(
 
 /// Waits until the stream has applied everything SQLite has recorded so far (if a daemon runs).
 async fn settle(client: &Client, conn: &rusqlite::Connection, wait: Duration) -> Result<()> {
+    // Without a daemon nothing moves: pending changes are told apart by key afterwards.
+    if !state::daemon_running(client).await? {
+        return Ok(());
+    }
     let Some(st) = state::stream_load(client).await? else {
         return Ok(());
     };
@@ -659,6 +666,34 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
             (counts.missing, counts.extra, counts.differing) = (missing, extra, differing);
         }
     }
+    // Compare up to a consistent position: a row whose latest change is still in the changelog
+    // is pending, not different.
+    let mut pending = 0;
+    if let (Some(installed), Some(st)) = (
+        capture::installed(&conn)?,
+        state::stream_load(client).await?,
+    ) {
+        for (t, counts) in tables.iter().zip(found.iter_mut()) {
+            let Some((tbl, _)) = installed.tables.iter().find(|(_, n)| n == &t.source.name) else {
+                continue;
+            };
+            let kept = std::mem::take(&mut counts.kept);
+            for d in kept {
+                if tokio::task::block_in_place(|| {
+                    changes::key_pending(&conn, *tbl, &d.key, st.position)
+                })? {
+                    pending += 1;
+                    match d.kind {
+                        "missing_in_postgres" => counts.missing -= 1,
+                        "extra_in_postgres" => counts.extra -= 1,
+                        _ => counts.differing -= 1,
+                    }
+                } else {
+                    counts.kept.push(d);
+                }
+            }
+        }
+    }
     let mut results = Vec::new();
     for (t, counts) in tables.iter().zip(&found) {
         let mut examples = Vec::new();
@@ -680,6 +715,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     Ok(Report {
         tables: results,
         settled_by_recheck: settled,
+        pending_not_applied: pending,
         equal,
         position,
     })
@@ -706,6 +742,13 @@ pub fn print_human(r: &Report, out: &mut impl std::io::Write) -> std::io::Result
                 None => writeln!(out, "  {} {}", e.key, e.kind.replace('_', " "))?,
             }
         }
+    }
+    if r.pending_not_applied > 0 {
+        writeln!(
+            out,
+            "{} row(s) have changes not applied yet (no daemon running); they are not counted as differences",
+            r.pending_not_applied
+        )?;
     }
     if r.settled_by_recheck > 0 {
         writeln!(

@@ -176,6 +176,21 @@ pub fn read_row_by_key(
     Ok(Some(values))
 }
 
+/// Whether the changelog holds a change to this key after `after` (not applied yet).
+pub fn key_pending(conn: &Connection, tbl: i64, key: &[OwnedValue], after: i64) -> Result<bool> {
+    let cond: Vec<String> = (0..key.len())
+        .map(|i| format!("k{} IS ?{}", i + 1, i + 3))
+        .collect();
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {CHANGES} WHERE seq > ?1 AND tbl = ?2 AND {})",
+        cond.join(" AND ")
+    );
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after, &tbl];
+    params.extend(key.iter().map(|k| k as &dyn rusqlite::ToSql));
+    conn.query_row(&sql, params.as_slice(), |r| r.get(0))
+        .map_err(ctx("look for a pending change"))
+}
+
 /// The newest sequence number in the changelog (0 when it is empty), and the count of rows
 /// after `after` with the commit time of the oldest of them.
 pub fn pending(conn: &Connection, after: i64) -> Result<(i64, i64, Option<f64>)> {

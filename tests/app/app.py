@@ -61,7 +61,7 @@ def write(path, seconds, rate):
 
     rnd = random.Random()
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 5})
-    latencies, failed = [], 0
+    latencies, failed, first_failure, samples = [], 0, None, []
     start = time.monotonic()
     n = 0
     while time.monotonic() - start < seconds:
@@ -103,11 +103,30 @@ def write(path, seconds, rate):
                         s.add(Membership(user_id=uid, project_id=pid, role="member"))
         except Exception as e:  # noqa: BLE001 - every failure counts
             failed += 1
+            if first_failure is None:
+                first_failure = time.time()
+            if len(samples) < 3:
+                samples.append(str(e).splitlines()[0])
             print(f"transaction {n} failed: {e}", file=sys.stderr)
         latencies.append((time.monotonic() - t0) * 1000)
     latencies.sort()
     pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else 0
-    print(json.dumps({"transactions": n, "failed": failed, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}))
+    print(json.dumps({"transactions": n, "failed": failed, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0),
+                      "first_failure_unix": first_failure, "failure_samples": samples}))
+
+
+def pg_insert(url):
+    """The app on Postgres after cutover: new rows without ids, through the ORM."""
+    with Session(pg_engine(url)) as s, s.begin():
+        proj = Project(owner_id=1, title="after cutover", status=ProjectStatus.new, budget=Decimal("1.50"), meta={"on": "postgres"})
+        s.add(proj)
+        s.flush()
+        task = Task(project_id=proj.id, title="first task on postgres")
+        s.add(task)
+        s.flush()
+        counter = s.get(Counter, 1)
+        counter.hits = Counter.hits + 1
+        print(f"project {proj.id} task {task.id}")
 
 
 def alembic_upgrade(url):
@@ -161,6 +180,8 @@ if __name__ == "__main__":
         write(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
     elif cmd == "alembic":
         alembic_upgrade(sys.argv[2])
+    elif cmd == "pg-insert":
+        pg_insert(sys.argv[2])
     elif cmd == "compare":
         compare(sys.argv[2], sys.argv[3])
     else:

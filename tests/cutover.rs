@@ -1,0 +1,182 @@
+//! The user's day in one test, and cutover's bad inputs.
+
+mod common;
+
+use common::*;
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("not JSON:\n{}", text(out)))
+}
+
+#[test]
+fn the_users_day_check_run_cutover_verify_fall_back() {
+    // The bot's SQLite file, written through SQLAlchemy; the Postgres schema from Alembic
+    // autogenerate on the same models.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bot.db");
+    let p = path.to_str().unwrap();
+    app(&["seed", p, "400", "wal"]);
+    let db = TestDb::new();
+    app(&["alembic", &db.url]);
+    let master_before: Vec<String> = {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let mut st = c
+            .prepare("SELECT type || ':' || name FROM sqlite_master ORDER BY 1")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "check"]);
+    assert!(out.status.success(), "check:\n{}", text(&out));
+    // The app writes for 30 s while the daemon snapshots and streams.
+    let writer = start_writer(&path, 30.0, 100.0);
+    let mut d = Daemon::start(&path, &db, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(20));
+    let st = json(&sqlite2pg(&[
+        "--source", p, "--target", &db.url, "status", "--json",
+    ]));
+    assert_eq!(st["phase"], "streaming", "{st:#}");
+    assert_eq!(st["daemon_running"], true);
+    // Cut over while the app is still writing.
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+    assert!(
+        text(&out).contains("writes were unavailable for"),
+        "{}",
+        text(&out)
+    );
+    let summary = writer_summary(writer);
+    let st = json(&sqlite2pg(&[
+        "--source", p, "--target", &db.url, "status", "--json",
+    ]));
+    assert_eq!(st["phase"], "cut_over");
+    let window = st["cutover"]["window_ms"].as_f64().unwrap();
+    println!("write-unavailable window: {window:.1} ms; app writer: {summary}");
+    assert!(window > 0.0);
+    // No app transaction failed before the fence; after it, only with the fence message.
+    if let Some(first) = summary["first_failure_unix"].as_f64() {
+        let fenced: f64 = scalar(
+            &mut db.client(),
+            "SELECT extract(epoch FROM fenced_at)::float8 FROM sqlite2pg.cutover",
+        );
+        assert!(
+            first >= fenced - 0.01,
+            "a transaction failed {:.3} s before the fence: {summary}",
+            fenced - first
+        );
+        for m in summary["failure_samples"].as_array().unwrap() {
+            assert!(
+                m.as_str().unwrap().contains("moved to PostgreSQL"),
+                "{summary}"
+            );
+        }
+    }
+    // The daemon exits by itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(code) = d.try_exit() {
+            assert_eq!(
+                code,
+                Some(0),
+                "the daemon should exit 0 after the cutover:\n{}",
+                d.log_text()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not exit after the cutover:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Equal, by verify and independently through SQLAlchemy.
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify"]);
+    assert!(out.status.success(), "verify:\n{}", text(&out));
+    assert_app_equal(&path, &db);
+    // The app on Postgres inserts without giving ids: sequences were moved.
+    let inserted = app(&["pg-insert", &db.url]);
+    assert!(inserted.contains("project"), "{inserted}");
+    // SQLite refuses writes with the fence message.
+    let out = std::process::Command::new("sqlite3")
+        .arg(&path)
+        .arg("INSERT INTO counters (id, hits) VALUES (99, 0)")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("this database has moved to PostgreSQL; see sqlite2pg status"),
+        "{}",
+        text(&out)
+    );
+    // Fall back: uninstall leaves no object of ours, and the file is writable again.
+    let out = sqlite2pg(&["--source", p, "uninstall"]);
+    assert!(out.status.success());
+    assert!(text(&out).contains("NOT in this file"), "{}", text(&out));
+    let master_after: Vec<String> = {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let mut st = c
+            .prepare("SELECT type || ':' || name FROM sqlite_master ORDER BY 1")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(master_after, master_before);
+    sqlite3_shell(&path, "INSERT INTO counters (id, hits) VALUES (99, 0)");
+}
+
+#[test]
+fn cutover_refuses_what_it_cannot_do_and_leaves_the_app_writable() {
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 60000) INSERT INTO t SELECT i, 0 FROM s;",
+    );
+    let p = src.path.to_str().unwrap();
+    let db = TestDb::new();
+    let cutover = |extra: &[&str]| {
+        let mut args = vec!["--source", p, "--target", &db.url, "cutover"];
+        args.extend_from_slice(extra);
+        sqlite2pg(&args)
+    };
+    // Before anything ran.
+    let out = cutover(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("capture is not installed"),
+        "{}",
+        text(&out)
+    );
+    // The daemon stopped far behind: 60k changes nobody applied.
+    snapshot(&src.path, &db, &[]);
+    sqlite3_shell(&src.path, "UPDATE t SET n = n + 1");
+    let out = cutover(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no daemon is running and Postgres is 60000 changes behind"),
+        "{}",
+        text(&out)
+    );
+    sqlite3_shell(&src.path, "UPDATE t SET n = n + 1 WHERE id = 1");
+    // Caught up by the daemon, stopped, then cut over by itself (it drains the rest).
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert!(d.stop());
+    sqlite3_shell(&src.path, "UPDATE t SET n = 7 WHERE id = 2");
+    let out = cutover(&["--full-verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 2");
+    assert_eq!(n, 7);
+    // Twice in a row.
+    let out = cutover(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("already cut over"), "{}", text(&out));
+    // After uninstall: SQLite is writable again, and cutover says why it will not run.
+    assert!(sqlite2pg(&["--source", p, "uninstall"]).status.success());
+    sqlite3_shell(&src.path, "UPDATE t SET n = 8 WHERE id = 2");
+    let out = cutover(&[]);
+    assert_eq!(out.status.code(), Some(2));
+}
