@@ -553,6 +553,7 @@ fn cmd_run(
             batch_changes: flags.batch_changes,
             batch_bytes: 32 << 20,
             exit_when_caught_up: false,
+            give_up_after: None,
         };
         let end = rt.block_on(stream::run(
             &plan,

@@ -180,3 +180,40 @@ fn cutover_refuses_what_it_cannot_do_and_leaves_the_app_writable() {
     let out = cutover(&[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn cutover_backs_out_when_the_final_verify_finds_a_difference() {
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, s TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 3000) INSERT INTO t SELECT i, 0, 'x' FROM s;",
+    );
+    let p = src.path.to_str().unwrap();
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert!(
+        sqlite2pg(&["--source", p, "--target", &db.url, "verify"])
+            .status
+            .success()
+    );
+    // 1000 keys change after the full verify; one of them is tampered with in Postgres.
+    sqlite3_shell(&src.path, "UPDATE t SET n = n + 1 WHERE id % 3 = 0");
+    d.wait_caught_up();
+    db.client()
+        .batch_execute("UPDATE t SET s = 'tampered' WHERE id = 1500")
+        .unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("table t, id=1500 is different in column s; nothing was switched"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("the fence is lifted"), "{}", text(&out));
+    // The app keeps writing to SQLite, and the daemon keeps streaming.
+    sqlite3_shell(&src.path, "UPDATE t SET n = 42 WHERE id = 1");
+    d.wait_caught_up();
+    let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
+    assert_eq!(n, 42);
+    assert!(d.stop());
+}

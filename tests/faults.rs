@@ -1,11 +1,22 @@
-//! Faults around the daemon. This binary has the test cluster to itself, because it restarts it.
+//! Faults around the daemon and cutover. This binary has the test cluster to itself, because it
+//! restarts it, and runs its tests one at a time.
 
 mod common;
 
 use common::*;
 
+/// The tests here restart the shared cluster: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn postgres_restarting_mid_stream_loses_nothing() {
+    let _one_at_a_time = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bot.db");
     app(&["seed", path.to_str().unwrap(), "300", "wal"]);
@@ -25,4 +36,48 @@ fn postgres_restarting_mid_stream_loses_nothing() {
         "the daemon should say it reconnected:\n{log}"
     );
     assert!(d.stop());
+}
+
+#[test]
+fn postgres_going_away_during_cutover_leaves_the_app_writable_on_sqlite() {
+    let _one_at_a_time = serial();
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40000) INSERT INTO t SELECT i, 0 FROM s;",
+    );
+    let p = src.path.to_str().unwrap();
+    let db = TestDb::new();
+    snapshot(&src.path, &db, &[]);
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // 40k changes no daemon applied: cutover drains them itself, inside the window.
+    sqlite3_shell(&src.path, "UPDATE t SET n = n + 1");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+        .args(["--source", p, "--target", &db.url, "cutover"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    restart_cluster(std::time::Duration::from_secs(2));
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    println!("cutover output:\n{t}");
+    // Whatever step it reached, it fails with a clear message and the app can write to SQLite.
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "cutover should fail when Postgres goes away:\n{t}"
+    );
+    assert!(t.contains("error ["), "{t}");
+    sqlite3_shell(&src.path, "UPDATE t SET n = 100 WHERE id = 1");
+    // Postgres is back: the daemon catches up, and a retried cutover succeeds.
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+
+    assert!(out.status.success(), "{}", text(&out));
+    let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
+    assert_eq!(n, 100);
 }

@@ -130,9 +130,17 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
         )));
     }
 
-    // Without a full verify on record, one runs now, before the fence, outside the window.
-    if state::verified_position(client).await?.is_none() && !opts.full_verify {
-        tracing::info!("no full verify on record: verifying every table before the fence");
+    // Without a recent full verify, one runs now, before the fence, outside the window: then
+    // only the few keys changed since it are verified inside the window.
+    let stale = match state::verified_position(client).await? {
+        None => true,
+        Some(v) => {
+            let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+            changed_keys(&conn, v)?.len() > 5_000
+        }
+    };
+    if stale && !opts.full_verify {
+        tracing::info!("no recent full verify: verifying every table before the fence");
         let report = verify::run(client, plan, &verify_opts(opts, Vec::new())).await?;
         if !report.equal {
             return Err(Error::new(
@@ -246,6 +254,7 @@ async fn finish(
             batch_changes: 10_000,
             batch_bytes: 32 << 20,
             exit_when_caught_up: true,
+            give_up_after: Some(Duration::from_secs(10)),
         };
         let (_tx, rx) = tokio::sync::watch::channel(false);
         if stream::run(plan, installed, &sopts, rx).await? != End::CaughtUp {
@@ -337,31 +346,37 @@ async fn verify_keys(
     installed: &capture::Installed,
     keys: &BTreeSet<(i64, Vec<u8>)>,
 ) -> Result<i64> {
-    let mut n = 0;
+    let mut by_table: std::collections::BTreeMap<i64, Vec<Vec<OwnedValue>>> =
+        std::collections::BTreeMap::new();
     for (tbl, bytes) in keys {
-        let Some((_, name)) = installed.tables.iter().find(|(id, _)| id == tbl) else {
+        let key: Vec<OwnedValue> = rmp_serde::from_slice(bytes).map_err(|e| {
+            Error::with_source(ErrorKind::SourceUnreadable, "cannot decode a key", e)
+        })?;
+        by_table.entry(*tbl).or_default().push(key);
+    }
+    let mut n = 0;
+    for (tbl, mut keys) in by_table {
+        let Some((_, name)) = installed.tables.iter().find(|(id, _)| *id == tbl) else {
             continue;
         };
         let Some(t) = plan.tables.iter().find(|t| &t.source.name == name) else {
             continue;
         };
-        let mut key: Vec<OwnedValue> = rmp_serde::from_slice(bytes).map_err(|e| {
-            Error::with_source(ErrorKind::SourceUnreadable, "cannot decode a key", e)
-        })?;
         let width = capture::key_columns(&t.source)
             .map(|k| k.len())
             .unwrap_or(1);
-        key.truncate(width);
-        if let Some(d) = verify::recheck_key(client, conn, t, schema, &key).await? {
+        for k in keys.iter_mut() {
+            k.truncate(width);
+        }
+        if let Some((key, what)) = verify::check_keys(client, conn, t, schema, &keys).await? {
             return Err(Error::new(
                 ErrorKind::Schema,
                 format!(
-                    "verify after the drain: table {}, {} is {}; nothing was switched",
-                    name, d.0, d.1
+                    "verify after the drain: table {name}, {key} is {what}; nothing was switched"
                 ),
             ));
         }
-        n += 1;
+        n += keys.len() as i64;
     }
     Ok(n)
 }

@@ -36,6 +36,8 @@ pub struct Options {
     pub batch_bytes: usize,
     /// Return `End::CaughtUp` as soon as the changelog is drained (cutover without a daemon).
     pub exit_when_caught_up: bool,
+    /// Give up when Postgres stays unreachable this long (cutover: writes are fenced meanwhile).
+    pub give_up_after: Option<Duration>,
 }
 
 /// One captured table: where its key columns sit among the plan's columns.
@@ -236,6 +238,11 @@ pub async fn run(
         let client = match pg::connect(&opts.target).await {
             Ok(c) => c,
             Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
+                if let (Some(limit), Some(since)) = (opts.give_up_after, down_since)
+                    && since.elapsed() >= limit
+                {
+                    return Err(e);
+                }
                 if down_since.is_none() {
                     tracing::warn!(error = %e, "Postgres is unreachable; retrying with backoff, nothing is lost meanwhile");
                     down_since = Some(Instant::now());
@@ -256,8 +263,21 @@ pub async fn run(
             );
         }
         backoff = Duration::from_millis(250);
-        let mut applier = Applier::new(client, &opts.schema).await?;
-        let Some(st) = state::stream_load(applier.client()).await? else {
+        // Postgres can go away between any two statements: transient errors reconnect.
+        let setup = async {
+            let applier = Applier::new(client, &opts.schema).await?;
+            let st = state::stream_load(applier.client()).await?;
+            Ok::<_, Error>((applier, st))
+        };
+        let (mut applier, st) = match setup.await {
+            Ok(v) => v,
+            Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
+                down_since.get_or_insert_with(Instant::now);
+                continue 'connect;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(st) = st else {
             return Err(Error::new(
                 ErrorKind::Schema,
                 "the stream position is missing from the sqlite2pg schema; run `sqlite2pg run` again",
@@ -357,12 +377,21 @@ pub async fn run(
             if opts.exit_when_caught_up {
                 return Ok(End::CaughtUp);
             }
-            if state::cutover_load(applier.client()).await?.is_some() {
-                tracing::info!(
-                    position,
-                    "the migration is cut over: Postgres is the database now; stopping"
-                );
-                return Ok(End::CutOver);
+            match state::cutover_load(applier.client()).await {
+                Ok(Some(_)) => {
+                    tracing::info!(
+                        position,
+                        "the migration is cut over: Postgres is the database now; stopping"
+                    );
+                    return Ok(End::CutOver);
+                }
+                Ok(None) => {}
+                Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
+                    tracing::warn!(error = %e, "Postgres went away; reconnecting");
+                    down_since = Some(Instant::now());
+                    continue 'connect;
+                }
+                Err(e) => return Err(e),
             }
             // Priority: shutdown first, then a file notification, then the fallback poll.
             tokio::select! {

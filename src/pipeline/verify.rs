@@ -572,21 +572,100 @@ async fn example(
     Ok(ex)
 }
 
-/// Compares one row by key on both sides; `Some((key, what))` when they differ.
-pub async fn recheck_key(
+/// Compares the rows of many keys on both sides in bulk (a join against the keys, by the key
+/// columns' own types so the index is used); `Some((key, what))` for the first that differs.
+pub async fn check_keys(
     client: &Client,
     conn: &rusqlite::Connection,
     t: &TablePlan,
     schema: &str,
-    key: &[OwnedValue],
+    keys: &[Vec<OwnedValue>],
 ) -> Result<Option<(String, String)>> {
-    Ok(recheck(client, conn, t, schema, key).await?.map(|d| {
-        let what = match d.column {
-            Some(i) => format!("different in column {}", t.columns[i].source),
-            None => d.kind.replace('_', " "),
-        };
-        (display_key(&t.key_names, &d.key), what)
-    }))
+    let kp = key_positions(t)?;
+    let key_names: Vec<String> = kp.iter().map(|p| t.columns[*p].source.clone()).collect();
+    let reader = RowReader::new(&t.source.name, &key_names, &t.source_columns());
+    let unnest: Vec<String> = (1..=kp.len()).map(|j| format!("${j}::text[]")).collect();
+    let aliases: Vec<String> = (1..=kp.len()).map(|j| format!("a{j}")).collect();
+    let on: Vec<String> = kp
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            format!(
+                "t.{} = k.a{}::{}",
+                quote_ident(&t.columns[*p].target),
+                j + 1,
+                t.columns[*p].conv.ty.sql()
+            )
+        })
+        .collect();
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", quote_ident(&c.target)))
+        .collect();
+    let sql = format!(
+        "SELECT {}, {} FROM {} t JOIN unnest({}) AS k({}) ON {}",
+        aliases
+            .iter()
+            .map(|a| format!("k.{a}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cols.join(", "),
+        qualified(schema, &t.target),
+        unnest.join(", "),
+        aliases.join(", "),
+        on.join(" AND ")
+    );
+    let mut scratch = BytesMut::new();
+    for chunk in keys.chunks(5_000) {
+        let texts: Vec<Vec<String>> = chunk
+            .iter()
+            .map(|k| k.iter().map(key_text).collect())
+            .collect();
+        let arrays: Vec<Vec<String>> = (0..kp.len())
+            .map(|j| texts.iter().map(|k| k[j].clone()).collect())
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = client.query(&sql, &params).await.map_err(|e| {
+            Error::from_pg(
+                format!("cannot read rows of table {} to verify", t.target),
+                e,
+            )
+        })?;
+        let mut pg: std::collections::HashMap<Vec<String>, Vec<Raw>> =
+            std::collections::HashMap::new();
+        for r in rows {
+            let k: Vec<String> = (0..kp.len()).map(|j| r.get(j)).collect();
+            pg.insert(k, (kp.len()..r.len()).map(|i| r.get::<_, Raw>(i)).collect());
+        }
+        for (key, text) in chunk.iter().zip(&texts) {
+            let sqlite_row =
+                tokio::task::block_in_place(|| changes::read_row_by_key(conn, &reader, key))?;
+            let what = match (sqlite_row, pg.get(text)) {
+                (None, None) => None,
+                (Some(_), None) => Some("missing in Postgres".to_string()),
+                (None, Some(_)) => Some("extra in Postgres".to_string()),
+                (Some(srow), Some(prow)) => {
+                    let enc = encode_row(t, &srow, &mut scratch);
+                    t.columns
+                        .iter()
+                        .enumerate()
+                        .find(|(i, c)| match &enc[*i] {
+                            Ok(v) => !same(&c.conv.ty, v, &prow[*i].0),
+                            Err(_) => true,
+                        })
+                        .map(|(i, _)| format!("different in column {}", t.columns[i].source))
+                }
+            };
+            if let Some(w) = what {
+                return Ok(Some((display_key(&t.key_names, key), w)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Waits until the stream has applied everything SQLite has recorded so far (if a daemon runs).
