@@ -21,7 +21,7 @@ use crate::sqlite::changes::{self, RowReader};
 use crate::sqlite::reader::{self, ScanQuery};
 use crate::sqlite::{self, capture};
 
-const PAGE: usize = 2_000;
+const PAGE: usize = 5_000;
 /// Differences kept (with their keys) for the re-check; beyond it they are only counted.
 const KEEP: usize = 10_000;
 
@@ -286,15 +286,65 @@ fn key_positions(t: &TablePlan) -> Result<Vec<usize>> {
         })
 }
 
-async fn compare_table(
-    client: &mut Client,
-    conn: &rusqlite::Connection,
+/// Reads a table from SQLite in key order on its own thread (key and encoded values per row),
+/// so that SQLite and Postgres are read at the same time.
+fn spawn_source(
     t: &TablePlan,
-    schema: &str,
-) -> Result<Counts> {
+    source: &std::path::Path,
+    busy: Duration,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<Vec<SourceRow>>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let t = t.clone();
+    let source = source.to_path_buf();
+    let handle = std::thread::spawn(move || {
+        let run = || -> Result<()> {
+            let conn = sqlite::open_read_only(&source, busy)?;
+            let q = ScanQuery::new(&t.source, &t.source_columns());
+            let klen = q.key_len();
+            let mut after: Option<Vec<OwnedValue>> = None;
+            let mut scratch = BytesMut::new();
+            loop {
+                let mut rows = Vec::with_capacity(PAGE);
+                let read = reader::read_chunk(
+                    &conn,
+                    &q,
+                    after.as_deref(),
+                    PAGE,
+                    Duration::from_millis(100),
+                    |row| {
+                        let key = row[..klen]
+                            .iter()
+                            .map(|v| key_from_sqlite(&v.to_owned_value()))
+                            .collect();
+                        let values: Vec<OwnedValue> =
+                            row[klen..].iter().map(|v| v.to_owned_value()).collect();
+                        rows.push(SourceRow {
+                            key,
+                            values: encode_row(&t, &values, &mut scratch),
+                        });
+                        Ok(())
+                    },
+                )?;
+                after = read.last_key.or(after);
+                let last = read.exhausted;
+                if tx.blocking_send(Ok(rows)).is_err() || last {
+                    return Ok(());
+                }
+            }
+        };
+        if let Err(e) = run() {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    (rx, handle)
+}
+
+async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Result<Counts> {
+    let schema = opts.schema.as_str();
     let keys = key_positions(t)?;
-    let q = ScanQuery::new(&t.source, &t.source_columns());
-    let klen = q.key_len();
     let order: Vec<String> = keys
         .iter()
         .map(|p| scan::order_term(&t.columns[*p].target, &t.columns[*p].conv.ty))
@@ -304,6 +354,7 @@ async fn compare_table(
         .await
         .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
     let portal = scan::open(&tx, schema, &t.target, &t.target_columns(), &order).await?;
+    let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
     let mut counts = Counts {
         rows: 0,
         missing: 0,
@@ -314,35 +365,15 @@ async fn compare_table(
     let mut src: VecDeque<SourceRow> = VecDeque::new();
     let mut dst: VecDeque<Vec<Raw>> = VecDeque::new();
     let (mut src_done, mut dst_done) = (false, false);
-    let mut after: Option<Vec<OwnedValue>> = None;
-    let mut scratch = BytesMut::new();
     loop {
         if src.is_empty() && !src_done {
-            let mut rows = Vec::new();
-            let read = tokio::task::block_in_place(|| {
-                reader::read_chunk(
-                    conn,
-                    &q,
-                    after.as_deref(),
-                    PAGE,
-                    Duration::from_millis(100),
-                    |row| {
-                        let owned: Vec<OwnedValue> =
-                            row.iter().map(|v| v.to_owned_value()).collect();
-                        rows.push(owned);
-                        Ok(())
-                    },
-                )
-            })?;
-            src_done = read.exhausted;
-            after = read.last_key.or(after);
-            for owned in rows {
-                let values = owned[klen..].to_vec();
-                let key = owned[..klen].iter().map(key_from_sqlite).collect();
-                src.push_back(SourceRow {
-                    key,
-                    values: encode_row(t, &values, &mut scratch),
-                });
+            match source_rx.recv().await {
+                Some(rows) => {
+                    let rows = rows?;
+                    src_done = rows.len() < PAGE;
+                    src.extend(rows);
+                }
+                None => src_done = true,
             }
         }
         if dst.is_empty() && !dst_done {
@@ -427,6 +458,14 @@ async fn compare_table(
     tx.commit()
         .await
         .map_err(|e| Error::from_pg("cannot end a verify transaction", e))?;
+    // The reader stops at its next send once the channel is gone.
+    drop(source_rx);
+    if reader_thread.join().is_err() {
+        return Err(Error::new(
+            ErrorKind::SourceUnreadable,
+            format!("the SQLite reader of table {} panicked", t.source.name),
+        ));
+    }
     Ok(counts)
 }
 
@@ -711,7 +750,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     }
     let mut found = Vec::new();
     for t in &tables {
-        let counts = compare_table(client, &conn, t, &opts.schema).await?;
+        let counts = compare_table(client, t, opts).await?;
         found.push(counts);
     }
     // Moving target: differences may be changes in flight. Let the daemon catch up, re-check.
