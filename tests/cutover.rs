@@ -166,8 +166,19 @@ fn cutover_refuses_what_it_cannot_do_and_leaves_the_app_writable() {
     d.wait_caught_up();
     assert!(d.stop());
     sqlite3_shell(&src.path, "UPDATE t SET n = 7 WHERE id = 2");
-    let out = cutover(&["--full-verify"]);
+    let marker = src.dir.path().join("hook-ran");
+    let hook = format!("echo restarting the bot > {}", marker.display());
+    let out = cutover(&["--full-verify", "--exec", &hook]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--exec hook exited 0"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "restarting the bot"
+    );
     let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 2");
     assert_eq!(n, 7);
     // Twice in a row.
