@@ -81,6 +81,12 @@ pub enum Command {
         /// Most changelog rows applied in one Postgres transaction.
         #[arg(long, default_value_t = 10_000)]
         batch_changes: usize,
+        /// Serve Prometheus /metrics and /healthz on HOST:PORT.
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// /healthz answers 503 when the replication lag exceeds this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        max_lag_seconds: f64,
         /// Print the DDL that would run and exit.
         #[arg(long)]
         dry_run: bool,
@@ -230,12 +236,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             snapshot_only,
             poll_interval_ms,
             batch_changes,
+            metrics_addr,
+            max_lag_seconds,
             dry_run,
             truncate,
         } => {
             let flags = StreamFlags {
                 poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
                 batch_changes: batch_changes.max(1),
+                metrics_addr,
+                max_lag: Duration::from_secs_f64(max_lag_seconds.max(0.0)),
             };
             cmd_run(&cfg, snapshot_only, dry_run, truncate, flags)
         }
@@ -314,6 +324,8 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
 struct StreamFlags {
     poll_interval: Duration,
     batch_changes: usize,
+    metrics_addr: Option<String>,
+    max_lag: Duration,
 }
 
 fn capturable(plan: &plan::Plan) -> Vec<&crate::model::SourceTable> {
@@ -488,6 +500,10 @@ fn cmd_run(
 ) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let target = cfg.require_target()?.clone();
+    if let Some(addr) = &flags.metrics_addr {
+        crate::metrics::init(flags.max_lag)?;
+        rt.block_on(crate::metrics::serve(addr))?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     rt.spawn(async move {
         wait_for_signal().await;
@@ -565,6 +581,7 @@ fn cmd_run(
         drop(client);
         match end {
             stream::End::Shutdown => {
+                crate::metrics::set_phase("stopped");
                 tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
                 return Ok(ExitCode::SUCCESS);
             }

@@ -9,6 +9,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 /// Reports rows copied per table.
 pub struct Progress {
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    /// Rows done and total per table, for the metrics.
+    totals: HashMap<String, (u64, u64)>,
     logged: HashMap<String, (Instant, u64, u64, Instant)>,
 }
 
@@ -23,11 +25,14 @@ impl Progress {
         Progress {
             bars,
             logged: HashMap::new(),
+            totals: HashMap::new(),
         }
     }
 
     /// A table's copy starts (or resumes at `done` of `total` rows).
     pub fn start(&mut self, table: &str, done: u64, total: u64) {
+        crate::metrics::snapshot_progress(table, done, total);
+        self.totals.insert(table.to_string(), (done, total));
         if let Some((multi, bars)) = &mut self.bars {
             let bar = multi.add(ProgressBar::new(total.max(done)));
             let style = ProgressStyle::with_template(
@@ -55,6 +60,10 @@ impl Progress {
 
     /// `rows` more rows of `table` are committed.
     pub fn advance(&mut self, table: &str, rows: u64) {
+        self.totals.entry(table.to_string()).or_insert((0, 0)).0 += rows;
+        if let Some((done, total)) = self.totals.get(table) {
+            crate::metrics::snapshot_progress(table, *done, *total);
+        }
         if let Some((_, bars)) = &self.bars {
             if let Some(bar) = bars.get(table) {
                 bar.inc(rows);

@@ -94,6 +94,7 @@ fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
 
 /// Runs (or resumes) the snapshot of every planned table.
 pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Summary> {
+    crate::metrics::set_phase("snapshot");
     client
         .batch_execute("SET synchronous_commit = off")
         .await

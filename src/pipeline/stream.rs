@@ -99,6 +99,22 @@ pub async fn prepare(
     }
 }
 
+/// Measures the lag against the changelog for the metrics (best effort: a busy file skips it).
+fn report_lag(reader: &rusqlite::Connection, position: i64) {
+    if let Ok((_, pending, oldest)) =
+        tokio::task::block_in_place(|| changes::pending(reader, position))
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let secs = oldest
+            .map(|at| (now - julian_to_unix(at)).max(0.0))
+            .unwrap_or(0.0);
+        crate::metrics::lag(pending, secs);
+    }
+}
+
 fn conversion_error(
     t: &TablePlan,
     key: &[OwnedValue],
@@ -222,6 +238,7 @@ pub async fn run(
             },
         );
     }
+    crate::metrics::set_phase("streaming");
     let reader = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
     // The version moves with any schema change, ours included; the shape says whether the app
     // changed something the plan must know. Checked at start too: the app may have changed
@@ -257,6 +274,7 @@ pub async fn run(
             Err(e) => return Err(e),
         };
         if let Some(since) = down_since.take() {
+            crate::metrics::reconnected();
             tracing::info!(
                 down_secs = since.elapsed().as_secs_f64(),
                 "Postgres is reachable again; resuming"
@@ -332,13 +350,26 @@ pub async fn run(
                 }
                 let (last, at, n) = (batch.last_seq, batch.max_at, batch.changes as i64);
                 let started = Instant::now();
+                let mut per_table = Vec::new();
                 let applied = match encode_batch(plan, &captured, batch) {
-                    Ok(tables) => applier.apply(tables, last, at, n).await,
+                    Ok(tables) => {
+                        per_table = tables
+                            .iter()
+                            .map(|t| (t.table.clone(), t.n_upserts, t.n_deletes))
+                            .collect();
+                        applier.apply(tables, last, at, n).await
+                    }
                     Err(e) => Err(e),
                 };
                 match applied {
                     Ok(()) => {
                         position = last;
+                        crate::metrics::batch_applied(
+                            &per_table,
+                            n as u64,
+                            started.elapsed().as_secs_f64(),
+                            position,
+                        );
                         tracing::debug!(
                             position,
                             changes = n,
@@ -347,11 +378,13 @@ pub async fn run(
                         );
                     }
                     Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
+                        crate::metrics::error(e.kind().label(), None);
                         tracing::warn!(error = %e, "Postgres went away mid-batch; the batch rolled back and will be applied again");
                         down_since = Some(Instant::now());
                         continue 'connect;
                     }
                     Err(e) => {
+                        crate::metrics::error(e.kind().label(), Some(&e.to_string()));
                         // Kept for `status`; best effort, the connection may be what failed.
                         let _ = state::stream_error(applier.client(), &e.to_string()).await;
                         return Err(e);
@@ -374,11 +407,14 @@ pub async fn run(
                     last_prune = Instant::now();
                 }
             }
+            report_lag(&reader, position);
             if opts.exit_when_caught_up {
                 return Ok(End::CaughtUp);
             }
             match state::cutover_load(applier.client()).await {
-                Ok(Some(_)) => {
+                Ok(Some(c)) => {
+                    crate::metrics::cutover(c.window_ms / 1000.0);
+                    crate::metrics::set_phase("cut_over");
                     tracing::info!(
                         position,
                         "the migration is cut over: Postgres is the database now; stopping"

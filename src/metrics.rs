@@ -1,0 +1,363 @@
+//! Every metric sqlite2pg exports, defined and registered once; the dashboard and the alert
+//! rules use exactly these names. Stages report through the functions below (no-ops until
+//! `init` ran), and `serve` answers `/metrics` and `/healthz`.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// `sqlite2pg_phase{phase}`: 1 for the current phase.
+pub const PHASE: &str = "sqlite2pg_phase";
+/// `sqlite2pg_snapshot_rows_copied{table}`.
+pub const SNAPSHOT_ROWS_COPIED: &str = "sqlite2pg_snapshot_rows_copied";
+/// `sqlite2pg_snapshot_rows_total{table}`.
+pub const SNAPSHOT_ROWS_TOTAL: &str = "sqlite2pg_snapshot_rows_total";
+/// `sqlite2pg_changes_applied_total{table,operation}`.
+pub const CHANGES_APPLIED: &str = "sqlite2pg_changes_applied_total";
+/// `sqlite2pg_changelog_pending_rows`.
+pub const CHANGELOG_PENDING: &str = "sqlite2pg_changelog_pending_rows";
+/// `sqlite2pg_replication_lag_seconds`.
+pub const LAG_SECONDS: &str = "sqlite2pg_replication_lag_seconds";
+/// `sqlite2pg_replication_lag_changes`.
+pub const LAG_CHANGES: &str = "sqlite2pg_replication_lag_changes";
+/// `sqlite2pg_apply_batch_duration_seconds` (histogram).
+pub const BATCH_DURATION: &str = "sqlite2pg_apply_batch_duration_seconds";
+/// `sqlite2pg_apply_batch_changes` (histogram).
+pub const BATCH_CHANGES: &str = "sqlite2pg_apply_batch_changes";
+/// `sqlite2pg_postgres_reconnects_total`.
+pub const RECONNECTS: &str = "sqlite2pg_postgres_reconnects_total";
+/// `sqlite2pg_errors_total{kind}`.
+pub const ERRORS: &str = "sqlite2pg_errors_total";
+/// `sqlite2pg_position`.
+pub const POSITION: &str = "sqlite2pg_position";
+/// `sqlite2pg_cutover_window_seconds`.
+pub const CUTOVER_WINDOW: &str = "sqlite2pg_cutover_window_seconds";
+/// `sqlite2pg_build_info{version}`: always 1.
+pub const BUILD_INFO: &str = "sqlite2pg_build_info";
+
+/// Every name above, for tests that check the dashboard and the rules against a scrape.
+pub const ALL: &[&str] = &[
+    PHASE,
+    SNAPSHOT_ROWS_COPIED,
+    SNAPSHOT_ROWS_TOTAL,
+    CHANGES_APPLIED,
+    CHANGELOG_PENDING,
+    LAG_SECONDS,
+    LAG_CHANGES,
+    BATCH_DURATION,
+    BATCH_CHANGES,
+    RECONNECTS,
+    ERRORS,
+    POSITION,
+    CUTOVER_WINDOW,
+    BUILD_INFO,
+];
+
+const PHASES: &[&str] = &["snapshot", "streaming", "cut_over", "stopped"];
+
+struct Metrics {
+    registry: Registry,
+    phase: IntGaugeVec,
+    rows_copied: IntGaugeVec,
+    rows_total: IntGaugeVec,
+    applied: IntCounterVec,
+    pending: IntGauge,
+    lag_seconds: Gauge,
+    lag_changes: IntGauge,
+    batch_duration: Histogram,
+    batch_changes: Histogram,
+    reconnects: IntCounter,
+    errors: IntCounterVec,
+    position: IntGauge,
+    cutover_window: Gauge,
+    /// Why /healthz is unhealthy, if it is.
+    unhealthy: Mutex<Option<String>>,
+    max_lag: Mutex<Duration>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+fn build() -> prometheus::Result<Metrics> {
+    let registry = Registry::new();
+    let m = Metrics {
+        phase: IntGaugeVec::new(
+            Opts::new(PHASE, "1 for the phase the daemon is in"),
+            &["phase"],
+        )?,
+        rows_copied: IntGaugeVec::new(
+            Opts::new(SNAPSHOT_ROWS_COPIED, "Rows copied by the snapshot"),
+            &["table"],
+        )?,
+        rows_total: IntGaugeVec::new(
+            Opts::new(
+                SNAPSHOT_ROWS_TOTAL,
+                "Rows to copy (SQLite's count when the table's copy started)",
+            ),
+            &["table"],
+        )?,
+        applied: IntCounterVec::new(
+            Opts::new(
+                CHANGES_APPLIED,
+                "Row states applied to Postgres by the stream",
+            ),
+            &["table", "operation"],
+        )?,
+        pending: IntGauge::new(CHANGELOG_PENDING, "Changelog rows not yet applied")?,
+        lag_seconds: Gauge::new(
+            LAG_SECONDS,
+            "Age of the oldest change not yet applied (0 when caught up)",
+        )?,
+        lag_changes: IntGauge::new(
+            LAG_CHANGES,
+            "Changes recorded in SQLite and not yet applied",
+        )?,
+        batch_duration: Histogram::with_opts(
+            HistogramOpts::new(
+                BATCH_DURATION,
+                "Time to apply one batch, Postgres commit included",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?,
+        batch_changes: Histogram::with_opts(
+            HistogramOpts::new(BATCH_CHANGES, "Changelog rows per applied batch")
+                .buckets(vec![1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0, 50000.0]),
+        )?,
+        reconnects: IntCounter::new(RECONNECTS, "Reconnections to Postgres after it went away")?,
+        errors: IntCounterVec::new(Opts::new(ERRORS, "Errors by kind"), &["kind"])?,
+        position: IntGauge::new(POSITION, "Highest changelog sequence number applied")?,
+        cutover_window: Gauge::new(
+            CUTOVER_WINDOW,
+            "Write-unavailable window of the cutover (fence to done)",
+        )?,
+        unhealthy: Mutex::new(None),
+        max_lag: Mutex::new(Duration::from_secs(30)),
+        registry,
+    };
+    let build_info = IntGaugeVec::new(Opts::new(BUILD_INFO, "sqlite2pg build"), &["version"])?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    let r = &m.registry;
+    r.register(Box::new(build_info))?;
+    r.register(Box::new(m.phase.clone()))?;
+    r.register(Box::new(m.rows_copied.clone()))?;
+    r.register(Box::new(m.rows_total.clone()))?;
+    r.register(Box::new(m.applied.clone()))?;
+    r.register(Box::new(m.pending.clone()))?;
+    r.register(Box::new(m.lag_seconds.clone()))?;
+    r.register(Box::new(m.lag_changes.clone()))?;
+    r.register(Box::new(m.batch_duration.clone()))?;
+    r.register(Box::new(m.batch_changes.clone()))?;
+    r.register(Box::new(m.reconnects.clone()))?;
+    r.register(Box::new(m.errors.clone()))?;
+    r.register(Box::new(m.position.clone()))?;
+    r.register(Box::new(m.cutover_window.clone()))?;
+    // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
+    for p in PHASES {
+        m.phase.with_label_values(&[p]).set(0);
+    }
+    for k in [
+        "conversion",
+        "schema",
+        "target_unreachable",
+        "source_busy",
+        "target",
+    ] {
+        m.errors.with_label_values(&[k]);
+    }
+    Ok(m)
+}
+
+/// Creates and registers every metric (once); `max_lag` is what /healthz tolerates.
+pub fn init(max_lag: Duration) -> Result<()> {
+    if METRICS.get().is_none() {
+        let m = build()
+            .map_err(|e| Error::with_source(ErrorKind::Config, "cannot register the metrics", e))?;
+        let _ = METRICS.set(m);
+    }
+    if let Some(m) = METRICS.get()
+        && let Ok(mut l) = m.max_lag.lock()
+    {
+        *l = max_lag;
+    }
+    Ok(())
+}
+
+fn with(f: impl FnOnce(&Metrics)) {
+    if let Some(m) = METRICS.get() {
+        f(m);
+    }
+}
+
+/// The daemon entered `phase` (snapshot, streaming, cut_over, stopped).
+pub fn set_phase(phase: &str) {
+    with(|m| {
+        for p in PHASES {
+            m.phase.with_label_values(&[p]).set(i64::from(*p == phase));
+        }
+    });
+}
+
+/// A table's snapshot progress.
+pub fn snapshot_progress(table: &str, copied: u64, total: u64) {
+    with(|m| {
+        m.rows_copied.with_label_values(&[table]).set(copied as i64);
+        m.rows_total.with_label_values(&[table]).set(total as i64);
+    });
+}
+
+/// One applied batch.
+pub fn batch_applied(per_table: &[(String, u64, u64)], changes: u64, secs: f64, position: i64) {
+    with(|m| {
+        for (table, upserts, deletes) in per_table {
+            m.applied
+                .with_label_values(&[table, "upsert"])
+                .inc_by(*upserts);
+            m.applied
+                .with_label_values(&[table, "delete"])
+                .inc_by(*deletes);
+        }
+        m.batch_duration.observe(secs);
+        m.batch_changes.observe(changes as f64);
+        m.position.set(position);
+    });
+}
+
+/// Replication lag, as measured against the changelog.
+pub fn lag(pending: i64, seconds: f64) {
+    with(|m| {
+        m.pending.set(pending);
+        m.lag_changes.set(pending);
+        m.lag_seconds.set(seconds);
+        let max = m
+            .max_lag
+            .lock()
+            .map(|l| *l)
+            .unwrap_or(Duration::from_secs(30));
+        let reason = (seconds > max.as_secs_f64()).then(|| {
+            format!(
+                "replication lag {seconds:.1} s is over --max-lag {:.1} s",
+                max.as_secs_f64()
+            )
+        });
+        if let Ok(mut u) = m.unhealthy.lock() {
+            // A lag reason never hides a stop reason.
+            if u.as_deref()
+                .is_none_or(|r| r.starts_with("replication lag"))
+            {
+                *u = reason;
+            }
+        }
+    });
+}
+
+/// Postgres came back after being unreachable.
+pub fn reconnected() {
+    with(|m| m.reconnects.inc());
+}
+
+/// An error of this kind happened; `stopped` marks the daemon unhealthy with it.
+pub fn error(kind: &str, message: Option<&str>) {
+    with(|m| {
+        m.errors.with_label_values(&[kind]).inc();
+        if let (Some(msg), Ok(mut u)) = (message, m.unhealthy.lock()) {
+            *u = Some(msg.to_string());
+        }
+    });
+}
+
+/// The cutover completed with this window.
+pub fn cutover(window_secs: f64) {
+    with(|m| m.cutover_window.set(window_secs));
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let Some(m) = METRICS.get() else {
+        return String::new();
+    };
+    let mut buf = Vec::new();
+    if TextEncoder::new()
+        .encode(&m.registry.gather(), &mut buf)
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+fn health() -> (bool, String) {
+    match METRICS
+        .get()
+        .and_then(|m| m.unhealthy.lock().ok().and_then(|u| u.clone()))
+    {
+        Some(reason) => (false, reason),
+        None => (true, "ok".into()),
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the process ends.
+pub async fn serve(addr: &str) -> Result<()> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        Error::with_source(
+            ErrorKind::Config,
+            format!("cannot listen on --metrics-addr {addr}"),
+            e,
+        )
+    })?;
+    tracing::info!(addr, "serving /metrics and /healthz");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n =
+                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                        Ok(Ok(n)) => n,
+                        _ => return,
+                    };
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let (status, ctype, body) = match path {
+                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
+                    "/healthz" => {
+                        let (ok, why) = health();
+                        (
+                            if ok {
+                                "200 OK"
+                            } else {
+                                "503 Service Unavailable"
+                            },
+                            "text/plain",
+                            format!("{why}\n"),
+                        )
+                    }
+                    _ => (
+                        "404 Not Found",
+                        "text/plain",
+                        "try /metrics or /healthz\n".to_string(),
+                    ),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
