@@ -6,7 +6,11 @@ need_packages() {
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v python3 >/dev/null || missing+=(python3)
   command -v psql >/dev/null || missing+=(postgresql-client)
-  for p in "$@"; do command -v "$p" >/dev/null || missing+=("$p"); done
+  for p in "$@"; do
+    # promtool comes in Debian's prometheus package.
+    pkg=$p; [ "$p" = promtool ] && pkg=prometheus
+    command -v "$p" >/dev/null || missing+=("$pkg")
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "missing: ${missing[*]}; install them: sudo apt-get install -y ${missing[*]}" >&2

@@ -18,8 +18,8 @@ use crate::error::{Error, ErrorKind, Result};
 pub const PHASE: &str = "sqlite2pg_phase";
 /// `sqlite2pg_snapshot_rows_copied{table}`.
 pub const SNAPSHOT_ROWS_COPIED: &str = "sqlite2pg_snapshot_rows_copied";
-/// `sqlite2pg_snapshot_rows_total{table}`.
-pub const SNAPSHOT_ROWS_TOTAL: &str = "sqlite2pg_snapshot_rows_total";
+/// `sqlite2pg_snapshot_source_rows{table}`.
+pub const SNAPSHOT_ROWS_TOTAL: &str = "sqlite2pg_snapshot_source_rows";
 /// `sqlite2pg_changes_applied_total{table,operation}`.
 pub const CHANGES_APPLIED: &str = "sqlite2pg_changes_applied_total";
 /// `sqlite2pg_changelog_pending_rows`.
@@ -261,9 +261,26 @@ pub fn lag(pending: i64, seconds: f64) {
     });
 }
 
-/// Postgres came back after being unreachable.
+/// Postgres came back after being unreachable: healthy again.
 pub fn reconnected() {
-    with(|m| m.reconnects.inc());
+    with(|m| {
+        m.reconnects.inc();
+        if let Ok(mut u) = m.unhealthy.lock()
+            && u.as_deref()
+                .is_some_and(|r| r.starts_with("Postgres is unreachable"))
+        {
+            *u = None;
+        }
+    });
+}
+
+/// Postgres cannot be reached: /healthz says so until it is back.
+pub fn unreachable(why: &str) {
+    with(|m| {
+        if let Ok(mut u) = m.unhealthy.lock() {
+            *u = Some(format!("Postgres is unreachable: {why}"));
+        }
+    });
 }
 
 /// An error of this kind happened; `stopped` marks the daemon unhealthy with it.
@@ -322,12 +339,17 @@ pub async fn serve(addr: &str) -> Result<()> {
                 continue;
             };
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n =
-                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
+                // Read up to the end of the request headers (a client may send them in pieces).
+                let mut buf = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                    match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let n = buf.len();
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
                 let (status, ctype, body) = match path {

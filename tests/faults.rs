@@ -81,3 +81,75 @@ fn postgres_going_away_during_cutover_leaves_the_app_writable_on_sqlite() {
     let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
     assert_eq!(n, 100);
 }
+
+#[test]
+fn healthz_answers_503_while_postgres_is_unreachable() {
+    let _one_at_a_time = serial();
+    let src = SqliteFile::new("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);");
+    let db = TestDb::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut d = Daemon::start_with(&src.path, &db, &[], &["--metrics-addr", &addr]);
+    d.wait_caught_up();
+    assert_eq!(healthz(&addr).0, 200);
+    // Postgres goes away for 4 s; a change makes the daemon notice.
+    let addr2 = addr.clone();
+    let watcher = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+        while std::time::Instant::now() < deadline {
+            let (code, body) = healthz(&addr2);
+            if code == 503 {
+                return Some(body);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        None
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let src_path = src.path.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        sqlite3_shell(&src_path, "INSERT INTO t VALUES (1, 'during the outage')");
+    });
+    restart_cluster(std::time::Duration::from_secs(4));
+    writer.join().unwrap();
+    let seen = watcher
+        .join()
+        .unwrap()
+        .expect("/healthz never answered 503 while Postgres was down");
+    assert!(seen.contains("Postgres is unreachable"), "{seen}");
+    d.wait_caught_up();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while healthz(&addr).0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz did not recover after Postgres came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_table_equal(&src.path, &mut db.client(), "t", "id");
+    assert!(d.stop());
+}
+
+fn healthz(addr: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    let code = body
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        body.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}

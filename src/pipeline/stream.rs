@@ -260,6 +260,8 @@ pub async fn run(
                 {
                     return Err(e);
                 }
+                // However the outage was first noticed (mid-batch, at a check), /healthz says so.
+                crate::metrics::unreachable(&e.to_string());
                 if down_since.is_none() {
                     tracing::warn!(error = %e, "Postgres is unreachable; retrying with backoff, nothing is lost meanwhile");
                     down_since = Some(Instant::now());

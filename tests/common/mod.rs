@@ -67,7 +67,8 @@ fn as_postgres(bin: &Path) -> Command {
     }
 }
 
-fn free_port() -> u16 {
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -447,6 +448,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `run` (snapshot, then stream) with a short poll interval.
     pub fn start(src: &Path, db: &TestDb, extra: &[&str]) -> Daemon {
+        Daemon::start_with(src, db, extra, &[])
+    }
+
+    /// Starts `run` with global flags `extra` and `run` flags `run_extra`.
+    pub fn start_with(src: &Path, db: &TestDb, extra: &[&str], run_extra: &[&str]) -> Daemon {
         let log = src.with_extension(format!("daemon-{}.log", unique()));
         let mut args = vec![
             "--source",
@@ -456,6 +462,7 @@ impl Daemon {
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["run", "--poll-interval-ms", "100"]);
+        args.extend_from_slice(run_extra);
         let child = Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
             .args(&args)
             .env("RUST_LOG", "info")
