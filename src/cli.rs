@@ -44,12 +44,20 @@ pub struct Args {
     /// How long SQLite reads wait for the app's write lock, in milliseconds.
     #[arg(long, global = true)]
     pub busy_timeout_ms: Option<u64>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
+    /// Log format [default: human].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the configuration (file, environment, flags) without touching either database,
+    /// and print every effective setting with its default.
+    Check,
 }
 
 /// Log output format.
@@ -75,18 +83,18 @@ pub enum Command {
         /// Copy a snapshot and exit (capture stays installed; a later `run` streams from there).
         #[arg(long)]
         snapshot_only: bool,
-        /// Fallback poll of the changelog when no file notification arrives, in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        poll_interval_ms: u64,
-        /// Most changelog rows applied in one Postgres transaction.
-        #[arg(long, default_value_t = 10_000)]
-        batch_changes: usize,
+        /// Fallback poll of the changelog when no file notification arrives, in milliseconds [default: 1000].
+        #[arg(long)]
+        poll_interval_ms: Option<u64>,
+        /// Most changelog rows applied in one Postgres transaction [default: 10000].
+        #[arg(long)]
+        batch_changes: Option<usize>,
         /// Serve Prometheus /metrics and /healthz on HOST:PORT.
         #[arg(long)]
         metrics_addr: Option<String>,
-        /// /healthz answers 503 when the replication lag exceeds this many seconds.
-        #[arg(long, default_value_t = 30.0)]
-        max_lag_seconds: f64,
+        /// /healthz answers 503 when the replication lag exceeds this many seconds [default: 30].
+        #[arg(long)]
+        max_lag_seconds: Option<f64>,
         /// Print the DDL that would run and exit.
         #[arg(long)]
         dry_run: bool,
@@ -130,6 +138,12 @@ pub enum Command {
         #[arg(long)]
         exec: Option<String>,
     },
+    /// Configuration file commands.
+    Config {
+        /// What to do with the configuration.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Install the capture triggers and changelog in the SQLite file (`run` does this itself).
     Install,
     /// Remove every trigger, table and fence of sqlite2pg from the SQLite file.
@@ -143,9 +157,21 @@ pub fn init_tracing(args: &Args) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    // The flag wins; else the config file's `log_format` (an unreadable file is reported later).
+    let from_file = args
+        .config
+        .as_deref()
+        .and_then(|p| FileConfig::load(p).ok())
+        .and_then(|f| f.log_format)
+        .map(|f| f.eq_ignore_ascii_case("json"));
+    let json = match args.log_format {
+        Some(f) => matches!(f, LogFormat::Json),
+        None => from_file.unwrap_or(false),
+    };
+    if json {
+        builder.json().init()
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init()
     }
 }
 
@@ -199,7 +225,7 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
             .target_schema
             .clone()
             .or(file.target_schema)
-            .unwrap_or_else(|| "public".into()),
+            .unwrap_or_else(|| config::defaults::TARGET_SCHEMA.into()),
         include: if args.include.is_empty() {
             file.include
         } else {
@@ -211,11 +237,24 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
             args.exclude.clone()
         },
         casts,
-        chunk_rows: args.chunk_rows.or(file.chunk_rows).unwrap_or(20_000).max(1),
+        chunk_rows: args
+            .chunk_rows
+            .or(file.chunk_rows)
+            .unwrap_or(config::defaults::CHUNK_ROWS),
         busy_timeout_ms: args
             .busy_timeout_ms
             .or(file.busy_timeout_ms)
-            .unwrap_or(5_000),
+            .unwrap_or(config::defaults::BUSY_TIMEOUT_MS),
+        poll_interval_ms: file
+            .poll_interval_ms
+            .unwrap_or(config::defaults::POLL_INTERVAL_MS),
+        batch_changes: file
+            .batch_changes
+            .unwrap_or(config::defaults::BATCH_CHANGES),
+        metrics_addr: file.metrics_addr,
+        max_lag_seconds: file
+            .max_lag_seconds
+            .unwrap_or(config::defaults::MAX_LAG_SECONDS),
     })
 }
 
@@ -230,6 +269,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the command and returns the process exit code.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = build_config(&args)?;
+    let checking = matches!(args.command, Command::Config { .. });
+    let problems = cfg.problems();
+    if !checking && !problems.is_empty() {
+        anyhow::bail!(Error::new(
+            crate::error::ErrorKind::Config,
+            format!(
+                "the configuration is not valid:\n  {}",
+                problems.join("\n  ")
+            )
+        ));
+    }
     match args.command {
         Command::Check { json } => cmd_check(&cfg, json),
         Command::Run {
@@ -242,10 +292,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             truncate,
         } => {
             let flags = StreamFlags {
-                poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
-                batch_changes: batch_changes.max(1),
-                metrics_addr,
-                max_lag: Duration::from_secs_f64(max_lag_seconds.max(0.0)),
+                poll_interval: Duration::from_millis(
+                    poll_interval_ms.unwrap_or(cfg.poll_interval_ms).max(10),
+                ),
+                batch_changes: batch_changes.unwrap_or(cfg.batch_changes).max(1),
+                metrics_addr: metrics_addr.or_else(|| cfg.metrics_addr.clone()),
+                max_lag: Duration::from_secs_f64(
+                    max_lag_seconds.unwrap_or(cfg.max_lag_seconds).max(0.0),
+                ),
             };
             cmd_run(&cfg, snapshot_only, dry_run, truncate, flags)
         }
@@ -271,6 +325,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             cmd_cutover(&cfg, flags)
         }
+        Command::Config {
+            action: ConfigAction::Check,
+        } => cmd_config_check(&cfg),
         Command::Install => cmd_install(&cfg),
         Command::Uninstall => cmd_uninstall(&cfg),
     }
@@ -460,6 +517,81 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(3))
         }
+    }
+}
+
+fn cmd_config_check(cfg: &Config) -> anyhow::Result<ExitCode> {
+    use crate::config::defaults as d;
+    let problems = cfg.problems();
+    println!(
+        "source = {:?}{}",
+        cfg.source.display().to_string(),
+        if cfg.source.exists() {
+            ""
+        } else {
+            "   # does not exist (yet)"
+        }
+    );
+    println!(
+        "target = {:?}",
+        cfg.target
+            .as_ref()
+            .map(|t| t.redacted())
+            .unwrap_or_else(|| "(none)".into())
+    );
+    println!(
+        "target_schema = {:?}   # default {:?}",
+        cfg.target_schema,
+        d::TARGET_SCHEMA
+    );
+    println!("include = {:?}   # default: every table", cfg.include);
+    println!("exclude = {:?}", cfg.exclude);
+    println!(
+        "chunk_rows = {}   # default {}",
+        cfg.chunk_rows,
+        d::CHUNK_ROWS
+    );
+    println!(
+        "busy_timeout_ms = {}   # default {}",
+        cfg.busy_timeout_ms,
+        d::BUSY_TIMEOUT_MS
+    );
+    println!(
+        "poll_interval_ms = {}   # default {}",
+        cfg.poll_interval_ms,
+        d::POLL_INTERVAL_MS
+    );
+    println!(
+        "batch_changes = {}   # default {}",
+        cfg.batch_changes,
+        d::BATCH_CHANGES
+    );
+    println!(
+        "metrics_addr = {:?}   # default: no metrics endpoint",
+        cfg.metrics_addr.clone().unwrap_or_default()
+    );
+    println!(
+        "max_lag_seconds = {}   # default {}",
+        cfg.max_lag_seconds,
+        d::MAX_LAG_SECONDS
+    );
+    for c in &cfg.casts {
+        println!(
+            "cast {}.{} = {}{}",
+            c.table,
+            c.column,
+            c.target_type.clone().unwrap_or_default(),
+            c.encoding.map(|e| format!(" ({e:?})")).unwrap_or_default()
+        );
+    }
+    if problems.is_empty() {
+        println!("config: valid");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        Ok(ExitCode::from(2))
     }
 }
 

@@ -270,6 +270,16 @@ pub struct FileConfig {
     pub chunk_rows: Option<usize>,
     /// `--busy-timeout-ms`
     pub busy_timeout_ms: Option<u64>,
+    /// `run --poll-interval-ms`
+    pub poll_interval_ms: Option<u64>,
+    /// `run --batch-changes`
+    pub batch_changes: Option<usize>,
+    /// `run --metrics-addr`
+    pub metrics_addr: Option<String>,
+    /// `run --max-lag-seconds`
+    pub max_lag_seconds: Option<f64>,
+    /// `--log-format` (`human` or `json`)
+    pub log_format: Option<String>,
 }
 
 impl FileConfig {
@@ -311,6 +321,77 @@ pub struct Config {
     pub chunk_rows: usize,
     /// How long a SQLite read waits for the app's write lock before retrying.
     pub busy_timeout_ms: u64,
+    /// Fallback poll of the changelog.
+    pub poll_interval_ms: u64,
+    /// Most changelog rows per applied batch.
+    pub batch_changes: usize,
+    /// Where to serve /metrics and /healthz, if anywhere.
+    pub metrics_addr: Option<String>,
+    /// /healthz turns unhealthy above this lag.
+    pub max_lag_seconds: f64,
+}
+
+/// Defaults of the settings that have one (documented in the README and by `config check`).
+pub mod defaults {
+    /// `target_schema`
+    pub const TARGET_SCHEMA: &str = "public";
+    /// `chunk_rows`
+    pub const CHUNK_ROWS: usize = 20_000;
+    /// `busy_timeout_ms`
+    pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+    /// `poll_interval_ms`
+    pub const POLL_INTERVAL_MS: u64 = 1_000;
+    /// `batch_changes`
+    pub const BATCH_CHANGES: usize = 10_000;
+    /// `max_lag_seconds`
+    pub const MAX_LAG_SECONDS: f64 = 30.0;
+}
+
+impl Config {
+    /// Checks every setting without touching either database; each problem in words.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.target
+            && let Err(e) =
+                <tokio_postgres::Config as std::str::FromStr>::from_str(t.expose_secret())
+        {
+            out.push(format!(
+                "target {} is not a valid connection string: {e}",
+                t.redacted()
+            ));
+        }
+        if let Some(a) = &self.metrics_addr
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            out.push(format!(
+                "metrics_addr '{a}' is not HOST:PORT with a numeric host (e.g. 0.0.0.0:9187)"
+            ));
+        }
+        if self.chunk_rows == 0 || self.batch_changes == 0 {
+            out.push("chunk_rows and batch_changes must be at least 1".into());
+        }
+        if self.poll_interval_ms < 10 {
+            out.push("poll_interval_ms must be at least 10".into());
+        }
+        // NaN counts as invalid too.
+        if self.max_lag_seconds.is_nan() || self.max_lag_seconds < 0.0 {
+            out.push("max_lag_seconds must be 0 or more".into());
+        }
+        for t in self.include.iter().filter(|t| self.exclude.contains(t)) {
+            out.push(format!("table {t} is both included and excluded"));
+        }
+        for c in &self.casts {
+            if let Some(ty) = &c.target_type
+                && crate::typemap::parse_pg_type_name(ty).is_none()
+            {
+                out.push(format!(
+                    "cast {}.{}: sqlite2pg cannot write the type '{ty}'",
+                    c.table, c.column
+                ));
+            }
+        }
+        out
+    }
 }
 
 impl Config {

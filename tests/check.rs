@@ -266,3 +266,48 @@ fn orphans_are_attributed_to_the_right_foreign_key_and_duplicates_to_the_target_
     assert_eq!(dup["examples"][0]["key"], "tag='x'");
     assert_eq!(dup["examples"][0]["value"], "2 rows");
 }
+
+#[test]
+fn config_check_validates_without_touching_the_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    // The target host does not exist: config check must not try to connect.
+    std::fs::write(
+        &good,
+        "source = \"/srv/bot/app.db\"\ntarget = \"postgres://app:hunter2@nowhere.invalid:5432/crm\"\nchunk_rows = 5000\nmetrics_addr = \"0.0.0.0:9187\"\nlog_format = \"json\"\n[cast]\n\"leads.created_at\" = \"timestamptz:epoch_ms\"\n",
+    )
+    .unwrap();
+    let out = sqlite2pg(&["--config", good.to_str().unwrap(), "config", "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("config: valid")
+            && t.contains("chunk_rows = 5000")
+            && t.contains("batch_changes = 10000   # default 10000"),
+        "{t}"
+    );
+    assert!(
+        t.contains("postgres://app:***@nowhere.invalid") && !t.contains("hunter2"),
+        "{t}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "source = \"/x.db\"\nmetrics_addr = \"nope\"\nbatch_changes = 0\n[cast]\n\"t.c\" = \"money\"\n").unwrap();
+    let out = sqlite2pg(&["--config", bad.to_str().unwrap(), "config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    for want in [
+        "metrics_addr 'nope'",
+        "batch_changes must be at least 1",
+        "cannot write the type 'money'",
+    ] {
+        assert!(t.contains(want), "{want} missing from:\n{t}");
+    }
+    // Every other command refuses the same configuration up front.
+    let out = sqlite2pg(&["--config", bad.to_str().unwrap(), "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("the configuration is not valid"),
+        "{}",
+        text(&out)
+    );
+}
