@@ -18,16 +18,7 @@ fn the_users_day_check_run_cutover_verify_fall_back() {
     app(&["seed", p, "400", "wal"]);
     let db = TestDb::new();
     app(&["alembic", &db.url]);
-    let master_before: Vec<String> = {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        let mut st = c
-            .prepare("SELECT type || ':' || name FROM sqlite_master ORDER BY 1")
-            .unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let master_before = sqlite_master(&path);
     let out = sqlite2pg(&["--source", p, "--target", &db.url, "check"]);
     assert!(out.status.success(), "check:\n{}", text(&out));
     // The app writes for 30 s while the daemon snapshots and streams.
@@ -115,16 +106,7 @@ fn the_users_day_check_run_cutover_verify_fall_back() {
     let out = sqlite2pg(&["--source", p, "uninstall"]);
     assert!(out.status.success());
     assert!(text(&out).contains("NOT in this file"), "{}", text(&out));
-    let master_after: Vec<String> = {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        let mut st = c
-            .prepare("SELECT type || ':' || name FROM sqlite_master ORDER BY 1")
-            .unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let master_after = sqlite_master(&path);
     assert_eq!(master_after, master_before);
     sqlite3_shell(&path, "INSERT INTO counters (id, hits) VALUES (99, 0)");
 }

@@ -169,29 +169,19 @@ fn triggers_never_fail_the_apps_write_and_a_bad_value_stops_the_daemon_until_fix
 #[test]
 fn uninstall_returns_sqlite_master_to_exactly_what_it_was() {
     let src = SqliteFile::new(CLIENTS);
-    let master = |src: &SqliteFile| -> Vec<(String, String, Option<String>)> {
-        let conn = src.conn();
-        let mut st = conn
-            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
-    let before = master(&src);
+    let before = sqlite_master(&src.path);
     let db = TestDb::new();
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
     sqlite3_shell(&src.path, "INSERT INTO clients (email) VALUES ('during@x')");
     d.wait_caught_up();
     assert!(d.stop());
-    assert_ne!(master(&src), before, "run installs capture");
+    assert_ne!(sqlite_master(&src.path), before, "run installs capture");
     for _ in 0..2 {
         let out = sqlite2pg(&["--source", src.path.to_str().unwrap(), "uninstall"]);
         assert!(out.status.success(), "{}", text(&out));
     }
-    assert_eq!(master(&src), before);
+    assert_eq!(sqlite_master(&src.path), before);
     // The app keeps working, and its rows are untouched.
     sqlite3_shell(
         &src.path,
@@ -348,5 +338,24 @@ fn batches_of_large_rows_stay_bounded_in_memory() {
     assert_eq!(pg.len(), 150);
     assert!(pg.iter().all(|(_, b)| b.len() == 1_048_576));
     assert!(pg == sqlite, "blobs differ between SQLite and Postgres");
+    assert!(d.stop());
+}
+
+#[test]
+fn a_unique_value_moving_between_rows_within_one_batch_is_replayed_in_order() {
+    let src = SqliteFile::new(CLIENTS);
+    let db = TestDb::new();
+    snapshot(&src.path, &db, &[]);
+    // With no daemon running, all of this lands in one batch. Row 2 appears first in the
+    // changelog, but takes 'a@x' only after row 1 gave it up.
+    sqlite3_shell(
+        &src.path,
+        "UPDATE clients SET name = 'B first' WHERE id = 2;
+         UPDATE clients SET email = 'released@x' WHERE id = 1;
+         UPDATE clients SET email = 'a@x' WHERE id = 2;",
+    );
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut db.client(), "clients", "id");
     assert!(d.stop());
 }

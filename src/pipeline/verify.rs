@@ -241,6 +241,21 @@ fn encode_row(
         .collect()
 }
 
+/// The first column where SQLite's encoded row and Postgres' row differ (or cannot convert).
+fn first_difference(
+    t: &TablePlan,
+    encoded: &[std::result::Result<Option<Vec<u8>>, String>],
+    pg_row: &[Raw],
+) -> Option<usize> {
+    t.columns
+        .iter()
+        .enumerate()
+        .position(|(i, c)| match &encoded[i] {
+            Ok(v) => !same(&c.conv.ty, v, &pg_row[i].0),
+            Err(_) => true,
+        })
+}
+
 struct Diff {
     key: Vec<OwnedValue>,
     kind: &'static str,
@@ -434,15 +449,7 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
                             break;
                         };
                         counts.rows += 1;
-                        let bad = t
-                            .columns
-                            .iter()
-                            .enumerate()
-                            .find(|(i, c)| match &s.values[*i] {
-                                Ok(v) => !same(&c.conv.ty, v, &d[*i].0),
-                                Err(_) => true,
-                            });
-                        if let Some((i, _)) = bad {
+                        if let Some(i) = first_difference(t, &s.values, &d) {
                             let key = s.key.iter().map(key_to_owned).collect();
                             counts.add(Diff {
                                 key,
@@ -507,18 +514,11 @@ async fn recheck(
         }),
         (Some(s), Some(p)) => {
             let enc = encode_row(t, &s, &mut scratch);
-            t.columns
-                .iter()
-                .enumerate()
-                .find(|(i, c)| match &enc[*i] {
-                    Ok(v) => !same(&c.conv.ty, v, &p[*i].0),
-                    Err(_) => true,
-                })
-                .map(|(i, _)| Diff {
-                    key: key.to_vec(),
-                    kind: "differs",
-                    column: Some(i),
-                })
+            first_difference(t, &enc, &p).map(|i| Diff {
+                key: key.to_vec(),
+                kind: "differs",
+                column: Some(i),
+            })
         }
     })
 }
@@ -689,14 +689,8 @@ pub async fn check_keys(
                 (None, Some(_)) => Some("extra in Postgres".to_string()),
                 (Some(srow), Some(prow)) => {
                     let enc = encode_row(t, &srow, &mut scratch);
-                    t.columns
-                        .iter()
-                        .enumerate()
-                        .find(|(i, c)| match &enc[*i] {
-                            Ok(v) => !same(&c.conv.ty, v, &prow[*i].0),
-                            Err(_) => true,
-                        })
-                        .map(|(i, _)| format!("different in column {}", t.columns[i].source))
+                    first_difference(t, &enc, prow)
+                        .map(|i| format!("different in column {}", t.columns[i].source))
                 }
             };
             if let Some(w) = what {

@@ -1,7 +1,7 @@
 //! Reads a range of the changelog and the current rows for its keys in one read transaction,
 //! so what is applied is a state SQLite really had.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::Connection;
 
@@ -105,7 +105,9 @@ fn read_in_tx(
     readers: &BTreeMap<i64, RowReader>,
 ) -> Result<Batch> {
     let mut batch = Batch::default();
-    let mut seen: HashSet<(i64, Vec<u8>)> = HashSet::new();
+    // Key -> (table, index into that table's present rows) and the seq of its last change.
+    let mut seen: HashMap<(i64, Vec<u8>), Option<usize>> = HashMap::new();
+    let mut last_change: HashMap<(i64, usize), i64> = HashMap::new();
     let mut bytes = 0usize;
     let mut log = conn
         .prepare_cached(&format!("SELECT seq, tbl, k1, k2, k3, k4, at FROM {CHANGES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
@@ -136,20 +138,47 @@ fn read_in_tx(
                 e,
             )
         })?;
-        if !seen.insert((tbl, id)) {
+        if let Some(slot) = seen.get(&(tbl, id.clone())) {
+            if let Some(i) = slot {
+                last_change.insert((tbl, *i), seq);
+            }
             continue;
         }
         let out = batch.tables.entry(tbl).or_default();
-        match read_row_by_key(conn, reader, &key)? {
+        let slot = match read_row_by_key(conn, reader, &key)? {
             Some(values) => {
                 bytes += values.iter().map(value_bytes).sum::<usize>();
                 out.present.push((key, values));
+                last_change.insert((tbl, out.present.len() - 1), seq);
+                Some(out.present.len() - 1)
             }
-            None => out.absent.push(key),
-        }
+            None => {
+                out.absent.push(key);
+                None
+            }
+        };
+        seen.insert((tbl, id), slot);
         if bytes >= max_bytes {
             break;
         }
+    }
+    // Upserts go in the order of each key's last change, which replays the common case of a
+    // UNIQUE value moving from one row to another (the releasing row's change comes first)
+    // against Postgres' immediate unique checks.
+    for (tbl, t) in batch.tables.iter_mut() {
+        let mut order: Vec<(i64, usize)> = (0..t.present.len())
+            .map(|i| (last_change.get(&(*tbl, i)).copied().unwrap_or(0), i))
+            .collect();
+        order.sort();
+        let mut rows: Vec<Option<(Vec<OwnedValue>, Vec<OwnedValue>)>> =
+            std::mem::take(&mut t.present)
+                .into_iter()
+                .map(Some)
+                .collect();
+        t.present = order
+            .into_iter()
+            .filter_map(|(_, i)| rows[i].take())
+            .collect();
     }
     Ok(batch)
 }

@@ -691,3 +691,17 @@ pub fn assert_app_equal(src: &Path, db: &TestDb) {
         assert_table_equal(src, &mut c, t, k);
     }
 }
+
+/// Every object in `sqlite_master` as `type:name`, to compare before and after.
+pub fn sqlite_master(path: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).expect("open sqlite");
+    let mut st = c
+        .prepare(
+            "SELECT type || ':' || name || ':' || coalesce(sql, '') FROM sqlite_master ORDER BY 1",
+        )
+        .expect("read sqlite_master");
+    st.query_map([], |r| r.get(0))
+        .expect("read sqlite_master")
+        .map(|r| r.expect("row"))
+        .collect()
+}
