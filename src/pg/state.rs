@@ -142,17 +142,20 @@ pub async fn ensure(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Whether one of sqlite2pg's state tables exists (commands that only read state must not
+/// create the schema).
+pub async fn state_table_exists(client: &impl GenericClient, table: &str) -> Result<bool> {
+    let name = format!("{STATE_SCHEMA}.{table}");
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .map_err(pg("look for the state tables"))?;
+    Ok(row.get(0))
+}
+
 /// Target tables sqlite2pg created itself (by an earlier, possibly killed, run).
 pub async fn owned_tables(client: &Client) -> Result<Vec<String>> {
-    let exists: bool = client
-        .query_one(
-            &format!("SELECT to_regclass('{STATE_SCHEMA}.table_state') IS NOT NULL"),
-            &[],
-        )
-        .await
-        .map_err(pg("look for the state tables"))?
-        .get(0);
-    if !exists {
+    if !state_table_exists(client, "table_state").await? {
         return Ok(Vec::new());
     }
     let rows = client
@@ -182,15 +185,7 @@ pub struct StreamState {
 
 /// The stream position, if the stream has been set up.
 pub async fn stream_load(client: &impl GenericClient) -> Result<Option<StreamState>> {
-    let exists: bool = client
-        .query_one(
-            &format!("SELECT to_regclass('{STATE_SCHEMA}.stream') IS NOT NULL"),
-            &[],
-        )
-        .await
-        .map_err(pg("look for the stream position"))?
-        .get(0);
-    if !exists {
+    if !state_table_exists(client, "stream").await? {
         return Ok(None);
     }
     let row = client
@@ -297,15 +292,7 @@ pub struct Cutover {
 
 /// The cutover record, if the migration is cut over.
 pub async fn cutover_load(client: &impl GenericClient) -> Result<Option<Cutover>> {
-    let exists: bool = client
-        .query_one(
-            &format!("SELECT to_regclass('{STATE_SCHEMA}.cutover') IS NOT NULL"),
-            &[],
-        )
-        .await
-        .map_err(pg("look for the cutover record"))?
-        .get(0);
-    if !exists {
+    if !state_table_exists(client, "cutover").await? {
         return Ok(None);
     }
     let row = client

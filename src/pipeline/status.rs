@@ -60,14 +60,7 @@ fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
 pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<Status> {
     let conn = sqlite::open_read_only(source, busy)?;
     let installed = capture::installed(&conn)?;
-    let has_state: bool = client
-        .query_one(
-            &format!("SELECT to_regclass('{STATE_SCHEMA}.stream') IS NOT NULL"),
-            &[],
-        )
-        .await
-        .map_err(pg("look for the sqlite2pg schema"))?
-        .get(0);
+    let has_state = state::state_table_exists(client, "stream").await?;
     let mut status = Status {
         phase: "not_started".into(),
         daemon_running: false,

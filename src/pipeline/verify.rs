@@ -401,63 +401,48 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
                 .map(|p| key_from_pg(&t.columns[*p].conv.ty, &row[*p], &t.target))
                 .collect()
         };
-        match (src.front(), dst.front()) {
+        // Which side is behind: SQLite only (missing in Postgres), Postgres only (extra), or both.
+        let step = match (src.front(), dst.front()) {
             (None, None) if src_done && dst_done => break,
             (None, None) => continue,
             (Some(_), None) if !dst_done => continue,
             (None, Some(_)) if !src_done => continue,
-            (Some(_), None) => {
-                let s = src.pop_front().map(|s| s.key).unwrap_or_default();
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(s), Some(d)) => key_cmp(&s.key, &pg_key(d)?),
+        };
+        match step {
+            Ordering::Less => {
+                let key = src.pop_front().map(|s| s.key).unwrap_or_default();
                 counts.rows += 1;
                 counts.add(Diff {
-                    key: s.iter().map(key_to_owned).collect(),
+                    key: key.iter().map(key_to_owned).collect(),
                     kind: "missing_in_postgres",
                     column: None,
                 });
             }
-            (None, Some(d)) => {
-                let k = pg_key(d)?;
-                dst.pop_front();
+            Ordering::Greater => {
+                let key = match dst.pop_front() {
+                    Some(d) => pg_key(&d)?,
+                    None => continue,
+                };
                 counts.add(Diff {
-                    key: k.iter().map(key_to_owned).collect(),
+                    key: key.iter().map(key_to_owned).collect(),
                     kind: "extra_in_postgres",
                     column: None,
                 });
             }
-            (Some(s), Some(d)) => {
-                let dk = pg_key(d)?;
-                match key_cmp(&s.key, &dk) {
-                    Ordering::Less => {
-                        let s = src.pop_front().map(|s| s.key).unwrap_or_default();
-                        counts.rows += 1;
-                        counts.add(Diff {
-                            key: s.iter().map(key_to_owned).collect(),
-                            kind: "missing_in_postgres",
-                            column: None,
-                        });
-                    }
-                    Ordering::Greater => {
-                        dst.pop_front();
-                        counts.add(Diff {
-                            key: dk.iter().map(key_to_owned).collect(),
-                            kind: "extra_in_postgres",
-                            column: None,
-                        });
-                    }
-                    Ordering::Equal => {
-                        let (Some(s), Some(d)) = (src.pop_front(), dst.pop_front()) else {
-                            break;
-                        };
-                        counts.rows += 1;
-                        if let Some(i) = first_difference(t, &s.values, &d) {
-                            let key = s.key.iter().map(key_to_owned).collect();
-                            counts.add(Diff {
-                                key,
-                                kind: "differs",
-                                column: Some(i),
-                            });
-                        }
-                    }
+            Ordering::Equal => {
+                let (Some(s), Some(d)) = (src.pop_front(), dst.pop_front()) else {
+                    break;
+                };
+                counts.rows += 1;
+                if let Some(i) = first_difference(t, &s.values, &d) {
+                    counts.add(Diff {
+                        key: s.key.iter().map(key_to_owned).collect(),
+                        kind: "differs",
+                        column: Some(i),
+                    });
                 }
             }
         }

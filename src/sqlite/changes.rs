@@ -79,15 +79,9 @@ pub fn read_batch(
     max_bytes: usize,
     readers: &BTreeMap<i64, RowReader>,
 ) -> Result<Batch> {
-    conn.execute_batch("BEGIN DEFERRED")
-        .map_err(ctx("start a changelog read"))?;
-    let result = read_in_tx(conn, after, max_changes, max_bytes, readers);
-    let end = conn
-        .execute_batch("COMMIT")
-        .map_err(ctx("end a changelog read"));
-    let batch = result?;
-    end?;
-    Ok(batch)
+    super::in_read_transaction(conn, "the changelog", || {
+        read_in_tx(conn, after, max_changes, max_bytes, readers)
+    })
 }
 
 fn value_bytes(v: &OwnedValue) -> usize {

@@ -56,6 +56,25 @@ pub fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection
     )
 }
 
+/// Runs `f` inside one deferred read transaction, ended whether or not `f` succeeded (a read
+/// transaction has nothing to keep). Every read sqlite2pg makes of the app's rows goes through
+/// here, so each one sees a single committed state and holds its lock only this long.
+pub fn in_read_transaction<T>(
+    conn: &Connection,
+    what: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    conn.execute_batch("BEGIN DEFERRED")
+        .map_err(|e| Error::from_sqlite(format!("cannot start a read of {what}"), e))?;
+    let result = f();
+    let end = conn
+        .execute_batch("COMMIT")
+        .map_err(|e| Error::from_sqlite(format!("cannot end a read of {what}"), e));
+    let value = result?;
+    end?;
+    Ok(value)
+}
+
 /// Opens the source read-only with a busy timeout, and proves it is a SQLite database.
 pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let conn = open(

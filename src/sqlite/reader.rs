@@ -94,8 +94,8 @@ pub fn read_chunk(
     let ctx = |e: rusqlite::Error| {
         Error::from_sqlite(format!("cannot read rows of table {}", q.table), e)
     };
-    conn.execute_batch("BEGIN DEFERRED").map_err(ctx)?;
-    let result = (|| {
+    let what = format!("table {}", q.table);
+    super::in_read_transaction(conn, &what, || {
         let sql = if after.is_some() { &q.next } else { &q.first };
         let mut stmt = conn.prepare_cached(sql).map_err(ctx)?;
         let limit = max_rows as i64;
@@ -142,10 +142,5 @@ pub fn read_chunk(
             last_key,
             exhausted: !cut_short && (n as usize) < max_rows,
         })
-    })();
-    // A read transaction has nothing to keep: end it whether or not the read succeeded.
-    let end = conn.execute_batch("COMMIT").map_err(ctx);
-    let read = result?;
-    end?;
-    Ok(read)
+    })
 }
