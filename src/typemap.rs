@@ -79,6 +79,11 @@ pub fn affinity(decl: &str) -> Affinity {
 /// The Postgres type a column of this declared type becomes when sqlite2pg creates the table.
 pub fn map_decltype(decl: &str) -> PgType {
     let parsed = parse_decltype(decl);
+    // SQLite's INTEGER is always 64-bit, whatever the declaration suggests: ids past 2^31
+    // (Telegram user ids are past 2^32) must fit. Only an explicit `--cast` chooses narrower.
+    if matches!(parsed.name.as_str(), "INT" | "INTEGER" | "MEDIUMINT") {
+        return PgType::Int8;
+    }
     if let Some(t) = named_type(&parsed) {
         return t;
     }
@@ -143,7 +148,10 @@ mod tests {
     #[test]
     fn maps_common_declarations() {
         let cases = [
-            ("INTEGER", PgType::Int4),
+            ("INTEGER", PgType::Int8),
+            ("int", PgType::Int8),
+            ("MEDIUMINT", PgType::Int8),
+            ("INT4", PgType::Int4),
             ("BIGINT", PgType::Int8),
             ("unsigned big int", PgType::Int8),
             ("BOOLEAN", PgType::Bool),
@@ -179,6 +187,12 @@ mod tests {
         for (decl, want) in cases {
             assert_eq!(map_decltype(decl), want, "declared type {decl:?}");
         }
+    }
+
+    #[test]
+    fn a_cast_to_integer_stays_32_bit() {
+        assert_eq!(parse_pg_type_name("integer"), Some(PgType::Int4));
+        assert_eq!(parse_pg_type_name("bigint"), Some(PgType::Int8));
     }
 
     #[test]

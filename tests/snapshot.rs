@@ -113,8 +113,8 @@ fn round_trips_every_storage_class_and_declared_type() {
     assert_eq!(
         types,
         [
-            "id:integer",
-            "i:integer",
+            "id:bigint",
+            "i:bigint",
             "big:bigint",
             "small:smallint",
             "r:double precision",

@@ -41,7 +41,11 @@ fn verify_is_equal_while_the_app_writes_and_the_daemon_streams() {
         .iter()
         .find(|t| t["table"] == "tasks")
         .unwrap();
-    assert!(tasks["rows_compared"].as_u64().unwrap() >= 1000);
+    // The seed has 1000 tasks; the writer adds some and deletes projects with their tasks, so
+    // the count drifts either way while verify reads: any count near the seed's means the whole
+    // table was compared (a fixed `>= 1000` failed whenever deletes outran inserts).
+    let compared = tasks["rows_compared"].as_u64().unwrap();
+    assert!((900..=1400).contains(&compared), "{report:#}");
     finish_writer(writer);
     assert!(d.stop());
 }

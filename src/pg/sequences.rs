@@ -25,8 +25,11 @@ pub async fn move_past_max(
     let moved = cols.len();
     for c in cols {
         let col: String = c.get(0);
+        // `setval(seq, max, true)` hands out max + 1 next, without computing max + 1 (which
+        // overflows when SQLite's largest rowid is 9223372036854775807). An empty table, or
+        // only ids below the sequence's start, starts at 1 (the identity's default start).
         let sql = format!(
-            "SELECT setval(pg_get_serial_sequence($1, $2), COALESCE((SELECT max({}) FROM {q}), 0) + 1, false)",
+            "SELECT setval(pg_get_serial_sequence($1, $2), GREATEST(m, 1), COALESCE(m >= 1, false)) FROM (SELECT max({})::bigint AS m FROM {q}) s",
             quote_ident(&col)
         );
         tx.query_one(&sql, &[&q, &col])

@@ -567,6 +567,26 @@ fn plan_existing(
                 hint: "change the target column to a supported type (text, numeric, timestamp, jsonb, ...)".into(),
             });
         }
+        if matches!(tc.ty, PgType::Int2 | PgType::Int4)
+            && typemap::map_decltype(&c.decl_type) == PgType::Int8
+        {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                table: t.name.clone(),
+                column: Some(c.name.clone()),
+                message: format!(
+                    "the target column is {} but SQLite's {} holds 64-bit integers: the first value past {} the app writes will stop the stream",
+                    tc.ty.sql(),
+                    if c.decl_type.is_empty() { "INTEGER" } else { &c.decl_type },
+                    if tc.ty == PgType::Int2 { "32767" } else { "2147483647" }
+                ),
+                hint: format!(
+                    "widen it in a migration (ALTER TABLE {} ALTER COLUMN {} TYPE bigint), unless the app guarantees smaller values",
+                    crate::pg::qualified(&cfg.target_schema, &tt.name),
+                    crate::pg::quote_ident(&tc.name)
+                ),
+            });
+        }
         let cast = cfg.cast_for(&t.name, &c.name);
         if cast.and_then(|c| c.target_type.as_ref()).is_some() {
             findings.push(Finding {
