@@ -69,6 +69,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `cutover --orphans`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Orphans {
+    /// Refuse to cut over while rows break a foreign key, listing them.
+    Refuse,
+    /// Cut over; those foreign keys are added NOT VALID and stay so (new rows are checked).
+    Keep,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -137,6 +146,10 @@ pub enum Command {
         /// Run this shell command after a successful cutover (e.g. restart the bot on Postgres).
         #[arg(long)]
         exec: Option<String>,
+        /// Rows whose foreign key finds no parent: refuse to cut over (listing them), or keep
+        /// them and leave their foreign keys NOT VALID.
+        #[arg(long, value_enum, default_value_t = Orphans::Refuse)]
+        orphans: Orphans,
     },
     /// Configuration file commands.
     Config {
@@ -315,6 +328,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             full_verify,
             dry_run,
             exec,
+            orphans,
         } => {
             let flags = CutoverFlags {
                 max_lag,
@@ -322,6 +336,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 full_verify,
                 dry_run,
                 exec,
+                orphans,
             };
             cmd_cutover(&cfg, flags)
         }
@@ -392,11 +407,12 @@ fn capturable(plan: &plan::Plan) -> Vec<&crate::model::SourceTable> {
 fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let client = rt.block_on(pg::connect(cfg.require_target()?))?;
-    let status = rt.block_on(crate::pipeline::status::collect(
+    let mut status = rt.block_on(crate::pipeline::status::collect(
         &client,
         &cfg.source,
         busy(cfg),
     ))?;
+    rt.block_on(crate::pipeline::status::add_orphans(&client, &mut status))?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &status).context("cannot write the status")?;
@@ -452,6 +468,7 @@ struct CutoverFlags {
     full_verify: bool,
     dry_run: bool,
     exec: Option<String>,
+    orphans: Orphans,
 }
 
 fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
@@ -468,6 +485,10 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
         max_lag: Duration::from_secs_f64(flags.max_lag.max(0.0)),
         wait: Duration::from_secs_f64(flags.wait.max(0.0)),
         full_verify: flags.full_verify,
+        orphans: match flags.orphans {
+            Orphans::Refuse => cutover::OrphanPolicy::Refuse,
+            Orphans::Keep => cutover::OrphanPolicy::Keep,
+        },
     };
     if flags.dry_run {
         for step in rt.block_on(cutover::describe(&client, &plan, &opts))? {
@@ -478,14 +499,23 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
     let outcome = rt.block_on(cutover::run(&mut client, &plan, &opts))?;
     let r = &outcome.record;
     println!(
-        "cut over: writes were unavailable for {:.0} ms (fenced {}, done {}); {} rows verified; {} sequences moved; {} foreign keys back to NOT DEFERRABLE",
+        "cut over: writes were unavailable for {:.0} ms (fenced {}, done {}); {} rows verified; {} sequences moved; {} foreign keys added",
         r.window_ms,
         r.fenced_at,
         r.done_at,
         r.rows_verified,
         outcome.sequences_moved,
-        outcome.constraints_restored
+        outcome.foreign_keys.len()
     );
+    for fk in &outcome.foreign_keys {
+        match &fk.reason {
+            None => println!("foreign key {}: validated", fk.foreign_key),
+            Some(why) => println!(
+                "foreign key {}: stays NOT VALID ({why}); new rows are checked. Fix the rows, then ALTER TABLE ... VALIDATE CONSTRAINT",
+                fk.foreign_key
+            ),
+        }
+    }
     println!(
         "Postgres is the database now: point the app at it. SQLite refuses writes with \"{}\"",
         sqlite::capture::FENCE_MESSAGE

@@ -87,6 +87,15 @@ fn the_users_day_check_run_cutover_verify_fall_back() {
     let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify"]);
     assert!(out.status.success(), "verify:\n{}", text(&out));
     assert_app_equal(&path, &db);
+    // The foreign keys Alembic made are back, and validated after writes resumed.
+    assert_eq!(validated_foreign_keys(&mut db.client()), 5);
+    assert_eq!(
+        scalar::<i64>(
+            &mut db.client(),
+            "SELECT count(*) FROM sqlite2pg.foreign_key"
+        ),
+        0
+    );
     // The app on Postgres inserts without giving ids: sequences were moved.
     let inserted = app(&["pg-insert", &db.url]);
     assert!(inserted.contains("project"), "{inserted}");
@@ -161,7 +170,7 @@ fn cutover_refuses_what_it_cannot_do_and_leaves_the_app_writable() {
         std::fs::read_to_string(&marker).unwrap().trim(),
         "restarting the bot"
     );
-    let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 2");
+    let n: i64 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 2");
     assert_eq!(n, 7);
     // Twice in a row.
     let out = cutover(&[]);
@@ -206,7 +215,7 @@ fn cutover_backs_out_when_the_final_verify_finds_a_difference() {
     // The app keeps writing to SQLite, and the daemon keeps streaming.
     sqlite3_shell(&src.path, "UPDATE t SET n = 42 WHERE id = 1");
     d.wait_caught_up();
-    let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
+    let n: i64 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
     assert_eq!(n, 42);
     assert!(d.stop());
 }

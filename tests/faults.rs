@@ -78,7 +78,7 @@ fn postgres_going_away_during_cutover_leaves_the_app_writable_on_sqlite() {
     let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
 
     assert!(out.status.success(), "{}", text(&out));
-    let n: i32 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
+    let n: i64 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
     assert_eq!(n, 100);
 }
 

@@ -48,7 +48,7 @@ fn captures_a_primary_key_change() {
         &["UPDATE clients SET id = 100 WHERE id = 3"],
         &[("clients", "id")],
     );
-    let ids: Vec<i32> = db
+    let ids: Vec<i64> = db
         .client()
         .query("SELECT id FROM clients ORDER BY id", &[])
         .unwrap()
@@ -319,7 +319,7 @@ fn batches_of_large_rows_stay_bounded_in_memory() {
         peak_kb / 1024
     );
     // Byte for byte, row by row (bytea read as bytes, not as 300 MB of hex text).
-    let pg: Vec<(i32, Vec<u8>)> = db
+    let pg: Vec<(i64, Vec<u8>)> = db
         .client()
         .query("SELECT id, body FROM files ORDER BY id", &[])
         .unwrap()
@@ -330,7 +330,7 @@ fn batches_of_large_rows_stay_bounded_in_memory() {
     let mut st = conn
         .prepare("SELECT id, body FROM files ORDER BY id")
         .unwrap();
-    let sqlite: Vec<(i32, Vec<u8>)> = st
+    let sqlite: Vec<(i64, Vec<u8>)> = st
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .map(Result::unwrap)

@@ -125,14 +125,11 @@ pub fn create_index(schema: &str, table: &str, index: &IndexDef) -> String {
     s
 }
 
-/// `ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID`. Deferrable, so that applying
-/// a batch of changes can order rows freely inside its transaction; immediate by default, so
-/// the app sees the behaviour it expects.
-pub fn add_foreign_key(schema: &str, table: &str, fk: &ForeignKeyDef) -> String {
+/// `FOREIGN KEY (...) REFERENCES ... ON DELETE ... ON UPDATE ...`: a foreign key derived from
+/// SQLite, immediate as SQLite's are. It waits in the state schema until cutover adds it.
+pub fn foreign_key_clause(schema: &str, fk: &ForeignKeyDef) -> String {
     format!(
-        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {} DEFERRABLE INITIALLY IMMEDIATE NOT VALID",
-        qualified(schema, table),
-        quote_ident(&fk.name),
+        "FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {}",
         idents(&fk.columns),
         qualified(schema, &fk.parent),
         idents(&fk.parent_columns),

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod convert;
 pub mod copy;
 pub mod ddl;
+pub mod foreign_keys;
 pub mod scan;
 pub mod sequences;
 pub mod state;

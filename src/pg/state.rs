@@ -105,20 +105,6 @@ pub async fn ensure(client: &Client) -> Result<()> {
                window_ms double precision NOT NULL,
                rows_verified bigint NOT NULL,
                position bigint NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.deferred_constraint (
-               target_schema text NOT NULL,
-               target_table text NOT NULL,
-               name text NOT NULL,
-               original_definition text NOT NULL,
-               PRIMARY KEY (target_schema, target_table, name)
-             );
-             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.saved_constraint (
-               target_schema text NOT NULL,
-               target_table text NOT NULL,
-               name text NOT NULL,
-               definition text NOT NULL,
-               PRIMARY KEY (target_schema, target_table, name)
              );"
         ))
         .await
@@ -335,38 +321,6 @@ pub async fn cutover_record(
         .await
         .map_err(pg("record the cutover"))?;
     Ok(())
-}
-
-/// Puts back foreign keys that were made deferrable for the stream (migration-made ones).
-pub async fn restore_deferred(client: &impl GenericClient) -> Result<usize> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT target_schema, target_table, name FROM {STATE_SCHEMA}.deferred_constraint"
-            ),
-            &[],
-        )
-        .await
-        .map_err(pg("read the constraints made deferrable"))?;
-    for r in &rows {
-        let (schema, table, name): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        client
-            .batch_execute(&format!(
-                "ALTER TABLE {} ALTER CONSTRAINT {} NOT DEFERRABLE",
-                super::qualified(&schema, &table),
-                super::quote_ident(&name)
-            ))
-            .await
-            .map_err(pg("restore a foreign key to NOT DEFERRABLE"))?;
-    }
-    client
-        .execute(
-            &format!("DELETE FROM {STATE_SCHEMA}.deferred_constraint"),
-            &[],
-        )
-        .await
-        .map_err(pg("clear the constraints made deferrable"))?;
-    Ok(rows.len())
 }
 
 /// Records the error the daemon stopped on, for `status`.

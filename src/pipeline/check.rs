@@ -140,7 +140,7 @@ fn hint_for(kind: ProblemKind) -> &'static str {
         ProblemKind::BadUuid => "fix the values in SQLite, or --cast the column to text",
         ProblemKind::UnsupportedType => "change the target column's type",
         ProblemKind::Orphan => {
-            "delete the orphans or point them at existing rows in SQLite; until then the foreign key is created NOT VALID"
+            "SQLite accepted them (foreign keys are off) and Postgres holds them too while streaming; before cutover, delete them or point them at existing rows in SQLite, or cut over with --orphans keep (that foreign key then stays NOT VALID)"
         }
         ProblemKind::DuplicateKey => {
             "remove the duplicates in SQLite, or drop the unique constraint in the target"
@@ -372,14 +372,22 @@ fn orphan_problems(
         };
         let label = fk.columns.join(", ");
         let left = examples_left.entry(fkid).or_insert(EXAMPLES);
-        // Read the offending values for the first few rows only; the rest are counted.
+        let parent_cols = if fk.parent_columns.is_empty() {
+            "its primary key".to_string()
+        } else {
+            fk.parent_columns.join(", ")
+        };
+        // Read the offending rows for the first few only; the rest are counted.
         let (key, value) = match rowid {
             Some(id) if *left > 0 => {
                 *left -= 1;
-                let vals = audit::row_values(conn, table, id, &fk.columns)?;
+                let mut cols = t.key_names.clone();
+                cols.extend(fk.columns.iter().cloned());
+                let vals = audit::row_values(conn, table, id, &cols)?;
+                let (k, v) = vals.split_at(t.key_names.len());
                 (
-                    format!("rowid={id}"),
-                    vals.iter()
+                    display_key(&t.key_names, k),
+                    v.iter()
                         .map(|v| v.as_ref().display())
                         .collect::<Vec<_>>()
                         .join(", "),
@@ -392,11 +400,18 @@ fn orphan_problems(
             key,
             value,
             detail: format!(
-                "no row in {} has this key (orphaned foreign key)",
+                "no row in {} has this value in {parent_cols} (orphaned foreign key; SQLite leaves foreign keys unenforced by default)",
                 fk.parent
             ),
         };
-        record(problems, table, &label, ProblemKind::Orphan, example);
+        record_with(
+            problems,
+            Severity::Warning,
+            table,
+            &label,
+            ProblemKind::Orphan,
+            example,
+        );
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use super::verify;
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::OwnedValue;
+use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
 use crate::pg::{sequences, state};
 use crate::sqlite::{self, capture};
 
@@ -35,6 +36,30 @@ pub struct Options {
     pub wait: Duration,
     /// Verify every row inside the window, not only the rows changed since the last full verify.
     pub full_verify: bool,
+    /// What to do with rows whose foreign key finds no parent.
+    pub orphans: OrphanPolicy,
+}
+
+/// What cutover does about orphans (rows whose foreign key finds no parent; SQLite accepted
+/// them because the app left foreign keys off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanPolicy {
+    /// Refuse to cut over, listing them (nothing is fenced).
+    Refuse,
+    /// Cut over; their foreign keys are added NOT VALID and stay so (new rows are checked).
+    Keep,
+}
+
+/// A foreign key cutover put back, and whether Postgres could validate it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoredForeignKey {
+    /// `name on child(cols) -> parent(cols)`.
+    pub foreign_key: String,
+    /// Validated after writes resumed.
+    pub validated: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a cutover did.
@@ -44,8 +69,8 @@ pub struct Outcome {
     pub record: state::Cutover,
     /// Sequences moved.
     pub sequences_moved: usize,
-    /// Foreign keys put back to NOT DEFERRABLE.
-    pub constraints_restored: usize,
+    /// Foreign keys added (NOT VALID) inside the window, with their validation afterwards.
+    pub foreign_keys: Vec<RestoredForeignKey>,
 }
 
 fn now_secs() -> f64 {
@@ -93,11 +118,29 @@ pub async fn describe(client: &Client, plan: &Plan, opts: &Options) -> Result<Ve
                 .unwrap_or_else(|| "of the pre-fence verify".into())
         )
     });
-    steps.push(format!("5. move identity/serial sequences past the copied ids on {} tables; put migration-made foreign keys back to NOT DEFERRABLE", plan.tables.len()));
+    let kept = foreign_keys::kept(client).await?;
+    for o in orphans(client, &kept).await? {
+        steps.push(format!(
+            "   orphans: {} rows of {} find no parent ({}): {}",
+            o.count,
+            o.foreign_key.describe(),
+            match opts.orphans {
+                OrphanPolicy::Refuse => "cutover refuses; --orphans keep to go on",
+                OrphanPolicy::Keep => "kept; that key stays NOT VALID",
+            },
+            o.examples.join("; ")
+        ));
+    }
+    steps.push(format!(
+        "5. move identity/serial sequences past the copied ids on {} tables; add the {} foreign keys kept aside while streaming, NOT VALID",
+        plan.tables.len(),
+        kept.len()
+    ));
     steps.push(
         "6. record the cutover and the write-unavailable window; a running daemon exits by itself"
             .into(),
     );
+    steps.push("7. after writes resume: validate the foreign keys".into());
     Ok(steps)
 }
 
@@ -152,6 +195,27 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
             state::set_verified(client, p).await?;
         }
     }
+    // Orphans are SQLite's (foreign keys off) and Postgres holds the same ones: counted before
+    // the fence, since a constraint that cannot be validated is the user's call, not ours.
+    let kept = foreign_keys::kept(&*client).await?;
+    let found = orphans(client, &kept).await?;
+    if !found.is_empty() && opts.orphans == OrphanPolicy::Refuse {
+        let mut msg = String::from(
+            "rows whose foreign key finds no parent (SQLite accepted them: the app leaves foreign keys off); nothing was fenced:",
+        );
+        for o in &found {
+            msg.push_str(&format!(
+                "\n  {} rows break {}",
+                o.count,
+                o.foreign_key.describe()
+            ));
+            for e in &o.examples {
+                msg.push_str(&format!("\n    {e}"));
+            }
+        }
+        msg.push_str("\nDelete them or point them at existing rows in SQLite (the daemon streams the fix), or cut over with --orphans keep: those foreign keys are then added NOT VALID and stay so");
+        return Err(refuse(msg));
+    }
     wait_for_lag(client, opts).await?;
     let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
 
@@ -163,11 +227,27 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
     tracing::info!("SQLite writes fenced");
     let result = finish(client, plan, opts, &installed, st.daemon_running, fenced_at).await;
     match result {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
             tracing::info!(
                 window_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "cut over"
             );
+            // Writes go to Postgres now; validating reads every row but blocks no writer.
+            for fk in &kept {
+                let (validated, reason) = match foreign_keys::validate(client, fk).await {
+                    Ok(Ok(())) => (true, None),
+                    Ok(Err(why)) => (false, Some(why)),
+                    Err(e) => (false, Some(e.to_string())),
+                };
+                if let Some(why) = &reason {
+                    tracing::warn!(foreign_key = %fk.describe(), reason = %why, "foreign key stays NOT VALID (new rows are checked)");
+                }
+                outcome.foreign_keys.push(RestoredForeignKey {
+                    foreign_key: fk.describe(),
+                    validated,
+                    reason,
+                });
+            }
             Ok(outcome)
         }
         Err(e) => {
@@ -288,7 +368,9 @@ async fn finish(
     for t in &plan.tables {
         moved += sequences::move_past_max(&tx, &opts.schema, &t.target).await?;
     }
-    let restored = state::restore_deferred(&tx).await?;
+    for fk in &foreign_keys::kept(&tx).await? {
+        foreign_keys::add_not_valid(&tx, fk).await?;
+    }
     let done_at = now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
     tx.commit()
@@ -300,8 +382,20 @@ async fn finish(
     Ok(Outcome {
         record,
         sequences_moved: moved,
-        constraints_restored: restored,
+        foreign_keys: Vec::new(),
     })
+}
+
+/// The kept foreign keys that rows of their child table break.
+async fn orphans(client: &Client, kept: &[KeptForeignKey]) -> Result<Vec<Orphans>> {
+    let mut out = Vec::new();
+    for fk in kept {
+        let o = foreign_keys::orphans(client, fk, 5).await?;
+        if o.count > 0 {
+            out.push(o);
+        }
+    }
+    Ok(out)
 }
 
 /// Distinct (table id, key) pairs in the changelog after `after`.

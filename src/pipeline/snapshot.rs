@@ -15,7 +15,7 @@ use super::progress::Progress;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::pg::state::{self, Phase};
-use crate::pg::{self, convert, copy, ddl, qualified};
+use crate::pg::{self, convert, copy, ddl, foreign_keys, qualified};
 use crate::sqlite::{self, reader};
 
 /// Knobs of a snapshot run.
@@ -40,8 +40,10 @@ pub struct Options {
 pub struct Summary {
     /// (source table, rows now in the target for it).
     pub tables: Vec<(String, i64)>,
-    /// Warnings raised on the way (indexes or constraints that could not be built).
+    /// Warnings raised on the way (indexes that could not be built).
     pub warnings: Vec<String>,
+    /// Foreign keys waiting in the state schema for cutover.
+    pub foreign_keys_kept: usize,
 }
 
 /// The DDL a snapshot would run, for `--dry-run`.
@@ -58,13 +60,26 @@ pub fn ddl_script(plan: &Plan, schema: &str) -> String {
             out.push_str(";\n");
         }
     }
-    for t in plan.tables.iter().filter(|t| t.create) {
-        for fk in &t.foreign_keys {
-            out.push_str(&ddl::add_foreign_key(schema, &t.target, fk));
-            out.push_str(";\n");
-            out.push_str(&ddl::validate_constraint(schema, &t.target, &fk.name));
-            out.push_str(";\n");
-        }
+    let fks: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|t| t.create)
+        .flat_map(|t| {
+            t.foreign_keys.iter().map(|fk| {
+                format!(
+                    "--   ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID;\n",
+                    qualified(schema, &t.target),
+                    pg::quote_ident(&fk.name),
+                    ddl::foreign_key_clause(schema, fk)
+                )
+            })
+        })
+        .collect();
+    if !fks.is_empty() {
+        out.push_str(
+            "-- foreign keys wait in sqlite2pg.foreign_key while streaming; cutover adds:\n",
+        );
+        out.extend(fks);
     }
     out
 }
@@ -108,7 +123,26 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     let mut done_rows: Vec<u64> = Vec::new();
     let mut totals: Vec<u64> = Vec::new();
     add_new_columns(client, plan, &opts.schema).await?;
-    let saved = save_and_drop_foreign_keys(client, plan, &opts.schema).await?;
+    // Before any row moves: a copy in key order can reference rows not copied yet, and while
+    // streaming Postgres must accept every orphan SQLite holds.
+    let targets: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
+    let derived: Vec<(String, ddl::ForeignKeyDef)> = plan
+        .tables
+        .iter()
+        .filter(|t| t.create)
+        .flat_map(|t| {
+            t.foreign_keys
+                .iter()
+                .map(|fk| (t.target.clone(), fk.clone()))
+        })
+        .collect();
+    let dropped = foreign_keys::take_over(client, &opts.schema, &targets, &derived).await?;
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "foreign keys of the target tables are kept in sqlite2pg.foreign_key until cutover: SQLite does not enforce them, so Postgres must not either"
+        );
+    }
     for t in &plan.tables {
         let total = sqlite::schema::count_rows(&source, &t.source.name)?;
         totals.push(total);
@@ -177,8 +211,8 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
 
     copy_tables(client, plan, opts, resume, &done_rows, &totals).await?;
     build_indexes(client, plan, &opts.schema, &mut summary).await?;
-    restore_foreign_keys(client, &opts.schema, &saved, &mut summary).await?;
-    finish_tables(client, plan, &opts.schema, &mut summary).await?;
+    finish_tables(client, plan, &opts.schema).await?;
+    summary.foreign_keys_kept = foreign_keys::kept(&*client).await?.len();
     for t in &plan.tables {
         let st = state::load(client, &t.source.name).await?;
         summary.tables.push((
@@ -457,12 +491,7 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-async fn finish_tables(
-    client: &mut Client,
-    plan: &Plan,
-    schema: &str,
-    summary: &mut Summary,
-) -> Result<()> {
+async fn finish_tables(client: &mut Client, plan: &Plan, schema: &str) -> Result<()> {
     for t in &plan.tables {
         let Some(st) = state::load(client, &t.source.name).await? else {
             continue;
@@ -474,191 +503,12 @@ async fn finish_tables(
             "cannot start a transaction for table {}",
             t.target
         )))?;
-        for fk in &t.foreign_keys {
-            add_foreign_key(
-                &tx,
-                &ddl::add_foreign_key(schema, &t.target, fk),
-                schema,
-                &t.target,
-                &fk.name,
-                summary,
-            )
-            .await?;
-        }
         crate::pg::sequences::move_past_max(&tx, schema, &t.target).await?;
         state::set_phase(&tx, &t.source.name, Phase::Ready).await?;
         tx.commit().await.map_err(pg_err(format!(
-            "cannot commit the constraints of table {}",
+            "cannot commit the sequences of table {}",
             t.target
         )))?;
     }
-    Ok(())
-}
-
-/// Adds a foreign key NOT VALID, then validates it; orphaned rows leave it NOT VALID (enforced
-/// for new rows) with a warning instead of failing the whole run.
-async fn add_foreign_key(
-    tx: &tokio_postgres::Transaction<'_>,
-    add_sql: &str,
-    schema: &str,
-    table: &str,
-    name: &str,
-    summary: &mut Summary,
-) -> Result<()> {
-    let exists: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = $1 AND r.relname = $2 AND c.conname = $3)",
-            &[&schema, &table, &name],
-        )
-        .await
-        .map_err(pg_err(format!("cannot read the constraints of table {table}")))?
-        .get(0);
-    if !exists {
-        tx.batch_execute(add_sql).await.map_err(pg_err(format!(
-            "cannot add foreign key {name} to table {table}"
-        )))?;
-    }
-    tx.batch_execute("SAVEPOINT fk")
-        .await
-        .map_err(pg_err("cannot set a savepoint".into()))?;
-    if let Err(e) = tx
-        .batch_execute(&ddl::validate_constraint(schema, table, name))
-        .await
-    {
-        tx.batch_execute("ROLLBACK TO SAVEPOINT fk")
-            .await
-            .map_err(pg_err("cannot roll back to a savepoint".into()))?;
-        let w = format!(
-            "foreign key {name} on {table} stays NOT VALID: {} (orphaned rows; `sqlite2pg check` lists them). New rows are checked",
-            db_message(&e)
-        );
-        tracing::warn!("{w}");
-        summary.warnings.push(w);
-    }
-    Ok(())
-}
-
-struct SavedFk {
-    table: String,
-    name: String,
-    definition: String,
-}
-
-/// Existing target tables (made by migrations) have immediate foreign keys, which a copy in key
-/// order can violate midway (children before parents, self-references). They are saved in the
-/// state schema and dropped in one transaction, and re-added after the copy, so a killed run
-/// still finds them.
-async fn save_and_drop_foreign_keys(
-    client: &mut Client,
-    plan: &Plan,
-    schema: &str,
-) -> Result<Vec<SavedFk>> {
-    let mut targets: Vec<String> = Vec::new();
-    for t in plan.tables.iter().filter(|t| !t.create) {
-        if state::load(client, &t.source.name)
-            .await?
-            .is_none_or(|s| s.phase == Phase::Copying)
-        {
-            targets.push(t.target.clone());
-        }
-    }
-    let tx = client
-        .transaction()
-        .await
-        .map_err(pg_err("cannot start a transaction".into()))?;
-    if !targets.is_empty() {
-        let rows = tx
-            .query(
-                "SELECT r.relname::text, c.conname::text, pg_get_constraintdef(c.oid)
-                 FROM pg_constraint c
-                 JOIN pg_class r ON r.oid = c.conrelid
-                 JOIN pg_namespace n ON n.oid = r.relnamespace
-                 JOIN pg_class p ON p.oid = c.confrelid
-                 WHERE c.contype = 'f' AND n.nspname = $1 AND (r.relname = ANY($2) OR p.relname = ANY($2))",
-                &[&schema, &targets],
-            )
-            .await
-            .map_err(pg_err("cannot read the foreign keys of the target tables".into()))?;
-        for r in rows {
-            let (table, name, def): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-            tx.execute(
-                &format!("INSERT INTO {}.saved_constraint VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", state::STATE_SCHEMA),
-                &[&schema, &table, &name, &def],
-            )
-            .await
-            .map_err(pg_err("cannot save a foreign key definition".into()))?;
-            tx.batch_execute(&format!("ALTER TABLE {} DROP CONSTRAINT {}", qualified(schema, &table), pg::quote_ident(&name)))
-                .await
-                .map_err(pg_err(format!("cannot drop foreign key {name} of table {table} for the copy (the user needs to own the table)")))?;
-        }
-    }
-    let rows = tx
-        .query(
-            &format!("SELECT target_table, name, definition FROM {}.saved_constraint WHERE target_schema = $1 ORDER BY 1, 2", state::STATE_SCHEMA),
-            &[&schema],
-        )
-        .await
-        .map_err(pg_err("cannot read saved foreign keys".into()))?;
-    tx.commit()
-        .await
-        .map_err(pg_err("cannot commit the saved foreign keys".into()))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| SavedFk {
-            table: r.get(0),
-            name: r.get(1),
-            definition: r.get(2),
-        })
-        .collect())
-}
-
-async fn restore_foreign_keys(
-    client: &mut Client,
-    schema: &str,
-    saved: &[SavedFk],
-    summary: &mut Summary,
-) -> Result<()> {
-    if saved.is_empty() {
-        return Ok(());
-    }
-    let tx = client
-        .transaction()
-        .await
-        .map_err(pg_err("cannot start a transaction".into()))?;
-    for fk in saved {
-        // Immediate, non-deferrable keys would fail a batch that deletes a parent before the
-        // upsert that re-points its child. Deferrable-initially-immediate behaves the same for
-        // the app; the original is recorded so that cutover can put it back.
-        let def = fk.definition.trim_end();
-        let deferrable = if def.contains("DEFERRABLE") {
-            def.to_string()
-        } else {
-            tx.execute(
-                &format!("INSERT INTO {}.deferred_constraint VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", state::STATE_SCHEMA),
-                &[&schema, &fk.table, &fk.name, &def],
-            )
-            .await
-            .map_err(pg_err("cannot record a foreign key made deferrable".into()))?;
-            format!("{def} DEFERRABLE INITIALLY IMMEDIATE")
-        };
-        let add = format!(
-            "ALTER TABLE {} ADD CONSTRAINT {} {deferrable} NOT VALID",
-            qualified(schema, &fk.table),
-            pg::quote_ident(&fk.name),
-        );
-        add_foreign_key(&tx, &add, schema, &fk.table, &fk.name, summary).await?;
-    }
-    tx.execute(
-        &format!(
-            "DELETE FROM {}.saved_constraint WHERE target_schema = $1",
-            state::STATE_SCHEMA
-        ),
-        &[&schema],
-    )
-    .await
-    .map_err(pg_err("cannot clear saved foreign keys".into()))?;
-    tx.commit()
-        .await
-        .map_err(pg_err("cannot commit the restored foreign keys".into()))?;
     Ok(())
 }

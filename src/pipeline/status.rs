@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use super::stream::julian_to_unix;
 use crate::error::{Error, Result};
+use crate::pg::foreign_keys;
 use crate::pg::state::{self, STATE_SCHEMA};
 use crate::sqlite::{self, capture, changes};
 
@@ -50,6 +51,11 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The cutover record, once cut over.
     pub cutover: Option<state::Cutover>,
+    /// Foreign keys kept aside while streaming (SQLite's are not enforced, so Postgres' are not).
+    pub foreign_keys_kept: usize,
+    /// Rows whose foreign key finds no parent, per foreign key (cutover refuses them unless
+    /// told `--orphans keep`).
+    pub orphans: Vec<foreign_keys::Orphans>,
 }
 
 fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -73,6 +79,8 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         changes_applied: None,
         last_error: None,
         cutover: None,
+        foreign_keys_kept: 0,
+        orphans: Vec::new(),
     };
     if !has_state {
         return Ok(status);
@@ -120,6 +128,23 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         }
     }
     Ok(status)
+}
+
+/// Adds the foreign keys kept aside and their orphans (a scan of each child table, so only
+/// the `status` command asks, not cutover's polling).
+pub async fn add_orphans(client: &Client, status: &mut Status) -> Result<()> {
+    if status.phase != "streaming" {
+        return Ok(());
+    }
+    let kept = foreign_keys::kept(client).await?;
+    status.foreign_keys_kept = kept.len();
+    for fk in &kept {
+        let o = foreign_keys::orphans(client, fk, 3).await?;
+        if o.count > 0 {
+            status.orphans.push(o);
+        }
+    }
+    Ok(())
 }
 
 /// Prints the status for a person.
@@ -175,6 +200,24 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
             "cutover:    at {} (fence to done {:.0} ms, {} rows verified, position {})",
             c.fenced_at, c.window_ms, c.rows_verified, c.position
         )?;
+    }
+    if s.foreign_keys_kept > 0 {
+        writeln!(
+            out,
+            "foreign keys: {} kept aside until cutover (SQLite does not enforce them, so Postgres holds the same rows)",
+            s.foreign_keys_kept
+        )?;
+    }
+    for o in &s.orphans {
+        writeln!(
+            out,
+            "orphans:    {} rows break {}; cutover refuses them unless --orphans keep",
+            o.count,
+            o.foreign_key.describe()
+        )?;
+        for e in &o.examples {
+            writeln!(out, "            {e}")?;
+        }
     }
     if let Some(e) = &s.last_error {
         writeln!(out, "last error: {e}")?;
