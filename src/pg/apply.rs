@@ -1,16 +1,19 @@
-//! Applies a batch of current row states with set-based statements: the rows are COPYed into
-//! temporary tables, then one DELETE and one INSERT ... ON CONFLICT per table, and the new
-//! stream position, all in one transaction. Applying the same batch twice is harmless.
+//! Applies changes with set-based statements, one Postgres transaction per drain. A drain
+//! stages one or more chunks of current row states (each read in its own short SQLite read
+//! transaction) in temporary tables, then writes each changed key's final state and the new
+//! stream position in the same transaction. Readers of Postgres therefore only ever see the
+//! state SQLite had when the drain's last chunk was read, however large the backlog, while
+//! memory holds one chunk. Applying the same drain twice is harmless.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 
-use bytes::BytesMut;
-use tokio_postgres::Client;
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::{Client, Transaction};
 
 use super::{copy, qualified, quote_ident, state};
 use crate::error::{Error, Result};
 
-/// One table's part of a batch, already encoded as binary COPY data.
+/// One table's part of a chunk, already encoded as binary COPY data.
 #[derive(Debug)]
 pub struct TableBatch {
     /// Index of the table in the plan (names its temp tables).
@@ -21,25 +24,54 @@ pub struct TableBatch {
     pub columns: Vec<String>,
     /// Target key columns, in the order of `deletes`' fields.
     pub keys: Vec<String>,
-    /// Rows that exist in SQLite (started with `copy::begin_buffer`).
+    /// Rows that exist in SQLite (started with `copy::begin_buffer`; each row ends with the
+    /// chunk number, see [`Drain::chunk`]).
     pub upserts: BytesMut,
     /// How many rows `upserts` holds.
     pub n_upserts: u64,
-    /// Keys of rows that no longer exist.
+    /// Keys of rows that no longer exist (each row ends with the chunk number too).
     pub deletes: BytesMut,
     /// How many keys `deletes` holds.
     pub n_deletes: u64,
 }
 
-/// Applies batches on one connection, remembering the temp tables it made.
+/// The column that orders staged states of one key: the chunk that read it.
+const GEN: &str = "_sqlite2pg_chunk";
+
+/// Appends the chunk number as the last field of a staged row.
+pub fn put_chunk(buf: &mut BytesMut, chunk: i32) {
+    buf.put_i32(4);
+    buf.put_i32(chunk);
+}
+
+/// How a table's final states are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `INSERT ... ON CONFLICT (key) DO UPDATE`: the key's index is the table's only unique one.
+    Upsert,
+    /// Every changed key's row is deleted, then the final rows inserted: with other unique
+    /// indexes, values swapped or moved between rows (SQLite checks uniqueness per statement,
+    /// Postgres per row) could otherwise collide midway.
+    Replace,
+}
+
+/// Applies drains on one connection, remembering the temp tables it made.
 pub struct Applier {
     client: Client,
     schema: String,
-    temp_ready: HashSet<usize>,
+    modes: HashMap<usize, Mode>,
 }
 
 fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |e| Error::from_pg(what, e)
+}
+
+fn up(i: usize) -> String {
+    quote_ident(&format!("_s2p_up_{i}"))
+}
+
+fn del(i: usize) -> String {
+    quote_ident(&format!("_s2p_del_{i}"))
 }
 
 impl Applier {
@@ -53,7 +85,7 @@ impl Applier {
         Ok(Applier {
             client,
             schema: schema.to_string(),
-            temp_ready: HashSet::new(),
+            modes: HashMap::new(),
         })
     }
 
@@ -62,134 +94,244 @@ impl Applier {
         &self.client
     }
 
-    fn up(i: usize) -> String {
-        quote_ident(&format!("_s2p_up_{i}"))
-    }
-
-    fn del(i: usize) -> String {
-        quote_ident(&format!("_s2p_del_{i}"))
-    }
-
-    async fn ensure_temp(&mut self, t: &TableBatch) -> Result<()> {
-        if self.temp_ready.contains(&t.index) {
-            return Ok(());
-        }
-        let target = qualified(&self.schema, &t.table);
-        let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
-        let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
-        let sql = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {target} WITH NO DATA;
-             CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {target} WITH NO DATA;",
-            Self::up(t.index),
-            cols.join(", "),
-            Self::del(t.index),
-            keys.join(", "),
-        );
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(pg_err(format!(
-                "cannot prepare the apply tables for {}",
-                t.table
-            )))?;
-        self.temp_ready.insert(t.index);
-        Ok(())
-    }
-
-    /// Applies every table's deletes, then upserts, and moves the position to `position`, in
-    /// one transaction with deferrable constraints deferred to its commit.
-    pub async fn apply(
-        &mut self,
-        mut tables: Vec<TableBatch>,
-        position: i64,
-        source_at: f64,
-        changes: i64,
-    ) -> Result<()> {
-        for t in &tables {
-            self.ensure_temp(t).await?;
-        }
-        let schema = self.schema.clone();
+    /// Starts a drain: one transaction, committed by [`Drain::commit`] (dropped: rolled back).
+    pub async fn begin(&mut self) -> Result<Drain<'_>> {
         let tx = self
             .client
             .transaction()
             .await
             .map_err(pg_err("cannot start an apply transaction".into()))?;
-        tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")
-            .await
-            .map_err(pg_err("cannot defer constraints".into()))?;
-        // Deletes first: a key freed in SQLite (a UNIQUE value moved to another row) is free
-        // in Postgres before any upsert takes it.
-        for t in tables.iter_mut() {
-            if t.n_deletes == 0 {
-                continue;
-            }
-            let tmp = Self::del(t.index);
-            let tmp_name = format!("_s2p_del_{}", t.index);
-            copy::copy_in(
-                &tx,
-                None,
-                &tmp_name,
-                &t.keys,
-                std::mem::take(&mut t.deletes),
-            )
-            .await?;
-            let cond: Vec<String> = t
-                .keys
-                .iter()
-                .map(|k| format!("t.{q} = d.{q}", q = quote_ident(k)))
-                .collect();
-            tx.execute(
-                &format!(
-                    "DELETE FROM {} t USING {tmp} d WHERE {}",
-                    qualified(&schema, &t.table),
-                    cond.join(" AND ")
-                ),
-                &[],
-            )
-            .await
-            .map_err(pg_err(format!("cannot apply deletes to table {}", t.table)))?;
+        Ok(Drain {
+            tx,
+            schema: &self.schema,
+            known: &mut self.modes,
+            fresh: HashMap::new(),
+            chunks: 0,
+            tables: BTreeMap::new(),
+        })
+    }
+}
+
+/// What a drain staged for one table.
+struct Staged {
+    table: String,
+    columns: Vec<String>,
+    keys: Vec<String>,
+    upserts: u64,
+    deletes: u64,
+}
+
+/// One drain in progress.
+pub struct Drain<'a> {
+    tx: Transaction<'a>,
+    schema: &'a str,
+    /// Tables whose temp tables this session has (made by committed drains).
+    known: &'a mut HashMap<usize, Mode>,
+    /// Tables whose temp tables this drain made; they exist only once it commits.
+    fresh: HashMap<usize, Mode>,
+    chunks: i32,
+    tables: BTreeMap<usize, Staged>,
+}
+
+impl Drain<'_> {
+    /// The number the next staged chunk carries in its rows (see [`put_chunk`]).
+    pub fn chunk(&self) -> i32 {
+        self.chunks
+    }
+
+    async fn prepare(&mut self, t: &TableBatch) -> Result<()> {
+        if self.known.contains_key(&t.index) || self.fresh.contains_key(&t.index) {
+            return Ok(());
         }
-        for t in tables.iter_mut() {
-            if t.n_upserts == 0 {
-                continue;
-            }
-            let tmp_name = format!("_s2p_up_{}", t.index);
-            copy::copy_in(
-                &tx,
-                None,
-                &tmp_name,
-                &t.columns,
-                std::mem::take(&mut t.upserts),
-            )
-            .await?;
-            let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
-            let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
-            let sets: Vec<String> = t
-                .columns
-                .iter()
-                .filter(|c| !t.keys.contains(c))
-                .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
-                .collect();
-            let action = if sets.is_empty() {
-                "NOTHING".to_string()
-            } else {
-                format!("UPDATE SET {}", sets.join(", "))
-            };
-            let sql = format!(
-                "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {} ON CONFLICT ({}) DO {action}",
-                qualified(&schema, &t.table),
-                Self::up(t.index),
+        let target = qualified(self.schema, &t.table);
+        let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
+        let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
+        // Created inside the transaction: a rollback takes them away, and `fresh` is only
+        // kept by a commit, so the next drain creates them again.
+        self.tx
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
+                 CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;",
+                up(t.index),
+                cols.join(", "),
+                del(t.index),
                 keys.join(", "),
-                c = cols.join(", "),
-            );
-            tx.execute(&sql, &[])
-                .await
-                .map_err(pg_err(format!("cannot apply changes to table {}", t.table)))?;
+            ))
+            .await
+            .map_err(pg_err(format!("cannot prepare the apply tables for {}", t.table)))?;
+        let mut key_sorted: Vec<&String> = t.keys.iter().collect();
+        key_sorted.sort();
+        let uniques = self
+            .tx
+            .query(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname::text) FILTER (WHERE a.attname IS NOT NULL), i.indpred IS NULL AND i.indexprs IS NULL
+                 FROM pg_index i LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND a.attnum > 0
+                 WHERE i.indrelid = $1::text::regclass AND i.indisunique GROUP BY i.indexrelid, i.indpred, i.indexprs",
+                &[&target],
+            )
+            .await
+            .map_err(pg_err(format!("cannot read the unique indexes of {}", t.table)))?;
+        let key_index = |r: &tokio_postgres::Row| {
+            let cols: Option<Vec<String>> = r.get(0);
+            let plain: bool = r.get(1);
+            plain && cols.is_some_and(|c| c.iter().collect::<Vec<_>>() == key_sorted)
+        };
+        let mode = if uniques.len() == 1 && key_index(&uniques[0]) {
+            Mode::Upsert
+        } else {
+            Mode::Replace
+        };
+        self.fresh.insert(t.index, mode);
+        Ok(())
+    }
+
+    /// Stages one chunk: every table's rows COPYed into its temp tables, tagged with
+    /// [`Drain::chunk`]. Later chunks supersede earlier ones key by key.
+    pub async fn stage(&mut self, tables: Vec<TableBatch>) -> Result<()> {
+        for mut t in tables {
+            self.prepare(&t).await?;
+            let mut with_gen = t.columns.clone();
+            with_gen.push(GEN.into());
+            if t.n_upserts > 0 {
+                let name = format!("_s2p_up_{}", t.index);
+                let data = std::mem::take(&mut t.upserts);
+                copy::copy_in(&self.tx, None, &name, &with_gen, data).await?;
+            }
+            let mut keys_gen = t.keys.clone();
+            keys_gen.push(GEN.into());
+            if t.n_deletes > 0 {
+                let name = format!("_s2p_del_{}", t.index);
+                let data = std::mem::take(&mut t.deletes);
+                copy::copy_in(&self.tx, None, &name, &keys_gen, data).await?;
+            }
+            let s = self.tables.entry(t.index).or_insert_with(|| Staged {
+                table: t.table.clone(),
+                columns: t.columns.clone(),
+                keys: t.keys.clone(),
+                upserts: 0,
+                deletes: 0,
+            });
+            s.upserts += t.n_upserts;
+            s.deletes += t.n_deletes;
+        }
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// Writes every staged key's final state and moves the position to `position`, then
+    /// commits: Postgres moves from one committed SQLite state to a later one in one step.
+    pub async fn commit(self, position: i64, source_at: f64, changes: i64) -> Result<()> {
+        let Drain {
+            tx,
+            schema,
+            known,
+            fresh,
+            chunks,
+            tables,
+        } = self;
+        for (index, s) in &tables {
+            let mode = known
+                .get(index)
+                .or_else(|| fresh.get(index))
+                .copied()
+                .unwrap_or(Mode::Replace);
+            write_final_states(&tx, schema, *index, s, mode, chunks > 1).await?;
         }
         state::stream_advance(&tx, position, source_at, changes).await?;
         tx.commit()
             .await
             .map_err(pg_err("cannot commit an applied batch".into()))?;
+        known.extend(fresh);
         Ok(())
     }
+}
+
+/// The statements that turn staged states into final rows. With one chunk each key appears
+/// once; with several, a key's state is the one of the newest chunk that read it.
+async fn write_final_states(
+    tx: &Transaction<'_>,
+    schema: &str,
+    index: usize,
+    s: &Staged,
+    mode: Mode,
+    several_chunks: bool,
+) -> Result<()> {
+    let target = qualified(schema, &s.table);
+    let keys: Vec<String> = s.keys.iter().map(|c| quote_ident(c)).collect();
+    let key_list = keys.join(", ");
+    let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(c)).collect();
+    let col_list = cols.join(", ");
+    let same_key = |a: &str, b: &str| {
+        keys.iter()
+            .map(|k| format!("{a}.{k} = {b}.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    // Newest state per key: rows present in SQLite, and keys gone from it.
+    let (present, gone) = if several_chunks {
+        (
+            format!(
+                "(SELECT * FROM (SELECT DISTINCT ON ({key_list}) * FROM {u} ORDER BY {key_list}, {GEN} DESC) u
+                  WHERE NOT EXISTS (SELECT 1 FROM {d} d WHERE {dk} AND d.{GEN} > u.{GEN}))",
+                u = up(index),
+                d = del(index),
+                dk = same_key("d", "u"),
+            ),
+            format!(
+                "(SELECT * FROM {d} d WHERE NOT EXISTS (SELECT 1 FROM {u} u WHERE {uk} AND u.{GEN} > d.{GEN}))",
+                u = up(index),
+                d = del(index),
+                uk = same_key("u", "d"),
+            ),
+        )
+    } else {
+        (up(index), del(index))
+    };
+    let mut statements = Vec::new();
+    match mode {
+        Mode::Upsert => {
+            if s.deletes > 0 {
+                statements.push(format!(
+                    "DELETE FROM {target} t USING {gone} d WHERE {}",
+                    same_key("t", "d")
+                ));
+            }
+            if s.upserts > 0 {
+                let sets: Vec<String> = s
+                    .columns
+                    .iter()
+                    .filter(|c| !s.keys.contains(c))
+                    .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+                    .collect();
+                let action = if sets.is_empty() {
+                    "NOTHING".to_string()
+                } else {
+                    format!("UPDATE SET {}", sets.join(", "))
+                };
+                statements.push(format!(
+                    "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p ON CONFLICT ({key_list}) DO {action}"
+                ));
+            }
+        }
+        Mode::Replace => {
+            // Every changed key leaves first, so no final row meets a stale unique value.
+            statements.push(format!(
+                "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}",
+                same_key("t", "c"),
+                u = up(index),
+                d = del(index),
+            ));
+            if s.upserts > 0 {
+                statements.push(format!(
+                    "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p"
+                ));
+            }
+        }
+    }
+    for sql in statements {
+        tx.execute(&sql, &[])
+            .await
+            .map_err(pg_err(format!("cannot apply changes to table {}", s.table)))?;
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use super::plan::{Plan, TablePlan};
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
 use crate::model::{OwnedValue, display_key};
-use crate::pg::apply::{Applier, TableBatch};
+use crate::pg::apply::{self, Applier, TableBatch};
 use crate::pg::{self, convert, copy, state};
 use crate::sqlite::capture::{self, Installed};
 use crate::sqlite::changes::{self, Batch, RowReader};
@@ -139,6 +139,7 @@ fn encode_batch(
     plan: &Plan,
     captured: &BTreeMap<i64, Captured>,
     batch: Batch,
+    chunk: i32,
 ) -> Result<Vec<TableBatch>> {
     let mut out = Vec::new();
     for (tbl, changes) in batch.tables {
@@ -149,19 +150,21 @@ fn encode_batch(
         let mut upserts = copy::begin_buffer(4096);
         let mut deletes = copy::begin_buffer(256);
         for (key, row) in &changes.present {
-            copy::begin_row(&mut upserts, t.columns.len());
+            copy::begin_row(&mut upserts, t.columns.len() + 1);
             for (c, v) in t.columns.iter().zip(row) {
                 convert::encode(v.as_ref(), &c.conv, &mut upserts)
                     .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
             }
+            apply::put_chunk(&mut upserts, chunk);
         }
         for key in &changes.absent {
-            copy::begin_row(&mut deletes, key.len());
+            copy::begin_row(&mut deletes, key.len() + 1);
             for (pos, v) in cap.key_positions.iter().zip(key) {
                 let c = &t.columns[*pos];
                 convert::encode(v.as_ref(), &c.conv, &mut deletes)
                     .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
             }
+            apply::put_chunk(&mut deletes, chunk);
         }
         out.push(TableBatch {
             index: cap.plan_index,
@@ -179,6 +182,110 @@ fn encode_batch(
         });
     }
     Ok(out)
+}
+
+/// What one drain did.
+enum Drained {
+    /// The changelog had nothing after the position.
+    Nothing,
+    /// Asked to stop mid-drain: rolled back, nothing applied.
+    Shutdown,
+    /// Applied and committed up to `position`.
+    Applied {
+        position: i64,
+        changes: i64,
+        per_table: Vec<(String, u64, u64)>,
+        chunks: i32,
+    },
+}
+
+/// Applies every change after `position`, up to the changelog's end, in ONE Postgres
+/// transaction: chunk by chunk, each read in its own short SQLite read transaction (the app's
+/// writers are never held up for long) and staged in Postgres, until a chunk reaches the end of
+/// the changelog as its read saw it. Every key changed after an earlier chunk read it is read
+/// again by a later chunk (its change has a later sequence number), so the staged states are
+/// all SQLite's as of that last read: readers of Postgres see one committed SQLite state, never
+/// half a transaction, however large the backlog. Memory holds one chunk.
+#[allow(clippy::too_many_arguments)]
+async fn drain(
+    applier: &mut Applier,
+    reader: &rusqlite::Connection,
+    plan: &Plan,
+    captured: &BTreeMap<i64, Captured>,
+    readers: &BTreeMap<i64, RowReader>,
+    opts: &Options,
+    position: i64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Drained> {
+    let read = |after: i64| {
+        tokio::task::block_in_place(|| {
+            changes::read_batch(reader, after, opts.batch_changes, opts.batch_bytes, readers)
+        })
+    };
+    let mut batch = match read_retrying(&read, position, shutdown).await? {
+        Some(b) if b.changes > 0 => b,
+        Some(_) => return Ok(Drained::Nothing),
+        None => return Ok(Drained::Shutdown),
+    };
+    let mut tx = applier.begin().await?;
+    let (mut last, mut changes, mut max_at) = (position, 0i64, 0f64);
+    let mut per_table: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    loop {
+        let at_end = batch.at_end;
+        if batch.changes > 0 {
+            last = batch.last_seq;
+            changes += batch.changes as i64;
+            max_at = max_at.max(batch.max_at);
+            let tables = encode_batch(plan, captured, batch, tx.chunk())?;
+            for t in &tables {
+                let e = per_table.entry(t.table.clone()).or_default();
+                e.0 += t.n_upserts;
+                e.1 += t.n_deletes;
+            }
+            tx.stage(tables).await?;
+        }
+        if at_end {
+            break;
+        }
+        // Dropping the transaction rolls it back: nothing of this drain is applied.
+        batch = match read_retrying(&read, last, shutdown).await? {
+            Some(b) => b,
+            None => return Ok(Drained::Shutdown),
+        };
+    }
+    let chunks = tx.chunk();
+    tx.commit(last, max_at, changes).await?;
+    Ok(Drained::Applied {
+        position: last,
+        changes,
+        per_table: per_table.into_iter().map(|(t, (u, d))| (t, u, d)).collect(),
+        chunks,
+    })
+}
+
+/// One changelog range, retried while the app holds SQLite's write lock past the busy timeout
+/// (never given up on); `None` when asked to stop meanwhile.
+async fn read_retrying(
+    read: &impl Fn(i64) -> Result<Batch>,
+    after: i64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Batch>> {
+    loop {
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+        match read(after) {
+            Ok(b) => return Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::SourceBusy => {
+                tracing::warn!(error = %e, "SQLite is busy; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return Ok(None),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Why the stream returned.
@@ -324,59 +431,40 @@ pub async fn run(
                     }
                     seen_version = version;
                 }
-                let batch = loop {
-                    let read = tokio::task::block_in_place(|| {
-                        changes::read_batch(
-                            &reader,
-                            position,
-                            opts.batch_changes,
-                            opts.batch_bytes,
-                            &readers,
-                        )
-                    });
-                    match read {
-                        Ok(b) => break b,
-                        // The app held its write lock past the busy timeout: wait, never give up.
-                        Err(e) if e.kind() == ErrorKind::SourceBusy => {
-                            tracing::warn!(error = %e, "SQLite is busy; retrying");
-                            tokio::select! {
-                                _ = shutdown.changed() => return Ok(End::Shutdown),
-                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            }
-                        }
-                        Err(e) => return Err(e),
-                    }
-                };
-                if batch.changes == 0 {
-                    break;
-                }
-                let (last, at, n) = (batch.last_seq, batch.max_at, batch.changes as i64);
                 let started = Instant::now();
-                let mut per_table = Vec::new();
-                let applied = match encode_batch(plan, &captured, batch) {
-                    Ok(tables) => {
-                        per_table = tables
-                            .iter()
-                            .map(|t| (t.table.clone(), t.n_upserts, t.n_deletes))
-                            .collect();
-                        applier.apply(tables, last, at, n).await
-                    }
-                    Err(e) => Err(e),
-                };
-                match applied {
-                    Ok(()) => {
+                let drained = drain(
+                    &mut applier,
+                    &reader,
+                    plan,
+                    &captured,
+                    &readers,
+                    opts,
+                    position,
+                    &mut shutdown,
+                )
+                .await;
+                match drained {
+                    Ok(Drained::Nothing) => break,
+                    Ok(Drained::Shutdown) => return Ok(End::Shutdown),
+                    Ok(Drained::Applied {
+                        position: last,
+                        changes,
+                        per_table,
+                        chunks,
+                    }) => {
                         position = last;
                         crate::metrics::batch_applied(
                             &per_table,
-                            n as u64,
+                            changes as u64,
                             started.elapsed().as_secs_f64(),
                             position,
                         );
                         tracing::debug!(
                             position,
-                            changes = n,
+                            changes,
+                            chunks,
                             secs = started.elapsed().as_secs_f64(),
-                            "batch applied"
+                            "drain applied"
                         );
                     }
                     Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {

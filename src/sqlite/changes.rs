@@ -1,7 +1,7 @@
 //! Reads a range of the changelog and the current rows for its keys in one read transaction,
 //! so what is applied is a state SQLite really had.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::Connection;
 
@@ -61,6 +61,9 @@ pub struct Batch {
     pub max_at: f64,
     /// Per captured table id.
     pub tables: BTreeMap<i64, TableChanges>,
+    /// The range reached the changelog's end as this read saw it: every key it names was read
+    /// in its state as of one committed moment, with no later change left unread.
+    pub at_end: bool,
 }
 
 fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
@@ -70,8 +73,8 @@ fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
 /// Reads up to `max_changes` changelog rows after `after`, and the current row of each key they
 /// name, in one read transaction. The batch also ends once the rows read reach `max_bytes`: it
 /// then ends at the last changelog row whose key was read (a key changed again later was read in
-/// its newest state, which the next batch re-applies harmlessly). Tables without a reader (not
-/// replicated) are skipped.
+/// its newest state, and is read again by the range that holds that change). Tables without a
+/// reader (not replicated) are skipped.
 pub fn read_batch(
     conn: &Connection,
     after: i64,
@@ -99,10 +102,10 @@ fn read_in_tx(
     readers: &BTreeMap<i64, RowReader>,
 ) -> Result<Batch> {
     let mut batch = Batch::default();
-    // Key -> (table, index into that table's present rows) and the seq of its last change.
-    let mut seen: HashMap<(i64, Vec<u8>), Option<usize>> = HashMap::new();
-    let mut last_change: HashMap<(i64, usize), i64> = HashMap::new();
+    // Keys already read in this range (a key changed several times is read once).
+    let mut seen: HashSet<(i64, Vec<u8>)> = HashSet::new();
     let mut bytes = 0usize;
+    let mut cut_by_bytes = false;
     let mut log = conn
         .prepare_cached(&format!("SELECT seq, tbl, k1, k2, k3, k4, at FROM {CHANGES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
         .map_err(ctx("read the changelog"))?;
@@ -132,51 +135,25 @@ fn read_in_tx(
                 e,
             )
         })?;
-        if let Some(slot) = seen.get(&(tbl, id.clone())) {
-            if let Some(i) = slot {
-                last_change.insert((tbl, *i), seq);
-            }
+        if !seen.insert((tbl, id)) {
             continue;
         }
         let out = batch.tables.entry(tbl).or_default();
-        let slot = match read_row_by_key(conn, reader, &key)? {
+        match read_row_by_key(conn, reader, &key)? {
             Some(values) => {
                 bytes += values.iter().map(value_bytes).sum::<usize>();
                 out.present.push((key, values));
-                last_change.insert((tbl, out.present.len() - 1), seq);
-                Some(out.present.len() - 1)
             }
-            None => {
-                out.absent.push(key);
-                None
-            }
-        };
-        seen.insert((tbl, id), slot);
+            None => out.absent.push(key),
+        }
         if bytes >= max_bytes {
+            cut_by_bytes = true;
             break;
         }
     }
-    // Upserts go in the order of each key's last change, which replays the common case of a
-    // UNIQUE value moving from one row to another (the releasing row's change comes first)
-    // against Postgres' immediate unique checks.
-    for (tbl, t) in batch.tables.iter_mut() {
-        let mut order: Vec<(i64, usize)> = (0..t.present.len())
-            .map(|i| (last_change.get(&(*tbl, i)).copied().unwrap_or(0), i))
-            .collect();
-        order.sort();
-        let mut rows: Vec<Option<(Vec<OwnedValue>, Vec<OwnedValue>)>> =
-            std::mem::take(&mut t.present)
-                .into_iter()
-                .map(Some)
-                .collect();
-        t.present = order
-            .into_iter()
-            .filter_map(|(_, i)| rows[i].take())
-            .collect();
-    }
+    batch.at_end = !cut_by_bytes && batch.changes < max_changes;
     Ok(batch)
 }
-
 /// The current row of one key (columns in reader order), or `None` when it does not exist.
 pub fn read_row_by_key(
     conn: &Connection,
