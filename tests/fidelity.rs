@@ -201,46 +201,58 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok.success(), "kill {sig} {pid}");
 }
 
-/// Rows exchange UNIQUE values inside one SQLite transaction (through a temporary value), move
-/// a value from a deleted row to a new one, and rotate values in a cycle of three; all of it
-/// lands in one drain (the daemon is paused meanwhile), then more of it with the daemon live.
+/// Rows exchange UNIQUE values inside one SQLite transaction (through a temporary value), rotate
+/// them in a cycle of three, move one from a deleted row to a new one, and REPLACE evicts a
+/// holder. Table `paused` gets each write while the daemon is paused (so the whole transaction
+/// lands in one drain: the hard case), table `live` the same writes with the daemon running.
 #[test]
 fn unique_swaps_moves_and_cycles_apply() {
-    let src = SqliteFile::new(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, slot INTEGER UNIQUE, note TEXT);
-         INSERT INTO accounts VALUES (1, 'a@x', 1, 'one'), (2, 'b@x', 2, 'two'), (3, 'c@x', 3, 'three');",
-    );
+    let table = |t: &str| {
+        format!(
+            "CREATE TABLE {t} (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, slot INTEGER UNIQUE, note TEXT);
+             INSERT INTO {t} VALUES (1, 'a@x', 1, 'one'), (2, 'b@x', 2, 'two'), (3, 'c@x', 3, 'three');"
+        )
+    };
+    let src = SqliteFile::new(&format!(
+        "PRAGMA journal_mode = WAL; {} {}",
+        table("paused"),
+        table("live")
+    ));
+    let writes = |t: &str| {
+        [
+            // Swap emails of 1 and 2 through a temporary value.
+            format!(
+                "BEGIN; UPDATE {t} SET email = 'tmp' WHERE id = 1; UPDATE {t} SET email = 'a@x' WHERE id = 2;
+                 UPDATE {t} SET email = 'b@x' WHERE id = 1; COMMIT;"
+            ),
+            // Rotate slots: 1 -> 2 -> 3 -> 1.
+            format!(
+                "BEGIN; UPDATE {t} SET slot = -1 WHERE id = 1; UPDATE {t} SET slot = 1 WHERE id = 3;
+                 UPDATE {t} SET slot = 3 WHERE id = 2; UPDATE {t} SET slot = 2 WHERE id = 1; COMMIT;"
+            ),
+            // A unique value moves from a deleted row to a new row.
+            format!(
+                "BEGIN; DELETE FROM {t} WHERE id = 3; INSERT INTO {t} VALUES (4, 'c@x', 1, 'four'); COMMIT;"
+            ),
+            // REPLACE evicts the holder of 'a@x'.
+            format!("REPLACE INTO {t} VALUES (5, 'a@x', 7, 'five');"),
+        ]
+    };
     let db = TestDb::new();
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
-    let writes = [
-        // A swap through a temporary value.
-        "BEGIN; UPDATE accounts SET email = 'tmp' WHERE id = 1; UPDATE accounts SET email = 'a@x' WHERE id = 2;
-         UPDATE accounts SET email = 'b@x' WHERE id = 1; COMMIT;",
-        // A cycle of three: 1 -> 2 -> 3 -> 1.
-        "BEGIN; UPDATE accounts SET slot = -1 WHERE id = 1; UPDATE accounts SET slot = 1 WHERE id = 3;
-         UPDATE accounts SET slot = 3 WHERE id = 2; UPDATE accounts SET slot = 2 WHERE id = 1; COMMIT;",
-        // A unique value moves from a deleted row to a new row.
-        "BEGIN; DELETE FROM accounts WHERE id = 3; INSERT INTO accounts VALUES (4, 'c@x', 9, 'four'); COMMIT;",
-        // And back, with REPLACE evicting the holder.
-        "REPLACE INTO accounts VALUES (5, 'a@x', 7, 'five');",
-    ];
-    signal(d.pid(), "-STOP");
-    for w in writes {
-        sqlite3_shell(&src.path, w);
-    }
-    signal(d.pid(), "-CONT");
-    d.wait_caught_up();
     let mut c = db.client();
-    assert_table_equal(&src.path, &mut c, "accounts", "id");
-    // Live, one transaction per drain.
-    for w in writes.iter().take(2) {
-        sqlite3_shell(&src.path, w);
+    for (paused, live) in writes("paused").iter().zip(writes("live").iter()) {
+        signal(d.pid(), "-STOP");
+        sqlite3_shell(&src.path, paused);
+        signal(d.pid(), "-CONT");
         d.wait_caught_up();
+        sqlite3_shell(&src.path, live);
+        d.wait_caught_up();
+        assert_eq!(d.try_exit(), None, "the daemon stopped:\n{}", d.log_text());
+        assert_table_equal(&src.path, &mut c, "paused", "id");
+        assert_table_equal(&src.path, &mut c, "live", "id");
     }
-    assert_table_equal(&src.path, &mut c, "accounts", "id");
-    assert_eq!(d.try_exit(), None, "the daemon stopped:\n{}", d.log_text());
     assert!(d.stop());
 }
 
