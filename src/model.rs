@@ -222,20 +222,45 @@ pub struct SourceTable {
     pub foreign_keys: Vec<SourceForeignKey>,
     /// The CREATE statement.
     pub sql: String,
+    /// The declared primary key holds NULLs (SQLite allows that for non-INTEGER keys of rowid
+    /// tables), so it identifies no row.
+    pub null_in_primary_key: bool,
 }
 
+/// Key columns the changelog can hold per row.
+pub const MAX_KEY_COLUMNS: usize = 4;
+
 impl SourceTable {
-    /// The columns a snapshot orders and resumes by: the rowid when the table has one and it is
-    /// stable (INTEGER PRIMARY KEY, or no primary key at all), otherwise the primary key.
+    /// Whether changes are followed by whole-row images rather than by key: rowid tables
+    /// without a usable primary key (none, NULLs in it, or more columns than the changelog
+    /// holds). Rowids cannot serve: `VACUUM` may renumber them.
+    pub fn follows_row_images(&self) -> bool {
+        !self.without_rowid
+            && self.rowid_alias.is_none()
+            && (self.primary_key.is_empty()
+                || self.null_in_primary_key
+                || self.primary_key.len() > MAX_KEY_COLUMNS)
+    }
+
+    /// The columns a snapshot orders and resumes by: the rowid alias, the primary key, or the
+    /// bare rowid for tables followed by row images.
     pub fn scan_key(&self) -> ScanKey {
         if let Some(alias) = self.rowid_alias {
             return ScanKey::Columns(vec![alias]);
         }
-        if self.primary_key.is_empty() {
+        if self.follows_row_images() || self.primary_key.is_empty() {
             ScanKey::Rowid
         } else {
             ScanKey::Columns(self.primary_key.clone())
         }
+    }
+
+    /// A name that reaches the rowid in SQL: `rowid`, unless a column took that name.
+    pub fn rowid_name(&self) -> &'static str {
+        ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|n| !self.columns.iter().any(|c| c.name.eq_ignore_ascii_case(n)))
+            .unwrap_or("rowid")
     }
 }
 

@@ -354,3 +354,157 @@ fn a_banks_total_never_changes_on_postgres_while_a_backlog_drains_wal() {
 fn a_banks_total_never_changes_on_postgres_across_a_kill_9_mid_backlog_rollback_journal() {
     invariant_holds_while_a_backlog_drains("delete", true);
 }
+
+/// Every row of a table on both sides as sorted text (for tables without a key to order by).
+fn assert_same_rows(src: &std::path::Path, c: &mut postgres::Client, table: &str, cols: &[&str]) {
+    let sqlite_cols: Vec<String> = cols
+        .iter()
+        .map(|c| format!("CAST(\"{c}\" AS TEXT)"))
+        .collect();
+    let conn = rusqlite::Connection::open(src).unwrap();
+    let mut st = conn
+        .prepare(&format!("SELECT {} FROM \"{table}\"", sqlite_cols.join(", ")))
+        .unwrap();
+    let mut sqlite: Vec<Vec<Option<String>>> = st
+        .query_map([], |r| (0..cols.len()).map(|i| r.get(i)).collect())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let pg_cols: Vec<String> = cols.iter().map(|c| format!("\"{c}\"::text")).collect();
+    let mut pg = pg_rows(c, &format!("SELECT {} FROM \"{table}\"", pg_cols.join(", ")));
+    sqlite.sort();
+    pg.sort();
+    assert_eq!(sqlite, pg, "table {table} differs");
+}
+
+const KEYLESS: &str = "
+    CREATE TABLE log (at TEXT, level TEXT, msg TEXT);
+    CREATE TABLE tags_posts (post_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, UNIQUE (post_id, tag_id));
+    CREATE TABLE legacy (code TEXT PRIMARY KEY, name TEXT);
+    CREATE TABLE wide (a INT, b INT, c INT, d INT, e INT, v TEXT, PRIMARY KEY (a, b, c, d, e));
+    INSERT INTO log VALUES ('t1', 'info', 'same'), ('t1', 'info', 'same'), ('t1', 'info', 'same'), ('t2', 'warn', NULL);
+    INSERT INTO legacy VALUES (NULL, 'no key'), ('a', 'A');
+    INSERT INTO wide VALUES (1, 2, 3, 4, 5, 'x');";
+
+fn keyless(journal: &str) {
+    let src = SqliteFile::new(&format!("PRAGMA journal_mode = {journal};{KEYLESS}"));
+    let p = src.path.to_str().unwrap();
+    let out = sqlite2pg(&["--source", p, "check", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "check:\n{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let followed: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["severity"] == "info" && f["message"].as_str().unwrap().contains("whole-row images")
+        })
+        .map(|f| f["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(followed, ["legacy", "log", "tags_posts", "wide"], "{report:#}");
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    for w in [
+        // Duplicates stay duplicated, one copy at a time.
+        "INSERT INTO log VALUES ('t1', 'info', 'same')",
+        "DELETE FROM log WHERE rowid = (SELECT min(rowid) FROM log WHERE msg = 'same')",
+        "UPDATE log SET level = 'error' WHERE rowid = (SELECT max(rowid) FROM log WHERE msg = 'same')",
+        // A join table with a UNIQUE constraint: ignored, replaced, and evicting updates.
+        "INSERT INTO tags_posts VALUES (1, 1), (1, 2), (2, 1)",
+        "INSERT OR IGNORE INTO tags_posts VALUES (1, 1)",
+        "INSERT OR REPLACE INTO tags_posts VALUES (1, 2)",
+        "UPDATE OR REPLACE tags_posts SET tag_id = 1 WHERE post_id = 1 AND tag_id = 2",
+        "UPDATE tags_posts SET post_id = 3 WHERE post_id = 2",
+        // NULLs in a declared key, and a key wider than the changelog's.
+        "INSERT INTO legacy VALUES (NULL, 'another null')",
+        "UPDATE legacy SET name = 'A2' WHERE code = 'a'",
+        "INSERT INTO wide VALUES (1, 2, 3, 4, 6, 'y'); UPDATE wide SET v = 'z' WHERE e = 5",
+        // VACUUM renumbers the rowids of tables without INTEGER PRIMARY KEY.
+        "DELETE FROM log WHERE level = 'warn'; VACUUM;",
+        "DELETE FROM log WHERE level = 'error'; INSERT INTO log VALUES ('t3', NULL, 'after vacuum')",
+    ] {
+        sqlite3_shell(&src.path, w);
+    }
+    d.wait_caught_up();
+    assert_eq!(d.try_exit(), None, "the daemon stopped:\n{}", d.log_text());
+    let mut c = db.client();
+    assert_same_rows(&src.path, &mut c, "log", &["at", "level", "msg"]);
+    assert_same_rows(&src.path, &mut c, "tags_posts", &["post_id", "tag_id"]);
+    assert_same_rows(&src.path, &mut c, "legacy", &["code", "name"]);
+    assert_same_rows(&src.path, &mut c, "wide", &["a", "b", "c", "d", "e", "v"]);
+    let same: i64 = scalar(&mut c, "SELECT count(*) FROM log WHERE msg = 'same'");
+    assert_eq!(same, 2);
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify", "--json"]);
+    assert!(out.status.success(), "verify:\n{}", text(&out));
+    // verify notices a row that differs.
+    c.batch_execute("INSERT INTO log VALUES ('ghost', 'info', 'only in postgres')")
+        .unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "verify:\n{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "log")
+        .unwrap()
+        .clone();
+    assert_eq!(log["extra_in_postgres"], 1, "{report:#}");
+    c.batch_execute("DELETE FROM log WHERE at = 'ghost'").unwrap();
+    assert!(d.stop());
+}
+
+#[test]
+fn tables_without_a_usable_primary_key_are_followed_wal() {
+    keyless("wal");
+}
+
+#[test]
+fn tables_without_a_usable_primary_key_are_followed_rollback_journal() {
+    keyless("delete");
+}
+
+const LOG_WRITER: &str = r#"
+import random, sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
+r = random.Random(int(sys.argv[2]))
+for i in range(int(sys.argv[3])):
+    time.sleep(0.002)
+    op = r.random()
+    if op < 0.5:
+        c.execute("INSERT INTO log VALUES (?, 'info', ?)", (f"t{r.randint(0, 3)}", "dup" if r.random() < 0.5 else f"m{i}"))
+    elif op < 0.8:
+        c.execute("DELETE FROM log WHERE rowid = (SELECT rowid FROM log ORDER BY random() LIMIT 1)")
+    else:
+        c.execute("UPDATE log SET level = 'warn' WHERE rowid = (SELECT rowid FROM log ORDER BY random() LIMIT 1)")
+"#;
+
+/// The snapshot of a table without a key is taken in small chunks while the app inserts,
+/// deletes and updates duplicates: each change is applied exactly once, whether its row was
+/// in a chunk already copied or not; and a kill -9 mid-snapshot changes nothing.
+#[test]
+fn a_table_without_a_key_hands_over_from_snapshot_to_stream_exactly() {
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE log (at TEXT, level TEXT, msg TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO log SELECT 't' || (i % 4), 'info', CASE WHEN i % 3 = 0 THEN 'dup' ELSE 'm' || i END FROM s;",
+    );
+    let db = TestDb::new();
+    let writer = std::process::Command::new("python3")
+        .args(["-c", LOG_WRITER])
+        .arg(&src.path)
+        .args(["7", "3000"])
+        .spawn()
+        .unwrap();
+    let d = Daemon::start(&src.path, &db, &["--chunk-rows", "500"]);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    d.kill9();
+    let mut d = Daemon::start(&src.path, &db, &["--chunk-rows", "500"]);
+    assert!(writer.wait_with_output().unwrap().status.success());
+    d.wait_caught_up();
+    let mut c = db.client();
+    assert_same_rows(&src.path, &mut c, "log", &["at", "level", "msg"]);
+    assert!(d.stop());
+}

@@ -25,7 +25,8 @@ pub struct TableBatch {
     /// Target key columns, in the order of `deletes`' fields.
     pub keys: Vec<String>,
     /// Rows that exist in SQLite (started with `copy::begin_buffer`; each row ends with the
-    /// chunk number, see [`Drain::chunk`]).
+    /// chunk number, see [`Drain::chunk`]). For a table followed by row images (`keys` is
+    /// empty): the images, each ending with its sign.
     pub upserts: BytesMut,
     /// How many rows `upserts` holds.
     pub n_upserts: u64,
@@ -38,14 +39,17 @@ pub struct TableBatch {
 /// The column that orders staged states of one key: the chunk that read it.
 const GEN: &str = "_sqlite2pg_chunk";
 
-/// Appends the chunk number as the last field of a staged row.
-pub fn put_chunk(buf: &mut BytesMut, chunk: i32) {
+/// Appends an int4 field: the chunk number that ends a staged row, or a row image's sign.
+pub fn put_int4(buf: &mut BytesMut, v: i32) {
     buf.put_i32(4);
-    buf.put_i32(chunk);
+    buf.put_i32(v);
 }
 
+/// The column holding a staged row image's sign.
+const SIGN: &str = "_sqlite2pg_sign";
+
 /// How a table's final states are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Mode {
     /// `INSERT ... ON CONFLICT (key) DO UPDATE`: the key's index is the table's only unique one.
     Upsert,
@@ -53,6 +57,21 @@ enum Mode {
     /// indexes, values swapped or moved between rows (SQLite checks uniqueness per statement,
     /// Postgres per row) could otherwise collide midway.
     Replace,
+    /// Row images: per distinct row, the signs add up to how many copies appeared or left.
+    Images(ImageSql),
+}
+
+/// The pieces of SQL that match staged row images with target rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ImageSql {
+    /// Staged columns as selected into the temp table (json as text: json has no `=`).
+    staged: String,
+    /// Staged columns, for GROUP BY.
+    group: String,
+    /// Target row `r` equals net image `n`.
+    matches: String,
+    /// Net image `n` as target values.
+    values: String,
 }
 
 /// Applies drains on one connection, remembering the temp tables it made.
@@ -72,6 +91,10 @@ fn up(i: usize) -> String {
 
 fn del(i: usize) -> String {
     quote_ident(&format!("_s2p_del_{i}"))
+}
+
+fn img(i: usize) -> String {
+    quote_ident(&format!("_s2p_img_{i}"))
 }
 
 impl Applier {
@@ -134,7 +157,7 @@ pub struct Drain<'a> {
 }
 
 impl Drain<'_> {
-    /// The number the next staged chunk carries in its rows (see [`put_chunk`]).
+    /// The number the next staged chunk carries in its rows (see [`put_int4`]).
     pub fn chunk(&self) -> i32 {
         self.chunks
     }
@@ -144,6 +167,9 @@ impl Drain<'_> {
             return Ok(());
         }
         let target = qualified(self.schema, &t.table);
+        if t.keys.is_empty() {
+            return self.prepare_images(t, &target).await;
+        }
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
         let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
         // Created inside the transaction: a rollback takes them away, and `fresh` is only
@@ -185,11 +211,66 @@ impl Drain<'_> {
         Ok(())
     }
 
+    async fn prepare_images(&mut self, t: &TableBatch, target: &str) -> Result<()> {
+        let types = self
+            .tx
+            .query(
+                "SELECT a.attname::text, a.atttypid = 'json'::regtype, a.attnotnull FROM pg_attribute a
+                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&target],
+            )
+            .await
+            .map_err(pg_err(format!("cannot read the columns of {}", t.table)))?;
+        let (mut staged, mut group, mut matches, mut values) = (vec![], vec![], vec![], vec![]);
+        for c in &t.columns {
+            let q = quote_ident(c);
+            let (json, not_null) = types
+                .iter()
+                .find(|r| r.get::<_, String>(0) == *c)
+                .map(|r| (r.get::<_, bool>(1), r.get::<_, bool>(2)))
+                .unwrap_or((false, false));
+            let (cast, back) = if json { ("::text", "::json") } else { ("", "") };
+            staged.push(format!("{q}{cast} AS {q}"));
+            group.push(q.clone());
+            // `=` where NULL cannot occur lets an index on the column serve.
+            let op = if not_null { "=" } else { "IS NOT DISTINCT FROM" };
+            matches.push(format!("r.{q}{cast} {op} n.{q}"));
+            values.push(format!("n.{q}{back}"));
+        }
+        let sql = ImageSql {
+            staged: staged.join(", "),
+            group: group.join(", "),
+            matches: matches.join(" AND "),
+            values: values.join(", "),
+        };
+        self.tx
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {SIGN} FROM {target} WITH NO DATA",
+                img(t.index),
+                sql.staged
+            ))
+            .await
+            .map_err(pg_err(format!("cannot prepare the apply tables for {}", t.table)))?;
+        self.fresh.insert(t.index, Mode::Images(sql));
+        Ok(())
+    }
+
     /// Stages one chunk: every table's rows COPYed into its temp tables, tagged with
     /// [`Drain::chunk`]. Later chunks supersede earlier ones key by key.
     pub async fn stage(&mut self, tables: Vec<TableBatch>) -> Result<()> {
         for mut t in tables {
             self.prepare(&t).await?;
+            if t.keys.is_empty() {
+                let mut with_sign = t.columns.clone();
+                with_sign.push(SIGN.into());
+                if t.n_upserts > 0 {
+                    let name = format!("_s2p_img_{}", t.index);
+                    let data = std::mem::take(&mut t.upserts);
+                    copy::copy_in(&self.tx, None, &name, &with_sign, data).await?;
+                }
+                self.stage_counts(&t);
+                continue;
+            }
             let mut with_gen = t.columns.clone();
             with_gen.push(GEN.into());
             if t.n_upserts > 0 {
@@ -204,18 +285,22 @@ impl Drain<'_> {
                 let data = std::mem::take(&mut t.deletes);
                 copy::copy_in(&self.tx, None, &name, &keys_gen, data).await?;
             }
-            let s = self.tables.entry(t.index).or_insert_with(|| Staged {
-                table: t.table.clone(),
-                columns: t.columns.clone(),
-                keys: t.keys.clone(),
-                upserts: 0,
-                deletes: 0,
-            });
-            s.upserts += t.n_upserts;
-            s.deletes += t.n_deletes;
+            self.stage_counts(&t);
         }
         self.chunks += 1;
         Ok(())
+    }
+
+    fn stage_counts(&mut self, t: &TableBatch) {
+        let s = self.tables.entry(t.index).or_insert_with(|| Staged {
+            table: t.table.clone(),
+            columns: t.columns.clone(),
+            keys: t.keys.clone(),
+            upserts: 0,
+            deletes: 0,
+        });
+        s.upserts += t.n_upserts;
+        s.deletes += t.n_deletes;
     }
 
     /// Writes every staged key's final state and moves the position to `position`, then
@@ -233,9 +318,13 @@ impl Drain<'_> {
             let mode = known
                 .get(index)
                 .or_else(|| fresh.get(index))
-                .copied()
+                .cloned()
                 .unwrap_or(Mode::Replace);
-            write_final_states(&tx, schema, *index, s, mode, chunks > 1).await?;
+            if let Mode::Images(sql) = &mode {
+                write_images(&tx, schema, *index, s, sql).await?;
+                continue;
+            }
+            write_final_states(&tx, schema, *index, s, mode == Mode::Upsert, chunks > 1).await?;
         }
         state::stream_advance(&tx, position, source_at, changes).await?;
         tx.commit()
@@ -253,7 +342,7 @@ async fn write_final_states(
     schema: &str,
     index: usize,
     s: &Staged,
-    mode: Mode,
+    upsert: bool,
     several_chunks: bool,
 ) -> Result<()> {
     let target = qualified(schema, &s.table);
@@ -288,8 +377,8 @@ async fn write_final_states(
         (up(index), del(index))
     };
     let mut statements = Vec::new();
-    match mode {
-        Mode::Upsert => {
+    match upsert {
+        true => {
             if s.deletes > 0 {
                 statements.push(format!(
                     "DELETE FROM {target} t USING {gone} d WHERE {}",
@@ -313,7 +402,7 @@ async fn write_final_states(
                 ));
             }
         }
-        Mode::Replace => {
+        false => {
             // Every changed key leaves first, so no final row meets a stale unique value.
             statements.push(format!(
                 "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}",
@@ -333,5 +422,80 @@ async fn write_final_states(
             .await
             .map_err(pg_err(format!("cannot apply changes to table {}", s.table)))?;
     }
+    Ok(())
+}
+
+/// Applies staged row images as multiset arithmetic: per distinct row, a negative sum deletes
+/// that many copies, a positive one inserts that many. Deleting fewer rows than the images
+/// say means Postgres no longer equals SQLite: that stops the drain instead of going on.
+async fn write_images(
+    tx: &Transaction<'_>,
+    schema: &str,
+    index: usize,
+    s: &Staged,
+    sql: &ImageSql,
+) -> Result<()> {
+    if s.upserts == 0 {
+        return Ok(());
+    }
+    let target = qualified(schema, &s.table);
+    let staged = img(index);
+    let group = &sql.group;
+    let err = |what: &str| pg_err(format!("cannot apply {what} to table {}", s.table));
+    let want: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(-n), 0)::bigint FROM (SELECT sum({SIGN}) AS n FROM {staged} GROUP BY {group}) g WHERE n < 0"
+            ),
+            &[],
+        )
+        .await
+        .map_err(err("row images"))?
+        .get(0);
+    if want > 0 {
+        let deleted = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {target} t USING (
+                       SELECT x.tid FROM (
+                         SELECT r.ctid AS tid, row_number() OVER (PARTITION BY n.g ORDER BY r.ctid) AS rn, n.cnt
+                         FROM {target} r JOIN (
+                           SELECT row_number() OVER () AS g, {group}, -sum({SIGN}) AS cnt FROM {staged}
+                           GROUP BY {group} HAVING sum({SIGN}) < 0
+                         ) n ON {}
+                       ) x WHERE x.rn <= x.cnt
+                     ) d WHERE t.ctid = d.tid",
+                    sql.matches
+                ),
+                &[],
+            )
+            .await
+            .map_err(err("deleted rows"))?;
+        if deleted as i64 != want {
+            return Err(Error::new(
+                crate::error::ErrorKind::Schema,
+                format!(
+                    "table {}: SQLite removed {want} rows that Postgres should hold, but Postgres had only {deleted} of them: the two sides differ (was the Postgres table written to?). Nothing of this batch is applied; see `sqlite2pg verify`, then re-copy the table",
+                    s.table
+                ),
+            ));
+        }
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {target} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM
+               (SELECT {group}, sum({SIGN}) AS cnt FROM {staged} GROUP BY {group} HAVING sum({SIGN}) > 0) n,
+               generate_series(1, n.cnt)",
+            s.columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sql.values
+        ),
+        &[],
+    )
+    .await
+    .map_err(err("new rows"))?;
     Ok(())
 }

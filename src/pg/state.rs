@@ -105,6 +105,12 @@ pub async fn ensure(client: &Client) -> Result<()> {
                window_ms double precision NOT NULL,
                rows_verified bigint NOT NULL,
                position bigint NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.image_chunk (
+               source_table text NOT NULL,
+               upto_rowid bigint,
+               seq bigint NOT NULL,
+               schema_version bigint NOT NULL
              );"
         ))
         .await
@@ -469,5 +475,102 @@ pub async fn set_phase(
         )
         .await
         .map_err(pg("record a phase change"))?;
+    Ok(())
+}
+
+/// Where the snapshot of each table followed by row images stood: per chunk, the largest
+/// rowid it covered (`None`: every rowid after the previous chunk) and the changelog position
+/// its read saw. A row image at or below the position of the chunk covering its rowid is
+/// already in the copy, and must not be applied again.
+#[derive(Debug, Clone, Default)]
+pub struct ImageHandoff {
+    chunks: std::collections::HashMap<String, Vec<(Option<i64>, i64)>>,
+}
+
+impl ImageHandoff {
+    /// Whether the change `seq` to the row at `rowid` of `table` is already in its snapshot.
+    pub fn already_copied(&self, table: &str, seq: i64, rowid: i64) -> bool {
+        let Some(chunks) = self.chunks.get(table) else {
+            return false;
+        };
+        chunks
+            .iter()
+            .find(|(upto, _)| upto.is_none_or(|u| rowid <= u))
+            .is_some_and(|(_, at)| seq <= *at)
+    }
+}
+
+/// The snapshot handoff of every table followed by row images.
+pub async fn image_handoff(client: &impl GenericClient) -> Result<ImageHandoff> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT source_table, upto_rowid, seq FROM {STATE_SCHEMA}.image_chunk ORDER BY source_table, upto_rowid NULLS LAST"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("read the snapshot handoff of row-image tables"))?;
+    let mut out = ImageHandoff::default();
+    for r in rows {
+        out.chunks
+            .entry(r.get(0))
+            .or_default()
+            .push((r.get(1), r.get(2)));
+    }
+    Ok(out)
+}
+
+/// Records one snapshot chunk of a table followed by row images (same transaction as its rows).
+pub async fn image_chunk(
+    client: &impl GenericClient,
+    source_table: &str,
+    upto_rowid: Option<i64>,
+    seq: i64,
+    schema_version: i64,
+) -> Result<()> {
+    client
+        .execute(
+            &format!("INSERT INTO {STATE_SCHEMA}.image_chunk VALUES ($1, $2, $3, $4)"),
+            &[&source_table, &upto_rowid, &seq, &schema_version],
+        )
+        .await
+        .map_err(pg("record a snapshot chunk"))?;
+    Ok(())
+}
+
+/// Whether a table followed by row images was copied across a schema change (a `VACUUM`
+/// renumbers rowids and moves the schema version): its chunks then do not fit together.
+pub async fn image_copy_torn(client: &impl GenericClient, source_table: &str) -> Result<bool> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(DISTINCT schema_version) > 1 FROM {STATE_SCHEMA}.image_chunk WHERE source_table = $1"
+            ),
+            &[&source_table],
+        )
+        .await
+        .map_err(pg("read the snapshot chunks of a table"))?;
+    Ok(row.get(0))
+}
+
+/// Forgets a table's snapshot so that the next pass copies it again from the start.
+pub async fn restart_copy(client: &impl GenericClient, source_table: &str) -> Result<()> {
+    client
+        .execute(
+            &format!("DELETE FROM {STATE_SCHEMA}.image_chunk WHERE source_table = $1"),
+            &[&source_table],
+        )
+        .await
+        .map_err(pg("forget the chunks of a table"))?;
+    client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.table_state SET phase = 'copying', last_key = NULL, rows_copied = 0, updated_at = now() WHERE source_table = $1"
+            ),
+            &[&source_table],
+        )
+        .await
+        .map_err(pg("restart the copy of a table"))?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::model::{PgType, ScanKey, SourceTable, TableKind};
+use crate::model::{MAX_KEY_COLUMNS, PgType, ScanKey, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
 use crate::pg::convert::ColumnConv;
 use crate::pg::ddl::{self, ColumnDef, ForeignKeyDef, IndexDef};
@@ -210,26 +210,36 @@ pub fn build(
             });
             continue;
         }
-        if t.primary_key.is_empty() {
+        if t.follows_row_images() {
+            let why = if t.primary_key.is_empty() {
+                "has no PRIMARY KEY".to_string()
+            } else if t.null_in_primary_key {
+                "has NULLs in its PRIMARY KEY (SQLite allows them for a non-INTEGER key), so the key identifies no row".to_string()
+            } else {
+                format!(
+                    "has a {}-column PRIMARY KEY, more than the changelog's {MAX_KEY_COLUMNS}",
+                    t.primary_key.len()
+                )
+            };
             findings.push(Finding {
-                severity: Severity::Error,
+                severity: Severity::Info,
                 table: t.name.clone(),
                 column: None,
-                message: "has no PRIMARY KEY, so its changes cannot be matched to Postgres rows".into(),
-                hint: "add a primary key in SQLite (e.g. an INTEGER PRIMARY KEY column), or --exclude the table".into(),
+                message: format!(
+                    "{why}: it is followed by whole-row images (like Postgres' REPLICA IDENTITY FULL). Identical rows stay as many as SQLite holds, and a VACUUM changes nothing; an UPDATE or DELETE on it scans its Postgres table unless an index covers the columns"
+                ),
+                hint: "nothing to do; a primary key makes its capture lighter".into(),
             });
-        }
-        if t.primary_key.len() > crate::sqlite::capture::MAX_KEY_COLUMNS {
+        } else if t.primary_key.len() > MAX_KEY_COLUMNS {
             findings.push(Finding {
                 severity: Severity::Error,
                 table: t.name.clone(),
                 column: None,
                 message: format!(
-                    "has a {}-column primary key; capture holds keys of at most {} columns",
+                    "is a WITHOUT ROWID table with a {}-column primary key; capture holds keys of at most {MAX_KEY_COLUMNS} columns",
                     t.primary_key.len(),
-                    crate::sqlite::capture::MAX_KEY_COLUMNS
                 ),
-                hint: "--exclude the table, or give it a shorter key".into(),
+                hint: "--exclude the table".into(),
             });
         }
         let existing = if owned.contains(&target_name) {
@@ -379,14 +389,19 @@ fn plan_create(
             .iter()
             .position(|c: &ColumnPlan| c.source.eq_ignore_ascii_case(name))
     };
-    let primary_key: Vec<String> = t
-        .primary_key
+    // A key holding NULLs cannot be a Postgres primary key; the table is followed by row images.
+    let pk_columns: &[usize] = if t.null_in_primary_key {
+        &[]
+    } else {
+        &t.primary_key
+    };
+    let primary_key: Vec<String> = pk_columns
         .iter()
         .map(|i| columns[*i].target.clone())
         .collect();
     let mut unique_keys = Vec::new();
-    if !t.primary_key.is_empty() {
-        unique_keys.push(t.primary_key.clone());
+    if !pk_columns.is_empty() {
+        unique_keys.push(pk_columns.to_vec());
     }
     let mut indexes = Vec::new();
     for ix in &t.indexes {

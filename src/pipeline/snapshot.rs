@@ -101,6 +101,9 @@ struct Chunk {
     last_key: Option<Vec<OwnedValue>>,
     finished: bool,
     data: BytesMut,
+    /// For a table followed by row images: the changelog position and schema version its
+    /// read saw (the stream's handoff, see `state::ImageHandoff`).
+    mark: Option<(i64, i64)>,
 }
 
 fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -210,6 +213,39 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     drop(source);
 
     copy_tables(client, plan, opts, resume, &done_rows, &totals).await?;
+    // A VACUUM while a table followed by row images was being copied renumbers the rowids its
+    // chunks are cut by: its copy is torn, and is taken again (rare, and the only safe answer).
+    loop {
+        let mut torn = Vec::new();
+        for (i, t) in plan.tables.iter().enumerate() {
+            if t.source.follows_row_images() && state::image_copy_torn(&*client, &t.source.name).await? {
+                torn.push(i);
+            }
+        }
+        if torn.is_empty() {
+            break;
+        }
+        let mut resume: Vec<Option<Option<Vec<OwnedValue>>>> = vec![None; plan.tables.len()];
+        for i in torn {
+            let t = &plan.tables[i];
+            tracing::warn!(table = %t.source.name, "the SQLite file changed shape (VACUUM?) while this table was copied; copying it again");
+            let tx = client.transaction().await.map_err(pg_err(format!(
+                "cannot start a transaction for table {}",
+                t.target
+            )))?;
+            tx.batch_execute(&format!("TRUNCATE {}", qualified(&opts.schema, &t.target)))
+                .await
+                .map_err(pg_err(format!("cannot empty table {} to copy it again", t.target)))?;
+            state::restart_copy(&tx, &t.source.name).await?;
+            tx.commit().await.map_err(pg_err(format!(
+                "cannot commit the restart of table {}",
+                t.target
+            )))?;
+            resume[i] = Some(None);
+        }
+        let zeros = vec![0; plan.tables.len()];
+        copy_tables(client, plan, opts, resume, &zeros, &totals).await?;
+    }
     build_indexes(client, plan, &opts.schema, &mut summary).await?;
     finish_tables(client, plan, &opts.schema).await?;
     summary.foreign_keys_kept = foreign_keys::kept(&*client).await?.len();
@@ -320,6 +356,16 @@ async fn copy_tables(
                 chunk.finished,
             )
             .await?;
+            if let Some((seq, version)) = chunk.mark {
+                let upto = match (&chunk.last_key, chunk.finished) {
+                    (Some(k), false) => match k.first() {
+                        Some(OwnedValue::Integer(r)) => Some(*r),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                state::image_chunk(&tx, &t.source.name, upto, seq, version).await?;
+            }
             tx.commit().await.map_err(pg_err(format!(
                 "cannot commit a chunk of table {}",
                 t.target
@@ -360,12 +406,13 @@ fn read_all(
         let ncols = t.columns.len();
         loop {
             let mut data = copy::begin_buffer(1 << 20);
-            let read = reader::read_chunk(
+            let read = reader::read_chunk_marked(
                 &conn,
                 &q,
                 after.as_deref(),
                 opts.chunk_rows,
                 opts.chunk_time,
+                t.source.follows_row_images(),
                 |row| {
                     copy::begin_row(&mut data, ncols);
                     for (c, v) in t.columns.iter().zip(&row[klen..]) {
@@ -384,6 +431,7 @@ fn read_all(
                 last_key: read.last_key,
                 finished: read.exhausted,
                 data,
+                mark: read.mark,
             };
             if out.blocking_send(Ok(chunk)).is_err() {
                 return Ok(());

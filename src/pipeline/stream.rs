@@ -40,10 +40,12 @@ pub struct Options {
     pub give_up_after: Option<Duration>,
 }
 
-/// One captured table: where its key columns sit among the plan's columns.
+/// One captured table: where its key columns sit among the plan's columns, or that it is
+/// followed by row images.
 struct Captured {
     plan_index: usize,
     key_positions: Vec<usize>,
+    images: bool,
 }
 
 /// Julian day of 1970-01-01 00:00 UTC.
@@ -138,6 +140,7 @@ fn conversion_error(
 fn encode_batch(
     plan: &Plan,
     captured: &BTreeMap<i64, Captured>,
+    handoff: &state::ImageHandoff,
     batch: Batch,
     chunk: i32,
 ) -> Result<Vec<TableBatch>> {
@@ -147,6 +150,34 @@ fn encode_batch(
             continue;
         };
         let t = &plan.tables[cap.plan_index];
+        if cap.images {
+            let mut rows = copy::begin_buffer(4096);
+            let mut n = 0;
+            for img in &changes.images {
+                if handoff.already_copied(&t.source.name, img.seq, img.rowid) {
+                    continue;
+                }
+                copy::begin_row(&mut rows, t.columns.len() + 1);
+                for (c, v) in t.columns.iter().zip(&img.values) {
+                    convert::encode(v.as_ref(), &c.conv, &mut rows).map_err(|e| {
+                        conversion_error(t, &[OwnedValue::Integer(img.rowid)], &c.source, v, e)
+                    })?;
+                }
+                apply::put_int4(&mut rows, img.sign);
+                n += 1;
+            }
+            out.push(TableBatch {
+                index: cap.plan_index,
+                table: t.target.clone(),
+                columns: t.target_columns(),
+                keys: Vec::new(),
+                upserts: rows,
+                n_upserts: n,
+                deletes: copy::begin_buffer(0),
+                n_deletes: 0,
+            });
+            continue;
+        }
         let mut upserts = copy::begin_buffer(4096);
         let mut deletes = copy::begin_buffer(256);
         for (key, row) in &changes.present {
@@ -155,7 +186,7 @@ fn encode_batch(
                 convert::encode(v.as_ref(), &c.conv, &mut upserts)
                     .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
             }
-            apply::put_chunk(&mut upserts, chunk);
+            apply::put_int4(&mut upserts, chunk);
         }
         for key in &changes.absent {
             copy::begin_row(&mut deletes, key.len() + 1);
@@ -164,7 +195,7 @@ fn encode_batch(
                 convert::encode(v.as_ref(), &c.conv, &mut deletes)
                     .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
             }
-            apply::put_chunk(&mut deletes, chunk);
+            apply::put_int4(&mut deletes, chunk);
         }
         out.push(TableBatch {
             index: cap.plan_index,
@@ -212,6 +243,7 @@ async fn drain(
     reader: &rusqlite::Connection,
     plan: &Plan,
     captured: &BTreeMap<i64, Captured>,
+    handoff: &state::ImageHandoff,
     readers: &BTreeMap<i64, RowReader>,
     opts: &Options,
     position: i64,
@@ -236,7 +268,7 @@ async fn drain(
             last = batch.last_seq;
             changes += batch.changes as i64;
             max_at = max_at.max(batch.max_at);
-            let tables = encode_batch(plan, captured, batch, tx.chunk())?;
+            let tables = encode_batch(plan, captured, handoff, batch, tx.chunk())?;
             for t in &tables {
                 let e = per_table.entry(t.table.clone()).or_default();
                 e.0 += t.n_upserts;
@@ -325,6 +357,29 @@ pub async fn run(
         else {
             continue;
         };
+        if t.source.follows_row_images() {
+            let positions: Option<Vec<usize>> = t
+                .columns
+                .iter()
+                .map(|c| t.source.columns.iter().position(|sc| sc.name == c.source))
+                .collect();
+            let Some(positions) = positions else {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    format!("table {name}: a copied column is gone from SQLite; run again to re-plan"),
+                ));
+            };
+            readers.insert(*id, RowReader::images(name, *id, &positions));
+            captured.insert(
+                *id,
+                Captured {
+                    plan_index: i,
+                    key_positions: Vec::new(),
+                    images: true,
+                },
+            );
+            continue;
+        }
         let keys = capture::key_columns(&t.source).unwrap_or_default();
         let key_positions: Option<Vec<usize>> = keys
             .iter()
@@ -342,6 +397,7 @@ pub async fn run(
             Captured {
                 plan_index: i,
                 key_positions,
+                images: false,
             },
         );
     }
@@ -394,9 +450,10 @@ pub async fn run(
         let setup = async {
             let applier = Applier::new(client, &opts.schema).await?;
             let st = state::stream_load(applier.client()).await?;
-            Ok::<_, Error>((applier, st))
+            let handoff = state::image_handoff(applier.client()).await?;
+            Ok::<_, Error>((applier, st, handoff))
         };
-        let (mut applier, st) = match setup.await {
+        let (mut applier, st, handoff) = match setup.await {
             Ok(v) => v,
             Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
                 down_since.get_or_insert_with(Instant::now);
@@ -437,6 +494,7 @@ pub async fn run(
                     &reader,
                     plan,
                     &captured,
+                    &handoff,
                     &readers,
                     opts,
                     position,

@@ -4,7 +4,8 @@
 //! has caught up, so a moving target is not reported as a difference.
 
 use std::cmp::Ordering;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -461,6 +462,100 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
     Ok(counts)
 }
 
+/// A value in a form that is equal exactly when `same` says so (numeric without its display
+/// scale, jsonb as parsed JSON), fed to a row's fingerprint.
+fn canonical(ty: &PgType, v: &Option<Vec<u8>>, h: &mut impl Hasher) {
+    match v {
+        None => 0u8.hash(h),
+        Some(b) => {
+            1u8.hash(h);
+            match ty {
+                PgType::Numeric { .. } => numeric_value(b).hash(h),
+                PgType::Jsonb => serde_json::from_slice::<serde_json::Value>(b.get(1..).unwrap_or_default())
+                    .map(|j| j.to_string())
+                    .unwrap_or_default()
+                    .hash(h),
+                _ => b.hash(h),
+            }
+        }
+    }
+}
+
+/// A table followed by row images has no key to merge on: both sides are compared as
+/// multisets of row fingerprints (memory grows with the number of distinct rows; the report
+/// names a missing row by its SQLite rowid).
+async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> Result<Counts> {
+    let mut counts = Counts {
+        rows: 0,
+        missing: 0,
+        extra: 0,
+        differing: 0,
+        kept: Vec::new(),
+    };
+    // fingerprint -> (SQLite rows minus Postgres rows, a rowid holding it in SQLite)
+    let mut seen: HashMap<u64, (i64, Option<OwnedValue>)> = HashMap::new();
+    let fingerprint = |values: &mut dyn Iterator<Item = (&PgType, &Option<Vec<u8>>)>| {
+        let mut h = std::hash::DefaultHasher::new();
+        for (ty, v) in values {
+            canonical(ty, v, &mut h);
+        }
+        h.finish()
+    };
+    let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
+    while let Some(rows) = source_rx.recv().await {
+        for r in rows? {
+            counts.rows += 1;
+            // A value that cannot be converted can match nothing in Postgres.
+            let encoded: Vec<Option<Vec<u8>>> = r
+                .values
+                .into_iter()
+                .map(|v| v.unwrap_or_else(|e| Some(format!("\0unconvertible {e}").into_bytes())))
+                .collect();
+            let f = fingerprint(&mut t.columns.iter().map(|c| &c.conv.ty).zip(&encoded));
+            let e = seen.entry(f).or_insert((0, None));
+            e.0 += 1;
+            if e.1.is_none() {
+                e.1 = r.key.first().map(key_to_owned);
+            }
+        }
+    }
+    if reader_thread.join().is_err() {
+        return Err(Error::new(
+            ErrorKind::SourceUnreadable,
+            format!("the SQLite reader of table {} panicked", t.source.name),
+        ));
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
+    let portal = scan::open(&tx, &opts.schema, &t.target, &t.target_columns(), &["ctid".into()]).await?;
+    loop {
+        let page = scan::page(&tx, &portal, &t.target, PAGE as i32).await?;
+        for row in &page {
+            let values: Vec<Option<Vec<u8>>> = row.iter().map(|r| r.0.clone()).collect();
+            let f = fingerprint(&mut t.columns.iter().map(|c| &c.conv.ty).zip(&values));
+            seen.entry(f).or_insert((0, None)).0 -= 1;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::from_pg("cannot end a verify transaction", e))?;
+    for (n, rowid) in seen.into_values() {
+        for _ in 0..n.unsigned_abs() {
+            counts.add(Diff {
+                key: if n > 0 { rowid.clone().into_iter().collect() } else { Vec::new() },
+                kind: if n > 0 { "missing_in_postgres" } else { "extra_in_postgres" },
+                column: None,
+            });
+        }
+    }
+    Ok(counts)
+}
+
 /// Reads one row by key on both sides and says whether they now agree.
 async fn recheck(
     client: &Client,
@@ -561,6 +656,18 @@ async fn example(
     schema: &str,
     d: &Diff,
 ) -> Result<Example> {
+    if t.source.follows_row_images() {
+        return Ok(Example {
+            key: match d.key.first() {
+                Some(rowid) => format!("rowid={}", rowid.as_ref().display()),
+                None => "a row only Postgres has".into(),
+            },
+            kind: d.kind,
+            column: None,
+            sqlite: None,
+            postgres: None,
+        });
+    }
     let keys = key_positions(t)?;
     let mut ex = Example {
         key: display_key(&t.key_names, &d.key),
@@ -594,6 +701,21 @@ async fn example(
         }
     }
     Ok(ex)
+}
+
+/// Compares a table followed by row images in full; `Some(what)` when it differs.
+pub async fn check_images(
+    client: &mut Client,
+    t: &TablePlan,
+    opts: &Options,
+) -> Result<Option<String>> {
+    let c = compare_images(client, t, opts).await?;
+    Ok((c.missing + c.extra > 0).then(|| {
+        format!(
+            "{} rows missing in Postgres and {} extra",
+            c.missing, c.extra
+        )
+    }))
 }
 
 /// Compares the rows of many keys on both sides in bulk (a join against the keys, by the key
@@ -729,7 +851,11 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     }
     let mut found = Vec::new();
     for t in &tables {
-        let counts = compare_table(client, t, opts).await?;
+        let counts = if t.source.follows_row_images() {
+            compare_images(client, t, opts).await?
+        } else {
+            compare_table(client, t, opts).await?
+        };
         found.push(counts);
     }
     // Moving target: differences may be changes in flight. Let the daemon catch up, re-check.
@@ -737,6 +863,15 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     if found.iter().any(|c| !c.kept.is_empty()) {
         settle(client, &conn, opts.settle).await?;
         for (t, counts) in tables.iter().zip(found.iter_mut()) {
+            if t.source.follows_row_images() {
+                // No key to re-read by: the whole table once more.
+                if !counts.kept.is_empty() {
+                    let before = counts.missing + counts.extra;
+                    *counts = compare_images(client, t, opts).await?;
+                    settled += before.saturating_sub(counts.missing + counts.extra);
+                }
+                continue;
+            }
             let kept = std::mem::take(&mut counts.kept);
             let (mut missing, mut extra, mut differing) =
                 (counts.missing, counts.extra, counts.differing);
@@ -774,6 +909,19 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
             let Some((tbl, _)) = installed.tables.iter().find(|(_, n)| n == &t.source.name) else {
                 continue;
             };
+            if t.source.follows_row_images() {
+                // Rows are not told apart by key: with changes of the table still in the
+                // changelog, its differences are those changes.
+                let waiting = tokio::task::block_in_place(|| {
+                    changes::table_pending(&conn, *tbl, st.position)
+                })?;
+                if waiting && !counts.kept.is_empty() {
+                    pending += counts.missing + counts.extra;
+                    (counts.missing, counts.extra) = (0, 0);
+                    counts.kept.clear();
+                }
+                continue;
+            }
             let kept = std::mem::take(&mut counts.kept);
             for d in kept {
                 if tokio::task::block_in_place(|| {

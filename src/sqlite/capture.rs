@@ -14,8 +14,7 @@ use super::quote_ident;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{ScanKey, SourceTable, TableKind};
 
-/// Key columns the changelog can hold per row.
-pub const MAX_KEY_COLUMNS: usize = 4;
+pub use crate::model::MAX_KEY_COLUMNS;
 /// The changelog table.
 pub const CHANGES: &str = "_sqlite2pg_changes";
 /// Table ids and install identity.
@@ -37,8 +36,12 @@ fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| Error::from_sqlite(format!("cannot {what}"), e)
 }
 
-/// The columns whose values identify a row in the changelog.
+/// The columns whose values identify a row in the changelog (`None` for tables followed by
+/// row images, see [`SourceTable::follows_row_images`]).
 pub fn key_columns(t: &SourceTable) -> Option<Vec<String>> {
+    if t.follows_row_images() {
+        return None;
+    }
     match t.scan_key() {
         ScanKey::Columns(idx) if idx.len() <= MAX_KEY_COLUMNS => {
             Some(idx.iter().map(|i| t.columns[*i].name.clone()).collect())
@@ -90,11 +93,11 @@ fn random_id() -> String {
 /// already captured keep their id and triggers are recreated.
 pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Installed> {
     for t in tables {
-        if t.kind != TableKind::Plain || key_columns(t).is_none() {
+        if t.kind != TableKind::Plain || (key_columns(t).is_none() && !t.follows_row_images()) {
             return Err(Error::new(
                 ErrorKind::Schema,
                 format!(
-                    "table {} cannot be captured: it needs a primary key of at most {MAX_KEY_COLUMNS} columns; add one or --exclude the table",
+                    "table {} cannot be captured: a WITHOUT ROWID table needs a primary key of at most {MAX_KEY_COLUMNS} columns; --exclude the table",
                     t.name
                 ),
             ));
@@ -134,7 +137,15 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
                 |r| r.get(0),
             )
             .map_err(ctx("read a captured table id"))?;
-        for sql in trigger_sql(t, id) {
+        if t.follows_row_images() {
+            ensure_image_tables(&tx, t, id)?;
+        }
+        let triggers = if t.follows_row_images() {
+            image_trigger_sql(t, id)
+        } else {
+            trigger_sql(t, id)
+        };
+        for sql in triggers {
             tx.execute_batch(&sql).map_err(|e| {
                 Error::from_sqlite(
                     format!("cannot create a capture trigger on table {}", t.name),
@@ -150,6 +161,151 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
             "capture vanished right after install",
         )
     })
+}
+
+/// Where the row images of a table followed by row images go: one row per changelog row,
+/// with the same `seq`, and typeless columns `c1..cN` that keep each value's storage class.
+pub fn image_table(id: i64) -> String {
+    format!("{TRIGGER_PREFIX}img_{id}")
+}
+
+/// Scratch space for rows a REPLACE may evict (see `image_trigger_sql`).
+fn evict_table(id: i64) -> String {
+    format!("{TRIGGER_PREFIX}ev_{id}")
+}
+
+fn image_columns(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("c{i}")).collect()
+}
+
+/// Creates the image (and eviction) tables, or widens them when the app added columns.
+fn ensure_image_tables(tx: &rusqlite::Transaction<'_>, t: &SourceTable, id: i64) -> Result<()> {
+    for (table, lead) in [
+        (image_table(id), "seq INTEGER PRIMARY KEY"),
+        (evict_table(id), "rid INTEGER"),
+    ] {
+        let q = quote_ident(&table);
+        tx.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {q} ({lead})"))
+            .map_err(ctx("create a row image table"))?;
+        let have: usize = tx
+            .query_row(
+                &format!("SELECT count(*) - 1 FROM pragma_table_info({})", sql_string(&table)),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(ctx("read a row image table"))?
+            .max(0) as usize;
+        for c in image_columns(t.columns.len()).iter().skip(have) {
+            tx.execute_batch(&format!("ALTER TABLE {q} ADD COLUMN {c}"))
+                .map_err(ctx("widen a row image table"))?;
+        }
+    }
+    Ok(())
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Triggers of a table followed by row images (like Postgres' REPLICA IDENTITY FULL): every
+/// change appends changelog rows `(tbl, k1 = rowid, k2 = +1 | -1)` and, under the same `seq`,
+/// the image of the row that appeared (+1) or went (-1). Applying a range of them is multiset
+/// arithmetic on whole rows, so duplicates stay duplicated and a `VACUUM` that renumbers
+/// rowids changes nothing. A REPLACE evicts rows for a UNIQUE conflict without firing their
+/// DELETE trigger: BEFORE triggers note the rows holding the new unique values, and the AFTER
+/// trigger records those that are gone (an INSERT OR IGNORE that skipped leaves them in place,
+/// and the next BEFORE trigger clears them).
+fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
+    let table = quote_ident(&t.name);
+    let rowid = t.rowid_name();
+    let img = quote_ident(&image_table(id));
+    let ev = quote_ident(&evict_table(id));
+    let img_cols = image_columns(t.columns.len()).join(", ");
+    let vals = |alias: &str| {
+        t.columns
+            .iter()
+            .map(|c| format!("{alias}.{}", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let image = |alias: &str, sign: i8| {
+        format!(
+            "INSERT INTO {CHANGES} (tbl, k1, k2, at) VALUES ({id}, {alias}.{rowid}, {sign}, julianday('now')); \
+             INSERT INTO {img} (seq, {img_cols}) VALUES ((SELECT max(seq) FROM {CHANGES}), {});",
+            vals(alias)
+        )
+    };
+    let uniques = unique_column_sets(t);
+    let evictions = if uniques.is_empty() {
+        String::new()
+    } else {
+        let e_cols = image_columns(t.columns.len())
+            .iter()
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "INSERT INTO {CHANGES} (tbl, k1, k2, at) SELECT {id}, e.rid, -1, julianday('now') FROM {ev} e \
+               WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{rowid} = e.rid) ORDER BY e.rid; \
+             INSERT INTO {img} (seq, {img_cols}) SELECT c.seq, {e_cols} FROM {ev} e JOIN {CHANGES} c \
+               ON c.tbl = {id} AND c.k1 = e.rid AND c.k2 = -1 AND c.seq > coalesce((SELECT max(seq) FROM {img}), 0); \
+             DELETE FROM {ev};"
+        )
+    };
+    let trigger = |kind: &str, event: &str, body: String| {
+        let n = trigger_name(kind, id);
+        format!("DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} {event} ON {table} BEGIN {body} END;")
+    };
+    let mut out = vec![
+        trigger("ai", "AFTER INSERT", format!("{evictions} {}", image("NEW", 1))),
+        trigger("ad", "AFTER DELETE", image("OLD", -1)),
+        trigger(
+            "au",
+            "AFTER UPDATE",
+            format!("{evictions} {} {}", image("OLD", -1), image("NEW", 1)),
+        ),
+        format!("DROP TRIGGER IF EXISTS {};", trigger_name("ak", id)),
+    ];
+    if uniques.is_empty() {
+        out.push(format!("DROP TRIGGER IF EXISTS {};", trigger_name("bi", id)));
+        out.push(format!("DROP TRIGGER IF EXISTS {};", trigger_name("bu", id)));
+        return out;
+    }
+    let holders = |extra: &str| {
+        let any: Vec<String> = uniques
+            .iter()
+            .map(|cols| {
+                let all: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("x.{q} = NEW.{q}", q = quote_ident(c)))
+                    .collect();
+                format!("({})", all.join(" AND "))
+            })
+            .collect();
+        format!(
+            "DELETE FROM {ev}; INSERT INTO {ev} (rid, {img_cols}) SELECT x.{rowid}, {} FROM {table} x WHERE ({}){extra};",
+            vals("x"),
+            any.join(" OR ")
+        )
+    };
+    out.push(trigger("bi", "BEFORE INSERT", holders("")));
+    // Every UPDATE clears the scratch first: a candidate left by a skipped INSERT OR IGNORE
+    // must never reach the AFTER UPDATE trigger.
+    out.push(trigger(
+        "bu",
+        "BEFORE UPDATE",
+        holders(&format!(" AND x.{rowid} <> OLD.{rowid}")),
+    ));
+    out
+}
+
+/// Column sets of full (non-partial, column-only) UNIQUE indexes.
+fn unique_column_sets(t: &SourceTable) -> Vec<Vec<String>> {
+    t.indexes
+        .iter()
+        .filter(|ix| ix.unique && ix.where_clause.is_none() && ix.columns.iter().all(Option::is_some))
+        .map(|ix| ix.columns.iter().flatten().cloned().collect())
+        .collect()
 }
 
 fn trigger_name(kind: &str, id: i64) -> String {
@@ -210,14 +366,7 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             n = trigger_name("ak", id),
         ),
     ];
-    let uniques: Vec<Vec<String>> = t
-        .indexes
-        .iter()
-        .filter(|ix| {
-            ix.unique && ix.where_clause.is_none() && ix.columns.iter().all(Option::is_some)
-        })
-        .map(|ix| ix.columns.iter().flatten().cloned().collect())
-        .collect();
+    let uniques = unique_column_sets(t);
     let unique_cols: Vec<&String> = {
         let mut v: Vec<&String> = uniques.iter().flatten().collect();
         v.sort();
@@ -367,9 +516,33 @@ pub fn prune(conn: &Connection, upto: i64, batch: usize) -> Result<usize> {
             .map_err(ctx("prune the changelog"))?;
         total += n;
         if n < batch {
-            return Ok(total);
+            break;
         }
         // Let the app's writers in between our short transactions.
         std::thread::sleep(Duration::from_millis(1));
     }
+    // Row images go with their changelog rows (the newest one's image stays with it).
+    let images: Vec<String> = {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_sqlite2pg\\_img\\_%' ESCAPE '\\'")
+            .map_err(ctx("list the row image tables"))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|r| r.collect())
+            .map_err(ctx("list the row image tables"))?
+    };
+    for img in images {
+        let sql = format!(
+            "DELETE FROM {q} WHERE seq IN (SELECT seq FROM {q} WHERE seq <= ?1 \
+             AND seq < (SELECT max(seq) FROM {CHANGES}) ORDER BY seq LIMIT ?2)",
+            q = quote_ident(&img)
+        );
+        while conn
+            .execute(&sql, rusqlite::params![upto, batch as i64])
+            .map_err(ctx("prune the row images"))?
+            >= batch
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(total)
 }

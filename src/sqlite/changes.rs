@@ -11,12 +11,13 @@ use super::reader::to_sql_value;
 use crate::error::{Error, Result};
 use crate::model::{OwnedValue, SqlValue};
 
-/// How to read one captured table's current rows by key.
+/// How to read one captured table's changes.
 #[derive(Debug, Clone)]
 pub struct RowReader {
     table: String,
     key_len: usize,
     sql: String,
+    images: bool,
 }
 
 impl RowReader {
@@ -37,8 +38,38 @@ impl RowReader {
                 quote_ident(table),
                 cond.join(" AND ")
             ),
+            images: false,
         }
     }
+
+    /// Reads the row images of a table followed by row images (see `capture`): `positions`
+    /// are the indexes, among the table's declared columns, of the columns copied.
+    pub fn images(table: &str, id: i64, positions: &[usize]) -> RowReader {
+        let cols: Vec<String> = positions.iter().map(|i| format!("c{}", i + 1)).collect();
+        RowReader {
+            table: table.to_string(),
+            key_len: 0,
+            sql: format!(
+                "SELECT {} FROM {} WHERE seq = ?1",
+                cols.join(", "),
+                quote_ident(&super::capture::image_table(id))
+            ),
+            images: true,
+        }
+    }
+}
+
+/// One row that appeared in (+1) or left (-1) a table followed by row images.
+#[derive(Debug)]
+pub struct RowImage {
+    /// The changelog row that recorded it.
+    pub seq: i64,
+    /// The row's rowid when it changed (for the snapshot handoff only).
+    pub rowid: i64,
+    /// +1 or -1.
+    pub sign: i32,
+    /// The row's values (columns in reader order).
+    pub values: Vec<OwnedValue>,
 }
 
 /// What one changelog range says about one table.
@@ -48,6 +79,8 @@ pub struct TableChanges {
     pub present: Vec<(Vec<OwnedValue>, Vec<OwnedValue>)>,
     /// Keys that no longer exist.
     pub absent: Vec<Vec<OwnedValue>>,
+    /// Row images, for a table followed by row images.
+    pub images: Vec<RowImage>,
 }
 
 /// A changelog range and the state it leads to.
@@ -122,11 +155,46 @@ fn read_in_tx(
         let Some(reader) = readers.get(&tbl) else {
             continue;
         };
+        if reader.images {
+            let rowid: Option<i64> = r.get(2).map_err(ctx("read the changelog"))?;
+            let sign: Option<i32> = r.get(3).map_err(ctx("read the changelog"))?;
+            let values = read_row_by_key(conn, reader, &[OwnedValue::Integer(seq)])?
+                .ok_or_else(|| {
+                    Error::new(
+                        crate::error::ErrorKind::SourceUnreadable,
+                        format!(
+                            "the row image of change {seq} (table {}) is missing from the SQLite file; was it edited by hand? Start over with a fresh `sqlite2pg run`",
+                            reader.table
+                        ),
+                    )
+                })?;
+            bytes += values.iter().map(value_bytes).sum::<usize>();
+            batch.tables.entry(tbl).or_default().images.push(RowImage {
+                seq,
+                rowid: rowid.unwrap_or(0),
+                sign: sign.unwrap_or(0),
+                values,
+            });
+            if bytes >= max_bytes {
+                cut_by_bytes = true;
+                break;
+            }
+            continue;
+        }
         let mut key = Vec::with_capacity(reader.key_len);
         for i in 0..reader.key_len.min(MAX_KEY_COLUMNS) {
             key.push(
                 to_sql_value(r.get_ref(2 + i).map_err(ctx("read the changelog"))?).to_owned_value(),
             );
+        }
+        if key.iter().any(|v| matches!(v, OwnedValue::Null)) {
+            return Err(Error::new(
+                crate::error::ErrorKind::Schema,
+                format!(
+                    "table {} got a row whose primary key is NULL (SQLite allows that for a non-INTEGER key), so it cannot be followed by key. Give that row a key or delete it in SQLite, then run again; or --exclude the table, drop it in Postgres with its sqlite2pg.table_state row, and run again: a table whose key holds NULLs when `run` starts is followed by row images",
+                    reader.table
+                ),
+            ));
         }
         let id = rmp_serde::to_vec(&key).map_err(|e| {
             Error::with_source(
@@ -189,6 +257,16 @@ pub fn key_pending(conn: &Connection, tbl: i64, key: &[OwnedValue], after: i64) 
     params.extend(key.iter().map(|k| k as &dyn rusqlite::ToSql));
     conn.query_row(&sql, params.as_slice(), |r| r.get(0))
         .map_err(ctx("look for a pending change"))
+}
+
+/// Whether the changelog holds a change to table `tbl` after `after` (not applied yet).
+pub fn table_pending(conn: &Connection, tbl: i64, after: i64) -> Result<bool> {
+    conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM {CHANGES} WHERE seq > ?1 AND tbl = ?2)"),
+        [after, tbl],
+        |r| r.get(0),
+    )
+    .map_err(ctx("look for a pending change"))
 }
 
 /// The newest sequence number in the changelog (0 when it is empty), and the count of rows

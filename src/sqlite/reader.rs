@@ -22,7 +22,7 @@ impl ScanQuery {
     /// Builds the queries reading `columns` of `table`, keyed by its scan key.
     pub fn new(table: &SourceTable, columns: &[&str]) -> ScanQuery {
         let keys: Vec<String> = match table.scan_key() {
-            ScanKey::Rowid => vec!["rowid".to_string()],
+            ScanKey::Rowid => vec![table.rowid_name().to_string()],
             ScanKey::Columns(idx) => idx
                 .iter()
                 .map(|i| quote_ident(&table.columns[*i].name))
@@ -67,6 +67,9 @@ pub struct ChunkRead {
     pub last_key: Option<Vec<OwnedValue>>,
     /// No rows remain after this chunk.
     pub exhausted: bool,
+    /// With `read_chunk_marked(.., true, ..)`: the changelog's newest position and the schema version, as
+    /// the chunk's read transaction saw them.
+    pub mark: Option<(i64, i64)>,
 }
 
 /// Converts rusqlite's borrowed value to ours.
@@ -89,6 +92,21 @@ pub fn read_chunk(
     after: Option<&[OwnedValue]>,
     max_rows: usize,
     max_time: Duration,
+    on_row: impl FnMut(&[SqlValue<'_>]) -> Result<()>,
+) -> Result<ChunkRead> {
+    read_chunk_marked(conn, q, after, max_rows, max_time, false, on_row)
+}
+
+/// `read_chunk`; with `marked`, also reads the changelog's newest position and the schema
+/// version in the same read transaction: the snapshot's handoff to the stream (a change after
+/// that position is not in the chunk).
+pub fn read_chunk_marked(
+    conn: &Connection,
+    q: &ScanQuery,
+    after: Option<&[OwnedValue]>,
+    max_rows: usize,
+    max_time: Duration,
+    marked: bool,
     mut on_row: impl FnMut(&[SqlValue<'_>]) -> Result<()>,
 ) -> Result<ChunkRead> {
     let ctx = |e: rusqlite::Error| {
@@ -107,6 +125,21 @@ pub fn read_chunk(
         }
         params.push(Box::new(limit));
         let param_refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref()).collect();
+        let mark = if marked {
+            Some(
+                conn.query_row(
+                    &format!(
+                        "SELECT (SELECT coalesce(max(seq), 0) FROM {}), (SELECT schema_version FROM pragma_schema_version)",
+                        super::capture::CHANGES
+                    ),
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(ctx)?,
+            )
+        } else {
+            None
+        };
         let mut rows = stmt.query(param_refs.as_slice()).map_err(ctx)?;
         let started = Instant::now();
         let mut n: u64 = 0;
@@ -141,6 +174,7 @@ pub fn read_chunk(
             rows: n,
             last_key,
             exhausted: !cut_short && (n as usize) < max_rows,
+            mark,
         })
     })
 }

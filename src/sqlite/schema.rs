@@ -77,6 +77,7 @@ pub fn read_tables(conn: &Connection) -> Result<Vec<SourceTable>> {
                 indexes: Vec::new(),
                 foreign_keys: Vec::new(),
                 sql,
+                null_in_primary_key: false,
             });
             continue;
         }
@@ -144,7 +145,27 @@ fn read_table(conn: &Connection, name: String, sql: String) -> Result<SourceTabl
     let autoincrement = upper_sql.contains("AUTOINCREMENT");
     let indexes = read_indexes(conn, &name)?;
     let foreign_keys = read_foreign_keys(conn, &name)?;
+    // A non-INTEGER primary key of a rowid table admits NULLs (an old SQLite quirk kept for
+    // compatibility); the key's own index finds them at once.
+    let null_in_primary_key = !without_rowid
+        && rowid_alias.is_none()
+        && !primary_key.is_empty()
+        && conn
+            .query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {q} WHERE {})",
+                    primary_key
+                        .iter()
+                        .map(|i| format!("{} IS NULL", quote_ident(&columns[*i].name)))
+                        .collect::<Vec<_>>()
+                        .join(" OR ")
+                ),
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(|e| sq(e, &name))?;
     Ok(SourceTable {
+        null_in_primary_key,
         name,
         kind: TableKind::Plain,
         columns,
