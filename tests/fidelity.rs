@@ -469,15 +469,17 @@ const LOG_WRITER: &str = r#"
 import random, sqlite3, sys, time
 c = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
 r = random.Random(int(sys.argv[2]))
+top = c.execute("SELECT max(rowid) FROM log").fetchone()[0]
+pick = "(SELECT rowid FROM log WHERE rowid >= ? ORDER BY rowid LIMIT 1)"
 for i in range(int(sys.argv[3])):
-    time.sleep(0.002)
-    op = r.random()
-    if op < 0.5:
+    time.sleep(0.0005)
+    op, at = r.random(), r.randint(1, top)
+    if op < 0.4:
         c.execute("INSERT INTO log VALUES (?, 'info', ?)", (f"t{r.randint(0, 3)}", "dup" if r.random() < 0.5 else f"m{i}"))
-    elif op < 0.8:
-        c.execute("DELETE FROM log WHERE rowid = (SELECT rowid FROM log ORDER BY random() LIMIT 1)")
+    elif op < 0.7:
+        c.execute(f"DELETE FROM log WHERE rowid = {pick}", (at,))
     else:
-        c.execute("UPDATE log SET level = 'warn' WHERE rowid = (SELECT rowid FROM log ORDER BY random() LIMIT 1)")
+        c.execute(f"UPDATE log SET level = 'warn' WHERE rowid = {pick}", (at,))
 "#;
 
 /// The snapshot of a table without a key is taken in small chunks while the app inserts,
@@ -488,20 +490,21 @@ fn a_table_without_a_key_hands_over_from_snapshot_to_stream_exactly() {
     let src = SqliteFile::new(
         "PRAGMA journal_mode = WAL;
          CREATE TABLE log (at TEXT, level TEXT, msg TEXT);
-         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200000)
          INSERT INTO log SELECT 't' || (i % 4), 'info', CASE WHEN i % 3 = 0 THEN 'dup' ELSE 'm' || i END FROM s;",
     );
     let db = TestDb::new();
     let writer = std::process::Command::new("python3")
         .args(["-c", LOG_WRITER])
         .arg(&src.path)
-        .args(["7", "3000"])
+        .args(["7", "6000"])
         .spawn()
         .unwrap();
-    let d = Daemon::start(&src.path, &db, &["--chunk-rows", "500"]);
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    let d = Daemon::start(&src.path, &db, &["--chunk-rows", "300"]);
+    d.wait_for_log("copying table");
+    std::thread::sleep(std::time::Duration::from_millis(150));
     d.kill9();
-    let mut d = Daemon::start(&src.path, &db, &["--chunk-rows", "500"]);
+    let mut d = Daemon::start(&src.path, &db, &["--chunk-rows", "300"]);
     assert!(writer.wait_with_output().unwrap().status.success());
     d.wait_caught_up();
     let mut c = db.client();
