@@ -95,7 +95,7 @@ pub enum Command {
         /// Fallback poll of the changelog when no file notification arrives, in milliseconds [default: 1000].
         #[arg(long)]
         poll_interval_ms: Option<u64>,
-        /// Most changelog rows applied in one Postgres transaction [default: 10000].
+        /// Most changelog rows per SQLite read; a drain reads until the changelog's end and applies it all in one Postgres transaction [default: 10000].
         #[arg(long)]
         batch_changes: Option<usize>,
         /// Serve Prometheus /metrics and /healthz on HOST:PORT.
@@ -669,87 +669,143 @@ fn cmd_run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     rt.spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stopping: finishing the current batch");
+        tracing::info!(
+            "stopping: a drain in progress is rolled back, and the next run applies it again"
+        );
         let _ = stop_tx.send(true);
     });
     // Each pass plans from the current SQLite schema; a schema change ends the stream and
-    // starts a new pass, which captures and copies what is new.
+    // starts a new pass, which captures and copies what is new. The app holding SQLite's lock
+    // past the busy timeout ends a pass, not the daemon: it waits and starts the pass again.
+    let mut backoff = Duration::from_millis(250);
     loop {
-        let (plan, client) = build_plan(cfg, &rt)?;
-        if dry_run {
-            print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
-            return Ok(ExitCode::SUCCESS);
-        }
-        if plan.has_errors() {
-            let mut msg =
-                String::from("the schema check found problems that would lose or alter data:");
-            for f in plan
-                .findings
-                .iter()
-                .filter(|f| f.severity == plan::Severity::Error)
-            {
-                let col = f
-                    .column
-                    .as_ref()
-                    .map(|c| format!(".{c}"))
-                    .unwrap_or_default();
-                msg.push_str(&format!(
-                    "\n  {}{col}: {} (fix: {})",
-                    f.table, f.message, f.hint
-                ));
-            }
-            msg.push_str("\nrun `sqlite2pg check` for the full report");
-            anyhow::bail!(Error::new(crate::error::ErrorKind::Schema, msg));
-        }
-        // Capture first: from here on every change is in the changelog, so the snapshot and
-        // the stream together miss nothing.
-        let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
-        let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
-        drop(rw);
-        let mut client = client.context("no Postgres connection")?;
-        rt.block_on(stream::prepare(&client, &installed, &cfg.source, busy(cfg)))?;
-        let opts = snapshot::Options {
-            source: cfg.source.clone(),
-            schema: cfg.target_schema.clone(),
-            chunk_rows: cfg.chunk_rows,
-            chunk_time: Duration::from_millis(100),
-            busy_timeout: busy(cfg),
+        let pass = run_pass(
+            cfg,
+            &rt,
+            &target,
+            snapshot_only,
+            dry_run,
             truncate,
+            &flags,
+            &stop_rx,
+        );
+        let busy = match &pass {
+            Err(e) => e
+                .chain()
+                .find_map(|c| c.downcast_ref::<Error>())
+                .is_some_and(|e| e.kind() == crate::error::ErrorKind::SourceBusy),
+            Ok(_) => false,
         };
-        let started = Instant::now();
-        let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
-        print_snapshot_summary(&summary, started.elapsed())?;
-        if snapshot_only {
-            return Ok(ExitCode::SUCCESS);
-        }
-        let stream_opts = stream::Options {
-            source: cfg.source.clone(),
-            target: target.clone(),
-            schema: cfg.target_schema.clone(),
-            busy_timeout: busy(cfg),
-            poll_interval: flags.poll_interval,
-            batch_changes: flags.batch_changes,
-            batch_bytes: 32 << 20,
-            exit_when_caught_up: false,
-            give_up_after: None,
-        };
-        let end = rt.block_on(stream::run(
-            &plan,
-            &installed,
-            &stream_opts,
-            stop_rx.clone(),
-        ))?;
-        // This session holds the run lock until here.
-        drop(client);
-        match end {
-            stream::End::Shutdown => {
-                crate::metrics::set_phase("stopped");
-                tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
-                return Ok(ExitCode::SUCCESS);
+        match pass {
+            Ok(Pass::Exit(code)) => return Ok(code),
+            Ok(Pass::Again) => backoff = Duration::from_millis(250),
+            Err(e) if busy && !snapshot_only && !*stop_rx.borrow() => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "SQLite is busy; starting over when the app lets go");
+                let deadline = Instant::now() + backoff;
+                while Instant::now() < deadline && !*stop_rx.borrow() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            stream::End::CutOver | stream::End::CaughtUp => return Ok(ExitCode::SUCCESS),
-            stream::End::SchemaChanged => {}
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// How one pass of `run` ended.
+enum Pass {
+    /// Exit with this code.
+    Exit(ExitCode),
+    /// The schema changed: plan again and go on.
+    Again,
+}
+
+/// One pass of `run`: plan, capture, snapshot (or resume it), stream.
+#[allow(clippy::too_many_arguments)]
+fn run_pass(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    target: &TargetUrl,
+    snapshot_only: bool,
+    dry_run: bool,
+    truncate: bool,
+    flags: &StreamFlags,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Pass> {
+    let (plan, client) = build_plan(cfg, rt)?;
+    if dry_run {
+        print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
+        return Ok(Pass::Exit(ExitCode::SUCCESS));
+    }
+    if plan.has_errors() {
+        let mut msg =
+            String::from("the schema check found problems that would lose or alter data:");
+        for f in plan
+            .findings
+            .iter()
+            .filter(|f| f.severity == plan::Severity::Error)
+        {
+            let col = f
+                .column
+                .as_ref()
+                .map(|c| format!(".{c}"))
+                .unwrap_or_default();
+            msg.push_str(&format!(
+                "\n  {}{col}: {} (fix: {})",
+                f.table, f.message, f.hint
+            ));
+        }
+        msg.push_str("\nrun `sqlite2pg check` for the full report");
+        anyhow::bail!(Error::new(crate::error::ErrorKind::Schema, msg));
+    }
+    // Capture first: from here on every change is in the changelog, so the snapshot and
+    // the stream together miss nothing.
+    let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
+    let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
+    drop(rw);
+    let mut client = client.context("no Postgres connection")?;
+    rt.block_on(stream::prepare(&client, &installed, &cfg.source, busy(cfg)))?;
+    let opts = snapshot::Options {
+        source: cfg.source.clone(),
+        schema: cfg.target_schema.clone(),
+        chunk_rows: cfg.chunk_rows,
+        chunk_time: Duration::from_millis(100),
+        busy_timeout: busy(cfg),
+        truncate,
+    };
+    let started = Instant::now();
+    let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
+    print_snapshot_summary(&summary, started.elapsed())?;
+    if snapshot_only {
+        return Ok(Pass::Exit(ExitCode::SUCCESS));
+    }
+    let stream_opts = stream::Options {
+        source: cfg.source.clone(),
+        target: target.clone(),
+        schema: cfg.target_schema.clone(),
+        busy_timeout: busy(cfg),
+        poll_interval: flags.poll_interval,
+        batch_changes: flags.batch_changes,
+        batch_bytes: 32 << 20,
+        exit_when_caught_up: false,
+        give_up_after: None,
+    };
+    let end = rt.block_on(stream::run(
+        &plan,
+        &installed,
+        &stream_opts,
+        stop_rx.clone(),
+    ))?;
+    // This session holds the run lock until here.
+    drop(client);
+    match end {
+        stream::End::Shutdown => {
+            crate::metrics::set_phase("stopped");
+            tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
+            Ok(Pass::Exit(ExitCode::SUCCESS))
+        }
+        stream::End::CutOver | stream::End::CaughtUp => Ok(Pass::Exit(ExitCode::SUCCESS)),
+        stream::End::SchemaChanged => Ok(Pass::Again),
     }
 }
 

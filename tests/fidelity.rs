@@ -89,9 +89,19 @@ fn cutover(src: &std::path::Path, db: &TestDb, extra: &[&str]) -> std::process::
 /// The app leaves foreign keys off (the sqlite3 shell, as Python's sqlite3 and SQLAlchemy do):
 /// a deleted parent keeps its children in SQLite and an orphan goes in. Postgres must hold
 /// exactly that while streaming; cutover refuses the orphans, or keeps them when told.
-fn foreign_keys_off(journal: &str, fix_before_cutover: bool) {
+fn foreign_keys_off(journal: &str, fix_before_cutover: bool, migration_made: bool) {
     let src = SqliteFile::new(&format!("PRAGMA journal_mode = {journal};{PARENT_CHILD}"));
     let db = TestDb::new();
+    if migration_made {
+        // The app's own Postgres schema, as its migrations made it: an immediate, cascading key.
+        db.client()
+            .batch_execute(
+                "CREATE TABLE parent (id bigint PRIMARY KEY, name text);
+                 CREATE TABLE child (id bigint PRIMARY KEY, note text,
+                   parent_id bigint CONSTRAINT child_parent_id_fkey REFERENCES parent (id) ON DELETE CASCADE);",
+            )
+            .unwrap();
+    }
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
     sqlite3_shell(&src.path, "DELETE FROM parent WHERE id = 1");
@@ -185,12 +195,12 @@ fn foreign_keys_off(journal: &str, fix_before_cutover: bool) {
 
 #[test]
 fn foreign_keys_off_are_followed_exactly_and_cutover_validates_once_fixed_wal() {
-    foreign_keys_off("wal", true);
+    foreign_keys_off("wal", true, false);
 }
 
 #[test]
-fn foreign_keys_off_are_followed_exactly_and_orphans_can_be_kept_rollback_journal() {
-    foreign_keys_off("delete", false);
+fn foreign_keys_off_are_followed_exactly_and_orphans_can_be_kept_rollback_journal_migration_made() {
+    foreign_keys_off("delete", false, true);
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -363,7 +373,10 @@ fn assert_same_rows(src: &std::path::Path, c: &mut postgres::Client, table: &str
         .collect();
     let conn = rusqlite::Connection::open(src).unwrap();
     let mut st = conn
-        .prepare(&format!("SELECT {} FROM \"{table}\"", sqlite_cols.join(", ")))
+        .prepare(&format!(
+            "SELECT {} FROM \"{table}\"",
+            sqlite_cols.join(", ")
+        ))
         .unwrap();
     let mut sqlite: Vec<Vec<Option<String>>> = st
         .query_map([], |r| (0..cols.len()).map(|i| r.get(i)).collect())
@@ -371,7 +384,10 @@ fn assert_same_rows(src: &std::path::Path, c: &mut postgres::Client, table: &str
         .map(Result::unwrap)
         .collect();
     let pg_cols: Vec<String> = cols.iter().map(|c| format!("\"{c}\"::text")).collect();
-    let mut pg = pg_rows(c, &format!("SELECT {} FROM \"{table}\"", pg_cols.join(", ")));
+    let mut pg = pg_rows(
+        c,
+        &format!("SELECT {} FROM \"{table}\"", pg_cols.join(", ")),
+    );
     sqlite.sort();
     pg.sort();
     assert_eq!(sqlite, pg, "table {table} differs");
@@ -401,7 +417,11 @@ fn keyless(journal: &str) {
         })
         .map(|f| f["table"].as_str().unwrap())
         .collect();
-    assert_eq!(followed, ["legacy", "log", "tags_posts", "wide"], "{report:#}");
+    assert_eq!(
+        followed,
+        ["legacy", "log", "tags_posts", "wide"],
+        "{report:#}"
+    );
     let db = TestDb::new();
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
@@ -451,7 +471,8 @@ fn keyless(journal: &str) {
         .unwrap()
         .clone();
     assert_eq!(log["extra_in_postgres"], 1, "{report:#}");
-    c.batch_execute("DELETE FROM log WHERE at = 'ghost'").unwrap();
+    c.batch_execute("DELETE FROM log WHERE at = 'ghost'")
+        .unwrap();
     assert!(d.stop());
 }
 

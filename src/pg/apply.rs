@@ -233,7 +233,11 @@ impl Drain<'_> {
             staged.push(format!("{q}{cast} AS {q}"));
             group.push(q.clone());
             // `=` where NULL cannot occur lets an index on the column serve.
-            let op = if not_null { "=" } else { "IS NOT DISTINCT FROM" };
+            let op = if not_null {
+                "="
+            } else {
+                "IS NOT DISTINCT FROM"
+            };
             matches.push(format!("r.{q}{cast} {op} n.{q}"));
             values.push(format!("n.{q}{back}"));
         }
@@ -377,44 +381,41 @@ async fn write_final_states(
         (up(index), del(index))
     };
     let mut statements = Vec::new();
-    match upsert {
-        true => {
-            if s.deletes > 0 {
-                statements.push(format!(
-                    "DELETE FROM {target} t USING {gone} d WHERE {}",
-                    same_key("t", "d")
-                ));
-            }
-            if s.upserts > 0 {
-                let sets: Vec<String> = s
-                    .columns
-                    .iter()
-                    .filter(|c| !s.keys.contains(c))
-                    .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
-                    .collect();
-                let action = if sets.is_empty() {
-                    "NOTHING".to_string()
-                } else {
-                    format!("UPDATE SET {}", sets.join(", "))
-                };
-                statements.push(format!(
-                    "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p ON CONFLICT ({key_list}) DO {action}"
-                ));
-            }
-        }
-        false => {
-            // Every changed key leaves first, so no final row meets a stale unique value.
+    if upsert {
+        if s.deletes > 0 {
             statements.push(format!(
-                "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}",
-                same_key("t", "c"),
-                u = up(index),
-                d = del(index),
+                "DELETE FROM {target} t USING {gone} d WHERE {}",
+                same_key("t", "d")
             ));
-            if s.upserts > 0 {
-                statements.push(format!(
-                    "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p"
-                ));
-            }
+        }
+        if s.upserts > 0 {
+            let sets: Vec<String> = s
+                .columns
+                .iter()
+                .filter(|c| !s.keys.contains(c))
+                .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+                .collect();
+            let action = if sets.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", sets.join(", "))
+            };
+            statements.push(format!(
+                "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p ON CONFLICT ({key_list}) DO {action}"
+            ));
+        }
+    } else {
+        // Every changed key leaves first, so no final row meets a stale unique value.
+        statements.push(format!(
+            "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}",
+            same_key("t", "c"),
+            u = up(index),
+            d = del(index),
+        ));
+        if s.upserts > 0 {
+            statements.push(format!(
+                "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p"
+            ));
         }
     }
     for sql in statements {

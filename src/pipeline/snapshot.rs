@@ -218,7 +218,9 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     loop {
         let mut torn = Vec::new();
         for (i, t) in plan.tables.iter().enumerate() {
-            if t.source.follows_row_images() && state::image_copy_torn(&*client, &t.source.name).await? {
+            if t.source.follows_row_images()
+                && state::image_copy_torn(&*client, &t.source.name).await?
+            {
                 torn.push(i);
             }
         }
@@ -235,7 +237,10 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
             )))?;
             tx.batch_execute(&format!("TRUNCATE {}", qualified(&opts.schema, &t.target)))
                 .await
-                .map_err(pg_err(format!("cannot empty table {} to copy it again", t.target)))?;
+                .map_err(pg_err(format!(
+                    "cannot empty table {} to copy it again",
+                    t.target
+                )))?;
             state::restart_copy(&tx, &t.source.name).await?;
             tx.commit().await.map_err(pg_err(format!(
                 "cannot commit the restart of table {}",

@@ -30,9 +30,9 @@ pub struct Options {
     pub busy_timeout: Duration,
     /// Fallback poll when no file notification arrives.
     pub poll_interval: Duration,
-    /// Most changelog rows per applied batch.
+    /// Most changelog rows per SQLite read (one chunk of a drain).
     pub batch_changes: usize,
-    /// Most bytes of row data per applied batch.
+    /// Most bytes of row data per SQLite read.
     pub batch_bytes: usize,
     /// Return `End::CaughtUp` as soon as the changelog is drained (cutover without a daemon).
     pub exit_when_caught_up: bool,
@@ -215,6 +215,74 @@ fn encode_batch(
     Ok(out)
 }
 
+/// Prunes the changelog behind durable applies, in slices, between drains.
+struct Pruner {
+    /// Everything up to here is pruned.
+    pruned_to: i64,
+    /// When the last slice ran.
+    last: Instant,
+    /// The last slice ran out of time with rows left.
+    behind: bool,
+}
+
+impl Pruner {
+    /// After a drain: prune every 10,000 changes or every second, or go on with unfinished work.
+    async fn after_apply(
+        &mut self,
+        client: &tokio_postgres::Client,
+        writer: &rusqlite::Connection,
+        position: i64,
+    ) {
+        if self.behind
+            || position - self.pruned_to >= 10_000
+            || self.last.elapsed() >= Duration::from_secs(1)
+        {
+            self.slice(client, writer, position).await;
+        }
+    }
+
+    /// Caught up, before waiting for the app: finish what a large drain left to prune.
+    async fn when_idle(
+        &mut self,
+        client: &tokio_postgres::Client,
+        writer: &rusqlite::Connection,
+        position: i64,
+    ) {
+        if self.behind {
+            self.slice(client, writer, position).await;
+        }
+    }
+
+    async fn slice(
+        &mut self,
+        client: &tokio_postgres::Client,
+        writer: &rusqlite::Connection,
+        position: i64,
+    ) {
+        // Changes after the last full verify stay for cutover to re-verify.
+        let upto = match state::verified_position(client).await {
+            Ok(Some(v)) => v.min(position),
+            Ok(None) => position,
+            Err(_) => self.pruned_to,
+        };
+        // A slice of at most 10 ms: a million applied changes are pruned between the next
+        // drains instead of holding them up for seconds.
+        let budget = Duration::from_millis(10);
+        match tokio::task::block_in_place(|| capture::prune(writer, upto, 2_000, budget)) {
+            Ok((_, done)) => {
+                self.behind = !done;
+                if done {
+                    self.pruned_to = position;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "changelog prune deferred (the app holds the write lock)")
+            }
+        }
+        self.last = Instant::now();
+    }
+}
+
 /// What one drain did.
 enum Drained {
     /// The changelog had nothing after the position.
@@ -366,7 +434,9 @@ pub async fn run(
             let Some(positions) = positions else {
                 return Err(Error::new(
                     ErrorKind::Schema,
-                    format!("table {name}: a copied column is gone from SQLite; run again to re-plan"),
+                    format!(
+                        "table {name}: a copied column is gone from SQLite; run again to re-plan"
+                    ),
                 ));
             };
             readers.insert(*id, RowReader::images(name, *id, &positions));
@@ -468,8 +538,11 @@ pub async fn run(
             ));
         };
         let mut position = st.position;
-        let mut pruned_to = 0i64;
-        let mut last_prune = Instant::now();
+        let mut pruner = Pruner {
+            pruned_to: 0,
+            last: Instant::now(),
+            behind: false,
+        };
         tracing::info!(position, "streaming");
         loop {
             // Drain: apply ranges until the changelog has nothing after the position.
@@ -538,23 +611,11 @@ pub async fn run(
                         return Err(e);
                     }
                 }
-                if position - pruned_to >= 10_000 || last_prune.elapsed() >= Duration::from_secs(1)
-                {
-                    // Changes after the last full verify stay for cutover to re-verify.
-                    let upto = match state::verified_position(applier.client()).await {
-                        Ok(Some(v)) => v.min(position),
-                        Ok(None) => position,
-                        Err(_) => pruned_to,
-                    };
-                    match tokio::task::block_in_place(|| capture::prune(&writer, upto, 2_000)) {
-                        Ok(_) => pruned_to = position,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "changelog prune deferred (the app holds the write lock)")
-                        }
-                    }
-                    last_prune = Instant::now();
-                }
+                pruner
+                    .after_apply(applier.client(), &writer, position)
+                    .await;
             }
+            pruner.when_idle(applier.client(), &writer, position).await;
             report_lag(&reader, position);
             if opts.exit_when_caught_up {
                 return Ok(End::CaughtUp);

@@ -471,10 +471,12 @@ fn canonical(ty: &PgType, v: &Option<Vec<u8>>, h: &mut impl Hasher) {
             1u8.hash(h);
             match ty {
                 PgType::Numeric { .. } => numeric_value(b).hash(h),
-                PgType::Jsonb => serde_json::from_slice::<serde_json::Value>(b.get(1..).unwrap_or_default())
-                    .map(|j| j.to_string())
-                    .unwrap_or_default()
-                    .hash(h),
+                PgType::Jsonb => {
+                    serde_json::from_slice::<serde_json::Value>(b.get(1..).unwrap_or_default())
+                        .map(|j| j.to_string())
+                        .unwrap_or_default()
+                        .hash(h)
+                }
                 _ => b.hash(h),
             }
         }
@@ -529,7 +531,14 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
         .transaction()
         .await
         .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
-    let portal = scan::open(&tx, &opts.schema, &t.target, &t.target_columns(), &["ctid".into()]).await?;
+    let portal = scan::open(
+        &tx,
+        &opts.schema,
+        &t.target,
+        &t.target_columns(),
+        &["ctid".into()],
+    )
+    .await?;
     loop {
         let page = scan::page(&tx, &portal, &t.target, PAGE as i32).await?;
         for row in &page {
@@ -547,8 +556,16 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
     for (n, rowid) in seen.into_values() {
         for _ in 0..n.unsigned_abs() {
             counts.add(Diff {
-                key: if n > 0 { rowid.clone().into_iter().collect() } else { Vec::new() },
-                kind: if n > 0 { "missing_in_postgres" } else { "extra_in_postgres" },
+                key: if n > 0 {
+                    rowid.clone().into_iter().collect()
+                } else {
+                    Vec::new()
+                },
+                kind: if n > 0 {
+                    "missing_in_postgres"
+                } else {
+                    "extra_in_postgres"
+                },
                 column: None,
             });
         }

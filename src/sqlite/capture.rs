@@ -189,7 +189,10 @@ fn ensure_image_tables(tx: &rusqlite::Transaction<'_>, t: &SourceTable, id: i64)
             .map_err(ctx("create a row image table"))?;
         let have: usize = tx
             .query_row(
-                &format!("SELECT count(*) - 1 FROM pragma_table_info({})", sql_string(&table)),
+                &format!(
+                    "SELECT count(*) - 1 FROM pragma_table_info({})",
+                    sql_string(&table)
+                ),
                 [],
                 |r| r.get::<_, i64>(0),
             )
@@ -254,10 +257,16 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     };
     let trigger = |kind: &str, event: &str, body: String| {
         let n = trigger_name(kind, id);
-        format!("DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} {event} ON {table} BEGIN {body} END;")
+        format!(
+            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} {event} ON {table} BEGIN {body} END;"
+        )
     };
     let mut out = vec![
-        trigger("ai", "AFTER INSERT", format!("{evictions} {}", image("NEW", 1))),
+        trigger(
+            "ai",
+            "AFTER INSERT",
+            format!("{evictions} {}", image("NEW", 1)),
+        ),
         trigger("ad", "AFTER DELETE", image("OLD", -1)),
         trigger(
             "au",
@@ -267,8 +276,14 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
         format!("DROP TRIGGER IF EXISTS {};", trigger_name("ak", id)),
     ];
     if uniques.is_empty() {
-        out.push(format!("DROP TRIGGER IF EXISTS {};", trigger_name("bi", id)));
-        out.push(format!("DROP TRIGGER IF EXISTS {};", trigger_name("bu", id)));
+        out.push(format!(
+            "DROP TRIGGER IF EXISTS {};",
+            trigger_name("bi", id)
+        ));
+        out.push(format!(
+            "DROP TRIGGER IF EXISTS {};",
+            trigger_name("bu", id)
+        ));
         return out;
     }
     let holders = |extra: &str| {
@@ -303,7 +318,9 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
 fn unique_column_sets(t: &SourceTable) -> Vec<Vec<String>> {
     t.indexes
         .iter()
-        .filter(|ix| ix.unique && ix.where_clause.is_none() && ix.columns.iter().all(Option::is_some))
+        .filter(|ix| {
+            ix.unique && ix.where_clause.is_none() && ix.columns.iter().all(Option::is_some)
+        })
         .map(|ix| ix.columns.iter().flatten().cloned().collect())
         .collect()
 }
@@ -501,10 +518,17 @@ pub fn uninstall(conn: &mut Connection) -> Result<usize> {
     Ok(objects.len())
 }
 
-/// Deletes applied changelog rows (`seq <= upto`) in short write transactions of at most
-/// `batch` rows, always keeping the newest row so that sequence numbers never restart.
-/// Returns the rows deleted.
-pub fn prune(conn: &Connection, upto: i64, batch: usize) -> Result<usize> {
+/// Deletes applied changelog rows (`seq <= upto`) and their row images in short write
+/// transactions of at most `batch` rows, always keeping the newest row so that sequence numbers
+/// never restart, and stops once `budget` is spent so that a large prune never holds up the
+/// next apply. Returns the rows deleted and whether nothing is left to prune.
+pub fn prune(
+    conn: &Connection,
+    upto: i64,
+    batch: usize,
+    budget: Duration,
+) -> Result<(usize, bool)> {
+    let started = std::time::Instant::now();
     let sql = format!(
         "DELETE FROM {CHANGES} WHERE seq IN (SELECT seq FROM {CHANGES} WHERE seq <= ?1 \
          AND seq < (SELECT max(seq) FROM {CHANGES}) ORDER BY seq LIMIT ?2)"
@@ -517,6 +541,9 @@ pub fn prune(conn: &Connection, upto: i64, batch: usize) -> Result<usize> {
         total += n;
         if n < batch {
             break;
+        }
+        if started.elapsed() >= budget {
+            return Ok((total, false));
         }
         // Let the app's writers in between our short transactions.
         std::thread::sleep(Duration::from_millis(1));
@@ -541,8 +568,11 @@ pub fn prune(conn: &Connection, upto: i64, batch: usize) -> Result<usize> {
             .map_err(ctx("prune the row images"))?
             >= batch
         {
+            if started.elapsed() >= budget {
+                return Ok((total, false));
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    Ok(total)
+    Ok((total, true))
 }

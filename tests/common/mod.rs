@@ -550,12 +550,17 @@ impl Daemon {
         let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) else {
             return false;
         };
+        // The stream's row exists before the snapshot records its first table: an empty
+        // table_state means the snapshot has not started, not that it is done.
         let row = c.query_opt(
-            "SELECT s.position, (SELECT count(*) FROM sqlite2pg.table_state WHERE phase <> 'ready') FROM sqlite2pg.stream s",
+            "SELECT s.position, (SELECT count(*) FROM sqlite2pg.table_state WHERE phase <> 'ready'),
+                    (SELECT count(*) FROM sqlite2pg.table_state) FROM sqlite2pg.stream s",
             &[],
         );
         match row {
-            Ok(Some(r)) => r.get::<_, i64>(0) >= newest && r.get::<_, i64>(1) == 0,
+            Ok(Some(r)) => {
+                r.get::<_, i64>(0) >= newest && r.get::<_, i64>(1) == 0 && r.get::<_, i64>(2) > 0
+            }
             _ => false,
         }
     }
