@@ -242,16 +242,8 @@ fn orphans_are_attributed_to_the_right_foreign_key_and_duplicates_to_the_target_
              CREATE TABLE child (id int PRIMARY KEY, a_id int REFERENCES a(id), b_id int REFERENCES b(id), tag text UNIQUE);",
         )
         .unwrap();
-    let out = sqlite2pg(&[
-        "--source",
-        src.path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "check",
-        "--json",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, report) = check_json(&src.path, Some(&db));
+    assert_eq!(code, Some(1), "{report:#}");
     let problems = report["problems"].as_array().unwrap();
     let orphans: Vec<&serde_json::Value> =
         problems.iter().filter(|p| p["kind"] == "orphan").collect();

@@ -47,15 +47,7 @@ fn check_warns_when_an_existing_32_bit_column_is_fed_by_sqlite_integers() {
             "CREATE TABLE users (id serial PRIMARY KEY, telegram_id integer, n smallint)",
         )
         .unwrap();
-    let out = sqlite2pg(&[
-        "--source",
-        src.path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "check",
-        "--json",
-    ]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+    let (code, report) = check_json(&src.path, Some(&db));
     let warned: Vec<&str> = report["findings"]
         .as_array()
         .unwrap()
@@ -65,7 +57,7 @@ fn check_warns_when_an_existing_32_bit_column_is_fed_by_sqlite_integers() {
         .collect();
     // SMALLINT into smallint is what the app declared; INTEGER into integer is a trap.
     assert_eq!(warned, ["id", "telegram_id"], "{report:#}");
-    assert_eq!(out.status.code(), Some(0), "warnings only: {}", text(&out));
+    assert_eq!(code, Some(0), "warnings only: {report:#}");
 }
 
 const PARENT_CHILD: &str = "
@@ -129,8 +121,7 @@ fn foreign_keys_off(journal: &str, fix_before_cutover: bool, migration_made: boo
         examples.contains("child: id='4' has parent_id='99', which no row of parent has"),
         "{examples}"
     );
-    let out = sqlite2pg(&["--source", p, "check", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+    let (_, report) = check_json(&src.path, None);
     let orphan = report["problems"]
         .as_array()
         .unwrap()
@@ -405,9 +396,8 @@ const KEYLESS: &str = "
 fn keyless(journal: &str) {
     let src = SqliteFile::new(&format!("PRAGMA journal_mode = {journal};{KEYLESS}"));
     let p = src.path.to_str().unwrap();
-    let out = sqlite2pg(&["--source", p, "check", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "check:\n{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, report) = check_json(&src.path, None);
+    assert_eq!(code, Some(0), "check: {report:#}");
     let followed: Vec<&str> = report["findings"]
         .as_array()
         .unwrap()

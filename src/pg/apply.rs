@@ -264,34 +264,40 @@ impl Drain<'_> {
     pub async fn stage(&mut self, tables: Vec<TableBatch>) -> Result<()> {
         for mut t in tables {
             self.prepare(&t).await?;
+            let upserts = std::mem::take(&mut t.upserts);
+            let deletes = std::mem::take(&mut t.deletes);
             if t.keys.is_empty() {
-                let mut with_sign = t.columns.clone();
-                with_sign.push(SIGN.into());
-                if t.n_upserts > 0 {
-                    let name = format!("_s2p_img_{}", t.index);
-                    let data = std::mem::take(&mut t.upserts);
-                    copy::copy_in(&self.tx, None, &name, &with_sign, data).await?;
-                }
-                self.stage_counts(&t);
-                continue;
-            }
-            let mut with_gen = t.columns.clone();
-            with_gen.push(GEN.into());
-            if t.n_upserts > 0 {
-                let name = format!("_s2p_up_{}", t.index);
-                let data = std::mem::take(&mut t.upserts);
-                copy::copy_in(&self.tx, None, &name, &with_gen, data).await?;
-            }
-            let mut keys_gen = t.keys.clone();
-            keys_gen.push(GEN.into());
-            if t.n_deletes > 0 {
-                let name = format!("_s2p_del_{}", t.index);
-                let data = std::mem::take(&mut t.deletes);
-                copy::copy_in(&self.tx, None, &name, &keys_gen, data).await?;
+                self.copy_staged("img", &t, &t.columns, SIGN, t.n_upserts, upserts)
+                    .await?;
+            } else {
+                self.copy_staged("up", &t, &t.columns, GEN, t.n_upserts, upserts)
+                    .await?;
+                self.copy_staged("del", &t, &t.keys, GEN, t.n_deletes, deletes)
+                    .await?;
             }
             self.stage_counts(&t);
         }
         self.chunks += 1;
+        Ok(())
+    }
+
+    /// COPYs `rows` rows (each ending with the `last` field) into temp table `_s2p_{kind}_N`.
+    async fn copy_staged(
+        &self,
+        kind: &str,
+        t: &TableBatch,
+        columns: &[String],
+        last: &str,
+        rows: u64,
+        data: BytesMut,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut cols = columns.to_vec();
+        cols.push(last.into());
+        let name = format!("_s2p_{kind}_{}", t.index);
+        copy::copy_in(&self.tx, None, &name, &cols, data).await?;
         Ok(())
     }
 

@@ -263,6 +263,7 @@ struct Diff {
     column: Option<usize>,
 }
 
+#[derive(Default)]
 struct Counts {
     rows: u64,
     missing: u64,
@@ -371,13 +372,7 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
         .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
     let portal = scan::open(&tx, schema, &t.target, &t.target_columns(), &order).await?;
     let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
-    let mut counts = Counts {
-        rows: 0,
-        missing: 0,
-        extra: 0,
-        differing: 0,
-        kept: Vec::new(),
-    };
+    let mut counts = Counts::default();
     let mut src: VecDeque<SourceRow> = VecDeque::new();
     let mut dst: VecDeque<Vec<Raw>> = VecDeque::new();
     let (mut src_done, mut dst_done) = (false, false);
@@ -487,13 +482,7 @@ fn canonical(ty: &PgType, v: &Option<Vec<u8>>, h: &mut impl Hasher) {
 /// multisets of row fingerprints (memory grows with the number of distinct rows; the report
 /// names a missing row by its SQLite rowid).
 async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> Result<Counts> {
-    let mut counts = Counts {
-        rows: 0,
-        missing: 0,
-        extra: 0,
-        differing: 0,
-        kept: Vec::new(),
-    };
+    let mut counts = Counts::default();
     // fingerprint -> (SQLite rows minus Postgres rows, a rowid holding it in SQLite)
     let mut seen: HashMap<u64, (i64, Option<OwnedValue>)> = HashMap::new();
     let fingerprint = |values: &mut dyn Iterator<Item = (&PgType, &Option<Vec<u8>>)>| {

@@ -265,6 +265,19 @@ pub fn snapshot(src: &Path, db: &TestDb, extra: &[&str]) -> Output {
     out
 }
 
+/// `check --json` of `src`, against `db` when given; the exit code and the report.
+pub fn check_json(src: &Path, db: Option<&TestDb>) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["--source", src.to_str().expect("utf-8 path")];
+    if let Some(db) = db {
+        args.extend_from_slice(&["--target", &db.url]);
+    }
+    args.extend_from_slice(&["check", "--json"]);
+    let out = sqlite2pg(&args);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("check --json printed no report:\n{}", text(&out)));
+    (out.status.code(), report)
+}
+
 /// Every row of a Postgres query, each column rendered as text (NULL as None).
 pub fn pg_rows(client: &mut postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
     let rows = client.query(sql, &[]).expect("query postgres");
