@@ -195,8 +195,12 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
             state::set_verified(client, p).await?;
         }
     }
-    // Orphans are SQLite's (foreign keys off) and Postgres holds the same ones: counted before
+    wait_for_lag(client, opts).await?;
+    let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
+    // Orphans are SQLite's (foreign keys off) and Postgres holds the same ones once it has
+    // every change made so far (a fix the user just made in SQLite included): counted before
     // the fence, since a constraint that cannot be validated is the user's call, not ours.
+    catch_up(client, plan, opts, &installed, st.daemon_running, opts.wait).await?;
     let kept = foreign_keys::kept(&*client).await?;
     let found = orphans(client, &kept).await?;
     if !found.is_empty() && opts.orphans == OrphanPolicy::Refuse {
@@ -216,8 +220,6 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
         msg.push_str("\nDelete them or point them at existing rows in SQLite (the daemon streams the fix), or cut over with --orphans keep: those foreign keys are then added NOT VALID and stay so");
         return Err(refuse(msg));
     }
-    wait_for_lag(client, opts).await?;
-    let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
 
     // The window opens here.
     let fenced_at = now_secs();
@@ -305,45 +307,15 @@ async fn finish(
 ) -> Result<Outcome> {
     // Drain: the running daemon applies the last changes; otherwise drain here.
     let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-    let (newest, _, _) = crate::sqlite::changes::pending(&conn, i64::MAX)?;
-    if daemon_running {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let pos = state::stream_load(client)
-                .await?
-                .map(|s| s.position)
-                .unwrap_or(0);
-            if pos >= newest {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::new(
-                    ErrorKind::TargetUnreachable,
-                    "the daemon did not apply the last changes within 60 s",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    } else {
-        let sopts = stream::Options {
-            source: opts.source.clone(),
-            target: opts.target.clone(),
-            schema: opts.schema.clone(),
-            busy_timeout: opts.busy_timeout,
-            poll_interval: Duration::from_millis(50),
-            batch_changes: 10_000,
-            batch_bytes: 32 << 20,
-            exit_when_caught_up: true,
-            give_up_after: Some(Duration::from_secs(10)),
-        };
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        if stream::run(plan, installed, &sopts, rx).await? != End::CaughtUp {
-            return Err(Error::new(
-                ErrorKind::Schema,
-                "the SQLite schema changed during cutover; retry",
-            ));
-        }
-    }
+    let newest = catch_up(
+        client,
+        plan,
+        opts,
+        installed,
+        daemon_running,
+        Duration::from_secs(60),
+    )
+    .await?;
     // Verify inside the window: the rows changed since the last full verify, or all of them.
     let verified = state::verified_position(client).await?.unwrap_or(0);
     let rows_verified = if opts.full_verify {
@@ -403,6 +375,63 @@ async fn finish(
         sequences_moved: moved,
         foreign_keys: Vec::new(),
     })
+}
+
+/// Brings Postgres up to everything the changelog holds now: the running daemon applies it
+/// (waited for up to `limit`), or, with none running, cutover drains it itself. Returns the
+/// changelog position reached.
+async fn catch_up(
+    client: &Client,
+    plan: &Plan,
+    opts: &Options,
+    installed: &capture::Installed,
+    daemon_running: bool,
+    limit: Duration,
+) -> Result<i64> {
+    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let (newest, _, _) = crate::sqlite::changes::pending(&conn, i64::MAX)?;
+    drop(conn);
+    if daemon_running {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pos = state::stream_load(client)
+                .await?
+                .map(|s| s.position)
+                .unwrap_or(0);
+            if pos >= newest {
+                return Ok(newest);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::TargetUnreachable,
+                    format!(
+                        "the daemon did not apply the last changes within {:.0} s",
+                        limit.as_secs_f64()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let sopts = stream::Options {
+        source: opts.source.clone(),
+        target: opts.target.clone(),
+        schema: opts.schema.clone(),
+        busy_timeout: opts.busy_timeout,
+        poll_interval: Duration::from_millis(50),
+        batch_changes: 10_000,
+        batch_bytes: 32 << 20,
+        exit_when_caught_up: true,
+        give_up_after: Some(Duration::from_secs(10)),
+    };
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    if stream::run(plan, installed, &sopts, rx).await? != End::CaughtUp {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            "the SQLite schema changed during cutover; retry",
+        ));
+    }
+    Ok(newest)
 }
 
 /// The kept foreign keys that rows of their child table break.
