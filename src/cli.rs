@@ -678,6 +678,10 @@ fn cmd_run(
     // starts a new pass, which captures and copies what is new. The app holding SQLite's lock
     // past the busy timeout ends a pass, not the daemon: it waits and starts the pass again.
     let mut backoff = Duration::from_millis(250);
+    // Once a pass has streamed, the daemon is what keeps Postgres following: an error that
+    // needs a person (a value Postgres rejects, a shape it lacks until the app's migration runs
+    // there too) keeps it up, saying so, and it goes on by itself once the cause is fixed.
+    let mut streamed = false;
     loop {
         let pass = run_pass(
             cfg,
@@ -688,14 +692,25 @@ fn cmd_run(
             truncate,
             &flags,
             &stop_rx,
+            &mut streamed,
         );
-        let busy = match &pass {
+        let kind = match &pass {
             Err(e) => e
                 .chain()
                 .find_map(|c| c.downcast_ref::<Error>())
-                .is_some_and(|e| e.kind() == crate::error::ErrorKind::SourceBusy),
-            Ok(_) => false,
+                .map(|e| e.kind()),
+            Ok(_) => None,
         };
+        let busy = kind == Some(crate::error::ErrorKind::SourceBusy);
+        let needs_person = streamed
+            && kind.is_some_and(|k| {
+                matches!(
+                    k,
+                    crate::error::ErrorKind::Conversion
+                        | crate::error::ErrorKind::Schema
+                        | crate::error::ErrorKind::Target
+                )
+            });
         match pass {
             Ok(Pass::Exit(code)) => return Ok(code),
             Ok(Pass::Again) => backoff = Duration::from_millis(250),
@@ -707,10 +722,25 @@ fn cmd_run(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+            Err(e) if needs_person && !snapshot_only && !*stop_rx.borrow() => {
+                crate::metrics::set_phase("waiting");
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    retry_in_secs = NEEDS_PERSON_RETRY.as_secs(),
+                    "waiting for a person: nothing is applied until this is fixed; the daemon stays up and goes on by itself once it is (position kept)"
+                );
+                let deadline = Instant::now() + NEEDS_PERSON_RETRY;
+                while Instant::now() < deadline && !*stop_rx.borrow() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             Err(e) => return Err(e),
         }
     }
 }
+
+/// How often a daemon waiting for a person looks again.
+const NEEDS_PERSON_RETRY: Duration = Duration::from_secs(3);
 
 /// How one pass of `run` ended.
 enum Pass {
@@ -731,6 +761,7 @@ fn run_pass(
     truncate: bool,
     flags: &StreamFlags,
     stop_rx: &tokio::sync::watch::Receiver<bool>,
+    streamed: &mut bool,
 ) -> anyhow::Result<Pass> {
     let (plan, client) = build_plan(cfg, rt)?;
     if dry_run {
@@ -772,6 +803,7 @@ fn run_pass(
         chunk_time: Duration::from_millis(100),
         busy_timeout: busy(cfg),
         truncate,
+        reshaped: installed.reshaped.clone(),
     };
     let started = Instant::now();
     let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
@@ -790,6 +822,7 @@ fn run_pass(
         exit_when_caught_up: false,
         give_up_after: None,
     };
+    *streamed = true;
     let end = rt.block_on(stream::run(
         &plan,
         &installed,

@@ -233,7 +233,7 @@ fn status_reports_phase_position_and_lag_with_or_without_the_daemon() {
 }
 
 #[test]
-fn schema_changes_while_running_are_followed_or_stop_the_daemon_clearly() {
+fn schema_changes_while_running_are_followed_or_wait_for_the_targets_migration() {
     // Tables sqlite2pg created: a new column and a new table are picked up.
     let src = SqliteFile::new(CLIENTS);
     let db = TestDb::new();
@@ -259,12 +259,22 @@ fn schema_changes_while_running_are_followed_or_stop_the_daemon_clearly() {
     let mut c = db.client();
     assert_table_equal(&src.path, &mut c, "clients", "id");
     assert_table_equal(&src.path, &mut c, "notes", "id");
-    // A renamed column cannot be followed live: the daemon stops and says what to do.
+    // A renamed column is followed too: the old one dropped, the new one added, and the table
+    // re-synchronized (every value of the renamed column comes back).
     sqlite3_shell(
         &src.path,
-        "ALTER TABLE notes RENAME COLUMN body TO text_body",
+        "ALTER TABLE notes RENAME COLUMN body TO text_body; UPDATE notes SET text_body = 'renamed' WHERE id = 2;",
     );
-    d.wait_for_log("column body of table notes is gone from SQLite");
+    wait_capture_current(&src.path, "notes", &mut d);
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut c, "notes", "id");
+    let hello: String = scalar(&mut c, "SELECT text_body FROM notes WHERE id = 1");
+    assert_eq!(hello, "hello");
+    assert!(
+        d.log_text().contains("re-synchronizing"),
+        "{}",
+        d.log_text()
+    );
     drop(d);
 
     // A table the app's migrations made in Postgres: a column it lacks stops the daemon.
@@ -285,6 +295,19 @@ fn schema_changes_while_running_are_followed_or_stop_the_daemon_clearly() {
         "{}",
         d.log_text()
     );
+    // The daemon waits for the app's migration on Postgres, then goes on by itself.
+    assert_eq!(d.try_exit(), None, "the daemon should wait, not exit");
+    sqlite3_shell(
+        &src.path,
+        "UPDATE clients SET tier = 'silver' WHERE id = 2;",
+    );
+    db.client()
+        .batch_execute("ALTER TABLE clients ADD COLUMN tier text")
+        .unwrap();
+    wait_capture_current(&src.path, "clients", &mut d);
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut db.client(), "clients", "id");
+    assert!(d.stop());
 }
 
 #[test]

@@ -11,7 +11,8 @@ use bytes::{BufMut, BytesMut};
 use tokio_postgres::{Client, Transaction};
 
 use super::{copy, qualified, quote_ident, state};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{OwnedValue, display_key};
 
 /// One table's part of a chunk, already encoded as binary COPY data.
 #[derive(Debug)]
@@ -34,6 +35,12 @@ pub struct TableBatch {
     pub deletes: BytesMut,
     /// How many keys `deletes` holds.
     pub n_deletes: u64,
+    /// The source table, for messages.
+    pub source: String,
+    /// Names of the source key columns (`rowid` for row images), for messages.
+    pub key_names: Vec<String>,
+    /// The key of each row of `upserts`, in order: a row Postgres rejects is named by it.
+    pub row_keys: Vec<Vec<OwnedValue>>,
 }
 
 /// The column that orders staged states of one key: the chunk that read it.
@@ -142,6 +149,8 @@ struct Staged {
     keys: Vec<String>,
     upserts: u64,
     deletes: u64,
+    /// Every row of the table was staged by a re-synchronization (see [`Drain::begin_resync`]).
+    resync: bool,
 }
 
 /// One drain in progress.
@@ -297,7 +306,10 @@ impl Drain<'_> {
         let mut cols = columns.to_vec();
         cols.push(last.into());
         let name = format!("_s2p_{kind}_{}", t.index);
-        copy::copy_in(&self.tx, None, &name, &cols, data).await?;
+        let data = data.freeze();
+        copy::copy_in_bytes(&self.tx, None, &name, &cols, data.clone())
+            .await
+            .map_err(|e| rejected_row(t, columns, &data, kind == "del", e))?;
         Ok(())
     }
 
@@ -308,9 +320,33 @@ impl Drain<'_> {
             keys: t.keys.clone(),
             upserts: 0,
             deletes: 0,
+            resync: false,
         });
         s.upserts += t.n_upserts;
         s.deletes += t.n_deletes;
+    }
+
+    /// Starts re-synchronizing a table in this drain: the chunks staged for it from here on
+    /// are all its rows, read in key order. At commit, target rows that no staged state names
+    /// are deleted, and only rows that differ are written. For a table followed by row images,
+    /// the images staged so far are dropped: the re-read supersedes them, and the commit counts
+    /// the target's own rows against it. Called again, it starts over.
+    pub async fn begin_resync(&mut self, t: &TableBatch) -> Result<()> {
+        self.prepare(t).await?;
+        if t.keys.is_empty() {
+            self.tx
+                .batch_execute(&format!("DELETE FROM {}", img(t.index)))
+                .await
+                .map_err(pg_err(format!(
+                    "cannot start re-synchronizing table {}",
+                    t.table
+                )))?;
+        }
+        self.stage_counts(t);
+        if let Some(s) = self.tables.get_mut(&t.index) {
+            s.resync = true;
+        }
+        Ok(())
     }
 
     /// Writes every staged key's final state and moves the position to `position`, then
@@ -331,6 +367,9 @@ impl Drain<'_> {
                 .cloned()
                 .unwrap_or(Mode::Replace);
             if let Mode::Images(sql) = &mode {
+                if s.resync {
+                    count_target_images(&tx, schema, *index, s, sql).await?;
+                }
                 write_images(&tx, schema, *index, s, sql).await?;
                 continue;
             }
@@ -343,6 +382,77 @@ impl Drain<'_> {
         known.extend(fresh);
         Ok(())
     }
+}
+
+/// A staged row Postgres refused (a value too long for a `varchar(n)`, out of a type's range),
+/// named as the source has it: table, key, column and value, never our temp table.
+fn rejected_row(
+    t: &TableBatch,
+    columns: &[String],
+    data: &[u8],
+    keys_only: bool,
+    e: Error,
+) -> Error {
+    use std::error::Error as _;
+    let Some(db) = e
+        .source()
+        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+        .and_then(|p| p.as_db_error())
+    else {
+        return e;
+    };
+    // Postgres says where: "COPY _s2p_up_0, line 3, column name".
+    let place = db.where_().unwrap_or_default();
+    let line = place
+        .split("line ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0);
+    let column = place
+        .split(", column ")
+        .nth(1)
+        .map(|r| r.split(':').next().unwrap_or(r).to_string());
+    let row = line
+        .filter(|_| !keys_only)
+        .and_then(|l| t.row_keys.get(l - 1))
+        .map(|k| format!("row {}", display_key(&t.key_names, k)))
+        .unwrap_or_else(|| "a row".into());
+    let value = match (
+        line,
+        column
+            .as_ref()
+            .and_then(|c| columns.iter().position(|x| x == c)),
+    ) {
+        (Some(l), Some(f)) => match copy::field(data, l - 1, f) {
+            Some(Some(b)) => match std::str::from_utf8(b) {
+                Ok(s) if s.chars().count() > 80 => {
+                    format!(" value '{}...'", s.chars().take(80).collect::<String>())
+                }
+                Ok(s) => format!(" value '{s}'"),
+                Err(_) => format!(" a value of {} bytes", b.len()),
+            },
+            Some(None) => " NULL".into(),
+            None => String::new(),
+        },
+        _ => String::new(),
+    };
+    // Class 22 is "data exception": the value, not the connection or the server.
+    let kind = if db.code().code().starts_with("22") {
+        ErrorKind::Conversion
+    } else {
+        e.kind()
+    };
+    Error::new(
+        kind,
+        format!(
+            "table {}, {row}, column {}:{value} cannot be applied: Postgres says {}. The position is kept and nothing of this batch is applied; fix the value in SQLite, or change the column of {} in Postgres to hold it (run the app's migration there), and run again",
+            t.source,
+            column.as_deref().unwrap_or("?"),
+            db.message(),
+            t.table
+        ),
+    )
 }
 
 /// The statements that turn staged states into final rows. With one chunk each key appears
@@ -387,7 +497,44 @@ async fn write_final_states(
         (up(index), del(index))
     };
     let mut statements = Vec::new();
-    if upsert {
+    let row_text = |alias: &str| {
+        format!(
+            "ROW({})::text",
+            cols.iter()
+                .map(|c| format!("{alias}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    if s.resync {
+        // Rows SQLite no longer holds: neither the re-read nor any later change names them.
+        statements.push(format!(
+            "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM {u} u WHERE {uk}) AND NOT EXISTS (SELECT 1 FROM {d} d WHERE {dk})",
+            u = up(index),
+            d = del(index),
+            uk = same_key("u", "t"),
+            dk = same_key("d", "t"),
+        ));
+    }
+    if s.resync && !upsert {
+        // Only keys whose row differs leave, and only missing rows come in: a re-read of a
+        // whole table writes what differs, not the table again.
+        statements.push(format!(
+            "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {} \
+             AND NOT EXISTS (SELECT 1 FROM {present} p WHERE {} AND {} = {})",
+            same_key("t", "c"),
+            same_key("p", "t"),
+            row_text("p"),
+            row_text("t"),
+            u = up(index),
+            d = del(index),
+        ));
+        statements.push(format!(
+            "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p \
+             WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {})",
+            same_key("t", "p"),
+        ));
+    } else if upsert {
         if s.deletes > 0 {
             statements.push(format!(
                 "DELETE FROM {target} t USING {gone} d WHERE {}",
@@ -403,11 +550,18 @@ async fn write_final_states(
                 .collect();
             let action = if sets.is_empty() {
                 "NOTHING".to_string()
+            } else if s.resync {
+                format!(
+                    "UPDATE SET {} WHERE {} IS DISTINCT FROM {}",
+                    sets.join(", "),
+                    row_text("t"),
+                    row_text("EXCLUDED")
+                )
             } else {
                 format!("UPDATE SET {}", sets.join(", "))
             };
             statements.push(format!(
-                "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p ON CONFLICT ({key_list}) DO {action}"
+                "INSERT INTO {target} AS t ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p ON CONFLICT ({key_list}) DO {action}"
             ));
         }
     } else {
@@ -432,6 +586,33 @@ async fn write_final_states(
     Ok(())
 }
 
+/// A re-synchronized table followed by row images: every target row is staged with sign -1
+/// beside SQLite's rows (+1), so the net count of each distinct row is exactly what differs.
+async fn count_target_images(
+    tx: &Transaction<'_>,
+    schema: &str,
+    index: usize,
+    s: &Staged,
+    sql: &ImageSql,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {} ({}, {SIGN}) SELECT {}, -1 FROM {}",
+            img(index),
+            sql.group,
+            sql.staged,
+            qualified(schema, &s.table)
+        ),
+        &[],
+    )
+    .await
+    .map_err(pg_err(format!(
+        "cannot compare the rows of table {} for its re-synchronization",
+        s.table
+    )))?;
+    Ok(())
+}
+
 /// Applies staged row images as multiset arithmetic: per distinct row, a negative sum deletes
 /// that many copies, a positive one inserts that many. Deleting fewer rows than the images
 /// say means Postgres no longer equals SQLite: that stops the drain instead of going on.
@@ -442,7 +623,7 @@ async fn write_images(
     s: &Staged,
     sql: &ImageSql,
 ) -> Result<()> {
-    if s.upserts == 0 {
+    if s.upserts == 0 && !s.resync {
         return Ok(());
     }
     let target = qualified(schema, &s.table);

@@ -488,6 +488,11 @@ pub struct ImageHandoff {
 }
 
 impl ImageHandoff {
+    /// Replaces a table's chunks (a re-synchronization read it again).
+    pub fn replace(&mut self, table: &str, chunks: Vec<(Option<i64>, i64)>) {
+        self.chunks.insert(table.to_string(), chunks);
+    }
+
     /// Whether the change `seq` to the row at `rowid` of `table` is already in its snapshot.
     pub fn already_copied(&self, table: &str, seq: i64, rowid: i64) -> bool {
         let Some(chunks) = self.chunks.get(table) else {

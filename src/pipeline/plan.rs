@@ -122,6 +122,9 @@ impl Plan {
     }
 }
 
+/// Prefix of the scratch table Alembic's batch mode rebuilds a table through.
+const ALEMBIC_SCRATCH: &str = "_alembic_tmp_";
+
 fn find_ci<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<(&'a String, &'a T)> {
     if let Some(kv) = map.get_key_value(name) {
         return Some(kv);
@@ -160,6 +163,15 @@ pub fn build(
     let target_tables = target.unwrap_or(&empty);
     let mut used_targets: HashMap<String, String> = HashMap::new();
     for t in &selected {
+        if t.name.starts_with(ALEMBIC_SCRATCH) {
+            // Lives only inside a batch migration's transaction (create, copy, drop, rename);
+            // the table it becomes is followed under its real name.
+            skipped.push(Skipped {
+                table: t.name.clone(),
+                reason: "Alembic batch-migration scratch table".into(),
+            });
+            continue;
+        }
         match t.kind {
             TableKind::Virtual => {
                 let module = t

@@ -15,7 +15,7 @@ use super::progress::Progress;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::pg::state::{self, Phase};
-use crate::pg::{self, convert, copy, ddl, foreign_keys, qualified};
+use crate::pg::{self, convert, copy, ddl, foreign_keys, qualified, quote_ident};
 use crate::sqlite::{self, reader};
 
 /// Knobs of a snapshot run.
@@ -33,6 +33,8 @@ pub struct Options {
     pub busy_timeout: Duration,
     /// Empty existing, non-empty target tables before the first chunk.
     pub truncate: bool,
+    /// Source tables whose definition changed since capture last saw them (`Installed::reshaped`).
+    pub reshaped: Vec<String>,
 }
 
 /// What a snapshot did.
@@ -125,7 +127,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     let mut resume: Vec<Option<Option<Vec<OwnedValue>>>> = Vec::new();
     let mut done_rows: Vec<u64> = Vec::new();
     let mut totals: Vec<u64> = Vec::new();
-    add_new_columns(client, plan, &opts.schema).await?;
+    follow_shape(client, plan, &opts.schema, &opts.reshaped).await?;
     // Before any row moves: a copy in key order can reference rows not copied yet, and while
     // streaming Postgres must accept every orphan SQLite holds.
     let targets: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
@@ -264,45 +266,175 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     Ok(summary)
 }
 
-/// Columns the app added in SQLite after sqlite2pg created the table: added in Postgres too,
-/// with the same default, so existing rows read the same value on both sides.
-async fn add_new_columns(client: &mut Client, plan: &Plan, schema: &str) -> Result<()> {
+/// Tables sqlite2pg created follow the app's schema changes in SQLite: columns added (with the
+/// same default, so existing rows read the same on both sides) or dropped, types changed
+/// (widened, or changed with Postgres' cast; the re-synchronization that every definition
+/// change asks for then rewrites each value through sqlite2pg's own conversion), NOT NULL
+/// dropped, and for `reshaped` tables (whose definition changed) defaults, NOT NULL added and
+/// indexes. Each table in one transaction. A change Postgres cannot make (rows that break a
+/// narrowed type) stops with the table and column; one that is only stricter than SQLite
+/// needs (a NOT NULL or index that stale rows break) is left for the next pass.
+async fn follow_shape(
+    client: &mut Client,
+    plan: &Plan,
+    schema: &str,
+    reshaped: &[String],
+) -> Result<()> {
+    let existing = crate::pg::catalog::read_tables(client, schema).await?;
     for t in plan.tables.iter().filter(|t| t.create) {
+        let Some(tt) = existing.get(&t.target) else {
+            continue;
+        };
         if state::load(client, &t.source.name).await?.is_none() {
             continue;
         }
-        let existing: Vec<String> = client
-            .query(
-                "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&schema, &t.target],
-            )
-            .await
-            .map_err(pg_err(format!("cannot read the columns of table {}", t.target)))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if let Some(gone) = existing
-            .iter()
-            .find(|e| !t.column_defs.iter().any(|c| &c.name == *e))
-        {
-            return Err(Error::new(
-                ErrorKind::Schema,
-                format!(
-                    "column {gone} of table {} is gone from SQLite (dropped or renamed); sqlite2pg does not follow that live. Make the same change in Postgres (ALTER TABLE {} DROP or RENAME COLUMN), then start `sqlite2pg run` again",
-                    t.source.name,
-                    qualified(schema, &t.target)
-                ),
+        let q = qualified(schema, &t.target);
+        let key: Vec<&String> = t.primary_key.iter().collect();
+        let mut must: Vec<(String, String)> = Vec::new();
+        for tc in &tt.columns {
+            if !t.column_defs.iter().any(|c| c.name == tc.name) {
+                must.push((
+                    format!("ALTER TABLE {q} DROP COLUMN {}", quote_ident(&tc.name)),
+                    format!("drop column {} (gone from SQLite)", tc.name),
+                ));
+            }
+        }
+        let mut stricter: Vec<(String, String)> = Vec::new();
+        let full = reshaped.contains(&t.source.name);
+        for c in &t.column_defs {
+            let col = quote_ident(&c.name);
+            let Some(tc) = tt.columns.iter().find(|tc| tc.name == c.name) else {
+                must.push((
+                    ddl::add_column(schema, &t.target, c),
+                    format!("add column {}", c.name),
+                ));
+                continue;
+            };
+            if c.identity || key.contains(&&c.name) {
+                continue;
+            }
+            if tc.ty != c.ty {
+                must.push((
+                    format!(
+                        "ALTER TABLE {q} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}",
+                        ty = c.ty.sql()
+                    ),
+                    format!(
+                        "change column {} from {} to {}",
+                        c.name,
+                        tc.ty.sql(),
+                        c.ty.sql()
+                    ),
+                ));
+            }
+            if tc.not_null && !c.not_null {
+                must.push((
+                    format!("ALTER TABLE {q} ALTER COLUMN {col} DROP NOT NULL"),
+                    format!("drop NOT NULL on column {}", c.name),
+                ));
+            }
+            if !full {
+                continue;
+            }
+            must.push((
+                match &c.default {
+                    Some(d) => format!("ALTER TABLE {q} ALTER COLUMN {col} SET DEFAULT {d}"),
+                    None => format!("ALTER TABLE {q} ALTER COLUMN {col} DROP DEFAULT"),
+                },
+                format!("set the default of column {}", c.name),
             ));
+            if c.not_null && !tc.not_null {
+                stricter.push((
+                    format!("ALTER TABLE {q} ALTER COLUMN {col} SET NOT NULL"),
+                    format!("set NOT NULL on column {}", c.name),
+                ));
+            }
         }
-        for c in t.column_defs.iter().filter(|c| !existing.contains(&c.name)) {
-            let sql = ddl::add_column(schema, &t.target, c);
-            client.batch_execute(&sql).await.map_err(pg_err(format!(
-                "cannot add column {} to table {}",
-                c.name, t.target
-            )))?;
-            tracing::info!(table = %t.target, column = %c.name, "column added in SQLite; added in Postgres");
+        if full {
+            index_changes(client, schema, t, &mut must, &mut stricter).await?;
         }
+        if must.is_empty() && stricter.is_empty() {
+            continue;
+        }
+        let tx = client.transaction().await.map_err(pg_err(format!(
+            "cannot start a transaction for table {}",
+            t.target
+        )))?;
+        for (sql, what) in &must {
+            tx.batch_execute(sql).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "table {}: the app changed its definition in SQLite, and Postgres cannot follow: {what}: {}. Make the change in Postgres by hand (ALTER TABLE {q} ...), then sqlite2pg goes on at its next run",
+                        t.source.name,
+                        db_message(&e)
+                    ),
+                )
+            })?;
+            tracing::info!(table = %t.source.name, change = %what, "followed the app's schema change");
+        }
+        for (sql, what) in &stricter {
+            tx.batch_execute("SAVEPOINT stricter")
+                .await
+                .map_err(pg_err("cannot set a savepoint".into()))?;
+            match tx.batch_execute(sql).await {
+                Ok(()) => {
+                    tracing::info!(table = %t.source.name, change = %what, "followed the app's schema change")
+                }
+                Err(e) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT stricter")
+                        .await
+                        .map_err(pg_err("cannot roll back to a savepoint".into()))?;
+                    tracing::warn!(table = %t.source.name, change = %what, reason = %db_message(&e), "not followed yet: rows in Postgres break it until the table is re-synchronized; tried again at the next schema change or run");
+                }
+            }
+        }
+        tx.commit().await.map_err(pg_err(format!(
+            "cannot commit the schema change of table {}",
+            t.target
+        )))?;
+    }
+    Ok(())
+}
+
+/// Indexes of a created table that the app added or dropped in SQLite (the primary key and
+/// sqlite2pg's own are left alone): drops are certain, creations only stricter.
+async fn index_changes(
+    client: &Client,
+    schema: &str,
+    t: &TablePlan,
+    must: &mut Vec<(String, String)>,
+    stricter: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let have: Vec<String> = client
+        .query(
+            "SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+             JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND NOT i.indisprimary",
+            &[&schema, &t.target],
+        )
+        .await
+        .map_err(pg_err(format!(
+            "cannot read the indexes of table {}",
+            t.target
+        )))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in have
+        .iter()
+        .filter(|n| !t.indexes.iter().any(|ix| &ix.name == *n))
+    {
+        must.push((
+            format!("DROP INDEX {}", qualified(schema, name)),
+            format!("drop index {name} (gone from SQLite)"),
+        ));
+    }
+    for ix in t.indexes.iter().filter(|ix| !have.contains(&ix.name)) {
+        stricter.push((
+            ddl::create_index(schema, &t.target, ix),
+            format!("create index {}", ix.name),
+        ));
     }
     Ok(())
 }

@@ -56,6 +56,9 @@ pub struct Status {
     /// Rows whose foreign key finds no parent, per foreign key (cutover refuses them unless
     /// told `--orphans keep`).
     pub orphans: Vec<foreign_keys::Orphans>,
+    /// Tables waiting to be re-synchronized (or being re-synchronized): a migration rebuilt or
+    /// redefined them, so changes may have bypassed the changelog.
+    pub resync_pending: Vec<String>,
 }
 
 fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -81,6 +84,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         cutover: None,
         foreign_keys_kept: 0,
         orphans: Vec::new(),
+        resync_pending: Vec::new(),
     };
     if !has_state {
         return Ok(status);
@@ -114,6 +118,17 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         status.last_error = st.last_error;
         if installed.is_some() {
             let (newest, pending, oldest_at) = changes::pending(&conn, st.position)?;
+            if let Some(inst) = &installed {
+                status.resync_pending = changes::pending_resyncs(&conn, st.position)?
+                    .into_iter()
+                    .filter_map(|id| {
+                        inst.tables
+                            .iter()
+                            .find(|(i, _)| *i == id)
+                            .map(|(_, n)| n.clone())
+                    })
+                    .collect();
+            }
             status.changelog_newest = Some(newest);
             status.lag_changes = Some(pending);
             let now = std::time::SystemTime::now()
@@ -179,6 +194,12 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
     }
     if let (Some(c), Some(secs)) = (s.lag_changes, s.lag_seconds) {
         writeln!(out, "lag:        {c} changes, {secs:.1} s")?;
+    }
+    for t in &s.resync_pending {
+        writeln!(
+            out,
+            "resyncing:  table {t} (rebuilt or redefined by a migration; every row is compared, only differences are written)"
+        )?;
     }
     if let Some(n) = s.changes_applied {
         writeln!(out, "applied:    {n} changes since the stream started")?;

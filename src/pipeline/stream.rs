@@ -151,68 +151,76 @@ fn encode_batch(
         };
         let t = &plan.tables[cap.plan_index];
         if cap.images {
-            let mut rows = copy::begin_buffer(4096);
-            let mut n = 0;
+            let mut b = table_batch(t, cap);
             for img in &changes.images {
                 if handoff.already_copied(&t.source.name, img.seq, img.rowid) {
                     continue;
                 }
-                copy::begin_row(&mut rows, t.columns.len() + 1);
+                copy::begin_row(&mut b.upserts, t.columns.len() + 1);
                 for (c, v) in t.columns.iter().zip(&img.values) {
-                    convert::encode(v.as_ref(), &c.conv, &mut rows).map_err(|e| {
+                    convert::encode(v.as_ref(), &c.conv, &mut b.upserts).map_err(|e| {
                         conversion_error(t, &[OwnedValue::Integer(img.rowid)], &c.source, v, e)
                     })?;
                 }
-                apply::put_int4(&mut rows, img.sign);
-                n += 1;
+                apply::put_int4(&mut b.upserts, img.sign);
+                b.row_keys.push(vec![OwnedValue::Integer(img.rowid)]);
+                b.n_upserts += 1;
             }
-            out.push(TableBatch {
-                index: cap.plan_index,
-                table: t.target.clone(),
-                columns: t.target_columns(),
-                keys: Vec::new(),
-                upserts: rows,
-                n_upserts: n,
-                deletes: copy::begin_buffer(0),
-                n_deletes: 0,
-            });
+            out.push(b);
             continue;
         }
-        let mut upserts = copy::begin_buffer(4096);
-        let mut deletes = copy::begin_buffer(256);
-        for (key, row) in &changes.present {
-            copy::begin_row(&mut upserts, t.columns.len() + 1);
-            for (c, v) in t.columns.iter().zip(row) {
-                convert::encode(v.as_ref(), &c.conv, &mut upserts)
-                    .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
+        let mut b = table_batch(t, cap);
+        b.n_upserts = changes.present.len() as u64;
+        b.n_deletes = changes.absent.len() as u64;
+        for (key, row) in changes.present {
+            copy::begin_row(&mut b.upserts, t.columns.len() + 1);
+            for (c, v) in t.columns.iter().zip(&row) {
+                convert::encode(v.as_ref(), &c.conv, &mut b.upserts)
+                    .map_err(|e| conversion_error(t, &key, &c.source, v, e))?;
             }
-            apply::put_int4(&mut upserts, chunk);
+            apply::put_int4(&mut b.upserts, chunk);
+            b.row_keys.push(key);
         }
         for key in &changes.absent {
-            copy::begin_row(&mut deletes, key.len() + 1);
+            copy::begin_row(&mut b.deletes, key.len() + 1);
             for (pos, v) in cap.key_positions.iter().zip(key) {
                 let c = &t.columns[*pos];
-                convert::encode(v.as_ref(), &c.conv, &mut deletes)
+                convert::encode(v.as_ref(), &c.conv, &mut b.deletes)
                     .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
             }
-            apply::put_int4(&mut deletes, chunk);
+            apply::put_int4(&mut b.deletes, chunk);
         }
-        out.push(TableBatch {
-            index: cap.plan_index,
-            table: t.target.clone(),
-            columns: t.target_columns(),
-            keys: cap
-                .key_positions
-                .iter()
-                .map(|p| t.columns[*p].target.clone())
-                .collect(),
-            upserts,
-            n_upserts: changes.present.len() as u64,
-            deletes,
-            n_deletes: changes.absent.len() as u64,
-        });
+        out.push(b);
     }
     Ok(out)
+}
+
+/// An empty part of a chunk for one captured table.
+fn table_batch(t: &TablePlan, cap: &Captured) -> TableBatch {
+    TableBatch {
+        index: cap.plan_index,
+        table: t.target.clone(),
+        columns: t.target_columns(),
+        keys: if cap.images {
+            Vec::new()
+        } else {
+            cap.key_positions
+                .iter()
+                .map(|p| t.columns[*p].target.clone())
+                .collect()
+        },
+        upserts: copy::begin_buffer(4096),
+        n_upserts: 0,
+        deletes: copy::begin_buffer(0),
+        n_deletes: 0,
+        source: t.source.name.clone(),
+        key_names: if cap.images {
+            vec!["rowid".into()]
+        } else {
+            t.key_names.clone()
+        },
+        row_keys: Vec::new(),
+    }
 }
 
 /// Prunes the changelog behind durable applies, in slices, between drains.
@@ -330,13 +338,31 @@ async fn drain(
     let mut tx = applier.begin().await?;
     let (mut last, mut changes, mut max_at) = (position, 0i64, 0f64);
     let mut per_table: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // Re-synchronized tables followed by row images get a handoff of their own for the rest of
+    // this drain (the snapshot's says nothing about the re-read).
+    let mut handoff = std::borrow::Cow::Borrowed(handoff);
     loop {
         let at_end = batch.at_end;
-        if batch.changes > 0 {
+        if let Some(tbl) = batch.resync {
+            last = batch.last_seq;
+            changes += 1;
+            max_at = max_at.max(batch.max_at);
+            if let Some(cap) = captured.get(&tbl) {
+                let t = &plan.tables[cap.plan_index];
+                let done = resync(&mut tx, reader, t, cap, opts, shutdown).await?;
+                let Some(marks) = done else {
+                    return Ok(Drained::Shutdown);
+                };
+                if cap.images {
+                    handoff.to_mut().replace(&t.source.name, marks);
+                }
+                per_table.entry(t.target.clone()).or_default();
+            }
+        } else if batch.changes > 0 {
             last = batch.last_seq;
             changes += batch.changes as i64;
             max_at = max_at.max(batch.max_at);
-            let tables = encode_batch(plan, captured, handoff, batch, tx.chunk())?;
+            let tables = encode_batch(plan, captured, &handoff, batch, tx.chunk())?;
             for t in &tables {
                 let e = per_table.entry(t.table.clone()).or_default();
                 e.0 += t.n_upserts;
@@ -361,6 +387,94 @@ async fn drain(
         per_table: per_table.into_iter().map(|(t, (u, d))| (t, u, d)).collect(),
         chunks,
     })
+}
+
+/// Re-synchronizes one table inside a drain, after a marker said its changes may have
+/// bypassed the changelog (a migration rebuilt it, or changed its definition): every row is
+/// read again in key order, chunk by chunk, each chunk in its own short read transaction, and
+/// staged; the drain's commit writes only what differs and deletes what SQLite no longer has.
+/// Consistent with the stream for the same reason as a drain: a row changed after its chunk
+/// was read has a changelog row after the marker, which the same drain reads later.
+/// For a table followed by row images, returns the handoff of the re-read (per chunk, the
+/// largest rowid and the changelog position it saw); `None` when asked to stop meanwhile.
+async fn resync(
+    tx: &mut apply::Drain<'_>,
+    reader: &rusqlite::Connection,
+    t: &TablePlan,
+    cap: &Captured,
+    opts: &Options,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<Vec<(Option<i64>, i64)>>> {
+    let name = &t.source.name;
+    tracing::info!(table = %name, "re-synchronizing: comparing every row with Postgres");
+    crate::metrics::set_phase("resyncing");
+    let total = tokio::task::block_in_place(|| sqlite::schema::count_rows(reader, name))?;
+    let q = crate::sqlite::reader::ScanQuery::new(&t.source, &t.source_columns());
+    let klen = q.key_len();
+    'again: loop {
+        tx.begin_resync(&table_batch(t, cap)).await?;
+        let mut marks: Vec<(Option<i64>, i64)> = Vec::new();
+        let mut version = None;
+        let mut after: Option<Vec<OwnedValue>> = None;
+        let mut copied = 0u64;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(None);
+            }
+            let chunk = tx.chunk();
+            let mut b = table_batch(t, cap);
+            let read = tokio::task::block_in_place(|| {
+                crate::sqlite::reader::read_chunk_marked(
+                    reader,
+                    &q,
+                    after.as_deref(),
+                    opts.batch_changes.max(1000),
+                    Duration::from_millis(100),
+                    cap.images,
+                    |row| {
+                        let key: Vec<OwnedValue> =
+                            row[..klen].iter().map(|v| v.to_owned_value()).collect();
+                        copy::begin_row(&mut b.upserts, t.columns.len() + 1);
+                        for (c, v) in t.columns.iter().zip(&row[klen..]) {
+                            convert::encode(*v, &c.conv, &mut b.upserts).map_err(|e| {
+                                conversion_error(t, &key, &c.source, &v.to_owned_value(), e)
+                            })?;
+                        }
+                        apply::put_int4(&mut b.upserts, if cap.images { 1 } else { chunk });
+                        b.row_keys.push(key);
+                        Ok(())
+                    },
+                )
+            })?;
+            if let Some((seq, v)) = read.mark {
+                // A VACUUM renumbers the rowids that image chunks are cut by: start over.
+                if version.is_some_and(|seen| seen != v) {
+                    tracing::info!(table = %name, "the SQLite file changed shape (VACUUM?) during the re-synchronization; starting it over");
+                    continue 'again;
+                }
+                version = Some(v);
+                let upto = match (&read.last_key, read.exhausted) {
+                    (Some(k), false) => match k.first() {
+                        Some(OwnedValue::Integer(r)) => Some(*r),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                marks.push((upto, seq));
+            }
+            copied += read.rows;
+            b.n_upserts = read.rows;
+            tx.stage(vec![b]).await?;
+            crate::metrics::snapshot_progress(name, copied, total);
+            if read.exhausted {
+                break;
+            }
+            after = read.last_key;
+        }
+        tracing::info!(table = %name, rows = copied, "re-read for re-synchronization; the differences are written with this drain");
+        crate::metrics::set_phase("streaming");
+        return Ok(Some(marks));
+    }
 }
 
 /// One changelog range, retried while the app holds SQLite's write lock past the busy timeout
@@ -555,8 +669,11 @@ pub async fn run(
                 if version != seen_version {
                     let tables =
                         tokio::task::block_in_place(|| sqlite::schema::read_tables(&reader))?;
-                    if sqlite::schema::shape(&tables) != plan.source_shape {
-                        tracing::info!(position, "the SQLite schema changed; re-planning");
+                    let drifted = tokio::task::block_in_place(|| {
+                        capture::drift(&reader, installed, &tables, |id| captured.contains_key(&id))
+                    })?;
+                    if sqlite::schema::shape(&tables) != plan.source_shape || !drifted.is_empty() {
+                        tracing::info!(position, rebuilt = ?drifted, "the SQLite schema changed; re-planning");
                         return Ok(End::SchemaChanged);
                     }
                     seen_version = version;
@@ -603,6 +720,18 @@ pub async fn run(
                         tracing::warn!(error = %e, "Postgres went away mid-batch; the batch rolled back and will be applied again");
                         down_since = Some(Instant::now());
                         continue 'connect;
+                    }
+                    // A migration that committed between the schema check and the read (a
+                    // column gone, a table rebuilt) is a schema change, not a failure.
+                    Err(_)
+                        if tokio::task::block_in_place(|| schema_version(&reader))
+                            .is_ok_and(|v| v != seen_version) =>
+                    {
+                        tracing::info!(
+                            position,
+                            "the SQLite schema changed during a drain (rolled back); re-planning"
+                        );
+                        return Ok(End::SchemaChanged);
                     }
                     Err(e) => {
                         crate::metrics::error(e.kind().label(), Some(&e.to_string()));

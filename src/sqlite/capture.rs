@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::quote_ident;
 use crate::error::{Error, ErrorKind, Result};
@@ -30,6 +30,8 @@ pub struct Installed {
     pub install_id: String,
     /// Tables captured, with their changelog ids.
     pub tables: Vec<(i64, String)>,
+    /// Tables this install found rebuilt or redefined, and asked the stream to re-synchronize.
+    pub reshaped: Vec<String>,
 }
 
 fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -77,7 +79,11 @@ pub fn installed(conn: &Connection) -> Result<Option<Installed>> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .and_then(|r| r.collect())
         .map_err(ctx("read captured tables"))?;
-    Ok(Some(Installed { install_id, tables }))
+    Ok(Some(Installed {
+        install_id,
+        tables,
+        reshaped: Vec::new(),
+    }))
 }
 
 fn random_id() -> String {
@@ -124,19 +130,49 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
         [],
     )
     .map_err(ctx("record the changelog format"))?;
+    drop_strays(&tx)?;
+    let mut reshaped = Vec::new();
     for t in tables {
-        tx.execute(
-            &format!("INSERT OR IGNORE INTO {TABLES} (name) VALUES (?1)"),
-            [&t.name],
-        )
-        .map_err(ctx("register a captured table"))?;
-        let id: i64 = tx
+        let known: Option<i64> = tx
             .query_row(
                 &format!("SELECT id FROM {TABLES} WHERE name = ?1"),
                 [&t.name],
                 |r| r.get(0),
             )
+            .optional()
             .map_err(ctx("read a captured table id"))?;
+        let id = match known {
+            Some(id) => id,
+            None => {
+                tx.execute(
+                    &format!("INSERT INTO {TABLES} (name) VALUES (?1)"),
+                    [&t.name],
+                )
+                .map_err(ctx("register a captured table"))?;
+                tx.last_insert_rowid()
+            }
+        };
+        // Written before the triggers come back, in the same transaction: whatever the app
+        // wrote while capture was missing is covered by the re-synchronization the marker asks
+        // for, and everything after it is in the changelog.
+        if let Some(why) = known
+            .map(|id| capture_gap(&tx, t, id))
+            .transpose()?
+            .flatten()
+        {
+            reshaped.push(t.name.clone());
+            tracing::warn!(table = %t.name, reason = why, "changes to this table may have gone uncaptured; it will be re-synchronized");
+            tx.execute(
+                &format!("INSERT INTO {CHANGES} (tbl, at) VALUES (?1, julianday('now'))"),
+                [resync_marker(id)],
+            )
+            .map_err(ctx("record a re-synchronization"))?;
+        }
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO {META} (key, value) VALUES (?1, ?2)"),
+            rusqlite::params![definition_key(id), t.sql],
+        )
+        .map_err(ctx("record a captured table's definition"))?;
         if t.follows_row_images() {
             ensure_image_tables(&tx, t, id)?;
         }
@@ -155,12 +191,122 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
         }
     }
     tx.commit().map_err(ctx("commit the install"))?;
-    installed(conn)?.ok_or_else(|| {
+    let mut done = installed(conn)?.ok_or_else(|| {
         Error::new(
             ErrorKind::SourceUnreadable,
             "capture vanished right after install",
         )
+    })?;
+    done.reshaped = reshaped;
+    Ok(done)
+}
+
+/// The changelog row that asks the stream to re-synchronize table `id`: `tbl` holds `-id`
+/// (table ids are positive), and no key.
+pub fn resync_marker(id: i64) -> i64 {
+    -id
+}
+
+fn definition_key(id: i64) -> String {
+    format!("definition:{id}")
+}
+
+/// The names of the AFTER triggers that capture table `id`: with them all in place on the
+/// table, no change to it can bypass the changelog.
+fn capture_trigger_names(id: i64) -> [String; 3] {
+    ["ai", "ad", "au"].map(|k| format!("{TRIGGER_PREFIX}{k}_{id}"))
+}
+
+/// Why changes to the captured table `t` (changelog id `id`) may have missed the changelog
+/// since capture was installed on it, if they may have: its triggers are gone (a migration
+/// rebuilt the table: create a copy, drop, rename, as Alembic's batch mode does), or its
+/// definition changed (a column added, dropped, renamed or retyped) while the rows were not
+/// followed under the new shape.
+fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'static str>> {
+    let [ai, ad, au] = capture_trigger_names(id);
+    let present: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1 AND name IN (?2, ?3, ?4)",
+            rusqlite::params![t.name, ai, ad, au],
+            |r| r.get(0),
+        )
+        .map_err(ctx("look for the capture triggers"))?;
+    if present < 3 {
+        return Ok(Some(
+            "its capture triggers were gone (the table was dropped or rebuilt, e.g. by a migration)",
+        ));
+    }
+    let recorded: Option<String> = conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = ?1"),
+            [definition_key(id)],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(ctx("read a captured table's definition"))?;
+    Ok(match recorded {
+        None => Some("it was captured by an earlier sqlite2pg that did not record its definition"),
+        Some(sql) if sql != t.sql => Some("its definition changed"),
+        Some(_) => None,
     })
+}
+
+/// Captured tables whose capture is no longer what `install` left: triggers gone or moved, or a
+/// definition that changed since. The stream re-plans (and `install` re-synchronizes them) when
+/// this is not empty. Only tables `followed(id)` are looked at (`tables` is the schema as it is now).
+pub fn drift(
+    conn: &Connection,
+    installed: &Installed,
+    tables: &[SourceTable],
+    followed: impl Fn(i64) -> bool,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (id, name) in installed.tables.iter().filter(|(id, _)| followed(*id)) {
+        let Some(t) = tables.iter().find(|t| &t.name == name) else {
+            continue;
+        };
+        if capture_gap(conn, t, *id)?.is_some() {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Drops our triggers that sit on a table other than the one their id was registered for:
+/// `ALTER TABLE ... RENAME` takes triggers along, so after a rename (or the rebuild of a table
+/// under a scratch name) they would record another table's changes under the old id.
+fn drop_strays(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let registered: std::collections::HashMap<i64, String> = {
+        let mut stmt = tx
+            .prepare(&format!("SELECT id, name FROM {TABLES}"))
+            .map_err(ctx("read captured tables"))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|r| r.collect())
+            .map_err(ctx("read captured tables"))?
+    };
+    let ours: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_sqlite2pg\\_%' ESCAPE '\\'")
+            .map_err(ctx("list the capture triggers"))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|r| r.collect())
+            .map_err(ctx("list the capture triggers"))?
+    };
+    for (trigger, on) in ours {
+        let id = trigger
+            .rsplit('_')
+            .next()
+            .and_then(|n| n.parse::<i64>().ok());
+        let stray = match id.and_then(|id| registered.get(&id)) {
+            Some(name) => name != &on,
+            None => false,
+        };
+        if stray {
+            tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&trigger)))
+                .map_err(ctx("drop a capture trigger left on a renamed table"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the row images of a table followed by row images go: one row per changelog row,

@@ -97,6 +97,9 @@ pub struct Batch {
     /// The range reached the changelog's end as this read saw it: every key it names was read
     /// in its state as of one committed moment, with no later change left unread.
     pub at_end: bool,
+    /// The range is one re-synchronization marker (`capture::resync_marker`) for this table
+    /// id: changes to it may have bypassed the changelog, so all its rows must be compared.
+    pub resync: Option<i64>,
 }
 
 fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
@@ -149,6 +152,18 @@ fn read_in_tx(
         let seq: i64 = r.get(0).map_err(ctx("read the changelog"))?;
         let tbl: i64 = r.get(1).map_err(ctx("read the changelog"))?;
         let at: f64 = r.get(6).map_err(ctx("read the changelog"))?;
+        if tbl < 0 && readers.contains_key(&-tbl) {
+            // A marker is a range of its own: the rows before it are applied as read, the
+            // table is re-synchronized, and the rows after it are read after that.
+            if batch.changes == 0 {
+                batch.last_seq = seq;
+                batch.changes = 1;
+                batch.max_at = at;
+                batch.resync = Some(-tbl);
+            }
+            batch.at_end = false;
+            return Ok(batch);
+        }
         batch.last_seq = seq;
         batch.changes += 1;
         batch.max_at = batch.max_at.max(at);
@@ -242,6 +257,18 @@ pub fn read_row_by_key(
         values.push(v.to_owned_value());
     }
     Ok(Some(values))
+}
+
+/// Ids of tables whose re-synchronization marker (`capture::resync_marker`) is after `after`.
+pub fn pending_resyncs(conn: &Connection, after: i64) -> Result<Vec<i64>> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT DISTINCT -tbl FROM {CHANGES} WHERE seq > ?1 AND tbl < 0 ORDER BY 1"
+        ))
+        .map_err(ctx("read the changelog"))?;
+    stmt.query_map([after], |r| r.get(0))
+        .and_then(|r| r.collect())
+        .map_err(ctx("read the changelog"))
 }
 
 /// Whether the changelog holds a change to this key after `after` (not applied yet).

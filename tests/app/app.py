@@ -4,6 +4,9 @@
                                    a JSON line {"transactions", "failed", "p50_ms", "p99_ms"}
   app.py alembic PG_URL            autogenerate the initial migration from the models and upgrade
   app.py compare SQLITE_PATH PG_URL  read every row of both through SQLAlchemy and compare
+  app.py migrate SQLITE_PATH REV TABLE  upgrade to REV with the app's own (batch-mode) migrations
+                                   in migrations/, then at once, on the same connection, insert,
+                                   update and delete a row of TABLE
 """
 import random
 import sys
@@ -142,6 +145,27 @@ def alembic_upgrade(url):
         command.upgrade(cfg, "head")
 
 
+def migrate(path, rev, table):
+    """What a deploy does: the app's migrations on the live file, and the app writing straight
+    after their commit, before anything else can get in."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 10})
+    with engine.connect() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(HERE / "migrations"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, rev)
+        conn.commit()
+        q = '"' + table.replace('"', '""') + '"'
+        top = conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {q}").scalar()
+        conn.exec_driver_sql(f"INSERT INTO {q} (id, name, qty) VALUES (?, ?, ?)", (top + 1, f"after {rev} " + ("x" * 25 if rev >= "0002" else ""), 99))
+        conn.exec_driver_sql(f"UPDATE {q} SET qty = qty + 1000 WHERE id = (SELECT min(id) FROM {q})")
+        conn.exec_driver_sql(f"DELETE FROM {q} WHERE id = (SELECT min(id) FROM {q} WHERE id > 1)")
+        conn.commit()
+
+
 def normalise(value):
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(timezone.utc).replace(tzinfo=None)
@@ -182,6 +206,8 @@ if __name__ == "__main__":
         alembic_upgrade(sys.argv[2])
     elif cmd == "pg-insert":
         pg_insert(sys.argv[2])
+    elif cmd == "migrate":
+        migrate(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "compare":
         compare(sys.argv[2], sys.argv[3])
     else:

@@ -723,3 +723,36 @@ pub fn sqlite_master(path: &Path) -> Vec<String> {
         .map(|r| r.expect("row"))
         .collect()
 }
+
+/// Waits until capture is back on `table` as the daemon (or the next `run`) leaves it: its
+/// triggers present and its definition recorded as it is now. From then on "caught up" means
+/// the re-synchronization it asked for is applied.
+pub fn wait_capture_current(path: &std::path::Path, table: &str, d: &mut Daemon) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ok = rusqlite::Connection::open(path).ok().is_some_and(|c| {
+            c.query_row(
+                "SELECT count(*) FROM _sqlite2pg_tables t
+                   JOIN sqlite_master m ON m.type = 'table' AND m.name = t.name
+                   JOIN _sqlite2pg_meta d ON d.key = 'definition:' || t.id AND d.value = m.sql
+                   JOIN sqlite_master tr ON tr.type = 'trigger' AND tr.tbl_name = t.name AND tr.name = '_sqlite2pg_ai_' || t.id
+                 WHERE t.name = ?1",
+                [table],
+                |r| r.get::<_, i64>(0),
+            )
+            .is_ok_and(|n| n == 1)
+        });
+        if ok {
+            return;
+        }
+        if let Some(code) = d.try_exit() {
+            panic!("the daemon exited ({code:?}):\n{}", d.log_text());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture did not come back on table {table} within 60 s:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

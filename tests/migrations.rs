@@ -1,0 +1,115 @@
+//! The app's own Alembic migrations while sqlite2pg follows the file: batch mode rebuilds a
+//! table (create a copy, drop, rename) under the capture triggers, and the app writes at once
+//! on the same connection. Whether the daemon runs through the migration or is stopped for the
+//! deploy, Postgres ends equal to SQLite row by row, in both journal modes, while the
+//! SQLAlchemy app writes to the rest of the CRM the whole time.
+
+mod common;
+
+use common::*;
+
+/// The target's columns of `table` with their types, in order.
+fn pg_columns(db: &TestDb, table: &str) -> Vec<(String, String)> {
+    db.client()
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&format!("public.\"{table}\"")],
+        )
+        .expect("read target columns")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn sqlite_columns(path: &std::path::Path, table: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).expect("open sqlite");
+    let mut st = c
+        .prepare(&format!("PRAGMA table_info(\"{table}\")"))
+        .expect("table_info");
+    st.query_map([], |r| r.get(1))
+        .expect("table_info")
+        .map(|r| r.expect("column"))
+        .collect()
+}
+
+fn migrations_with_the_app_writing(journal: &str, running_first: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bot.db");
+    let p = path.to_str().unwrap();
+    app(&["seed", p, "300", journal]);
+    app(&["migrate", p, "0001", "items"]);
+    let db = TestDb::new();
+    let writer = start_writer(&path, 60.0, 50.0);
+    let mut d = Some(Daemon::start(&path, &db, &["--chunk-rows", "100"]));
+    d.as_mut().unwrap().wait_caught_up();
+    let steps = [
+        ("0002", "items"),
+        ("0003", "items"),
+        ("0004", "items"),
+        ("0005", "items"),
+        ("0006", "goods"),
+    ];
+    for (i, (rev, table)) in steps.iter().enumerate() {
+        // Alternate: the daemon runs through one migration, is stopped for the next deploy.
+        let running = (i % 2 == 0) == running_first;
+        if !running {
+            assert!(d.take().unwrap().stop(), "the daemon should stop with 0");
+        }
+        app(&["migrate", p, rev, table]);
+        if !running {
+            d = Some(Daemon::start(&path, &db, &["--chunk-rows", "100"]));
+        }
+        wait_capture_current(&path, table, d.as_mut().unwrap());
+        d.as_mut().unwrap().wait_caught_up();
+        let mut c = db.client();
+        assert_table_equal(&path, &mut c, table, "id");
+        let pg: Vec<String> = pg_columns(&db, table).into_iter().map(|c| c.0).collect();
+        assert_eq!(
+            pg,
+            sqlite_columns(&path, table),
+            "{rev}: the target's columns follow SQLite's"
+        );
+        println!(
+            "{journal}: {rev} applied with the daemon {}",
+            if running { "running" } else { "stopped" }
+        );
+    }
+    // What each migration changed in the shape is in Postgres too.
+    let cols = pg_columns(&db, "goods");
+    assert!(
+        cols.contains(&("name".into(), "character varying(50)".into())),
+        "{cols:?}"
+    );
+    assert!(cols.iter().any(|c| c.0 == "note"), "{cols:?}");
+    let default: Option<String> = scalar(
+        &mut db.client(),
+        "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = 'public.goods'::regclass AND a.attname = 'note'",
+    );
+    assert!(default.is_some_and(|d| d.contains("none")));
+    let unique_on_name: i64 = scalar(
+        &mut db.client(),
+        "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = 'public.goods'::regclass AND i.indisunique AND NOT i.indisprimary AND a.attname = 'name'",
+    );
+    assert_eq!(unique_on_name, 1, "the unique constraint follows");
+    let summary = finish_writer(writer);
+    println!("{journal}: app writer during the migrations: {summary}");
+    let mut d = d.unwrap();
+    d.wait_caught_up();
+    assert_app_equal(&path, &db);
+    assert_table_equal(&path, &mut db.client(), "goods", "id");
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert!(d.stop());
+}
+
+#[test]
+fn alembic_batch_migrations_in_wal_mode_lose_nothing() {
+    migrations_with_the_app_writing("wal", true);
+}
+
+#[test]
+fn alembic_batch_migrations_in_rollback_journal_mode_lose_nothing() {
+    migrations_with_the_app_writing("delete", false);
+}
