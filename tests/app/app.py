@@ -163,6 +163,9 @@ def migrate(path, rev, table):
         conn.exec_driver_sql(f"INSERT INTO {q} (id, name, qty) VALUES (?, ?, ?)", (top + 1, f"after {rev} " + ("x" * 25 if rev >= "0002" else ""), 99))
         conn.exec_driver_sql(f"UPDATE {q} SET qty = qty + 1000 WHERE id = (SELECT min(id) FROM {q})")
         conn.exec_driver_sql(f"DELETE FROM {q} WHERE id = (SELECT min(id) FROM {q} WHERE id > 1)")
+        # Duplicates stay duplicated in a table without a key; one copy of a pair leaves.
+        conn.exec_driver_sql("INSERT INTO tags VALUES (7, ?), (7, ?)", (f"dup {rev}", f"dup {rev}"))
+        conn.exec_driver_sql("DELETE FROM tags WHERE rowid = (SELECT min(rowid) FROM tags WHERE tag = 't1')")
         conn.commit()
 
 

@@ -14,4 +14,7 @@ def upgrade():
         sa.Column("qty", sa.Integer),
         sa.Column("legacy", sa.Text),
     )
+    # A join-table-like table without a primary key, duplicates included.
+    tags = op.create_table("tags", sa.Column("item_id", sa.Integer), sa.Column("tag", sa.String(10)))
+    op.bulk_insert(tags, [{"item_id": i % 50, "tag": f"t{i % 3}"} for i in range(200)])
     op.bulk_insert(items, [{"id": i, "name": f"item {i}", "qty": i % 7, "legacy": f"old {i}"} for i in range(1, 301)])
