@@ -173,3 +173,53 @@ fn alembic_batch_migrations_in_wal_mode_lose_nothing() {
 fn alembic_batch_migrations_in_rollback_journal_mode_lose_nothing() {
     migrations_with_the_app_writing("delete", false);
 }
+
+#[test]
+fn a_migration_made_target_waits_for_the_same_migration_on_postgres() {
+    // The app's migrations made the target; SQLite's column is widened by a rebuild (as batch
+    // mode does), and the app writes a value only the widened column holds.
+    let src = SqliteFile::new(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name VARCHAR(20) NOT NULL);
+         INSERT INTO items VALUES (1, 'short'), (2, 'also short');",
+    );
+    let db = TestDb::new();
+    db.client()
+        .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, name varchar(20) NOT NULL)")
+        .unwrap();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    sqlite3_shell(
+        &src.path,
+        "BEGIN; CREATE TABLE _alembic_tmp_items (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL);
+         INSERT INTO _alembic_tmp_items SELECT id, name FROM items; DROP TABLE items;
+         ALTER TABLE _alembic_tmp_items RENAME TO items; COMMIT;
+         INSERT INTO items VALUES (3, 'a name of more than twenty characters');
+         UPDATE items SET name = 'changed' WHERE id = 1;",
+    );
+    // The error names the source table, the row, the column and the value, never a temp table.
+    let log = d.wait_for_log("cannot be applied");
+    assert!(
+        log.contains(
+            "table items, row id=3, column name: value 'a name of more than twenty characters'"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("_s2p_"), "{log}");
+    assert!(log.contains("waiting for a person"), "{log}");
+    assert_eq!(d.try_exit(), None, "the daemon waits, it does not exit");
+    let status = sqlite2pg(&[
+        "--source",
+        src.path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "status",
+    ]);
+    assert!(text(&status).contains("row id=3"), "{}", text(&status));
+    // The same migration on Postgres: the daemon goes on by itself.
+    db.client()
+        .batch_execute("ALTER TABLE items ALTER COLUMN name TYPE varchar(50)")
+        .unwrap();
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut db.client(), "items", "id");
+    assert!(d.stop());
+}
