@@ -15,7 +15,7 @@ use crate::{pg, sqlite};
 
 /// Moves a live SQLite application to PostgreSQL.
 #[derive(Debug, Parser)]
-#[command(name = "sqlite2pg", version, about)]
+#[command(name = "sqlite2pg", version = VERSION, about)]
 pub struct Args {
     /// TOML configuration file; flags override its values.
     #[arg(long, global = true, env = "SQLITE2PG_CONFIG")]
@@ -158,7 +158,11 @@ pub enum Command {
         action: ConfigAction,
     },
     /// Install the capture triggers and changelog in the SQLite file (`run` does this itself).
-    Install,
+    Install {
+        /// Print every statement it would run on this file, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove every trigger, table and fence of sqlite2pg from the SQLite file.
     Uninstall,
 }
@@ -271,6 +275,16 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
     })
 }
 
+/// `--version`: the release, and the formats of its state on both sides.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (state format: SQLite ",
+    "2",
+    ", PostgreSQL ",
+    "2",
+    ")"
+);
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -343,7 +357,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Config {
             action: ConfigAction::Check,
         } => cmd_config_check(&cfg),
-        Command::Install => cmd_install(&cfg),
+        Command::Install { dry_run } => cmd_install(&cfg, dry_run),
         Command::Uninstall => cmd_uninstall(&cfg),
     }
 }
@@ -361,6 +375,11 @@ fn build_plan(
     let (target, owned, client) = match &cfg.target {
         Some(url) => {
             let client = rt.block_on(pg::connect(url))?;
+            // A migration started by an earlier sqlite2pg: its state is brought to this
+            // build's format before anything reads it (never a fresh snapshot).
+            if rt.block_on(pg::state::format_version(&client))? > 0 {
+                rt.block_on(pg::state::ensure(&client))?;
+            }
             let target = rt.block_on(pg::catalog::read_tables(&client, &cfg.target_schema))?;
             let owned = rt.block_on(pg::state::owned_tables(&client))?;
             (Some(target), owned, Some(client))
@@ -625,11 +644,18 @@ fn cmd_config_check(cfg: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn cmd_install(cfg: &Config) -> anyhow::Result<ExitCode> {
+fn cmd_install(cfg: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
     let tables = sqlite::schema::read_tables(&conn)?;
-    drop(conn);
     let plan = plan::build(&tables, None, &[], cfg);
+    if dry_run {
+        print!(
+            "{}",
+            sqlite::capture::install_script(&conn, &capturable(&plan))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    drop(conn);
     let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
     let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
     println!(
@@ -873,5 +899,14 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_names_the_formats_this_build_writes() {
+        assert!(super::VERSION.contains(&format!("SQLite {}", crate::sql::SQLITE_FORMAT)));
+        assert!(super::VERSION.contains(&format!("PostgreSQL {}", crate::sql::PG_FORMAT)));
     }
 }

@@ -8,5 +8,6 @@ pub mod metrics;
 pub mod model;
 pub mod pg;
 pub mod pipeline;
+pub mod sql;
 pub mod sqlite;
 pub mod typemap;

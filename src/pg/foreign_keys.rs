@@ -51,26 +51,6 @@ fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::from_pg(format!("cannot {what}"), e)
 }
 
-/// Creates the table the definitions wait in.
-pub async fn ensure(client: &impl GenericClient) -> Result<()> {
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.foreign_key (
-               target_schema text NOT NULL,
-               target_table text NOT NULL,
-               name text NOT NULL,
-               definition text NOT NULL,
-               columns text[] NOT NULL,
-               parent_schema text NOT NULL,
-               parent_table text NOT NULL,
-               parent_columns text[] NOT NULL,
-               PRIMARY KEY (target_schema, target_table, name)
-             )"
-        ))
-        .await
-        .map_err(pg("create the foreign key store in the sqlite2pg schema"))
-}
-
 fn insert_sql() -> String {
     format!(
         "INSERT INTO {STATE_SCHEMA}.foreign_key VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
@@ -87,7 +67,6 @@ pub async fn take_over(
     tables: &[String],
     derived: &[(String, ForeignKeyDef)],
 ) -> Result<usize> {
-    ensure(&*client).await?;
     let tx = client
         .transaction()
         .await

@@ -10,7 +10,6 @@ use crate::model::OwnedValue;
 pub const STATE_SCHEMA: &str = "sqlite2pg";
 
 /// Version of the state tables' layout.
-const FORMAT_VERSION: i32 = 1;
 
 /// A table's place in the snapshot lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,74 +63,76 @@ fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::from_pg(format!("cannot {what} in the {STATE_SCHEMA} schema"), e)
 }
 
-/// Creates the state schema and tables if they are missing.
+/// Creates the state schema, or brings an older one to this build's format: each missing
+/// step of `sql/postgres/` in its own transaction, with the format it reaches, under a lock
+/// that keeps two processes from running the same step. A kill mid-upgrade leaves the last
+/// completed format; the next run goes on from there. A format newer than this build's is
+/// refused, never misread.
 pub async fn ensure(client: &Client) -> Result<()> {
-    client
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
-             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.meta (
-               id int PRIMARY KEY CHECK (id = 1),
-               format_version int NOT NULL,
-               created_at timestamptz NOT NULL DEFAULT now()
-             );
-             INSERT INTO {STATE_SCHEMA}.meta (id, format_version) VALUES (1, {FORMAT_VERSION})
-               ON CONFLICT (id) DO NOTHING;
-             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.table_state (
-               source_table text PRIMARY KEY,
-               target_schema text NOT NULL,
-               target_table text NOT NULL,
-               owned boolean NOT NULL,
-               phase text NOT NULL,
-               last_key bytea,
-               rows_copied bigint NOT NULL DEFAULT 0,
-               rows_total bigint,
-               started_at timestamptz NOT NULL DEFAULT now(),
-               updated_at timestamptz NOT NULL DEFAULT now()
-             );
-             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.stream (
-               id int PRIMARY KEY CHECK (id = 1),
-               install_id text NOT NULL,
-               position bigint NOT NULL,
-               source_at double precision,
-               applied_at timestamptz,
-               changes_applied bigint NOT NULL DEFAULT 0,
-               last_error text
-             );
-             ALTER TABLE {STATE_SCHEMA}.stream ADD COLUMN IF NOT EXISTS verified_position bigint;
-             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.cutover (
-               id int PRIMARY KEY CHECK (id = 1),
-               fenced_at timestamptz NOT NULL,
-               done_at timestamptz NOT NULL,
-               window_ms double precision NOT NULL,
-               rows_verified bigint NOT NULL,
-               position bigint NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.image_chunk (
-               source_table text NOT NULL,
-               upto_rowid bigint,
-               seq bigint NOT NULL,
-               schema_version bigint NOT NULL
-             );"
-        ))
-        .await
-        .map_err(pg("create the state tables"))?;
+    let found = format_version(client).await?;
+    for (n, step) in crate::sql::PG_STEPS {
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{STATE_SCHEMA}'), 2)"
+            ))
+            .await
+            .map_err(pg("lock the state format"))?;
+        let result = async {
+            let current = format_version(client).await?;
+            if current >= *n {
+                return Ok(current);
+            }
+            client
+                .batch_execute(step)
+                .await
+                .map_err(pg("upgrade the state format"))?;
+            client
+                .execute(
+                    &format!("UPDATE {STATE_SCHEMA}.meta SET format_version = $1"),
+                    &[n],
+                )
+                .await
+                .map_err(pg("record the state format"))?;
+            if found > 0 {
+                tracing::info!(from = current, to = n, "upgraded the {STATE_SCHEMA} schema");
+            }
+            Ok(*n)
+        }
+        .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        client
+            .batch_execute(end)
+            .await
+            .map_err(pg("end a state format step"))?;
+        result?;
+    }
+    Ok(())
+}
+
+/// The format of the `sqlite2pg` schema (0: none), refusing one newer than this build's.
+pub async fn format_version(client: &impl GenericClient) -> Result<i32> {
+    if !state_table_exists(client, "meta").await? {
+        return Ok(0);
+    }
     let version: i32 = client
         .query_one(
             &format!("SELECT format_version FROM {STATE_SCHEMA}.meta"),
             &[],
         )
         .await
-        .map_err(pg("read the state version"))?
+        .map_err(pg("read the state format"))?
         .get(0);
-    if version != FORMAT_VERSION {
+    if version > crate::sql::PG_FORMAT {
         return Err(Error::new(
-            crate::error::ErrorKind::Schema,
+            crate::error::ErrorKind::State,
             format!(
-                "the {STATE_SCHEMA} schema has format {version}, this sqlite2pg writes {FORMAT_VERSION}; use the sqlite2pg version that started this migration"
+                "the {STATE_SCHEMA} schema in Postgres has format {version}, newer than this sqlite2pg {} knows ({}): a newer sqlite2pg wrote it. Use that version (or a newer one); this one would misread it",
+                env!("CARGO_PKG_VERSION"),
+                crate::sql::PG_FORMAT
             ),
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Whether one of sqlite2pg's state tables exists (commands that only read state must not

@@ -56,6 +56,12 @@ pub struct Status {
     /// Rows whose foreign key finds no parent, per foreign key (cutover refuses them unless
     /// told `--orphans keep`).
     pub orphans: Vec<foreign_keys::Orphans>,
+    /// Format of sqlite2pg's objects in the SQLite file (None: not installed).
+    pub sqlite_format: Option<i64>,
+    /// Format of the `sqlite2pg` schema in Postgres (None: not there).
+    pub postgres_format: Option<i32>,
+    /// The formats this sqlite2pg writes (SQLite, Postgres).
+    pub formats_written: (i64, i32),
     /// Tables waiting to be re-synchronized (or being re-synchronized): a migration rebuilt or
     /// redefined them, so changes may have bypassed the changelog.
     pub resync_pending: Vec<String>,
@@ -85,7 +91,12 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         foreign_keys_kept: 0,
         orphans: Vec::new(),
         resync_pending: Vec::new(),
+        sqlite_format: installed.as_ref().map(|i| i.format),
+        postgres_format: None,
+        formats_written: (crate::sql::SQLITE_FORMAT, crate::sql::PG_FORMAT),
     };
+    let pg_format = state::format_version(client).await?;
+    status.postgres_format = (pg_format > 0).then_some(pg_format);
     if !has_state {
         return Ok(status);
     }
@@ -182,6 +193,16 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
         } else {
             "not installed"
         }
+    )?;
+    let format = |f: Option<String>| f.unwrap_or_else(|| "none".into());
+    writeln!(
+        out,
+        "formats:    SQLite {}, PostgreSQL {} (sqlite2pg {} writes {} and {}; `run` upgrades older ones in place)",
+        format(s.sqlite_format.map(|f| f.to_string())),
+        format(s.postgres_format.map(|f| f.to_string())),
+        env!("CARGO_PKG_VERSION"),
+        s.formats_written.0,
+        s.formats_written.1
     )?;
     if let Some(p) = s.position {
         writeln!(

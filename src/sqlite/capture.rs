@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use super::quote_ident;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{ScanKey, SourceTable, TableKind};
+use crate::sql;
 
 pub use crate::model::MAX_KEY_COLUMNS;
 /// The changelog table.
@@ -32,6 +33,8 @@ pub struct Installed {
     pub tables: Vec<(i64, String)>,
     /// Tables this install found rebuilt or redefined, and asked the stream to re-synchronize.
     pub reshaped: Vec<String>,
+    /// The format of the objects in the file.
+    pub format: i64,
 }
 
 fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -54,15 +57,8 @@ pub fn key_columns(t: &SourceTable) -> Option<Vec<String>> {
 
 /// The install identity, if capture is installed.
 pub fn installed(conn: &Connection) -> Result<Option<Installed>> {
-    let exists: bool = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [META],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(ctx("read the SQLite schema"))?
-        > 0;
-    if !exists {
+    let format = format_of(conn)?;
+    if format == 0 {
         return Ok(None);
     }
     let install_id: String = conn
@@ -83,7 +79,75 @@ pub fn installed(conn: &Connection) -> Result<Option<Installed>> {
         install_id,
         tables,
         reshaped: Vec::new(),
+        format,
     }))
+}
+
+/// The format of sqlite2pg's objects in the file (0: none installed), refusing one this build
+/// does not know: a newer sqlite2pg made it, and reading it as ours would misread it.
+pub fn format_of(conn: &Connection) -> Result<i64> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [META],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(ctx("read the SQLite schema"))?
+        > 0;
+    if !exists {
+        return Ok(0);
+    }
+    let raw: Option<String> = conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'format'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(ctx("read the capture format"))?;
+    match raw.as_deref().map(str::parse::<i64>) {
+        Some(Ok(n)) if (1..=sql::SQLITE_FORMAT).contains(&n) => Ok(n),
+        other => Err(Error::new(
+            ErrorKind::State,
+            format!(
+                "the SQLite file holds sqlite2pg objects of format {}, which this sqlite2pg {} (format {}) does not know: a newer sqlite2pg installed them. Use that version (or a newer one); this one would misread them",
+                match other {
+                    Some(Ok(n)) => n.to_string(),
+                    _ => format!("{raw:?}"),
+                },
+                env!("CARGO_PKG_VERSION"),
+                sql::SQLITE_FORMAT
+            ),
+        )),
+    }
+}
+
+/// The format steps (`sql/sqlite/NNNN_*.sql`) a file at format `from` still lacks.
+fn pending_steps(from: i64) -> impl Iterator<Item = &'static (i64, &'static str)> {
+    sql::SQLITE_STEPS.iter().filter(move |(n, _)| *n > from)
+}
+
+/// Brings the file's sqlite2pg objects to this build's format, inside the caller's write
+/// transaction: a kill mid-upgrade leaves the file at the format it had.
+fn upgrade(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let from = format_of(tx)?;
+    for (n, step) in pending_steps(from) {
+        tx.execute_batch(step)
+            .map_err(ctx("run a format step of the changelog"))?;
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO {META} (key, value) VALUES ('format', ?1)"),
+            [n.to_string()],
+        )
+        .map_err(ctx("record the changelog format"))?;
+        if from > 0 {
+            tracing::info!(
+                from,
+                to = n,
+                "upgraded sqlite2pg's objects in the SQLite file"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn random_id() -> String {
@@ -114,22 +178,12 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
         .map_err(ctx(
             "start the install transaction (the app holds the write lock; retry)",
         ))?;
-    tx.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS {TABLES} (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-         CREATE TABLE IF NOT EXISTS {CHANGES} (seq INTEGER PRIMARY KEY, tbl INTEGER NOT NULL, k1, k2, k3, k4, at REAL NOT NULL);"
-    ))
-    .map_err(ctx("create the changelog"))?;
+    upgrade(&tx)?;
     tx.execute(
         &format!("INSERT OR IGNORE INTO {META} (key, value) VALUES ('install_id', ?1)"),
         [random_id()],
     )
     .map_err(ctx("record the install id"))?;
-    tx.execute(
-        &format!("INSERT OR IGNORE INTO {META} (key, value) VALUES ('format', '1')"),
-        [],
-    )
-    .map_err(ctx("record the changelog format"))?;
     drop_strays(&tx)?;
     let mut reshaped = Vec::new();
     for t in tables {
@@ -309,6 +363,59 @@ fn drop_strays(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Every statement `install` would run on this file for `tables`, as a script a DBA can read
+/// before anything touches a production file: the format steps it lacks, then per table its
+/// scratch tables and triggers (with the changelog id the table has or would get).
+pub fn install_script(conn: &Connection, tables: &[&SourceTable]) -> Result<String> {
+    let from = format_of(conn)?;
+    let mut out = vec![format!(
+        "-- sqlite2pg {} would run this in one write transaction on the SQLite file\n-- (its objects: format {from} now, {} after).\nBEGIN IMMEDIATE;",
+        env!("CARGO_PKG_VERSION"),
+        sql::SQLITE_FORMAT
+    )];
+    for (n, step) in pending_steps(from) {
+        out.push(step.trim().to_string());
+        out.push(format!(
+            "INSERT OR REPLACE INTO {META} (key, value) VALUES ('format', '{n}');"
+        ));
+    }
+    let registered: std::collections::HashMap<String, i64> = if from > 0 {
+        installed(conn)?
+            .map(|i| i.tables.into_iter().map(|(id, n)| (n, id)).collect())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let mut next = registered.values().max().copied().unwrap_or(0) + 1;
+    for t in tables {
+        let id = match registered.get(&t.name) {
+            Some(id) => *id,
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+        out.push(format!("\n-- table {}: changelog id {id}", t.name));
+        let triggers = if t.follows_row_images() {
+            let cols = image_columns(t.columns.len()).join(", ");
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {} (seq INTEGER PRIMARY KEY, {cols});",
+                quote_ident(&image_table(id))
+            ));
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {} (rid INTEGER, {cols});",
+                quote_ident(&evict_table(id))
+            ));
+            image_trigger_sql(t, id)
+        } else {
+            trigger_sql(t, id)
+        };
+        out.extend(triggers);
+    }
+    out.push("COMMIT;".into());
+    Ok(out.join("\n") + "\n")
+}
+
 /// Where the row images of a table followed by row images go: one row per changelog row,
 /// with the same `seq`, and typeless columns `c1..cN` that keep each value's storage class.
 pub fn image_table(id: i64) -> String {
@@ -362,14 +469,14 @@ fn sql_string(s: &str) -> String {
 /// arithmetic on whole rows, so duplicates stay duplicated and a `VACUUM` that renumbers
 /// rowids changes nothing. A REPLACE evicts rows for a UNIQUE conflict without firing their
 /// DELETE trigger: BEFORE triggers note the rows holding the new unique values, and the AFTER
-/// trigger records those that are gone (an INSERT OR IGNORE that skipped leaves them in place,
-/// and the next BEFORE trigger clears them).
+/// trigger records those that are gone (templates in `sql/sqlite/capture.sql`).
 fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     let table = quote_ident(&t.name);
     let rowid = t.rowid_name();
-    let img = quote_ident(&image_table(id));
-    let ev = quote_ident(&evict_table(id));
-    let img_cols = image_columns(t.columns.len()).join(", ");
+    let images = quote_ident(&image_table(id));
+    let evicted = quote_ident(&evict_table(id));
+    let id_s = id.to_string();
+    let image_columns = image_columns(t.columns.len()).join(", ");
     let vals = |alias: &str| {
         t.columns
             .iter()
@@ -377,36 +484,53 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let common = |extra: &[(&'static str, String)]| {
+        let mut v: Vec<(&'static str, String)> = vec![
+            ("table", table.clone()),
+            ("id", id_s.clone()),
+            ("rowid", rowid.to_string()),
+            ("images", images.clone()),
+            ("evicted", evicted.clone()),
+            ("image_columns", image_columns.clone()),
+        ];
+        v.extend(extra.iter().cloned());
+        v
+    };
+    let render = |name: &str, vars: Vec<(&'static str, String)>| {
+        let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sql::capture(name, &refs)
+    };
     let image = |alias: &str, sign: i8| {
-        format!(
-            "INSERT INTO {CHANGES} (tbl, k1, k2, at) VALUES ({id}, {alias}.{rowid}, {sign}, julianday('now')); \
-             INSERT INTO {img} (seq, {img_cols}) VALUES ((SELECT max(seq) FROM {CHANGES}), {});",
-            vals(alias)
+        render(
+            "image",
+            common(&[
+                ("alias", alias.to_string()),
+                ("sign", sign.to_string()),
+                ("values", vals(alias)),
+            ]),
         )
     };
     let uniques = unique_column_sets(t);
     let evictions = if uniques.is_empty() {
         String::new()
     } else {
-        let e_cols = image_columns(t.columns.len())
-            .iter()
-            .map(|c| format!("e.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "INSERT INTO {CHANGES} (tbl, k1, k2, at) SELECT {id}, e.rid, -1, julianday('now') FROM {ev} e \
-               WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{rowid} = e.rid) ORDER BY e.rid; \
-             INSERT INTO {img} (seq, {img_cols}) SELECT c.seq, {e_cols} FROM {ev} e JOIN {CHANGES} c \
-               ON c.tbl = {id} AND c.k1 = e.rid AND c.k2 = -1 AND c.seq > coalesce((SELECT max(seq) FROM {img}), 0); \
-             DELETE FROM {ev};"
+        let evicted_values = image_table_columns(t.columns.len(), "e");
+        render(
+            "image_evicted",
+            common(&[("evicted_values", evicted_values)]),
         )
     };
     let trigger = |kind: &str, event: &str, body: String| {
-        let n = trigger_name(kind, id);
-        format!(
-            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} {event} ON {table} BEGIN {body} END;"
+        render(
+            "trigger",
+            common(&[
+                ("trigger", trigger_name(kind, id)),
+                ("event", event.to_string()),
+                ("body", body),
+            ]),
         )
     };
+    let drop = |kind: &str| render("drop", vec![("trigger", trigger_name(kind, id))]);
     let mut out = vec![
         trigger(
             "ai",
@@ -419,45 +543,49 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             "AFTER UPDATE",
             format!("{evictions} {} {}", image("OLD", -1), image("NEW", 1)),
         ),
-        format!("DROP TRIGGER IF EXISTS {};", trigger_name("ak", id)),
+        drop("ak"),
     ];
     if uniques.is_empty() {
-        out.push(format!(
-            "DROP TRIGGER IF EXISTS {};",
-            trigger_name("bi", id)
-        ));
-        out.push(format!(
-            "DROP TRIGGER IF EXISTS {};",
-            trigger_name("bu", id)
-        ));
+        out.push(drop("bi"));
+        out.push(drop("bu"));
         return out;
     }
-    let holders = |extra: &str| {
-        let any: Vec<String> = uniques
-            .iter()
-            .map(|cols| {
-                let all: Vec<String> = cols
-                    .iter()
-                    .map(|c| format!("x.{q} = NEW.{q}", q = quote_ident(c)))
-                    .collect();
-                format!("({})", all.join(" AND "))
-            })
-            .collect();
-        format!(
-            "DELETE FROM {ev}; INSERT INTO {ev} (rid, {img_cols}) SELECT x.{rowid}, {} FROM {table} x WHERE ({}){extra};",
-            vals("x"),
-            any.join(" OR ")
+    let any: Vec<String> = uniques
+        .iter()
+        .map(|cols| {
+            let all: Vec<String> = cols
+                .iter()
+                .map(|c| format!("x.{q} = NEW.{q}", q = quote_ident(c)))
+                .collect();
+            format!("({})", all.join(" AND "))
+        })
+        .collect();
+    let holders = |extra: String| {
+        render(
+            "image_holders",
+            common(&[
+                ("x_values", vals("x")),
+                ("match", any.join(" OR ")),
+                ("extra", extra),
+            ]),
         )
     };
-    out.push(trigger("bi", "BEFORE INSERT", holders("")));
-    // Every UPDATE clears the scratch first: a candidate left by a skipped INSERT OR IGNORE
-    // must never reach the AFTER UPDATE trigger.
+    out.push(trigger("bi", "BEFORE INSERT", holders(String::new())));
     out.push(trigger(
         "bu",
         "BEFORE UPDATE",
-        holders(&format!(" AND x.{rowid} <> OLD.{rowid}")),
+        holders(format!(" AND x.{rowid} <> OLD.{rowid}")),
     ));
     out
+}
+
+/// `e.c1, e.c2, ...`: the image columns of `n` columns under an alias.
+fn image_table_columns(n: usize, alias: &str) -> String {
+    image_columns(n)
+        .iter()
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Column sets of full (non-partial, column-only) UNIQUE indexes.
@@ -477,58 +605,60 @@ fn trigger_name(kind: &str, id: i64) -> String {
 
 /// The triggers of one table: AFTER INSERT/UPDATE/DELETE record keys; BEFORE INSERT/UPDATE
 /// record the keys of rows a REPLACE is about to delete for a UNIQUE conflict (SQLite fires no
-/// DELETE trigger for those unless the app enabled recursive_triggers).
+/// DELETE trigger for those unless the app enabled recursive_triggers). Templates in
+/// `sql/sqlite/capture.sql`.
 fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     let keys = key_columns(t).unwrap_or_default();
-    let table = quote_ident(&t.name);
-    let slots: Vec<String> = (1..=keys.len()).map(|i| format!("k{i}")).collect();
-    let slot_list = slots.join(", ");
+    let list = |items: Vec<String>, sep: &str| items.join(sep);
     let row = |alias: &str| {
-        keys.iter()
-            .map(|k| format!("{alias}.{}", quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let insert = |values: &str| {
-        format!(
-            "INSERT INTO {CHANGES} (tbl, {slot_list}, at) VALUES ({id}, {values}, julianday('now'));"
+        list(
+            keys.iter()
+                .map(|k| format!("{alias}.{}", quote_ident(k)))
+                .collect(),
+            ", ",
         )
     };
-    let changed_key: Vec<String> = keys
-        .iter()
-        .map(|k| format!("OLD.{q} IS NOT NEW.{q}", q = quote_ident(k)))
-        .collect();
-    let mut out = vec![
-        format!(
-            "DROP TRIGGER IF EXISTS {}; CREATE TRIGGER {} AFTER INSERT ON {table} BEGIN {} END;",
-            trigger_name("ai", id),
-            trigger_name("ai", id),
-            insert(&row("NEW"))
+    let changed = |cols: &[&String]| {
+        list(
+            cols.iter()
+                .map(|k| format!("OLD.{q} IS NOT NEW.{q}", q = quote_ident(k)))
+                .collect(),
+            " OR ",
+        )
+    };
+    let base: Vec<(&'static str, String)> = vec![
+        ("table", quote_ident(&t.name)),
+        ("id", id.to_string()),
+        (
+            "slots",
+            list((1..=keys.len()).map(|i| format!("k{i}")).collect(), ", "),
         ),
-        format!(
-            "DROP TRIGGER IF EXISTS {}; CREATE TRIGGER {} AFTER DELETE ON {table} BEGIN {} END;",
-            trigger_name("ad", id),
-            trigger_name("ad", id),
-            insert(&row("OLD"))
+        ("new_key", row("NEW")),
+        ("old_key", row("OLD")),
+        (
+            "key_columns",
+            list(keys.iter().map(|k| quote_ident(k)).collect(), ", "),
         ),
-        format!(
-            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} AFTER UPDATE ON {table} BEGIN {} END;",
-            insert(&row("NEW")),
-            n = trigger_name("au", id)
-        ),
-        // Only an UPDATE that sets a key column can move a row to another key; its old key is
-        // recorded by a trigger that ordinary updates never fire.
-        format!(
-            "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} AFTER UPDATE OF {} ON {table} WHEN {} BEGIN {} END;",
-            keys.iter()
-                .map(|k| quote_ident(k))
-                .collect::<Vec<_>>()
-                .join(", "),
-            changed_key.join(" OR "),
-            insert(&row("OLD")),
-            n = trigger_name("ak", id),
-        ),
+        ("key_changed", changed(&keys.iter().collect::<Vec<_>>())),
+        ("t_key", row("t")),
     ];
+    let render = |name: &str, extra: &[(&'static str, String)]| {
+        let refs: Vec<(&str, &str)> = base
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        sql::capture(name, &refs)
+    };
+    let mut out: Vec<String> = [
+        ("key_insert", "ai"),
+        ("key_delete", "ad"),
+        ("key_update", "au"),
+        ("key_moved", "ak"),
+    ]
+    .iter()
+    .map(|(name, kind)| render(name, &[("trigger", trigger_name(kind, id))]))
+    .collect();
     let uniques = unique_column_sets(t);
     let unique_cols: Vec<&String> = {
         let mut v: Vec<&String> = uniques.iter().flatten().collect();
@@ -537,42 +667,39 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
         v
     };
     // An UPDATE only evicts rows when it sets a unique column to a new value.
-    let update_of = unique_cols
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let update_when = unique_cols
-        .iter()
-        .map(|c| format!("OLD.{q} IS NOT NEW.{q}", q = quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    for (kind, event) in [
-        ("bi", "INSERT".to_string()),
-        ("bu", format!("UPDATE OF {update_of}")),
+    let update_event = format!(
+        "UPDATE OF {}",
+        list(unique_cols.iter().map(|c| quote_ident(c)).collect(), ", ")
+    );
+    let update_when = format!(" WHEN {}", changed(&unique_cols));
+    for (kind, event, when) in [
+        ("bi", "INSERT".to_string(), String::new()),
+        ("bu", update_event, update_when),
     ] {
-        let n = trigger_name(kind, id);
+        let trigger = trigger_name(kind, id);
         if uniques.is_empty() {
-            out.push(format!("DROP TRIGGER IF EXISTS {n};"));
+            out.push(render("drop", &[("trigger", trigger)]));
             continue;
         }
-        let body: Vec<String> = uniques
+        let holders: Vec<String> = uniques
             .iter()
             .map(|cols| {
-                let cond: Vec<String> = cols.iter().map(|c| format!("t.{q} = NEW.{q}", q = quote_ident(c))).collect();
-                format!(
-                    "INSERT INTO {CHANGES} (tbl, {slot_list}, at) SELECT {id}, {}, julianday('now') FROM {table} AS t WHERE {};",
-                    row("t"),
-                    cond.join(" AND ")
-                )
+                let cond: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("t.{q} = NEW.{q}", q = quote_ident(c)))
+                    .collect();
+                render("key_holder", &[("match", cond.join(" AND "))])
             })
             .collect();
-        let when = if kind == "bu" {
-            format!(" WHEN {update_when}")
-        } else {
-            String::new()
-        };
-        out.push(format!("DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} BEFORE {event} ON {table}{when} BEGIN {} END;", body.join(" ")));
+        out.push(render(
+            "key_evicts",
+            &[
+                ("trigger", trigger),
+                ("event", event),
+                ("when", when),
+                ("holders", holders.join(" ")),
+            ],
+        ));
     }
     out
 }
@@ -590,11 +717,12 @@ pub fn fence(conn: &mut Connection, tables: &[(i64, String)]) -> Result<()> {
         ))?;
     for (id, name) in tables {
         for (kind, event) in [("fi", "INSERT"), ("fu", "UPDATE"), ("fd", "DELETE")] {
-            let n = trigger_name(kind, *id);
-            let sql = format!(
-                "DROP TRIGGER IF EXISTS {n}; CREATE TRIGGER {n} BEFORE {event} ON {} BEGIN SELECT RAISE(ABORT, '{FENCE_MESSAGE}'); END;",
-                quote_ident(name)
-            );
+            let sql = sql::fence(&[
+                ("trigger", &trigger_name(kind, *id)),
+                ("event", event),
+                ("table", &quote_ident(name)),
+                ("message", FENCE_MESSAGE),
+            ]);
             tx.execute_batch(&sql)
                 .map_err(|e| Error::from_sqlite(format!("cannot fence table {name}"), e))?;
         }
