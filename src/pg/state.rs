@@ -9,8 +9,6 @@ use crate::model::OwnedValue;
 /// Where sqlite2pg keeps its state in the target database.
 pub const STATE_SCHEMA: &str = "sqlite2pg";
 
-/// Version of the state tables' layout.
-
 /// A table's place in the snapshot lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
