@@ -426,6 +426,10 @@ fn rejected_row(
     ) {
         (Some(l), Some(f)) => match copy::field(data, l - 1, f) {
             Some(Some(b)) => match std::str::from_utf8(b) {
+                // Binary fields of numbers and dates are no text to show.
+                Ok(s) if s.chars().any(char::is_control) => {
+                    format!(" a value of {} bytes", b.len())
+                }
                 Ok(s) if s.chars().count() > 80 => {
                     format!(" value '{}...'", s.chars().take(80).collect::<String>())
                 }

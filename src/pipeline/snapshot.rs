@@ -310,9 +310,7 @@ async fn follow_shape(
                 ));
                 continue;
             };
-            if c.identity || key.contains(&&c.name) {
-                continue;
-            }
+            // Key and identity columns too: 0.1.0 made INTEGER keys 32-bit.
             if tc.ty != c.ty {
                 must.push((
                     format!(
@@ -326,6 +324,9 @@ async fn follow_shape(
                         c.ty.sql()
                     ),
                 ));
+            }
+            if c.identity || key.contains(&&c.name) {
+                continue;
             }
             if tc.not_null && !c.not_null {
                 must.push((
