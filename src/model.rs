@@ -227,19 +227,17 @@ pub struct SourceTable {
     pub null_in_primary_key: bool,
 }
 
-/// Key columns the changelog can hold per row.
-pub const MAX_KEY_COLUMNS: usize = 4;
+/// Key columns the changelog has from the start (`k1..k4`); a wider key adds more.
+pub const BASE_KEY_COLUMNS: usize = 4;
 
 impl SourceTable {
     /// Whether changes are followed by whole-row images rather than by key: rowid tables
-    /// without a usable primary key (none, NULLs in it, or more columns than the changelog
-    /// holds). Rowids cannot serve: `VACUUM` may renumber them.
+    /// without a usable primary key (none, or NULLs in it). Rowids cannot serve: `VACUUM` may
+    /// renumber them.
     pub fn follows_row_images(&self) -> bool {
         !self.without_rowid
             && self.rowid_alias.is_none()
-            && (self.primary_key.is_empty()
-                || self.null_in_primary_key
-                || self.primary_key.len() > MAX_KEY_COLUMNS)
+            && (self.primary_key.is_empty() || self.null_in_primary_key)
     }
 
     /// The columns a snapshot orders and resumes by: the rowid alias, the primary key, or the

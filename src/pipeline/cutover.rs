@@ -179,7 +179,9 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
         None => true,
         Some(v) => {
             let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-            changed_keys(&conn, v)?.len() > 5_000
+            // A table re-synchronized since (a marker, tbl < 0) changed beyond its keys.
+            let keys = changed_keys(&conn, v)?;
+            keys.len() > 5_000 || keys.iter().any(|(tbl, _)| *tbl < 0)
         }
     };
     if stale && !opts.full_verify {
@@ -448,9 +450,11 @@ async fn orphans(client: &Client, kept: &[KeptForeignKey]) -> Result<Vec<Orphans
 
 /// Distinct (table id, key) pairs in the changelog after `after`.
 fn changed_keys(conn: &rusqlite::Connection, after: i64) -> Result<BTreeSet<(i64, Vec<u8>)>> {
+    let slots = capture::key_slots(conn)?;
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT tbl, k1, k2, k3, k4 FROM {} WHERE seq > ?1",
+            "SELECT tbl, {} FROM {} WHERE seq > ?1",
+            capture::key_slot_list(slots),
             capture::CHANGES
         ))
         .map_err(|e| Error::from_sqlite("cannot read the changelog", e))?;
@@ -465,7 +469,7 @@ fn changed_keys(conn: &rusqlite::Connection, after: i64) -> Result<BTreeSet<(i64
         let tbl: i64 = r
             .get(0)
             .map_err(|e| Error::from_sqlite("cannot read the changelog", e))?;
-        let key: Vec<OwnedValue> = (1..=capture::MAX_KEY_COLUMNS)
+        let key: Vec<OwnedValue> = (1..=slots)
             .map(|i| {
                 r.get_ref(i)
                     .map(|v| crate::sqlite::reader::to_sql_value(v).to_owned_value())

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::model::{MAX_KEY_COLUMNS, PgType, ScanKey, SourceTable, TableKind};
+use crate::model::{PgType, ScanKey, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
 use crate::pg::convert::ColumnConv;
 use crate::pg::ddl::{self, ColumnDef, ForeignKeyDef, IndexDef};
@@ -225,13 +225,8 @@ pub fn build(
         if t.follows_row_images() {
             let why = if t.primary_key.is_empty() {
                 "has no PRIMARY KEY".to_string()
-            } else if t.null_in_primary_key {
-                "has NULLs in its PRIMARY KEY (SQLite allows them for a non-INTEGER key), so the key identifies no row".to_string()
             } else {
-                format!(
-                    "has a {}-column PRIMARY KEY, more than the changelog's {MAX_KEY_COLUMNS}",
-                    t.primary_key.len()
-                )
+                "has NULLs in its PRIMARY KEY (SQLite allows them for a non-INTEGER key), so the key identifies no row".to_string()
             };
             findings.push(Finding {
                 severity: Severity::Info,
@@ -241,17 +236,6 @@ pub fn build(
                     "{why}: it is followed by whole-row images (like Postgres' REPLICA IDENTITY FULL). Identical rows stay as many as SQLite holds, and a VACUUM changes nothing; an UPDATE or DELETE on it scans its Postgres table unless an index covers the columns"
                 ),
                 hint: "nothing to do; a primary key makes its capture lighter".into(),
-            });
-        } else if t.primary_key.len() > MAX_KEY_COLUMNS {
-            findings.push(Finding {
-                severity: Severity::Error,
-                table: t.name.clone(),
-                column: None,
-                message: format!(
-                    "is a WITHOUT ROWID table with a {}-column primary key; capture holds keys of at most {MAX_KEY_COLUMNS} columns",
-                    t.primary_key.len(),
-                ),
-                hint: "--exclude the table".into(),
             });
         }
         let existing = if owned.contains(&target_name) {

@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{ScanKey, SourceTable, TableKind};
 use crate::sql;
 
-pub use crate::model::MAX_KEY_COLUMNS;
+pub use crate::model::BASE_KEY_COLUMNS;
 /// The changelog table.
 pub const CHANGES: &str = "_sqlite2pg_changes";
 /// Table ids and install identity.
@@ -48,10 +48,8 @@ pub fn key_columns(t: &SourceTable) -> Option<Vec<String>> {
         return None;
     }
     match t.scan_key() {
-        ScanKey::Columns(idx) if idx.len() <= MAX_KEY_COLUMNS => {
-            Some(idx.iter().map(|i| t.columns[*i].name.clone()).collect())
-        }
-        _ => None,
+        ScanKey::Columns(idx) => Some(idx.iter().map(|i| t.columns[*i].name.clone()).collect()),
+        ScanKey::Rowid => None,
     }
 }
 
@@ -122,6 +120,28 @@ pub fn format_of(conn: &Connection) -> Result<i64> {
     }
 }
 
+/// How many key columns (`k1..kN`) the changelog has: four, or as many as its widest key.
+pub fn key_slots(conn: &Connection) -> Result<usize> {
+    let n: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM pragma_table_info('{CHANGES}') WHERE name GLOB 'k[0-9]*'"
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(ctx("read the changelog's columns"))?;
+    Ok(n as usize)
+}
+
+/// `k1, k2, ..., kN`.
+pub fn key_slot_list(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The format steps (`sql/sqlite/NNNN_*.sql`) a file at format `from` still lacks.
 fn pending_steps(from: i64) -> impl Iterator<Item = &'static (i64, &'static str)> {
     sql::SQLITE_STEPS.iter().filter(move |(n, _)| *n > from)
@@ -167,7 +187,7 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
             return Err(Error::new(
                 ErrorKind::Schema,
                 format!(
-                    "table {} cannot be captured: a WITHOUT ROWID table needs a primary key of at most {MAX_KEY_COLUMNS} columns; --exclude the table",
+                    "table {} cannot be captured: it is not an ordinary table; --exclude it",
                     t.name
                 ),
             ));
@@ -179,6 +199,15 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
             "start the install transaction (the app holds the write lock; retry)",
         ))?;
     upgrade(&tx)?;
+    let widest = tables
+        .iter()
+        .filter_map(|t| key_columns(t).map(|k| k.len()))
+        .max()
+        .unwrap_or(0);
+    for n in key_slots(&tx)? + 1..=widest {
+        tx.execute_batch(&format!("ALTER TABLE {CHANGES} ADD COLUMN k{n}"))
+            .map_err(ctx("widen the changelog for a wide primary key"))?;
+    }
     tx.execute(
         &format!("INSERT OR IGNORE INTO {META} (key, value) VALUES ('install_id', ?1)"),
         [random_id()],

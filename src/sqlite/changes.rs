@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::Connection;
 
-use super::capture::{CHANGES, MAX_KEY_COLUMNS};
+use super::capture::{self, CHANGES};
 use super::quote_ident;
 use super::reader::to_sql_value;
 use crate::error::{Error, Result};
@@ -142,8 +142,19 @@ fn read_in_tx(
     let mut seen: HashSet<(i64, Vec<u8>)> = HashSet::new();
     let mut bytes = 0usize;
     let mut cut_by_bytes = false;
+    // Keys sit in k1..kN after seq, tbl and at: as many as the widest key read (images use
+    // k1 = rowid and k2 = sign).
+    let slots = readers
+        .values()
+        .map(|r| r.key_len)
+        .max()
+        .unwrap_or(0)
+        .max(2);
     let mut log = conn
-        .prepare_cached(&format!("SELECT seq, tbl, k1, k2, k3, k4, at FROM {CHANGES} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
+        .prepare_cached(&format!(
+            "SELECT seq, tbl, at, {} FROM {CHANGES} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            capture::key_slot_list(slots)
+        ))
         .map_err(ctx("read the changelog"))?;
     let mut rows = log
         .query(rusqlite::params![after, max_changes as i64])
@@ -151,7 +162,7 @@ fn read_in_tx(
     while let Some(r) = rows.next().map_err(ctx("read the changelog"))? {
         let seq: i64 = r.get(0).map_err(ctx("read the changelog"))?;
         let tbl: i64 = r.get(1).map_err(ctx("read the changelog"))?;
-        let at: f64 = r.get(6).map_err(ctx("read the changelog"))?;
+        let at: f64 = r.get(2).map_err(ctx("read the changelog"))?;
         if tbl < 0 && readers.contains_key(&-tbl) {
             // A marker is a range of its own: the rows before it are applied as read, the
             // table is re-synchronized, and the rows after it are read after that.
@@ -171,8 +182,8 @@ fn read_in_tx(
             continue;
         };
         if reader.images {
-            let rowid: Option<i64> = r.get(2).map_err(ctx("read the changelog"))?;
-            let sign: Option<i32> = r.get(3).map_err(ctx("read the changelog"))?;
+            let rowid: Option<i64> = r.get(3).map_err(ctx("read the changelog"))?;
+            let sign: Option<i32> = r.get(4).map_err(ctx("read the changelog"))?;
             let values = read_row_by_key(conn, reader, &[OwnedValue::Integer(seq)])?
                 .ok_or_else(|| {
                     Error::new(
@@ -197,9 +208,9 @@ fn read_in_tx(
             continue;
         }
         let mut key = Vec::with_capacity(reader.key_len);
-        for i in 0..reader.key_len.min(MAX_KEY_COLUMNS) {
+        for i in 0..reader.key_len {
             key.push(
-                to_sql_value(r.get_ref(2 + i).map_err(ctx("read the changelog"))?).to_owned_value(),
+                to_sql_value(r.get_ref(3 + i).map_err(ctx("read the changelog"))?).to_owned_value(),
             );
         }
         if key.iter().any(|v| matches!(v, OwnedValue::Null)) {
