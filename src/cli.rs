@@ -848,6 +848,9 @@ fn run_pass(
         exit_when_caught_up: false,
         give_up_after: None,
     };
+    // The stream's own connection takes the run lock (again on every reconnect): the one
+    // that applies is the one that holds it, so `status` and cutover see a live daemon.
+    drop(client);
     *streamed = true;
     let end = rt.block_on(stream::run(
         &plan,
@@ -855,8 +858,6 @@ fn run_pass(
         &stream_opts,
         stop_rx.clone(),
     ))?;
-    // This session holds the run lock until here.
-    drop(client);
     match end {
         stream::End::Shutdown => {
             crate::metrics::set_phase("stopped");

@@ -35,6 +35,16 @@ fn postgres_restarting_mid_stream_loses_nothing() {
         log.contains("resuming"),
         "the daemon should say it reconnected:\n{log}"
     );
+    // The connection that applies took the run lock again: status sees the daemon, and a
+    // cutover lets it drain instead of draining beside it.
+    let p = path.to_str().unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(st["daemon_running"], true, "{st}");
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "cutover: {}", text(&out));
+    d.wait_for_log("cut over: Postgres is the database now");
+    assert_app_equal(&path, &db);
     assert!(d.stop());
 }
 

@@ -96,7 +96,13 @@ fn metrics_exist_and_move_while_the_app_writes() {
     assert!(value(&second, "sqlite2pg_replication_lag_changes").is_some());
     assert!(value(&second, "sqlite2pg_apply_batch_duration_seconds_count").unwrap() > 0.0);
     assert_eq!(
-        value(&second, "sqlite2pg_build_info{version=\"0.1.0\"}"),
+        value(
+            &second,
+            &format!(
+                "sqlite2pg_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
         Some(1.0)
     );
     // promtool accepts the exposition.

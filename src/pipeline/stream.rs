@@ -632,6 +632,13 @@ pub async fn run(
         backoff = Duration::from_millis(250);
         // Postgres can go away between any two statements: transient errors reconnect.
         let setup = async {
+            // Retaken on every connection: a Postgres restart ends the session that held it.
+            if !state::try_lock(&client).await? {
+                return Err(Error::new(
+                    ErrorKind::State,
+                    "another sqlite2pg daemon holds the run lock on this Postgres database (it took it while this one was disconnected?). This one stops applying, so that two never apply side by side: stop the other one (`sqlite2pg status` says whether one runs), then start this one again",
+                ));
+            }
             let applier = Applier::new(client, &opts.schema).await?;
             let st = state::stream_load(applier.client()).await?;
             let handoff = state::image_handoff(applier.client()).await?;
