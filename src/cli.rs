@@ -150,6 +150,14 @@ pub enum Command {
         /// them and leave their foreign keys NOT VALID.
         #[arg(long, value_enum, default_value_t = Orphans::Refuse)]
         orphans: Orphans,
+        /// How long the fence holds unless this cutover renews it, in seconds: if the cutover
+        /// dies or hangs, the app writes to SQLite again after at most this long.
+        #[arg(long, default_value_t = 5.0)]
+        lease: f64,
+        /// Lift a fence that a cutover left (killed, hung): the app writes to SQLite at once.
+        /// Refused once the cutover is recorded.
+        #[arg(long)]
+        abort: bool,
     },
     /// Configuration file commands.
     Config {
@@ -343,6 +351,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             dry_run,
             exec,
             orphans,
+            lease,
+            abort,
         } => {
             let flags = CutoverFlags {
                 max_lag,
@@ -351,6 +361,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 dry_run,
                 exec,
                 orphans,
+                lease,
+                abort,
             };
             cmd_cutover(&cfg, flags)
         }
@@ -488,6 +500,8 @@ struct CutoverFlags {
     dry_run: bool,
     exec: Option<String>,
     orphans: Orphans,
+    lease: f64,
+    abort: bool,
 }
 
 fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
@@ -508,14 +522,30 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
             Orphans::Refuse => cutover::OrphanPolicy::Refuse,
             Orphans::Keep => cutover::OrphanPolicy::Keep,
         },
+        lease: Duration::from_secs_f64(flags.lease.clamp(0.5, 3600.0)),
     };
+    if flags.abort {
+        match rt.block_on(cutover::abort(&client, &opts))? {
+            Some(f) if f.active => println!(
+                "fence lifted (raised by {}): the app writes to SQLite again",
+                f.holder
+            ),
+            _ => println!("no fence was up: the app writes to SQLite"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if flags.dry_run {
         for step in rt.block_on(cutover::describe(&client, &plan, &opts))? {
             println!("{step}");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let outcome = rt.block_on(cutover::run(&mut client, &plan, &opts))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    rt.spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let outcome = rt.block_on(cutover::run(&mut client, &plan, &opts, &stop_rx))?;
     let r = &outcome.record;
     println!(
         "cut over: writes were unavailable for {:.0} ms (fenced {}, done {}); {} rows verified; {} sequences moved; {} foreign keys added",

@@ -40,6 +40,11 @@ pub const ERRORS: &str = "sqlite2pg_errors_total";
 pub const POSITION: &str = "sqlite2pg_position";
 /// `sqlite2pg_cutover_window_seconds`.
 pub const CUTOVER_WINDOW: &str = "sqlite2pg_cutover_window_seconds";
+/// `sqlite2pg_fence_active`: 1 while the cutover fence blocks the app's SQLite writes.
+pub const FENCE_ACTIVE: &str = "sqlite2pg_fence_active";
+/// `sqlite2pg_fence_lease_expiry_timestamp_seconds`: when the fence ends unless renewed
+/// (0: no fence; +Inf: permanent, the cutover is recorded).
+pub const FENCE_EXPIRY: &str = "sqlite2pg_fence_lease_expiry_timestamp_seconds";
 /// `sqlite2pg_build_info{version}`: always 1.
 pub const BUILD_INFO: &str = "sqlite2pg_build_info";
 
@@ -58,10 +63,19 @@ pub const ALL: &[&str] = &[
     ERRORS,
     POSITION,
     CUTOVER_WINDOW,
+    FENCE_ACTIVE,
+    FENCE_EXPIRY,
     BUILD_INFO,
 ];
 
-const PHASES: &[&str] = &["snapshot", "streaming", "cut_over", "stopped"];
+const PHASES: &[&str] = &[
+    "snapshot",
+    "streaming",
+    "resyncing",
+    "waiting",
+    "cut_over",
+    "stopped",
+];
 
 struct Metrics {
     registry: Registry,
@@ -78,6 +92,8 @@ struct Metrics {
     errors: IntCounterVec,
     position: IntGauge,
     cutover_window: Gauge,
+    fence_active: IntGauge,
+    fence_expiry: Gauge,
     /// Why /healthz is unhealthy, if it is.
     unhealthy: Mutex<Option<String>>,
     max_lag: Mutex<Duration>,
@@ -135,6 +151,14 @@ fn build() -> prometheus::Result<Metrics> {
         reconnects: IntCounter::new(RECONNECTS, "Reconnections to Postgres after it went away")?,
         errors: IntCounterVec::new(Opts::new(ERRORS, "Errors by kind"), &["kind"])?,
         position: IntGauge::new(POSITION, "Highest changelog sequence number applied")?,
+        fence_active: IntGauge::new(
+            FENCE_ACTIVE,
+            "1 while the cutover fence blocks the app's writes to SQLite",
+        )?,
+        fence_expiry: Gauge::new(
+            FENCE_EXPIRY,
+            "When the fence lease ends unless the cutover renews it (Unix time; 0 none, +Inf permanent)",
+        )?,
         cutover_window: Gauge::new(
             CUTOVER_WINDOW,
             "Write-unavailable window of the cutover (fence to done)",
@@ -162,6 +186,8 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.errors.clone()))?;
     r.register(Box::new(m.position.clone()))?;
     r.register(Box::new(m.cutover_window.clone()))?;
+    r.register(Box::new(m.fence_active.clone()))?;
+    r.register(Box::new(m.fence_expiry.clone()))?;
     // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
     for p in PHASES {
         m.phase.with_label_values(&[p]).set(0);
@@ -230,6 +256,18 @@ pub fn batch_applied(per_table: &[(String, u64, u64)], changes: u64, secs: f64, 
         m.batch_duration.observe(secs);
         m.batch_changes.observe(changes as f64);
         m.position.set(position);
+    });
+}
+
+/// The cutover fence as the file holds it (`None`: never raised).
+pub fn fence(f: Option<&crate::sqlite::capture::Fence>) {
+    with(|m| {
+        m.fence_active.set(i64::from(f.is_some_and(|f| f.active)));
+        m.fence_expiry.set(match f {
+            Some(f) if f.permanent => f64::INFINITY,
+            Some(f) if f.active => f.until_unix,
+            _ => 0.0,
+        });
     });
 }
 

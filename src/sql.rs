@@ -5,7 +5,10 @@
 /// Format steps of sqlite2pg's objects in the app's SQLite file, oldest first.
 pub const SQLITE_STEPS: &[(i64, &str)] = &[
     (1, include_str!("../sql/sqlite/0001_changelog.sql")),
-    (2, include_str!("../sql/sqlite/0002_resync_markers.sql")),
+    (
+        2,
+        include_str!("../sql/sqlite/0002_resync_and_fence_lease.sql"),
+    ),
 ];
 
 /// Format steps of the `sqlite2pg` schema in Postgres, oldest first.

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -38,6 +40,9 @@ pub struct Options {
     pub full_verify: bool,
     /// What to do with rows whose foreign key finds no parent.
     pub orphans: OrphanPolicy,
+    /// How long the fence holds without renewal (the app's writes come back by themselves
+    /// this long after a cutover dies).
+    pub lease: Duration,
 }
 
 /// What cutover does about orphans (rows whose foreign key finds no parent; SQLite accepted
@@ -144,8 +149,96 @@ pub async fn describe(client: &Client, plan: &Plan, opts: &Options) -> Result<Ve
     Ok(steps)
 }
 
-/// Runs the cutover. `client` must not hold the run lock (the daemon may).
-pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Outcome> {
+/// Who raises the fence: this process on this host, for `status`.
+fn holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    format!("sqlite2pg cutover, pid {} on {host}", std::process::id())
+}
+
+/// Renews the fence lease from its own thread and connection while the cutover works, so a
+/// slow verify never lets it lapse, and a dead cutover stops renewing at once.
+struct LeaseKeeper {
+    stop: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    fn start(opts: &Options, holder: &str) -> Result<LeaseKeeper> {
+        let conn = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
+        let (stop, lost) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, l, holder, lease) = (stop.clone(), lost.clone(), holder.to_string(), opts.lease);
+        let every = (lease / 5).min(Duration::from_secs(1));
+        let thread = std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while !s.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+                if last.elapsed() < every {
+                    continue;
+                }
+                match capture::renew_fence(&conn, &holder, lease) {
+                    Ok(true) => last = Instant::now(),
+                    Ok(false) => {
+                        tracing::error!(
+                            "the fence lease was lost (lifted, or it ran out); this cutover will not be recorded"
+                        );
+                        l.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    // The app holds the lock: try again at once; the lease has slack.
+                    Err(e) => tracing::warn!(error = %e, "could not renew the fence lease yet"),
+                }
+            }
+        });
+        Ok(LeaseKeeper { stop, lost, thread })
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if self.thread.join().is_err() {
+            tracing::error!("the fence lease thread panicked");
+        }
+    }
+}
+
+/// Whether Postgres holds a cutover record, asked on a fresh connection (`None`: unreachable).
+async fn recorded_elsewhere(opts: &Options) -> Option<bool> {
+    let client = crate::pg::connect(&opts.target).await.ok()?;
+    state::cutover_load(&client).await.ok().map(|c| c.is_some())
+}
+
+/// Lifts a fence that a cutover left (killed, hung, or on purpose): the app writes to SQLite
+/// at once. Refused once the cutover is recorded: writes belong to Postgres then.
+pub async fn abort(client: &Client, opts: &Options) -> Result<Option<capture::Fence>> {
+    if let Some(c) = state::cutover_load(client).await? {
+        return Err(refuse(format!(
+            "the cutover is recorded (at {}): Postgres is the database now, and lifting the fence would let the app write to a stale SQLite file. To go back anyway: `sqlite2pg uninstall` (writes made on Postgres are not in SQLite)",
+            c.fenced_at
+        )));
+    }
+    let mut rw = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
+    let fence = capture::fence_state(&rw)?;
+    capture::unfence(&mut rw)?;
+    Ok(fence)
+}
+
+/// Runs the cutover. `client` must not hold the run lock (the daemon may). `interrupt` turning
+/// true (SIGINT/SIGTERM) before the cutover is being recorded lifts the fence at once.
+pub async fn run(
+    client: &mut Client,
+    plan: &Plan,
+    opts: &Options,
+    interrupt: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Outcome> {
     if let Some(c) = state::cutover_load(client).await? {
         return Err(refuse(format!(
             "this migration was already cut over at {} (window {:.0} ms); Postgres is the database now. To write to SQLite again: `sqlite2pg uninstall`",
@@ -227,9 +320,74 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Out
     let fenced_at = now_secs();
     let started = Instant::now();
     let mut rw = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
-    capture::fence(&mut rw, &installed.tables)?;
-    tracing::info!("SQLite writes fenced");
-    let result = finish(client, plan, opts, &installed, st.daemon_running, fenced_at).await;
+    let holder = holder();
+    capture::fence(&mut rw, &installed.tables, &holder, opts.lease)?;
+    let keeper = LeaseKeeper::start(opts, &holder)?;
+    tracing::info!(holder = %holder, lease_secs = opts.lease.as_secs_f64(), "SQLite writes fenced");
+    // Past this point the cutover is being recorded: a signal no longer interrupts it.
+    let committing = AtomicBool::new(false);
+    let commit_point = || -> Result<()> {
+        if keeper.lost() || !capture::make_fence_permanent(&rw, &holder)? {
+            return Err(Error::new(
+                ErrorKind::State,
+                "the fence lease ran out or was lifted (`cutover --abort`?) before the cutover was recorded, so the app may have written to SQLite since: nothing was switched; run cutover again",
+            ));
+        }
+        committing.store(true, Ordering::SeqCst);
+        Ok(())
+    };
+    let result = {
+        let work = finish(
+            client,
+            plan,
+            opts,
+            &installed,
+            st.daemon_running,
+            fenced_at,
+            &commit_point,
+        );
+        tokio::pin!(work);
+        let mut interrupt = interrupt.clone();
+        loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = interrupt.changed() => {
+                    if committing.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    break Err(Error::new(
+                        ErrorKind::State,
+                        "interrupted (SIGINT/SIGTERM) before the cutover was recorded: the fence is lifted and the app writes to SQLite again; nothing was switched",
+                    ));
+                }
+            }
+        }
+    };
+    keeper.stop();
+    let result = match result {
+        // The record's commit failed after the fence was made permanent: whether Postgres has
+        // it decides which database the app belongs to now.
+        Err(e) if committing.load(Ordering::SeqCst) => match recorded_elsewhere(opts).await {
+            Some(true) => {
+                return Err(Error::new(
+                    ErrorKind::State,
+                    format!(
+                        "{e}; but the cutover IS recorded in Postgres: the fence stays. Point the app at Postgres (`sqlite2pg status` shows the record)"
+                    ),
+                ));
+            }
+            Some(false) => Err(e),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::State,
+                    format!(
+                        "{e}; whether Postgres recorded the cutover is unknown (unreachable), so the fence stays up. Once Postgres answers: `sqlite2pg status` shows a record if it was; otherwise `sqlite2pg cutover --abort` lifts the fence"
+                    ),
+                ));
+            }
+        },
+        other => other,
+    };
     match result {
         Ok(mut outcome) => {
             tracing::info!(
@@ -306,6 +464,7 @@ async fn finish(
     installed: &capture::Installed,
     daemon_running: bool,
     fenced_at: f64,
+    commit_point: &dyn Fn() -> Result<()>,
 ) -> Result<Outcome> {
     // Drain: the running daemon applies the last changes; otherwise drain here.
     let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
@@ -366,6 +525,9 @@ async fn finish(
     }
     let done_at = now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
+    // The fence becomes permanent before the record commits: a kill between the two leaves
+    // the app fenced (loud, and a rerun or `--abort` settles it), never writing to both.
+    commit_point()?;
     tx.commit()
         .await
         .map_err(|e| Error::from_pg("cannot commit the cutover", e))?;

@@ -56,6 +56,8 @@ pub struct Status {
     /// Rows whose foreign key finds no parent, per foreign key (cutover refuses them unless
     /// told `--orphans keep`).
     pub orphans: Vec<foreign_keys::Orphans>,
+    /// The cutover fence, if one was raised: who holds it, since when, the lease's end.
+    pub fence: Option<capture::Fence>,
     /// Format of sqlite2pg's objects in the SQLite file (None: not installed).
     pub sqlite_format: Option<i64>,
     /// Format of the `sqlite2pg` schema in Postgres (None: not there).
@@ -91,6 +93,11 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         foreign_keys_kept: 0,
         orphans: Vec::new(),
         resync_pending: Vec::new(),
+        fence: if installed.is_some() {
+            capture::fence_state(&conn)?
+        } else {
+            None
+        },
         sqlite_format: installed.as_ref().map(|i| i.format),
         postgres_format: None,
         formats_written: (crate::sql::SQLITE_FORMAT, crate::sql::PG_FORMAT),
@@ -194,6 +201,31 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
             "not installed"
         }
     )?;
+    if let Some(f) = &s.fence {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let state = if f.permanent {
+            "permanent (the cutover is recorded: the app belongs on Postgres)".to_string()
+        } else if f.active {
+            format!(
+                "UP: app writes to SQLite fail; lease ends in {:.1} s unless the cutover renews it (`sqlite2pg cutover --abort` lifts it now)",
+                f.until_unix - now
+            )
+        } else {
+            format!(
+                "lapsed {:.0} s ago (the cutover stopped renewing it): the app writes to SQLite",
+                now - f.until_unix
+            )
+        };
+        writeln!(
+            out,
+            "fence:      {state}; raised {:.0} s ago by {}",
+            now - f.since_unix,
+            f.holder
+        )?;
+    }
     let format = |f: Option<String>| f.unwrap_or_else(|| "none".into());
     writeln!(
         out,

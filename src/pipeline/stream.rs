@@ -101,8 +101,12 @@ pub async fn prepare(
     }
 }
 
-/// Measures the lag against the changelog for the metrics (best effort: a busy file skips it).
+/// Measures the lag against the changelog, and reads the fence, for the metrics (best effort:
+/// a busy file skips it).
 fn report_lag(reader: &rusqlite::Connection, position: i64) {
+    if let Ok(f) = tokio::task::block_in_place(|| capture::fence_state(reader)) {
+        crate::metrics::fence(f.as_ref());
+    }
     if let Ok((_, pending, oldest)) =
         tokio::task::block_in_place(|| changes::pending(reader, position))
     {

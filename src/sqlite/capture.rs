@@ -736,14 +736,51 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
 /// What the app's writes get once the fence is up.
 pub const FENCE_MESSAGE: &str = "this database has moved to PostgreSQL; see sqlite2pg status";
 
-/// Raises the fence: BEFORE INSERT/UPDATE/DELETE triggers on every captured table abort the
-/// write with `FENCE_MESSAGE`. One immediate transaction: either every table is fenced or none.
-pub fn fence(conn: &mut Connection, tables: &[(i64, String)]) -> Result<()> {
+/// The fence table (a lease, see `sql/sqlite/0002_resync_and_fence_lease.sql`).
+const FENCE: &str = "_sqlite2pg_fence";
+
+/// The fence as it stands in the file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fence {
+    /// Who raised it (process and host of the cutover).
+    pub holder: String,
+    /// When it was raised (Unix seconds).
+    pub since_unix: f64,
+    /// When the lease ends unless renewed (Unix seconds).
+    pub until_unix: f64,
+    /// The cutover is recorded: the fence never ends by itself.
+    pub permanent: bool,
+    /// Whether it blocks the app's writes right now.
+    pub active: bool,
+}
+
+fn lease_days(lease: Duration) -> f64 {
+    lease.as_secs_f64() / 86_400.0
+}
+
+/// Raises the fence for `lease`: BEFORE INSERT/UPDATE/DELETE triggers on every captured table
+/// abort the app's writes with `FENCE_MESSAGE` while the lease holds. One immediate
+/// transaction: either every table is fenced or none. The holder must renew it
+/// ([`renew_fence`]) or the app gets its writes back when it runs out.
+pub fn fence(
+    conn: &mut Connection,
+    tables: &[(i64, String)],
+    holder: &str,
+    lease: Duration,
+) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(ctx(
             "start the fence transaction (the app holds the write lock; retry)",
         ))?;
+    upgrade(&tx)?;
+    tx.execute(
+        &format!(
+            "INSERT OR REPLACE INTO {FENCE} (id, holder, since, until, permanent) VALUES (1, ?1, julianday('now'), julianday('now') + ?2, 0)"
+        ),
+        rusqlite::params![holder, lease_days(lease)],
+    )
+    .map_err(ctx("record the fence lease"))?;
     for (id, name) in tables {
         for (kind, event) in [("fi", "INSERT"), ("fu", "UPDATE"), ("fd", "DELETE")] {
             let sql = sql::fence(&[
@@ -759,8 +796,71 @@ pub fn fence(conn: &mut Connection, tables: &[(i64, String)]) -> Result<()> {
     tx.commit().map_err(ctx("commit the fence"))
 }
 
+/// Extends `holder`'s lease by `lease` from now. `Ok(false)`: the lease is lost (it ran out,
+/// was lifted by `cutover --abort`, or another cutover took it), so the app may have written
+/// since: the holder must not go on.
+pub fn renew_fence(conn: &Connection, holder: &str, lease: Duration) -> Result<bool> {
+    let n = conn
+        .execute(
+            &format!(
+                "UPDATE {FENCE} SET until = julianday('now') + ?2 WHERE id = 1 AND holder = ?1 AND permanent = 0 AND until > julianday('now')"
+            ),
+            rusqlite::params![holder, lease_days(lease)],
+        )
+        .map_err(ctx("renew the fence lease"))?;
+    Ok(n == 1)
+}
+
+/// Makes `holder`'s fence permanent, if its lease still holds (so it never lapsed: a lapsed
+/// lease cannot be renewed). `Ok(false)`: it does not, and the cutover must not be recorded.
+pub fn make_fence_permanent(conn: &Connection, holder: &str) -> Result<bool> {
+    let n = conn
+        .execute(
+            &format!(
+                "UPDATE {FENCE} SET permanent = 1 WHERE id = 1 AND holder = ?1 AND until > julianday('now')"
+            ),
+            [holder],
+        )
+        .map_err(ctx("make the fence permanent"))?;
+    Ok(n == 1)
+}
+
+/// The fence, if one was raised (active or lapsed).
+pub fn fence_state(conn: &Connection) -> Result<Option<Fence>> {
+    let exists: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [FENCE],
+            |r| r.get(0),
+        )
+        .map_err(ctx("look for the fence"))?;
+    if exists == 0 {
+        return Ok(None);
+    }
+    conn.query_row(
+        &format!(
+            "SELECT holder, (since - 2440587.5) * 86400.0, (until - 2440587.5) * 86400.0, permanent,
+                    permanent = 1 OR until > julianday('now')
+             FROM {FENCE} WHERE id = 1"
+        ),
+        [],
+        |r| {
+            Ok(Fence {
+                holder: r.get(0)?,
+                since_unix: r.get(1)?,
+                until_unix: r.get(2)?,
+                permanent: r.get::<_, i64>(3)? == 1,
+                active: r.get::<_, i64>(4)? == 1,
+            })
+        },
+    )
+    .optional()
+    .map_err(ctx("read the fence"))
+}
+
 /// Lifts the fence (the app can write to SQLite again). Returns whether one was up.
 pub fn unfence(conn: &mut Connection) -> Result<bool> {
+    let was = fence_state(conn)?.is_some_and(|f| f.active);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(ctx("start the unfence transaction"))?;
@@ -776,20 +876,17 @@ pub fn unfence(conn: &mut Connection) -> Result<bool> {
         tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(n)))
             .map_err(ctx("drop the fence"))?;
     }
+    if format_of(&tx)? >= 2 {
+        tx.execute_batch(&format!("DELETE FROM {FENCE}"))
+            .map_err(ctx("drop the fence lease"))?;
+    }
     tx.commit().map_err(ctx("commit the unfence"))?;
-    Ok(!names.is_empty())
+    Ok(was)
 }
 
-/// Whether the fence is up.
+/// Whether the fence blocks the app's writes right now.
 pub fn fenced(conn: &Connection) -> Result<bool> {
-    let n: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_sqlite2pg\\_fi\\_%' ESCAPE '\\'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(ctx("look for the fence"))?;
-    Ok(n > 0)
+    Ok(fence_state(conn)?.is_some_and(|f| f.active))
 }
 
 /// Removes every object sqlite2pg created (changelog, triggers, fence), and only those.
