@@ -113,7 +113,7 @@ fn a_cutover_killed_at_20_random_moments_gives_writes_back_or_completes() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let mut c = cutover(&path, &db, &["--lease", "1.5"]);
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             // Before the fence: planning, the orphan count, the lag check.
             std::thread::sleep(Duration::from_millis(seed % 60));
         } else {
