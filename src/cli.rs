@@ -860,9 +860,17 @@ fn run_pass(
         busy_timeout: busy(cfg),
         truncate,
         reshaped: installed.reshaped.clone(),
+        stop: stop_rx.clone(),
     };
     let started = Instant::now();
     let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
+    if summary.stopped {
+        crate::metrics::set_phase("stopped");
+        tracing::info!(
+            "stopped during the snapshot; `sqlite2pg run` resumes at the last copied chunk"
+        );
+        return Ok(Pass::Exit(ExitCode::SUCCESS));
+    }
     print_snapshot_summary(&summary, started.elapsed())?;
     if snapshot_only {
         return Ok(Pass::Exit(ExitCode::SUCCESS));
@@ -880,6 +888,7 @@ fn run_pass(
     };
     // The stream's own connection takes the run lock (again on every reconnect): the one
     // that applies is the one that holds it, so `status` and cutover see a live daemon.
+    rt.block_on(crate::pg::state::unlock(&client))?;
     drop(client);
     *streamed = true;
     let end = rt.block_on(stream::run(

@@ -452,3 +452,80 @@ fn the_config_file_covers_the_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("unknown field"), "{}", text(&out));
 }
+
+#[test]
+fn sigterm_during_the_snapshot_stops_it_within_2_s_and_the_next_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    let generator = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/gen_crm.py");
+    let st = std::process::Command::new("python3")
+        .arg(&generator)
+        .arg(&path)
+        .arg("100000")
+        .status()
+        .expect("python3 gen_crm.py");
+    assert!(st.success());
+    let db = TestDb::new();
+    let p = path.to_str().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+        .args([
+            "--source",
+            p,
+            "--target",
+            &db.url,
+            "--chunk-rows",
+            "100",
+            "run",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let copying = || -> bool {
+        let Ok(mut c) = postgres::Client::connect(&db.url, postgres::NoTls) else {
+            return false;
+        };
+        c.query_one(
+            "SELECT coalesce(sum(rows_copied), 0)::bigint FROM sqlite2pg.table_state",
+            &[],
+        )
+        .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+    };
+    let t0 = std::time::Instant::now();
+    while !copying() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "no copy started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let t0 = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    let took = t0.elapsed();
+    assert!(status.success(), "SIGTERM should exit 0: {status}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "stopped after {took:?}"
+    );
+    let unfinished: i64 = scalar(
+        &mut db.client(),
+        "SELECT count(*) FROM sqlite2pg.table_state WHERE phase <> 'ready'",
+    );
+    assert!(
+        unfinished > 0,
+        "the snapshot had finished: the test stopped nothing"
+    );
+    println!("stopped mid-snapshot in {took:?}");
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "run", "--snapshot-only"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = db.client();
+    for t in ["admin_users", "clients", "projects", "tasks", "leads"] {
+        assert_table_equal(&path, &mut c, t, "id");
+    }
+}

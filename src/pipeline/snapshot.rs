@@ -35,6 +35,9 @@ pub struct Options {
     pub truncate: bool,
     /// Source tables whose definition changed since capture last saw them (`Installed::reshaped`).
     pub reshaped: Vec<String>,
+    /// Turns true on SIGTERM/SIGINT: the copy stops after the chunk in flight (each chunk is
+    /// committed with its position, so the next run resumes there).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a snapshot did.
@@ -46,6 +49,8 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// Foreign keys waiting in the state schema for cutover.
     pub foreign_keys_kept: usize,
+    /// Asked to stop before the copy was done (the next run resumes it).
+    pub stopped: bool,
 }
 
 /// The DDL a snapshot would run, for `--dry-run`.
@@ -214,7 +219,10 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     }
     drop(source);
 
-    copy_tables(client, plan, opts, resume, &done_rows, &totals).await?;
+    if !copy_tables(client, plan, opts, resume, &done_rows, &totals).await? {
+        summary.stopped = true;
+        return Ok(summary);
+    }
     // A VACUUM while a table followed by row images was being copied renumbers the rowids its
     // chunks are cut by: its copy is torn, and is taken again (rare, and the only safe answer).
     loop {
@@ -251,7 +259,10 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
             resume[i] = Some(None);
         }
         let zeros = vec![0; plan.tables.len()];
-        copy_tables(client, plan, opts, resume, &zeros, &totals).await?;
+        if !copy_tables(client, plan, opts, resume, &zeros, &totals).await? {
+            summary.stopped = true;
+            return Ok(summary);
+        }
     }
     build_indexes(client, plan, &opts.schema, &mut summary).await?;
     finish_tables(client, plan, &opts.schema).await?;
@@ -440,6 +451,8 @@ async fn index_changes(
     Ok(())
 }
 
+/// Copies what `resume` says is left; `Ok(false)` when asked to stop first (every committed
+/// chunk stays, with its position).
 async fn copy_tables(
     client: &mut Client,
     plan: &Plan,
@@ -447,9 +460,9 @@ async fn copy_tables(
     resume: Vec<Option<Option<Vec<OwnedValue>>>>,
     done_rows: &[u64],
     totals: &[u64],
-) -> Result<()> {
+) -> Result<bool> {
     if resume.iter().all(Option::is_none) {
-        return Ok(());
+        return Ok(true);
     }
     let (tx_chunks, mut rx_chunks) = mpsc::channel::<Result<Chunk>>(2);
     let tables = plan.tables.clone();
@@ -464,9 +477,17 @@ async fn copy_tables(
     let mut progress = Progress::new();
     let mut started: Vec<Option<Instant>> = vec![None; plan.tables.len()];
     let mut copied = done_rows.to_vec();
+    let mut stop = opts.stop.clone();
     let result = async {
-        while let Some(chunk) = rx_chunks.recv().await {
-            let chunk = chunk?;
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return Ok(false),
+                c = rx_chunks.recv() => match c {
+                    Some(c) => c?,
+                    None => return Ok(true),
+                },
+            };
             let t = &plan.tables[chunk.table];
             if started[chunk.table].is_none() {
                 started[chunk.table] = Some(Instant::now());
@@ -517,7 +538,6 @@ async fn copy_tables(
                 progress.finish(&t.source.name, copied[chunk.table], elapsed);
             }
         }
-        Ok::<(), Error>(())
     }
     .await;
     drop(rx_chunks);

@@ -635,14 +635,36 @@ pub async fn run(
         }
         backoff = Duration::from_millis(250);
         // Postgres can go away between any two statements: transient errors reconnect.
-        let setup = async {
-            // Retaken on every connection: a Postgres restart ends the session that held it.
-            if !state::try_lock(&client).await? {
-                return Err(Error::new(
-                    ErrorKind::State,
-                    "another sqlite2pg daemon holds the run lock on this Postgres database (it took it while this one was disconnected?). This one stops applying, so that two never apply side by side: stop the other one (`sqlite2pg status` says whether one runs), then start this one again",
-                ));
+        // The run lock is retaken on every connection (a Postgres restart ends the session that
+        // held it). Held elsewhere (another daemon, or this one's old session that Postgres has
+        // not noticed is gone yet): nothing is applied until it is free.
+        let mut said = false;
+        loop {
+            match state::try_lock(&client).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    if !said {
+                        tracing::warn!(
+                            "another session holds the run lock on this Postgres database (another sqlite2pg daemon, or this one's session from before a network drop): not applying until it is free, so that two never apply side by side. `sqlite2pg status` shows whether a daemon runs"
+                        );
+                        said = true;
+                    }
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(End::Shutdown),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
+                    down_since.get_or_insert_with(Instant::now);
+                    continue 'connect;
+                }
+                Err(e) => return Err(e),
             }
+        }
+        if said {
+            tracing::info!("the run lock is free again; applying");
+        }
+        let setup = async {
             let applier = Applier::new(client, &opts.schema).await?;
             let st = state::stream_load(applier.client()).await?;
             let handoff = state::image_handoff(applier.client()).await?;
