@@ -780,6 +780,10 @@ fn cmd_run(
             }
             Err(e) if needs_person && !snapshot_only && !*stop_rx.borrow() => {
                 crate::metrics::set_phase("waiting");
+                crate::metrics::needs_operator(
+                    kind.map(|k| k.label()).unwrap_or("target"),
+                    &format!("{e:#}"),
+                );
                 tracing::error!(
                     error = %format!("{e:#}"),
                     retry_in_secs = NEEDS_PERSON_RETRY.as_secs(),

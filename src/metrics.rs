@@ -45,6 +45,9 @@ pub const FENCE_ACTIVE: &str = "sqlite2pg_fence_active";
 /// `sqlite2pg_fence_lease_expiry_timestamp_seconds`: when the fence ends unless renewed
 /// (0: no fence; +Inf: permanent, the cutover is recorded).
 pub const FENCE_EXPIRY: &str = "sqlite2pg_fence_lease_expiry_timestamp_seconds";
+/// `sqlite2pg_needs_operator{kind}`: 1 while the daemon waits for a person to fix an error of
+/// this kind (conversion, schema, target); it goes on by itself once fixed.
+pub const NEEDS_OPERATOR: &str = "sqlite2pg_needs_operator";
 /// `sqlite2pg_build_info{version}`: always 1.
 pub const BUILD_INFO: &str = "sqlite2pg_build_info";
 
@@ -65,6 +68,7 @@ pub const ALL: &[&str] = &[
     CUTOVER_WINDOW,
     FENCE_ACTIVE,
     FENCE_EXPIRY,
+    NEEDS_OPERATOR,
     BUILD_INFO,
 ];
 
@@ -94,6 +98,7 @@ struct Metrics {
     cutover_window: Gauge,
     fence_active: IntGauge,
     fence_expiry: Gauge,
+    needs_operator: IntGaugeVec,
     /// Why /healthz is unhealthy, if it is.
     unhealthy: Mutex<Option<String>>,
     max_lag: Mutex<Duration>,
@@ -151,6 +156,13 @@ fn build() -> prometheus::Result<Metrics> {
         reconnects: IntCounter::new(RECONNECTS, "Reconnections to Postgres after it went away")?,
         errors: IntCounterVec::new(Opts::new(ERRORS, "Errors by kind"), &["kind"])?,
         position: IntGauge::new(POSITION, "Highest changelog sequence number applied")?,
+        needs_operator: IntGaugeVec::new(
+            Opts::new(
+                NEEDS_OPERATOR,
+                "1 while the daemon waits for a person to fix an error of this kind",
+            ),
+            &["kind"],
+        )?,
         fence_active: IntGauge::new(
             FENCE_ACTIVE,
             "1 while the cutover fence blocks the app's writes to SQLite",
@@ -188,6 +200,10 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.cutover_window.clone()))?;
     r.register(Box::new(m.fence_active.clone()))?;
     r.register(Box::new(m.fence_expiry.clone()))?;
+    r.register(Box::new(m.needs_operator.clone()))?;
+    for k in OPERATOR_KINDS {
+        m.needs_operator.with_label_values(&[k]).set(0);
+    }
     // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
     for p in PHASES {
         m.phase.with_label_values(&[p]).set(0);
@@ -256,6 +272,40 @@ pub fn batch_applied(per_table: &[(String, u64, u64)], changes: u64, secs: f64, 
         m.batch_duration.observe(secs);
         m.batch_changes.observe(changes as f64);
         m.position.set(position);
+    });
+}
+
+/// Error kinds that make a streaming daemon wait for a person rather than exit.
+pub const OPERATOR_KINDS: &[&str] = &["conversion", "schema", "target"];
+
+/// The daemon waits for a person: /healthz answers 503 with `message` (table, key, column and
+/// what to do) until [`resumed`].
+pub fn needs_operator(kind: &str, message: &str) {
+    with(|m| {
+        for k in OPERATOR_KINDS {
+            m.needs_operator
+                .with_label_values(&[k])
+                .set(i64::from(*k == kind));
+        }
+        if let Ok(mut u) = m.unhealthy.lock() {
+            *u = Some(format!("waiting for a person: {message}"));
+        }
+    });
+}
+
+/// Changes apply again: a wait for a person, or an error that stopped applying, is over.
+pub fn resumed() {
+    with(|m| {
+        for k in OPERATOR_KINDS {
+            m.needs_operator.with_label_values(&[k]).set(0);
+        }
+        if let Ok(mut u) = m.unhealthy.lock()
+            && u.as_deref().is_some_and(|r| {
+                !r.starts_with("replication lag") && !r.starts_with("Postgres is unreachable")
+            })
+        {
+            *u = None;
+        }
     });
 }
 

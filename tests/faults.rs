@@ -100,13 +100,13 @@ fn healthz_answers_503_while_postgres_is_unreachable() {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut d = Daemon::start_with(&src.path, &db, &[], &["--metrics-addr", &addr]);
     d.wait_caught_up();
-    assert_eq!(healthz(&addr).0, 200);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
     // Postgres goes away for 4 s; a change makes the daemon notice.
     let addr2 = addr.clone();
     let watcher = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
         while std::time::Instant::now() < deadline {
-            let (code, body) = healthz(&addr2);
+            let (code, body) = http_get(&addr2, "/healthz");
             if code == 503 {
                 return Some(body);
             }
@@ -129,7 +129,7 @@ fn healthz_answers_503_while_postgres_is_unreachable() {
     assert!(seen.contains("Postgres is unreachable"), "{seen}");
     d.wait_caught_up();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while healthz(&addr).0 != 200 {
+    while http_get(&addr, "/healthz").0 != 200 {
         assert!(
             std::time::Instant::now() < deadline,
             "/healthz did not recover after Postgres came back"
@@ -138,28 +138,4 @@ fn healthz_answers_503_while_postgres_is_unreachable() {
     }
     assert_table_equal(&src.path, &mut db.client(), "t", "id");
     assert!(d.stop());
-}
-
-fn healthz(addr: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let _ = write!(
-        s,
-        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    let code = body
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        body.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
 }

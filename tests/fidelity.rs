@@ -202,6 +202,33 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok.success(), "kill {sig} {pid}");
 }
 
+/// Pauses the daemon (SIGSTOP) between two of its reads: in rollback-journal mode a process
+/// frozen inside a read transaction keeps its SHARED lock, and no writer could commit until it
+/// resumes. A write that cannot commit within 200 ms means it was caught mid-read: it is let
+/// go on a moment and paused again.
+fn pause_idle(src: &std::path::Path, pid: u32) {
+    for _ in 0..100 {
+        signal(pid, "-STOP");
+        let c = rusqlite::Connection::open(src).unwrap();
+        c.busy_timeout(std::time::Duration::from_millis(200))
+            .unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        if c.execute_batch(&format!(
+            "BEGIN IMMEDIATE; PRAGMA user_version = {v}; COMMIT"
+        ))
+        .is_ok()
+        {
+            return;
+        }
+        let _ = c.execute_batch("ROLLBACK");
+        signal(pid, "-CONT");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    panic!("the daemon never paused outside a read");
+}
+
 /// Rows exchange UNIQUE values inside one SQLite transaction (through a temporary value), rotate
 /// them in a cycle of three, move one from a deleted row to a new one, and REPLACE evicts a
 /// holder. Table `paused` gets each write while the daemon is paused (so the whole transaction
@@ -244,7 +271,7 @@ fn unique_swaps_moves_and_cycles_apply() {
     d.wait_caught_up();
     let mut c = db.client();
     for (paused, live) in writes("paused").iter().zip(writes("live").iter()) {
-        signal(d.pid(), "-STOP");
+        pause_idle(&src.path, d.pid());
         sqlite3_shell(&src.path, paused);
         signal(d.pid(), "-CONT");
         d.wait_caught_up();
@@ -297,7 +324,7 @@ fn invariant_holds_while_a_backlog_drains(journal: &str, kill_midway: bool) {
     let flags = ["--batch-changes", "2000"];
     let mut d = Daemon::start_with(&src.path, &db, &[], &flags);
     d.wait_caught_up();
-    signal(d.pid(), "-STOP");
+    pause_idle(&src.path, d.pid());
     let backlog = transfers(&src.path, 20_000, ACCOUNTS, 1).wait().unwrap();
     assert!(backlog.success());
     // The reader: sums on Postgres, as fast as it can, until told to stop.

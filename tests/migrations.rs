@@ -186,7 +186,8 @@ fn a_migration_made_target_waits_for_the_same_migration_on_postgres() {
     db.client()
         .batch_execute("CREATE TABLE items (id bigint PRIMARY KEY, name varchar(20) NOT NULL)")
         .unwrap();
-    let mut d = Daemon::start(&src.path, &db, &[]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut d = Daemon::start_with(&src.path, &db, &[], &["--metrics-addr", &addr]);
     d.wait_caught_up();
     sqlite3_shell(
         &src.path,
@@ -215,11 +216,40 @@ fn a_migration_made_target_waits_for_the_same_migration_on_postgres() {
         "status",
     ]);
     assert!(text(&status).contains("row id=3"), "{}", text(&status));
+    // /healthz and the metrics say the daemon waits for a person, and for what.
+    let (code, body) = http_get(&addr, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("row id=3") && body.contains("column name"),
+        "{body}"
+    );
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("sqlite2pg_needs_operator{kind=\"conversion\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sqlite2pg_phase{phase=\"waiting\"} 1"),
+        "{metrics}"
+    );
     // The same migration on Postgres: the daemon goes on by itself.
     db.client()
         .batch_execute("ALTER TABLE items ALTER COLUMN name TYPE varchar(50)")
         .unwrap();
     d.wait_caught_up();
     assert_table_equal(&src.path, &mut db.client(), "items", "id");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http_get(&addr, "/healthz").0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz stayed unhealthy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("sqlite2pg_needs_operator{kind=\"conversion\"} 0"),
+        "{metrics}"
+    );
     assert!(d.stop());
 }

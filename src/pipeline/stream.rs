@@ -724,6 +724,9 @@ pub async fn run(
                     &mut shutdown,
                 )
                 .await;
+                if matches!(drained, Ok(Drained::Nothing | Drained::Applied { .. })) {
+                    crate::metrics::resumed();
+                }
                 match drained {
                     Ok(Drained::Nothing) => break,
                     Ok(Drained::Shutdown) => return Ok(End::Shutdown),
