@@ -351,14 +351,21 @@ impl Config {
     /// Checks every setting without touching either database; each problem in words.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(t) = &self.target
-            && let Err(e) =
-                <tokio_postgres::Config as std::str::FromStr>::from_str(t.expose_secret())
-        {
-            out.push(format!(
-                "target {} is not a valid connection string: {e}",
-                t.redacted()
-            ));
+        if let Some(t) = &self.target {
+            // The TLS settings are ours (libpq's verify modes, certificate files): checked
+            // apart, the rest by the Postgres client's own parser.
+            let problem = match crate::pg::tls::split(t.expose_secret()) {
+                Err(e) => Some(e.to_string()),
+                Ok((rest, _)) => <tokio_postgres::Config as std::str::FromStr>::from_str(&rest)
+                    .err()
+                    .map(|e| e.to_string()),
+            };
+            if let Some(e) = problem {
+                out.push(format!(
+                    "target {} is not a valid connection string: {e}",
+                    t.redacted()
+                ));
+            }
         }
         if let Some(a) = &self.metrics_addr
             && a.parse::<std::net::SocketAddr>().is_err()

@@ -9,6 +9,7 @@ pub mod foreign_keys;
 pub mod scan;
 pub mod sequences;
 pub mod state;
+pub mod tls;
 
 use std::str::FromStr;
 
@@ -24,9 +25,20 @@ pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
-/// Connects to the target; the connection's background task is spawned on the current runtime.
+/// Connects to the target, over TLS as its `sslmode` says (see [`tls`]); the connection's
+/// background task is spawned on the current runtime.
 pub async fn connect(url: &TargetUrl) -> Result<Client> {
-    let mut config = tokio_postgres::Config::from_str(url.expose_secret()).map_err(|e| {
+    let invalid = |e: Error| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "the Postgres target {} is not a valid connection string: {e}",
+                url.redacted()
+            ),
+        )
+    };
+    let (conn, tls) = tls::split(url.expose_secret()).map_err(invalid)?;
+    let mut config = tokio_postgres::Config::from_str(&conn).map_err(|e| {
         Error::with_source(
             ErrorKind::Config,
             format!(
@@ -39,16 +51,66 @@ pub async fn connect(url: &TargetUrl) -> Result<Client> {
     if config.get_application_name().is_none() {
         config.application_name("sqlite2pg");
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-        Error::from_pg(
-            format!("cannot connect to Postgres at {}", url.redacted()),
-            e,
-        )
-    })?;
+    config.ssl_mode(tls.mode.negotiation());
+    let connector = tls.connector()?;
+    let failed = |e: tokio_postgres::Error| connect_error(url, tls.mode, e);
+    let client = match connector {
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        }
+    };
+    Ok(client)
+}
+
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>
+        + Send
+        + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Postgres connection ended");
         }
     });
-    Ok(client)
+}
+
+/// A failed connection. A TLS failure (no TLS on the server, a certificate that does not
+/// check out) is no outage: retrying cannot fix it, so it needs a person, with what to check.
+fn connect_error(url: &TargetUrl, mode: tls::SslMode, e: tokio_postgres::Error) -> Error {
+    let what = format!("cannot connect to Postgres at {}", url.redacted());
+    let text = {
+        let mut t = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            t.push_str(": ");
+            t.push_str(&s.to_string());
+            source = s.source();
+        }
+        t
+    };
+    // Only what a retry cannot change: a certificate refused, or no TLS on the server. A
+    // handshake cut short (a restart) is an outage like any other.
+    if e.code().is_none()
+        && (text.contains("certificate")
+            || text.contains("does not support TLS")
+            || text.contains("HandshakeFailure"))
+    {
+        return Error::new(
+            ErrorKind::Config,
+            format!(
+                "{what} over TLS (sslmode={}): {}. Check sslmode and sslrootcert (the CA that signed the server's certificate, or `system`); a server without TLS needs sslmode=prefer or disable",
+                mode.name(),
+                crate::config::redact_in_text(&text)
+            ),
+        );
+    }
+    Error::from_pg(what, e)
 }

@@ -29,7 +29,7 @@ fn unique() -> String {
     )
 }
 
-fn pg_bindir() -> PathBuf {
+pub fn pg_bindir() -> PathBuf {
     for v in ["16", "15", "17"] {
         let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
         if p.join("initdb").exists() {
@@ -49,7 +49,7 @@ fn pg_bindir() -> PathBuf {
     );
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -57,7 +57,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn as_postgres(bin: &Path) -> Command {
+pub fn as_postgres(bin: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
