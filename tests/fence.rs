@@ -66,19 +66,6 @@ fn recorded(db: &TestDb) -> bool {
     n > 0
 }
 
-fn status(path: &Path, db: &TestDb) -> serde_json::Value {
-    let out = sqlite2pg(&[
-        "--source",
-        path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "status",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
-
 fn seeded() -> (tempfile::TempDir, std::path::PathBuf, TestDb, Daemon) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bot.db");
@@ -86,13 +73,7 @@ fn seeded() -> (tempfile::TempDir, std::path::PathBuf, TestDb, Daemon) {
     let db = TestDb::new();
     let mut d = Daemon::start(&path, &db, &[]);
     d.wait_caught_up();
-    let out = sqlite2pg(&[
-        "--source",
-        path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "verify",
-    ]);
+    let out = sqlite2pg_on(&path, &db, &["verify"]);
     assert!(out.status.success(), "{}", text(&out));
     (dir, path, db, d)
 }
@@ -149,7 +130,7 @@ fn a_cutover_killed_at_20_random_moments_gives_writes_back_or_completes() {
         let out = cutover(&path, &db, &[]).wait_with_output().unwrap();
         assert!(out.status.success(), "cutover: {}", text(&out));
     }
-    let st = status(&path, &db);
+    let st = status_json(&path, &db);
     assert_eq!(st["fence"]["permanent"], true, "{st}");
     let e = app_write(&path).expect_err("the fence is permanent after the record");
     assert!(e.contains("moved to PostgreSQL"), "{e}");
@@ -170,7 +151,7 @@ fn sigterm_lifts_the_fence_at_once_and_abort_lifts_a_dead_cutovers_fence() {
     let c = cutover(&path, &db, &[]);
     let t0 = Instant::now();
     loop {
-        let st = status(&path, &db);
+        let st = status_json(&path, &db);
         if st["fence"]["active"] == true {
             let holder = st["fence"]["holder"].as_str().unwrap().to_string();
             assert!(holder.contains(&format!("pid {}", c.id())), "{st}");
@@ -180,13 +161,7 @@ fn sigterm_lifts_the_fence_at_once_and_abort_lifts_a_dead_cutovers_fence() {
         assert!(t0.elapsed() < Duration::from_secs(20), "no fence: {st}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let human = sqlite2pg(&[
-        "--source",
-        path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "status",
-    ]);
+    let human = sqlite2pg_on(&path, &db, &["status"]);
     assert!(text(&human).contains("fence:      UP"), "{}", text(&human));
     // Renewed while the cutover waits: still up past its 5 s lease.
     std::thread::sleep(Duration::from_secs(6));
@@ -211,7 +186,7 @@ fn sigterm_lifts_the_fence_at_once_and_abort_lifts_a_dead_cutovers_fence() {
     reader.batch_execute(lock).unwrap();
     let mut c = cutover(&path, &db, &["--lease", "60"]);
     let t0 = Instant::now();
-    while status(&path, &db)["fence"]["active"] != true {
+    while status_json(&path, &db)["fence"]["active"] != true {
         assert!(t0.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -221,14 +196,7 @@ fn sigterm_lifts_the_fence_at_once_and_abort_lifts_a_dead_cutovers_fence() {
         app_write(&path).is_err(),
         "the lease of a killed cutover still holds"
     );
-    let out = sqlite2pg(&[
-        "--source",
-        path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "cutover",
-        "--abort",
-    ]);
+    let out = sqlite2pg_on(&path, &db, &["cutover", "--abort"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("fence lifted"), "{}", text(&out));
     app_write(&path).expect("the app writes right after --abort");
@@ -237,14 +205,7 @@ fn sigterm_lifts_the_fence_at_once_and_abort_lifts_a_dead_cutovers_fence() {
     reader.batch_execute("ROLLBACK").unwrap();
     let out = cutover(&path, &db, &[]).wait_with_output().unwrap();
     assert!(out.status.success(), "cutover: {}", text(&out));
-    let out = sqlite2pg(&[
-        "--source",
-        path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "cutover",
-        "--abort",
-    ]);
+    let out = sqlite2pg_on(&path, &db, &["cutover", "--abort"]);
     assert!(!out.status.success(), "--abort after the record is refused");
     assert_app_equal(&path, &db);
     drop(d);

@@ -267,15 +267,7 @@ fn existing_target_schema_made_by_alembic_from_the_apps_models() {
 fn kill_9_at_random_moments_resumes_without_loss_or_doubles() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crm.db");
-    // The repository's copy of the project's CRM generator: a clone has nothing outside it.
-    let generator = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/gen_crm.py");
-    let st = std::process::Command::new("python3")
-        .arg(&generator)
-        .arg(&path)
-        .arg("100000")
-        .status()
-        .expect("python3 gen_crm.py");
-    assert!(st.success());
+    gen_crm(&path, 100_000);
     let db = TestDb::new();
     let args = [
         "--source",
@@ -457,14 +449,7 @@ fn the_config_file_covers_the_flags() {
 fn sigterm_during_the_snapshot_stops_it_within_2_s_and_the_next_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crm.db");
-    let generator = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/gen_crm.py");
-    let st = std::process::Command::new("python3")
-        .arg(&generator)
-        .arg(&path)
-        .arg("100000")
-        .status()
-        .expect("python3 gen_crm.py");
-    assert!(st.success());
+    gen_crm(&path, 100_000);
     let db = TestDb::new();
     let p = path.to_str().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))

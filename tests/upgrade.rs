@@ -36,19 +36,6 @@ fn rows_copied(db: &TestDb) -> i64 {
     )
 }
 
-fn status_json(path: &Path, db: &TestDb) -> serde_json::Value {
-    let out = sqlite2pg(&[
-        "--source",
-        path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "status",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
-
 /// Streams on from the fixture and checks both sides are equal after more writes.
 fn upgrade_and_stream_on(format: u32, kills: usize) {
     let db = TestDb::new();
@@ -90,13 +77,7 @@ fn upgrade_and_stream_on(format: u32, kills: usize) {
     let mut c = db.client();
     assert_table_equal(&path, &mut c, "clients", "id");
     assert_table_equal(&path, &mut c, "projects", "id");
-    let out = sqlite2pg(&[
-        "--source",
-        path.to_str().unwrap(),
-        "--target",
-        &db.url,
-        "verify",
-    ]);
+    let out = sqlite2pg_on(&path, &db, &["verify"]);
     assert!(out.status.success(), "verify: {}", text(&out));
     // Foreign keys follow this release's rule: kept aside, none enforced while streaming.
     let enforced: i64 = scalar(

@@ -782,3 +782,35 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
             .unwrap_or_default(),
     )
 }
+
+/// `sqlite2pg --source SRC --target DB ARGS...`.
+pub fn sqlite2pg_on(src: &Path, db: &TestDb, args: &[&str]) -> Output {
+    let mut all = vec![
+        "--source",
+        src.to_str().expect("utf-8 path"),
+        "--target",
+        &db.url,
+    ];
+    all.extend_from_slice(args);
+    sqlite2pg(&all)
+}
+
+/// `status --json`, parsed (the command must succeed).
+pub fn status_json(src: &Path, db: &TestDb) -> serde_json::Value {
+    let out = sqlite2pg_on(src, db, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
+/// A CRM SQLite file of about `rows` rows, from the repository's generator (a clone has
+/// nothing outside it).
+pub fn gen_crm(path: &Path, rows: u32) {
+    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/gen_crm.py");
+    let st = Command::new("python3")
+        .arg(&generator)
+        .arg(path)
+        .arg(rows.to_string())
+        .status()
+        .expect("python3 gen_crm.py");
+    assert!(st.success(), "gen_crm.py failed");
+}
