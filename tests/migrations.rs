@@ -135,6 +135,9 @@ fn migrations_with_the_app_writing(journal: &str, running_first: bool) {
             if running { "running" } else { "stopped" }
         );
     }
+    // The renamed table's old copy is not followed, and status says so.
+    let st = status_json(&path, &db);
+    assert_eq!(st["gone_from_sqlite"], serde_json::json!(["items"]), "{st}");
     // What each migration changed in the shape is in Postgres too.
     let cols = pg_columns(&db, "goods");
     assert!(

@@ -259,6 +259,9 @@ pub async fn run(
             st.phase
         )));
     }
+    for t in &st.gone_from_sqlite {
+        tracing::warn!(table = %t, "this table is in Postgres but no longer in SQLite (dropped or renamed there); it is not part of the cutover: drop it in Postgres if the app does not use it");
+    }
     let lag = st.lag_changes.unwrap_or(0);
     if !st.daemon_running && lag > 50_000 {
         return Err(refuse(format!(

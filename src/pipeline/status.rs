@@ -58,6 +58,9 @@ pub struct Status {
     pub orphans: Vec<foreign_keys::Orphans>,
     /// The cutover fence, if one was raised: who holds it, since when, the lease's end.
     pub fence: Option<capture::Fence>,
+    /// Tables sqlite2pg copied whose SQLite table is gone (dropped, or renamed: the new name
+    /// is copied as a table of its own). Not followed; the Postgres copy stays until dropped.
+    pub gone_from_sqlite: Vec<String>,
     /// Format of sqlite2pg's objects in the SQLite file (None: not installed).
     pub sqlite_format: Option<i64>,
     /// Format of the `sqlite2pg` schema in Postgres (None: not there).
@@ -93,6 +96,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         foreign_keys_kept: 0,
         orphans: Vec::new(),
         resync_pending: Vec::new(),
+        gone_from_sqlite: Vec::new(),
         fence: if installed.is_some() {
             capture::fence_state(&conn)?
         } else {
@@ -115,6 +119,16 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     {
         status.tables.push(TableStatus { table: r.get(0), phase: r.get(1), rows_copied: r.get(2), rows_total: r.get(3) });
     }
+    let present: Vec<String> = sqlite::schema::read_tables(&conn)?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    status.gone_from_sqlite = status
+        .tables
+        .iter()
+        .filter(|t| !present.contains(&t.table))
+        .map(|t| t.table.clone())
+        .collect();
     let stream = state::stream_load(client).await?;
     let snapshot_done =
         !status.tables.is_empty() && status.tables.iter().all(|t| t.phase == "ready");
@@ -247,6 +261,12 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
     }
     if let (Some(c), Some(secs)) = (s.lag_changes, s.lag_seconds) {
         writeln!(out, "lag:        {c} changes, {secs:.1} s")?;
+    }
+    for t in &s.gone_from_sqlite {
+        writeln!(
+            out,
+            "gone:       table {t} is in Postgres but no longer in SQLite (dropped, or renamed: the new name is copied as its own table); it is not followed. Drop it in Postgres before the app moves there"
+        )?;
     }
     for t in &s.resync_pending {
         writeln!(
