@@ -30,8 +30,18 @@ fn sq(e: rusqlite::Error, what: &str) -> Error {
     Error::from_sqlite(format!("cannot read the SQLite schema ({what})"), e)
 }
 
-/// Every table of the main schema except SQLite's and sqlite2pg's own, in name order.
+/// Every table of the main schema except SQLite's and sqlite2pg's own, in name order, as of
+/// one moment: in one read transaction, since the app's migrations may create, drop and rename
+/// tables between two reads (Alembic's batch mode does all three).
 pub fn read_tables(conn: &Connection) -> Result<Vec<SourceTable>> {
+    if conn.is_autocommit() {
+        super::in_read_transaction(conn, "the SQLite schema", || read_tables_now(conn))
+    } else {
+        read_tables_now(conn)
+    }
+}
+
+fn read_tables_now(conn: &Connection) -> Result<Vec<SourceTable>> {
     let mut stmt = conn
         .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .map_err(|e| sq(e, "sqlite_master"))?;
