@@ -81,18 +81,22 @@ pub fn installed(conn: &Connection) -> Result<Option<Installed>> {
     }))
 }
 
+/// Whether one of sqlite2pg's tables is in the file.
+fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(ctx("read the SQLite schema"))?;
+    Ok(n > 0)
+}
+
 /// The format of sqlite2pg's objects in the file (0: none installed), refusing one this build
 /// does not know: a newer sqlite2pg made it, and reading it as ours would misread it.
 pub fn format_of(conn: &Connection) -> Result<i64> {
-    let exists: bool = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [META],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(ctx("read the SQLite schema"))?
-        > 0;
-    if !exists {
+    if !table_exists(conn, META)? {
         return Ok(0);
     }
     let raw: Option<String> = conn
@@ -827,14 +831,7 @@ pub fn make_fence_permanent(conn: &Connection, holder: &str) -> Result<bool> {
 
 /// The fence, if one was raised (active or lapsed).
 pub fn fence_state(conn: &Connection) -> Result<Option<Fence>> {
-    let exists: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [FENCE],
-            |r| r.get(0),
-        )
-        .map_err(ctx("look for the fence"))?;
-    if exists == 0 {
+    if !table_exists(conn, FENCE)? {
         return Ok(None);
     }
     conn.query_row(
