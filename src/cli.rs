@@ -3,14 +3,15 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Cast, Config, FileConfig, TargetUrl};
 use crate::error::{Error, RetryPolicy};
-use crate::pipeline::{check, plan, snapshot, stream};
+use crate::pipeline::{check, plan, run, snapshot};
+use crate::shutdown::Shutdown;
 use crate::{pg, sqlite};
 
 /// Moves a live SQLite application to PostgreSQL.
@@ -326,17 +327,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             dry_run,
             truncate,
         } => {
-            let flags = StreamFlags {
-                poll_interval: Duration::from_millis(
-                    poll_interval_ms.unwrap_or(cfg.poll_interval_ms).max(10),
-                ),
-                batch_changes: batch_changes.unwrap_or(cfg.batch_changes).max(1),
+            let flags = RunFlags {
+                run: run::Options {
+                    snapshot_only,
+                    truncate,
+                    poll_interval: Duration::from_millis(
+                        poll_interval_ms.unwrap_or(cfg.poll_interval_ms).max(10),
+                    ),
+                    batch_changes: batch_changes.unwrap_or(cfg.batch_changes).max(1),
+                },
+                dry_run,
                 metrics_addr: metrics_addr.or_else(|| cfg.metrics_addr.clone()),
                 max_lag: Duration::from_secs_f64(
                     max_lag_seconds.unwrap_or(cfg.max_lag_seconds).max(0.0),
                 ),
             };
-            cmd_run(&cfg, snapshot_only, dry_run, truncate, flags)
+            cmd_run(&cfg, flags)
         }
         Command::Status { json } => cmd_status(&cfg, json),
         Command::Verify {
@@ -378,35 +384,12 @@ fn busy(cfg: &Config) -> Duration {
     Duration::from_millis(cfg.busy_timeout_ms)
 }
 
-fn build_plan(
-    cfg: &Config,
-    rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<(plan::Plan, Option<tokio_postgres::Client>)> {
-    let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
-    let tables = sqlite::schema::read_tables(&conn)?;
-    let (target, owned, client) = match &cfg.target {
-        Some(url) => {
-            let client = rt.block_on(pg::connect(url))?;
-            // A migration started by an earlier sqlite2pg: its state is brought to this
-            // build's format before anything reads it (never a fresh snapshot).
-            if rt.block_on(pg::state::format_version(&client))? > 0 {
-                rt.block_on(pg::state::ensure(&client))?;
-            }
-            let target = rt.block_on(pg::catalog::read_tables(&client, &cfg.target_schema))?;
-            let owned = rt.block_on(pg::state::owned_tables(&client))?;
-            (Some(target), owned, Some(client))
-        }
-        None => (None, Vec::new(), None),
-    };
-    Ok((plan::build(&tables, target.as_ref(), &owned, cfg), client))
-}
-
 fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     if cfg.target.is_none() {
         tracing::info!("no --target: checking against the schema sqlite2pg would create");
     }
-    let (plan, _client) = build_plan(cfg, &rt)?;
+    let (plan, _client) = rt.block_on(plan::load(cfg))?;
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
     let report = check::run(&conn, &plan, cfg.chunk_rows)?;
     let mut out = std::io::stdout().lock();
@@ -423,10 +406,10 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Stream settings from the command line.
-struct StreamFlags {
-    poll_interval: Duration,
-    batch_changes: usize,
+/// `run` settings from the command line.
+struct RunFlags {
+    run: run::Options,
+    dry_run: bool,
     metrics_addr: Option<String>,
     max_lag: Duration,
 }
@@ -455,6 +438,10 @@ fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The exit code of a one-shot command stopped by SIGINT/SIGTERM before it could say anything
+/// (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
+
 fn cmd_verify(
     cfg: &Config,
     json: bool,
@@ -462,7 +449,7 @@ fn cmd_verify(
     examples: usize,
 ) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let (plan, client) = build_plan(cfg, &rt)?;
+    let (plan, client) = rt.block_on(plan::load(cfg))?;
     let mut client = client.context("verify needs a Postgres target: pass --target")?;
     let opts = crate::pipeline::verify::Options {
         source: cfg.source.clone(),
@@ -473,7 +460,14 @@ fn cmd_verify(
         settle: Duration::from_secs(30),
     };
     let full = opts.tables.is_empty();
-    let report = rt.block_on(crate::pipeline::verify::run(&mut client, &plan, &opts))?;
+    let shutdown = Shutdown::on_signals(&rt, || {});
+    let run = crate::pipeline::verify::run(&mut client, &plan, &opts);
+    let Some(report) = rt.block_on(shutdown.or_stop(run)).transpose()? else {
+        eprintln!(
+            "verify interrupted (SIGINT/SIGTERM) before it compared every table: no verdict; run it again"
+        );
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
     if let (true, true, Some(position)) = (full, report.equal, report.position) {
         rt.block_on(crate::pg::state::set_verified(&client, position))?;
     }
@@ -508,7 +502,7 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
     use crate::pipeline::cutover;
     let rt = runtime()?;
     let target = cfg.require_target()?.clone();
-    let (plan, client) = build_plan(cfg, &rt)?;
+    let (plan, client) = rt.block_on(plan::load(cfg))?;
     let mut client = client.context("cutover needs a Postgres target: pass --target")?;
     let opts = cutover::Options {
         source: cfg.source.clone(),
@@ -540,12 +534,8 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    rt.spawn(async move {
-        wait_for_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let outcome = rt.block_on(cutover::run(&mut client, &plan, &opts, &stop_rx))?;
+    let shutdown = Shutdown::on_signals(&rt, || {});
+    let outcome = rt.block_on(cutover::run(&mut client, &plan, &opts, &shutdown))?;
     let r = &outcome.record;
     println!(
         "cut over: writes were unavailable for {:.0} ms (fenced {}, done {}); {} rows verified; {} sequences moved; {} foreign keys added",
@@ -709,241 +699,25 @@ fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_run(
-    cfg: &Config,
-    snapshot_only: bool,
-    dry_run: bool,
-    truncate: bool,
-    flags: StreamFlags,
-) -> anyhow::Result<ExitCode> {
+fn cmd_run(cfg: &Config, flags: RunFlags) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let target = cfg.require_target()?.clone();
+    if flags.dry_run {
+        let (plan, _client) = rt.block_on(plan::load(cfg))?;
+        print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
+        return Ok(ExitCode::SUCCESS);
+    }
+    cfg.require_target()?;
     if let Some(addr) = &flags.metrics_addr {
         crate::metrics::init(flags.max_lag)?;
         rt.block_on(crate::metrics::serve(addr))?;
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    rt.spawn(async move {
-        wait_for_signal().await;
+    let shutdown = Shutdown::on_signals(&rt, || {
         tracing::info!(
             "stopping: a drain in progress is rolled back, and the next run applies it again"
-        );
-        let _ = stop_tx.send(true);
+        )
     });
-    // Each pass plans from the current SQLite schema; a schema change ends the stream and
-    // starts a new pass, which captures and copies what is new. The app holding SQLite's lock
-    // past the busy timeout ends a pass, not the daemon: it waits and starts the pass again.
-    let mut backoff = Duration::from_millis(250);
-    // Once a pass has streamed, the daemon is what keeps Postgres following: an error that
-    // needs a person (a value Postgres rejects, a shape it lacks until the app's migration runs
-    // there too) keeps it up, saying so, and it goes on by itself once the cause is fixed.
-    let mut streamed = false;
-    loop {
-        let pass = run_pass(
-            cfg,
-            &rt,
-            &target,
-            snapshot_only,
-            dry_run,
-            truncate,
-            &flags,
-            &stop_rx,
-            &mut streamed,
-        );
-        let kind = match &pass {
-            Err(e) => e
-                .chain()
-                .find_map(|c| c.downcast_ref::<Error>())
-                .map(|e| e.kind()),
-            Ok(_) => None,
-        };
-        let busy = kind == Some(crate::error::ErrorKind::SourceBusy);
-        let needs_person = streamed
-            && kind.is_some_and(|k| {
-                matches!(
-                    k,
-                    crate::error::ErrorKind::Conversion
-                        | crate::error::ErrorKind::Schema
-                        | crate::error::ErrorKind::Target
-                )
-            });
-        match pass {
-            Ok(Pass::Exit(code)) => return Ok(code),
-            Ok(Pass::Again) => backoff = Duration::from_millis(250),
-            Err(e) if busy && !snapshot_only && !*stop_rx.borrow() => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "SQLite is busy; starting over when the app lets go");
-                let deadline = Instant::now() + backoff;
-                while Instant::now() < deadline && !*stop_rx.borrow() {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) if needs_person && !snapshot_only && !*stop_rx.borrow() => {
-                crate::metrics::set_phase("waiting");
-                crate::metrics::needs_operator(
-                    kind.map(|k| k.label()).unwrap_or("target"),
-                    &format!("{e:#}"),
-                );
-                tracing::error!(
-                    error = %format!("{e:#}"),
-                    retry_in_secs = NEEDS_PERSON_RETRY.as_secs(),
-                    "waiting for a person: nothing is applied until this is fixed; the daemon stays up and goes on by itself once it is (position kept)"
-                );
-                let deadline = Instant::now() + NEEDS_PERSON_RETRY;
-                while Instant::now() < deadline && !*stop_rx.borrow() {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// How often a daemon waiting for a person looks again.
-const NEEDS_PERSON_RETRY: Duration = Duration::from_secs(3);
-
-/// How one pass of `run` ended.
-enum Pass {
-    /// Exit with this code.
-    Exit(ExitCode),
-    /// The schema changed: plan again and go on.
-    Again,
-}
-
-/// One pass of `run`: plan, capture, snapshot (or resume it), stream.
-#[allow(clippy::too_many_arguments)]
-fn run_pass(
-    cfg: &Config,
-    rt: &tokio::runtime::Runtime,
-    target: &TargetUrl,
-    snapshot_only: bool,
-    dry_run: bool,
-    truncate: bool,
-    flags: &StreamFlags,
-    stop_rx: &tokio::sync::watch::Receiver<bool>,
-    streamed: &mut bool,
-) -> anyhow::Result<Pass> {
-    let (plan, client) = build_plan(cfg, rt)?;
-    if dry_run {
-        print!("{}", snapshot::ddl_script(&plan, &cfg.target_schema));
-        return Ok(Pass::Exit(ExitCode::SUCCESS));
-    }
-    if plan.has_errors() {
-        let mut msg =
-            String::from("the schema check found problems that would lose or alter data:");
-        for f in plan
-            .findings
-            .iter()
-            .filter(|f| f.severity == plan::Severity::Error)
-        {
-            let col = f
-                .column
-                .as_ref()
-                .map(|c| format!(".{c}"))
-                .unwrap_or_default();
-            msg.push_str(&format!(
-                "\n  {}{col}: {} (fix: {})",
-                f.table, f.message, f.hint
-            ));
-        }
-        msg.push_str("\nrun `sqlite2pg check` for the full report");
-        anyhow::bail!(Error::new(crate::error::ErrorKind::Schema, msg));
-    }
-    // Capture first: from here on every change is in the changelog, so the snapshot and
-    // the stream together miss nothing.
-    let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
-    let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
-    drop(rw);
-    let mut client = client.context("no Postgres connection")?;
-    rt.block_on(stream::prepare(&client, &installed, &cfg.source, busy(cfg)))?;
-    let opts = snapshot::Options {
-        source: cfg.source.clone(),
-        schema: cfg.target_schema.clone(),
-        chunk_rows: cfg.chunk_rows,
-        chunk_time: Duration::from_millis(100),
-        busy_timeout: busy(cfg),
-        truncate,
-        reshaped: installed.reshaped.clone(),
-        stop: stop_rx.clone(),
-    };
-    let started = Instant::now();
-    let summary = rt.block_on(snapshot::run(&mut client, &plan, &opts))?;
-    if summary.stopped {
-        crate::metrics::set_phase("stopped");
-        tracing::info!(
-            "stopped during the snapshot; `sqlite2pg run` resumes at the last copied chunk"
-        );
-        return Ok(Pass::Exit(ExitCode::SUCCESS));
-    }
-    print_snapshot_summary(&summary, started.elapsed())?;
-    if snapshot_only {
-        return Ok(Pass::Exit(ExitCode::SUCCESS));
-    }
-    let stream_opts = stream::Options {
-        source: cfg.source.clone(),
-        target: target.clone(),
-        schema: cfg.target_schema.clone(),
-        busy_timeout: busy(cfg),
-        poll_interval: flags.poll_interval,
-        batch_changes: flags.batch_changes,
-        batch_bytes: 32 << 20,
-        exit_when_caught_up: false,
-        give_up_after: None,
-    };
-    // The stream's own connection takes the run lock (again on every reconnect): the one
-    // that applies is the one that holds it, so `status` and cutover see a live daemon.
-    rt.block_on(crate::pg::state::unlock(&client))?;
-    drop(client);
-    *streamed = true;
-    let end = rt.block_on(stream::run(
-        &plan,
-        &installed,
-        &stream_opts,
-        stop_rx.clone(),
-    ))?;
-    match end {
-        stream::End::Shutdown => {
-            crate::metrics::set_phase("stopped");
-            tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
-            Ok(Pass::Exit(ExitCode::SUCCESS))
-        }
-        stream::End::CutOver | stream::End::CaughtUp => Ok(Pass::Exit(ExitCode::SUCCESS)),
-        stream::End::SchemaChanged => Ok(Pass::Again),
-    }
-}
-
-fn print_snapshot_summary(summary: &snapshot::Summary, elapsed: Duration) -> anyhow::Result<()> {
-    let total: i64 = summary.tables.iter().map(|(_, n)| n).sum();
-    let mut out = std::io::stdout().lock();
-    for (t, n) in &summary.tables {
-        writeln!(out, "{t}: {n} rows").context("cannot write the summary")?;
-    }
-    for w in &summary.warnings {
-        writeln!(out, "warning: {w}").context("cannot write the summary")?;
-    }
-    let secs = elapsed.as_secs_f64();
-    writeln!(
-        out,
-        "snapshot complete: {total} rows in {} tables in {secs:.1}s",
-        summary.tables.len()
-    )
-    .context("cannot write the summary")?;
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    rt.block_on(run::run(cfg, &flags.run, &shutdown))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

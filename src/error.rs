@@ -177,5 +177,18 @@ fn pg_error_kind(err: &tokio_postgres::Error) -> ErrorKind {
     }
 }
 
+/// An error and every cause under it, joined with ": " (what an operator needs to see; our
+/// own `Display` shows only the top message).
+pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod model;
 pub mod pg;
 pub mod pipeline;
+pub mod shutdown;
 pub mod sql;
 pub mod sqlite;
 pub mod typemap;

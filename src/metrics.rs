@@ -9,10 +9,10 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::phase::Phase;
 
 /// `sqlite2pg_phase{phase}`: 1 for the current phase.
 pub const PHASE: &str = "sqlite2pg_phase";
@@ -70,15 +70,6 @@ pub const ALL: &[&str] = &[
     FENCE_EXPIRY,
     NEEDS_OPERATOR,
     BUILD_INFO,
-];
-
-const PHASES: &[&str] = &[
-    "snapshot",
-    "streaming",
-    "resyncing",
-    "waiting",
-    "cut_over",
-    "stopped",
 ];
 
 struct Metrics {
@@ -205,8 +196,8 @@ fn build() -> prometheus::Result<Metrics> {
         m.needs_operator.with_label_values(&[k]).set(0);
     }
     // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
-    for p in PHASES {
-        m.phase.with_label_values(&[p]).set(0);
+    for p in Phase::ALL {
+        m.phase.with_label_values(&[p.as_str()]).set(0);
     }
     for k in [
         "conversion",
@@ -241,11 +232,13 @@ fn with(f: impl FnOnce(&Metrics)) {
     }
 }
 
-/// The daemon entered `phase` (snapshot, streaming, cut_over, stopped).
-pub fn set_phase(phase: &str) {
+/// The daemon entered `phase`.
+pub fn set_phase(phase: Phase) {
     with(|m| {
-        for p in PHASES {
-            m.phase.with_label_values(&[p]).set(i64::from(*p == phase));
+        for p in Phase::ALL {
+            m.phase
+                .with_label_values(&[p.as_str()])
+                .set(i64::from(p == phase));
         }
     });
 }
@@ -411,8 +404,13 @@ fn health() -> (bool, String) {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the process ends.
+/// Serves `/metrics` and `/healthz` on `addr` until the process ends. axum's server reads
+/// requests however a client splits them, and backs off on accept errors (a full file-descriptor
+/// table) instead of spinning.
 pub async fn serve(addr: &str) -> Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         Error::with_source(
             ErrorKind::Config,
@@ -421,52 +419,32 @@ pub async fn serve(addr: &str) -> Result<()> {
         )
     })?;
     tracing::info!(addr, "serving /metrics and /healthz");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                // Read up to the end of the request headers (a client may send them in pieces).
-                let mut buf = Vec::with_capacity(1024);
-                let mut chunk = [0u8; 1024];
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                    match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
-                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let n = buf.len();
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, ctype, body) = match path {
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
-                    "/healthz" => {
-                        let (ok, why) = health();
-                        (
-                            if ok {
-                                "200 OK"
-                            } else {
-                                "503 Service Unavailable"
-                            },
-                            "text/plain",
-                            format!("{why}\n"),
-                        )
-                    }
-                    _ => (
-                        "404 Not Found",
-                        "text/plain",
-                        "try /metrics or /healthz\n".to_string(),
-                    ),
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    render(),
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async {
+                let (ok, why) = health();
+                let code = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
                 };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-            });
+                (code, format!("{why}\n"))
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics or /healthz\n") });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the /metrics and /healthz server stopped");
         }
     });
     Ok(())

@@ -514,3 +514,70 @@ fn sigterm_during_the_snapshot_stops_it_within_2_s_and_the_next_run_resumes() {
         assert_table_equal(&path, &mut c, t, "id");
     }
 }
+
+/// Keys and indexes are built after the copy, one statement per table that can take long on a
+/// big one: SIGTERM cancels the statement in flight instead of waiting for it.
+#[test]
+fn sigterm_during_the_index_build_cancels_it_and_the_next_run_builds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    gen_crm(&path, 2_000);
+    let db = TestDb::new();
+    let p = path.to_str().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+        .args(["--source", p, "--target", &db.url, "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Hold a lock that lets the copy in but not the primary key (ACCESS EXCLUSIVE) in:
+    // the daemon is then inside the index build for as long as the test wants.
+    let mut blocker = db.client();
+    wait_until(
+        "table clients created",
+        std::time::Duration::from_secs(30),
+        || {
+            scalar::<i64>(
+                &mut blocker,
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'clients'",
+            ) == 1
+        },
+    );
+    let mut lock = blocker.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE public.clients IN ACCESS SHARE MODE")
+        .unwrap();
+    let mut watcher = db.client();
+    wait_until(
+        "the daemon waiting to build the key of clients",
+        std::time::Duration::from_secs(30),
+        || sqlite2pg_sessions_waiting_on_a_lock(&mut watcher) > 0,
+    );
+    let (status, took) = sigterm(&mut child);
+    assert!(status.success(), "SIGTERM should exit 0: {status}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "stopped after {took:?}"
+    );
+    // The statement was cancelled, not left waiting behind the lock.
+    wait_until(
+        "the cancelled key build gone from Postgres",
+        std::time::Duration::from_secs(5),
+        || sqlite2pg_sessions_waiting_on_a_lock(&mut watcher) == 0,
+    );
+    lock.rollback().unwrap();
+    let phase: String = scalar(
+        &mut watcher,
+        "SELECT phase FROM sqlite2pg.table_state WHERE source_table = 'clients'",
+    );
+    assert_eq!(phase, "copied", "the key was built after all");
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "run", "--snapshot-only"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let keys: i64 = scalar(
+        &mut watcher,
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'public.clients'::regclass AND contype = 'p'",
+    );
+    assert_eq!(keys, 1);
+    for t in ["admin_users", "clients", "projects", "tasks", "leads"] {
+        assert_table_equal(&path, &mut watcher, t, "id");
+    }
+}

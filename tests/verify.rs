@@ -134,3 +134,49 @@ fn verify_reports_every_kind_of_difference() {
         text(&human)
     );
 }
+
+#[test]
+fn sigterm_stops_verify_at_once_with_no_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    gen_crm(&path, 1_000);
+    let db = TestDb::new();
+    let p = path.to_str().unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "run", "--snapshot-only"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A writer's lock on one table holds verify inside Postgres, where only a stop can end it.
+    let mut blocker = db.client();
+    let mut lock = blocker.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE public.tasks IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+        .args(["--source", p, "--target", &db.url, "verify"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let mut watcher = db.client();
+    wait_until(
+        "verify waiting on the locked table",
+        std::time::Duration::from_secs(30),
+        || sqlite2pg_sessions_waiting_on_a_lock(&mut watcher) > 0,
+    );
+    let (status, took) = sigterm(&mut child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", text(&out));
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "stopped after {took:?}"
+    );
+    assert!(text(&out).contains("no verdict"), "{}", text(&out));
+    lock.rollback().unwrap();
+    // Nothing was recorded as verified by the stopped run; a whole one still passes.
+    let verified: i64 = scalar(
+        &mut watcher,
+        "SELECT count(*) FROM sqlite2pg.stream WHERE verified_position IS NOT NULL",
+    );
+    assert_eq!(verified, 0);
+    let (code, report) = verify(&path, &db, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+}

@@ -69,6 +69,23 @@ pub async fn connect(url: &TargetUrl) -> Result<Client> {
     Ok(client)
 }
 
+/// Asks Postgres to stop the statement a client runs now (with the target's TLS settings;
+/// a cancel request skips authentication). Best effort: the statement's transaction rolls
+/// back either way once its connection closes.
+pub async fn cancel(token: tokio_postgres::CancelToken, url: &TargetUrl) {
+    let sent = match tls::split(url.expose_secret()).and_then(|(_, t)| t.connector()) {
+        Ok(None) => token.cancel_query(NoTls).await,
+        Ok(Some(tls)) => token.cancel_query(tls).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot cancel the statement in flight");
+            return;
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %crate::config::redact_in_text(&e.to_string()), "cannot cancel the statement in flight");
+    }
+}
+
 fn spawn_connection<F>(connection: F)
 where
     F: std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>
@@ -86,16 +103,7 @@ where
 /// check out) is no outage: retrying cannot fix it, so it needs a person, with what to check.
 fn connect_error(url: &TargetUrl, mode: tls::SslMode, e: tokio_postgres::Error) -> Error {
     let what = format!("cannot connect to Postgres at {}", url.redacted());
-    let text = {
-        let mut t = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            t.push_str(": ");
-            t.push_str(&s.to_string());
-            source = s.source();
-        }
-        t
-    };
+    let text = crate::error::chain_text(&e);
     // Only what a retry cannot change: a certificate refused, or no TLS on the server. A
     // handshake cut short (a restart) is an outage like any other.
     if e.code().is_none()

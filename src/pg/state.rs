@@ -10,7 +10,8 @@ use crate::model::OwnedValue;
 pub const STATE_SCHEMA: &str = "sqlite2pg";
 
 /// A table's place in the snapshot lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Rows are being copied in chunks.
     Copying,
@@ -33,7 +34,8 @@ impl Phase {
         }
     }
 
-    fn parse(s: &str) -> Option<Phase> {
+    /// The phase a stored name means (`None`: a name this build does not know).
+    pub fn parse(s: &str) -> Option<Phase> {
         Some(match s {
             "copying" => Phase::Copying,
             "copied" => Phase::Copied,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::phase::Phase as RunPhase;
 use super::plan::Plan;
 use super::status;
 use super::stream::{self, End};
@@ -19,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::OwnedValue;
 use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
 use crate::pg::{sequences, state};
+use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture};
 
 /// Knobs of a cutover.
@@ -237,8 +239,32 @@ pub async fn run(
     client: &mut Client,
     plan: &Plan,
     opts: &Options,
-    interrupt: &tokio::sync::watch::Receiver<bool>,
+    interrupt: &Shutdown,
 ) -> Result<Outcome> {
+    let Some(ready) = interrupt
+        .or_stop(before_fence(client, plan, opts))
+        .await
+        .transpose()?
+    else {
+        return Err(Error::new(
+            ErrorKind::State,
+            "interrupted (SIGINT/SIGTERM) before the fence: nothing was changed, and the app writes to SQLite as before",
+        ));
+    };
+    fence_and_switch(client, plan, opts, interrupt, ready).await
+}
+
+/// What the checks before the fence found, for the part behind it.
+struct Ready {
+    installed: capture::Installed,
+    daemon_running: bool,
+    /// Foreign keys kept aside while streaming, added back once cut over.
+    kept: Vec<KeptForeignKey>,
+}
+
+/// Everything checked and caught up before the fence goes up (nothing here changes what the
+/// app sees).
+async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Ready> {
     if let Some(c) = state::cutover_load(client).await? {
         return Err(refuse(format!(
             "this migration was already cut over at {} (window {:.0} ms); Postgres is the database now. To write to SQLite again: `sqlite2pg uninstall`",
@@ -253,7 +279,7 @@ pub async fn run(
     };
     drop(conn);
     let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
-    if st.phase != "streaming" {
+    if st.phase != RunPhase::Streaming {
         return Err(refuse(format!(
             "the migration is in phase {}: let `sqlite2pg run` finish the snapshot first",
             st.phase
@@ -319,6 +345,26 @@ pub async fn run(
         return Err(refuse(msg));
     }
 
+    Ok(Ready {
+        installed,
+        daemon_running: st.daemon_running,
+        kept,
+    })
+}
+
+/// Raises the fence, drains, verifies, moves sequences and records the cutover; the window.
+async fn fence_and_switch(
+    client: &mut Client,
+    plan: &Plan,
+    opts: &Options,
+    interrupt: &Shutdown,
+    ready: Ready,
+) -> Result<Outcome> {
+    let Ready {
+        installed,
+        daemon_running,
+        kept,
+    } = ready;
     // The window opens here.
     let fenced_at = now_secs();
     let started = Instant::now();
@@ -345,23 +391,22 @@ pub async fn run(
             plan,
             opts,
             &installed,
-            st.daemon_running,
+            daemon_running,
             fenced_at,
             &commit_point,
         );
         tokio::pin!(work);
-        let mut interrupt = interrupt.clone();
-        loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = interrupt.changed() => {
-                    if committing.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    break Err(Error::new(
+        tokio::select! {
+            r = &mut work => r,
+            _ = interrupt.wait() => {
+                if committing.load(Ordering::SeqCst) {
+                    tracing::warn!("a stop was asked for while the cutover is being recorded: finishing the record first");
+                    (&mut work).await
+                } else {
+                    Err(Error::new(
                         ErrorKind::State,
                         "interrupted (SIGINT/SIGTERM) before the cutover was recorded: the fence is lifted and the app writes to SQLite again; nothing was switched",
-                    ));
+                    ))
                 }
             }
         }
@@ -591,8 +636,9 @@ async fn catch_up(
         exit_when_caught_up: true,
         give_up_after: Some(Duration::from_secs(10)),
     };
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    if stream::run(plan, installed, &sopts, rx).await? != End::CaughtUp {
+    // The caller decides when to stop (before the fence only); this drain is never told to.
+    let (_never, token) = Shutdown::new();
+    if stream::run(plan, installed, &sopts, token).await? != End::CaughtUp {
         return Err(Error::new(
             ErrorKind::Schema,
             "the SQLite schema changed during cutover; retry",

@@ -2,8 +2,10 @@
 
 pub mod check;
 pub mod cutover;
+pub mod phase;
 pub mod plan;
 pub mod progress;
+pub mod run;
 pub mod snapshot;
 pub mod status;
 pub mod stream;

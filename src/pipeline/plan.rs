@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::error::Result;
 use crate::model::{PgType, ScanKey, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
 use crate::pg::convert::ColumnConv;
@@ -132,6 +133,27 @@ fn find_ci<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<(&'a Strin
     let mut found = map.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
     let first = found.next()?;
     found.next().is_none().then_some(first)
+}
+
+/// Reads both sides and plans: SQLite's schema and, with a target, Postgres' tables and what
+/// sqlite2pg owns there (a state left by an older sqlite2pg is brought to this build's format
+/// first, never taken for a fresh start). The client is handed back to go on with.
+pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)> {
+    let busy = std::time::Duration::from_millis(cfg.busy_timeout_ms);
+    let tables = tokio::task::block_in_place(|| {
+        let conn = crate::sqlite::open_read_only(&cfg.source, busy)?;
+        crate::sqlite::schema::read_tables(&conn)
+    })?;
+    let Some(url) = &cfg.target else {
+        return Ok((build(&tables, None, &[], cfg), None));
+    };
+    let client = crate::pg::connect(url).await?;
+    if crate::pg::state::format_version(&client).await? > 0 {
+        crate::pg::state::ensure(&client).await?;
+    }
+    let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
+    let owned = crate::pg::state::owned_tables(&client).await?;
+    Ok((build(&tables, Some(&target), &owned, cfg), Some(client)))
 }
 
 /// Builds the plan from the source schema and, when there is one, the existing target schema.

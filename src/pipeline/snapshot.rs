@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::pg::state::{self, Phase};
 use crate::pg::{self, convert, copy, ddl, foreign_keys, qualified, quote_ident};
+use crate::pipeline::phase::Phase as RunPhase;
 use crate::sqlite::{self, reader};
 
 /// Knobs of a snapshot run.
@@ -37,7 +38,9 @@ pub struct Options {
     pub reshaped: Vec<String>,
     /// Turns true on SIGTERM/SIGINT: the copy stops after the chunk in flight (each chunk is
     /// committed with its position, so the next run resumes there).
-    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub stop: crate::shutdown::Shutdown,
+    /// The target, to cancel a statement in flight when stopped.
+    pub target: crate::config::TargetUrl,
 }
 
 /// What a snapshot did.
@@ -119,7 +122,7 @@ fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
 
 /// Runs (or resumes) the snapshot of every planned table.
 pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Summary> {
-    crate::metrics::set_phase("snapshot");
+    crate::metrics::set_phase(RunPhase::Snapshot);
     client
         .batch_execute("SET synchronous_commit = off")
         .await
@@ -264,8 +267,25 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
             return Ok(summary);
         }
     }
-    build_indexes(client, plan, &opts.schema, &mut summary).await?;
-    finish_tables(client, plan, &opts.schema).await?;
+    // Keys and indexes of a big table take a while: a stop cancels the statement in flight,
+    // its transaction rolls back, and the next run builds them again.
+    let token = client.cancel_token();
+    let stopped = {
+        let finish = async {
+            build_indexes(client, plan, &opts.schema, &mut summary).await?;
+            finish_tables(client, plan, &opts.schema).await
+        };
+        tokio::pin!(finish);
+        tokio::select! {
+            r = &mut finish => { r?; false }
+            _ = opts.stop.wait() => true,
+        }
+    };
+    if stopped {
+        pg::cancel(token, &opts.target).await;
+        summary.stopped = true;
+        return Ok(summary);
+    }
     summary.foreign_keys_kept = foreign_keys::kept(&*client).await?.len();
     for t in &plan.tables {
         let st = state::load(client, &t.source.name).await?;
@@ -477,12 +497,11 @@ async fn copy_tables(
     let mut progress = Progress::new();
     let mut started: Vec<Option<Instant>> = vec![None; plan.tables.len()];
     let mut copied = done_rows.to_vec();
-    let mut stop = opts.stop.clone();
     let result = async {
         loop {
             let chunk = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => return Ok(false),
+                _ = opts.stop.wait() => return Ok(false),
                 c = rx_chunks.recv() => match c {
                     Some(c) => c?,
                     None => return Ok(true),

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::phase::Phase;
 use super::stream::julian_to_unix;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pg::foreign_keys;
 use crate::pg::state::{self, STATE_SCHEMA};
 use crate::sqlite::{self, capture, changes};
@@ -19,7 +20,7 @@ pub struct TableStatus {
     /// Source table.
     pub table: String,
     /// copying, copied, indexed or ready.
-    pub phase: String,
+    pub phase: state::Phase,
     /// Rows copied.
     pub rows_copied: i64,
     /// Rows in SQLite when the table's copy started.
@@ -29,8 +30,8 @@ pub struct TableStatus {
 /// The whole picture.
 #[derive(Debug, Serialize)]
 pub struct Status {
-    /// not_started, snapshot, streaming.
-    pub phase: String,
+    /// not_started, snapshot, streaming or cut_over.
+    pub phase: Phase,
     /// Whether a daemon holds the run lock right now.
     pub daemon_running: bool,
     /// Whether capture triggers are installed in SQLite.
@@ -82,7 +83,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     let installed = capture::installed(&conn)?;
     let has_state = state::state_table_exists(client, "stream").await?;
     let mut status = Status {
-        phase: "not_started".into(),
+        phase: Phase::NotStarted,
         daemon_running: false,
         capture_installed: installed.is_some(),
         tables: Vec::new(),
@@ -117,7 +118,15 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         .await
         .map_err(pg("read snapshot progress"))?
     {
-        status.tables.push(TableStatus { table: r.get(0), phase: r.get(1), rows_copied: r.get(2), rows_total: r.get(3) });
+        let stored: String = r.get(1);
+        let table: String = r.get(0);
+        let phase = state::Phase::parse(&stored).ok_or_else(|| {
+            Error::new(
+                ErrorKind::State,
+                format!("unknown phase '{stored}' stored for table {table}: was the state written by a newer sqlite2pg?"),
+            )
+        })?;
+        status.tables.push(TableStatus { table, phase, rows_copied: r.get(2), rows_total: r.get(3) });
     }
     let present: Vec<String> = sqlite::schema::read_tables(&conn)?
         .into_iter()
@@ -131,18 +140,17 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         .collect();
     let stream = state::stream_load(client).await?;
     let snapshot_done =
-        !status.tables.is_empty() && status.tables.iter().all(|t| t.phase == "ready");
+        !status.tables.is_empty() && status.tables.iter().all(|t| t.phase == state::Phase::Ready);
     status.phase = if snapshot_done {
-        "streaming"
+        Phase::Streaming
     } else if status.tables.is_empty() {
-        "not_started"
+        Phase::NotStarted
     } else {
-        "snapshot"
-    }
-    .into();
+        Phase::Snapshot
+    };
     status.cutover = state::cutover_load(client).await?;
     if status.cutover.is_some() {
-        status.phase = "cut_over".into();
+        status.phase = Phase::CutOver;
     }
     if let Some(st) = stream {
         status.position = Some(st.position);
@@ -180,7 +188,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
 /// Adds the foreign keys kept aside and their orphans (a scan of each child table, so only
 /// the `status` command asks, not cutover's polling).
 pub async fn add_orphans(client: &Client, status: &mut Status) -> Result<()> {
-    if status.phase != "streaming" {
+    if status.phase != Phase::Streaming {
         return Ok(());
     }
     let kept = foreign_keys::kept(client).await?;
@@ -285,7 +293,10 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
         writeln!(
             out,
             "table {:<24} {:<8} {}/{} rows",
-            t.table, t.phase, t.rows_copied, total
+            t.table,
+            t.phase.as_str(),
+            t.rows_copied,
+            total
         )?;
     }
     if let Some(c) = &s.cutover {

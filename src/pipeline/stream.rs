@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
+use super::phase::Phase;
 use super::plan::{Plan, TablePlan};
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
 use crate::model::{OwnedValue, display_key};
 use crate::pg::apply::{self, Applier, TableBatch};
 use crate::pg::{self, convert, copy, state};
+use crate::shutdown::{Backoff, Shutdown};
 use crate::sqlite::capture::{self, Installed};
 use crate::sqlite::changes::{self, Batch, RowReader};
 use crate::sqlite::{self, watch as file_watch};
@@ -327,7 +327,7 @@ async fn drain(
     readers: &BTreeMap<i64, RowReader>,
     opts: &Options,
     position: i64,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<Drained> {
     let read = |after: i64| {
         tokio::task::block_in_place(|| {
@@ -407,11 +407,11 @@ async fn resync(
     t: &TablePlan,
     cap: &Captured,
     opts: &Options,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<Option<Vec<(Option<i64>, i64)>>> {
     let name = &t.source.name;
     tracing::info!(table = %name, "re-synchronizing: comparing every row with Postgres");
-    crate::metrics::set_phase("resyncing");
+    crate::metrics::set_phase(Phase::Resyncing);
     let total = tokio::task::block_in_place(|| sqlite::schema::count_rows(reader, name))?;
     let q = crate::sqlite::reader::ScanQuery::new(&t.source, &t.source_columns());
     let klen = q.key_len();
@@ -422,7 +422,7 @@ async fn resync(
         let mut after: Option<Vec<OwnedValue>> = None;
         let mut copied = 0u64;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.requested() {
                 return Ok(None);
             }
             let chunk = tx.chunk();
@@ -476,7 +476,7 @@ async fn resync(
             after = read.last_key;
         }
         tracing::info!(table = %name, rows = copied, "re-read for re-synchronization; the differences are written with this drain");
-        crate::metrics::set_phase("streaming");
+        crate::metrics::set_phase(Phase::Streaming);
         return Ok(Some(marks));
     }
 }
@@ -486,10 +486,10 @@ async fn resync(
 async fn read_retrying(
     read: &impl Fn(i64) -> Result<Batch>,
     after: i64,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<Option<Batch>> {
     loop {
-        if *shutdown.borrow() {
+        if shutdown.requested() {
             return Ok(None);
         }
         match read(after) {
@@ -497,7 +497,7 @@ async fn read_retrying(
             Err(e) if e.kind() == ErrorKind::SourceBusy => {
                 tracing::warn!(error = %e, "SQLite is busy; retrying");
                 tokio::select! {
-                    _ = shutdown.changed() => return Ok(None),
+                    _ = shutdown.wait() => return Ok(None),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
@@ -530,7 +530,7 @@ pub async fn run(
     plan: &Plan,
     installed: &Installed,
     opts: &Options,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<End> {
     let mut readers = BTreeMap::new();
     let mut captured = BTreeMap::new();
@@ -589,7 +589,7 @@ pub async fn run(
             },
         );
     }
-    crate::metrics::set_phase("streaming");
+    crate::metrics::set_phase(Phase::Streaming);
     let reader = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
     // The version moves with any schema change, ours included; the shape says whether the app
     // changed something the plan must know. Checked at start too: the app may have changed
@@ -597,10 +597,10 @@ pub async fn run(
     let mut seen_version = -1;
     let writer = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
     let (_watcher, mut wake) = file_watch::watch(&opts.source)?;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut down_since: Option<Instant> = None;
     'connect: loop {
-        if *shutdown.borrow() {
+        if shutdown.requested() {
             return Ok(End::Shutdown);
         }
         let client = match pg::connect(&opts.target).await {
@@ -617,11 +617,9 @@ pub async fn run(
                     tracing::warn!(error = %e, "Postgres is unreachable; retrying with backoff, nothing is lost meanwhile");
                     down_since = Some(Instant::now());
                 }
-                tokio::select! {
-                    _ = shutdown.changed() => return Ok(End::Shutdown),
-                    _ = tokio::time::sleep(backoff) => {}
+                if !shutdown.sleep(backoff.next_wait()).await {
+                    return Ok(End::Shutdown);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue 'connect;
             }
             Err(e) => return Err(e),
@@ -633,7 +631,7 @@ pub async fn run(
                 "Postgres is reachable again; resuming"
             );
         }
-        backoff = Duration::from_millis(250);
+        backoff.reset();
         // Postgres can go away between any two statements: transient errors reconnect.
         // The run lock is retaken on every connection (a Postgres restart ends the session that
         // held it). Held elsewhere (another daemon, or this one's old session that Postgres has
@@ -650,7 +648,7 @@ pub async fn run(
                         said = true;
                     }
                     tokio::select! {
-                        _ = shutdown.changed() => return Ok(End::Shutdown),
+                        _ = shutdown.wait() => return Ok(End::Shutdown),
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
@@ -694,7 +692,7 @@ pub async fn run(
         loop {
             // Drain: apply ranges until the changelog has nothing after the position.
             loop {
-                if *shutdown.borrow() {
+                if shutdown.requested() {
                     return Ok(End::Shutdown);
                 }
                 // A batch is only read with the columns the plan knows: re-plan first.
@@ -721,7 +719,7 @@ pub async fn run(
                     &readers,
                     opts,
                     position,
-                    &mut shutdown,
+                    &shutdown,
                 )
                 .await;
                 if matches!(drained, Ok(Drained::Nothing | Drained::Applied { .. })) {
@@ -788,7 +786,7 @@ pub async fn run(
             match state::cutover_load(applier.client()).await {
                 Ok(Some(c)) => {
                     crate::metrics::cutover(c.window_ms / 1000.0);
-                    crate::metrics::set_phase("cut_over");
+                    crate::metrics::set_phase(Phase::CutOver);
                     tracing::info!(
                         position,
                         "the migration is cut over: Postgres is the database now; stopping"
@@ -806,7 +804,7 @@ pub async fn run(
             // Priority: shutdown first, then a file notification, then the fallback poll.
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => return Ok(End::Shutdown),
+                _ = shutdown.wait() => return Ok(End::Shutdown),
                 _ = wake.recv() => {}
                 _ = tokio::time::sleep(opts.poll_interval) => {}
             }

@@ -814,3 +814,32 @@ pub fn gen_crm(path: &Path, rows: u32) {
         .expect("python3 gen_crm.py");
     assert!(st.success(), "gen_crm.py failed");
 }
+
+/// Polls `ready` every 20 ms until it holds; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !ready() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it: its exit status and how long it took.
+pub fn sigterm(child: &mut std::process::Child) -> (std::process::ExitStatus, std::time::Duration) {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let t0 = std::time::Instant::now();
+    let status = child.wait().expect("wait");
+    (status, t0.elapsed())
+}
+
+/// Postgres sessions of sqlite2pg (its application_name) waiting on a lock now.
+pub fn sqlite2pg_sessions_waiting_on_a_lock(client: &mut postgres::Client) -> i64 {
+    scalar(
+        client,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sqlite2pg' AND wait_event_type = 'Lock'",
+    )
+}

@@ -1,0 +1,214 @@
+//! `run`, the daemon: passes of plan, capture, snapshot (or resume) and stream, until a stop
+//! is asked for. A schema change ends a pass and the next one plans again; SQLite held busy
+//! by the app waits and starts over; an error only a person can fix keeps the daemon up,
+//! waiting, and it goes on by itself once the cause is fixed.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use super::phase::Phase;
+use super::plan::{self, Plan};
+use super::{snapshot, stream};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::shutdown::{Backoff, Shutdown};
+use crate::sqlite;
+
+/// How `run` behaves, from the command line and the config file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Copy a snapshot and return (capture stays installed).
+    pub snapshot_only: bool,
+    /// Empty target tables that already hold rows before copying into them.
+    pub truncate: bool,
+    /// Fallback poll of the changelog when no file notification arrives.
+    pub poll_interval: Duration,
+    /// Most changelog rows per SQLite read.
+    pub batch_changes: usize,
+}
+
+/// How often a daemon waiting for a person looks again.
+const NEEDS_PERSON_RETRY: Duration = Duration::from_secs(3);
+
+/// How one pass ended.
+enum Pass {
+    /// Done: stopped, cut over, or the snapshot alone was asked for.
+    Done,
+    /// The schema changed: plan again and go on.
+    Again,
+}
+
+/// Runs passes until a stop is asked for, the migration is cut over, or an error that the
+/// daemon cannot wait out (before anything streamed, or one no person can fix by editing
+/// SQLite) ends it.
+pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()> {
+    let mut busy_backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    // Once a pass has streamed, the daemon is what keeps Postgres following: an error that
+    // needs a person (a value Postgres rejects, a shape it lacks until the app's migration
+    // runs there too) keeps it up, saying so, and it goes on by itself once the cause is fixed.
+    let mut streamed = false;
+    loop {
+        let pass = run_pass(cfg, opts, shutdown, &mut streamed).await;
+        let stopping = shutdown.requested();
+        match pass {
+            Ok(Pass::Done) => return Ok(()),
+            Ok(Pass::Again) => busy_backoff.reset(),
+            Err(e) if stopping => return Err(e),
+            Err(e) if e.kind() == ErrorKind::SourceBusy && !opts.snapshot_only => {
+                let wait = busy_backoff.next_wait();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "SQLite is busy; starting over when the app lets go");
+                if !shutdown.sleep(wait).await {
+                    return stopped();
+                }
+            }
+            Err(e) if streamed && !opts.snapshot_only && waits_for_person(e.kind()) => {
+                crate::metrics::set_phase(Phase::Waiting);
+                let text = crate::config::redact_in_text(&crate::error::chain_text(&e));
+                crate::metrics::needs_operator(e.kind().label(), &text);
+                tracing::error!(
+                    error = %text,
+                    hint = e.kind().hint(),
+                    retry_in_secs = NEEDS_PERSON_RETRY.as_secs(),
+                    "waiting for a person: nothing is applied until this is fixed; the daemon stays up and goes on by itself once it is (position kept)"
+                );
+                if !shutdown.sleep(NEEDS_PERSON_RETRY).await {
+                    return stopped();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Errors that a fix in SQLite or Postgres clears, which the daemon waits out.
+fn waits_for_person(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Conversion | ErrorKind::Schema | ErrorKind::Target
+    )
+}
+
+fn stopped() -> Result<()> {
+    crate::metrics::set_phase(Phase::Stopped);
+    tracing::info!("stopped cleanly; `sqlite2pg run` resumes from the stored position");
+    Ok(())
+}
+
+/// One pass: plan, capture, snapshot (or resume it), stream.
+async fn run_pass(
+    cfg: &Config,
+    opts: &Options,
+    shutdown: &Shutdown,
+    streamed: &mut bool,
+) -> Result<Pass> {
+    let busy = Duration::from_millis(cfg.busy_timeout_ms);
+    let target = cfg.require_target()?.clone();
+    let (plan, client) = plan::load(cfg).await?;
+    refuse_lossy(&plan)?;
+    // Capture first: from here on every change is in the changelog, so the snapshot and
+    // the stream together miss nothing.
+    let capturable: Vec<_> = plan.tables.iter().map(|t| &t.source).collect();
+    let installed = tokio::task::block_in_place(|| {
+        let mut rw = sqlite::open_read_write(&cfg.source, busy)?;
+        sqlite::capture::install(&mut rw, &capturable)
+    })?;
+    let mut client = client
+        .ok_or_else(|| Error::new(ErrorKind::Config, "no Postgres connection: pass --target"))?;
+    stream::prepare(&client, &installed, &cfg.source, busy).await?;
+    let snapshot_opts = snapshot::Options {
+        source: cfg.source.clone(),
+        schema: cfg.target_schema.clone(),
+        chunk_rows: cfg.chunk_rows,
+        chunk_time: Duration::from_millis(100),
+        busy_timeout: busy,
+        truncate: opts.truncate,
+        reshaped: installed.reshaped.clone(),
+        stop: shutdown.clone(),
+        target: target.clone(),
+    };
+    let started = Instant::now();
+    let summary = snapshot::run(&mut client, &plan, &snapshot_opts).await?;
+    if summary.stopped {
+        crate::metrics::set_phase(Phase::Stopped);
+        tracing::info!(
+            "stopped during the snapshot; `sqlite2pg run` resumes at the last copied chunk"
+        );
+        return Ok(Pass::Done);
+    }
+    print_snapshot_summary(&summary, started.elapsed());
+    if opts.snapshot_only {
+        return Ok(Pass::Done);
+    }
+    let stream_opts = stream::Options {
+        source: cfg.source.clone(),
+        target,
+        schema: cfg.target_schema.clone(),
+        busy_timeout: busy,
+        poll_interval: opts.poll_interval,
+        batch_changes: opts.batch_changes,
+        batch_bytes: 32 << 20,
+        exit_when_caught_up: false,
+        give_up_after: None,
+    };
+    // The stream's own connection takes the run lock (again on every reconnect): the one
+    // that applies is the one that holds it, so `status` and cutover see a live daemon.
+    crate::pg::state::unlock(&client).await?;
+    drop(client);
+    *streamed = true;
+    match stream::run(&plan, &installed, &stream_opts, shutdown.clone()).await? {
+        stream::End::Shutdown => {
+            stopped()?;
+            Ok(Pass::Done)
+        }
+        stream::End::CutOver | stream::End::CaughtUp => Ok(Pass::Done),
+        stream::End::SchemaChanged => Ok(Pass::Again),
+    }
+}
+
+/// Refuses a plan whose check found values or shapes that would be lost or altered.
+fn refuse_lossy(plan: &Plan) -> Result<()> {
+    if !plan.has_errors() {
+        return Ok(());
+    }
+    let mut msg = String::from("the schema check found problems that would lose or alter data:");
+    for f in plan
+        .findings
+        .iter()
+        .filter(|f| f.severity == plan::Severity::Error)
+    {
+        let col = f
+            .column
+            .as_ref()
+            .map(|c| format!(".{c}"))
+            .unwrap_or_default();
+        msg.push_str(&format!(
+            "\n  {}{col}: {} (fix: {})",
+            f.table, f.message, f.hint
+        ));
+    }
+    msg.push_str("\nrun `sqlite2pg check` for the full report");
+    Err(Error::new(ErrorKind::Schema, msg))
+}
+
+/// Says what the snapshot copied (stdout: the operator watching the first run reads it).
+fn print_snapshot_summary(summary: &snapshot::Summary, elapsed: Duration) {
+    let total: i64 = summary.tables.iter().map(|(_, n)| n).sum();
+    let mut out = std::io::stdout().lock();
+    let mut lines: Vec<String> = summary
+        .tables
+        .iter()
+        .map(|(t, n)| format!("{t}: {n} rows"))
+        .collect();
+    lines.extend(summary.warnings.iter().map(|w| format!("warning: {w}")));
+    lines.push(format!(
+        "snapshot complete: {total} rows in {} tables in {:.1}s",
+        summary.tables.len(),
+        elapsed.as_secs_f64()
+    ));
+    for line in lines {
+        // A closed stdout (the daemon's terminal gone) must not stop the migration.
+        if writeln!(out, "{line}").is_err() {
+            tracing::info!("{line}");
+        }
+    }
+}
