@@ -546,7 +546,20 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
         outcome.sequences_moved,
         outcome.foreign_keys.len()
     );
-    for fk in &outcome.foreign_keys {
+    println!(
+        "Postgres is the database now: point the app at it. SQLite refuses writes with \"{}\"",
+        sqlite::capture::FENCE_MESSAGE
+    );
+    // The hook (pointing the app at Postgres) runs before the foreign keys are validated:
+    // validating reads every child row, and the app need not wait for it.
+    let code = match &flags.exec {
+        None => ExitCode::SUCCESS,
+        Some(cmd) => run_exec_hook(cmd)?,
+    };
+    for fk in rt.block_on(cutover::validate_foreign_keys(
+        &client,
+        &outcome.foreign_keys,
+    )) {
         match &fk.reason {
             None => println!("foreign key {}: validated", fk.foreign_key),
             Some(why) => println!(
@@ -555,16 +568,14 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    println!(
-        "Postgres is the database now: point the app at it. SQLite refuses writes with \"{}\"",
-        sqlite::capture::FENCE_MESSAGE
-    );
-    let Some(cmd) = flags.exec else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    tracing::info!(command = %config::redact_in_text(&cmd), "running the --exec hook");
+    Ok(code)
+}
+
+/// Runs cutover's `--exec` command, its output logged (redacted); exit 3 if it fails.
+fn run_exec_hook(cmd: &str) -> anyhow::Result<ExitCode> {
+    tracing::info!(command = %config::redact_in_text(cmd), "running the --exec hook");
     let out = std::process::Command::new("sh")
-        .args(["-c", &cmd])
+        .args(["-c", cmd])
         .output()
         .context("cannot run the --exec command")?;
     for line in String::from_utf8_lossy(&out.stdout)

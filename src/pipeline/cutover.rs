@@ -76,8 +76,35 @@ pub struct Outcome {
     pub record: state::Cutover,
     /// Sequences moved.
     pub sequences_moved: usize,
-    /// Foreign keys added (NOT VALID) inside the window, with their validation afterwards.
-    pub foreign_keys: Vec<RestoredForeignKey>,
+    /// Foreign keys added (NOT VALID) inside the window, to validate once the app writes to
+    /// Postgres ([`validate_foreign_keys`]).
+    pub foreign_keys: Vec<KeptForeignKey>,
+}
+
+/// Validates the foreign keys the cutover added NOT VALID. It reads every child row but
+/// blocks no writer, so it runs after the app is pointed at Postgres; one that rows break
+/// stays NOT VALID (new rows are still checked), with the reason.
+pub async fn validate_foreign_keys(
+    client: &Client,
+    added: &[KeptForeignKey],
+) -> Vec<RestoredForeignKey> {
+    let mut out = Vec::new();
+    for fk in added {
+        let (validated, reason) = match foreign_keys::validate(client, fk).await {
+            Ok(Ok(())) => (true, None),
+            Ok(Err(why)) => (false, Some(why)),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        if let Some(why) = &reason {
+            tracing::warn!(foreign_key = %fk.describe(), reason = %why, "foreign key stays NOT VALID (new rows are checked)");
+        }
+        out.push(RestoredForeignKey {
+            foreign_key: fk.describe(),
+            validated,
+            reason,
+        });
+    }
+    out
 }
 
 fn now_secs() -> f64 {
@@ -442,22 +469,7 @@ async fn fence_and_switch(
                 window_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "cut over"
             );
-            // Writes go to Postgres now; validating reads every row but blocks no writer.
-            for fk in &kept {
-                let (validated, reason) = match foreign_keys::validate(client, fk).await {
-                    Ok(Ok(())) => (true, None),
-                    Ok(Err(why)) => (false, Some(why)),
-                    Err(e) => (false, Some(e.to_string())),
-                };
-                if let Some(why) = &reason {
-                    tracing::warn!(foreign_key = %fk.describe(), reason = %why, "foreign key stays NOT VALID (new rows are checked)");
-                }
-                outcome.foreign_keys.push(RestoredForeignKey {
-                    foreign_key: fk.describe(),
-                    validated,
-                    reason,
-                });
-            }
+            outcome.foreign_keys = kept;
             Ok(outcome)
         }
         Err(e) => {
