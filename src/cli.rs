@@ -115,8 +115,15 @@ pub enum Command {
     /// Where the migration stands: phase, per-table progress, position, lag, last error.
     Status {
         /// Print as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Keep watching: redraw in place on a terminal (one plain line per look when piped)
+        /// until Ctrl-C or the migration is cut over.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between looks with --watch.
+        #[arg(long, default_value_t = 2.0, requires = "watch")]
+        interval: f64,
     },
     /// Compare both sides row by row (through the same conversion apply uses); exit 0 only if equal.
     Verify {
@@ -344,7 +351,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             cmd_run(&cfg, flags)
         }
-        Command::Status { json } => cmd_status(&cfg, json),
+        Command::Status {
+            json, watch: false, ..
+        } => cmd_status(&cfg, json),
+        Command::Status {
+            watch: true,
+            interval,
+            ..
+        } => cmd_watch(&cfg, interval),
         Command::Verify {
             json,
             tables,
@@ -435,6 +449,21 @@ fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         crate::pipeline::status::print_human(&status, &mut out)
             .context("cannot write the status")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_watch(cfg: &Config, interval: f64) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let target = cfg.require_target()?;
+    let stop = Shutdown::on_signals(&rt, || {});
+    let every = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+    rt.block_on(crate::pipeline::watch::run(
+        target,
+        &cfg.source,
+        busy(cfg),
+        every,
+        &stop,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

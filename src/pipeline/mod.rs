@@ -10,3 +10,4 @@ pub mod snapshot;
 pub mod status;
 pub mod stream;
 pub mod verify;
+pub mod watch;

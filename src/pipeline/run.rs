@@ -27,6 +27,9 @@ pub struct Options {
     pub batch_changes: usize,
 }
 
+/// What `run --snapshot-only` leaves behind, and what to do about it.
+const CAPTURE_LEFT: &str = "capture stays installed: every app write from now on adds a row to the changelog in the SQLite file, and nothing prunes it until `sqlite2pg run` streams it to Postgres. `sqlite2pg status` shows its size; `sqlite2pg uninstall` removes the triggers and the changelog (a later `run` copies afresh)";
+
 /// How often a daemon waiting for a person looks again.
 const NEEDS_PERSON_RETRY: Duration = Duration::from_secs(3);
 
@@ -137,6 +140,9 @@ async fn run_pass(
     }
     print_snapshot_summary(&summary, started.elapsed());
     if opts.snapshot_only {
+        // The copy is done but capture stays: say so loudly, it costs the app a row per write.
+        eprintln!("{CAPTURE_LEFT}");
+        tracing::warn!("{CAPTURE_LEFT}");
         return Ok(Pass::Done);
     }
     let stream_opts = stream::Options {

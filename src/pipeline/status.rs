@@ -185,6 +185,20 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     Ok(status)
 }
 
+/// A warning when capture is installed but no daemon streams: the changelog then grows with
+/// every app write (`run --snapshot-only` leaves this state).
+pub fn idle_capture(s: &Status) -> Option<String> {
+    if !s.capture_installed || s.daemon_running || s.phase == Phase::CutOver {
+        return None;
+    }
+    Some(format!(
+        "installed, but no daemon is streaming: the changelog in the SQLite file grows with every app write ({} changes not applied). `sqlite2pg run` streams them; `sqlite2pg uninstall` removes the triggers and the changelog",
+        s.lag_changes
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "?".into())
+    ))
+}
+
 /// Adds the foreign keys kept aside and their orphans (a scan of each child table, so only
 /// the `status` command asks, not cutover's polling).
 pub async fn add_orphans(client: &Client, status: &mut Status) -> Result<()> {
@@ -214,15 +228,11 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
             " (no daemon running)"
         }
     )?;
-    writeln!(
-        out,
-        "capture:    {}",
-        if s.capture_installed {
-            "installed"
-        } else {
-            "not installed"
-        }
-    )?;
+    match (s.capture_installed, idle_capture(s)) {
+        (_, Some(w)) => writeln!(out, "capture:    {w}")?,
+        (true, None) => writeln!(out, "capture:    installed")?,
+        (false, None) => writeln!(out, "capture:    not installed")?,
+    }
     if let Some(f) = &s.fence {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -764,10 +764,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
     };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     let code = body

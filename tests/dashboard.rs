@@ -1,0 +1,382 @@
+//! The Grafana dashboard and the alert rules against real data: a real Prometheus server
+//! scrapes a daemon streaming a writing app, and every panel's and every rule's expression is
+//! evaluated through its HTTP API. An expression that returns nothing is a broken panel; each
+//! must return what the daemon's state implies.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A Prometheus server scraping one target every second, with the repository's alert rules.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str) -> Prometheus {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: sqlite2pg\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                root.join("deploy/sqlite2pg.rules.yml").display()
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("prometheus is missing: apt-get install prometheus (scripts/test installs it)");
+        let p = Prometheus { child, addr, log };
+        wait_until("Prometheus ready", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&p.addr).is_ok() && http_get(&p.addr, "/-/ready").0 == 200
+        });
+        p
+    }
+
+    fn api(&self, path: &str) -> Value {
+        let (code, body) = http_get(&self.addr, path);
+        assert_eq!(code, 200, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{path}: {body}");
+        v["data"].clone()
+    }
+
+    /// The instant vector `expr` evaluates to now: (labels, value) per series.
+    fn query(&self, expr: &str) -> Vec<(Value, f64)> {
+        let data = self.api(&format!("/api/v1/query?query={}", encode(expr)));
+        assert_eq!(data["resultType"], "vector", "{expr}");
+        data["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let v = s["value"][1].as_str().unwrap();
+                let v = match v {
+                    "+Inf" => f64::INFINITY,
+                    "-Inf" => f64::NEG_INFINITY,
+                    v => v.parse().unwrap(),
+                };
+                (s["metric"].clone(), v)
+            })
+            .collect()
+    }
+
+    /// Waits until `expr` returns series that `ok` accepts.
+    fn wait_for(&self, expr: &str, ok: impl Fn(&[(Value, f64)]) -> bool) -> Vec<(Value, f64)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.query(expr);
+            if ok(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{expr} never returned what was expected; last: {r:?}\nPrometheus log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every panel of the dashboard: (title, expression).
+fn panels() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/dashboards/sqlite2pg.json")).unwrap(),
+    )
+    .unwrap();
+    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
+        for p in panels.as_array().into_iter().flatten() {
+            walk(&p["panels"], out);
+            for t in p["targets"].as_array().into_iter().flatten() {
+                out.push((
+                    p["title"].as_str().unwrap_or("?").to_string(),
+                    t["expr"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&d["panels"], &mut out);
+    out
+}
+
+/// The vector selectors inside a PromQL expression (metric name and label matchers).
+fn selectors(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        rest = &rest[at..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let name = &rest[..end];
+        rest = &rest[end..];
+        if !(name.starts_with("sqlite2pg_") || name == "up") {
+            continue;
+        }
+        let mut sel = name.to_string();
+        if let Some(matchers) = rest.strip_prefix('{') {
+            let close = matchers.find('}').unwrap();
+            sel.push_str(&rest[..close + 2]);
+            rest = &matchers[close + 1..];
+        }
+        out.push(sel);
+    }
+    out
+}
+
+fn one(r: &[(Value, f64)], what: &str) -> f64 {
+    assert_eq!(r.len(), 1, "{what}: want one series, got {r:?}");
+    r[0].1
+}
+
+fn all(r: &[(Value, f64)], what: &str, ok: impl Fn(f64) -> bool) {
+    assert!(!r.is_empty(), "{what}: no series");
+    assert!(r.iter().all(|(_, v)| ok(*v)), "{what}: {r:?}");
+}
+
+/// What each panel must show for a daemon streaming a writing app, caught up.
+fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
+    let what = format!("panel {title:?} ({expr})");
+    match expr {
+        "max by (phase) (sqlite2pg_phase) == 1" => {
+            one(r, &what);
+            assert_eq!(r[0].0["phase"], "streaming", "{what}: {r:?}");
+        }
+        "sqlite2pg_replication_lag_seconds" => {
+            let v = one(r, &what);
+            assert!((0.0..5.0).contains(&v), "{what}: lag {v} s while caught up");
+        }
+        "sqlite2pg_replication_lag_changes" | "sqlite2pg_changelog_pending_rows" => {
+            let v = one(r, &what);
+            assert!(
+                (0.0..500.0).contains(&v),
+                "{what}: {v} behind while caught up"
+            );
+        }
+        "sqlite2pg_cutover_window_seconds" => {
+            assert_eq!(one(r, &what), 0.0, "{what}: no cutover yet");
+        }
+        "sum by (table, operation) (rate(sqlite2pg_changes_applied_total[1m]))" => {
+            assert!(
+                r.iter()
+                    .any(|(l, v)| l["operation"] == "upsert" && *v > 0.0),
+                "{what}: nothing applied while the app writes: {r:?}"
+            );
+        }
+        "sqlite2pg_snapshot_rows_copied / sqlite2pg_snapshot_source_rows" => {
+            assert!(r.len() >= 5, "{what}: one series per table: {r:?}");
+            all(r, &what, |v| v == 1.0);
+        }
+        e if e.starts_with("histogram_quantile(") => {
+            let v = one(r, &what);
+            assert!(v > 0.0 && v < 5.0, "{what}: batch latency {v} s");
+        }
+        "rate(sqlite2pg_apply_batch_changes_sum[5m]) / rate(sqlite2pg_apply_batch_changes_count[5m])" =>
+        {
+            assert!(one(r, &what) >= 1.0, "{what}: {r:?}");
+        }
+        "sum by (kind) (increase(sqlite2pg_errors_total[5m]))" => {
+            assert!(
+                r.len() >= 3,
+                "{what}: a series per kind, zeros included: {r:?}"
+            );
+            all(r, &what, |v| v == 0.0);
+        }
+        "increase(sqlite2pg_postgres_reconnects_total[5m])" => {
+            assert_eq!(one(r, &what), 0.0, "{what}");
+        }
+        "sqlite2pg_position" => {
+            assert!(one(r, &what) > 0.0, "{what}: {r:?}");
+        }
+        "max by (kind) (sqlite2pg_needs_operator)" => {
+            assert_eq!(r.len(), 3, "{what}: one series per kind: {r:?}");
+            all(r, &what, |v| v == 0.0);
+        }
+        "sqlite2pg_fence_active" => {
+            assert_eq!(one(r, &what), 0.0, "{what}");
+        }
+        other => panic!(
+            "panel {title:?} has an expression this test has no expectation for: {other}; add one here"
+        ),
+    }
+}
+
+#[test]
+fn every_panel_and_alert_rule_returns_what_the_daemon_state_implies_on_a_real_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bot.db");
+    app(&["seed", path.to_str().unwrap(), "300", "wal"]);
+    let db = TestDb::new();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut d = Daemon::start_with(&path, &db, &[], &["--metrics-addr", &metrics]);
+    let prom = Prometheus::start(dir.path(), &metrics);
+    d.wait_caught_up();
+    let writer = start_writer(&path, 15.0, 50.0);
+    // Scrapes while the app writes, enough for every rate() window to hold several.
+    prom.wait_for("up{job=\"sqlite2pg\"}", |r| r.len() == 1 && r[0].1 == 1.0);
+    std::thread::sleep(Duration::from_secs(8));
+    prom.wait_for("sqlite2pg_replication_lag_seconds < 5", |r| r.len() == 1);
+
+    let panels = panels();
+    assert!(
+        panels.len() >= 10,
+        "the dashboard lost its panels: {panels:?}"
+    );
+    for (title, expr) in &panels {
+        let r = prom.query(expr);
+        check_panel(title, expr, &r);
+    }
+
+    // Every alert rule loaded, evaluates without error, and none fires for a healthy daemon.
+    let rules_file = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/sqlite2pg.rules.yml"),
+    )
+    .unwrap();
+    let declared = rules_file.matches("- alert:").count();
+    let data = prom.wait_for_rules(declared);
+    let rules: Vec<Value> = data["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(rules.len(), declared, "{data}");
+    for rule in &rules {
+        let name = rule["name"].as_str().unwrap();
+        let query = rule["query"].as_str().unwrap();
+        assert_eq!(rule["health"], "ok", "rule {name}: {rule}");
+        assert_eq!(
+            rule["state"], "inactive",
+            "rule {name} fires for a healthy daemon: {rule}"
+        );
+        assert!(
+            prom.query(query).is_empty(),
+            "rule {name} matches a healthy daemon"
+        );
+        // Each series the rule reads exists: a misspelt name or label would never fire.
+        for sel in selectors(query) {
+            assert!(
+                !prom.query(&sel).is_empty(),
+                "rule {name}: {sel} returns nothing from a real scrape"
+            );
+        }
+    }
+    let rule = |name: &str| {
+        rules
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("rule {name} is gone"))["query"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    finish_writer(writer);
+
+    // A value Postgres rejects: the daemon waits for a person, and the panels and the rule
+    // say so; fixed in SQLite, it goes on by itself.
+    db.client()
+        .batch_execute(
+            "ALTER TABLE counters ADD CONSTRAINT hits_below_a_million CHECK (hits < 1000000) NOT VALID",
+        )
+        .unwrap();
+    sqlite3_shell(&path, "UPDATE counters SET hits = 5000000 WHERE id = 1");
+    let r = prom.wait_for(&rule("Sqlite2pgNeedsOperator"), |r| r.len() == 1);
+    assert_eq!(r[0].1, 1.0, "{r:?}");
+    let phase = prom.query("max by (phase) (sqlite2pg_phase) == 1");
+    assert_eq!(phase.len(), 1, "{phase:?}");
+    assert_eq!(phase[0].0["phase"], "waiting", "{phase:?}");
+    sqlite3_shell(&path, "UPDATE counters SET hits = 1 WHERE id = 1");
+    prom.wait_for("max by (kind) (sqlite2pg_needs_operator)", |r| {
+        r.len() == 3 && r.iter().all(|(_, v)| *v == 0.0)
+    });
+
+    // The daemon gone: the rule that pages for it matches.
+    d.kill9();
+    prom.wait_for(&rule("Sqlite2pgDaemonDown"), |r| !r.is_empty());
+}
+
+impl Prometheus {
+    /// The rules API once the group holds `n` rules that have been evaluated.
+    fn wait_for_rules(&self, n: usize) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let data = self.api("/api/v1/rules");
+            let evaluated = data["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .filter(|r| {
+                    r["lastEvaluation"]
+                        .as_str()
+                        .is_some_and(|t| !t.starts_with("0001"))
+                })
+                .count();
+            if evaluated >= n {
+                return data;
+            }
+            assert!(Instant::now() < deadline, "rules never evaluated: {data}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+#[test]
+fn selectors_are_found_with_their_label_matchers() {
+    assert_eq!(
+        selectors("up{job=\"sqlite2pg\"} == 0 or absent(sqlite2pg_build_info)"),
+        ["up{job=\"sqlite2pg\"}", "sqlite2pg_build_info"]
+    );
+    assert_eq!(
+        selectors(
+            "sqlite2pg_phase{phase=\"snapshot\"} == 1 and sum(delta(sqlite2pg_snapshot_rows_copied[10m])) == 0"
+        ),
+        [
+            "sqlite2pg_phase{phase=\"snapshot\"}",
+            "sqlite2pg_snapshot_rows_copied"
+        ]
+    );
+    assert_eq!(
+        selectors("increase(sqlite2pg_errors_total[10m]) > 0"),
+        ["sqlite2pg_errors_total"]
+    );
+}

@@ -1,0 +1,232 @@
+//! `status --watch`: what a person sees on a terminal (tmux, read back with capture-pane) and
+//! what a pipe gets, while the app writes, through a cutover; and the warning a one-shot copy
+//! leaves in `status`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(["-L", socket, "-f", "/dev/null"])
+        .args(args)
+        .output()
+        .expect("tmux is missing: apt-get install tmux (scripts/test installs it)");
+    assert!(out.status.success(), "tmux {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pane's text as a person sees it now, with whatever scrolled off above it (so a view
+/// that scrolls instead of redrawing shows twice; and tmux scrolls a line up to say the pane
+/// died).
+fn screen(socket: &str) -> String {
+    tmux(socket, &["capture-pane", "-p", "-S", "-", "-t", "watch"])
+        .trim_start_matches('\n')
+        .to_string()
+}
+
+fn wait_screen(socket: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = screen(socket);
+        if ready(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {what}; the screen:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Tmux(String);
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
+}
+
+#[test]
+fn watch_on_a_terminal_redraws_in_place_while_the_app_writes_and_ends_after_the_cutover() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bot.db");
+    app(&["seed", path.to_str().unwrap(), "300", "wal"]);
+    let db = TestDb::new();
+    let mut d = Daemon::start(&path, &db, &[]);
+    d.wait_caught_up();
+    let writer = start_writer(&path, 8.0, 50.0);
+
+    let socket = format!("sqlite2pg-watch-{}", std::process::id());
+    let _server = Tmux(socket.clone());
+    let cmd = format!(
+        "'{}' --source '{}' --target '{}' status --watch --interval 0.3",
+        env!("CARGO_BIN_EXE_sqlite2pg"),
+        path.display(),
+        db.url
+    );
+    tmux(
+        &socket,
+        &["new-session", "-d", "-s", "watch", "-x", "150", "-y", "40"],
+    );
+    tmux(
+        &socket,
+        &["set-window-option", "-t", "watch", "remain-on-exit", "on"],
+    );
+    tmux(&socket, &["respawn-pane", "-k", "-t", "watch", &cmd]);
+
+    // A person sees the phase, the fence, the lag with its history, the throughput while
+    // the app writes, and every table.
+    let s = wait_screen(&socket, "changes applied per second above 0", |s| {
+        s.lines().any(|l| {
+            l.starts_with("applied:")
+                && l.split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .is_some_and(|n| n > 0.0)
+        })
+    });
+    assert!(
+        s.contains("phase: streaming  (daemon running)"),
+        "screen:\n{s}"
+    );
+    assert!(
+        s.contains("fence:     none (the app writes to SQLite)"),
+        "screen:\n{s}"
+    );
+    assert!(s.lines().any(|l| l.starts_with("lag:")), "screen:\n{s}");
+    assert!(s.contains("errors:    none"), "screen:\n{s}");
+    for t in ["counters", "memberships", "projects", "tasks", "user"] {
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with(&format!("table {t} ")) && l.contains("ready")),
+            "table {t} missing; screen:\n{s}"
+        );
+    }
+    // Redrawn in place: after several looks, the view is on the screen once, at the top.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = screen(&socket);
+    assert_eq!(
+        s.matches("sqlite2pg  phase:").count(),
+        1,
+        "the view scrolled instead of redrawing:\n{s}"
+    );
+    assert!(s.starts_with("sqlite2pg  phase:"), "screen:\n{s}");
+    finish_writer(writer);
+
+    // The cutover shows, and the view ends by itself once nothing can change any more.
+    let out = sqlite2pg_on(&path, &db, &["cutover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = wait_screen(&socket, "the watch ending after the cutover", |s| {
+        s.contains("Pane is dead")
+    });
+    assert!(s.contains("phase: cut_over"), "screen:\n{s}");
+    assert!(
+        s.contains("fence:     permanent: SQLite refuses writes (cut over)"),
+        "screen:\n{s}"
+    );
+    assert!(s.contains("status 0"), "the watch failed:\n{s}");
+    wait_until(
+        "the daemon exiting after the cutover",
+        Duration::from_secs(20),
+        || d.try_exit().is_some(),
+    );
+    assert_eq!(d.try_exit(), Some(Some(0)), "{}", d.log_text());
+}
+
+#[test]
+fn watch_through_a_pipe_prints_plain_lines_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bot.db");
+    app(&["seed", path.to_str().unwrap(), "200", "wal"]);
+    let db = TestDb::new();
+    let mut d = Daemon::start(&path, &db, &[]);
+    d.wait_caught_up();
+    let out_path = dir.path().join("watch.out");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+        .args([
+            "--source",
+            path.to_str().unwrap(),
+            "--target",
+            &db.url,
+            "status",
+            "--watch",
+            "--interval",
+            "0.2",
+        ])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let writer = start_writer(&path, 3.0, 50.0);
+    finish_writer(writer);
+    let (status, took) = sigterm(&mut watch);
+    assert!(status.success(), "the watch failed: {status}");
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    d.stop();
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    assert!(
+        !out.contains('\x1b'),
+        "terminal codes in piped output:\n{out}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 10, "too few looks:\n{out}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("phase=streaming daemon=running fence=none lag_s=")),
+        "{out}"
+    );
+    let rates: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("applied_per_s="))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    assert!(
+        rates.iter().any(|r| *r > 0.0),
+        "no throughput while the app wrote:\n{out}"
+    );
+}
+
+#[test]
+fn a_one_shot_copy_says_capture_stays_and_status_shows_the_growing_changelog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    gen_crm(&path, 500);
+    let db = TestDb::new();
+    let out = sqlite2pg_on(&path, &db, &["run", "--snapshot-only"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("capture stays installed") && err.contains("sqlite2pg uninstall"),
+        "no warning at exit:\n{err}"
+    );
+    sqlite3_shell(
+        &path,
+        "INSERT INTO leads (name, created_at) VALUES ('a', '2026-01-01'), ('b', '2026-01-01');
+         UPDATE clients SET notes = 'x' WHERE id = 1;",
+    );
+    let out = sqlite2pg_on(&path, &db, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("capture:"))
+        .unwrap_or_else(|| panic!("no capture warning in status:\n{s}"));
+    assert!(line.contains("(3 changes not applied)"), "{line}");
+    let out = sqlite2pg_on(&path, &db, &["uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = sqlite2pg_on(&path, &db, &["status"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("capture:    not installed"), "{s}");
+    assert!(!s.contains("grows"), "warning after uninstall:\n{s}");
+}
