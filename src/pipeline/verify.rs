@@ -310,7 +310,7 @@ fn spawn_source(
     source: &std::path::Path,
     busy: Duration,
 ) -> (
-    tokio::sync::mpsc::Receiver<Result<Vec<SourceRow>>>,
+    tokio::sync::mpsc::Receiver<Result<(Vec<SourceRow>, bool)>>,
     std::thread::JoinHandle<()>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -346,8 +346,10 @@ fn spawn_source(
                     },
                 )?;
                 after = read.last_key.or(after);
+                // A chunk also ends at its time limit (short read transactions): only the
+                // reader knows whether the table is done, never the page's length.
                 let last = read.exhausted;
-                if tx.blocking_send(Ok(rows)).is_err() || last {
+                if tx.blocking_send(Ok((rows, last))).is_err() || last {
                     return Ok(());
                 }
             }
@@ -379,9 +381,9 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
     loop {
         if src.is_empty() && !src_done {
             match source_rx.recv().await {
-                Some(rows) => {
-                    let rows = rows?;
-                    src_done = rows.len() < PAGE;
+                Some(page) => {
+                    let (rows, last) = page?;
+                    src_done = last;
                     src.extend(rows);
                 }
                 None => src_done = true,
@@ -493,8 +495,9 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
         h.finish()
     };
     let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
-    while let Some(rows) = source_rx.recv().await {
-        for r in rows? {
+    while let Some(page) = source_rx.recv().await {
+        let (rows, _) = page?;
+        for r in rows {
             counts.rows += 1;
             // A value that cannot be converted can match nothing in Postgres.
             let encoded: Vec<Option<Vec<u8>>> = r
@@ -629,7 +632,21 @@ fn by_key_query(
     let cond: Vec<String> = keys
         .iter()
         .enumerate()
-        .map(|(n, p)| format!("{}::text = ${}", quote_ident(&t.columns[*p].target), n + 1))
+        .zip(key)
+        .map(|((n, p), v)| {
+            let col = quote_ident(&t.columns[*p].target);
+            // Typed where the key's text is sure to parse, so the key's index serves: a
+            // re-check of many rows of a big table must not scan it once per row.
+            match (&t.columns[*p].conv.ty, v) {
+                (ty, OwnedValue::Integer(_)) if ty.is_integer() => {
+                    format!("{col} = ${}::text::bigint", n + 1)
+                }
+                (PgType::Text | PgType::Varchar { .. }, OwnedValue::Text(_)) => {
+                    format!("{col} = ${}::text", n + 1)
+                }
+                _ => format!("{col}::text = ${}", n + 1),
+            }
+        })
         .collect();
     let params = key.iter().map(key_text).collect();
     (
