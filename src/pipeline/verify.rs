@@ -305,12 +305,18 @@ fn key_positions(t: &TablePlan) -> Result<Vec<usize>> {
 
 /// Reads a table from SQLite in key order on its own thread (key and encoded values per row),
 /// so that SQLite and Postgres are read at the same time.
+/// Rows of SQLite in key order, and whether the table ends with them.
+struct SourcePage {
+    rows: Vec<SourceRow>,
+    last: bool,
+}
+
 fn spawn_source(
     t: &TablePlan,
     source: &std::path::Path,
     busy: Duration,
 ) -> (
-    tokio::sync::mpsc::Receiver<Result<(Vec<SourceRow>, bool)>>,
+    tokio::sync::mpsc::Receiver<Result<SourcePage>>,
     std::thread::JoinHandle<()>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -349,7 +355,7 @@ fn spawn_source(
                 // A chunk also ends at its time limit (short read transactions): only the
                 // reader knows whether the table is done, never the page's length.
                 let last = read.exhausted;
-                if tx.blocking_send(Ok((rows, last))).is_err() || last {
+                if tx.blocking_send(Ok(SourcePage { rows, last })).is_err() || last {
                     return Ok(());
                 }
             }
@@ -382,9 +388,9 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
         if src.is_empty() && !src_done {
             match source_rx.recv().await {
                 Some(page) => {
-                    let (rows, last) = page?;
-                    src_done = last;
-                    src.extend(rows);
+                    let page = page?;
+                    src_done = page.last;
+                    src.extend(page.rows);
                 }
                 None => src_done = true,
             }
@@ -496,8 +502,7 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
     };
     let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
     while let Some(page) = source_rx.recv().await {
-        let (rows, _) = page?;
-        for r in rows {
+        for r in page?.rows {
             counts.rows += 1;
             // A value that cannot be converted can match nothing in Postgres.
             let encoded: Vec<Option<Vec<u8>>> = r
