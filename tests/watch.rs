@@ -230,3 +230,37 @@ fn a_one_shot_copy_says_capture_stays_and_status_shows_the_growing_changelog() {
     assert!(s.contains("capture:    not installed"), "{s}");
     assert!(!s.contains("grows"), "warning after uninstall:\n{s}");
 }
+
+/// A Postgres that accepts the connection and never answers holds the connect forever:
+/// Ctrl-C (SIGTERM here) must still end the watch at once.
+#[test]
+fn watch_stops_at_once_while_postgres_hangs_the_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    gen_crm(&path, 100);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!(
+        "postgres://app:pw-Hidden-7@127.0.0.1:{}/crm?sslmode=disable",
+        silent.local_addr().unwrap().port()
+    );
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+        .args([
+            "--source",
+            path.to_str().unwrap(),
+            "--target",
+            &target,
+            "status",
+            "--watch",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The connection is accepted (and then left unanswered).
+    let (_held, _) = silent.accept().unwrap();
+    let (status, took) = sigterm(&mut watch);
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    let out = watch.wait_with_output().unwrap();
+    assert!(!text(&out).contains("pw-Hidden-7"), "{}", text(&out));
+}

@@ -229,7 +229,10 @@ pub async fn run(
     let mut client: Option<Client> = None;
     let mut history = History::default();
     let outcome = loop {
-        let look = look(target, source, busy, &mut client).await;
+        // A connect to a Postgres that is gone can hang for minutes: Ctrl-C must not wait.
+        let Some(look) = stop.or_stop(look(target, source, busy, &mut client)).await else {
+            break Ok(());
+        };
         let now = Instant::now();
         let lines = match &look {
             Ok(status) => {
