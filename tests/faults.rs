@@ -139,3 +139,39 @@ fn healthz_answers_503_while_postgres_is_unreachable() {
     assert_table_equal(&src.path, &mut db.client(), "t", "id");
     assert!(d.stop());
 }
+
+/// A server that accepts the connection and never answers (hung, stopped, a proxy with
+/// nothing behind it): a command gives up within the URL's connect_timeout and says so,
+/// instead of waiting forever.
+#[test]
+fn a_postgres_that_never_answers_fails_a_command_within_its_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    gen_crm(&path, 100);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!(
+        "postgres://app:pw-Hidden-8@127.0.0.1:{}/crm?sslmode=disable&connect_timeout=2",
+        silent.local_addr().unwrap().port()
+    );
+    let t0 = std::time::Instant::now();
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &target,
+        "status",
+    ]);
+    let took = t0.elapsed();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        (std::time::Duration::from_secs(2)..std::time::Duration::from_secs(8)).contains(&took),
+        "gave up after {took:?}"
+    );
+    assert!(
+        text(&out).contains("no answer within 2 s"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("pw-Hidden-8"), "{}", text(&out));
+    drop(silent);
+}

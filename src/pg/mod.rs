@@ -54,20 +54,46 @@ pub async fn connect(url: &TargetUrl) -> Result<Client> {
     config.ssl_mode(tls.mode.negotiation());
     let connector = tls.connector()?;
     let failed = |e: tokio_postgres::Error| connect_error(url, tls.mode, e);
+    // tokio-postgres bounds only the TCP connect; a server that accepts and then never
+    // answers (hung, stopped, a proxy with nothing behind it) would hold every command, and
+    // the daemon's reconnect loop, forever. The whole connect gets a deadline.
+    let limit = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let timed_out = || {
+        Error::new(
+            ErrorKind::TargetUnreachable,
+            format!(
+                "cannot connect to Postgres at {}: no answer within {} s (raise connect_timeout in the URL if the server is just slow)",
+                url.redacted(),
+                limit.as_secs_f64()
+            ),
+        )
+    };
     let client = match connector {
         None => {
-            let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+            let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(failed)?;
             spawn_connection(connection);
             client
         }
         Some(tls) => {
-            let (client, connection) = config.connect(tls).await.map_err(failed)?;
+            let (client, connection) = tokio::time::timeout(limit, config.connect(tls))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(failed)?;
             spawn_connection(connection);
             client
         }
     };
     Ok(client)
 }
+
+/// How long a connect may take when the URL sets no `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Asks Postgres to stop the statement a client runs now (with the target's TLS settings;
 /// a cancel request skips authentication). Best effort: the statement's transaction rolls
