@@ -478,6 +478,8 @@ fn cmd_verify(
     examples: usize,
 ) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
+    // Listening from the start: a signal while the plan loads ends in "no verdict" too.
+    let shutdown = Shutdown::on_signals(&rt, || {});
     let (plan, client) = rt.block_on(plan::load(cfg))?;
     let mut client = client.context("verify needs a Postgres target: pass --target")?;
     let opts = crate::pipeline::verify::Options {
@@ -489,7 +491,6 @@ fn cmd_verify(
         settle: Duration::from_secs(30),
     };
     let full = opts.tables.is_empty();
-    let shutdown = Shutdown::on_signals(&rt, || {});
     let run = crate::pipeline::verify::run(&mut client, &plan, &opts);
     let Some(report) = rt.block_on(shutdown.or_stop(run)).transpose()? else {
         eprintln!(

@@ -39,8 +39,9 @@ impl Shutdown {
         on_signal: impl FnOnce() + Send + 'static,
     ) -> Shutdown {
         let (trigger, token) = Shutdown::new();
+        let signalled = listen_for_signals(rt);
         rt.spawn(async move {
-            wait_for_signal().await;
+            signalled.await;
             on_signal();
             trigger.fire();
         });
@@ -90,17 +91,29 @@ impl Shutdown {
     }
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGINT and SIGTERM handlers now, on this thread: a handler installed later
+/// by a spawned task leaves a window in which a signal kills the process with no cleanup (a
+/// test sending SIGTERM right after start found it).
+fn listen_for_signals(
+    rt: &tokio::runtime::Runtime,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let _context = rt.enter();
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            // No handler could be installed: the default action (exit) stays.
+            (Err(_), Err(_)) => std::future::pending::<()>().await,
         }
     }
 }
