@@ -65,11 +65,15 @@ fn watch_on_a_terminal_redraws_in_place_while_the_app_writes_and_ends_after_the_
 
     let socket = format!("sqlite2pg-watch-{}", std::process::id());
     let _server = Tmux(socket.clone());
+    // The exit status goes to a file: tmux, under load, may see the pane's terminal close
+    // and never report how its process ended.
+    let exit_file = dir.path().join("watch.exit");
     let cmd = format!(
-        "'{}' --source '{}' --target '{}' status --watch --interval 0.3",
+        "'{}' --source '{}' --target '{}' status --watch --interval 0.3; echo $? > '{f}.tmp' && mv '{f}.tmp' '{f}'",
         env!("CARGO_BIN_EXE_sqlite2pg"),
         path.display(),
-        db.url
+        db.url,
+        f = exit_file.display()
     );
     tmux(
         &socket,
@@ -123,15 +127,19 @@ fn watch_on_a_terminal_redraws_in_place_while_the_app_writes_and_ends_after_the_
     // The cutover shows, and the view ends by itself once nothing can change any more.
     let out = sqlite2pg_on(&path, &db, &["cutover"]);
     assert!(out.status.success(), "{}", text(&out));
-    let s = wait_screen(&socket, "the watch ending after the cutover", |s| {
-        s.contains("Pane is dead")
-    });
+    wait_until(
+        "the watch ending after the cutover",
+        Duration::from_secs(30),
+        || exit_file.exists(),
+    );
+    let exit = std::fs::read_to_string(&exit_file).unwrap();
+    assert_eq!(exit.trim(), "0", "the watch failed:\n{}", screen(&socket));
+    let s = screen(&socket);
     assert!(s.contains("phase: cut_over"), "screen:\n{s}");
     assert!(
         s.contains("fence:     permanent: SQLite refuses writes (cut over)"),
         "screen:\n{s}"
     );
-    assert!(s.contains("status 0"), "the watch failed:\n{s}");
     wait_until(
         "the daemon exiting after the cutover",
         Duration::from_secs(20),
