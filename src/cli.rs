@@ -167,6 +167,34 @@ pub enum Command {
         #[arg(long)]
         abort: bool,
     },
+    /// Back to SQLite after a cutover without losing a write made on Postgres: fence Postgres
+    /// writes, drain the reverse stream, verify, move AUTOINCREMENT counters, hand SQLite back.
+    Fallback {
+        /// Fence only once the reverse lag is at most this many seconds.
+        #[arg(long, default_value_t = 2.0)]
+        max_lag: f64,
+        /// How long to wait for the lag to get under --max-lag, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        wait: f64,
+        /// Show what would happen, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run this shell command after a successful fallback (e.g. point the bot at SQLite).
+        #[arg(long)]
+        exec: Option<String>,
+        /// How long the Postgres fence holds unless this fallback renews it, in seconds: if the
+        /// fallback dies or hangs, the app writes to Postgres again after at most this long.
+        #[arg(long, default_value_t = 5.0)]
+        lease: f64,
+        /// How long the fence may wait for the app's open write transactions on Postgres, in
+        /// seconds, before the fallback gives up (nothing fenced).
+        #[arg(long, default_value_t = 5.0)]
+        lock_wait: f64,
+        /// Lift a Postgres fence that a fallback left (killed, hung): the app writes to
+        /// Postgres at once. Refused once the fallback is recorded.
+        #[arg(long)]
+        abort: bool,
+    },
     /// Configuration file commands.
     Config {
         /// What to do with the configuration.
@@ -297,7 +325,7 @@ const VERSION: &str = concat!(
     " (state format: SQLite ",
     "2",
     ", PostgreSQL ",
-    "2",
+    "3",
     ")"
 );
 
@@ -386,6 +414,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             cmd_cutover(&cfg, flags)
         }
+        Command::Fallback {
+            max_lag,
+            wait,
+            dry_run,
+            exec,
+            lease,
+            lock_wait,
+            abort,
+        } => cmd_fallback(
+            &cfg,
+            FallbackFlags {
+                max_lag,
+                wait,
+                dry_run,
+                exec,
+                lease,
+                lock_wait,
+                abort,
+            },
+        ),
         Command::Config {
             action: ConfigAction::Check,
         } => cmd_config_check(&cfg),
@@ -601,6 +649,70 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// Fallback settings from the command line.
+struct FallbackFlags {
+    max_lag: f64,
+    wait: f64,
+    dry_run: bool,
+    exec: Option<String>,
+    lease: f64,
+    lock_wait: f64,
+    abort: bool,
+}
+
+fn cmd_fallback(cfg: &Config, flags: FallbackFlags) -> anyhow::Result<ExitCode> {
+    use crate::pipeline::fallback;
+    let rt = runtime()?;
+    let target = cfg.require_target()?.clone();
+    let (plan, client) = rt.block_on(plan::load(cfg))?;
+    let mut client = client.context("fallback needs the Postgres target: pass --target")?;
+    let opts = fallback::Options {
+        source: cfg.source.clone(),
+        target,
+        schema: cfg.target_schema.clone(),
+        busy_timeout: busy(cfg),
+        max_lag: Duration::from_secs_f64(flags.max_lag.max(0.0)),
+        wait: Duration::from_secs_f64(flags.wait.max(0.0)),
+        lease: Duration::from_secs_f64(flags.lease.clamp(0.5, 3600.0)),
+        lock_wait: Duration::from_secs_f64(flags.lock_wait.clamp(0.01, 3600.0)),
+    };
+    if flags.abort {
+        if rt.block_on(fallback::abort(&mut client, &plan, &opts))? {
+            println!("Postgres fence lifted: the app writes to Postgres again");
+        } else {
+            println!("no Postgres fence was up: the app writes to Postgres");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if flags.dry_run {
+        for step in rt.block_on(fallback::describe(&client, &plan, &opts))? {
+            println!("{step}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shutdown = Shutdown::on_signals(&rt, || {});
+    let outcome = rt.block_on(fallback::run(&mut client, &plan, &opts, &shutdown))?;
+    let r = &outcome.record;
+    if outcome.completed_earlier {
+        println!(
+            "completed the fallback recorded at {}: SQLite is handed back to the app",
+            r.done_at
+        );
+    }
+    println!(
+        "fell back: writes were unavailable for {:.0} ms (fenced {}, done {}); {} rows verified; {} AUTOINCREMENT counters moved",
+        r.window_ms, r.fenced_at, r.done_at, r.rows_verified, r.sequences_moved
+    );
+    println!(
+        "SQLite is the database again: point the app at it. Postgres refuses writes with \"{}\"; `sqlite2pg uninstall` removes sqlite2pg's objects from Postgres",
+        crate::pg::reverse::FENCE_MESSAGE
+    );
+    match &flags.exec {
+        None => Ok(ExitCode::SUCCESS),
+        Some(cmd) => run_exec_hook(cmd),
+    }
+}
+
 /// Runs cutover's `--exec` command, its output logged (redacted); exit 3 if it fails.
 fn run_exec_hook(cmd: &str) -> anyhow::Result<ExitCode> {
     tracing::info!(command = %config::redact_in_text(cmd), "running the --exec hook");
@@ -728,6 +840,30 @@ fn cmd_install(cfg: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
+    // After a fallback, Postgres holds sqlite2pg's fence and state: they go too.
+    if let Some(target) = &cfg.target {
+        let rt = runtime()?;
+        let removed = rt.block_on(async {
+            let mut client = crate::pg::connect(target).await?;
+            if crate::pg::reverse::fallback_load(&client).await?.is_none() {
+                return Ok::<_, crate::error::Error>(false);
+            }
+            let (plan, _) = plan::load(cfg).await?;
+            let tables: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
+            crate::pg::reverse::uninstall(&mut client, &cfg.target_schema, &tables).await?;
+            Ok(true)
+        });
+        match removed {
+            Ok(true) => println!(
+                "removed sqlite2pg's fence, triggers and state schema from Postgres (the fallback is done; its tables stay, writable)"
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!(
+                "warning: Postgres was not cleaned ({}); the SQLite file is cleaned anyway. Run uninstall again once Postgres answers",
+                config::redact_in_text(&e.to_string())
+            ),
+        }
+    }
     let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
     let was_fenced = sqlite::capture::fenced(&rw)?;
     let n = sqlite::capture::uninstall(&mut rw)?;

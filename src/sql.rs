@@ -18,16 +18,18 @@ pub const PG_STEPS: &[(i32, &str)] = &[
         2,
         include_str!("../sql/postgres/0002_foreign_keys_and_images.sql"),
     ),
+    (3, include_str!("../sql/postgres/0003_reverse.sql")),
 ];
 
 /// The format this build writes in SQLite.
 pub const SQLITE_FORMAT: i64 = 2;
 
 /// The format this build writes in Postgres.
-pub const PG_FORMAT: i32 = 2;
+pub const PG_FORMAT: i32 = 3;
 
 const CAPTURE: &str = include_str!("../sql/sqlite/capture.sql");
 const FENCE: &str = include_str!("../sql/sqlite/fence.sql");
+const REVERSE: &str = include_str!("../sql/postgres/reverse.sql");
 
 /// The statements of section `-- @name` of a template file, without comment lines (a
 /// fragment may be spliced into one line of another).
@@ -64,6 +66,11 @@ pub fn capture(name: &str, vars: &[(&str, &str)]) -> String {
 /// The fence trigger of `sql/sqlite/fence.sql`, rendered.
 pub fn fence(vars: &[(&str, &str)]) -> String {
     render(&section(FENCE, "fence"), vars)
+}
+
+/// A section of `sql/postgres/reverse.sql` (capture and fence on Postgres), rendered.
+pub fn reverse(name: &str, vars: &[(&str, &str)]) -> String {
+    render(&section(REVERSE, name), vars)
 }
 
 #[cfg(test)]
@@ -110,6 +117,10 @@ mod tests {
             "body",
             "message",
             "when",
+            "function",
+            "new_key",
+            "old_row",
+            "new_row",
         ];
         for (file, name) in [
             (CAPTURE, "key_insert"),
@@ -124,6 +135,13 @@ mod tests {
             (CAPTURE, "trigger"),
             (CAPTURE, "drop"),
             (FENCE, "fence"),
+            (REVERSE, "capture_function"),
+            (REVERSE, "capture_rows"),
+            (REVERSE, "capture_statements"),
+            (REVERSE, "capture_truncate"),
+            (REVERSE, "fence"),
+            (REVERSE, "unfence"),
+            (REVERSE, "uncapture"),
         ] {
             let s = section(file, name);
             assert!(!s.is_empty(), "section {name} is missing");

@@ -406,6 +406,41 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// A numeric's value without its display scale: (sign, weight, base-10000 digits).
+pub fn numeric_value(b: &[u8]) -> Option<(u16, i16, Vec<u8>)> {
+    let ndigits = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
+    let weight = i16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    let sign = u16::from_be_bytes([*b.get(4)?, *b.get(5)?]);
+    let mut digits = b.get(8..8 + 2 * ndigits)?.to_vec();
+    while digits.len() >= 2 && digits[digits.len() - 2..] == [0, 0] {
+        digits.truncate(digits.len() - 2);
+    }
+    Some(if digits.is_empty() {
+        (0, 0, digits)
+    } else {
+        (sign, weight, digits)
+    })
+}
+
+/// Whether two binary values of a `ty` column are the same value (a numeric's display scale
+/// and jsonb's formatting aside).
+pub fn same(ty: &PgType, a: &Option<Vec<u8>>, b: &Option<Vec<u8>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => match ty {
+            PgType::Numeric { .. } => numeric_value(x) == numeric_value(y),
+            PgType::Jsonb => {
+                let parse = |v: &[u8]| {
+                    serde_json::from_slice::<serde_json::Value>(v.get(1..).unwrap_or_default()).ok()
+                };
+                parse(x) == parse(y)
+            }
+            _ => x == y,
+        },
+        _ => false,
+    }
+}
+
 /// Postgres' valid timestamp range, in microseconds since 2000-01-01 (4714-11-24 BC to 294276 AD).
 const MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
 const END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;

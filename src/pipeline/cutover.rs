@@ -19,7 +19,7 @@ use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::OwnedValue;
 use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
-use crate::pg::{sequences, state};
+use crate::pg::{reverse, sequences, state};
 use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture};
 
@@ -174,6 +174,10 @@ pub async fn describe(client: &Client, plan: &Plan, opts: &Options) -> Result<Ve
         "6. record the cutover and the write-unavailable window; a running daemon exits by itself"
             .into(),
     );
+    steps.push(
+        "   and install the capture of the app's writes on Postgres (for the reverse stream and `fallback`)"
+            .into(),
+    );
     steps.push("7. after writes resume: validate the foreign keys".into());
     Ok(steps)
 }
@@ -250,7 +254,7 @@ async fn recorded_elsewhere(opts: &Options) -> Option<bool> {
 pub async fn abort(client: &Client, opts: &Options) -> Result<Option<capture::Fence>> {
     if let Some(c) = state::cutover_load(client).await? {
         return Err(refuse(format!(
-            "the cutover is recorded (at {}): Postgres is the database now, and lifting the fence would let the app write to a stale SQLite file. To go back anyway: `sqlite2pg uninstall` (writes made on Postgres are not in SQLite)",
+            "the cutover is recorded (at {}): Postgres is the database now, and lifting the fence would let the app write to a stale SQLite file. To go back to SQLite without losing the writes made on Postgres: keep `sqlite2pg run` following Postgres back, then `sqlite2pg fallback`",
             c.fenced_at
         )));
     }
@@ -294,7 +298,7 @@ struct Ready {
 async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Ready> {
     if let Some(c) = state::cutover_load(client).await? {
         return Err(refuse(format!(
-            "this migration was already cut over at {} (window {:.0} ms); Postgres is the database now. To write to SQLite again: `sqlite2pg uninstall`",
+            "this migration was already cut over at {} (window {:.0} ms); Postgres is the database now. To go back to SQLite: `sqlite2pg run` follows Postgres back, then `sqlite2pg fallback`",
             c.fenced_at, c.window_ms
         )));
     }
@@ -583,6 +587,9 @@ async fn finish(
     for fk in &foreign_keys::kept(&tx).await? {
         foreign_keys::add_not_valid(&tx, fk).await?;
     }
+    // Capture on Postgres commits with the record: no write the app makes there escapes the
+    // reverse stream, so a fallback loses none.
+    reverse::install_capture(&tx, &opts.schema, &super::reverse::captured(plan)).await?;
     let done_at = now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
     // The fence becomes permanent before the record commits: a kill between the two leaves

@@ -2,9 +2,11 @@
 
 pub mod check;
 pub mod cutover;
+pub mod fallback;
 pub mod phase;
 pub mod plan;
 pub mod progress;
+pub mod reverse;
 pub mod run;
 pub mod snapshot;
 pub mod status;

@@ -21,11 +21,15 @@ pub enum Phase {
     CutOver,
     /// The daemon stopped (a signal, or the end of a one-shot pass).
     Stopped,
+    /// After the cutover: the app's writes on Postgres follow back into SQLite.
+    ReverseStreaming,
+    /// The fallback is recorded: SQLite is the database again.
+    FellBack,
 }
 
 impl Phase {
     /// Every phase, in order (metrics export one series each).
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 9] = [
         Phase::NotStarted,
         Phase::Snapshot,
         Phase::Streaming,
@@ -33,6 +37,8 @@ impl Phase {
         Phase::Waiting,
         Phase::CutOver,
         Phase::Stopped,
+        Phase::ReverseStreaming,
+        Phase::FellBack,
     ];
 
     /// The name in metrics labels and `status`.
@@ -45,6 +51,8 @@ impl Phase {
             Phase::Waiting => "waiting",
             Phase::CutOver => "cut_over",
             Phase::Stopped => "stopped",
+            Phase::ReverseStreaming => "reverse_streaming",
+            Phase::FellBack => "fell_back",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::phase::Phase;
 use super::plan::{self, Plan};
-use super::{snapshot, stream};
+use super::{reverse, snapshot, stream};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shutdown::{Backoff, Shutdown};
@@ -107,6 +107,12 @@ async fn run_pass(
     let busy = Duration::from_millis(cfg.busy_timeout_ms);
     let target = cfg.require_target()?.clone();
     let (plan, client) = plan::load(cfg).await?;
+    if let Some(c) = client.as_ref()
+        && crate::pg::state::cutover_load(c).await?.is_some()
+    {
+        *streamed = true;
+        return follow_back(cfg, opts, shutdown, &plan, c, target).await;
+    }
     refuse_lossy(&plan)?;
     // Capture first: from here on every change is in the changelog, so the snapshot and
     // the stream together miss nothing.
@@ -166,8 +172,59 @@ async fn run_pass(
             stopped()?;
             Ok(Pass::Done)
         }
-        stream::End::CutOver | stream::End::CaughtUp => Ok(Pass::Done),
+        // The next pass follows Postgres back into SQLite.
+        stream::End::CutOver => Ok(Pass::Again),
+        stream::End::CaughtUp => Ok(Pass::Done),
         stream::End::SchemaChanged => Ok(Pass::Again),
+    }
+}
+
+/// After the cutover: the reverse stream, until the fallback or a stop.
+async fn follow_back(
+    cfg: &Config,
+    opts: &Options,
+    shutdown: &Shutdown,
+    plan: &Plan,
+    client: &tokio_postgres::Client,
+    target: crate::config::TargetUrl,
+) -> Result<Pass> {
+    if let Some(f) = crate::pg::reverse::fallback_load(client).await? {
+        crate::metrics::set_phase(Phase::FellBack);
+        return Err(Error::new(
+            ErrorKind::State,
+            format!(
+                "this migration fell back to SQLite at {} (window {:.0} ms): SQLite is the database and there is nothing to follow. `sqlite2pg uninstall` removes sqlite2pg's objects from both sides; a later `run` starts a new migration",
+                f.done_at, f.window_ms
+            ),
+        ));
+    }
+    if opts.snapshot_only {
+        return Err(Error::new(
+            ErrorKind::State,
+            "the migration is cut over: there is no snapshot to take. `sqlite2pg run` follows Postgres back into SQLite",
+        ));
+    }
+    let ropts = reverse::Options {
+        source: cfg.source.clone(),
+        target,
+        schema: cfg.target_schema.clone(),
+        busy_timeout: Duration::from_millis(cfg.busy_timeout_ms),
+        poll_interval: opts.poll_interval,
+        batch_changes: opts.batch_changes,
+        exit_when_caught_up: false,
+    };
+    match reverse::run(plan, &ropts, shutdown.clone()).await? {
+        reverse::End::Shutdown => {
+            stopped()?;
+            Ok(Pass::Done)
+        }
+        reverse::End::CaughtUp => Ok(Pass::Done),
+        reverse::End::FellBack => {
+            tracing::info!(
+                "the fallback is recorded: SQLite is the database again; the daemon exits"
+            );
+            Ok(Pass::Done)
+        }
     }
 }
 

@@ -11,8 +11,9 @@ use super::phase::Phase;
 use super::stream::julian_to_unix;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::foreign_keys;
+use crate::pg::reverse;
 use crate::pg::state::{self, STATE_SCHEMA};
-use crate::sqlite::{self, capture, changes};
+use crate::sqlite::{self, capture, changes, restore};
 
 /// One table's snapshot progress.
 #[derive(Debug, Serialize)]
@@ -68,6 +69,19 @@ pub struct Status {
     pub postgres_format: Option<i32>,
     /// The formats this sqlite2pg writes (SQLite, Postgres).
     pub formats_written: (i64, i32),
+    /// Which way changes flow: `forward` (SQLite to Postgres) until the cutover, `reverse`
+    /// (Postgres back into SQLite) after it, `none` once fallen back.
+    pub direction: &'static str,
+    /// After the cutover: the app's changes on Postgres not yet in SQLite.
+    pub reverse_lag_changes: Option<i64>,
+    /// After the cutover: the age of the oldest of them, in seconds (0 when caught up).
+    pub reverse_lag_seconds: Option<f64>,
+    /// After the cutover: what the reverse stream applied (kept in the SQLite file).
+    pub reverse_position: Option<restore::Position>,
+    /// The fallback fence on Postgres, if one was raised.
+    pub postgres_fence: Option<reverse::Fence>,
+    /// The fallback record, once fallen back.
+    pub fallback: Option<reverse::Fallback>,
     /// Tables waiting to be re-synchronized (or being re-synchronized): a migration rebuilt or
     /// redefined them, so changes may have bypassed the changelog.
     pub resync_pending: Vec<String>,
@@ -106,6 +120,12 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         sqlite_format: installed.as_ref().map(|i| i.format),
         postgres_format: None,
         formats_written: (crate::sql::SQLITE_FORMAT, crate::sql::PG_FORMAT),
+        direction: "forward",
+        reverse_lag_changes: None,
+        reverse_lag_seconds: None,
+        reverse_position: None,
+        postgres_fence: None,
+        fallback: None,
     };
     let pg_format = state::format_version(client).await?;
     status.postgres_format = (pg_format > 0).then_some(pg_format);
@@ -151,6 +171,18 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     status.cutover = state::cutover_load(client).await?;
     if status.cutover.is_some() {
         status.phase = Phase::CutOver;
+        status.direction = "reverse";
+        status.postgres_fence = reverse::fence_state(client).await?;
+        status.fallback = reverse::fallback_load(client).await?;
+        if status.fallback.is_some() {
+            status.phase = Phase::FellBack;
+            status.direction = "none";
+        } else if reverse::capture_installed(client).await? {
+            let (pending, age) = reverse::backlog(client).await?;
+            status.reverse_lag_changes = Some(pending);
+            status.reverse_lag_seconds = Some(age.unwrap_or(0.0).max(0.0));
+            status.reverse_position = Some(restore::position(&conn)?);
+        }
     }
     if let Some(st) = stream {
         status.position = Some(st.position);
@@ -188,7 +220,10 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
 /// A warning when capture is installed but no daemon streams: the changelog then grows with
 /// every app write (`run --snapshot-only` leaves this state).
 pub fn idle_capture(s: &Status) -> Option<String> {
-    if !s.capture_installed || s.daemon_running || s.phase == Phase::CutOver {
+    if !s.capture_installed
+        || s.daemon_running
+        || matches!(s.phase, Phase::CutOver | Phase::FellBack)
+    {
         return None;
     }
     Some(format!(
@@ -314,6 +349,48 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
             out,
             "cutover:    at {} (fence to done {:.0} ms, {} rows verified, position {})",
             c.fenced_at, c.window_ms, c.rows_verified, c.position
+        )?;
+    }
+    if s.cutover.is_some() {
+        writeln!(
+            out,
+            "direction:  {}",
+            match s.direction {
+                "reverse" =>
+                    "reverse: the app writes on Postgres; `sqlite2pg run` follows it back into SQLite, so `sqlite2pg fallback` loses nothing",
+                "none" => "none: fallen back, SQLite is the database",
+                other => other,
+            }
+        )?;
+    }
+    if let (Some(c), Some(secs)) = (s.reverse_lag_changes, s.reverse_lag_seconds) {
+        writeln!(
+            out,
+            "reverse:    {c} changes on Postgres not yet in SQLite, oldest {secs:.1} s{}",
+            s.reverse_position
+                .map(|p| format!("; {} applied", p.changes))
+                .unwrap_or_default()
+        )?;
+    }
+    if let Some(f) = &s.postgres_fence {
+        let state = if f.permanent {
+            "permanent (the fallback is recorded: the app belongs on SQLite)"
+        } else if f.active {
+            "UP: app writes to Postgres fail while the fallback works (`sqlite2pg fallback --abort` lifts it)"
+        } else {
+            "lapsed (the fallback stopped renewing it): the app writes to Postgres"
+        };
+        writeln!(
+            out,
+            "pg fence:   {state}; held by {} until {}",
+            f.holder, f.until
+        )?;
+    }
+    if let Some(f) = &s.fallback {
+        writeln!(
+            out,
+            "fallback:   at {} (fence to done {:.0} ms, {} rows verified, {} AUTOINCREMENT counters moved). `sqlite2pg uninstall` removes what is left of sqlite2pg",
+            f.done_at, f.window_ms, f.rows_verified, f.sequences_moved
         )?;
     }
     if s.foreign_keys_kept > 0 {

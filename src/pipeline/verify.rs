@@ -17,7 +17,7 @@ use super::plan::{Plan, TablePlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, PgType, display_key};
 use crate::pg::scan::{self, Raw};
-use crate::pg::{convert, qualified, quote_ident, state};
+use crate::pg::{convert, qualified, quote_ident, reverse, state};
 use crate::sqlite::changes::{self, RowReader};
 use crate::sqlite::reader::{self, ScanQuery};
 use crate::sqlite::{self, capture};
@@ -184,39 +184,6 @@ fn key_to_owned(k: &KeyVal) -> OwnedValue {
     }
 }
 
-/// A numeric's value without its display scale: (sign, weight, base-10000 digits).
-fn numeric_value(b: &[u8]) -> Option<(u16, i16, Vec<u8>)> {
-    let ndigits = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
-    let weight = i16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
-    let sign = u16::from_be_bytes([*b.get(4)?, *b.get(5)?]);
-    let mut digits = b.get(8..8 + 2 * ndigits)?.to_vec();
-    while digits.len() >= 2 && digits[digits.len() - 2..] == [0, 0] {
-        digits.truncate(digits.len() - 2);
-    }
-    Some(if digits.is_empty() {
-        (0, 0, digits)
-    } else {
-        (sign, weight, digits)
-    })
-}
-
-fn same(ty: &PgType, a: &Option<Vec<u8>>, b: &Option<Vec<u8>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(x), Some(y)) => match ty {
-            PgType::Numeric { .. } => numeric_value(x) == numeric_value(y),
-            PgType::Jsonb => {
-                let parse = |v: &[u8]| {
-                    serde_json::from_slice::<serde_json::Value>(v.get(1..).unwrap_or_default()).ok()
-                };
-                parse(x) == parse(y)
-            }
-            _ => x == y,
-        },
-        _ => false,
-    }
-}
-
 /// A SQLite row: its key, and each column encoded as apply would (Err: cannot be converted).
 struct SourceRow {
     key: Vec<KeyVal>,
@@ -252,7 +219,7 @@ fn first_difference(
         .iter()
         .enumerate()
         .position(|(i, c)| match &encoded[i] {
-            Ok(v) => !same(&c.conv.ty, v, &pg_row[i].0),
+            Ok(v) => !convert::same(&c.conv.ty, v, &pg_row[i].0),
             Err(_) => true,
         })
 }
@@ -473,7 +440,7 @@ fn canonical(ty: &PgType, v: &Option<Vec<u8>>, h: &mut impl Hasher) {
         Some(b) => {
             1u8.hash(h);
             match ty {
-                PgType::Numeric { .. } => numeric_value(b).hash(h),
+                PgType::Numeric { .. } => convert::numeric_value(b).hash(h),
                 PgType::Jsonb => {
                     serde_json::from_slice::<serde_json::Value>(b.get(1..).unwrap_or_default())
                         .map(|j| j.to_string())
@@ -840,6 +807,15 @@ pub async fn check_keys(
 async fn settle(client: &Client, conn: &rusqlite::Connection, wait: Duration) -> Result<()> {
     // Without a daemon nothing moves: pending changes are told apart by key afterwards.
     if !state::daemon_running(client).await? {
+        return Ok(());
+    }
+    // After the cutover the daemon follows Postgres back: wait for what it has now.
+    if state::cutover_load(client).await?.is_some() && reverse::capture_installed(client).await? {
+        let newest = reverse::newest(client).await?;
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && !reverse::applied_through(client, newest).await? {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         return Ok(());
     }
     let Some(st) = state::stream_load(client).await? else {

@@ -3,7 +3,9 @@
 pub mod audit;
 pub mod capture;
 pub mod changes;
+pub mod form;
 pub mod reader;
+pub mod restore;
 pub mod schema;
 pub mod watch;
 

@@ -2,6 +2,8 @@
   app.py seed SQLITE_PATH N [wal|delete]  create the schema on SQLite and write N projects through the ORM
   app.py write SQLITE_PATH SECONDS RATE   the bot at work: RATE ORM transactions/s for SECONDS, then
                                    a JSON line {"transactions", "failed", "p50_ms", "p99_ms"}
+  app.py write-switch URL_FILE SECONDS RATE  the same, on the database whose URL the file holds
+                                   (read again before every transaction)
   app.py alembic PG_URL            autogenerate the initial migration from the models and upgrade
   app.py compare SQLITE_PATH PG_URL  read every row of both through SQLAlchemy and compare
   app.py migrate SQLITE_PATH REV TABLE  upgrade to REV with the app's own (batch-mode) migrations
@@ -57,14 +59,29 @@ def seed(path, n, journal="wal"):
         s.commit()
 
 
-def write(path, seconds, rate):
-    """Random ORM transactions at a steady rate; every failure is counted, none retried."""
+def engine_for(url):
+    if url.startswith("sqlite:"):
+        return create_engine(url, connect_args={"timeout": 5})
+    return pg_engine(url)
+
+
+def write(path, seconds, rate, url_file=None):
+    """Random ORM transactions at a steady rate; every failure is counted, none retried.
+    With url_file, each transaction reads the database URL from that file (the app pointed
+    elsewhere by a cutover's or a fallback's --exec)."""
     import json
     import time
 
     rnd = random.Random()
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 5})
-    latencies, failed, first_failure, samples = [], 0, None, []
+    engines = {}
+
+    def current():
+        url = Path(url_file).read_text().strip() if url_file else f"sqlite:///{path}"
+        if url not in engines:
+            engines[url] = engine_for(url)
+        return engines[url]
+
+    latencies, failed, first_failure, samples, failure_times = [], 0, None, [], []
     start = time.monotonic()
     n = 0
     while time.monotonic() - start < seconds:
@@ -74,6 +91,7 @@ def write(path, seconds, rate):
             time.sleep(due - now)
         n += 1
         t0 = time.monotonic()
+        engine = current()
         try:
             with Session(engine) as s, s.begin():
                 op = rnd.random()
@@ -99,7 +117,11 @@ def write(path, seconds, rate):
                     if proj is not None:
                         s.execute(Membership.__table__.delete().where(Membership.project_id == proj.id))
                         s.execute(Task.__table__.update().where(Task.project_id == proj.id).values(parent_id=None))
-                        s.delete(proj)  # ORM cascade deletes its tasks
+                        if engine.dialect.name == "postgresql":
+                            # Postgres cascades to the tasks itself (ON DELETE CASCADE).
+                            s.execute(Project.__table__.delete().where(Project.id == proj.id))
+                        else:
+                            s.delete(proj)  # ORM cascade deletes its tasks
                 else:
                     uid, pid = rnd.randint(1, 10), rnd.randint(1, 50)
                     if s.get(Membership, (uid, pid)) is None and s.get(Project, pid) is not None:
@@ -108,6 +130,7 @@ def write(path, seconds, rate):
             failed += 1
             if first_failure is None:
                 first_failure = time.time()
+            failure_times.append(time.time())
             if len(samples) < 3:
                 samples.append(str(e).splitlines()[0])
             print(f"transaction {n} failed: {e}", file=sys.stderr)
@@ -115,7 +138,8 @@ def write(path, seconds, rate):
     latencies.sort()
     pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else 0
     print(json.dumps({"transactions": n, "failed": failed, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0),
-                      "first_failure_unix": first_failure, "failure_samples": samples}))
+                      "first_failure_unix": first_failure, "failure_samples": samples,
+                      "failure_times": failure_times}))
 
 
 def pg_insert(url):
@@ -205,6 +229,8 @@ if __name__ == "__main__":
         seed(sys.argv[2], int(sys.argv[3]), *(sys.argv[4:5]))
     elif cmd == "write":
         write(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+    elif cmd == "write-switch":
+        write(None, float(sys.argv[3]), float(sys.argv[4]), url_file=sys.argv[2])
     elif cmd == "alembic":
         alembic_upgrade(sys.argv[2])
     elif cmd == "pg-insert":

@@ -1,0 +1,542 @@
+//! The Postgres side after the cutover: capture of the app's writes into a key-only
+//! changelog (`sqlite2pg.reverse_change`), and the fallback fence. Both are triggers: they
+//! need no superuser and no `wal_level` change, which managed Postgres often refuses, and
+//! the capture is in place in the same transaction that records the cutover.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, GenericClient};
+
+use super::state::STATE_SCHEMA;
+use super::{qualified, quote_ident};
+use crate::error::{Error, ErrorKind, Result};
+
+/// What the app's writes to a moved table get once `fallback` fenced Postgres.
+pub const FENCE_MESSAGE: &str = "this database has moved back to SQLite; see sqlite2pg status";
+
+fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::from_pg(format!("cannot {what}"), e)
+}
+
+/// A moved table as the reverse capture sees it.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// The target table.
+    pub table: String,
+    /// Its key columns (target names); `None`: followed as a whole.
+    pub key: Option<Vec<String>>,
+}
+
+async fn table_oid(client: &impl GenericClient, schema: &str, table: &str) -> Result<u32> {
+    let row = client
+        .query_one("SELECT to_regclass($1)::oid", &[&qualified(schema, table)])
+        .await
+        .map_err(pg("find a moved table in Postgres"))?;
+    row.get::<_, Option<u32>>(0).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Schema,
+            format!("table {table} is not in Postgres schema {schema}; was it dropped?"),
+        )
+    })
+}
+
+/// Installs the capture triggers on every moved table: each row the app changes on Postgres
+/// from now on leaves its key (and its old key when an UPDATE moves it) in the changelog.
+/// Runs inside the cutover's transaction, so no write on Postgres escapes it.
+pub async fn install_capture(
+    client: &impl GenericClient,
+    schema: &str,
+    tables: &[Captured],
+) -> Result<()> {
+    for t in tables {
+        let table = qualified(schema, &t.table);
+        let mut statements = vec![crate::sql::reverse("uncapture", &[("table", &table)])];
+        match &t.key {
+            Some(cols) => {
+                let oid = table_oid(client, schema, &t.table).await?;
+                let function = format!(
+                    "{}.{}",
+                    quote_ident(STATE_SCHEMA),
+                    quote_ident(&format!("reverse_capture_{oid}"))
+                );
+                let list = |f: &dyn Fn(&str) -> String| {
+                    cols.iter()
+                        .map(|c| f(&quote_ident(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                statements.push(crate::sql::reverse(
+                    "capture_function",
+                    &[
+                        ("function", &function),
+                        ("table", &table),
+                        (
+                            "new_key",
+                            &list(&|c| format!("to_jsonb(NEW.{c}) #>> '{{}}'")),
+                        ),
+                        (
+                            "old_key",
+                            &list(&|c| format!("to_jsonb(OLD.{c}) #>> '{{}}'")),
+                        ),
+                        ("old_row", &list(&|c| format!("OLD.{c}"))),
+                        ("new_row", &list(&|c| format!("NEW.{c}"))),
+                    ],
+                ));
+                statements.push(crate::sql::reverse(
+                    "capture_rows",
+                    &[("function", &function), ("table", &table)],
+                ));
+            }
+            None => statements.push(crate::sql::reverse(
+                "capture_statements",
+                &[("table", &table)],
+            )),
+        }
+        statements.push(crate::sql::reverse(
+            "capture_truncate",
+            &[("table", &table)],
+        ));
+        for s in statements {
+            client.batch_execute(&s).await.map_err(|e| {
+                Error::from_pg(
+                    format!("cannot install the reverse capture on table {}", t.table),
+                    e,
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// One change the app made on Postgres.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Changelog sequence number.
+    pub seq: i64,
+    /// The target table.
+    pub table: String,
+    /// The row's key as JSON text per column; `None`: the whole table.
+    pub key: Option<Vec<String>>,
+}
+
+/// The oldest committed changes not yet applied, at most `limit`.
+pub async fn pending(client: &impl GenericClient, limit: i64) -> Result<Vec<Change>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT seq, target_table, key FROM {STATE_SCHEMA}.reverse_change WHERE applied_at IS NULL ORDER BY seq LIMIT $1"
+            ),
+            &[&limit],
+        )
+        .await
+        .map_err(pg("read the reverse changelog"))?;
+    Ok(rows.iter().map(change).collect())
+}
+
+fn change(r: &tokio_postgres::Row) -> Change {
+    Change {
+        seq: r.get(0),
+        table: r.get(1),
+        key: r.get::<_, Option<Vec<String>>>(2),
+    }
+}
+
+/// Marks changes applied once SQLite holds them.
+pub async fn applied(client: &impl GenericClient, seqs: &[i64]) -> Result<u64> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.reverse_change SET applied_at = clock_timestamp() WHERE seq = ANY($1)"
+            ),
+            &[&seqs],
+        )
+        .await
+        .map_err(pg("mark reverse changes applied"))
+}
+
+/// Deletes changes applied longer than `keep` ago, at most `limit`; how many went.
+pub async fn prune(client: &impl GenericClient, keep: Duration, limit: i64) -> Result<u64> {
+    client
+        .execute(
+            &format!(
+                "DELETE FROM {STATE_SCHEMA}.reverse_change WHERE seq IN (SELECT seq FROM {STATE_SCHEMA}.reverse_change
+                 WHERE applied_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)"
+            ),
+            &[&keep.as_secs_f64(), &limit],
+        )
+        .await
+        .map_err(pg("prune the reverse changelog"))
+}
+
+/// Changes applied at or after `since` (Postgres' clock, Unix seconds) or not applied yet:
+/// the keys that may have changed since a verify that started then.
+pub async fn changed_since(client: &impl GenericClient, since: f64) -> Result<Vec<Change>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT seq, target_table, key FROM {STATE_SCHEMA}.reverse_change
+                 WHERE applied_at IS NULL OR applied_at >= to_timestamp($1) ORDER BY seq"
+            ),
+            &[&since],
+        )
+        .await
+        .map_err(pg("read the reverse changelog"))?;
+    Ok(rows.iter().map(change).collect())
+}
+
+/// Postgres' clock (Unix seconds), the one `applied_at` is written with.
+pub async fn clock(client: &impl GenericClient) -> Result<f64> {
+    let row = client
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+        .map_err(pg("read the Postgres clock"))?;
+    Ok(row.get(0))
+}
+
+/// The changes not yet in SQLite, and the age in seconds of the oldest.
+pub async fn backlog(client: &impl GenericClient) -> Result<(i64, Option<f64>)> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), extract(epoch FROM clock_timestamp() - min(at))::float8 FROM {STATE_SCHEMA}.reverse_change WHERE applied_at IS NULL"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("read the reverse changelog"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The newest change recorded so far (0: none).
+pub async fn newest(client: &impl GenericClient) -> Result<i64> {
+    let row = client
+        .query_one(
+            &format!("SELECT coalesce(max(seq), 0) FROM {STATE_SCHEMA}.reverse_change"),
+            &[],
+        )
+        .await
+        .map_err(pg("read the reverse changelog"))?;
+    Ok(row.get(0))
+}
+
+/// Whether every change up to `seq` is applied.
+pub async fn applied_through(client: &impl GenericClient, seq: i64) -> Result<bool> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.reverse_change WHERE applied_at IS NULL AND seq <= $1)"
+            ),
+            &[&seq],
+        )
+        .await
+        .map_err(pg("read the reverse changelog"))?;
+    Ok(row.get(0))
+}
+
+/// Whether the reverse capture is installed (the cutover made it).
+pub async fn capture_installed(client: &impl GenericClient) -> Result<bool> {
+    super::state::state_table_exists(client, "reverse_change").await
+}
+
+/// The fallback fence as it stands.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fence {
+    /// Who raised it.
+    pub holder: String,
+    /// The lease end (RFC 3339).
+    pub until: String,
+    /// The fallback is recorded: the fence never ends by itself.
+    pub permanent: bool,
+    /// Whether it refuses the app's writes right now.
+    pub active: bool,
+}
+
+/// The fallback fence, if one was raised.
+pub async fn fence_state(client: &impl GenericClient) -> Result<Option<Fence>> {
+    if !super::state::state_table_exists(client, "pg_fence").await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT holder, to_char(until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), permanent,
+                        permanent OR until > clock_timestamp()
+                 FROM {STATE_SCHEMA}.pg_fence WHERE id = 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("read the fallback fence"))?;
+    Ok(row.map(|r| Fence {
+        holder: r.get(0),
+        until: r.get(1),
+        permanent: r.get(2),
+        active: r.get(3),
+    }))
+}
+
+/// Raises the fallback fence on `tables` for `lease`, in one transaction. Creating the
+/// triggers waits for every transaction writing to those tables to end (and `lock_timeout`
+/// bounds that wait), so once this returns each write made before it is committed or gone,
+/// and its key is in the changelog.
+pub async fn fence(
+    client: &mut Client,
+    schema: &str,
+    tables: &[String],
+    holder: &str,
+    lease: Duration,
+    lock_wait: Duration,
+) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(pg("start the fallback fence transaction"))?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        lock_wait.as_millis().max(1)
+    ))
+    .await
+    .map_err(pg("set the fence's lock timeout"))?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {STATE_SCHEMA}.pg_fence (id, holder, since, until, permanent)
+             VALUES (1, $1, clock_timestamp(), clock_timestamp() + make_interval(secs => $2), false)
+             ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, since = EXCLUDED.since,
+               until = EXCLUDED.until, permanent = false"
+        ),
+        &[&holder, &lease.as_secs_f64()],
+    )
+    .await
+    .map_err(pg("record the fallback fence lease"))?;
+    for t in tables {
+        let q = qualified(schema, t);
+        for name in ["unfence", "fence"] {
+            tx.batch_execute(&crate::sql::reverse(name, &[("table", &q)]))
+                .await
+                .map_err(|e| {
+                    Error::from_pg(
+                        format!(
+                            "cannot fence table {t} on Postgres (the app kept a write transaction open longer than {} ms?); nothing was fenced, retry",
+                            lock_wait.as_millis()
+                        ),
+                        e,
+                    )
+                })?;
+        }
+    }
+    tx.commit().await.map_err(pg("commit the fallback fence"))
+}
+
+/// Extends `holder`'s lease. `Ok(false)`: lost (ran out, or lifted), so the app may have
+/// written to Postgres since and the fallback must not go on.
+pub async fn renew(client: &impl GenericClient, holder: &str, lease: Duration) -> Result<bool> {
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.pg_fence SET until = clock_timestamp() + make_interval(secs => $2)
+                 WHERE id = 1 AND holder = $1 AND NOT permanent AND until > clock_timestamp()"
+            ),
+            &[&holder, &lease.as_secs_f64()],
+        )
+        .await
+        .map_err(pg("renew the fallback fence lease"))?;
+    Ok(n == 1)
+}
+
+/// Makes `holder`'s fence permanent if its lease still holds (`Ok(false)`: it does not).
+pub async fn make_permanent(client: &impl GenericClient, holder: &str) -> Result<bool> {
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.pg_fence SET permanent = true
+                 WHERE id = 1 AND holder = $1 AND until > clock_timestamp()"
+            ),
+            &[&holder],
+        )
+        .await
+        .map_err(pg("make the fallback fence permanent"))?;
+    Ok(n == 1)
+}
+
+/// Lifts the fallback fence: the app writes to Postgres again.
+pub async fn unfence(client: &mut Client, schema: &str, tables: &[String]) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(pg("start lifting the fallback fence"))?;
+    for t in tables {
+        tx.batch_execute(&crate::sql::reverse(
+            "unfence",
+            &[("table", &qualified(schema, t))],
+        ))
+        .await
+        .map_err(|e| Error::from_pg(format!("cannot lift the fence on table {t}"), e))?;
+    }
+    tx.execute(&format!("DELETE FROM {STATE_SCHEMA}.pg_fence"), &[])
+        .await
+        .map_err(pg("drop the fallback fence lease"))?;
+    tx.commit().await.map_err(pg("commit lifting the fence"))
+}
+
+/// A completed fallback.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fallback {
+    /// When Postgres writes were fenced (RFC 3339).
+    pub fenced_at: String,
+    /// When the app could write to SQLite again.
+    pub done_at: String,
+    /// The write-unavailable window.
+    pub window_ms: f64,
+    /// Rows verified inside the window.
+    pub rows_verified: i64,
+    /// AUTOINCREMENT counters moved in SQLite.
+    pub sequences_moved: i32,
+}
+
+/// Records the fallback (times in Unix seconds).
+pub async fn fallback_record(
+    client: &impl GenericClient,
+    fenced_at: f64,
+    done_at: f64,
+    rows_verified: i64,
+    sequences_moved: i32,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {STATE_SCHEMA}.fallback (id, fenced_at, done_at, window_ms, rows_verified, sequences_moved)
+                 VALUES (1, to_timestamp($1), to_timestamp($2), $3, $4, $5)"
+            ),
+            &[
+                &fenced_at,
+                &done_at,
+                &((done_at - fenced_at) * 1000.0),
+                &rows_verified,
+                &sequences_moved,
+            ],
+        )
+        .await
+        .map_err(pg("record the fallback"))?;
+    Ok(())
+}
+
+/// Sets the end of the window once SQLite is handed back (Unix seconds).
+pub async fn fallback_done(
+    client: &impl GenericClient,
+    fenced_at: f64,
+    done_at: f64,
+) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.fallback SET done_at = to_timestamp($1), window_ms = $2"
+            ),
+            &[&done_at, &((done_at - fenced_at) * 1000.0)],
+        )
+        .await
+        .map_err(pg("record the end of the fallback window"))?;
+    Ok(())
+}
+
+/// Removes the reverse capture from one table (the fallback is being recorded).
+pub async fn uncapture(client: &impl GenericClient, schema: &str, table: &str) -> Result<()> {
+    client
+        .batch_execute(&crate::sql::reverse(
+            "uncapture",
+            &[("table", &qualified(schema, table))],
+        ))
+        .await
+        .map_err(|e| Error::from_pg(format!("cannot remove the reverse capture from {table}"), e))
+}
+
+/// The fallback record, if the migration fell back.
+pub async fn fallback_load(client: &impl GenericClient) -> Result<Option<Fallback>> {
+    if !super::state::state_table_exists(client, "fallback").await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT to_char(fenced_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        to_char(done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        window_ms, rows_verified, sequences_moved FROM {STATE_SCHEMA}.fallback"
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("read the fallback record"))?;
+    Ok(row.map(|r| Fallback {
+        fenced_at: r.get(0),
+        done_at: r.get(1),
+        window_ms: r.get(2),
+        rows_verified: r.get(3),
+        sequences_moved: r.get(4),
+    }))
+}
+
+/// The largest id each identity/serial column of `table` handed out (its sequence's
+/// `last_value`), by column; none for a sequence never used.
+pub async fn sequence_values(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<(String, i64)>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, pg_get_serial_sequence($1, a.attname) FROM pg_attribute a
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+               AND pg_get_serial_sequence($1, a.attname) IS NOT NULL",
+            &[&qualified(schema, table)],
+        )
+        .await
+        .map_err(pg("find the sequences of a moved table"))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (col, seq): (String, String) = (r.get(0), r.get(1));
+        // NULL until the sequence hands out a value.
+        let v = client
+            .query_one("SELECT pg_sequence_last_value($1::text::regclass)", &[&seq])
+            .await
+            .map_err(pg("read a sequence of a moved table"))?;
+        if let Some(last) = v.get::<_, Option<i64>>(0) {
+            out.push((col, last));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes what sqlite2pg put into Postgres: its triggers on `tables`, then the whole
+/// `sqlite2pg` schema. The tables and their rows stay.
+pub async fn uninstall(client: &mut Client, schema: &str, tables: &[String]) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(pg("start removing sqlite2pg's objects from Postgres"))?;
+    for t in tables {
+        let q = qualified(schema, t);
+        let exists: bool = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+            .await
+            .map_err(pg("look up a moved table"))?
+            .get(0);
+        if !exists {
+            continue;
+        }
+        for name in ["unfence", "uncapture"] {
+            tx.batch_execute(&crate::sql::reverse(name, &[("table", &q)]))
+                .await
+                .map_err(|e| {
+                    Error::from_pg(format!("cannot drop sqlite2pg's triggers on {t}"), e)
+                })?;
+        }
+    }
+    tx.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        quote_ident(STATE_SCHEMA)
+    ))
+    .await
+    .map_err(pg("drop the sqlite2pg schema"))?;
+    tx.commit()
+        .await
+        .map_err(pg("commit removing sqlite2pg's objects"))
+}

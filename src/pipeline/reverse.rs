@@ -1,0 +1,559 @@
+//! The reverse stream: after the cutover, the app's writes on Postgres follow back into the
+//! SQLite file, so that `fallback` loses none of them.
+//!
+//! Each batch reads the oldest committed changes and the rows they name in one REPEATABLE
+//! READ snapshot, writes them into SQLite in one short transaction that also records the
+//! position, then marks exactly those changes applied on Postgres. Applying a key means "make
+//! SQLite's row what Postgres has now", so it is idempotent: a kill between the SQLite commit
+//! and the mark only applies the same keys again. A change committed late with a lower
+//! sequence number is still pending, so it is never skipped. Applied changes are pruned after
+//! [`KEEP_APPLIED`].
+//!
+//! Values Postgres did not change keep SQLite's exact bytes (each is compared through the
+//! forward conversion); changed ones are decoded in the column's own form and proved to
+//! convert back to the same Postgres value, or the stream stops and says which.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
+
+use super::phase::Phase;
+use super::plan::{Plan, TablePlan};
+use crate::config::TargetUrl;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{OwnedValue, display_key};
+use crate::pg::scan::Raw;
+use crate::pg::{convert, decode, qualified, quote_ident, reverse, state};
+use crate::shutdown::{Backoff, Shutdown};
+use crate::sqlite::form::{self, ColumnForm};
+use crate::sqlite::{capture, restore};
+
+/// How long applied changes stay in the changelog: `fallback` verifies the keys applied since
+/// its pre-fence verify began, inside its window.
+pub const KEEP_APPLIED: Duration = Duration::from_secs(3600);
+
+/// Knobs of the reverse stream.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The SQLite file.
+    pub source: PathBuf,
+    /// The Postgres database the app writes to now.
+    pub target: TargetUrl,
+    /// Target schema.
+    pub schema: String,
+    /// SQLite busy timeout.
+    pub busy_timeout: Duration,
+    /// How often to look for new changes when there were none.
+    pub poll_interval: Duration,
+    /// Most changes per batch (one SQLite transaction).
+    pub batch_changes: usize,
+    /// Return once the changelog is empty (the fallback's drain).
+    pub exit_when_caught_up: bool,
+}
+
+/// How the stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A stop was asked for.
+    Shutdown,
+    /// Nothing left to apply (with `exit_when_caught_up`).
+    CaughtUp,
+    /// The fallback is recorded: SQLite is the database again.
+    FellBack,
+}
+
+/// One moved table as the reverse stream writes it.
+pub struct Table<'a> {
+    plan: &'a TablePlan,
+    shape: restore::Shape<'a>,
+    /// Plan column index of each written column.
+    columns: Vec<usize>,
+    forms: Vec<ColumnForm>,
+}
+
+impl<'a> Table<'a> {
+    /// The written columns' key positions as plan column indexes.
+    fn key_columns(&self) -> Vec<usize> {
+        self.shape.key.iter().map(|k| self.columns[*k]).collect()
+    }
+
+    /// Whether changes name rows by key (else the whole table is re-read).
+    pub fn has_key(&self) -> bool {
+        !self.shape.key.is_empty()
+    }
+}
+
+/// The reverse capture of each planned table (for the cutover to install).
+pub fn captured(plan: &Plan) -> Vec<reverse::Captured> {
+    plan.tables
+        .iter()
+        .map(|t| reverse::Captured {
+            table: t.target.clone(),
+            key: capture::key_columns(&t.source).map(|cols| {
+                cols.iter()
+                    .filter_map(|c| t.columns.iter().find(|p| &p.source == c))
+                    .map(|p| p.target.clone())
+                    .collect()
+            }),
+        })
+        .collect()
+}
+
+/// Builds each table's shape and learns each column's form from the SQLite file.
+pub fn tables<'a>(plan: &'a Plan, conn: &rusqlite::Connection) -> Result<Vec<Table<'a>>> {
+    crate::sqlite::in_read_transaction(conn, "the column forms", || {
+        plan.tables
+            .iter()
+            .map(|t| {
+                let columns: Vec<usize> = t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| {
+                        !t.source
+                            .columns
+                            .iter()
+                            .any(|s| s.name == c.source && s.generated)
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                let names: Vec<String> = columns
+                    .iter()
+                    .map(|i| t.columns[*i].source.clone())
+                    .collect();
+                let key = capture::key_columns(&t.source)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|k| {
+                        names.iter().position(|n| n == k).ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::Schema,
+                                format!(
+                                    "key column {}.{k} is not copied to Postgres",
+                                    t.source.name
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let typed: Vec<(&str, &crate::model::PgType)> = columns
+                    .iter()
+                    .map(|i| (t.columns[*i].source.as_str(), &t.columns[*i].conv.ty))
+                    .collect();
+                let forms = form::learn(conn, &t.source.name, &typed)?;
+                Ok(Table {
+                    plan: t,
+                    shape: restore::Shape {
+                        table: &t.source,
+                        columns: names,
+                        key,
+                    },
+                    columns,
+                    forms,
+                })
+            })
+            .collect()
+    })
+}
+
+/// The keys `changes` name in one table, as SQLite holds them (for a verify by key).
+pub async fn sqlite_keys(
+    client: &impl GenericClient,
+    schema: &str,
+    t: &Table<'_>,
+    keys: &[Vec<String>],
+) -> Result<Vec<Vec<OwnedValue>>> {
+    Ok(read_keys(client, schema, t, keys)
+        .await?
+        .into_iter()
+        .map(|f| f.key)
+        .collect())
+}
+
+impl Table<'_> {
+    /// The plan of the table.
+    pub fn plan(&self) -> &TablePlan {
+        self.plan
+    }
+}
+
+/// What Postgres has for one changed key.
+struct Fetched {
+    /// The key as SQLite holds it.
+    key: Vec<OwnedValue>,
+    /// The row's written columns, if the row exists.
+    row: Option<Vec<Raw>>,
+}
+
+/// What one batch read from Postgres for one table.
+enum Read {
+    Keys(Vec<Fetched>),
+    Whole(Vec<Vec<Raw>>),
+}
+
+fn conversion(t: &Table<'_>, key: &str, column: usize, e: convert::ConvError) -> Error {
+    Error::new(
+        ErrorKind::Conversion,
+        format!(
+            "table {}, row {key}, column {}: {} cannot come back to SQLite identically ({}). The reverse stream waits: change the value on Postgres, or drop the column from the fallback by hand",
+            t.plan.source.name,
+            t.shape.columns[column],
+            t.plan.columns[t.columns[column]].target,
+            e.detail
+        ),
+    )
+}
+
+/// The rows Postgres has for `keys` (its JSON text per key column), with each key as SQLite
+/// holds it.
+async fn read_keys(
+    tx: &impl GenericClient,
+    schema: &str,
+    t: &Table<'_>,
+    keys: &[Vec<String>],
+) -> Result<Vec<Fetched>> {
+    let key_cols = t.key_columns();
+    let n = key_cols.len();
+    let cast = |i: usize| t.plan.columns[key_cols[i]].conv.ty.sql();
+    let typed: Vec<String> = (0..n).map(|i| format!("u.k{i}::{}", cast(i))).collect();
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|i| format!("t.{}", quote_ident(&t.plan.columns[*i].target)))
+        .collect();
+    let join: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "t.{} = u.k{i}::{}",
+                quote_ident(&t.plan.columns[key_cols[i]].target),
+                cast(i)
+            )
+        })
+        .collect();
+    let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    let sql = format!(
+        "SELECT {}, t.ctid IS NOT NULL, {} FROM unnest({}) AS u({}) LEFT JOIN {} t ON {}",
+        typed.join(", "),
+        cols.join(", "),
+        arrays.join(", "),
+        names.join(", "),
+        qualified(schema, &t.plan.target),
+        join.join(" AND ")
+    );
+    let params: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            keys.iter()
+                .map(|k| k.get(i).cloned().unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as _).collect();
+    let rows = tx.query(sql.as_str(), &refs).await.map_err(|e| {
+        Error::from_pg(
+            format!("cannot read changed rows of table {}", t.plan.target),
+            e,
+        )
+    })?;
+    let mut scratch = BytesMut::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut key = Vec::with_capacity(n);
+        for (i, pos) in t.shape.key.iter().enumerate() {
+            let raw: Raw = r.get(i);
+            let Some(bytes) = raw.0 else {
+                key.push(OwnedValue::Null);
+                continue;
+            };
+            let conv = &t.plan.columns[key_cols[i]].conv;
+            key.push(
+                decode::decode_exact(&bytes, conv, &t.forms[*pos], &mut scratch)
+                    .map_err(|e| conversion(t, "(key)", *pos, e))?,
+            );
+        }
+        let exists: bool = r.get(n);
+        let row = exists.then(|| (0..t.columns.len()).map(|i| r.get(n + 1 + i)).collect());
+        out.push(Fetched { key, row });
+    }
+    Ok(out)
+}
+
+async fn read_whole(tx: &Transaction<'_>, schema: &str, t: &Table<'_>) -> Result<Vec<Vec<Raw>>> {
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|i| quote_ident(&t.plan.columns[*i].target))
+        .collect();
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {} FROM {}",
+                cols.join(", "),
+                qualified(schema, &t.plan.target)
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::from_pg(format!("cannot read table {}", t.plan.target), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (0..cols.len()).map(|i| r.get(i)).collect())
+        .collect())
+}
+
+/// The values SQLite should hold for a Postgres row: SQLite's own bytes where Postgres has
+/// the same value, decoded (and proved exact) where it changed.
+fn merge(
+    t: &Table<'_>,
+    key: &str,
+    existing: Option<&[OwnedValue]>,
+    row: &[Raw],
+    scratch: &mut BytesMut,
+) -> Result<Vec<OwnedValue>> {
+    let mut out = Vec::with_capacity(row.len());
+    for (i, raw) in row.iter().enumerate() {
+        let conv = &t.plan.columns[t.columns[i]].conv;
+        let old = existing.map(|e| &e[i]);
+        let keep = old.filter(|old| {
+            scratch.clear();
+            let encoded = match convert::encode(old.as_ref(), conv, scratch) {
+                Ok(()) if matches!(old, OwnedValue::Null) => None,
+                Ok(()) => Some(scratch[4..].to_vec()),
+                Err(_) => return false,
+            };
+            convert::same(&conv.ty, &encoded, &raw.0)
+        });
+        out.push(match (keep, &raw.0) {
+            (Some(old), _) => old.clone(),
+            (None, None) => OwnedValue::Null,
+            (None, Some(bytes)) => decode::decode_exact(bytes, conv, &t.forms[i], scratch)
+                .map_err(|e| conversion(t, key, i, e))?,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes one batch into SQLite, position included; returns rows written.
+fn write_batch(
+    conn: &mut rusqlite::Connection,
+    tables: &[Table<'_>],
+    reads: &[(usize, Read)],
+    seq: i64,
+    changes: i64,
+) -> Result<u64> {
+    let tx = restore::begin(conn)?;
+    let mut scratch = BytesMut::new();
+    let mut written = 0;
+    for (ti, read) in reads {
+        let t = &tables[*ti];
+        let triggers = restore::lift_triggers(&tx, &t.plan.source.name)?;
+        match read {
+            Read::Whole(rows) => {
+                restore::delete_all(&tx, &t.shape)?;
+                for row in rows {
+                    let values = merge(t, "(whole table)", None, row, &mut scratch)?;
+                    restore::insert(&tx, &t.shape, None, &values)?;
+                    written += 1;
+                }
+            }
+            Read::Keys(fetched) => {
+                // Deletes first, then inserts: two rows that swapped a unique value in one
+                // Postgres transaction never collide halfway.
+                let mut inserts = Vec::new();
+                for f in fetched {
+                    let existing = restore::read(&tx, &t.shape, &f.key)?;
+                    let key_text = display_key(&t.plan.key_names, &f.key);
+                    let new = match &f.row {
+                        Some(row) => Some(merge(
+                            t,
+                            &key_text,
+                            existing.as_ref().map(|e| e.values.as_slice()),
+                            row,
+                            &mut scratch,
+                        )?),
+                        None => None,
+                    };
+                    if existing.as_ref().map(|e| &e.values) == new.as_ref() {
+                        continue;
+                    }
+                    if existing.is_some() {
+                        restore::delete(&tx, &t.shape, &f.key)?;
+                    }
+                    if let Some(values) = new {
+                        inserts.push((existing.and_then(|e| e.rowid), values));
+                    }
+                    written += 1;
+                }
+                for (rowid, values) in inserts {
+                    restore::insert(&tx, &t.shape, rowid, &values)?;
+                }
+            }
+        }
+        restore::restore_triggers(&tx, &triggers)?;
+    }
+    restore::set_position(&tx, seq, changes)?;
+    tx.commit()
+        .map_err(|e| Error::from_sqlite("cannot commit a reverse batch to SQLite", e))?;
+    Ok(written)
+}
+
+/// Reads, writes and prunes one batch; `Ok(0)` when there was nothing to apply.
+async fn one_batch(
+    client: &mut Client,
+    conn: &mut rusqlite::Connection,
+    tables: &[Table<'_>],
+    opts: &Options,
+) -> Result<usize> {
+    let started = Instant::now();
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| Error::from_pg("cannot start reading the reverse changelog", e))?;
+    let changes = reverse::pending(&tx, opts.batch_changes as i64).await?;
+    if changes.is_empty() {
+        tx.commit()
+            .await
+            .map_err(|e| Error::from_pg("cannot end a read of the reverse changelog", e))?;
+        return Ok(0);
+    }
+    // Distinct keys per table, in first-seen order; a whole-table change covers its keys.
+    let mut by_table: BTreeMap<usize, (bool, Vec<Vec<String>>)> = BTreeMap::new();
+    for c in &changes {
+        let Some(ti) = tables.iter().position(|t| t.plan.target == c.table) else {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "Postgres recorded a change to table {}, which this sqlite2pg does not move back (renamed, or excluded since the cutover?): restore the table list the cutover used",
+                    c.table
+                ),
+            ));
+        };
+        let entry = by_table.entry(ti).or_default();
+        match &c.key {
+            Some(k) if tables[ti].has_key() => entry.1.push(k.clone()),
+            _ => entry.0 = true,
+        }
+    }
+    let mut reads = Vec::new();
+    for (ti, (whole, mut keys)) in by_table {
+        let t = &tables[ti];
+        if whole {
+            reads.push((ti, Read::Whole(read_whole(&tx, &opts.schema, t).await?)));
+        } else {
+            keys.sort();
+            keys.dedup();
+            reads.push((
+                ti,
+                Read::Keys(read_keys(&tx, &opts.schema, t, &keys).await?),
+            ));
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::from_pg("cannot end a read of the reverse changelog", e))?;
+    let seq = changes.iter().map(|c| c.seq).max().unwrap_or(0);
+    let n = changes.len();
+    tokio::task::block_in_place(|| write_batch(conn, tables, &reads, seq, n as i64))?;
+    let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+    reverse::applied(&*client, &seqs).await?;
+    let per_table: Vec<(String, u64, u64)> = reads
+        .iter()
+        .map(|(ti, _)| (tables[*ti].plan.source.name.clone(), 0, 0))
+        .collect();
+    crate::metrics::batch_applied(&per_table, n as u64, started.elapsed().as_secs_f64(), seq);
+    Ok(n)
+}
+
+async fn connect(opts: &Options) -> Result<Client> {
+    let client = crate::pg::connect(&opts.target).await?;
+    // The forward stream's session, just closed by this same daemon, may hold the lock a
+    // moment longer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !state::try_lock(&client).await? {
+        if Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        return Err(Error::new(
+            ErrorKind::State,
+            "another sqlite2pg daemon (or a fallback) is working on this database; `sqlite2pg status` shows it",
+        ));
+    }
+    Ok(client)
+}
+
+/// Follows Postgres back into SQLite until a stop, the fallback, or (with
+/// `exit_when_caught_up`) an empty changelog. Reconnects by itself while Postgres is away.
+pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End> {
+    let mut client = connect(opts).await?;
+    if !reverse::capture_installed(&client).await? {
+        return Err(Error::new(
+            ErrorKind::State,
+            "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",
+        ));
+    }
+    let mut conn = tokio::task::block_in_place(|| restore::open(&opts.source, opts.busy_timeout))?;
+    let tables = tokio::task::block_in_place(|| tables(plan, &conn))?;
+    crate::metrics::set_phase(Phase::ReverseStreaming);
+    tracing::info!(
+        tables = tables.len(),
+        "following Postgres back into SQLite (the reverse stream)"
+    );
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut last_look = Instant::now() - Duration::from_secs(10);
+    loop {
+        if shutdown.requested() {
+            return Ok(End::Shutdown);
+        }
+        if last_look.elapsed() >= Duration::from_secs(1) {
+            last_look = Instant::now();
+            let (pending, age) = reverse::backlog(&client).await?;
+            crate::metrics::lag(pending, age.unwrap_or(0.0));
+            if reverse::fallback_load(&client).await?.is_some() {
+                crate::metrics::set_phase(Phase::FellBack);
+                return Ok(End::FellBack);
+            }
+            reverse::prune(&client, KEEP_APPLIED, 10_000).await?;
+        }
+        match one_batch(&mut client, &mut conn, &tables, opts).await {
+            Ok(0) if opts.exit_when_caught_up => return Ok(End::CaughtUp),
+            Ok(0) => {
+                backoff.reset();
+                if !shutdown.sleep(opts.poll_interval).await {
+                    return Ok(End::Shutdown);
+                }
+            }
+            Ok(_) => backoff.reset(),
+            Err(e) if e.kind() == ErrorKind::TargetUnreachable => {
+                let wait = backoff.next_wait();
+                crate::metrics::unreachable(&e.to_string());
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Postgres is unreachable; the reverse stream resumes once it answers");
+                if !shutdown.sleep(wait).await {
+                    return Ok(End::Shutdown);
+                }
+                match connect(opts).await {
+                    Ok(c) => {
+                        client = c;
+                        crate::metrics::reconnected();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reconnect failed"),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::SourceBusy => {
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, "SQLite is busy (a reader holds it); retrying");
+                if !shutdown.sleep(wait).await {
+                    return Ok(End::Shutdown);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! How SQLite holds each column's values (storage class, the text form of dates, booleans
+//! and UUIDs), learned from the values a column has: what the reverse stream writes back
+//! must look as the app's own writes did, not merely mean the same.
+
+use rusqlite::Connection;
+
+use super::quote_ident;
+use crate::error::{Error, Result};
+use crate::model::PgType;
+
+/// Values sampled per column.
+const SAMPLE: usize = 1_000;
+
+/// A SQLite storage class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// INTEGER
+    Integer,
+    /// REAL
+    Real,
+    /// TEXT
+    Text,
+    /// BLOB
+    Blob,
+}
+
+/// Digits after the seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fraction {
+    /// Always this many (0: none), more only when a value needs them.
+    Fixed(u8),
+    /// Six, or none at all when they are zero (Python's `isoformat`).
+    SixOrNone,
+}
+
+/// What follows the time of day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suffix {
+    /// Nothing.
+    None,
+    /// `Z`.
+    Z,
+    /// `+00:00` (values come back in UTC; an original other offset is not kept).
+    Offset,
+}
+
+/// The text form of a column's dates and times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateTemplate {
+    /// `T` or a space between date and time.
+    pub separator: char,
+    /// Seconds are written (`HH:MM:SS`, else `HH:MM`).
+    pub seconds: bool,
+    /// Digits after the seconds.
+    pub fraction: Fraction,
+    /// After the time.
+    pub suffix: Suffix,
+}
+
+impl Default for DateTemplate {
+    /// SQLAlchemy's form (`2024-05-01 09:30:00.000000`), the writer this tool meets most.
+    fn default() -> Self {
+        DateTemplate {
+            separator: ' ',
+            seconds: true,
+            fraction: Fraction::Fixed(6),
+            suffix: Suffix::None,
+        }
+    }
+}
+
+impl DateTemplate {
+    /// `HH:MM[:SS[.f]]` plus the suffix, for microseconds since midnight.
+    pub fn time(&self, micros: i64) -> String {
+        let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
+        let mut out = format!("{:02}:{:02}", secs / 3600, secs / 60 % 60);
+        if self.seconds || secs % 60 != 0 || frac != 0 {
+            out.push_str(&format!(":{:02}", secs % 60));
+        }
+        let digits = match self.fraction {
+            Fraction::SixOrNone if frac == 0 => 0,
+            Fraction::SixOrNone => 6,
+            // Widened when the value has more than the column's digits: exact over pretty.
+            Fraction::Fixed(n) => {
+                let n = usize::from(n.min(6));
+                let kept = frac / 10_i64.pow(6 - n as u32) * 10_i64.pow(6 - n as u32);
+                if kept == frac { n } else { 6 }
+            }
+        };
+        if digits > 0 {
+            let six = format!("{frac:06}");
+            out.push('.');
+            out.push_str(&six[..digits]);
+        }
+        out.push_str(match self.suffix {
+            Suffix::None => "",
+            Suffix::Z => "Z",
+            Suffix::Offset => "+00:00",
+        });
+        out
+    }
+}
+
+/// How one column's values look in SQLite.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnForm {
+    /// The storage class most of its values have; `None` when it has none.
+    pub class: Option<Class>,
+    /// The form of its date/time text.
+    pub date: DateTemplate,
+    /// `(true, false)` spellings of booleans kept as text.
+    pub bool_words: Option<(String, String)>,
+    /// UUID text in capitals.
+    pub uuid_upper: bool,
+    /// UUID text without hyphens.
+    pub uuid_bare: bool,
+}
+
+fn class_of(v: rusqlite::types::ValueRef<'_>) -> Option<Class> {
+    use rusqlite::types::ValueRef as V;
+    match v {
+        V::Null => None,
+        V::Integer(_) => Some(Class::Integer),
+        V::Real(_) => Some(Class::Real),
+        V::Text(_) => Some(Class::Text),
+        V::Blob(_) => Some(Class::Blob),
+    }
+}
+
+/// Reads a date/time text's template, if it is one.
+fn template_of(s: &str) -> Option<(DateTemplate, usize)> {
+    let b = s.as_bytes();
+    let (separator, time) = if b.len() >= 10 && b[4] == b'-' && b[7] == b'-' {
+        match b.get(10) {
+            None => return Some((DateTemplate::default(), 0)),
+            Some(c @ (b' ' | b'T')) => (*c as char, &s[11..]),
+            Some(_) => return None,
+        }
+    } else {
+        (' ', s)
+    };
+    let tb = time.as_bytes();
+    if tb.len() < 5 || tb[2] != b':' {
+        return None;
+    }
+    let seconds = tb.len() >= 8 && tb[5] == b':';
+    let mut rest = &time[if seconds { 8 } else { 5 }..];
+    let mut digits = 0;
+    if let Some(r) = rest.strip_prefix('.') {
+        digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &r[digits..];
+    }
+    let suffix = match rest {
+        "" => Suffix::None,
+        "Z" | "z" => Suffix::Z,
+        _ => Suffix::Offset,
+    };
+    Some((
+        DateTemplate {
+            separator,
+            seconds,
+            fraction: Fraction::Fixed(digits.min(6) as u8),
+            suffix,
+        },
+        digits,
+    ))
+}
+
+/// The `(true, false)` pair a boolean spelling belongs to, in its case.
+fn bool_pair(word: &str) -> Option<(String, String)> {
+    let pairs = [
+        ("true", "false"),
+        ("t", "f"),
+        ("yes", "no"),
+        ("y", "n"),
+        ("on", "off"),
+        ("1", "0"),
+    ];
+    let lower = word.to_ascii_lowercase();
+    let (t, f) = pairs.iter().find(|(t, f)| lower == *t || lower == *f)?;
+    let case = |w: &str| {
+        if word.chars().all(|c| c.is_ascii_uppercase()) {
+            w.to_ascii_uppercase()
+        } else if word.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        } else {
+            w.to_string()
+        }
+    };
+    Some((case(t), case(f)))
+}
+
+/// Learns the form of each of `columns` (with their Postgres types) from up to a thousand of
+/// the values each holds.
+pub fn learn(
+    conn: &Connection,
+    table: &str,
+    columns: &[(&str, &PgType)],
+) -> Result<Vec<ColumnForm>> {
+    columns
+        .iter()
+        .map(|(name, ty)| learn_column(conn, table, name, ty))
+        .collect()
+}
+
+fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Result<ColumnForm> {
+    let err = |e| Error::from_sqlite(format!("cannot read column {table}.{column}"), e);
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {c} FROM {t} WHERE {c} IS NOT NULL LIMIT {SAMPLE}",
+            c = quote_ident(column),
+            t = quote_ident(table)
+        ))
+        .map_err(err)?;
+    let mut rows = stmt.query([]).map_err(err)?;
+    let mut counts = [0usize; 4];
+    let mut form = ColumnForm::default();
+    let mut fraction_digits = std::collections::BTreeSet::new();
+    let mut template: Option<DateTemplate> = None;
+    while let Some(r) = rows.next().map_err(err)? {
+        let v = r.get_ref(0).map_err(err)?;
+        let Some(class) = class_of(v) else { continue };
+        counts[class as usize] += 1;
+        let rusqlite::types::ValueRef::Text(t) = v else {
+            continue;
+        };
+        let Ok(s) = std::str::from_utf8(t) else {
+            continue;
+        };
+        match ty {
+            PgType::Date | PgType::Time | PgType::Timestamp | PgType::Timestamptz => {
+                if let Some((t, digits)) = template_of(s) {
+                    fraction_digits.insert(digits);
+                    template.get_or_insert(t);
+                }
+            }
+            PgType::Bool if form.bool_words.is_none() => form.bool_words = bool_pair(s),
+            PgType::Uuid => {
+                form.uuid_upper = s.chars().any(|c| c.is_ascii_uppercase());
+                form.uuid_bare = !s.contains('-');
+            }
+            _ => {}
+        }
+    }
+    let classes = [Class::Integer, Class::Real, Class::Text, Class::Blob];
+    form.class = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .max_by_key(|(_, n)| **n)
+        .map(|(i, _)| classes[i]);
+    if let Some(mut t) = template {
+        let seen: Vec<usize> = fraction_digits.into_iter().collect();
+        t.fraction = match seen.as_slice() {
+            [0, 6] => Fraction::SixOrNone,
+            _ => Fraction::Fixed(seen.last().copied().unwrap_or(0).min(6) as u8),
+        };
+        form.date = t;
+    }
+    Ok(form)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_read_from_the_usual_writers() {
+        let (t, d) = template_of("2024-05-01 09:30:00.123456").unwrap();
+        assert_eq!(
+            (t.separator, t.seconds, t.suffix, d),
+            (' ', true, Suffix::None, 6)
+        );
+        let (t, d) = template_of("2024-05-01T09:30:00Z").unwrap();
+        assert_eq!((t.separator, t.suffix, d), ('T', Suffix::Z, 0));
+        let (t, _) = template_of("2024-05-01T09:30+02:00").unwrap();
+        assert_eq!((t.seconds, t.suffix), (false, Suffix::Offset));
+        assert!(template_of("yesterday").is_none());
+    }
+
+    #[test]
+    fn times_keep_the_columns_digits_unless_a_value_needs_more() {
+        let t = DateTemplate {
+            fraction: Fraction::Fixed(3),
+            ..DateTemplate::default()
+        };
+        assert_eq!(t.time(34_200_123_000), "09:30:00.123");
+        assert_eq!(t.time(34_200_123_456), "09:30:00.123456");
+        let p = DateTemplate {
+            fraction: Fraction::SixOrNone,
+            ..DateTemplate::default()
+        };
+        assert_eq!(p.time(34_200_000_000), "09:30:00");
+        assert_eq!(p.time(34_200_000_001), "09:30:00.000001");
+    }
+
+    #[test]
+    fn boolean_words_keep_their_case() {
+        assert_eq!(bool_pair("False"), Some(("True".into(), "False".into())));
+        assert_eq!(bool_pair("Y"), Some(("Y".into(), "N".into())));
+        assert_eq!(bool_pair("maybe"), None);
+    }
+}

@@ -1,0 +1,290 @@
+//! The reverse stream's writes into the SQLite file: the only writes sqlite2pg makes to the
+//! app's rows. They pass the cutover fence the only way SQLite allows: each write transaction
+//! drops the triggers of the tables it touches (the fence, the capture, the app's own) and
+//! creates them again, from their exact text, before it commits. SQLite's DDL is
+//! transactional, so no other connection ever sees a table unfenced; and the app's triggers
+//! do not fire twice for what Postgres already did.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params_from_iter};
+
+use super::quote_ident;
+use crate::error::{Error, Result};
+use crate::model::{OwnedValue, SourceTable};
+
+/// Where the reverse stream stands, kept in the SQLite file.
+const POSITION: &str = "_sqlite2pg_reverse";
+
+fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::from_sqlite(format!("cannot {what}"), e)
+}
+
+/// Opens the file for the reverse stream: foreign keys off on this connection (Postgres
+/// already cascaded, and each cascaded row comes as its own change), and the position table.
+pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let conn = super::open_read_write(path, busy_timeout)?;
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE IF NOT EXISTS {POSITION} (
+           id INTEGER PRIMARY KEY CHECK (id = 1),
+           seq INTEGER NOT NULL,
+           changes INTEGER NOT NULL,
+           applied_at REAL NOT NULL)"
+    ))
+    .map_err(ctx("prepare the SQLite file for the reverse stream"))?;
+    Ok(conn)
+}
+
+/// The reverse stream's position: the newest Postgres change applied and how many in all.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Position {
+    /// Newest changelog sequence number applied.
+    pub seq: i64,
+    /// Changes applied since the cutover.
+    pub changes: i64,
+    /// When the last batch committed (Unix seconds).
+    pub applied_at: f64,
+}
+
+/// The stored position (zero before the first batch, or without a reverse stream).
+pub fn position(conn: &Connection) -> Result<Position> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [POSITION],
+            |r| r.get(0),
+        )
+        .map_err(ctx("look for the reverse stream's position"))?;
+    if !exists {
+        return Ok(Position::default());
+    }
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT seq, changes, (applied_at - 2440587.5) * 86400.0 FROM {POSITION} WHERE id = 1"
+            ),
+            [],
+            |r| {
+                Ok(Position {
+                    seq: r.get(0)?,
+                    changes: r.get(1)?,
+                    applied_at: r.get(2)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(ctx("read the reverse stream's position"))?
+        .unwrap_or_default())
+}
+
+/// Starts a write transaction (waiting for readers in rollback-journal mode, as any writer).
+pub fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(ctx(
+            "start a write transaction in SQLite (held by a reader?)",
+        ))
+}
+
+/// The triggers on `table`, dropped for this transaction; give them to [`restore_triggers`]
+/// before committing.
+pub fn lift_triggers(tx: &Transaction<'_>, table: &str) -> Result<Vec<(String, String)>> {
+    let found: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE AND sql IS NOT NULL ORDER BY rowid",
+            )
+            .map_err(ctx("list a table's triggers"))?;
+        stmt.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|r| r.collect())
+            .map_err(ctx("list a table's triggers"))?
+    };
+    for (name, _) in &found {
+        tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(name)))
+            .map_err(|e| Error::from_sqlite(format!("cannot lift trigger {name} on {table}"), e))?;
+    }
+    Ok(found)
+}
+
+/// Creates the lifted triggers again, in their order, from their exact text.
+pub fn restore_triggers(tx: &Transaction<'_>, triggers: &[(String, String)]) -> Result<()> {
+    for (name, sql) in triggers {
+        tx.execute_batch(sql)
+            .map_err(|e| Error::from_sqlite(format!("cannot restore trigger {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// How one table is written.
+pub struct Shape<'a> {
+    /// The table.
+    pub table: &'a SourceTable,
+    /// Columns written, in the order values are given (generated columns are left out).
+    pub columns: Vec<String>,
+    /// Positions in `columns` of the key columns.
+    pub key: Vec<usize>,
+}
+
+impl Shape<'_> {
+    /// A rowid table whose key is not the rowid: the rowid is kept when a row is rewritten.
+    fn keeps_rowid(&self) -> bool {
+        !self.table.without_rowid && self.table.rowid_alias.is_none()
+    }
+
+    fn key_condition(&self) -> String {
+        self.key
+            .iter()
+            .enumerate()
+            .map(|(n, i)| format!("{} = ?{}", quote_ident(&self.columns[*i]), n + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+/// A row as SQLite has it: its rowid (rowid tables whose key is not the rowid) and values.
+pub struct Existing {
+    /// The rowid to keep.
+    pub rowid: Option<i64>,
+    /// Values of `Shape::columns`.
+    pub values: Vec<OwnedValue>,
+}
+
+fn value_ref(v: &OwnedValue) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match v {
+        OwnedValue::Null => Value::Null,
+        OwnedValue::Integer(i) => Value::Integer(*i),
+        OwnedValue::Real(f) => Value::Real(*f),
+        OwnedValue::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        OwnedValue::Blob(b) => Value::Blob(b.clone()),
+    }
+}
+
+/// The row with this key, if SQLite has one.
+pub fn read(
+    tx: &Transaction<'_>,
+    shape: &Shape<'_>,
+    key: &[OwnedValue],
+) -> Result<Option<Existing>> {
+    let rowid = if shape.keeps_rowid() {
+        format!("{}, ", shape.table.rowid_name())
+    } else {
+        String::new()
+    };
+    let cols: Vec<String> = shape.columns.iter().map(|c| quote_ident(c)).collect();
+    let sql = format!(
+        "SELECT {rowid}{} FROM {} WHERE {}",
+        cols.join(", "),
+        quote_ident(&shape.table.name),
+        shape.key_condition()
+    );
+    let mut stmt = tx
+        .prepare_cached(&sql)
+        .map_err(|e| Error::from_sqlite(format!("cannot read table {}", shape.table.name), e))?;
+    let skip = usize::from(shape.keeps_rowid());
+    stmt.query_row(params_from_iter(key.iter().map(value_ref)), |r| {
+        Ok(Existing {
+            rowid: if skip == 1 { Some(r.get(0)?) } else { None },
+            values: (0..cols.len())
+                .map(|i| {
+                    r.get_ref(i + skip)
+                        .map(|v| super::reader::to_sql_value(v).to_owned_value())
+                })
+                .collect::<rusqlite::Result<_>>()?,
+        })
+    })
+    .optional()
+    .map_err(|e| Error::from_sqlite(format!("cannot read table {}", shape.table.name), e))
+}
+
+/// Deletes the row with this key.
+pub fn delete(tx: &Transaction<'_>, shape: &Shape<'_>, key: &[OwnedValue]) -> Result<()> {
+    let sql = format!(
+        "DELETE FROM {} WHERE {}",
+        quote_ident(&shape.table.name),
+        shape.key_condition()
+    );
+    tx.prepare_cached(&sql)
+        .and_then(|mut s| s.execute(params_from_iter(key.iter().map(value_ref))))
+        .map_err(|e| {
+            Error::from_sqlite(format!("cannot delete from table {}", shape.table.name), e)
+        })?;
+    Ok(())
+}
+
+/// Deletes every row (a whole-table change).
+pub fn delete_all(tx: &Transaction<'_>, shape: &Shape<'_>) -> Result<()> {
+    tx.execute_batch(&format!("DELETE FROM {}", quote_ident(&shape.table.name)))
+        .map_err(|e| Error::from_sqlite(format!("cannot empty table {}", shape.table.name), e))
+}
+
+/// Inserts a row, with its old rowid when it had one.
+pub fn insert(
+    tx: &Transaction<'_>,
+    shape: &Shape<'_>,
+    rowid: Option<i64>,
+    values: &[OwnedValue],
+) -> Result<()> {
+    let mut cols: Vec<String> = shape.columns.iter().map(|c| quote_ident(c)).collect();
+    let mut vals: Vec<rusqlite::types::Value> = values.iter().map(value_ref).collect();
+    if let Some(r) = rowid {
+        cols.insert(0, shape.table.rowid_name().to_string());
+        vals.insert(0, rusqlite::types::Value::Integer(r));
+    }
+    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        quote_ident(&shape.table.name),
+        cols.join(", "),
+        marks.join(", ")
+    );
+    tx.prepare_cached(&sql)
+        .and_then(|mut s| s.execute(params_from_iter(vals)))
+        .map_err(|e| {
+            Error::from_sqlite(
+                format!(
+                    "cannot write a row from Postgres into table {} (a UNIQUE or CHECK constraint SQLite has and Postgres lacks?)",
+                    shape.table.name
+                ),
+                e,
+            )
+        })?;
+    Ok(())
+}
+
+/// Records the position, in the transaction that applied up to it.
+pub fn set_position(tx: &Transaction<'_>, seq: i64, changes: i64) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {POSITION} (id, seq, changes, applied_at) VALUES (1, ?1, ?2, julianday('now'))
+             ON CONFLICT (id) DO UPDATE SET seq = max(seq, excluded.seq), changes = changes + excluded.changes, applied_at = excluded.applied_at"
+        ),
+        rusqlite::params![seq, changes],
+    )
+    .map_err(ctx("record the reverse stream's position"))?;
+    Ok(())
+}
+
+/// Moves `table`'s AUTOINCREMENT counter to at least `at_least`; whether it moved.
+pub fn move_autoincrement(conn: &Connection, table: &str, at_least: i64) -> Result<bool> {
+    let current: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(ctx("read sqlite_sequence"))?;
+    if current.is_some_and(|c| c >= at_least) {
+        return Ok(false);
+    }
+    let sql = if current.is_some() {
+        "UPDATE sqlite_sequence SET seq = ?2 WHERE name = ?1"
+    } else {
+        "INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)"
+    };
+    conn.execute(sql, rusqlite::params![table, at_least])
+        .map_err(ctx("move an AUTOINCREMENT counter"))?;
+    Ok(true)
+}
