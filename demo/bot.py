@@ -5,7 +5,8 @@ database URL the file URL_FILE names at the moment. Usage:
 
 It runs until SIGTERM, then writes a JSON summary. Like a real bot behind a config reload, it
 reads URL_FILE before each transaction; cutover's --exec hook rewrites it with the Postgres URL.
-A write refused by the cutover fence ("this database has moved to PostgreSQL") is retried, with
+A write refused by a fence (the cutover's "this database has moved to PostgreSQL", or the
+fallback's "moved back to SQLite") is retried, with
 the URL read again, until it lands: the user never sees it fail. Any other error counts as a
 failed transaction. SQLite connections turn foreign keys on, so deleting a project cascades to
 its tasks on both databases.
@@ -18,7 +19,8 @@ import time
 
 from sqlalchemy import create_engine, event, text
 
-FENCE = "moved to PostgreSQL"
+# The cutover's fence on SQLite, and the fallback's on Postgres.
+FENCES = ("moved to PostgreSQL", "moved back to SQLite")
 
 url_file, rate, summary_path = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 engines = {}
@@ -125,7 +127,7 @@ while not stopping:
                 switched_at = time.time()
             break
         except Exception as e:  # noqa: BLE001 - every failure is counted
-            if FENCE in str(e) and time.monotonic() - t0 < 30:
+            if any(f in str(e) for f in FENCES) and time.monotonic() - t0 < 30:
                 retried += 1
                 time.sleep(0.002)
                 continue

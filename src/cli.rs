@@ -695,7 +695,7 @@ fn cmd_fallback(cfg: &Config, flags: FallbackFlags) -> anyhow::Result<ExitCode> 
     let r = &outcome.record;
     if outcome.completed_earlier {
         println!(
-            "completed the fallback recorded at {}: SQLite is handed back to the app",
+            "the fallback recorded at {} is complete: SQLite is the app's database",
             r.done_at
         );
     }
@@ -840,12 +840,14 @@ fn cmd_install(cfg: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
-    // After a fallback, Postgres holds sqlite2pg's fence and state: they go too.
+    // After the cutover, Postgres holds sqlite2pg's capture, fence and state: they go too
+    // (the migration is over, one way or the other).
     if let Some(target) = &cfg.target {
         let rt = runtime()?;
         let removed = rt.block_on(async {
             let mut client = crate::pg::connect(target).await?;
-            if crate::pg::reverse::fallback_load(&client).await?.is_none() {
+            // Before the cutover Postgres keeps its copy and state (a later run goes on).
+            if crate::pg::state::cutover_load(&client).await?.is_none() {
                 return Ok::<_, crate::error::Error>(false);
             }
             let (plan, _) = plan::load(cfg).await?;
@@ -855,7 +857,7 @@ fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
         });
         match removed {
             Ok(true) => println!(
-                "removed sqlite2pg's fence, triggers and state schema from Postgres (the fallback is done; its tables stay, writable)"
+                "removed sqlite2pg's triggers, fence and state schema from Postgres; its tables stay as they are, writable"
             ),
             Ok(false) => {}
             Err(e) => eprintln!(
@@ -870,7 +872,7 @@ fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
     println!("removed {n} sqlite2pg objects; the SQLite file is as the app made it");
     if was_fenced {
         println!(
-            "the cutover fence is lifted: SQLite is writable again. Writes made on PostgreSQL since the cutover are NOT in this file"
+            "the cutover fence is lifted: SQLite is writable again. Writes made on PostgreSQL since the cutover are NOT in this file unless the reverse stream applied them (`sqlite2pg fallback` is the way back that loses none)"
         );
     }
     Ok(ExitCode::SUCCESS)

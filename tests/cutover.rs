@@ -64,25 +64,13 @@ fn the_users_day_check_run_cutover_verify_fall_back() {
             );
         }
     }
-    // The daemon exits by itself.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if let Some(code) = d.try_exit() {
-            assert_eq!(
-                code,
-                Some(0),
-                "the daemon should exit 0 after the cutover:\n{}",
-                d.log_text()
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon did not exit after the cutover:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    // The daemon goes on: it follows Postgres back into SQLite.
+    d.wait_for_log("following Postgres back into SQLite");
+    assert!(d.try_exit().is_none(), "{}", d.log_text());
+    let st = json(&sqlite2pg(&[
+        "--source", p, "--target", &db.url, "status", "--json",
+    ]));
+    assert_eq!(st["direction"], "reverse", "{st:#}");
     // Equal, by verify and independently through SQLAlchemy.
     let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify"]);
     assert!(out.status.success(), "verify:\n{}", text(&out));
@@ -111,13 +99,22 @@ fn the_users_day_check_run_cutover_verify_fall_back() {
         "{}",
         text(&out)
     );
-    // Fall back: uninstall leaves no object of ours, and the file is writable again.
-    let out = sqlite2pg(&["--source", p, "uninstall"]);
+    // Give up on SQLite the blunt way: uninstall leaves no object of ours on either side,
+    // and the file is writable again.
+    assert!(d.stop(), "the daemon should stop cleanly on SIGTERM");
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "uninstall"]);
     assert!(out.status.success());
     assert!(text(&out).contains("NOT in this file"), "{}", text(&out));
     let master_after = sqlite_master(&path);
     assert_eq!(master_after, master_before);
     sqlite3_shell(&path, "INSERT INTO counters (id, hits) VALUES (99, 0)");
+    assert_eq!(
+        scalar::<i64>(
+            &mut db.client(),
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'sqlite2pg'"
+        ),
+        0
+    );
 }
 
 #[test]

@@ -324,3 +324,209 @@ fn the_app_writes_on_postgres_then_falls_back_to_sqlite_without_losing_a_write()
     assert_eq!(left, 0);
     app(&["pg-insert", &db.url]);
 }
+
+/// A fallback killed at random moments gives the app its Postgres writes back within the
+/// lease (or is recorded, and a rerun completes it); the completed fallback leaves SQLite with
+/// every Postgres write, in the forms SQLite had, the app's own trigger in place and quiet
+/// while sqlite2pg wrote, and AUTOINCREMENT past every id Postgres handed out.
+#[test]
+fn a_killed_fallback_gives_postgres_back_and_a_rerun_completes_with_exact_values() {
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL,
+           at DATETIME, flag BOOLEAN, price NUMERIC, data BLOB, n INTEGER);
+         CREATE TABLE log (msg TEXT, n INTEGER);
+         CREATE TABLE \"we\"\"ird\" (\"k ey\" TEXT PRIMARY KEY, v REAL) WITHOUT ROWID;
+         CREATE TRIGGER notes_touch AFTER UPDATE OF body ON notes
+           BEGIN UPDATE notes SET n = coalesce(n, 0) + 1 WHERE id = NEW.id; END;
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200)
+         INSERT INTO notes (body, at, flag, price, data)
+           SELECT 'note ' || i || ' ✓', strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i * 61.5, 'unixepoch'),
+                  CASE i % 2 WHEN 0 THEN 'yes' ELSE 'no' END, i * 1.25, randomblob(4) FROM s;
+         INSERT INTO log VALUES ('a', 1), ('a', 1), ('b', NULL);
+         INSERT INTO \"we\"\"ird\" VALUES ('x', 0.5), ('y''s', -1e300);",
+    );
+    let path = src.path.clone();
+    let p = path.to_str().unwrap();
+    let db = TestDb::new();
+    let mut d = Daemon::start(&path, &db, &[]);
+    d.wait_caught_up();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+    let before = sqlite_values(&path);
+    let mut c = db.client();
+    // The app on Postgres: ids from the identity (the highest then deleted), microseconds,
+    // booleans, rows of a table without a key, a key with a quote and a space.
+    c.batch_execute(
+        "INSERT INTO notes (body, at, flag, price) SELECT 'pg ' || i, timestamp '2026-12-02 10:00:00.123456' + i * interval '1 minute', i % 2 = 0, i / 8.0 FROM generate_series(1, 50) i;
+         DELETE FROM notes WHERE id = (SELECT max(id) FROM notes);
+         UPDATE notes SET body = body || ' edited', flag = NOT flag WHERE id % 10 = 0 AND id <= 200;
+         DELETE FROM notes WHERE id BETWEEN 101 AND 105;
+         INSERT INTO log VALUES ('c', 3);
+         DELETE FROM log WHERE msg = 'b';
+         UPDATE \"we\"\"ird\" SET v = 2.5 WHERE \"k ey\" = 'x';
+         INSERT INTO \"we\"\"ird\" VALUES ('new key', NULL);",
+    )
+    .unwrap();
+    let highest: i64 = scalar(
+        &mut c,
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence('notes', 'id'))",
+    );
+    // Kill fallbacks until one is recorded (or eight were killed), then let one finish.
+    let mut rng = Rng::from_clock();
+    let mut recorded = false;
+    for round in 0..8 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
+            .args([
+                "--source", p, "--target", &db.url, "fallback", "--lease", "1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if round % 2 == 0 {
+            // Inside the window: once the fence is seen, a few milliseconds on.
+            let mut watch = db.client();
+            let t0 = Instant::now();
+            while scalar::<i64>(
+                &mut watch,
+                "SELECT count(*) FROM sqlite2pg.pg_fence WHERE until > clock_timestamp()",
+            ) == 0
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(25)));
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.below(400)));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        recorded = scalar::<i64>(&mut c, "SELECT count(*) FROM sqlite2pg.fallback") > 0;
+        if recorded {
+            println!("round {round}: the killed fallback had recorded itself");
+            break;
+        }
+        // Not recorded: the app writes to Postgres again within the lease (1 s), or at
+        // once after `--abort`.
+        if round % 3 == 2 {
+            let out = sqlite2pg(&["--source", p, "--target", &db.url, "fallback", "--abort"]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        let t0 = Instant::now();
+        loop {
+            match c.execute("UPDATE log SET n = n WHERE msg = 'a'", &[]) {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(
+                        e.to_string().contains("moved back to SQLite")
+                            || format!("{e:?}").contains("moved back to SQLite"),
+                        "{e:?}"
+                    );
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(4),
+                        "Postgres stayed fenced after a killed fallback: {e:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        println!(
+            "round {round}: Postgres writable again after {:?}",
+            t0.elapsed()
+        );
+    }
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "fallback"]);
+    assert!(
+        out.status.success(),
+        "fallback (recorded before: {recorded}):\n{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("fell back: writes were unavailable for"),
+        "{}",
+        text(&out)
+    );
+    d.kill9();
+    // Equal, table by table.
+    for (t, k) in [("notes", "id"), ("log", "msg"), ("we\"ird", "k ey")] {
+        assert_table_equal(&path, &mut c, t, k);
+    }
+    // Forms: untouched rows byte for byte; changed ones in the column's own forms.
+    let after = sqlite_values(&path);
+    for (key, row) in &before {
+        let id: i64 = key.parse().unwrap_or(0);
+        if id % 10 != 0 && !(101..=105).contains(&id) && id <= 200 {
+            assert_eq!(
+                after.get(key),
+                Some(row),
+                "notes {key} was never changed on Postgres"
+            );
+        }
+    }
+    let new_row = after
+        .values()
+        .find(|r| r[1].starts_with("text:'pg 1'"))
+        .expect("a row written on Postgres");
+    assert_eq!(
+        new_row[2], "text:'2026-12-02T10:01:00.123456Z'",
+        "{new_row:?}"
+    );
+    assert!(new_row[3] == "text:'no'", "{new_row:?}");
+    assert_eq!(new_row[4].split(':').next(), Some("real"), "{new_row:?}");
+    let edited = &after["10"];
+    assert!(
+        edited[1].ends_with(" edited'") && edited[3] == "text:'no'",
+        "{edited:?}"
+    );
+    // sqlite2pg's writes did not fire the app's trigger; the trigger is back for the app.
+    assert_eq!(edited[6], "null", "{edited:?}");
+    sqlite3_shell(
+        &path,
+        "UPDATE notes SET body = 'by the app' WHERE id = 10; INSERT INTO notes (body) VALUES ('after fallback')",
+    );
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (n, id): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT n FROM notes WHERE id = 10), (SELECT max(id) FROM notes)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the app's trigger fires again");
+    assert!(
+        id > highest,
+        "the app's new id {id} reuses one Postgres handed out (up to {highest})"
+    );
+    // `run` after the fallback says what to do instead of starting over.
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "run"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("fell back to SQLite"), "{}", text(&out));
+}
+
+/// Every notes row as `typeof:quote(value)` per column, by id.
+fn sqlite_values(path: &Path) -> BTreeMap<String, Vec<String>> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let cols = ["id", "body", "at", "flag", "price", "data", "n"];
+    let sql = format!(
+        "SELECT id, {} FROM notes",
+        cols.iter()
+            .map(|c| format!("typeof({c}) || ':' || quote({c})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut st = c.prepare(&sql).unwrap();
+    st.query_map([], |r| {
+        let id: i64 = r.get(0)?;
+        let vals: Vec<String> = (1..=cols.len())
+            .map(|i| {
+                r.get::<_, String>(i)
+                    .map(|v| if v == "null:NULL" { "null".into() } else { v })
+            })
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((id.to_string(), vals))
+    })
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}

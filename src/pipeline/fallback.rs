@@ -370,20 +370,21 @@ async fn lift_after_failure(client: &mut Client, opts: &Options, tables: &[Strin
     }
 }
 
-/// A fallback recorded by a run that died before handing SQLite back: hand it back now.
+/// A recorded fallback: SQLite is handed back now if the run that recorded it died first;
+/// a rerun of a complete one only reports it.
 async fn finish_recorded(client: &Client, opts: &Options) -> Result<Option<Outcome>> {
     let Some(record) = reverse::fallback_load(client).await? else {
         return Ok(None);
     };
     let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-    if !capture::fenced(&conn)? {
-        return Ok(None);
-    }
+    let fenced = capture::fenced(&conn)?;
     drop(conn);
-    tracing::warn!(
-        "a fallback was recorded but SQLite was not handed back yet (the fallback was killed?): doing it now"
-    );
-    release_sqlite(opts)?;
+    if fenced {
+        tracing::warn!(
+            "a fallback was recorded but SQLite was not handed back yet (the fallback was killed?): doing it now"
+        );
+        release_sqlite(opts)?;
+    }
     Ok(Some(Outcome {
         record,
         completed_earlier: true,

@@ -104,6 +104,12 @@ pub fn screen(status: &Status, history: &History, now_unix: f64) -> Vec<String> 
         _ => lines.push("lag:       - (not streaming yet)".into()),
     }
     lines.push(format!("           {}", history.sparkline()));
+    if let (Some(c), Some(secs)) = (status.reverse_lag_changes, status.reverse_lag_seconds) {
+        lines.push(format!(
+            "reverse:   {} / {c} changes on Postgres not yet in SQLite (a fallback loses none)",
+            seconds(secs)
+        ));
+    }
     lines.push(format!(
         "applied:   {} changes/s  (position {}, {} changes since the stream started)",
         history
@@ -172,7 +178,7 @@ pub fn line(status: &Status, history: &History) -> String {
         _ => "none",
     };
     format!(
-        "phase={} daemon={} fence={fence} lag_s={} lag_changes={} applied_per_s={} rows_copied={copied} error={}",
+        "phase={} daemon={} fence={fence} lag_s={} lag_changes={} applied_per_s={} rows_copied={copied} direction={} reverse_lag_changes={} error={}",
         status.phase,
         if status.daemon_running {
             "running"
@@ -191,6 +197,11 @@ pub fn line(status: &Status, history: &History) -> String {
             .rate
             .map(|r| format!("{r:.0}"))
             .unwrap_or_else(|| "-".into()),
+        status.direction,
+        status
+            .reverse_lag_changes
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
         status
             .last_error
             .as_deref()
@@ -201,7 +212,7 @@ pub fn line(status: &Status, history: &History) -> String {
 
 /// Whether the migration can still change: a finished one needs no more looks.
 pub fn finished(status: &Status) -> bool {
-    status.phase == Phase::CutOver && !status.daemon_running
+    matches!(status.phase, Phase::CutOver | Phase::FellBack) && !status.daemon_running
 }
 
 /// Looks at the status every `interval` and shows it on stdout until stopped, or until the

@@ -355,6 +355,11 @@ pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str
                 (Value::Integer(i), Some(t)) if ty.contains("BOOL") => {
                     (*i == 1 && t == "true") || (*i == 0 && t == "false")
                 }
+                (Value::Text(a), Some(t)) if ty.contains("BOOL") => {
+                    let yes = ["true", "t", "yes", "y", "on", "1"]
+                        .contains(&a.to_ascii_lowercase().as_str());
+                    (yes && t == "true") || (!yes && t == "false")
+                }
                 (Value::Integer(i), Some(t)) => {
                     t.parse::<f64>().ok() == Some(*i as f64) || &i.to_string() == t
                 }
@@ -388,7 +393,8 @@ pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str
 fn norm_ts(s: &str) -> String {
     // timestamptz renders in the session zone (UTC here) with an offset SQLite's text lacks.
     let s = s.replace('T', " ");
-    let s = s.strip_suffix("+00").unwrap_or(&s).to_string();
+    let s = s.strip_suffix("+00").unwrap_or(&s);
+    let s = s.strip_suffix('Z').unwrap_or(s).to_string();
     match s.split_once('.') {
         Some((a, frac)) => {
             let f = frac.trim_end_matches('0');
