@@ -87,6 +87,10 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// The other way: what would not come back from Postgres to SQLite exactly as the app
+        /// wrote it (before a fallback). Reads every row on Postgres.
+        #[arg(long)]
+        reverse: bool,
     },
     /// Install capture, copy a snapshot, then stream every change until stopped (SIGTERM/SIGINT).
     Run {
@@ -352,7 +356,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
     }
     match args.command {
-        Command::Check { json } => cmd_check(&cfg, json),
+        Command::Check { json, reverse } if reverse => cmd_check_reverse(&cfg, json),
+        Command::Check { json, .. } => cmd_check(&cfg, json),
         Command::Run {
             snapshot_only,
             poll_interval_ms,
@@ -460,6 +465,33 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         writeln!(out).context("cannot write the report")?;
     } else {
         check::print_human(&report, &mut out).context("cannot write the report")?;
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn cmd_check_reverse(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    cfg.require_target()?;
+    let (plan, client) = rt.block_on(plan::load(cfg))?;
+    let mut client = client.context("check --reverse reads Postgres: pass --target")?;
+    let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
+    let report = rt.block_on(crate::pipeline::reverse_check::run(
+        &mut client,
+        &plan,
+        &conn,
+        &cfg.target_schema,
+    ))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
+        writeln!(out).context("cannot write the report")?;
+    } else {
+        crate::pipeline::reverse_check::print_human(&report, &mut out)
+            .context("cannot write the report")?;
     }
     Ok(if report.is_clean() {
         ExitCode::SUCCESS

@@ -48,6 +48,13 @@ pub const FENCE_EXPIRY: &str = "sqlite2pg_fence_lease_expiry_timestamp_seconds";
 /// `sqlite2pg_needs_operator{kind}`: 1 while the daemon waits for a person to fix an error of
 /// this kind (conversion, schema, target); it goes on by itself once fixed.
 pub const NEEDS_OPERATOR: &str = "sqlite2pg_needs_operator";
+/// `sqlite2pg_replication_direction{direction}`: 1 for the way changes flow now (`forward`:
+/// SQLite to Postgres; `reverse`: Postgres back into SQLite, after the cutover).
+pub const DIRECTION: &str = "sqlite2pg_replication_direction";
+/// `sqlite2pg_reverse_lag_seconds`: age of the oldest change on Postgres not yet in SQLite.
+pub const REVERSE_LAG_SECONDS: &str = "sqlite2pg_reverse_lag_seconds";
+/// `sqlite2pg_reverse_lag_changes`: changes on Postgres not yet in SQLite.
+pub const REVERSE_LAG_CHANGES: &str = "sqlite2pg_reverse_lag_changes";
 /// `sqlite2pg_build_info{version}`: always 1.
 pub const BUILD_INFO: &str = "sqlite2pg_build_info";
 
@@ -69,8 +76,14 @@ pub const ALL: &[&str] = &[
     FENCE_ACTIVE,
     FENCE_EXPIRY,
     NEEDS_OPERATOR,
+    DIRECTION,
+    REVERSE_LAG_SECONDS,
+    REVERSE_LAG_CHANGES,
     BUILD_INFO,
 ];
+
+/// The values of `sqlite2pg_replication_direction`'s label.
+const DIRECTIONS: [&str; 2] = ["forward", "reverse"];
 
 struct Metrics {
     registry: Registry,
@@ -90,6 +103,9 @@ struct Metrics {
     fence_active: IntGauge,
     fence_expiry: Gauge,
     needs_operator: IntGaugeVec,
+    direction: IntGaugeVec,
+    reverse_lag_seconds: Gauge,
+    reverse_lag_changes: IntGauge,
     /// Why /healthz is unhealthy, if it is.
     unhealthy: Mutex<Option<String>>,
     max_lag: Mutex<Duration>,
@@ -166,6 +182,18 @@ fn build() -> prometheus::Result<Metrics> {
             CUTOVER_WINDOW,
             "Write-unavailable window of the cutover (fence to done)",
         )?,
+        direction: IntGaugeVec::new(
+            Opts::new(DIRECTION, "1 for the way changes flow now"),
+            &["direction"],
+        )?,
+        reverse_lag_seconds: Gauge::new(
+            REVERSE_LAG_SECONDS,
+            "After the cutover: age of the oldest change on Postgres not yet in SQLite (0 when caught up)",
+        )?,
+        reverse_lag_changes: IntGauge::new(
+            REVERSE_LAG_CHANGES,
+            "After the cutover: changes on Postgres not yet in SQLite",
+        )?,
         unhealthy: Mutex::new(None),
         max_lag: Mutex::new(Duration::from_secs(30)),
         registry,
@@ -192,6 +220,14 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.fence_active.clone()))?;
     r.register(Box::new(m.fence_expiry.clone()))?;
     r.register(Box::new(m.needs_operator.clone()))?;
+    r.register(Box::new(m.direction.clone()))?;
+    r.register(Box::new(m.reverse_lag_seconds.clone()))?;
+    r.register(Box::new(m.reverse_lag_changes.clone()))?;
+    for d in DIRECTIONS {
+        m.direction
+            .with_label_values(&[d])
+            .set(i64::from(d == "forward"));
+    }
     for k in OPERATOR_KINDS {
         m.needs_operator.with_label_values(&[k]).set(0);
     }
@@ -338,6 +374,42 @@ pub fn lag(pending: i64, seconds: f64) {
             {
                 *u = reason;
             }
+        }
+    });
+}
+
+/// The reverse stream started: changes flow from Postgres back into SQLite.
+pub fn reverse_started() {
+    with(|m| {
+        for d in DIRECTIONS {
+            m.direction
+                .with_label_values(&[d])
+                .set(i64::from(d == "reverse"));
+        }
+    });
+}
+
+/// The reverse stream's lag; /healthz answers 503 while it is over `--max-lag-seconds`.
+pub fn reverse_lag(pending: i64, seconds: f64) {
+    with(|m| {
+        m.reverse_lag_changes.set(pending);
+        m.reverse_lag_seconds.set(seconds);
+        let max = m
+            .max_lag
+            .lock()
+            .map(|l| *l)
+            .unwrap_or(Duration::from_secs(30));
+        let reason = (seconds > max.as_secs_f64()).then(|| {
+            format!(
+                "replication lag (reverse, Postgres to SQLite) {seconds:.1} s is over --max-lag {:.1} s",
+                max.as_secs_f64()
+            )
+        });
+        if let Ok(mut u) = m.unhealthy.lock()
+            && u.as_deref()
+                .is_none_or(|r| r.starts_with("replication lag"))
+        {
+            *u = reason;
         }
     });
 }

@@ -234,6 +234,13 @@ fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
         "sqlite2pg_fence_active" => {
             assert_eq!(one(r, &what), 0.0, "{what}");
         }
+        "max by (direction) (sqlite2pg_replication_direction) == 1" => {
+            one(r, &what);
+            assert_eq!(r[0].0["direction"], "forward", "{what}: {r:?}");
+        }
+        "sqlite2pg_reverse_lag_seconds" | "sqlite2pg_reverse_lag_changes" => {
+            assert_eq!(one(r, &what), 0.0, "{what}: no cutover yet");
+        }
         other => panic!(
             "panel {title:?} has an expression this test has no expectation for: {other}; add one here"
         ),

@@ -368,6 +368,30 @@ fn a_killed_fallback_gives_postgres_back_and_a_rerun_completes_with_exact_values
          INSERT INTO \"we\"\"ird\" VALUES ('new key', NULL);",
     )
     .unwrap();
+    // A number with more digits than SQLite's REAL keeps: `check --reverse` lists it, and
+    // the reverse stream stops on it (loudly, waiting) until it is changed on Postgres.
+    c.execute(
+        "UPDATE notes SET price = 0.1000000000000000000001 WHERE id = 20",
+        &[],
+    )
+    .unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "check", "--reverse"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("ERROR   notes.price (1 values)"),
+        "{}",
+        text(&out)
+    );
+    d.wait_for_log("cannot come back to SQLite identically");
+    c.execute("UPDATE notes SET price = 0.5 WHERE id = 20", &[])
+        .unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "check", "--reverse"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("dates come back as SQLite holds them, like 2024-05-01T09:30:00.000Z"),
+        "{}",
+        text(&out)
+    );
     let highest: i64 = scalar(
         &mut c,
         "SELECT pg_sequence_last_value(pg_get_serial_sequence('notes', 'id'))",

@@ -7,6 +7,7 @@ pub mod phase;
 pub mod plan;
 pub mod progress;
 pub mod reverse;
+pub mod reverse_check;
 pub mod run;
 pub mod snapshot;
 pub mod status;

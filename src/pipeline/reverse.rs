@@ -178,6 +178,16 @@ impl Table<'_> {
     pub fn plan(&self) -> &TablePlan {
         self.plan
     }
+
+    /// The learned form of each written column.
+    pub fn forms(&self) -> &[ColumnForm] {
+        &self.forms
+    }
+
+    /// The plan of written column `i`.
+    pub fn column(&self, i: usize) -> &super::plan::ColumnPlan {
+        &self.plan.columns[self.columns[i]]
+    }
 }
 
 /// What Postgres has for one changed key.
@@ -337,19 +347,21 @@ fn merge(
     Ok(out)
 }
 
-/// Writes one batch into SQLite, position included; returns rows written.
+/// Writes one batch into SQLite, position included; returns rows written and deleted per
+/// table.
 fn write_batch(
     conn: &mut rusqlite::Connection,
     tables: &[Table<'_>],
     reads: &[(usize, Read)],
     seq: i64,
     changes: i64,
-) -> Result<u64> {
+) -> Result<Vec<(String, u64, u64)>> {
     let tx = restore::begin(conn)?;
     let mut scratch = BytesMut::new();
-    let mut written = 0;
+    let mut counts = Vec::new();
     for (ti, read) in reads {
         let t = &tables[*ti];
+        let (mut written, mut deleted) = (0, 0);
         let triggers = restore::lift_triggers(&tx, &t.plan.source.name)?;
         match read {
             Read::Whole(rows) => {
@@ -383,10 +395,13 @@ fn write_batch(
                     if existing.is_some() {
                         restore::delete(&tx, &t.shape, &f.key)?;
                     }
-                    if let Some(values) = new {
-                        inserts.push((existing.and_then(|e| e.rowid), values));
+                    match new {
+                        Some(values) => {
+                            inserts.push((existing.and_then(|e| e.rowid), values));
+                            written += 1;
+                        }
+                        None => deleted += 1,
                     }
-                    written += 1;
                 }
                 for (rowid, values) in inserts {
                     restore::insert(&tx, &t.shape, rowid, &values)?;
@@ -394,11 +409,12 @@ fn write_batch(
             }
         }
         restore::restore_triggers(&tx, &triggers)?;
+        counts.push((t.plan.source.name.clone(), written, deleted));
     }
     restore::set_position(&tx, seq, changes)?;
     tx.commit()
         .map_err(|e| Error::from_sqlite("cannot commit a reverse batch to SQLite", e))?;
-    Ok(written)
+    Ok(counts)
 }
 
 /// Reads, writes and prunes one batch; `Ok(0)` when there was nothing to apply.
@@ -460,13 +476,10 @@ async fn one_batch(
         .map_err(|e| Error::from_pg("cannot end a read of the reverse changelog", e))?;
     let seq = changes.iter().map(|c| c.seq).max().unwrap_or(0);
     let n = changes.len();
-    tokio::task::block_in_place(|| write_batch(conn, tables, &reads, seq, n as i64))?;
+    let per_table =
+        tokio::task::block_in_place(|| write_batch(conn, tables, &reads, seq, n as i64))?;
     let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
     reverse::applied(&*client, &seqs).await?;
-    let per_table: Vec<(String, u64, u64)> = reads
-        .iter()
-        .map(|(ti, _)| (tables[*ti].plan.source.name.clone(), 0, 0))
-        .collect();
     crate::metrics::batch_applied(&per_table, n as u64, started.elapsed().as_secs_f64(), seq);
     Ok(n)
 }
@@ -502,6 +515,7 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
     let mut conn = tokio::task::block_in_place(|| restore::open(&opts.source, opts.busy_timeout))?;
     let tables = tokio::task::block_in_place(|| tables(plan, &conn))?;
     crate::metrics::set_phase(Phase::ReverseStreaming);
+    crate::metrics::reverse_started();
     tracing::info!(
         tables = tables.len(),
         "following Postgres back into SQLite (the reverse stream)"
@@ -515,7 +529,7 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         if last_look.elapsed() >= Duration::from_secs(1) {
             last_look = Instant::now();
             let (pending, age) = reverse::backlog(&client).await?;
-            crate::metrics::lag(pending, age.unwrap_or(0.0));
+            crate::metrics::reverse_lag(pending, age.unwrap_or(0.0).max(0.0));
             if reverse::fallback_load(&client).await?.is_some() {
                 crate::metrics::set_phase(Phase::FellBack);
                 return Ok(End::FellBack);

@@ -114,6 +114,11 @@ pub struct ColumnForm {
     pub uuid_upper: bool,
     /// UUID text without hyphens.
     pub uuid_bare: bool,
+    /// Date/time text in more than one form (a separator, seconds or suffix that varies):
+    /// values come back in the first.
+    pub mixed_date_forms: bool,
+    /// Date/time text with an offset other than UTC: it comes back in UTC.
+    pub local_offsets: bool,
 }
 
 fn class_of(v: rusqlite::types::ValueRef<'_>) -> Option<Class> {
@@ -234,7 +239,12 @@ fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Re
             PgType::Date | PgType::Time | PgType::Timestamp | PgType::Timestamptz => {
                 if let Some((t, digits)) = template_of(s) {
                     fraction_digits.insert(digits);
-                    template.get_or_insert(t);
+                    let first = template.get_or_insert(t);
+                    let shape = |t: &DateTemplate| (t.separator, t.seconds, t.suffix);
+                    form.mixed_date_forms |= shape(first) != shape(&t);
+                    form.local_offsets |= t.suffix == Suffix::Offset
+                        && !s.ends_with("+00:00")
+                        && !s.ends_with("-00:00");
                 }
             }
             PgType::Bool if form.bool_words.is_none() => form.bool_words = bool_pair(s),
