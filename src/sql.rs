@@ -139,6 +139,7 @@ mod tests {
             (REVERSE, "capture_rows"),
             (REVERSE, "capture_statements"),
             (REVERSE, "capture_truncate"),
+            (REVERSE, "capture_notify"),
             (REVERSE, "fence"),
             (REVERSE, "unfence"),
             (REVERSE, "uncapture"),

@@ -53,3 +53,12 @@ BEGIN
   INSERT INTO sqlite2pg.reverse_change (target_table, key) VALUES (TG_TABLE_NAME, NULL);
   RETURN NULL;
 END $$;
+-- Wakes the reverse stream when a transaction that changed a moved table commits (NOTIFY is
+-- delivered at commit, when the change becomes visible), so a fallback's drain waits for
+-- the daemon's next batch, not for its next poll.
+CREATE FUNCTION sqlite2pg.reverse_notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  PERFORM pg_notify('sqlite2pg_reverse', '');
+  RETURN NULL;
+END $$;

@@ -25,6 +25,9 @@ FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.reverse_table();
 -- @capture_truncate  A TRUNCATE fires no row trigger: the whole table is re-read.
 CREATE TRIGGER sqlite2pg_reverse_truncate AFTER TRUNCATE ON {table}
 FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.reverse_table();
+-- @capture_notify  One notification per statement, delivered at commit.
+CREATE TRIGGER sqlite2pg_reverse_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
+FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.reverse_notify();
 -- @fence  The fallback fence on one table.
 CREATE TRIGGER sqlite2pg_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
 FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.fence_check();
@@ -33,3 +36,4 @@ DROP TRIGGER IF EXISTS sqlite2pg_fence ON {table};
 -- @uncapture
 DROP TRIGGER IF EXISTS sqlite2pg_reverse ON {table};
 DROP TRIGGER IF EXISTS sqlite2pg_reverse_truncate ON {table};
+DROP TRIGGER IF EXISTS sqlite2pg_reverse_notify ON {table};

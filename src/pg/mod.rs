@@ -30,6 +30,23 @@ pub fn qualified(schema: &str, table: &str) -> String {
 /// Connects to the target, over TLS as its `sslmode` says (see [`tls`]); the connection's
 /// background task is spawned on the current runtime.
 pub async fn connect(url: &TargetUrl) -> Result<Client> {
+    Ok(open(url, false).await?.0)
+}
+
+/// Connects like [`connect`], and forwards each notification (LISTEN) the server sends on
+/// this connection to the receiver; it closes when the connection ends.
+pub async fn connect_listening(
+    url: &TargetUrl,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    let (client, rx) = open(url, true).await?;
+    let rx = rx.ok_or_else(|| Error::new(ErrorKind::Target, "no notification channel"))?;
+    Ok((client, rx))
+}
+
+async fn open(
+    url: &TargetUrl,
+    listen: bool,
+) -> Result<(Client, Option<tokio::sync::mpsc::UnboundedReceiver<()>>)> {
     let invalid = |e: Error| {
         Error::new(
             ErrorKind::Config,
@@ -73,25 +90,56 @@ pub async fn connect(url: &TargetUrl) -> Result<Client> {
             ),
         )
     };
-    let client = match connector {
+    Ok(match connector {
         None => {
             let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(failed)?;
-            spawn_connection(connection);
-            client
+            (client, drive(connection, listen))
         }
         Some(tls) => {
             let (client, connection) = tokio::time::timeout(limit, config.connect(tls))
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(failed)?;
-            spawn_connection(connection);
-            client
+            (client, drive(connection, listen))
         }
-    };
-    Ok(client)
+    })
+}
+
+/// Runs a connection on the runtime; with `listen`, its notifications go to the receiver.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    listen: bool,
+) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if !listen {
+        spawn_connection(connection);
+        return None;
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "Postgres connection ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    Some(rx)
 }
 
 /// How long a connect may take when the URL sets no `connect_timeout`.

@@ -11,6 +11,9 @@ use super::state::STATE_SCHEMA;
 use super::{qualified, quote_ident};
 use crate::error::{Error, ErrorKind, Result};
 
+/// The channel the capture notifies when a change commits.
+pub const CHANNEL: &str = "sqlite2pg_reverse";
+
 /// What the app's writes to a moved table get once `fallback` fenced Postgres.
 pub const FENCE_MESSAGE: &str = "this database has moved back to SQLite; see sqlite2pg status";
 
@@ -92,10 +95,9 @@ pub async fn install_capture(
                 &[("table", &table)],
             )),
         }
-        statements.push(crate::sql::reverse(
-            "capture_truncate",
-            &[("table", &table)],
-        ));
+        for name in ["capture_truncate", "capture_notify"] {
+            statements.push(crate::sql::reverse(name, &[("table", &table)]));
+        }
         for s in statements {
             client.batch_execute(&s).await.map_err(|e| {
                 Error::from_pg(

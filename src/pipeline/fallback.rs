@@ -151,8 +151,7 @@ struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    async fn start(opts: &Options, holder: &str) -> Result<LeaseKeeper> {
-        let client = crate::pg::connect(&opts.target).await?;
+    fn start(client: Client, opts: &Options, holder: &str) -> LeaseKeeper {
         let (stop, lost) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
@@ -177,7 +176,7 @@ impl LeaseKeeper {
                 }
             }
         });
-        Ok(LeaseKeeper { stop, lost, task })
+        LeaseKeeper { stop, lost, task }
     }
 
     fn lost(&self) -> bool {
@@ -265,7 +264,7 @@ pub async fn run(
     }
     // Before the fence, outside the window: every row compared, then only the keys applied
     // since this verify began are compared inside the window.
-    let Some(since) = interrupt
+    let Some(ready) = interrupt
         .or_stop(before_fence(client, plan, opts, daemon_running))
         .await
         .transpose()?
@@ -287,13 +286,21 @@ pub async fn run(
         opts.lock_wait,
     )
     .await?;
-    let keeper = LeaseKeeper::start(opts, &holder).await?;
+    let mut steps = Steps::new(started);
+    steps.mark("fence");
+    let Ready {
+        since,
+        tables: moved,
+        keeper_client,
+    } = ready;
+    let keeper = LeaseKeeper::start(keeper_client, opts, &holder);
     tracing::info!(holder = %holder, "Postgres writes fenced");
     let committing = AtomicBool::new(false);
     let result = {
         let work = behind_fence(
             client,
             plan,
+            &moved,
             opts,
             daemon_running,
             since,
@@ -301,6 +308,7 @@ pub async fn run(
             &holder,
             &keeper,
             &committing,
+            &mut steps,
         );
         tokio::pin!(work);
         tokio::select! {
@@ -321,12 +329,18 @@ pub async fn run(
         Err(e) if committing.load(Ordering::SeqCst) => {
             // The record's commit failed or its outcome is unknown: whether Postgres has it
             // decides which database the app belongs to.
-            return match finish_recorded(client, opts).await {
-                Ok(Some(done)) => Ok(done),
-                _ => {
+            let fresh = crate::pg::connect(&opts.target).await.ok();
+            let recorded = match &fresh {
+                Some(c) => reverse::fallback_load(c).await.ok().map(|r| r.is_some()),
+                None => None,
+            };
+            return match (recorded, fresh) {
+                (Some(true), Some(c)) => finish_recorded(&c, opts).await?.ok_or(e),
+                (Some(false), _) => {
                     lift_after_failure(client, opts, &tables).await;
                     Err(e)
                 }
+                _ => Err(unknown_outcome(e)),
             };
         }
         Err(e) => {
@@ -337,9 +351,11 @@ pub async fn run(
     // Recorded: SQLite is the database. Hand it back to the app.
     release_sqlite(opts)?;
     let done_at = now_secs();
+    steps.mark("hand SQLite back");
     reverse::fallback_done(&*client, fenced_at, done_at).await?;
     tracing::info!(
         window_ms = started.elapsed().as_secs_f64() * 1000.0,
+        steps = %steps.text(),
         "fell back"
     );
     let record = reverse::fallback_load(&*client)
@@ -349,6 +365,45 @@ pub async fn run(
         record,
         completed_earlier: false,
     })
+}
+
+fn unknown_outcome(e: Error) -> Error {
+    Error::new(
+        ErrorKind::State,
+        format!(
+            "{e}; whether Postgres recorded the fallback is unknown (unreachable), so both fences stay. Once Postgres answers: `sqlite2pg fallback` completes a recorded fallback; otherwise the Postgres fence lapses within the lease (or `sqlite2pg fallback --abort`)"
+        ),
+    )
+}
+
+/// How long each step inside the window took, for the log.
+struct Steps {
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    fn new(started: Instant) -> Steps {
+        Steps {
+            last: started,
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.done
+            .push((step, (now - self.last).as_secs_f64() * 1000.0));
+        self.last = now;
+    }
+
+    fn text(&self) -> String {
+        self.done
+            .iter()
+            .map(|(s, ms)| format!("{s} {ms:.1} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 async fn lift_after_failure(client: &mut Client, opts: &Options, tables: &[String]) {
@@ -398,14 +453,23 @@ fn release_sqlite(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Verifies every row, then waits for the lag; returns when that verify began (Postgres'
-/// clock).
-async fn before_fence(
+/// What the work before the fence prepared for the window.
+struct Ready<'a> {
+    /// When the full verify began (Postgres' clock).
+    since: f64,
+    /// The moved tables with their column forms.
+    tables: Vec<Table<'a>>,
+    /// The lease keeper's connection, made before the window opens.
+    keeper_client: Client,
+}
+
+/// Verifies every row, then waits for the lag; prepares what the window needs.
+async fn before_fence<'a>(
     client: &mut Client,
-    plan: &Plan,
+    plan: &'a Plan,
     opts: &Options,
     daemon_running: bool,
-) -> Result<f64> {
+) -> Result<Ready<'a>> {
     catch_up(client, plan, opts, daemon_running, opts.wait).await?;
     let since = reverse::clock(&*client).await?;
     let report = verify::run(client, plan, &verify_opts(opts, Vec::new())).await?;
@@ -420,7 +484,14 @@ async fn before_fence(
         let (_, age) = reverse::backlog(&*client).await?;
         let lag = age.unwrap_or(0.0);
         if lag <= opts.max_lag.as_secs_f64() || !daemon_running {
-            return Ok(since);
+            let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+            let tables = tokio::task::block_in_place(|| stream::tables(plan, &conn))?;
+            let keeper_client = crate::pg::connect(&opts.target).await?;
+            return Ok(Ready {
+                since,
+                tables,
+                keeper_client,
+            });
         }
         if Instant::now() >= deadline {
             return Err(refuse(format!(
@@ -437,6 +508,7 @@ async fn before_fence(
 async fn behind_fence(
     client: &mut Client,
     plan: &Plan,
+    tables: &[Table<'_>],
     opts: &Options,
     daemon_running: bool,
     since: f64,
@@ -444,10 +516,14 @@ async fn behind_fence(
     holder: &str,
     keeper: &LeaseKeeper,
     committing: &AtomicBool,
+    steps: &mut Steps,
 ) -> Result<()> {
     catch_up(client, plan, opts, daemon_running, Duration::from_secs(60)).await?;
-    let rows_verified = verify_changed(client, plan, opts, since).await?;
+    steps.mark("drain");
+    let rows_verified = verify_changed(client, tables, opts, since).await?;
+    steps.mark("verify");
     let moved = move_counters(client, plan, opts).await?;
+    steps.mark("counters");
     // The record, the permanent fence and the end of capture commit together.
     let tx = client
         .transaction()
@@ -471,7 +547,7 @@ async fn behind_fence(
 /// Compares the rows of every key applied since `since` (and every table changed as a whole).
 async fn verify_changed(
     client: &mut Client,
-    plan: &Plan,
+    tables: &[Table<'_>],
     opts: &Options,
     since: f64,
 ) -> Result<i64> {
@@ -485,7 +561,6 @@ async fn verify_changed(
         }
     }
     let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-    let tables: Vec<Table<'_>> = tokio::task::block_in_place(|| stream::tables(plan, &conn))?;
     let mut n = 0;
     for (name, (whole, mut keys)) in by_table {
         let Some(t) = tables.iter().find(|t| t.plan().target == name) else {

@@ -146,11 +146,7 @@ pub fn tables<'a>(plan: &'a Plan, conn: &rusqlite::Connection) -> Result<Vec<Tab
                 let forms = form::learn(conn, &t.source.name, &typed)?;
                 Ok(Table {
                     plan: t,
-                    shape: restore::Shape {
-                        table: &t.source,
-                        columns: names,
-                        key,
-                    },
+                    shape: restore::Shape::new(&t.source, names, key),
                     columns,
                     forms,
                 })
@@ -319,7 +315,7 @@ async fn read_whole(tx: &Transaction<'_>, schema: &str, t: &Table<'_>) -> Result
 /// the same value, decoded (and proved exact) where it changed.
 fn merge(
     t: &Table<'_>,
-    key: &str,
+    key: &[OwnedValue],
     existing: Option<&[OwnedValue]>,
     row: &[Raw],
     scratch: &mut BytesMut,
@@ -341,7 +337,7 @@ fn merge(
             (Some(old), _) => old.clone(),
             (None, None) => OwnedValue::Null,
             (None, Some(bytes)) => decode::decode_exact(bytes, conv, &t.forms[i], scratch)
-                .map_err(|e| conversion(t, key, i, e))?,
+                .map_err(|e| conversion(t, &display_key(&t.plan.key_names, key), i, e))?,
         });
     }
     Ok(out)
@@ -367,44 +363,68 @@ fn write_batch(
             Read::Whole(rows) => {
                 restore::delete_all(&tx, &t.shape)?;
                 for row in rows {
-                    let values = merge(t, "(whole table)", None, row, &mut scratch)?;
+                    let values = merge(t, &[], None, row, &mut scratch)?;
                     restore::insert(&tx, &t.shape, None, &values)?;
                     written += 1;
                 }
             }
             Read::Keys(fetched) => {
-                // Deletes first, then inserts: two rows that swapped a unique value in one
-                // Postgres transaction never collide halfway.
-                let mut inserts = Vec::new();
+                let mut ops = Vec::new();
                 for f in fetched {
                     let existing = restore::read(&tx, &t.shape, &f.key)?;
-                    let key_text = display_key(&t.plan.key_names, &f.key);
                     let new = match &f.row {
                         Some(row) => Some(merge(
                             t,
-                            &key_text,
+                            &f.key,
                             existing.as_ref().map(|e| e.values.as_slice()),
                             row,
                             &mut scratch,
                         )?),
                         None => None,
                     };
-                    if existing.as_ref().map(|e| &e.values) == new.as_ref() {
-                        continue;
-                    }
-                    if existing.is_some() {
-                        restore::delete(&tx, &t.shape, &f.key)?;
-                    }
-                    match new {
-                        Some(values) => {
-                            inserts.push((existing.and_then(|e| e.rowid), values));
-                            written += 1;
-                        }
-                        None => deleted += 1,
+                    if existing.as_ref().map(|e| &e.values) != new.as_ref() {
+                        ops.push((f, existing, new));
                     }
                 }
-                for (rowid, values) in inserts {
-                    restore::insert(&tx, &t.shape, rowid, &values)?;
+                written += ops.iter().filter(|o| o.2.is_some()).count() as u64;
+                deleted += ops.iter().filter(|o| o.2.is_none()).count() as u64;
+                // Changed columns in place; if SQLite refuses (two rows swapped a unique
+                // value in one Postgres transaction), deletes first, then inserts.
+                let in_place = restore::attempt(&tx, || {
+                    for (f, existing, new) in &ops {
+                        match (existing, new) {
+                            (None, Some(values)) => restore::insert(&tx, &t.shape, None, values)?,
+                            (Some(_), None) => restore::delete(&tx, &t.shape, &f.key)?,
+                            (Some(old), Some(values)) => {
+                                let changed: Vec<usize> = (0..values.len())
+                                    .filter(|i| old.values[*i] != values[*i])
+                                    .collect();
+                                restore::update(&tx, &t.shape, &f.key, &changed, values)?
+                            }
+                            (None, None) => {}
+                        }
+                    }
+                    Ok(())
+                });
+                if let Err(e) = in_place {
+                    if e.kind() != ErrorKind::Schema {
+                        return Err(e);
+                    }
+                    for (f, existing, _) in &ops {
+                        if existing.is_some() {
+                            restore::delete(&tx, &t.shape, &f.key)?;
+                        }
+                    }
+                    for (_, existing, new) in ops {
+                        if let Some(values) = new {
+                            restore::insert(
+                                &tx,
+                                &t.shape,
+                                existing.and_then(|e| e.rowid),
+                                &values,
+                            )?;
+                        }
+                    }
                 }
             }
         }
@@ -476,10 +496,19 @@ async fn one_batch(
         .map_err(|e| Error::from_pg("cannot end a read of the reverse changelog", e))?;
     let seq = changes.iter().map(|c| c.seq).max().unwrap_or(0);
     let n = changes.len();
+    let read_at = started.elapsed();
     let per_table =
         tokio::task::block_in_place(|| write_batch(conn, tables, &reads, seq, n as i64))?;
+    let written_at = started.elapsed();
     let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
     reverse::applied(&*client, &seqs).await?;
+    tracing::debug!(
+        changes = n,
+        read_ms = read_at.as_secs_f64() * 1000.0,
+        write_ms = (written_at - read_at).as_secs_f64() * 1000.0,
+        mark_ms = (started.elapsed() - written_at).as_secs_f64() * 1000.0,
+        "reverse batch"
+    );
     crate::metrics::batch_applied(&per_table, n as u64, started.elapsed().as_secs_f64(), seq);
     Ok(n)
 }
@@ -502,6 +531,16 @@ async fn connect(opts: &Options) -> Result<Client> {
     Ok(client)
 }
 
+/// A connection that hears the capture's notifications (`None` while Postgres is away).
+async fn listen(opts: &Options) -> Option<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    let (client, rx) = crate::pg::connect_listening(&opts.target).await.ok()?;
+    client
+        .batch_execute(&format!("LISTEN {}", reverse::CHANNEL))
+        .await
+        .ok()?;
+    Some((client, rx))
+}
+
 /// Follows Postgres back into SQLite until a stop, the fallback, or (with
 /// `exit_when_caught_up`) an empty changelog. Reconnects by itself while Postgres is away.
 pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End> {
@@ -520,6 +559,7 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         tables = tables.len(),
         "following Postgres back into SQLite (the reverse stream)"
     );
+    let mut wake = listen(opts).await;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut last_look = Instant::now() - Duration::from_secs(10);
     loop {
@@ -540,8 +580,21 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
             Ok(0) if opts.exit_when_caught_up => return Ok(End::CaughtUp),
             Ok(0) => {
                 backoff.reset();
-                if !shutdown.sleep(opts.poll_interval).await {
-                    return Ok(End::Shutdown);
+                // Woken by the commit of a change, or by the poll interval (the listening
+                // connection gone: listen again).
+                let notified = match &mut wake {
+                    Some((_, rx)) => tokio::select! {
+                        n = rx.recv() => n.is_some(),
+                        _ = tokio::time::sleep(opts.poll_interval) => true,
+                        _ = shutdown.wait() => return Ok(End::Shutdown),
+                    },
+                    None => false,
+                };
+                if !notified {
+                    if !shutdown.sleep(opts.poll_interval).await {
+                        return Ok(End::Shutdown);
+                    }
+                    wake = listen(opts).await;
                 }
             }
             Ok(_) => backoff.reset(),

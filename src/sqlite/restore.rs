@@ -25,8 +25,12 @@ fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
 /// already cascaded, and each cascaded row comes as its own change), and the position table.
 pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let conn = super::open_read_write(path, busy_timeout)?;
+    // A large cache and an in-memory sub-journal: a batch rewrites thousands of rows across
+    // the table, and spilling pages mid-transaction writes them twice.
     conn.execute_batch(&format!(
         "PRAGMA foreign_keys = OFF;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;
          CREATE TABLE IF NOT EXISTS {POSITION} (
            id INTEGER PRIMARY KEY CHECK (id = 1),
            seq INTEGER NOT NULL,
@@ -34,6 +38,8 @@ pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection> {
            applied_at REAL NOT NULL)"
     ))
     .map_err(ctx("prepare the SQLite file for the reverse stream"))?;
+    // One UPDATE per set of changed columns per table: room for many.
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -124,22 +130,67 @@ pub struct Shape<'a> {
     pub columns: Vec<String>,
     /// Positions in `columns` of the key columns.
     pub key: Vec<usize>,
+    /// The statements, made once: a batch runs them thousands of times.
+    read_sql: String,
+    delete_sql: String,
+    insert_sql: String,
+    insert_rowid_sql: String,
 }
 
-impl Shape<'_> {
+impl<'a> Shape<'a> {
+    /// The shape of `table` written through `columns`, rows found by the columns at `key`.
+    pub fn new(table: &'a SourceTable, columns: Vec<String>, key: Vec<usize>) -> Shape<'a> {
+        let name = quote_ident(&table.name);
+        let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let condition = key_condition(&cols, &key);
+        let rowid = table.rowid_name();
+        let marks = |n: usize| {
+            (1..=n)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let keeps_rowid = !table.without_rowid && table.rowid_alias.is_none();
+        Shape {
+            read_sql: format!(
+                "SELECT {}{} FROM {name} WHERE {condition}",
+                if keeps_rowid {
+                    format!("{rowid}, ")
+                } else {
+                    String::new()
+                },
+                cols.join(", ")
+            ),
+            delete_sql: format!("DELETE FROM {name} WHERE {condition}"),
+            insert_sql: format!(
+                "INSERT INTO {name} ({}) VALUES ({})",
+                cols.join(", "),
+                marks(cols.len())
+            ),
+            insert_rowid_sql: format!(
+                "INSERT INTO {name} ({rowid}, {}) VALUES ({})",
+                cols.join(", "),
+                marks(cols.len() + 1)
+            ),
+            table,
+            columns,
+            key,
+        }
+    }
+
     /// A rowid table whose key is not the rowid: the rowid is kept when a row is rewritten.
     fn keeps_rowid(&self) -> bool {
         !self.table.without_rowid && self.table.rowid_alias.is_none()
     }
+}
 
-    fn key_condition(&self) -> String {
-        self.key
-            .iter()
-            .enumerate()
-            .map(|(n, i)| format!("{} = ?{}", quote_ident(&self.columns[*i]), n + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
+/// `"k1" = ?1 AND "k2" = ?2`.
+fn key_condition(quoted: &[String], key: &[usize]) -> String {
+    key.iter()
+        .enumerate()
+        .map(|(n, i)| format!("{} = ?{}", quoted[*i], n + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// A row as SQLite has it: its rowid (rowid tables whose key is not the rowid) and values.
@@ -150,15 +201,40 @@ pub struct Existing {
     pub values: Vec<OwnedValue>,
 }
 
-fn value_ref(v: &OwnedValue) -> rusqlite::types::Value {
-    use rusqlite::types::Value;
-    match v {
-        OwnedValue::Null => Value::Null,
-        OwnedValue::Integer(i) => Value::Integer(*i),
-        OwnedValue::Real(f) => Value::Real(*f),
-        OwnedValue::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        OwnedValue::Blob(b) => Value::Blob(b.clone()),
+/// A value bound as it is, bytes and class unchanged (text is bound as the bytes it has).
+struct Bind<'a>(&'a OwnedValue);
+
+impl rusqlite::ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            OwnedValue::Null => ValueRef::Null,
+            OwnedValue::Integer(i) => ValueRef::Integer(*i),
+            OwnedValue::Real(f) => ValueRef::Real(*f),
+            OwnedValue::Text(t) => ValueRef::Text(t),
+            OwnedValue::Blob(b) => ValueRef::Blob(b),
+        }))
     }
+}
+
+fn value_ref(v: &OwnedValue) -> Bind<'_> {
+    Bind(v)
+}
+
+/// A write SQLite refused: a constraint it has and Postgres lacks (UNIQUE, CHECK, NOT NULL)
+/// needs a person; anything else is the file's.
+fn write_error(shape: &Shape<'_>, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
+        return Error::with_source(
+            crate::error::ErrorKind::Schema,
+            format!(
+                "SQLite refuses a row from Postgres in table {}: a constraint SQLite has and Postgres lacks (a UNIQUE with COLLATE NOCASE, a CHECK); the reverse stream waits. Fix the row on Postgres",
+                shape.table.name
+            ),
+            e,
+        );
+    }
+    Error::from_sqlite(format!("cannot write table {}", shape.table.name), e)
 }
 
 /// The row with this key, if SQLite has one.
@@ -167,26 +243,15 @@ pub fn read(
     shape: &Shape<'_>,
     key: &[OwnedValue],
 ) -> Result<Option<Existing>> {
-    let rowid = if shape.keeps_rowid() {
-        format!("{}, ", shape.table.rowid_name())
-    } else {
-        String::new()
-    };
-    let cols: Vec<String> = shape.columns.iter().map(|c| quote_ident(c)).collect();
-    let sql = format!(
-        "SELECT {rowid}{} FROM {} WHERE {}",
-        cols.join(", "),
-        quote_ident(&shape.table.name),
-        shape.key_condition()
-    );
     let mut stmt = tx
-        .prepare_cached(&sql)
+        .prepare_cached(&shape.read_sql)
         .map_err(|e| Error::from_sqlite(format!("cannot read table {}", shape.table.name), e))?;
     let skip = usize::from(shape.keeps_rowid());
+    let n = shape.columns.len();
     stmt.query_row(params_from_iter(key.iter().map(value_ref)), |r| {
         Ok(Existing {
             rowid: if skip == 1 { Some(r.get(0)?) } else { None },
-            values: (0..cols.len())
+            values: (0..n)
                 .map(|i| {
                     r.get_ref(i + skip)
                         .map(|v| super::reader::to_sql_value(v).to_owned_value())
@@ -200,12 +265,7 @@ pub fn read(
 
 /// Deletes the row with this key.
 pub fn delete(tx: &Transaction<'_>, shape: &Shape<'_>, key: &[OwnedValue]) -> Result<()> {
-    let sql = format!(
-        "DELETE FROM {} WHERE {}",
-        quote_ident(&shape.table.name),
-        shape.key_condition()
-    );
-    tx.prepare_cached(&sql)
+    tx.prepare_cached(&shape.delete_sql)
         .and_then(|mut s| s.execute(params_from_iter(key.iter().map(value_ref))))
         .map_err(|e| {
             Error::from_sqlite(format!("cannot delete from table {}", shape.table.name), e)
@@ -226,31 +286,74 @@ pub fn insert(
     rowid: Option<i64>,
     values: &[OwnedValue],
 ) -> Result<()> {
-    let mut cols: Vec<String> = shape.columns.iter().map(|c| quote_ident(c)).collect();
-    let mut vals: Vec<rusqlite::types::Value> = values.iter().map(value_ref).collect();
-    if let Some(r) = rowid {
-        cols.insert(0, shape.table.rowid_name().to_string());
-        vals.insert(0, rusqlite::types::Value::Integer(r));
-    }
-    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let sql = format!(
-        "INSERT INTO {} ({}) VALUES ({})",
-        quote_ident(&shape.table.name),
-        cols.join(", "),
-        marks.join(", ")
-    );
-    tx.prepare_cached(&sql)
+    let rowid = rowid.map(OwnedValue::Integer);
+    let mut vals: Vec<Bind<'_>> = Vec::with_capacity(values.len() + 1);
+    vals.extend(rowid.iter().map(value_ref));
+    vals.extend(values.iter().map(value_ref));
+    let sql = if rowid.is_some() {
+        &shape.insert_rowid_sql
+    } else {
+        &shape.insert_sql
+    };
+    tx.prepare_cached(sql)
         .and_then(|mut s| s.execute(params_from_iter(vals)))
-        .map_err(|e| {
-            Error::from_sqlite(
-                format!(
-                    "cannot write a row from Postgres into table {} (a UNIQUE or CHECK constraint SQLite has and Postgres lacks?)",
-                    shape.table.name
-                ),
-                e,
-            )
-        })?;
+        .map_err(|e| write_error(shape, e))?;
     Ok(())
+}
+
+/// Sets `columns` (positions in `Shape::columns`) of the row with this key to `values`
+/// (all of the row's values, in `Shape::columns` order).
+pub fn update(
+    tx: &Transaction<'_>,
+    shape: &Shape<'_>,
+    key: &[OwnedValue],
+    columns: &[usize],
+    values: &[OwnedValue],
+) -> Result<()> {
+    let set: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            format!(
+                "{} = ?{}",
+                quote_ident(&shape.columns[*c]),
+                n + 1 + key.len()
+            )
+        })
+        .collect();
+    let quoted: Vec<String> = shape.columns.iter().map(|c| quote_ident(c)).collect();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        quote_ident(&shape.table.name),
+        set.join(", "),
+        key_condition(&quoted, &shape.key)
+    );
+    let binds = key
+        .iter()
+        .map(value_ref)
+        .chain(columns.iter().map(|c| value_ref(&values[*c])));
+    tx.prepare_cached(&sql)
+        .and_then(|mut s| s.execute(params_from_iter(binds)))
+        .map_err(|e| write_error(shape, e))?;
+    Ok(())
+}
+
+/// Runs `f` inside a savepoint: undone if it fails, so the caller can try another way.
+pub fn attempt<T>(tx: &Transaction<'_>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    tx.execute_batch("SAVEPOINT sqlite2pg_attempt")
+        .map_err(ctx("start a savepoint"))?;
+    match f() {
+        Ok(v) => {
+            tx.execute_batch("RELEASE sqlite2pg_attempt")
+                .map_err(ctx("release a savepoint"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO sqlite2pg_attempt; RELEASE sqlite2pg_attempt")
+                .map_err(ctx("roll back to a savepoint"))?;
+            Err(e)
+        }
+    }
 }
 
 /// Records the position, in the transaction that applied up to it.
