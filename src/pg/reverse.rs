@@ -121,14 +121,15 @@ pub struct Change {
     pub key: Option<Vec<String>>,
 }
 
-/// The oldest committed changes not yet applied, at most `limit`.
-pub async fn pending(client: &impl GenericClient, limit: i64) -> Result<Vec<Change>> {
+/// The oldest committed changes not yet applied, at most `limit`, but those in `skip`.
+pub async fn pending(client: &impl GenericClient, limit: i64, skip: &[i64]) -> Result<Vec<Change>> {
     let rows = client
         .query(
             &format!(
-                "SELECT seq, target_table, key FROM {STATE_SCHEMA}.reverse_change WHERE applied_at IS NULL ORDER BY seq LIMIT $1"
+                "SELECT seq, target_table, key FROM {STATE_SCHEMA}.reverse_change
+                 WHERE applied_at IS NULL AND NOT (seq = ANY($2)) ORDER BY seq LIMIT $1"
             ),
-            &[&limit],
+            &[&limit, &skip],
         )
         .await
         .map_err(pg("read the reverse changelog"))?;

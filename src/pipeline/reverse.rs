@@ -437,14 +437,31 @@ fn write_batch(
     Ok(counts)
 }
 
-/// Reads, writes and prunes one batch; `Ok(0)` when there was nothing to apply.
-async fn one_batch(
+/// One batch read from Postgres, to write into SQLite.
+struct Batch {
+    /// Sequence numbers of its changes.
+    seqs: Vec<i64>,
+    /// The newest of them.
+    newest: i64,
+    reads: Vec<(usize, Read)>,
+}
+
+/// What carries over between batches: the next batch, read while this one was written, and
+/// the changes written to SQLite but not yet marked applied on Postgres.
+#[derive(Default)]
+struct Carry {
+    next: Option<Batch>,
+    unmarked: Vec<i64>,
+}
+
+/// Reads the oldest pending changes (but those in `skip`, written and not yet marked) and
+/// the rows they name, in one snapshot.
+async fn read_batch(
     client: &mut Client,
-    conn: &mut rusqlite::Connection,
     tables: &[Table<'_>],
     opts: &Options,
-) -> Result<usize> {
-    let started = Instant::now();
+    skip: &[i64],
+) -> Result<Option<Batch>> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -452,14 +469,14 @@ async fn one_batch(
         .start()
         .await
         .map_err(|e| Error::from_pg("cannot start reading the reverse changelog", e))?;
-    let changes = reverse::pending(&tx, opts.batch_changes as i64).await?;
+    let changes = reverse::pending(&tx, opts.batch_changes as i64, skip).await?;
     if changes.is_empty() {
         tx.commit()
             .await
             .map_err(|e| Error::from_pg("cannot end a read of the reverse changelog", e))?;
-        return Ok(0);
+        return Ok(None);
     }
-    // Distinct keys per table, in first-seen order; a whole-table change covers its keys.
+    // Distinct keys per table; a whole-table change covers its keys.
     let mut by_table: BTreeMap<usize, (bool, Vec<Vec<String>>)> = BTreeMap::new();
     for c in &changes {
         let Some(ti) = tables.iter().position(|t| t.plan.target == c.table) else {
@@ -494,22 +511,86 @@ async fn one_batch(
     tx.commit()
         .await
         .map_err(|e| Error::from_pg("cannot end a read of the reverse changelog", e))?;
-    let seq = changes.iter().map(|c| c.seq).max().unwrap_or(0);
-    let n = changes.len();
-    let read_at = started.elapsed();
-    let per_table =
-        tokio::task::block_in_place(|| write_batch(conn, tables, &reads, seq, n as i64))?;
-    let written_at = started.elapsed();
-    let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
-    reverse::applied(&*client, &seqs).await?;
-    tracing::debug!(
-        changes = n,
-        read_ms = read_at.as_secs_f64() * 1000.0,
-        write_ms = (written_at - read_at).as_secs_f64() * 1000.0,
-        mark_ms = (started.elapsed() - written_at).as_secs_f64() * 1000.0,
-        "reverse batch"
+    Ok(Some(Batch {
+        newest: changes.iter().map(|c| c.seq).max().unwrap_or(0),
+        seqs: changes.iter().map(|c| c.seq).collect(),
+        reads,
+    }))
+}
+
+/// Writes one batch into SQLite while, on Postgres, the previous one is marked applied and
+/// the next one is read: the two databases work at the same time. `Ok(0)` when nothing was
+/// pending (everything written is marked applied by then).
+async fn one_batch(
+    client: &mut Client,
+    conn: &mut rusqlite::Connection,
+    tables: &[Table<'_>],
+    opts: &Options,
+    carry: &mut Carry,
+) -> Result<usize> {
+    let started = Instant::now();
+    let unmarked = std::mem::take(&mut carry.unmarked);
+    let batch = match carry.next.take() {
+        Some(b) => b,
+        None => match read_batch(client, tables, opts, &unmarked).await? {
+            Some(b) => b,
+            None => {
+                if !unmarked.is_empty() {
+                    reverse::applied(&*client, &unmarked).await?;
+                }
+                return Ok(0);
+            }
+        },
+    };
+    let handle = tokio::runtime::Handle::current();
+    let (written, next) = tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let t0 = Instant::now();
+                let r = write_batch(
+                    conn,
+                    tables,
+                    &batch.reads,
+                    batch.newest,
+                    batch.seqs.len() as i64,
+                );
+                (r, t0.elapsed())
+            });
+            let t0 = Instant::now();
+            let next = handle.block_on(async {
+                if !unmarked.is_empty() {
+                    reverse::applied(&*client, &unmarked).await?;
+                }
+                read_batch(client, tables, opts, &batch.seqs).await
+            });
+            let pg = t0.elapsed();
+            let written = writer.join().map(|(r, sqlite)| {
+                tracing::debug!(
+                    changes = batch.seqs.len(),
+                    sqlite_ms = sqlite.as_secs_f64() * 1000.0,
+                    postgres_ms = pg.as_secs_f64() * 1000.0,
+                    "reverse batch"
+                );
+                r
+            });
+            (written, next)
+        })
+    });
+    let per_table = written.map_err(|_| {
+        Error::new(
+            ErrorKind::SourceUnreadable,
+            "the SQLite writer thread panicked",
+        )
+    })??;
+    let n = batch.seqs.len();
+    carry.unmarked = batch.seqs;
+    carry.next = next?;
+    crate::metrics::batch_applied(
+        &per_table,
+        n as u64,
+        started.elapsed().as_secs_f64(),
+        batch.newest,
     );
-    crate::metrics::batch_applied(&per_table, n as u64, started.elapsed().as_secs_f64(), seq);
     Ok(n)
 }
 
@@ -560,6 +641,7 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         "following Postgres back into SQLite (the reverse stream)"
     );
     let mut wake = listen(opts).await;
+    let mut carry = Carry::default();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut last_look = Instant::now() - Duration::from_secs(10);
     loop {
@@ -576,7 +658,12 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
             }
             reverse::prune(&client, KEEP_APPLIED, 10_000).await?;
         }
-        match one_batch(&mut client, &mut conn, &tables, opts).await {
+        let result = one_batch(&mut client, &mut conn, &tables, opts, &mut carry).await;
+        if result.is_err() {
+            // Written but unmarked changes stay pending: applied again, to the same rows.
+            carry = Carry::default();
+        }
+        match result {
             Ok(0) if opts.exit_when_caught_up => return Ok(End::CaughtUp),
             Ok(0) => {
                 backoff.reset();
