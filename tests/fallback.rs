@@ -392,6 +392,18 @@ fn a_killed_fallback_gives_postgres_back_and_a_rerun_completes_with_exact_values
         "{}",
         text(&out)
     );
+    // A column a migration added on Postgres alone: the fallback refuses to lose it.
+    c.batch_execute("ALTER TABLE notes ADD COLUMN tag text DEFAULT 'x'")
+        .unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "fallback"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("has columns SQLite lacks (tag)"),
+        "{}",
+        text(&out)
+    );
+    c.batch_execute("ALTER TABLE notes DROP COLUMN tag")
+        .unwrap();
     let highest: i64 = scalar(
         &mut c,
         "SELECT pg_sequence_last_value(pg_get_serial_sequence('notes', 'id'))",

@@ -424,7 +424,7 @@ pub fn numeric_value(b: &[u8]) -> Option<(u16, i16, Vec<u8>)> {
 
 /// Whether two binary values of a `ty` column are the same value (a numeric's display scale
 /// and jsonb's formatting aside).
-pub fn same(ty: &PgType, a: &Option<Vec<u8>>, b: &Option<Vec<u8>>) -> bool {
+pub fn same(ty: &PgType, a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(x), Some(y)) => match ty {

@@ -263,7 +263,7 @@ fn date_value(
 pub fn exact(value: &OwnedValue, raw: &[u8], conv: &ColumnConv, scratch: &mut BytesMut) -> bool {
     scratch.clear();
     convert::encode(value.as_ref(), conv, scratch).is_ok()
-        && convert::same(&conv.ty, &Some(scratch[4..].to_vec()), &Some(raw.to_vec()))
+        && convert::same(&conv.ty, Some(&scratch[4..]), Some(raw))
 }
 
 /// Decodes and proves the round trip; the error says what cannot come back identically.

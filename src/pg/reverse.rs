@@ -236,9 +236,20 @@ pub async fn applied_through(client: &impl GenericClient, seq: i64) -> Result<bo
     Ok(row.get(0))
 }
 
-/// Whether the reverse capture is installed (the cutover made it).
+/// Whether the reverse capture is installed (a cutover of 0.3.0 or later made it; the state
+/// tables alone, which an upgrade creates, are not enough).
 pub async fn capture_installed(client: &impl GenericClient) -> Result<bool> {
-    super::state::state_table_exists(client, "reverse_change").await
+    if !super::state::state_table_exists(client, "reverse_change").await? {
+        return Ok(false);
+    }
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'sqlite2pg_reverse_truncate')",
+            &[],
+        )
+        .await
+        .map_err(pg("look for the reverse capture"))?;
+    Ok(row.get(0))
 }
 
 /// The fallback fence as it stands.

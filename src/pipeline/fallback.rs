@@ -127,6 +127,37 @@ async fn ready(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Refuses when a moved table on Postgres has columns the SQLite table lacks (a migration
+/// after the cutover added them): a fallback would lose what they hold.
+async fn no_new_columns(client: &Client, plan: &Plan, schema: &str) -> Result<()> {
+    for t in &plan.tables {
+        let rows = client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass
+                 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+                &[&crate::pg::qualified(schema, &t.target)],
+            )
+            .await
+            .map_err(|e| Error::from_pg(format!("cannot read the columns of {}", t.target), e))?;
+        let extra: Vec<String> = rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .filter(|c| !t.columns.iter().any(|p| &p.target == c))
+            .collect();
+        if !extra.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "table {} on Postgres has columns SQLite lacks ({}), added after the cutover? A fallback would lose what they hold; nothing was fenced. Drop them on Postgres first, or stay on Postgres",
+                    t.target,
+                    extra.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Lifts a Postgres fence that a fallback left (killed, hung): the app writes to Postgres at
 /// once. Refused once the fallback is recorded.
 pub async fn abort(client: &mut Client, plan: &Plan, opts: &Options) -> Result<bool> {
@@ -255,6 +286,7 @@ pub async fn run(
         return Ok(done);
     }
     ready(client).await?;
+    no_new_columns(client, plan, &opts.schema).await?;
     let daemon_running = state::daemon_running(&*client).await?;
     let (pending, _) = reverse::backlog(&*client).await?;
     if !daemon_running && pending > 50_000 {

@@ -84,6 +84,21 @@ impl<'a> Table<'a> {
     pub fn has_key(&self) -> bool {
         !self.shape.key.is_empty()
     }
+
+    /// The plan of the table.
+    pub fn plan(&self) -> &TablePlan {
+        self.plan
+    }
+
+    /// The learned form of each written column.
+    pub fn forms(&self) -> &[ColumnForm] {
+        &self.forms
+    }
+
+    /// The plan of written column `i`.
+    pub fn column(&self, i: usize) -> &super::plan::ColumnPlan {
+        &self.plan.columns[self.columns[i]]
+    }
 }
 
 /// The reverse capture of each planned table (for the cutover to install).
@@ -169,23 +184,6 @@ pub async fn sqlite_keys(
         .collect())
 }
 
-impl Table<'_> {
-    /// The plan of the table.
-    pub fn plan(&self) -> &TablePlan {
-        self.plan
-    }
-
-    /// The learned form of each written column.
-    pub fn forms(&self) -> &[ColumnForm] {
-        &self.forms
-    }
-
-    /// The plan of written column `i`.
-    pub fn column(&self, i: usize) -> &super::plan::ColumnPlan {
-        &self.plan.columns[self.columns[i]]
-    }
-}
-
 /// What Postgres has for one changed key.
 struct Fetched {
     /// The key as SQLite holds it.
@@ -204,7 +202,7 @@ fn conversion(t: &Table<'_>, key: &str, column: usize, e: convert::ConvError) ->
     Error::new(
         ErrorKind::Conversion,
         format!(
-            "table {}, row {key}, column {}: {} cannot come back to SQLite identically ({}). The reverse stream waits: change the value on Postgres, or drop the column from the fallback by hand",
+            "table {}, row {key}, column {}: {} cannot come back to SQLite identically ({}). The reverse stream waits (position kept) and goes on once the value is changed on Postgres; `sqlite2pg check --reverse` lists every such value",
             t.plan.source.name,
             t.shape.columns[column],
             t.plan.columns[t.columns[column]].target,
@@ -326,12 +324,13 @@ fn merge(
         let old = existing.map(|e| &e[i]);
         let keep = old.filter(|old| {
             scratch.clear();
-            let encoded = match convert::encode(old.as_ref(), conv, scratch) {
-                Ok(()) if matches!(old, OwnedValue::Null) => None,
-                Ok(()) => Some(scratch[4..].to_vec()),
-                Err(_) => return false,
-            };
-            convert::same(&conv.ty, &encoded, &raw.0)
+            match convert::encode(old.as_ref(), conv, scratch) {
+                Ok(()) if matches!(old, OwnedValue::Null) => {
+                    convert::same(&conv.ty, None, raw.0.as_deref())
+                }
+                Ok(()) => convert::same(&conv.ty, Some(&scratch[4..]), raw.0.as_deref()),
+                Err(_) => false,
+            }
         });
         out.push(match (keep, &raw.0) {
             (Some(old), _) => old.clone(),
@@ -612,6 +611,18 @@ async fn connect(opts: &Options) -> Result<Client> {
     Ok(client)
 }
 
+/// The once-a-second look: the lag for metrics, old applied changes pruned; whether the
+/// fallback is recorded.
+async fn look(client: &Client) -> Result<bool> {
+    let (pending, age) = reverse::backlog(client).await?;
+    crate::metrics::reverse_lag(pending, age.unwrap_or(0.0).max(0.0));
+    if reverse::fallback_load(client).await?.is_some() {
+        return Ok(true);
+    }
+    reverse::prune(client, KEEP_APPLIED, 10_000).await?;
+    Ok(false)
+}
+
 /// A connection that hears the capture's notifications (`None` while Postgres is away).
 async fn listen(opts: &Options) -> Option<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
     let (client, rx) = crate::pg::connect_listening(&opts.target).await.ok()?;
@@ -648,17 +659,19 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         if shutdown.requested() {
             return Ok(End::Shutdown);
         }
-        if last_look.elapsed() >= Duration::from_secs(1) {
+        let result = if last_look.elapsed() >= Duration::from_secs(1) {
             last_look = Instant::now();
-            let (pending, age) = reverse::backlog(&client).await?;
-            crate::metrics::reverse_lag(pending, age.unwrap_or(0.0).max(0.0));
-            if reverse::fallback_load(&client).await?.is_some() {
-                crate::metrics::set_phase(Phase::FellBack);
-                return Ok(End::FellBack);
+            match look(&client).await {
+                Ok(true) => {
+                    crate::metrics::set_phase(Phase::FellBack);
+                    return Ok(End::FellBack);
+                }
+                Ok(false) => one_batch(&mut client, &mut conn, &tables, opts, &mut carry).await,
+                Err(e) => Err(e),
             }
-            reverse::prune(&client, KEEP_APPLIED, 10_000).await?;
-        }
-        let result = one_batch(&mut client, &mut conn, &tables, opts, &mut carry).await;
+        } else {
+            one_batch(&mut client, &mut conn, &tables, opts, &mut carry).await
+        };
         if result.is_err() {
             // Written but unmarked changes stay pending: applied again, to the same rows.
             carry = Carry::default();

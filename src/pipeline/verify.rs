@@ -219,7 +219,7 @@ fn first_difference(
         .iter()
         .enumerate()
         .position(|(i, c)| match &encoded[i] {
-            Ok(v) => !convert::same(&c.conv.ty, v, &pg_row[i].0),
+            Ok(v) => !convert::same(&c.conv.ty, v.as_deref(), pg_row[i].0.as_deref()),
             Err(_) => true,
         })
 }
