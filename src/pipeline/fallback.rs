@@ -487,7 +487,8 @@ fn release_sqlite(opts: &Options) -> Result<()> {
 
 /// What the work before the fence prepared for the window.
 struct Ready<'a> {
-    /// When the full verify began (Postgres' clock).
+    /// When the last verify before the fence began (Postgres' clock): the window verifies
+    /// the keys applied since.
     since: f64,
     /// The moved tables with their column forms.
     tables: Vec<Table<'a>>,
@@ -518,6 +519,19 @@ async fn before_fence<'a>(
         if lag <= opts.max_lag.as_secs_f64() || !daemon_running {
             let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
             let tables = tokio::task::block_in_place(|| stream::tables(plan, &conn))?;
+            // The keys changed during the full verify, verified now, once SQLite has every
+            // change made so far: inside the window only those changed since this second
+            // pass began are left. A difference here may be a change still in flight, so it
+            // only keeps every key since the full verify for the window.
+            let again = reverse::clock(&*client).await?;
+            catch_up(client, plan, opts, daemon_running, opts.wait).await?;
+            let since = match verify_changed(client, &tables, opts, since).await {
+                Ok(_) => again,
+                Err(e) => {
+                    tracing::info!(reason = %e, "keys changed during the verify are verified inside the window");
+                    since
+                }
+            };
             let keeper_client = crate::pg::connect(&opts.target).await?;
             return Ok(Ready {
                 since,

@@ -10,6 +10,9 @@ use crate::model::PgType;
 
 /// Values sampled per column.
 const SAMPLE: usize = 1_000;
+/// Rows looked at per column at most: a column that is mostly NULL must not cost a scan of a
+/// large table at every daemon start.
+const SCAN: usize = 20_000;
 
 /// A SQLite storage class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +202,7 @@ fn bool_pair(word: &str) -> Option<(String, String)> {
 }
 
 /// Learns the form of each of `columns` (with their Postgres types) from up to a thousand of
-/// the values each holds.
+/// the values each holds (among the table's first rows).
 pub fn learn(
     conn: &Connection,
     table: &str,
@@ -215,7 +218,7 @@ fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Re
     let err = |e| Error::from_sqlite(format!("cannot read column {table}.{column}"), e);
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {c} FROM {t} WHERE {c} IS NOT NULL LIMIT {SAMPLE}",
+            "SELECT v FROM (SELECT {c} AS v FROM {t} LIMIT {SCAN}) WHERE v IS NOT NULL LIMIT {SAMPLE}",
             c = quote_ident(column),
             t = quote_ident(table)
         ))
