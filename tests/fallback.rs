@@ -392,6 +392,18 @@ fn a_killed_fallback_gives_postgres_back_and_a_rerun_completes_with_exact_values
         "{}",
         text(&out)
     );
+    // --dry-run says what would happen and changes nothing.
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "fallback", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("2. fence Postgres writes on 3 tables"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        scalar::<i64>(&mut c, "SELECT count(*) FROM sqlite2pg.pg_fence"),
+        0
+    );
     // A column a migration added on Postgres alone: the fallback refuses to lose it.
     c.batch_execute("ALTER TABLE notes ADD COLUMN tag text DEFAULT 'x'")
         .unwrap();
