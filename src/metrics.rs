@@ -356,26 +356,30 @@ pub fn lag(pending: i64, seconds: f64) {
         m.pending.set(pending);
         m.lag_changes.set(pending);
         m.lag_seconds.set(seconds);
-        let max = m
-            .max_lag
-            .lock()
-            .map(|l| *l)
-            .unwrap_or(Duration::from_secs(30));
-        let reason = (seconds > max.as_secs_f64()).then(|| {
-            format!(
-                "replication lag {seconds:.1} s is over --max-lag {:.1} s",
-                max.as_secs_f64()
-            )
-        });
-        if let Ok(mut u) = m.unhealthy.lock() {
-            // A lag reason never hides a stop reason.
-            if u.as_deref()
-                .is_none_or(|r| r.starts_with("replication lag"))
-            {
-                *u = reason;
-            }
-        }
+        lag_health(m, seconds, "replication lag");
     });
+}
+
+/// /healthz is unhealthy while `seconds` is over `--max-lag-seconds`; a lag reason never
+/// hides a stop reason.
+fn lag_health(m: &Metrics, seconds: f64, what: &str) {
+    let max = m
+        .max_lag
+        .lock()
+        .map(|l| *l)
+        .unwrap_or(Duration::from_secs(30));
+    let reason = (seconds > max.as_secs_f64()).then(|| {
+        format!(
+            "{what} {seconds:.1} s is over --max-lag {:.1} s",
+            max.as_secs_f64()
+        )
+    });
+    if let Ok(mut u) = m.unhealthy.lock()
+        && u.as_deref()
+            .is_none_or(|r| r.starts_with("replication lag"))
+    {
+        *u = reason;
+    }
 }
 
 /// The reverse stream started: changes flow from Postgres back into SQLite.
@@ -394,23 +398,7 @@ pub fn reverse_lag(pending: i64, seconds: f64) {
     with(|m| {
         m.reverse_lag_changes.set(pending);
         m.reverse_lag_seconds.set(seconds);
-        let max = m
-            .max_lag
-            .lock()
-            .map(|l| *l)
-            .unwrap_or(Duration::from_secs(30));
-        let reason = (seconds > max.as_secs_f64()).then(|| {
-            format!(
-                "replication lag (reverse, Postgres to SQLite) {seconds:.1} s is over --max-lag {:.1} s",
-                max.as_secs_f64()
-            )
-        });
-        if let Ok(mut u) = m.unhealthy.lock()
-            && u.as_deref()
-                .is_none_or(|r| r.starts_with("replication lag"))
-        {
-            *u = reason;
-        }
+        lag_health(m, seconds, "replication lag (reverse, Postgres to SQLite)");
     });
 }
 

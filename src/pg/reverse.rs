@@ -273,9 +273,9 @@ pub async fn fence_state(client: &impl GenericClient) -> Result<Option<Fence>> {
     let row = client
         .query_opt(
             &format!(
-                "SELECT holder, to_char(until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), permanent,
-                        permanent OR until > clock_timestamp()
-                 FROM {STATE_SCHEMA}.pg_fence WHERE id = 1"
+                "SELECT holder, {}, permanent, permanent OR until > clock_timestamp()
+                 FROM {STATE_SCHEMA}.pg_fence WHERE id = 1",
+                super::state::rfc3339("until")
             ),
             &[],
         )
@@ -289,10 +289,13 @@ pub async fn fence_state(client: &impl GenericClient) -> Result<Option<Fence>> {
     }))
 }
 
-/// Raises the fallback fence on `tables` for `lease`, in one transaction. Creating the
-/// triggers waits for every transaction writing to those tables to end (and `lock_timeout`
-/// bounds that wait), so once this returns each write made before it is committed or gone,
-/// and its key is in the changelog.
+/// Raises the fallback fence on `tables` for `lease`, in one transaction. It first locks
+/// every table at once against writers, without waiting (`NOWAIT`), and retries until it gets
+/// them all (for at most `lock_wait`): waiting for one table while holding another could
+/// deadlock with an app transaction that writes them in the other order. Holding them all
+/// means no write transaction is open on them, so every write made before the fence is
+/// committed (and captured) or gone, and the app's next write waits for the fence, then meets
+/// it.
 pub async fn fence(
     client: &mut Client,
     schema: &str,
@@ -301,16 +304,40 @@ pub async fn fence(
     lease: Duration,
     lock_wait: Duration,
 ) -> Result<()> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(pg("start the fallback fence transaction"))?;
-    tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = {}",
-        lock_wait.as_millis().max(1)
-    ))
-    .await
-    .map_err(pg("set the fence's lock timeout"))?;
+    let names: Vec<String> = tables.iter().map(|t| qualified(schema, t)).collect();
+    let lock = format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE NOWAIT",
+        names.join(", ")
+    );
+    let deadline = std::time::Instant::now() + lock_wait;
+    let tx = loop {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(pg("start the fallback fence transaction"))?;
+        match tx.batch_execute(&lock).await {
+            Ok(()) => break tx,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                drop(tx);
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::from_pg(
+                        format!(
+                            "cannot fence the moved tables on Postgres: the app kept write transactions open on them for {} ms; nothing was fenced, retry (or raise --lock-wait)",
+                            lock_wait.as_millis()
+                        ),
+                        e,
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => {
+                return Err(Error::from_pg(
+                    "cannot lock the moved tables on Postgres",
+                    e,
+                ));
+            }
+        }
+    };
     tx.execute(
         &format!(
             "INSERT INTO {STATE_SCHEMA}.pg_fence (id, holder, since, until, permanent)
@@ -322,20 +349,11 @@ pub async fn fence(
     )
     .await
     .map_err(pg("record the fallback fence lease"))?;
-    for t in tables {
-        let q = qualified(schema, t);
+    for (t, q) in tables.iter().zip(&names) {
         for name in ["unfence", "fence"] {
-            tx.batch_execute(&crate::sql::reverse(name, &[("table", &q)]))
+            tx.batch_execute(&crate::sql::reverse(name, &[("table", q)]))
                 .await
-                .map_err(|e| {
-                    Error::from_pg(
-                        format!(
-                            "cannot fence table {t} on Postgres (the app kept a write transaction open longer than {} ms?); nothing was fenced, retry",
-                            lock_wait.as_millis()
-                        ),
-                        e,
-                    )
-                })?;
+                .map_err(|e| Error::from_pg(format!("cannot fence table {t} on Postgres"), e))?;
         }
     }
     tx.commit().await.map_err(pg("commit the fallback fence"))
@@ -471,9 +489,9 @@ pub async fn fallback_load(client: &impl GenericClient) -> Result<Option<Fallbac
     let row = client
         .query_opt(
             &format!(
-                "SELECT to_char(fenced_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        to_char(done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        window_ms, rows_verified, sequences_moved FROM {STATE_SCHEMA}.fallback"
+                "SELECT {}, {}, window_ms, rows_verified, sequences_moved FROM {STATE_SCHEMA}.fallback",
+                super::state::rfc3339("fenced_at"),
+                super::state::rfc3339("done_at")
             ),
             &[],
         )

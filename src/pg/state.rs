@@ -268,6 +268,11 @@ pub async fn verified_position(client: &impl GenericClient) -> Result<Option<i64
     Ok(row.and_then(|r| r.get(0)))
 }
 
+/// SQL rendering a timestamptz column as RFC 3339 in UTC, for records `status` shows.
+pub fn rfc3339(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+}
+
 /// A completed cutover.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Cutover {
@@ -291,9 +296,9 @@ pub async fn cutover_load(client: &impl GenericClient) -> Result<Option<Cutover>
     let row = client
         .query_opt(
             &format!(
-                "SELECT to_char(fenced_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        to_char(done_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        window_ms, rows_verified, position FROM {STATE_SCHEMA}.cutover"
+                "SELECT {}, {}, window_ms, rows_verified, position FROM {STATE_SCHEMA}.cutover",
+                rfc3339("fenced_at"),
+                rfc3339("done_at")
             ),
             &[],
         )

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -107,13 +107,6 @@ pub async fn validate_foreign_keys(
     out
 }
 
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 fn refuse(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::State, msg)
 }
@@ -180,14 +173,6 @@ pub async fn describe(client: &Client, plan: &Plan, opts: &Options) -> Result<Ve
     );
     steps.push("7. after writes resume: validate the foreign keys".into());
     Ok(steps)
-}
-
-/// Who raises the fence: this process on this host, for `status`.
-fn holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    format!("sqlite2pg cutover, pid {} on {host}", std::process::id())
 }
 
 /// Renews the fence lease from its own thread and connection while the cutover works, so a
@@ -397,10 +382,10 @@ async fn fence_and_switch(
         kept,
     } = ready;
     // The window opens here.
-    let fenced_at = now_secs();
+    let fenced_at = super::now_secs();
     let started = Instant::now();
     let mut rw = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
-    let holder = holder();
+    let holder = super::fence_holder("cutover");
     capture::fence(&mut rw, &installed.tables, &holder, opts.lease)?;
     let keeper = LeaseKeeper::start(opts, &holder)?;
     tracing::info!(holder = %holder, lease_secs = opts.lease.as_secs_f64(), "SQLite writes fenced");
@@ -590,7 +575,7 @@ async fn finish(
     // Capture on Postgres commits with the record: no write the app makes there escapes the
     // reverse stream, so a fallback loses none.
     reverse::install_capture(&tx, &opts.schema, &super::reverse::captured(plan)).await?;
-    let done_at = now_secs();
+    let done_at = super::now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
     // The fence becomes permanent before the record commits: a kill between the two leaves
     // the app fenced (loud, and a rerun or `--abort` settles it), never writing to both.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
@@ -51,22 +51,8 @@ pub struct Outcome {
     pub completed_earlier: bool,
 }
 
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 fn refuse(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::State, msg)
-}
-
-fn holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    format!("sqlite2pg fallback, pid {} on {host}", std::process::id())
 }
 
 fn table_names(plan: &Plan) -> Vec<String> {
@@ -306,8 +292,8 @@ pub async fn run(
         ));
     };
     let tables = table_names(plan);
-    let holder = holder();
-    let fenced_at = now_secs();
+    let holder = super::fence_holder("fallback");
+    let fenced_at = super::now_secs();
     let started = Instant::now();
     reverse::fence(
         client,
@@ -382,7 +368,7 @@ pub async fn run(
     }
     // Recorded: SQLite is the database. Hand it back to the app.
     release_sqlite(opts)?;
-    let done_at = now_secs();
+    let done_at = super::now_secs();
     steps.mark("hand SQLite back");
     reverse::fallback_done(&*client, fenced_at, done_at).await?;
     tracing::info!(
@@ -583,7 +569,7 @@ async fn behind_fence(
     for t in &plan.tables {
         reverse::uncapture(&tx, &opts.schema, &t.target).await?;
     }
-    reverse::fallback_record(&tx, fenced_at, now_secs(), rows_verified, moved).await?;
+    reverse::fallback_record(&tx, fenced_at, super::now_secs(), rows_verified, moved).await?;
     committing.store(true, Ordering::SeqCst);
     tx.commit()
         .await

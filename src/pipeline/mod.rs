@@ -14,3 +14,19 @@ pub mod status;
 pub mod stream;
 pub mod verify;
 pub mod watch;
+
+/// Now, in seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Who holds a fence: `what` (the command), this process and this host, for `status`.
+pub(crate) fn fence_holder(what: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    format!("sqlite2pg {what}, pid {} on {host}", std::process::id())
+}
