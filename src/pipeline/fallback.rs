@@ -220,18 +220,19 @@ fn drain_opts(opts: &Options) -> stream::Options {
 }
 
 /// Brings SQLite up to every change Postgres recorded so far: the running daemon applies
-/// them (waited for up to `limit`), or, with none running, the fallback drains itself.
-async fn catch_up(
-    client: &Client,
-    plan: &Plan,
-    opts: &Options,
-    daemon_running: bool,
-    limit: Duration,
-) -> Result<()> {
-    if !daemon_running {
+/// them (waited for up to `limit`), or, with none running, the fallback drains itself (and
+/// waits for the daemon after all if one took the run lock meanwhile, as one does right after
+/// the cutover).
+async fn catch_up(client: &Client, plan: &Plan, opts: &Options, limit: Duration) -> Result<()> {
+    if !state::daemon_running(client).await? {
         let (_never, token) = Shutdown::new();
-        stream::run(plan, &drain_opts(opts), token).await?;
-        return Ok(());
+        match stream::run(plan, &drain_opts(opts), token).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::State && state::daemon_running(client).await? => {
+                tracing::info!("a daemon took over the reverse stream: waiting for it to apply");
+            }
+            Err(e) => return Err(e),
+        }
     }
     let newest = reverse::newest(client).await?;
     let deadline = Instant::now() + limit;
@@ -320,7 +321,6 @@ pub async fn run(
             plan,
             &moved,
             opts,
-            daemon_running,
             since,
             fenced_at,
             &holder,
@@ -489,7 +489,7 @@ async fn before_fence<'a>(
     opts: &Options,
     daemon_running: bool,
 ) -> Result<Ready<'a>> {
-    catch_up(client, plan, opts, daemon_running, opts.wait).await?;
+    catch_up(client, plan, opts, opts.wait).await?;
     let since = reverse::clock(&*client).await?;
     let report = verify::run(client, plan, &verify_opts(opts, Vec::new())).await?;
     if !report.equal {
@@ -510,7 +510,7 @@ async fn before_fence<'a>(
             // pass began are left. A difference here may be a change still in flight, so it
             // only keeps every key since the full verify for the window.
             let again = reverse::clock(&*client).await?;
-            catch_up(client, plan, opts, daemon_running, opts.wait).await?;
+            catch_up(client, plan, opts, opts.wait).await?;
             let since = match verify_changed(client, &tables, opts, since).await {
                 Ok(_) => again,
                 Err(e) => {
@@ -542,7 +542,6 @@ async fn behind_fence(
     plan: &Plan,
     tables: &[Table<'_>],
     opts: &Options,
-    daemon_running: bool,
     since: f64,
     fenced_at: f64,
     holder: &str,
@@ -550,7 +549,7 @@ async fn behind_fence(
     committing: &AtomicBool,
     steps: &mut Steps,
 ) -> Result<()> {
-    catch_up(client, plan, opts, daemon_running, Duration::from_secs(60)).await?;
+    catch_up(client, plan, opts, Duration::from_secs(60)).await?;
     steps.mark("drain");
     let rows_verified = verify_changed(client, tables, opts, since).await?;
     steps.mark("verify");

@@ -596,8 +596,13 @@ async fn one_batch(
 async fn connect(opts: &Options) -> Result<Client> {
     let client = crate::pg::connect(&opts.target).await?;
     // The forward stream's session, just closed by this same daemon, may hold the lock a
-    // moment longer.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // moment longer; a one-shot drain (a fallback's) asks once.
+    let patience = if opts.exit_when_caught_up {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(5)
+    };
+    let deadline = Instant::now() + patience;
     while !state::try_lock(&client).await? {
         if Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
