@@ -152,7 +152,8 @@ fn template_of(s: &str) -> Option<(DateTemplate, usize)> {
         return None;
     }
     let seconds = tb.len() >= 8 && tb[5] == b':';
-    let mut rest = &time[if seconds { 8 } else { 5 }..];
+    // Text from the app: any byte may be the start of a wide character.
+    let mut rest = time.get(if seconds { 8 } else { 5 }..)?;
     let mut digits = 0;
     if let Some(r) = rest.strip_prefix('.') {
         digits = r.bytes().take_while(u8::is_ascii_digit).count();
@@ -308,6 +309,20 @@ mod tests {
         };
         assert_eq!(p.time(34_200_000_000), "09:30:00");
         assert_eq!(p.time(34_200_000_001), "09:30:00.000001");
+    }
+
+    proptest::proptest! {
+        /// Whatever text a date column holds, reading its template never panics.
+        #[test]
+        fn any_text_is_read_or_refused(s in "\\PC{0,40}") {
+            let _ = template_of(&s);
+            let _ = template_of(&format!("2024-05-01 12:{s}"));
+        }
+    }
+
+    #[test]
+    fn wide_characters_after_the_hour_are_refused() {
+        assert!(template_of("2024-05-01 12:€0").is_none());
     }
 
     #[test]
