@@ -370,7 +370,10 @@ fn write_batch(
             Read::Keys(fetched) => {
                 let mut ops = Vec::new();
                 for f in fetched {
-                    let existing = restore::read(&tx, &t.shape, &f.key)?;
+                    // Under a NOCASE key, `Rust` finds the row `rust`: another row, as far as
+                    // Postgres is concerned (its own change comes in this batch too).
+                    let existing = restore::read(&tx, &t.shape, &f.key)?
+                        .filter(|e| t.shape.same_key(&e.values, &f.key));
                     let new = match &f.row {
                         Some(row) => Some(merge(
                             t,
@@ -387,10 +390,24 @@ fn write_batch(
                 }
                 written += ops.iter().filter(|o| o.2.is_some()).count() as u64;
                 deleted += ops.iter().filter(|o| o.2.is_none()).count() as u64;
-                // Changed columns in place; if SQLite refuses (two rows swapped a unique
-                // value in one Postgres transaction), deletes first, then inserts.
-                let in_place = restore::attempt(&tx, || {
-                    for (f, existing, new) in &ops {
+                // Changed columns in place, deletes first (a key that changed only in case
+                // under a NOCASE key is a delete and an insert). If SQLite refuses (two rows
+                // swapped a unique value in one Postgres transaction), all deletes first,
+                // then all inserts; the savepoint that allows the second try costs a copy of
+                // every page written, so only tables with such a constraint pay it.
+                let in_place = || {
+                    let order = |o: &&(
+                        &Fetched,
+                        Option<restore::Existing>,
+                        Option<Vec<OwnedValue>>,
+                    )| match (&o.1, &o.2) {
+                        (Some(_), None) => 0,
+                        (Some(_), Some(_)) => 1,
+                        _ => 2,
+                    };
+                    let mut sorted: Vec<_> = ops.iter().collect();
+                    sorted.sort_by_key(order);
+                    for (f, existing, new) in sorted {
                         match (existing, new) {
                             (None, Some(values)) => restore::insert(&tx, &t.shape, None, values)?,
                             (Some(_), None) => restore::delete(&tx, &t.shape, &f.key)?,
@@ -404,9 +421,14 @@ fn write_batch(
                         }
                     }
                     Ok(())
-                });
+                };
+                let in_place = if t.shape.may_conflict() {
+                    restore::attempt(&tx, in_place)
+                } else {
+                    in_place()
+                };
                 if let Err(e) = in_place {
-                    if e.kind() != ErrorKind::Schema {
+                    if e.kind() != ErrorKind::Schema || !t.shape.may_conflict() {
                         return Err(e);
                     }
                     for (f, existing, _) in &ops {

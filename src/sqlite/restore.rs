@@ -5,7 +5,9 @@
 //! transactional, so no other connection ever sees a table unfenced; and the app's triggers
 //! do not fire twice for what Postgres already did.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params_from_iter};
@@ -135,6 +137,8 @@ pub struct Shape<'a> {
     delete_sql: String,
     insert_sql: String,
     insert_rowid_sql: String,
+    /// The UPDATE for each set of changed columns met so far.
+    update_sql: Mutex<HashMap<Vec<usize>, Arc<str>>>,
 }
 
 impl<'a> Shape<'a> {
@@ -172,10 +176,65 @@ impl<'a> Shape<'a> {
                 cols.join(", "),
                 marks(cols.len() + 1)
             ),
+            update_sql: Mutex::new(HashMap::new()),
             table,
             columns,
             key,
         }
+    }
+
+    /// Whether writing rows in place can conflict with itself midway: a unique constraint
+    /// besides the key lets one Postgres transaction swap two rows' values, which SQLite
+    /// checks row by row. Only then is an in-place write worth a savepoint to undo.
+    pub fn may_conflict(&self) -> bool {
+        self.table
+            .indexes
+            .iter()
+            .any(|i| i.unique && i.origin != "pk")
+    }
+
+    /// Whether a row found by `key` holds that very key: text keys equal under the column's
+    /// collation (NOCASE, RTRIM) may be spelled otherwise.
+    pub fn same_key(&self, values: &[OwnedValue], key: &[OwnedValue]) -> bool {
+        self.key
+            .iter()
+            .zip(key)
+            .all(|(i, k)| match (&values[*i], k) {
+                (OwnedValue::Text(a), OwnedValue::Text(b)) => a == b,
+                _ => true,
+            })
+    }
+
+    /// `UPDATE … SET` of `columns`, made once per set of columns.
+    fn update_sql(&self, columns: &[usize]) -> Arc<str> {
+        let mut made = self
+            .update_sql
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sql) = made.get(columns) {
+            return Arc::clone(sql);
+        }
+        let set: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(n, c)| {
+                format!(
+                    "{} = ?{}",
+                    quote_ident(&self.columns[*c]),
+                    n + 1 + self.key.len()
+                )
+            })
+            .collect();
+        let quoted: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let sql: Arc<str> = format!(
+            "UPDATE {} SET {} WHERE {}",
+            quote_ident(&self.table.name),
+            set.join(", "),
+            key_condition(&quoted, &self.key)
+        )
+        .into();
+        made.insert(columns.to_vec(), Arc::clone(&sql));
+        sql
     }
 
     /// A rowid table whose key is not the rowid: the rowid is kept when a row is rewritten.
@@ -310,24 +369,7 @@ pub fn update(
     columns: &[usize],
     values: &[OwnedValue],
 ) -> Result<()> {
-    let set: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(n, c)| {
-            format!(
-                "{} = ?{}",
-                quote_ident(&shape.columns[*c]),
-                n + 1 + key.len()
-            )
-        })
-        .collect();
-    let quoted: Vec<String> = shape.columns.iter().map(|c| quote_ident(c)).collect();
-    let sql = format!(
-        "UPDATE {} SET {} WHERE {}",
-        quote_ident(&shape.table.name),
-        set.join(", "),
-        key_condition(&quoted, &shape.key)
-    );
+    let sql = shape.update_sql(columns);
     let binds = key
         .iter()
         .map(value_ref)
