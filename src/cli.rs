@@ -878,12 +878,21 @@ fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
         let rt = runtime()?;
         let removed = rt.block_on(async {
             let mut client = crate::pg::connect(target).await?;
-            // Before the cutover Postgres keeps its copy and state (a later run goes on).
-            if crate::pg::state::cutover_load(&client).await?.is_none() {
+            let cut_over = crate::pg::state::cutover_load(&client).await?.is_some();
+            if !cut_over && !crate::pg::reverse::capture_installed(&client).await? {
                 return Ok::<_, crate::error::Error>(false);
             }
             let (plan, _) = plan::load(cfg).await?;
             let tables: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
+            // Before the cutover Postgres keeps its copy and state (a later run goes on); only
+            // the capture a refused cutover left on its tables goes.
+            if !cut_over {
+                for t in &tables {
+                    crate::pg::reverse::uncapture(&client, &cfg.target_schema, t).await?;
+                }
+                println!("removed the reverse capture a cutover had installed on Postgres");
+                return Ok(false);
+            }
             crate::pg::reverse::uninstall(&mut client, &cfg.target_schema, &tables).await?;
             Ok(true)
         });

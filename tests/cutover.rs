@@ -214,5 +214,31 @@ fn cutover_backs_out_when_the_final_verify_finds_a_difference() {
     d.wait_caught_up();
     let n: i64 = scalar(&mut db.client(), "SELECT n FROM t WHERE id = 1");
     assert_eq!(n, 42);
+    // The capture on Postgres went in before the fence and stays for the next try: it left
+    // out the daemon's writes (made before and after the failed cutover), and records any
+    // other session's.
+    let mut c = db.client();
+    let recorded = |c: &mut postgres::Client| -> i64 {
+        scalar(c, "SELECT count(*) FROM sqlite2pg.reverse_change")
+    };
+    assert_eq!(recorded(&mut c), 0);
+    c.batch_execute("UPDATE t SET s = 'by hand' WHERE id = 7")
+        .unwrap();
+    assert_eq!(recorded(&mut c), 1);
     assert!(d.stop());
+    // `uninstall` takes it off the app's tables; Postgres keeps its copy and state.
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "uninstall"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("removed the reverse capture"),
+        "{}",
+        text(&out)
+    );
+    let left: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'sqlite2pg%'",
+    );
+    assert_eq!(left, 0);
+    let copied: i64 = scalar(&mut c, "SELECT count(*) FROM t");
+    assert_eq!(copied, 3000);
 }

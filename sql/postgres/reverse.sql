@@ -16,18 +16,24 @@ BEGIN
   END IF;
   RETURN NULL;
 END $$;
--- @capture_rows  Row capture on a table with a key.
+-- @capture_rows  Row capture on a table with a key. Installed before the cutover's fence, while
+-- the forward stream still writes: sqlite2pg's own sessions set sqlite2pg.origin and are not
+-- recorded (what came from SQLite need not go back).
 CREATE TRIGGER sqlite2pg_reverse AFTER INSERT OR UPDATE OR DELETE ON {table}
-FOR EACH ROW EXECUTE FUNCTION {function}();
+FOR EACH ROW
+WHEN (current_setting('sqlite2pg.origin', true) IS DISTINCT FROM 'sqlite') EXECUTE FUNCTION {function}();
 -- @capture_statements  Statement capture on a table without one: the whole table is re-read.
 CREATE TRIGGER sqlite2pg_reverse AFTER INSERT OR UPDATE OR DELETE ON {table}
-FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.reverse_table();
+FOR EACH STATEMENT
+WHEN (current_setting('sqlite2pg.origin', true) IS DISTINCT FROM 'sqlite') EXECUTE FUNCTION sqlite2pg.reverse_table();
 -- @capture_truncate  A TRUNCATE fires no row trigger: the whole table is re-read.
 CREATE TRIGGER sqlite2pg_reverse_truncate AFTER TRUNCATE ON {table}
-FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.reverse_table();
+FOR EACH STATEMENT
+WHEN (current_setting('sqlite2pg.origin', true) IS DISTINCT FROM 'sqlite') EXECUTE FUNCTION sqlite2pg.reverse_table();
 -- @capture_notify  One notification per statement, delivered at commit.
 CREATE TRIGGER sqlite2pg_reverse_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
-FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.reverse_notify();
+FOR EACH STATEMENT
+WHEN (current_setting('sqlite2pg.origin', true) IS DISTINCT FROM 'sqlite') EXECUTE FUNCTION sqlite2pg.reverse_notify();
 -- @fence  The fallback fence on one table.
 CREATE TRIGGER sqlite2pg_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
 FOR EACH STATEMENT EXECUTE FUNCTION sqlite2pg.fence_check();

@@ -90,7 +90,7 @@ async fn open(
             ),
         )
     };
-    Ok(match connector {
+    let (client, rx) = match connector {
         None => {
             let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
                 .await
@@ -105,8 +105,18 @@ async fn open(
                 .map_err(failed)?;
             (client, drive(connection, listen))
         }
-    })
+    };
+    // Marks the session as sqlite2pg's: the reverse capture (installed before the cutover's
+    // fence, while the forward stream still writes) records only the app's writes.
+    client
+        .batch_execute(&format!("SET {ORIGIN_SETTING} = 'sqlite'"))
+        .await
+        .map_err(|e| Error::from_pg("cannot set up the Postgres session", e))?;
+    Ok((client, rx))
 }
+
+/// The session setting that tells the reverse capture a write comes from sqlite2pg.
+const ORIGIN_SETTING: &str = "sqlite2pg.origin";
 
 /// Runs a connection on the runtime; with `listen`, its notifications go to the receiver.
 fn drive<S, T>(

@@ -43,9 +43,10 @@ async fn table_oid(client: &impl GenericClient, schema: &str, table: &str) -> Re
     })
 }
 
-/// Installs the capture triggers on every moved table: each row the app changes on Postgres
-/// from now on leaves its key (and its old key when an UPDATE moves it) in the changelog.
-/// Runs inside the cutover's transaction, so no write on Postgres escapes it.
+/// Installs the capture triggers on `tables`: each row the app changes on Postgres from now
+/// on leaves its key (and its old key when an UPDATE moves it) in the changelog. The cutover
+/// installs them before its fence (they ignore sqlite2pg's own sessions) and checks them in
+/// the transaction that records it, so no write on Postgres escapes them.
 pub async fn install_capture(
     client: &impl GenericClient,
     schema: &str,
@@ -108,6 +109,29 @@ pub async fn install_capture(
         }
     }
     Ok(())
+}
+
+/// The tables in `tables` whose capture is not (wholly) in place.
+pub async fn missing_capture(
+    client: &impl GenericClient,
+    schema: &str,
+    tables: &[Captured],
+) -> Result<Vec<Captured>> {
+    let names: Vec<String> = tables.iter().map(|t| qualified(schema, &t.table)).collect();
+    let rows = client
+        .query(
+            "SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS u(name, n)
+             WHERE (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(u.name)
+                    AND tgname IN ('sqlite2pg_reverse', 'sqlite2pg_reverse_truncate', 'sqlite2pg_reverse_notify')) < 3",
+            &[&names],
+        )
+        .await
+        .map_err(pg("look for the reverse capture"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| tables.get(usize::try_from(r.get::<_, i64>(0)).ok()? - 1))
+        .cloned()
+        .collect())
 }
 
 /// One change the app made on Postgres.

@@ -361,6 +361,29 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
         return Err(refuse(msg));
     }
 
+    // Capture on Postgres goes in now, outside the window: creating triggers waits for the
+    // forward stream's open transaction on each table, and sqlite2pg's own writes are not
+    // recorded. A refused cutover leaves it in place for the next try (`uninstall` removes it).
+    let tables = super::reverse::captured(plan);
+    let missing = reverse::missing_capture(&*client, &opts.schema, &tables).await?;
+    if !missing.is_empty() {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| Error::from_pg("cannot start installing the reverse capture", e))?;
+        tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+            .await
+            .map_err(|e| Error::from_pg("cannot start installing the reverse capture", e))?;
+        reverse::install_capture(&tx, &opts.schema, &missing).await?;
+        tx.commit()
+            .await
+            .map_err(|e| Error::from_pg("cannot install the reverse capture", e))?;
+        tracing::info!(
+            tables = missing.len(),
+            "capture installed on Postgres, for a fallback after the cutover"
+        );
+    }
+
     Ok(Ready {
         installed,
         daemon_running: st.daemon_running,
@@ -572,9 +595,12 @@ async fn finish(
     for fk in &foreign_keys::kept(&tx).await? {
         foreign_keys::add_not_valid(&tx, fk).await?;
     }
-    // Capture on Postgres commits with the record: no write the app makes there escapes the
+    // Capture on Postgres is in place when the record commits (installed before the fence;
+    // any table that lost it since gets it here): no write the app makes there escapes the
     // reverse stream, so a fallback loses none.
-    reverse::install_capture(&tx, &opts.schema, &super::reverse::captured(plan)).await?;
+    let missing =
+        reverse::missing_capture(&tx, &opts.schema, &super::reverse::captured(plan)).await?;
+    reverse::install_capture(&tx, &opts.schema, &missing).await?;
     let done_at = super::now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
     // The fence becomes permanent before the record commits: a kill between the two leaves
