@@ -247,6 +247,53 @@ fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
     }
 }
 
+/// What each panel must show after the cutover, the daemon following Postgres back, caught
+/// up.
+fn check_panel_reverse(title: &str, expr: &str, r: &[(Value, f64)]) {
+    let what = format!("panel {title:?} ({expr}) after the cutover");
+    match expr {
+        "max by (phase) (sqlite2pg_phase) == 1" => {
+            one(r, &what);
+            assert_eq!(r[0].0["phase"], "reverse_streaming", "{what}: {r:?}");
+        }
+        "max by (direction) (sqlite2pg_replication_direction) == 1" => {
+            one(r, &what);
+            assert_eq!(r[0].0["direction"], "reverse", "{what}: {r:?}");
+        }
+        "sqlite2pg_reverse_lag_seconds" => {
+            let v = one(r, &what);
+            assert!((0.0..5.0).contains(&v), "{what}: lag {v} s while caught up");
+        }
+        "sqlite2pg_reverse_lag_changes" => {
+            assert_eq!(one(r, &what), 0.0, "{what}: behind while caught up");
+        }
+        "sqlite2pg_cutover_window_seconds" => {
+            let v = one(r, &what);
+            assert!(v > 0.0 && v < 5.0, "{what}: window {v} s");
+        }
+        // SQLite stays fenced for good: the app writes on Postgres now.
+        "sqlite2pg_fence_active" => {
+            assert_eq!(one(r, &what), 1.0, "{what}");
+        }
+        "sqlite2pg_replication_lag_seconds" => {
+            let v = one(r, &what);
+            assert!(
+                (0.0..5.0).contains(&v),
+                "{what}: the forward lag must not grow once the forward stream is done: {v} s"
+            );
+        }
+        "max by (kind) (sqlite2pg_needs_operator)" => {
+            assert_eq!(r.len(), 3, "{what}: one series per kind: {r:?}");
+            all(r, &what, |v| v == 0.0);
+        }
+        "increase(sqlite2pg_postgres_reconnects_total[5m])" => {
+            assert_eq!(one(r, &what), 0.0, "{what}");
+        }
+        // The forward stream's own panels keep its last values: present, not checked again.
+        _ => assert!(!r.is_empty(), "{what}: no series"),
+    }
+}
+
 #[test]
 fn every_panel_and_alert_rule_returns_what_the_daemon_state_implies_on_a_real_prometheus() {
     let dir = tempfile::tempdir().unwrap();
@@ -335,6 +382,42 @@ fn every_panel_and_alert_rule_returns_what_the_daemon_state_implies_on_a_real_pr
     prom.wait_for("max by (kind) (sqlite2pg_needs_operator)", |r| {
         r.len() == 3 && r.iter().all(|(_, v)| *v == 0.0)
     });
+
+    // After the cutover the same daemon follows Postgres back: the panels show the reverse
+    // direction and its lag, and no rule fires for a healthy reverse stream.
+    let p = path.to_str().unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "cutover: {}", text(&out));
+    d.wait_for_log("following Postgres back into SQLite");
+    db.client()
+        .batch_execute("UPDATE counters SET hits = hits + 1")
+        .unwrap();
+    prom.wait_for(
+        "max by (direction) (sqlite2pg_replication_direction) == 1",
+        |r| r.len() == 1 && r[0].0["direction"] == "reverse",
+    );
+    prom.wait_for("sqlite2pg_reverse_lag_changes", |r| {
+        r.len() == 1 && r[0].1 == 0.0
+    });
+    // Rates over windows that began before the cutover settle first.
+    std::thread::sleep(Duration::from_secs(3));
+    for (title, expr) in &panels {
+        let r = prom.query(expr);
+        check_panel_reverse(title, expr, &r);
+    }
+    for rule in &rules {
+        let name = rule["name"].as_str().unwrap();
+        if name == "Sqlite2pgErrors" {
+            // The CHECK above counted one error in the last 10 minutes.
+            continue;
+        }
+        let query = rule["query"].as_str().unwrap();
+        assert!(
+            prom.query(query).is_empty(),
+            "rule {name} matches a healthy reverse stream: {:?}",
+            prom.query(query)
+        );
+    }
 
     // The daemon gone: the rule that pages for it matches.
     d.kill9();

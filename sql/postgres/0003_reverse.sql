@@ -1,8 +1,8 @@
 -- Format 3 (sqlite2pg 0.3.0): after the cutover, the reverse stream and `fallback`.
 --
 -- reverse_change: the keys of rows the app changed on Postgres since the cutover, written by
--- the capture triggers the cutover installs in its own transaction (so no write on Postgres
--- predates them). `key` NULL: the whole table (a TRUNCATE, or a table without a primary key).
+-- the capture triggers the cutover installs before its fence and checks in the transaction
+-- that records it (so no write on Postgres predates them). `key` NULL: the whole table (a TRUNCATE, or a table without a primary key).
 -- The reverse stream applies a batch to SQLite, then marks exactly those rows applied: a
 -- change counts as applied only once SQLite has it, and one committed late (with a lower seq)
 -- is still pending. Applied rows are kept a while (`fallback` verifies their keys inside its
@@ -25,6 +25,14 @@ CREATE TABLE sqlite2pg.pg_fence (
   since timestamptz NOT NULL,
   until timestamptz NOT NULL,
   permanent boolean NOT NULL DEFAULT false
+);
+-- The tables Postgres had at the cutover that sqlite2pg does not move back (made on Postgres
+-- alone by the app's migrations, alembic_version say). `fallback` refuses while a table made
+-- since holds rows: nothing follows it back.
+CREATE TABLE sqlite2pg.pg_only_table (
+  target_schema text NOT NULL,
+  name text NOT NULL,
+  PRIMARY KEY (target_schema, name)
 );
 CREATE TABLE sqlite2pg.fallback (
   id int PRIMARY KEY CHECK (id = 1),

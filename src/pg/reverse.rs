@@ -134,6 +134,81 @@ pub async fn missing_capture(
         .collect())
 }
 
+/// The app's tables in `schema` (partitions and extensions' tables left out).
+async fn schema_tables(client: &impl GenericClient, schema: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                               AND d.objid = c.oid AND d.deptype = 'e')
+             ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .map_err(pg("list the tables on Postgres"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Records, with the cutover, the tables Postgres has besides the moved ones.
+pub async fn record_pg_only(
+    client: &impl GenericClient,
+    schema: &str,
+    moved: &[String],
+) -> Result<()> {
+    let others: Vec<String> = schema_tables(client, schema)
+        .await?
+        .into_iter()
+        .filter(|t| !moved.contains(t))
+        .collect();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {STATE_SCHEMA}.pg_only_table (target_schema, name)
+                 SELECT $1, n FROM unnest($2::text[]) AS n ON CONFLICT DO NOTHING"
+            ),
+            &[&schema, &others],
+        )
+        .await
+        .map_err(pg("record the tables Postgres has besides the moved ones"))?;
+    Ok(())
+}
+
+/// Tables in `schema` made since the cutover (neither moved nor there at the cutover), each
+/// with whether it holds rows.
+pub async fn tables_since_cutover(
+    client: &impl GenericClient,
+    schema: &str,
+    moved: &[String],
+) -> Result<Vec<(String, bool)>> {
+    let known: Vec<String> = client
+        .query(
+            &format!("SELECT name FROM {STATE_SCHEMA}.pg_only_table WHERE target_schema = $1"),
+            &[&schema],
+        )
+        .await
+        .map_err(pg("read the tables Postgres had at the cutover"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for name in schema_tables(client, schema).await? {
+        if moved.contains(&name) || known.contains(&name) {
+            continue;
+        }
+        let has_rows: bool = client
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", qualified(schema, &name)),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::from_pg(format!("cannot read table {name} on Postgres"), e))?
+            .get(0);
+        out.push((name, has_rows));
+    }
+    Ok(out)
+}
+
 /// One change the app made on Postgres.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -313,13 +388,26 @@ pub async fn fence_state(client: &impl GenericClient) -> Result<Option<Fence>> {
     }))
 }
 
+/// When the fence took hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Fenced {
+    /// The moment every moved table was locked (Unix seconds): the app's writes wait from
+    /// here, so the write-unavailable window starts here.
+    pub at: f64,
+    /// The same moment, for timing the steps behind the fence.
+    pub started: std::time::Instant,
+    /// How long the locks took, retried while others held them (the app wrote meanwhile).
+    pub waited: Duration,
+}
+
 /// Raises the fallback fence on `tables` for `lease`, in one transaction. It first locks
 /// every table at once against writers, without waiting (`NOWAIT`), and retries until it gets
 /// them all (for at most `lock_wait`): waiting for one table while holding another could
 /// deadlock with an app transaction that writes them in the other order. Holding them all
 /// means no write transaction is open on them, so every write made before the fence is
 /// committed (and captured) or gone, and the app's next write waits for the fence, then meets
-/// it.
+/// it. Between tries nothing is held, so the app writes on; an autovacuum of a moved table
+/// (which never yields to `NOWAIT`) only delays the fence.
 pub async fn fence(
     client: &mut Client,
     schema: &str,
@@ -327,13 +415,14 @@ pub async fn fence(
     holder: &str,
     lease: Duration,
     lock_wait: Duration,
-) -> Result<()> {
+) -> Result<Fenced> {
     let names: Vec<String> = tables.iter().map(|t| qualified(schema, t)).collect();
     let lock = format!(
         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE NOWAIT",
         names.join(", ")
     );
-    let deadline = std::time::Instant::now() + lock_wait;
+    let first = std::time::Instant::now();
+    let deadline = first + lock_wait;
     let tx = loop {
         let tx = client
             .transaction()
@@ -344,10 +433,16 @@ pub async fn fence(
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
                 drop(tx);
                 if std::time::Instant::now() >= deadline {
+                    let who = lock_holders(&*client, &names).await.unwrap_or_default();
                     return Err(Error::from_pg(
                         format!(
-                            "cannot fence the moved tables on Postgres: the app kept write transactions open on them for {} ms; nothing was fenced, retry (or raise --lock-wait)",
-                            lock_wait.as_millis()
+                            "cannot fence the moved tables on Postgres: others kept them locked for {} ms ({}); nothing was fenced, retry (or raise --lock-wait)",
+                            lock_wait.as_millis(),
+                            if who.is_empty() {
+                                "app write transactions, or autovacuum".to_string()
+                            } else {
+                                who.join("; ")
+                            }
                         ),
                         e,
                     ));
@@ -361,6 +456,11 @@ pub async fn fence(
                 ));
             }
         }
+    };
+    let fenced = Fenced {
+        at: crate::pipeline::now_secs(),
+        started: std::time::Instant::now(),
+        waited: first.elapsed(),
     };
     tx.execute(
         &format!(
@@ -380,7 +480,23 @@ pub async fn fence(
                 .map_err(|e| Error::from_pg(format!("cannot fence table {t} on Postgres"), e))?;
         }
     }
-    tx.commit().await.map_err(pg("commit the fallback fence"))
+    tx.commit().await.map_err(pg("commit the fallback fence"))?;
+    Ok(fenced)
+}
+
+/// Who holds a lock that keeps writers off `tables` (sessions of other roles show no query).
+async fn lock_holders(client: &impl GenericClient, tables: &[String]) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT a.backend_type || ' ' || a.pid || ': ' || left(coalesce(a.query, ''), 80)
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.granted AND l.pid <> pg_backend_pid() AND l.mode <> 'AccessShareLock'
+               AND l.relation IN (SELECT to_regclass(n) FROM unnest($1::text[]) AS n)",
+            &[&tables],
+        )
+        .await
+        .map_err(pg("list who holds the moved tables"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Extends `holder`'s lease. `Ok(false)`: lost (ran out, or lifted), so the app may have

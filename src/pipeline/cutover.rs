@@ -601,6 +601,8 @@ async fn finish(
     let missing =
         reverse::missing_capture(&tx, &opts.schema, &super::reverse::captured(plan)).await?;
     reverse::install_capture(&tx, &opts.schema, &missing).await?;
+    let targets: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
+    reverse::record_pg_only(&tx, &opts.schema, &targets).await?;
     let done_at = super::now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
     // The fence becomes permanent before the record commits: a kill between the two leaves

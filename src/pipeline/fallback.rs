@@ -62,6 +62,9 @@ fn table_names(plan: &Plan) -> Vec<String> {
 /// The steps `--dry-run` prints.
 pub async fn describe(client: &Client, plan: &Plan, opts: &Options) -> Result<Vec<String>> {
     ready(client).await?;
+    // What would refuse the fallback refuses the dry run too.
+    no_new_columns(client, plan, &opts.schema).await?;
+    no_new_tables(client, plan, opts).await?;
     let (pending, age) = reverse::backlog(client).await?;
     let autoinc = plan
         .tables
@@ -140,6 +143,32 @@ async fn no_new_columns(client: &Client, plan: &Plan, schema: &str) -> Result<()
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Refuses when Postgres has a table made since the cutover that holds rows (a migration
+/// created it, and the app wrote there): no capture follows it, and a fallback would leave
+/// its rows behind. Empty ones are named and let be.
+async fn no_new_tables(client: &Client, plan: &Plan, opts: &Options) -> Result<()> {
+    let mut holding = Vec::new();
+    for (name, has_rows) in
+        reverse::tables_since_cutover(client, &opts.schema, &table_names(plan)).await?
+    {
+        if has_rows {
+            holding.push(name);
+        } else {
+            tracing::warn!(table = %name, "this table was made on Postgres since the cutover (empty); SQLite will not have it after the fallback");
+        }
+    }
+    if !holding.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!(
+                "Postgres has tables made since the cutover, with rows ({}): nothing follows them back, so a fallback would leave their rows behind; nothing was fenced. Move what they hold by hand and empty or drop them on Postgres, or stay on Postgres",
+                holding.join(", ")
+            ),
+        ));
     }
     Ok(())
 }
@@ -274,6 +303,7 @@ pub async fn run(
     }
     ready(client).await?;
     no_new_columns(client, plan, &opts.schema).await?;
+    no_new_tables(client, plan, opts).await?;
     let daemon_running = state::daemon_running(&*client).await?;
     let (pending, _) = reverse::backlog(&*client).await?;
     if !daemon_running && pending > 50_000 {
@@ -294,9 +324,7 @@ pub async fn run(
     };
     let tables = table_names(plan);
     let holder = super::fence_holder("fallback");
-    let fenced_at = super::now_secs();
-    let started = Instant::now();
-    reverse::fence(
+    let fenced = reverse::fence(
         client,
         &opts.schema,
         &tables,
@@ -305,6 +333,11 @@ pub async fn run(
         opts.lock_wait,
     )
     .await?;
+    let (fenced_at, started) = (fenced.at, fenced.started);
+    tracing::info!(
+        waited_ms = fenced.waited.as_secs_f64() * 1000.0,
+        "locked the moved tables on Postgres (retried while others held them; the app wrote meanwhile)"
+    );
     let mut steps = Steps::new(started);
     steps.mark("fence");
     let Ready {

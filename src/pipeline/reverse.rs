@@ -638,9 +638,14 @@ async fn connect(opts: &Options) -> Result<Client> {
     Ok(client)
 }
 
-/// The once-a-second look: the lag for metrics, old applied changes pruned; whether the
-/// fallback is recorded.
-async fn look(client: &Client) -> Result<bool> {
+/// The once-a-second look: the lag and SQLite's fence for metrics, old applied changes
+/// pruned; whether the fallback is recorded.
+async fn look(client: &Client, conn: &rusqlite::Connection) -> Result<bool> {
+    // The fence is permanent now; the forward stream's last reading was a lease (best
+    // effort: a busy file skips it).
+    if let Ok(f) = tokio::task::block_in_place(|| capture::fence_state(conn)) {
+        crate::metrics::fence(f.as_ref());
+    }
     let (pending, age) = reverse::backlog(client).await?;
     crate::metrics::reverse_lag(pending, age.unwrap_or(0.0).max(0.0));
     if reverse::fallback_load(client).await?.is_some() {
@@ -688,7 +693,7 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         }
         let result = if last_look.elapsed() >= Duration::from_secs(1) {
             last_look = Instant::now();
-            match look(&client).await {
+            match look(&client, &conn).await {
                 Ok(true) => {
                     crate::metrics::set_phase(Phase::FellBack);
                     return Ok(End::FellBack);
