@@ -143,10 +143,11 @@ fn a_cutover_killed_at_20_random_moments_gives_writes_back_or_completes() {
 #[test]
 fn sigterm_lifts_the_fence_at_once_and_abort_lifts_a_dead_cutovers_fence() {
     let (_dir, path, db, d) = seeded();
-    // A session holding a SHARE lock on a child table keeps the cutover inside its window:
-    // adding its foreign key back (and the daemon's drain) waits for that lock.
+    // A session holding a SHARE lock on the cutover record keeps the cutover inside its
+    // window: the record's insert waits for it. (A lock on an app table now holds the cutover
+    // before its fence: the capture on Postgres goes in there.)
     let mut reader = db.client();
-    let lock = "BEGIN; LOCK TABLE tasks IN SHARE MODE";
+    let lock = "BEGIN; LOCK TABLE sqlite2pg.cutover IN SHARE MODE";
     reader.batch_execute(lock).unwrap();
     let c = cutover(&path, &db, &[]);
     let t0 = Instant::now();
