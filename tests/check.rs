@@ -304,3 +304,68 @@ fn config_check_validates_without_touching_the_databases() {
         text(&out)
     );
 }
+
+/// What SQLite does for the app beyond holding values (issue 12): each is named by `check`,
+/// with what to do, and the cutover names the app's triggers and views again.
+#[test]
+fn check_names_what_postgres_will_not_do_for_the_app() {
+    let src = SqliteFile::new(
+        r#"
+        CREATE TABLE "Order Details" (
+          id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty > 0), price REAL,
+          discount REAL NOT NULL DEFAULT 0, CHECK (discount >= 0 AND discount <= 1));
+        CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL COLLATE NOCASE UNIQUE,
+          name TEXT, updated_at TEXT);
+        CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER) WITHOUT ROWID;
+        CREATE TABLE plain (id INTEGER PRIMARY KEY, code TEXT);
+        CREATE UNIQUE INDEX plain_code ON plain (code COLLATE NOCASE);
+        CREATE VIEW big_orders AS SELECT * FROM "Order Details" WHERE qty > 10;
+        CREATE TRIGGER users_touch AFTER UPDATE ON users
+          BEGIN UPDATE users SET updated_at = datetime('now') WHERE id = NEW.id; END;
+        INSERT INTO users VALUES (1, 'A@x.org', 'a', NULL);
+        "#,
+    );
+    let p = src.path.to_str().unwrap();
+    let out = sqlite2pg(&["--source", p, "check"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for needle in [
+        "WARNING: Order Details.qty: CHECK (qty > 0) is not created on Postgres",
+        "WARNING: Order Details: CHECK (discount >= 0 AND discount <= 1) is not created on Postgres",
+        "WARNING: users.email: unique under COLLATE NOCASE in SQLite",
+        "WARNING: users.email: declared COLLATE NOCASE",
+        "WARNING: tags.name: unique under COLLATE NOCASE in SQLite",
+        "WARNING: plain.code: unique under COLLATE NOCASE in SQLite",
+        "WARNING: big_orders: view is not created on Postgres",
+        "WARNING: users: the app's trigger users_touch is not created on Postgres",
+        "fix: port it to a PL/pgSQL trigger by hand: CREATE TRIGGER users_touch",
+        "WARNING: tags.name: declared COLLATE NOCASE",
+        "but Postgres will not do 9 thing(s) SQLite does for the app",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
+    }
+    // The JSON report carries the same findings.
+    let out = sqlite2pg(&["--source", p, "check", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["behaviours"], 9, "{report:#}");
+
+    // The cutover names the trigger and the view again.
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for needle in [
+        "the app's trigger is not on Postgres",
+        "users_touch",
+        "this view is not on Postgres",
+        "big_orders",
+    ] {
+        assert!(
+            text(&out).contains(needle),
+            "missing {needle:?}:\n{}",
+            text(&out)
+        );
+    }
+    assert!(d.stop());
+}

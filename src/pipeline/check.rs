@@ -97,6 +97,9 @@ pub struct Report {
     pub errors: usize,
     /// Warnings.
     pub warnings: usize,
+    /// Of the warnings, things SQLite does for the app that Postgres will not (CHECK
+    /// constraints, collations, views, the app's triggers).
+    pub behaviours: usize,
 }
 
 impl Report {
@@ -179,6 +182,11 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
         });
     }
     let mut findings = plan.findings.clone();
+    let sources: Vec<crate::model::SourceTable> =
+        plan.tables.iter().map(|t| t.source.clone()).collect();
+    let behaviours = crate::sqlite::semantics::read(conn, &sources)?;
+    let behaviour_count = behaviours.len();
+    findings.extend(behaviours.iter().map(behaviour_finding));
     findings
         .sort_by(|a, b| (a.severity, &a.table, &a.column).cmp(&(b.severity, &b.table, &b.column)));
     problems.sort_by(|a, b| (&a.table, &a.column, a.kind).cmp(&(&b.table, &b.column, b.kind)));
@@ -195,7 +203,64 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
         problems,
         errors,
         warnings,
+        behaviours: behaviour_count,
     })
+}
+
+/// What SQLite does for the app that Postgres will not do after the cutover, and what to do.
+fn behaviour_finding(o: &crate::sqlite::semantics::AppObject) -> Finding {
+    use crate::sqlite::semantics::Kind;
+    let col = o.column.as_deref().unwrap_or("");
+    let (message, hint) = match o.kind {
+        Kind::Check => (
+            format!(
+                "CHECK ({}) is not created on Postgres: after the cutover Postgres accepts rows SQLite refuses",
+                o.name
+            ),
+            "add it on Postgres by hand, written in Postgres' SQL (ALTER TABLE ... ADD CHECK (...) NOT VALID, then VALIDATE CONSTRAINT); sqlite2pg does not translate SQL expressions yet".to_string(),
+        ),
+        Kind::UniqueCollation => (
+            format!(
+                "unique under COLLATE {} in SQLite; Postgres compares case- and space-sensitively, so after the cutover the app can store values SQLite held as duplicates (`A@x.org` beside `a@x.org`)",
+                o.name
+            ),
+            format!(
+                "on Postgres, a unique index on lower(\"{col}\") (NOCASE folds ASCII letters only) by hand, once existing values are unique that way"
+            ),
+        ),
+        Kind::ColumnCollation => (
+            format!(
+                "declared COLLATE {}: SQLite's =, ORDER BY and GROUP BY ignore ASCII case (RTRIM: trailing spaces) here; Postgres' do not",
+                o.name
+            ),
+            "queries that rely on it need lower() (or a citext column) on Postgres".into(),
+        ),
+        Kind::View => (
+            "view is not created on Postgres: queries against it fail after the cutover".into(),
+            format!("create it on Postgres by hand, in Postgres' SQL: {}", o.sql),
+        ),
+        Kind::Trigger => (
+            format!(
+                "the app's trigger {} is not created on Postgres: what it does stops after the cutover",
+                o.name
+            ),
+            format!("port it to a PL/pgSQL trigger by hand: {}", o.sql),
+        ),
+        Kind::Unreadable => (
+            format!(
+                "its CREATE TABLE could not be parsed ({}): CHECK constraints and collations in it are not listed",
+                o.name
+            ),
+            format!("read it by hand: {}", o.sql),
+        ),
+    };
+    Finding {
+        severity: Severity::Warning,
+        table: o.table.clone(),
+        column: o.column.clone(),
+        message,
+        hint,
+    }
 }
 
 fn record(
@@ -510,7 +575,15 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
             "check: clean ({} tables, {} warnings); the move will not lose or alter a value",
             report.tables.len(),
             report.warnings
-        )
+        )?;
+        if report.behaviours > 0 {
+            writeln!(
+                out,
+                "but Postgres will not do {} thing(s) SQLite does for the app (CHECK constraints, collations, views, triggers: WARNINGs above)",
+                report.behaviours
+            )?;
+        }
+        Ok(())
     } else {
         writeln!(
             out,

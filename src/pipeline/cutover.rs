@@ -293,6 +293,22 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
             "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
         ));
     };
+    // What stops happening once the app writes on Postgres, named again (`check` lists all).
+    let sources: Vec<_> = plan.tables.iter().map(|t| t.source.clone()).collect();
+    for o in crate::sqlite::semantics::read(&conn, &sources)? {
+        match o.kind {
+            crate::sqlite::semantics::Kind::Trigger => tracing::warn!(
+                trigger = %o.name,
+                table = %o.table,
+                "the app's trigger is not on Postgres: what it does stops after the cutover (port it by hand; `sqlite2pg check` lists it)"
+            ),
+            crate::sqlite::semantics::Kind::View => tracing::warn!(
+                view = %o.name,
+                "this view is not on Postgres: queries against it fail after the cutover (create it by hand; `sqlite2pg check` lists it)"
+            ),
+            _ => {}
+        }
+    }
     drop(conn);
     let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
     if st.phase != RunPhase::Streaming {

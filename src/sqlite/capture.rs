@@ -22,7 +22,8 @@ pub const CHANGES: &str = "_sqlite2pg_changes";
 pub const TABLES: &str = "_sqlite2pg_tables";
 /// Install identity and format.
 pub const META: &str = "_sqlite2pg_meta";
-const TRIGGER_PREFIX: &str = "_sqlite2pg_";
+/// The name prefix of every trigger sqlite2pg creates in the SQLite file.
+pub const TRIGGER_PREFIX: &str = "_sqlite2pg_";
 
 /// What `install` left in the file.
 #[derive(Debug, Clone)]

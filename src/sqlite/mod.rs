@@ -7,6 +7,7 @@ pub mod form;
 pub mod reader;
 pub mod restore;
 pub mod schema;
+pub mod semantics;
 pub mod watch;
 
 use std::path::Path;

@@ -1,0 +1,184 @@
+//! What the app's schema makes SQLite do beyond holding values: CHECK constraints, collations
+//! that change how values compare (NOCASE, RTRIM), views, and the app's own triggers.
+//! sqlite2pg does not carry these to Postgres yet; `check` and `cutover` name each one, so
+//! none is lost without a word. CHECK expressions and column collations are read with a real
+//! SQL parser (`sqlparser`), not by searching the text.
+
+use rusqlite::Connection;
+use sqlparser::ast::{ColumnOption, Statement, TableConstraint};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+
+use super::capture;
+use crate::error::{Error, Result};
+use crate::model::{SourceTable, TableKind};
+
+/// What kind of behaviour an object gives the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A CHECK constraint: SQLite refuses rows that break it.
+    Check,
+    /// A unique index or key that compares under NOCASE or RTRIM.
+    UniqueCollation,
+    /// A column declared with NOCASE or RTRIM: `=`, ORDER BY and GROUP BY use it.
+    ColumnCollation,
+    /// A view.
+    View,
+    /// One of the app's triggers.
+    Trigger,
+    /// A CREATE TABLE the parser could not read: what it holds is not listed.
+    Unreadable,
+}
+
+/// One such object.
+#[derive(Debug, Clone)]
+pub struct AppObject {
+    /// Its kind.
+    pub kind: Kind,
+    /// The table it belongs to (a view: its own name).
+    pub table: String,
+    /// The column, for collations.
+    pub column: Option<String>,
+    /// Its name, or what it is (a CHECK's expression, a collation's name).
+    pub name: String,
+    /// Its SQL as SQLite holds it.
+    pub sql: String,
+}
+
+fn sqlite_err(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::from_sqlite(format!("cannot read {what}"), e)
+}
+
+/// Every such object in the file, for the tables given (views and triggers of any table).
+pub fn read(conn: &Connection, tables: &[SourceTable]) -> Result<Vec<AppObject>> {
+    let mut out = Vec::new();
+    for t in tables.iter().filter(|t| t.kind == TableKind::Plain) {
+        from_create_table(t, &mut out);
+        unique_collations(conn, t, &mut out)?;
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master
+             WHERE type IN ('view', 'trigger') AND sql IS NOT NULL AND substr(name, 1, ?1) <> ?2
+             ORDER BY type, name",
+        )
+        .map_err(sqlite_err("the views and triggers"))?;
+    let prefix = capture::TRIGGER_PREFIX;
+    let rows = stmt
+        .query_map(rusqlite::params![prefix.len() as i64, prefix], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sqlite_err("the views and triggers"))?;
+    for (kind, name, table, sql) in rows {
+        out.push(AppObject {
+            kind: if kind == "view" {
+                Kind::View
+            } else {
+                Kind::Trigger
+            },
+            table,
+            column: None,
+            name,
+            sql,
+        });
+    }
+    Ok(out)
+}
+
+/// CHECK constraints and declared collations, from the table's CREATE statement.
+fn from_create_table(t: &SourceTable, out: &mut Vec<AppObject>) {
+    let parsed = Parser::parse_sql(&SQLiteDialect {}, &t.sql);
+    let create = match parsed.as_deref() {
+        Ok([Statement::CreateTable(c)]) => c,
+        other => {
+            out.push(AppObject {
+                kind: Kind::Unreadable,
+                table: t.name.clone(),
+                column: None,
+                name: match other {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "not one CREATE TABLE statement".into(),
+                },
+                sql: t.sql.clone(),
+            });
+            return;
+        }
+    };
+    for col in &create.columns {
+        for opt in &col.options {
+            match &opt.option {
+                ColumnOption::Check(c) => out.push(AppObject {
+                    kind: Kind::Check,
+                    table: t.name.clone(),
+                    column: Some(col.name.value.clone()),
+                    name: c.expr.to_string(),
+                    sql: t.sql.clone(),
+                }),
+                ColumnOption::Collation(name) if !is_binary(&name.to_string()) => {
+                    out.push(AppObject {
+                        kind: Kind::ColumnCollation,
+                        table: t.name.clone(),
+                        column: Some(col.name.value.clone()),
+                        name: name.to_string().to_uppercase(),
+                        sql: t.sql.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    for c in &create.constraints {
+        if let TableConstraint::Check(c) = c {
+            out.push(AppObject {
+                kind: Kind::Check,
+                table: t.name.clone(),
+                column: None,
+                name: c.expr.to_string(),
+                sql: t.sql.clone(),
+            });
+        }
+    }
+}
+
+fn is_binary(collation: &str) -> bool {
+    collation.trim_matches('"').eq_ignore_ascii_case("BINARY")
+}
+
+/// Unique indexes (keys and UNIQUE constraints included) whose columns compare under another
+/// collation than BINARY: as SQLite keeps them, not as the column was declared.
+fn unique_collations(conn: &Connection, t: &SourceTable, out: &mut Vec<AppObject>) -> Result<()> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT i.name, x.name, x.coll, m.sql FROM pragma_index_list(?1) AS i
+             JOIN pragma_index_xinfo(i.name) AS x
+             LEFT JOIN sqlite_master AS m ON m.type = 'index' AND m.name = i.name
+             WHERE i.\"unique\" AND x.key AND x.name IS NOT NULL ORDER BY i.seq, x.seqno",
+        )
+        .map_err(sqlite_err("the unique indexes' collations"))?;
+    let cols = stmt
+        .query_map([&t.name], |r| {
+            Ok((
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sqlite_err("the unique indexes' collations"))?;
+    for (column, coll, sql) in cols.into_iter().filter(|(_, c, _)| !is_binary(c)) {
+        out.push(AppObject {
+            kind: Kind::UniqueCollation,
+            table: t.name.clone(),
+            column: Some(column),
+            name: coll.to_uppercase(),
+            sql: sql.unwrap_or_else(|| t.sql.clone()),
+        });
+    }
+    Ok(())
+}
