@@ -863,13 +863,19 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
         found.push(counts);
     }
     // Moving target: differences may be changes in flight. Let the daemon catch up, re-check.
+    // A re-check reads SQLite, then Postgres: a row the app changes between the two reads (and
+    // the daemon applies at once) looks different once more, so differences left are settled
+    // and re-checked again, up to three rounds. A real difference stays through all of them.
     let mut settled = 0;
-    if found.iter().any(|c| !c.kept.is_empty()) {
+    for round in 0..3 {
+        if found.iter().all(|c| c.kept.is_empty()) {
+            break;
+        }
         settle(client, &conn, opts.settle).await?;
         for (t, counts) in tables.iter().zip(found.iter_mut()) {
             if t.source.follows_row_images() {
-                // No key to re-read by: the whole table once more.
-                if !counts.kept.is_empty() {
+                // No key to re-read by: the whole table once more (once: it is all of it).
+                if round == 0 && !counts.kept.is_empty() {
                     let before = counts.missing + counts.extra;
                     *counts = compare_images(client, t, opts).await?;
                     settled += before.saturating_sub(counts.missing + counts.extra);
