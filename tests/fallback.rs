@@ -135,7 +135,15 @@ fn the_app_writes_on_postgres_then_falls_back_to_sqlite_without_losing_a_write()
         &db.url,
         "cutover",
         "--exec",
-        &format!("cp '{}' '{}'", to_pg.display(), url_file.display()),
+        // Written aside and renamed: the bot reads the file before every transaction, and
+        // must never read it half written.
+        &format!(
+            "cp '{}' '{}.new' && mv '{}.new' '{}'",
+            to_pg.display(),
+            url_file.display(),
+            url_file.display(),
+            url_file.display()
+        ),
     ]);
     assert!(out.status.success(), "cutover:\n{}", text(&out));
     // SQLite is fenced: this copy is SQLite as the cutover left it.
@@ -159,10 +167,12 @@ fn the_app_writes_on_postgres_then_falls_back_to_sqlite_without_losing_a_write()
         "fallback",
         "--exec",
         &format!(
-            "sqlite3 '{}' \".backup '{}'\" && cp '{}' '{}'",
+            "sqlite3 '{}' \".backup '{}'\" && cp '{}' '{}.new' && mv '{}.new' '{}'",
             path.display(),
             snap.display(),
             to_sqlite.display(),
+            url_file.display(),
+            url_file.display(),
             url_file.display()
         ),
     ]);
