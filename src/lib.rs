@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod datetime;
 pub mod error;
+pub mod expr;
 pub mod metrics;
 pub mod model;
 pub mod pg;

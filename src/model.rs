@@ -193,6 +193,8 @@ pub struct SourceIndex {
     pub columns: Vec<Option<String>>,
     /// Descending flags per key column.
     pub descending: Vec<bool>,
+    /// The collation each key column compares under (`BINARY`, `NOCASE`, `RTRIM`).
+    pub collations: Vec<String>,
     /// The WHERE clause of a partial index, as SQL text.
     pub where_clause: Option<String>,
     /// The CREATE INDEX statement, when there is one.
@@ -216,8 +218,11 @@ pub struct SourceTable {
     pub autoincrement: bool,
     /// A WITHOUT ROWID table.
     pub without_rowid: bool,
-    /// Indexes, unique constraints included.
+    /// Indexes, unique constraints included (not the primary key's).
     pub indexes: Vec<SourceIndex>,
+    /// The collation each primary-key column compares under, in key order (`BINARY` for an
+    /// INTEGER PRIMARY KEY); empty without a primary key.
+    pub key_collations: Vec<String>,
     /// Foreign keys.
     pub foreign_keys: Vec<SourceForeignKey>,
     /// The CREATE statement.

@@ -313,7 +313,9 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
         r#"
         CREATE TABLE "Order Details" (
           id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty > 0), price REAL,
-          discount REAL NOT NULL DEFAULT 0, CHECK (discount >= 0 AND discount <= 1));
+          discount REAL NOT NULL DEFAULT 0, note TEXT CHECK (printf('%d', qty) <> note),
+          made TEXT DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+          CHECK (discount >= 0 AND discount <= 1));
         CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL COLLATE NOCASE UNIQUE,
           name TEXT, updated_at TEXT);
         CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER) WITHOUT ROWID;
@@ -323,6 +325,9 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
         CREATE TRIGGER users_touch AFTER UPDATE ON users
           BEGIN UPDATE users SET updated_at = datetime('now') WHERE id = NEW.id; END;
         INSERT INTO users VALUES (1, 'A@x.org', 'a', NULL);
+        INSERT INTO tags VALUES ('Rust', 1);
+        INSERT INTO plain VALUES (1, 'Ab');
+        INSERT INTO "Order Details" (id, qty, price, discount) VALUES (1, 2, 9.5, 0.25);
         "#,
     );
     let p = src.path.to_str().unwrap();
@@ -330,24 +335,31 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     for needle in [
-        "WARNING: Order Details.qty: CHECK (qty > 0) is not created on Postgres",
-        "WARNING: Order Details: CHECK (discount >= 0 AND discount <= 1) is not created on Postgres",
-        "WARNING: users.email: unique under COLLATE NOCASE in SQLite",
+        "note: Order Details.qty: CHECK (qty > 0) becomes CHECK (\"qty\" > 0) on Postgres, as Order Details_qty_check",
+        "note: Order Details: CHECK (discount >= 0 AND discount <= 1) becomes CHECK (\"discount\" >= 0 AND \"discount\" <= 1) on Postgres",
+        "WARNING: Order Details.note: CHECK (printf('%d', qty) <> note) is not created on Postgres: printf('%d', qty): printf()'s conversions",
+        "note: users.email: unique under COLLATE NOCASE in SQLite: Postgres gets a unique index on the ASCII-lower-cased value",
         "WARNING: users.email: declared COLLATE NOCASE",
-        "WARNING: tags.name: unique under COLLATE NOCASE in SQLite",
-        "WARNING: plain.code: unique under COLLATE NOCASE in SQLite",
+        "note: tags.name: unique under COLLATE NOCASE in SQLite",
+        "note: plain.code: unique under COLLATE NOCASE in SQLite",
         "WARNING: big_orders: view is not created on Postgres",
         "WARNING: users: the app's trigger users_touch is not created on Postgres",
         "fix: port it to a PL/pgSQL trigger by hand: CREATE TRIGGER users_touch",
         "WARNING: tags.name: declared COLLATE NOCASE",
-        "but Postgres will not do 9 thing(s) SQLite does for the app",
+        "but Postgres will not do 5 thing(s) SQLite does for the app",
+        "5 CHECK constraint(s) and unique collation(s) are carried to Postgres",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
     }
+    assert!(
+        !t.contains("default (strftime"),
+        "the %f default translates:\n{t}"
+    );
     // The JSON report carries the same findings.
     let out = sqlite2pg(&["--source", p, "check", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert_eq!(report["behaviours"], 9, "{report:#}");
+    assert_eq!(report["behaviours"], 5, "{report:#}");
+    assert_eq!(report["behaviours_kept"], 5, "{report:#}");
 
     // The cutover names the trigger and the view again.
     let db = TestDb::new();
@@ -368,4 +380,74 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
         );
     }
     assert!(d.stop());
+
+    // On Postgres the app now meets what SQLite did: refused rows, and the default's text.
+    let mut c = db.client();
+    for (sql, refused_by) in [
+        (
+            r#"INSERT INTO "Order Details" (id, qty) VALUES (2, 0)"#,
+            "Order Details_qty_check",
+        ),
+        (
+            r#"INSERT INTO "Order Details" (id, qty, discount) VALUES (3, 1, 1.5)"#,
+            "Order Details_check",
+        ),
+        (
+            "INSERT INTO users VALUES (2, 'a@X.ORG', 'b', NULL)",
+            "users_email_key",
+        ),
+        ("INSERT INTO tags VALUES ('rUST', 2)", "tags_name_fold_key"),
+        ("INSERT INTO plain VALUES (2, 'aB')", "plain_code"),
+    ] {
+        let e = c.batch_execute(sql).expect_err(sql);
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(refused_by), "{sql}: {msg}");
+    }
+    // Values SQLite holds side by side still go in: NOCASE folds ASCII letters only.
+    c.batch_execute(
+        "INSERT INTO users VALUES (3, 'É@x.org', 'c', NULL), (4, 'é@x.org', 'd', NULL)",
+    )
+    .expect("non-ASCII letters differ under NOCASE");
+    c.batch_execute(r#"INSERT INTO "Order Details" (id, qty) VALUES (5, 3)"#)
+        .expect("a row the CHECKs accept");
+    let made: String = scalar(&mut c, r#"SELECT made FROM "Order Details" WHERE id = 5"#);
+    let shape = made.len() == 23
+        && made.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b' ',
+            13 | 16 => b == b':',
+            19 => b == b'.',
+            _ => b.is_ascii_digit(),
+        });
+    assert!(shape, "strftime('%Y-%m-%d %H:%M:%f') form, got {made:?}");
+}
+
+#[test]
+fn check_names_rows_that_break_a_check() {
+    // SQLite skips CHECKs on a connection that turned ignore_check_constraints on.
+    let src = SqliteFile::new(
+        r#"
+        PRAGMA ignore_check_constraints = ON;
+        CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty >= 0));
+        INSERT INTO items VALUES (1, 5), (2, -1), (3, NULL), (4, -7);
+        "#,
+    );
+    let (code, report) = check_json(&src.path, None);
+    assert_eq!(code, Some(1), "{report:#}");
+    let problems = report["problems"].as_array().expect("problems");
+    let p = problems
+        .iter()
+        .find(|p| p["kind"] == "breaks_check")
+        .unwrap_or_else(|| panic!("no breaks_check problem: {report:#}"));
+    assert_eq!(p["count"], 2, "{p:#}");
+    let keys: Vec<&str> = p["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["id=2", "id=4"], "{p:#}");
 }

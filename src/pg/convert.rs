@@ -53,6 +53,8 @@ pub enum ProblemKind {
     DuplicateKey,
     /// NULL in a primary key column.
     NullKey,
+    /// A row that breaks its table's CHECK constraint (let in by `ignore_check_constraints`).
+    BreaksCheck,
 }
 
 /// Why a value cannot be converted, in words for the report.

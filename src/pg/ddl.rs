@@ -4,7 +4,19 @@
 use serde::Serialize;
 
 use super::{qualified, quote_ident};
+use crate::expr::Collation;
 use crate::model::PgType;
+
+/// A CHECK constraint to add after the load.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckDef {
+    /// The constraint name.
+    pub name: String,
+    /// The expression as SQLite has it.
+    pub source: String,
+    /// Its Postgres translation, or why there is none.
+    pub pg: Result<String, String>,
+}
 
 /// A column to create.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +42,9 @@ pub struct IndexDef {
     pub unique: bool,
     /// Columns with their DESC flag.
     pub columns: Vec<(String, bool)>,
+    /// How each column's text compares (a unique NOCASE or RTRIM key is unique by the folded
+    /// or trimmed value, as SQLite keeps it).
+    pub collations: Vec<Collation>,
     /// A partial index's predicate, already translated.
     pub where_clause: Option<String>,
 }
@@ -109,7 +124,16 @@ pub fn create_index(schema: &str, table: &str, index: &IndexDef) -> String {
     let cols: Vec<String> = index
         .columns
         .iter()
-        .map(|(c, desc)| format!("{}{}", quote_ident(c), if *desc { " DESC" } else { "" }))
+        .enumerate()
+        .map(|(i, (c, desc))| {
+            let col = match index.collations.get(i) {
+                Some(coll) if *coll != Collation::Binary => {
+                    format!("({})", coll.key(&quote_ident(c)))
+                }
+                _ => quote_ident(c),
+            };
+            format!("{col}{}", if *desc { " DESC" } else { "" })
+        })
         .collect();
     let mut s = format!(
         "CREATE {}INDEX IF NOT EXISTS {} ON {} ({})",
@@ -135,6 +159,17 @@ pub fn foreign_key_clause(schema: &str, fk: &ForeignKeyDef) -> String {
         idents(&fk.parent_columns),
         fk_action(&fk.on_delete),
         fk_action(&fk.on_update),
+    )
+}
+
+/// `ALTER TABLE ... ADD CONSTRAINT ... CHECK (...) NOT VALID` then `VALIDATE CONSTRAINT`: the
+/// rows already there are checked apart from the lock that adding it takes.
+pub fn add_check(schema: &str, table: &str, name: &str, pg: &str) -> String {
+    format!(
+        "ALTER TABLE {q} ADD CONSTRAINT {n} CHECK ({pg}) NOT VALID; {v}",
+        q = qualified(schema, table),
+        n = quote_ident(name),
+        v = validate_constraint(schema, table, name)
     )
 }
 

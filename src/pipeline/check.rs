@@ -9,12 +9,12 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::plan::{Finding, Plan, Severity, TablePlan};
-use crate::error::Result;
-use crate::model::PgType;
+use crate::error::{Error, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
+use crate::model::{PgType, ScanKey};
 use crate::pg::convert::{self, ProblemKind};
-use crate::sqlite::audit;
 use crate::sqlite::reader::{self, ScanQuery};
+use crate::sqlite::{audit, quote_ident};
 
 /// Examples kept per (table, column, kind).
 const EXAMPLES: usize = 5;
@@ -100,6 +100,8 @@ pub struct Report {
     /// Of the warnings, things SQLite does for the app that Postgres will not (CHECK
     /// constraints, collations, views, the app's triggers).
     pub behaviours: usize,
+    /// How many of them sqlite2pg carries to Postgres (CHECKs translated, NOCASE keys).
+    pub behaviours_kept: usize,
 }
 
 impl Report {
@@ -149,6 +151,9 @@ fn hint_for(kind: ProblemKind) -> &'static str {
             "remove the duplicates in SQLite, or drop the unique constraint in the target"
         }
         ProblemKind::NullKey => "give those rows a key in SQLite, or delete them",
+        ProblemKind::BreaksCheck => {
+            "SQLite let them in with PRAGMA ignore_check_constraints; Postgres refuses them. Fix or delete those rows in SQLite"
+        }
     }
 }
 
@@ -160,6 +165,7 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
         let rows = scan_values(conn, t, chunk_rows, &mut problems)?;
         key_problems(conn, t, &mut problems)?;
         orphan_problems(conn, t, &mut problems)?;
+        check_problems(conn, t, &mut problems)?;
         tables.push(TableReport {
             source: t.source.name.clone(),
             target: t.target.clone(),
@@ -185,8 +191,16 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
     let sources: Vec<crate::model::SourceTable> =
         plan.tables.iter().map(|t| t.source.clone()).collect();
     let behaviours = crate::sqlite::semantics::read(conn, &sources)?;
-    let behaviour_count = behaviours.len();
-    findings.extend(behaviours.iter().map(behaviour_finding));
+    let behaviour_findings: Vec<Finding> = behaviours
+        .iter()
+        .map(|o| behaviour_finding(o, plan))
+        .collect();
+    let behaviour_count = behaviour_findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    let behaviours_kept = behaviour_findings.len() - behaviour_count;
+    findings.extend(behaviour_findings);
     findings
         .sort_by(|a, b| (a.severity, &a.table, &a.column).cmp(&(b.severity, &b.table, &b.column)));
     problems.sort_by(|a, b| (&a.table, &a.column, a.kind).cmp(&(&b.table, &b.column, b.kind)));
@@ -204,28 +218,56 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
         errors,
         warnings,
         behaviours: behaviour_count,
+        behaviours_kept,
     })
 }
 
-/// What SQLite does for the app that Postgres will not do after the cutover, and what to do.
-fn behaviour_finding(o: &crate::sqlite::semantics::AppObject) -> Finding {
+/// What SQLite does for the app, and whether Postgres will do it after the cutover: an INFO
+/// for what sqlite2pg carries over, a WARNING with what to do for what it does not.
+fn behaviour_finding(o: &crate::sqlite::semantics::AppObject, plan: &Plan) -> Finding {
     use crate::sqlite::semantics::Kind;
     let col = o.column.as_deref().unwrap_or("");
+    let table = plan.tables.iter().find(|t| t.source.name == o.table);
+    let created = table.is_some_and(|t| t.create);
+    let mut severity = Severity::Warning;
     let (message, hint) = match o.kind {
-        Kind::Check => (
-            format!(
-                "CHECK ({}) is not created on Postgres: after the cutover Postgres accepts rows SQLite refuses",
-                o.name
+        Kind::Check => match table.and_then(|t| t.checks.iter().find(|c| c.source == o.name)) {
+            Some(c) if created => match &c.pg {
+                Ok(pg) => {
+                    severity = Severity::Info;
+                    (
+                        format!("CHECK ({}) becomes CHECK ({pg}) on Postgres, as {}: added NOT VALID after the load, then validated", o.name, c.name),
+                        String::new(),
+                    )
+                }
+                Err(why) => (
+                    format!("CHECK ({}) is not created on Postgres: {why}. After the cutover Postgres accepts rows SQLite refuses", o.name),
+                    "add it on Postgres by hand, written in Postgres' SQL (ALTER TABLE ... ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT)".into(),
+                ),
+            },
+            _ => (
+                format!("CHECK ({}): the Postgres table is the app's own (its migrations made it), and sqlite2pg adds nothing to it", o.name),
+                "make sure the app's migration declares this CHECK on Postgres, or Postgres accepts rows SQLite refuses".into(),
             ),
-            "add it on Postgres by hand, written in Postgres' SQL (ALTER TABLE ... ADD CHECK (...) NOT VALID, then VALIDATE CONSTRAINT); sqlite2pg does not translate SQL expressions yet".to_string(),
-        ),
+        },
+        Kind::UniqueCollation if created && crate::expr::Collation::named(&o.name).is_some() => {
+            severity = Severity::Info;
+            (
+                format!(
+                    "unique under COLLATE {} in SQLite: Postgres gets a unique index on the {} value, so it refuses the same duplicates. Its `=` and ORDER BY on this column stay case- and space-sensitive",
+                    o.name,
+                    if o.name.eq_ignore_ascii_case("NOCASE") { "ASCII-lower-cased" } else { "right-trimmed" }
+                ),
+                String::new(),
+            )
+        }
         Kind::UniqueCollation => (
             format!(
                 "unique under COLLATE {} in SQLite; Postgres compares case- and space-sensitively, so after the cutover the app can store values SQLite held as duplicates (`A@x.org` beside `a@x.org`)",
                 o.name
             ),
             format!(
-                "on Postgres, a unique index on lower(\"{col}\") (NOCASE folds ASCII letters only) by hand, once existing values are unique that way"
+                "on Postgres, a unique index on translate(\"{col}\", 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') (NOCASE folds ASCII letters only), in the app's migration"
             ),
         ),
         Kind::ColumnCollation => (
@@ -233,7 +275,7 @@ fn behaviour_finding(o: &crate::sqlite::semantics::AppObject) -> Finding {
                 "declared COLLATE {}: SQLite's =, ORDER BY and GROUP BY ignore ASCII case (RTRIM: trailing spaces) here; Postgres' do not",
                 o.name
             ),
-            "queries that rely on it need lower() (or a citext column) on Postgres".into(),
+            "queries that rely on it compare translate(col, 'ABC..Z', 'abc..z') on Postgres".into(),
         ),
         Kind::View => (
             "view is not created on Postgres: queries against it fail after the cutover".into(),
@@ -255,7 +297,7 @@ fn behaviour_finding(o: &crate::sqlite::semantics::AppObject) -> Finding {
         ),
     };
     Finding {
-        severity: Severity::Warning,
+        severity,
         table: o.table.clone(),
         column: o.column.clone(),
         message,
@@ -481,6 +523,57 @@ fn orphan_problems(
     Ok(())
 }
 
+/// Rows that break their table's CHECK constraints, read by SQLite itself: SQLite refuses
+/// them unless the app turned `ignore_check_constraints` on, and Postgres always would.
+fn check_problems(
+    conn: &Connection,
+    t: &TablePlan,
+    problems: &mut Vec<ValueProblem>,
+) -> Result<()> {
+    let table = &t.source.name;
+    let keys: Vec<String> = match t.source.scan_key() {
+        ScanKey::Rowid => vec![t.source.rowid_name().to_string()],
+        ScanKey::Columns(_) => t.key_names.iter().map(|k| quote_ident(k)).collect(),
+    };
+    for c in t.checks.iter().filter(|c| c.pg.is_ok()) {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE NOT ({})",
+            keys.join(", "),
+            quote_ident(table),
+            c.source
+        );
+        let what = || {
+            format!(
+                "cannot evaluate CHECK ({}) of table {table} in SQLite",
+                c.source
+            )
+        };
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(|e| Error::from_sqlite(what(), e))?;
+        let mut rows = stmt.query([]).map_err(|e| Error::from_sqlite(what(), e))?;
+        while let Some(r) = rows.next().map_err(|e| Error::from_sqlite(what(), e))? {
+            let key: Vec<OwnedValue> = (0..keys.len())
+                .map(|i| {
+                    r.get_ref(i)
+                        .map(|v| reader::to_sql_value(v).to_owned_value())
+                })
+                .collect::<rusqlite::Result<_>>()
+                .map_err(|e| Error::from_sqlite(what(), e))?;
+            let example = Example {
+                key: display_key(&t.key_names, &key),
+                value: String::new(),
+                detail: format!(
+                    "breaks CHECK ({}), constraint {} on Postgres",
+                    c.source, c.name
+                ),
+            };
+            record(problems, table, "CHECK", ProblemKind::BreaksCheck, example);
+        }
+    }
+    Ok(())
+}
+
 /// Prints the report for a person.
 pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::Result<()> {
     for t in &report.tables {
@@ -581,6 +674,13 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
                 out,
                 "but Postgres will not do {} thing(s) SQLite does for the app (CHECK constraints, collations, views, triggers: WARNINGs above)",
                 report.behaviours
+            )?;
+        }
+        if report.behaviours_kept > 0 {
+            writeln!(
+                out,
+                "{} CHECK constraint(s) and unique collation(s) are carried to Postgres (notes above)",
+                report.behaviours_kept
             )?;
         }
         Ok(())

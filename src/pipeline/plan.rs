@@ -7,10 +7,12 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::expr::{self, Collation};
 use crate::model::{PgType, ScanKey, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
 use crate::pg::convert::ColumnConv;
-use crate::pg::ddl::{self, ColumnDef, ForeignKeyDef, IndexDef};
+use crate::pg::ddl::{self, CheckDef, ColumnDef, ForeignKeyDef, IndexDef};
+use crate::sqlite::semantics::Declared;
 use crate::typemap;
 
 /// How serious a finding is.
@@ -78,6 +80,8 @@ pub struct TablePlan {
     pub indexes: Vec<IndexDef>,
     /// Foreign keys to add after the load (when `create`).
     pub foreign_keys: Vec<ForeignKeyDef>,
+    /// CHECK constraints, translated or not (when `create`).
+    pub checks: Vec<CheckDef>,
 }
 
 impl TablePlan {
@@ -286,6 +290,15 @@ pub fn build(
     }
 }
 
+/// SQLite's collation names as Postgres folds them (one it does not know compares as BINARY;
+/// `check` names it).
+fn collations(names: &[String]) -> Vec<Collation> {
+    names
+        .iter()
+        .map(|n| Collation::named(n).unwrap_or(Collation::Binary))
+        .collect()
+}
+
 fn key_names(t: &SourceTable) -> Vec<String> {
     match t.scan_key() {
         ScanKey::Rowid => vec!["rowid".into()],
@@ -370,7 +383,11 @@ fn plan_create(
             note = Some("no declared type: values of any class become text".into());
         }
         let default = match (&c.default, identity) {
-            (Some(raw), false) => match ddl::translate_default(raw, &ty) {
+            (Some(raw), false) => match ddl::translate_default(raw, &ty).or_else(|_| {
+                expr::parse(raw)
+                    .and_then(|e| expr::value_for(&e, &expr::Scope::default(), &ty))
+                    .map(Some)
+            }) {
                 Ok(d) => d,
                 Err(why) => {
                     finding(
@@ -471,9 +488,27 @@ fn plan_create(
                 .into_iter()
                 .zip(ix.descending.iter().copied())
                 .collect(),
+            collations: if ix.unique {
+                collations(&ix.collations)
+            } else {
+                Vec::new()
+            },
             where_clause: ix.where_clause.clone(),
         });
     }
+    // A NOCASE or RTRIM primary key is unique by the folded value too: a second index says so.
+    let key_collations = collations(&t.key_collations);
+    if !primary_key.is_empty() && key_collations.iter().any(|c| *c != Collation::Binary) {
+        indexes.push(IndexDef {
+            name: ddl::object_name(&t.name, &primary_key, "fold_key"),
+            unique: true,
+            columns: primary_key.iter().map(|c| (c.clone(), false)).collect(),
+            collations: key_collations,
+            where_clause: None,
+        });
+    }
+    let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
+    let checks = plan_checks(t, &scope_of(t, &columns, &declared), &declared);
     let mut foreign_keys = Vec::new();
     for fk in &t.foreign_keys {
         let Some(parent) = selected
@@ -541,7 +576,55 @@ fn plan_create(
         primary_key,
         indexes,
         foreign_keys,
+        checks,
     }
+}
+
+/// The columns a CHECK of table `t` may name, as Postgres has them.
+fn scope_of(t: &SourceTable, columns: &[ColumnPlan], declared: &Declared) -> expr::Scope {
+    expr::Scope {
+        table: t.name.clone(),
+        columns: columns
+            .iter()
+            .map(|c| expr::Column {
+                name: c.source.clone(),
+                target: c.target.clone(),
+                ty: c.conv.ty.clone(),
+                decl_type: c.decl_type.clone(),
+                collation: declared
+                    .collations
+                    .iter()
+                    .find(|(col, _)| col.eq_ignore_ascii_case(&c.source))
+                    .and_then(|(_, name)| Collation::named(name))
+                    .unwrap_or(Collation::Binary),
+            })
+            .collect(),
+    }
+}
+
+/// The table's CHECK constraints, each named as Postgres would name it unless SQLite's
+/// declaration gave it a name.
+fn plan_checks(t: &SourceTable, scope: &expr::Scope, declared: &Declared) -> Vec<CheckDef> {
+    let mut out: Vec<CheckDef> = Vec::new();
+    for c in &declared.checks {
+        let base = match (&c.name, &c.column) {
+            (Some(n), _) => ddl::truncate_ident(n),
+            (None, Some(col)) => ddl::object_name(&t.name, std::slice::from_ref(col), "check"),
+            (None, None) => ddl::object_name(&t.name, &[], "check"),
+        };
+        let mut name = base.clone();
+        let mut n = 0;
+        while out.iter().any(|o| o.name == name) {
+            n += 1;
+            name = ddl::truncate_ident(&format!("{base}{n}"));
+        }
+        out.push(CheckDef {
+            name,
+            source: c.expr.to_string(),
+            pg: expr::condition(&c.expr, scope),
+        });
+    }
+    out
 }
 
 fn plan_existing(
@@ -680,6 +763,7 @@ fn plan_existing(
         primary_key: Vec::new(),
         indexes: Vec::new(),
         foreign_keys: Vec::new(),
+        checks: Vec::new(),
     }
 }
 

@@ -102,6 +102,11 @@ fn post_load_statements(t: &TablePlan, schema: &str) -> Vec<String> {
     for ix in &t.indexes {
         v.push(ddl::create_index(schema, &t.target, ix));
     }
+    for c in &t.checks {
+        if let Ok(pg) = &c.pg {
+            v.push(ddl::add_check(schema, &t.target, &c.name, pg));
+        }
+    }
     v
 }
 
@@ -384,6 +389,7 @@ async fn follow_shape(
         }
         if full {
             index_changes(client, schema, t, &mut must, &mut stricter).await?;
+            check_changes(client, schema, t, &mut must, &mut stricter).await?;
         }
         if must.is_empty() && stricter.is_empty() {
             continue;
@@ -466,6 +472,51 @@ async fn index_changes(
         stricter.push((
             ddl::create_index(schema, &t.target, ix),
             format!("create index {}", ix.name),
+        ));
+    }
+    Ok(())
+}
+
+/// CHECK constraints of a created table that the app added or dropped in SQLite (a table
+/// recreated by Alembic's batch mode): drops are certain, additions only stricter.
+async fn check_changes(
+    client: &Client,
+    schema: &str,
+    t: &TablePlan,
+    must: &mut Vec<(String, String)>,
+    stricter: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let have: Vec<String> = client
+        .query(
+            "SELECT k.conname::text FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND k.contype = 'c'",
+            &[&schema, &t.target],
+        )
+        .await
+        .map_err(pg_err(format!(
+            "cannot read the CHECK constraints of table {}",
+            t.target
+        )))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let want: Vec<(&String, &String, &String)> = t
+        .checks
+        .iter()
+        .filter_map(|c| c.pg.as_ref().ok().map(|pg| (&c.name, &c.source, pg)))
+        .collect();
+    let q = qualified(schema, &t.target);
+    for name in have.iter().filter(|n| !want.iter().any(|(w, _, _)| w == n)) {
+        must.push((
+            format!("ALTER TABLE {q} DROP CONSTRAINT {}", quote_ident(name)),
+            format!("drop CHECK constraint {name} (gone from SQLite)"),
+        ));
+    }
+    for (name, source, pg) in want.into_iter().filter(|(n, _, _)| !have.contains(n)) {
+        stricter.push((
+            ddl::add_check(schema, &t.target, name, pg),
+            format!("add CHECK ({source}) as {name}"),
         ));
     }
     Ok(())
@@ -696,6 +747,15 @@ async fn build_indexes(
                         ));
                     }
                 }
+            }
+            for c in &t.checks {
+                let Ok(pg) = &c.pg else { continue };
+                tx.batch_execute(&ddl::add_check(schema, &t.target, &c.name, pg))
+                    .await
+                    .map_err(pg_err(format!(
+                        "cannot add CHECK ({}) to table {} as {} (rows SQLite holds break it? run `sqlite2pg check`, which names them)",
+                        c.source, t.target, c.name
+                    )))?;
             }
         }
         state::set_phase(&tx, &t.source.name, Phase::Indexed).await?;

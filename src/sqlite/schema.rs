@@ -85,6 +85,7 @@ fn read_tables_now(conn: &Connection) -> Result<Vec<SourceTable>> {
                 autoincrement: false,
                 without_rowid: false,
                 indexes: Vec::new(),
+                key_collations: Vec::new(),
                 foreign_keys: Vec::new(),
                 sql,
                 null_in_primary_key: false,
@@ -153,7 +154,13 @@ fn read_table(conn: &Connection, name: String, sql: String) -> Result<SourceTabl
         _ => None,
     };
     let autoincrement = upper_sql.contains("AUTOINCREMENT");
-    let indexes = read_indexes(conn, &name)?;
+    let (indexes, key_collations) = read_indexes(conn, &name)?;
+    // No index of its own: an INTEGER PRIMARY KEY is the rowid, compared as a number.
+    let key_collations = if key_collations.is_empty() {
+        vec!["BINARY".to_string(); primary_key.len()]
+    } else {
+        key_collations
+    };
     let foreign_keys = read_foreign_keys(conn, &name)?;
     // A non-INTEGER primary key of a rowid table admits NULLs (an old SQLite quirk kept for
     // compatibility); the key's own index finds them at once.
@@ -184,12 +191,14 @@ fn read_table(conn: &Connection, name: String, sql: String) -> Result<SourceTabl
         autoincrement,
         without_rowid,
         indexes,
+        key_collations,
         foreign_keys,
         sql,
     })
 }
 
-fn read_indexes(conn: &Connection, table: &str) -> Result<Vec<SourceIndex>> {
+/// The table's indexes, and the collations of its primary key's own index (if it has one).
+fn read_indexes(conn: &Connection, table: &str) -> Result<(Vec<SourceIndex>, Vec<String>)> {
     let mut list = Vec::new();
     {
         let mut stmt = conn
@@ -204,12 +213,11 @@ fn read_indexes(conn: &Connection, table: &str) -> Result<Vec<SourceIndex>> {
         }
     }
     let mut out = Vec::new();
+    let mut key_collations = Vec::new();
     for (name, unique, origin) in list {
-        if origin == "pk" {
-            continue;
-        }
         let mut columns = Vec::new();
         let mut descending = Vec::new();
+        let mut collations = Vec::new();
         let mut stmt = conn
             .prepare(&format!("PRAGMA index_xinfo({})", quote_ident(&name)))
             .map_err(|e| sq(e, &name))?;
@@ -221,6 +229,16 @@ fn read_indexes(conn: &Connection, table: &str) -> Result<Vec<SourceIndex>> {
             }
             columns.push(r.get::<_, Option<String>>(2).map_err(|e| sq(e, &name))?);
             descending.push(r.get::<_, i64>(3).map_err(|e| sq(e, &name))? != 0);
+            collations.push(
+                r.get::<_, Option<String>>(4)
+                    .map_err(|e| sq(e, &name))?
+                    .unwrap_or_else(|| "BINARY".into())
+                    .to_uppercase(),
+            );
+        }
+        if origin == "pk" {
+            key_collations = collations;
+            continue;
         }
         let sql: Option<String> = conn
             .query_row(
@@ -236,12 +254,13 @@ fn read_indexes(conn: &Connection, table: &str) -> Result<Vec<SourceIndex>> {
             origin,
             columns,
             descending,
+            collations,
             where_clause,
             sql,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((out, key_collations))
 }
 
 fn read_foreign_keys(conn: &Connection, table: &str) -> Result<Vec<SourceForeignKey>> {

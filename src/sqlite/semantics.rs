@@ -5,7 +5,7 @@
 //! SQL parser (`sqlparser`), not by searching the text.
 
 use rusqlite::Connection;
-use sqlparser::ast::{ColumnOption, Statement, TableConstraint};
+use sqlparser::ast::{ColumnOption, Expr, Statement, TableConstraint};
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 
@@ -91,58 +91,94 @@ pub fn read(conn: &Connection, tables: &[SourceTable]) -> Result<Vec<AppObject>>
     Ok(out)
 }
 
-/// CHECK constraints and declared collations, from the table's CREATE statement.
-fn from_create_table(t: &SourceTable, out: &mut Vec<AppObject>) {
-    let parsed = Parser::parse_sql(&SQLiteDialect {}, &t.sql);
+/// A CHECK constraint as the CREATE TABLE declares it.
+#[derive(Debug, Clone)]
+pub struct CheckDecl {
+    /// Its name (`CONSTRAINT name CHECK ...`), if it has one.
+    pub name: Option<String>,
+    /// The column it is declared on, for a column constraint.
+    pub column: Option<String>,
+    /// The expression.
+    pub expr: Expr,
+}
+
+/// What a CREATE TABLE declares besides columns and keys: CHECKs and column collations.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// CHECK constraints, columns' first, in order.
+    pub checks: Vec<CheckDecl>,
+    /// (column, collation) for columns declared with COLLATE.
+    pub collations: Vec<(String, String)>,
+}
+
+/// Reads the CHECKs and collations of a CREATE TABLE; `Err` says why it cannot be parsed.
+pub fn declared(sql: &str) -> std::result::Result<Declared, String> {
+    let parsed = Parser::parse_sql(&SQLiteDialect {}, sql);
     let create = match parsed.as_deref() {
         Ok([Statement::CreateTable(c)]) => c,
-        other => {
-            out.push(AppObject {
-                kind: Kind::Unreadable,
-                table: t.name.clone(),
-                column: None,
-                name: match other {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "not one CREATE TABLE statement".into(),
-                },
-                sql: t.sql.clone(),
-            });
-            return;
-        }
+        Err(e) => return Err(e.to_string()),
+        Ok(_) => return Err("not one CREATE TABLE statement".into()),
     };
+    let mut out = Declared::default();
     for col in &create.columns {
         for opt in &col.options {
             match &opt.option {
-                ColumnOption::Check(c) => out.push(AppObject {
-                    kind: Kind::Check,
-                    table: t.name.clone(),
+                ColumnOption::Check(c) => out.checks.push(CheckDecl {
+                    name: opt.name.as_ref().map(|n| n.value.clone()),
                     column: Some(col.name.value.clone()),
-                    name: c.expr.to_string(),
-                    sql: t.sql.clone(),
+                    expr: (*c.expr).clone(),
                 }),
-                ColumnOption::Collation(name) if !is_binary(&name.to_string()) => {
-                    out.push(AppObject {
-                        kind: Kind::ColumnCollation,
-                        table: t.name.clone(),
-                        column: Some(col.name.value.clone()),
-                        name: name.to_string().to_uppercase(),
-                        sql: t.sql.clone(),
-                    })
-                }
+                ColumnOption::Collation(name) => out
+                    .collations
+                    .push((col.name.value.clone(), name.to_string())),
                 _ => {}
             }
         }
     }
     for c in &create.constraints {
         if let TableConstraint::Check(c) = c {
-            out.push(AppObject {
-                kind: Kind::Check,
-                table: t.name.clone(),
+            out.checks.push(CheckDecl {
+                name: c.name.as_ref().map(|n| n.value.clone()),
                 column: None,
-                name: c.expr.to_string(),
-                sql: t.sql.clone(),
+                expr: (*c.expr).clone(),
             });
         }
+    }
+    Ok(out)
+}
+
+/// CHECK constraints and declared collations, from the table's CREATE statement.
+fn from_create_table(t: &SourceTable, out: &mut Vec<AppObject>) {
+    let d = match declared(&t.sql) {
+        Ok(d) => d,
+        Err(why) => {
+            out.push(AppObject {
+                kind: Kind::Unreadable,
+                table: t.name.clone(),
+                column: None,
+                name: why,
+                sql: t.sql.clone(),
+            });
+            return;
+        }
+    };
+    for c in d.checks {
+        out.push(AppObject {
+            kind: Kind::Check,
+            table: t.name.clone(),
+            column: c.column,
+            name: c.expr.to_string(),
+            sql: t.sql.clone(),
+        });
+    }
+    for (column, name) in d.collations.into_iter().filter(|(_, n)| !is_binary(n)) {
+        out.push(AppObject {
+            kind: Kind::ColumnCollation,
+            table: t.name.clone(),
+            column: Some(column),
+            name: name.to_uppercase(),
+            sql: t.sql.clone(),
+        });
     }
 }
 
