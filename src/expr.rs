@@ -837,8 +837,15 @@ fn cast(e: &Expr, x: T, to: &DataType) -> Result<T, Why> {
         (_, Kind::Null) => Ok(x),
         (A::Integer, Kind::Int) | (A::Real, Kind::Real) | (A::Text, Kind::Text) => Ok(x),
         (A::Integer, Kind::Real) => {
-            // SQLite truncates toward zero; Postgres' cast would round.
-            let mut t = T::new(format!("trunc({})::int8", x.sql), Kind::Int);
+            // SQLite truncates toward zero and holds out-of-range values at the ends of the
+            // 64-bit range; Postgres' cast would round, and fail.
+            let v = &x.sql;
+            let mut t = T::new(
+                format!(
+                    "CASE WHEN {v} >= 9223372036854775807 THEN 9223372036854775807 WHEN {v} <= -9223372036854775808 THEN -9223372036854775808 ELSE trunc({v})::int8 END"
+                ),
+                Kind::Int,
+            );
             t.wide = true;
             Ok(t)
         }
@@ -1073,7 +1080,18 @@ fn substr(e: &Expr, args: Vec<T>) -> Result<T, Why> {
         }
     }
     let list: Vec<String> = args.iter().map(|a| a.sql.clone()).collect();
-    Ok(T::new(format!("substr({})", list.join(", ")), x.kind))
+    let sql = format!("substr({})", list.join(", "));
+    if x.kind == Kind::Blob {
+        // SQLite's substr() of an empty BLOB is NULL.
+        return Ok(T::new(
+            format!(
+                "CASE WHEN octet_length({}) = 0 THEN NULL ELSE {sql} END",
+                x.sql
+            ),
+            Kind::Blob,
+        ));
+    }
+    Ok(T::new(sql, x.kind))
 }
 
 /// SQLite's 'now': the statement's time in UTC, to the millisecond.
@@ -1178,7 +1196,10 @@ fn modifier(e: &Expr, ts: &str, m: &str) -> Result<String, Why> {
             let decimal = digits.parse::<f64>().is_ok()
                 && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.');
             let field = match unit {
-                "day" | "hour" | "minute" if whole => Some(format!("{unit}s")),
+                // make_interval's own parameter names.
+                "day" if whole => Some("days".to_string()),
+                "hour" if whole => Some("hours".to_string()),
+                "minute" if whole => Some("mins".to_string()),
                 "second" if decimal => Some("secs".to_string()),
                 _ => None,
             };

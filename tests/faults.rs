@@ -223,10 +223,11 @@ fn postgres_restarting_during_the_reverse_stream_loses_nothing() {
     let src = SqliteFile::new(
         "PRAGMA journal_mode = WAL;
          CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
-         CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, uses INTEGER) WITHOUT ROWID;
+         CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, uses INTEGER,
+           note TEXT CHECK (round(length(note)) < 5)) WITHOUT ROWID;
          WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 60000)
          INSERT INTO t SELECT i, 0 FROM s;
-         INSERT INTO tags VALUES ('Rust', 1), ('Go', 2);",
+         INSERT INTO tags (name, uses) VALUES ('Rust', 1), ('Go', 2);",
     );
     let p = src.path.to_str().unwrap();
     let db = TestDb::new();
@@ -267,13 +268,19 @@ fn postgres_restarting_during_the_reverse_stream_loses_nothing() {
         ),
         ["'Go'2", "'rust'3"]
     );
-    // Postgres' key is case-sensitive (NOCASE is not carried over yet): a second spelling
-    // there is refused by SQLite, and the stream waits until it is fixed.
+    // The NOCASE key is unique by its folded value on Postgres too: a second spelling is
+    // refused there, as SQLite would refuse it.
     let mut c = db.client();
-    c.batch_execute("INSERT INTO tags VALUES ('RUST', 9)")
+    let e = c
+        .batch_execute("INSERT INTO tags VALUES ('RUST', 9)")
+        .expect_err("a second spelling of a NOCASE key");
+    assert!(format!("{e:?}").contains("tags_name_fold_key"), "{e:?}");
+    // A CHECK that does not translate is not on Postgres: SQLite refuses the row, and the
+    // stream waits until it is fixed there.
+    c.batch_execute("INSERT INTO tags (name, uses, note) VALUES ('Zig', 9, 'too long')")
         .unwrap();
     d.wait_for_log("SQLite refuses a row from Postgres in table tags");
-    c.batch_execute("DELETE FROM tags WHERE name = 'RUST'; UPDATE t SET n = 7 WHERE id = 1")
+    c.batch_execute("DELETE FROM tags WHERE name = 'Zig'; UPDATE t SET n = 7 WHERE id = 1")
         .unwrap();
     wait_reverse_drained(&db, &d);
     assert_eq!(

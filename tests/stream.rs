@@ -113,6 +113,31 @@ fn captures_without_rowid_tables_with_composite_text_keys() {
 }
 
 #[test]
+fn captures_a_key_changed_only_in_case_or_trailing_spaces() {
+    // Under NOCASE and RTRIM the old and new key compare equal in SQLite, but they are other
+    // keys on Postgres: the old row must leave (issue 15's first find).
+    let (_src, db) = replicate(
+        "CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER) WITHOUT ROWID;
+         CREATE TABLE codes (code TEXT COLLATE RTRIM PRIMARY KEY, n INTEGER);
+         INSERT INTO tags VALUES ('Rust', 1), ('Go', 2);
+         INSERT INTO codes VALUES ('A1', 1);",
+        &[
+            "UPDATE tags SET name = 'rust' WHERE name = 'Rust'",
+            "UPDATE codes SET code = 'A1  ' WHERE code = 'A1'",
+        ],
+        &[("tags", "name"), ("codes", "code")],
+    );
+    let names: Vec<String> = db
+        .client()
+        .query("SELECT name FROM tags ORDER BY name", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["Go", "rust"]);
+}
+
+#[test]
 fn captures_delete_of_a_whole_table_and_writes_from_several_connections() {
     let (src, db) = replicate(CLIENTS, &["DELETE FROM clients"], &[("clients", "id")]);
     let n: i64 = scalar(&mut db.client(), "SELECT count(*) FROM clients");

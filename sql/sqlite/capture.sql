@@ -8,7 +8,7 @@
 --   {table}        the captured table          {id}     its changelog id
 --   {trigger}      the trigger's name          {slots}  k1, k2, ... (one per key column)
 --   {new_key}      NEW."a", NEW."b"            {old_key} OLD."a", OLD."b"
---   {key_columns}  "a", "b"                    {key_changed} OLD."a" IS NOT NEW."a" OR ...
+--   {key_columns}  "a", "b"                    {key_changed} OLD."a" IS NOT NEW."a" COLLATE BINARY OR ...
 
 -- @key_insert  A row appeared: its key.
 DROP TRIGGER IF EXISTS {trigger};

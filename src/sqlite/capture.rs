@@ -660,6 +660,14 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             " OR ",
         )
     };
+    // A key changed only in case (NOCASE) or trailing spaces (RTRIM) is another key on
+    // Postgres: the key's own collation must not hide the change.
+    let key_changed = list(
+        keys.iter()
+            .map(|k| format!("OLD.{q} IS NOT NEW.{q} COLLATE BINARY", q = quote_ident(k)))
+            .collect(),
+        " OR ",
+    );
     let base: Vec<(&'static str, String)> = vec![
         ("table", quote_ident(&t.name)),
         ("id", id.to_string()),
@@ -673,7 +681,7 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             "key_columns",
             list(keys.iter().map(|k| quote_ident(k)).collect(), ", "),
         ),
-        ("key_changed", changed(&keys.iter().collect::<Vec<_>>())),
+        ("key_changed", key_changed),
         ("t_key", row("t")),
     ];
     let render = |name: &str, extra: &[(&'static str, String)]| {

@@ -23,7 +23,13 @@ pub struct RowReader {
 impl RowReader {
     /// Reads `columns` of `table` by its `keys`.
     pub fn new(table: &str, keys: &[String], columns: &[&str]) -> RowReader {
-        let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        // The key columns come last, to be compared byte for byte: a NOCASE or RTRIM key finds
+        // the row spelled otherwise too ('rust' finds 'Rust'), which is another key in Postgres.
+        let cols: Vec<String> = columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .chain(keys.iter().map(|k| quote_ident(k)))
+            .collect();
         let cond: Vec<String> = keys
             .iter()
             .enumerate()
@@ -266,6 +272,12 @@ pub fn read_row_by_key(
     for i in 0..n {
         let v: SqlValue<'_> = to_sql_value(row.get_ref(i).map_err(err)?);
         values.push(v.to_owned_value());
+    }
+    if !reader.images {
+        let found = values.split_off(n - reader.key_len);
+        if found != key {
+            return Ok(None);
+        }
     }
     Ok(Some(values))
 }
