@@ -137,6 +137,74 @@ fn captures_a_key_changed_only_in_case_or_trailing_spaces() {
     assert_eq!(names, ["Go", "rust"]);
 }
 
+/// id, total, label, shown.
+type Line = (i64, Option<f64>, Option<String>, Option<String>);
+
+#[test]
+fn generated_columns_are_computed_by_postgres_and_never_written() {
+    let (src, db) = replicate(
+        "CREATE TABLE lines (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL,
+           total REAL GENERATED ALWAYS AS (qty * price) STORED,
+           label TEXT AS (upper(name) || ':' || qty),
+           shown TEXT AS (printf('%.2f', price)));
+         INSERT INTO lines (name, qty, price) VALUES ('tea', 2, 1.25), ('Café', 3, 0.1), (NULL, NULL, 2.5);",
+        &[
+            "INSERT INTO lines (name, qty, price) VALUES ('jam', 7, 0.3), ('gone', 1, 1.0)",
+            "UPDATE lines SET qty = qty + 1, name = 'mint' WHERE id = 1",
+            "DELETE FROM lines WHERE id = 5",
+        ],
+        &[("lines", "id")],
+    );
+    let mut c = db.client();
+    let generated: Vec<(String, bool)> = c
+        .query(
+            "SELECT column_name::text, is_generated = 'ALWAYS' FROM information_schema.columns
+             WHERE table_name = 'lines' AND column_name IN ('total', 'label', 'shown') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // printf() does not translate: that column holds SQLite's values instead.
+    assert_eq!(
+        generated,
+        [
+            ("label".into(), true),
+            ("shown".into(), false),
+            ("total".into(), true)
+        ]
+    );
+    let compare = |c: &mut postgres::Client| {
+        let conn = src.conn();
+        let mut st = conn
+            .prepare("SELECT id, total, label, shown FROM lines ORDER BY id")
+            .unwrap();
+        let want: Vec<Line> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let got: Vec<Line> = c
+            .query("SELECT id, total, label, shown FROM lines ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        assert_eq!(got, want);
+    };
+    compare(&mut c);
+    // A row written on Postgres (as the app does after the cutover) gets them computed.
+    c.batch_execute(
+        "INSERT INTO lines (id, name, qty, price, shown) VALUES (10, 'oat', 4, 0.7, '0.70')",
+    )
+    .unwrap();
+    let total: f64 = scalar(&mut c, "SELECT total FROM lines WHERE id = 10");
+    assert_eq!(total, 4.0 * 0.7);
+    let label: String = scalar(&mut c, "SELECT label FROM lines WHERE id = 10");
+    assert_eq!(label, "OAT:4");
+}
+
 #[test]
 fn captures_delete_of_a_whole_table_and_writes_from_several_connections() {
     let (src, db) = replicate(CLIENTS, &["DELETE FROM clients"], &[("clients", "id")]);

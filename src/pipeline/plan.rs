@@ -371,14 +371,6 @@ fn plan_create(
                 .to_string(),
             );
         }
-        if c.generated {
-            finding(
-                Severity::Warning,
-                &c.name,
-                "generated column becomes a plain column holding the computed values".into(),
-                "add the generation expression in Postgres by hand if the app relies on it",
-            );
-        }
         if matches!(c.decl_type.trim(), "") {
             note = Some("no declared type: values of any class become text".into());
         }
@@ -407,6 +399,7 @@ fn plan_create(
             not_null: c.not_null,
             default,
             identity,
+            generated: None,
         });
         columns.push(ColumnPlan {
             source: c.name.clone(),
@@ -419,16 +412,63 @@ fn plan_create(
             note,
         });
     }
+    let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
+    // Generated columns whose expression translates are computed by Postgres, over the plain
+    // columns (Postgres' generated columns cannot name one another), and never written: they
+    // leave the copied columns. The others stay plain columns holding SQLite's values.
+    let is_generated = |name: &str| t.columns.iter().any(|c| c.generated && c.name == name);
+    let plain: Vec<ColumnPlan> = columns
+        .iter()
+        .filter(|c| !is_generated(&c.source))
+        .cloned()
+        .collect();
+    let plain_scope = scope_of(t, &plain, &declared);
+    let mut computed = Vec::new();
+    for (i, c) in t.columns.iter().enumerate().filter(|(_, c)| c.generated) {
+        let translated = declared
+            .generated
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&c.name))
+            .ok_or_else(|| "its expression could not be read".to_string())
+            .and_then(|(_, e)| expr::value_for(e, &plain_scope, &column_defs[i].ty));
+        match translated {
+            Ok(pg) => {
+                finding(
+                    Severity::Info,
+                    &c.name,
+                    format!(
+                        "generated column becomes GENERATED ALWAYS AS ({pg}) STORED: Postgres computes it, and its values are not copied"
+                    ),
+                    "",
+                );
+                column_defs[i].generated = Some(pg);
+                column_defs[i].default = None;
+                computed.push(c.name.clone());
+            }
+            Err(why) => finding(
+                Severity::Warning,
+                &c.name,
+                format!(
+                    "generated column becomes a plain column holding the computed values: {why}"
+                ),
+                "add the generation expression in Postgres by hand if the app relies on it",
+            ),
+        }
+    }
+    columns.retain(|c| !computed.contains(&c.source));
     let col_index = |name: &str| {
         columns
             .iter()
             .position(|c: &ColumnPlan| c.source.eq_ignore_ascii_case(name))
     };
     // A key holding NULLs cannot be a Postgres primary key; the table is followed by row images.
-    let pk_columns: &[usize] = if t.null_in_primary_key {
-        &[]
+    let pk_columns: Vec<usize> = if t.null_in_primary_key {
+        Vec::new()
     } else {
-        &t.primary_key
+        t.primary_key
+            .iter()
+            .filter_map(|i| col_index(&t.columns[*i].name))
+            .collect()
     };
     let primary_key: Vec<String> = pk_columns
         .iter()
@@ -436,8 +476,9 @@ fn plan_create(
         .collect();
     let mut unique_keys = Vec::new();
     if !pk_columns.is_empty() {
-        unique_keys.push(pk_columns.to_vec());
+        unique_keys.push(pk_columns.clone());
     }
+    let scope = scope_of(t, &columns, &declared);
     let mut indexes = Vec::new();
     for ix in &t.indexes {
         let cols: Option<Vec<String>> = ix
@@ -472,15 +513,34 @@ fn plan_create(
         } else {
             ddl::truncate_ident(&ix.name)
         };
-        if ix.where_clause.is_some() {
-            findings.push(Finding {
-                severity: Severity::Info,
-                table: t.name.clone(),
-                column: None,
-                message: format!("partial index {} keeps its WHERE clause as written in SQLite", ix.name),
-                hint: "if Postgres rejects the predicate, the run reports it and goes on without the index".into(),
-            });
-        }
+        // A partial index's predicate is an expression like any other: translated exactly, or
+        // the index is left out (a lookalike predicate would index other rows).
+        let where_clause = match ix
+            .where_clause
+            .as_deref()
+            .map(|w| expr::parse(w).and_then(|e| expr::condition(&e, &scope)))
+        {
+            None => None,
+            Some(Ok(pg)) => Some(pg),
+            Some(Err(why)) => {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    table: t.name.clone(),
+                    column: None,
+                    message: format!(
+                        "partial {}index {} is not created: its WHERE clause does not translate: {why}",
+                        if ix.unique { "unique " } else { "" },
+                        ix.name
+                    ),
+                    hint: if ix.unique {
+                        "create it in Postgres by hand, or Postgres accepts the duplicates SQLite refuses".into()
+                    } else {
+                        "create it in Postgres by hand if queries need it".into()
+                    },
+                });
+                continue;
+            }
+        };
         indexes.push(IndexDef {
             name,
             unique: ix.unique,
@@ -493,7 +553,7 @@ fn plan_create(
             } else {
                 Vec::new()
             },
-            where_clause: ix.where_clause.clone(),
+            where_clause,
         });
     }
     // A NOCASE or RTRIM primary key is unique by the folded value too: a second index says so.
@@ -507,8 +567,7 @@ fn plan_create(
             where_clause: None,
         });
     }
-    let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
-    let checks = plan_checks(t, &scope_of(t, &columns, &declared), &declared);
+    let checks = plan_checks(t, &scope, &declared);
     let mut foreign_keys = Vec::new();
     for fk in &t.foreign_keys {
         let Some(parent) = selected

@@ -346,6 +346,20 @@ async fn follow_shape(
                 ));
                 continue;
             };
+            if let Some(g) = &c.generated {
+                // Computed by Postgres now; an earlier build made it a plain column that
+                // the copy no longer writes: it is made again, generated (it moves last).
+                if !tc.generated {
+                    must.push((
+                        format!(
+                            "ALTER TABLE {q} DROP COLUMN {col}, ADD COLUMN {col} {} GENERATED ALWAYS AS ({g}) STORED",
+                            c.ty.sql()
+                        ),
+                        format!("make column {} a generated column", c.name),
+                    ));
+                }
+                continue;
+            }
             // Key and identity columns too: 0.1.0 made INTEGER keys 32-bit.
             if tc.ty != c.ty {
                 must.push((

@@ -109,6 +109,8 @@ pub struct Declared {
     pub checks: Vec<CheckDecl>,
     /// (column, collation) for columns declared with COLLATE.
     pub collations: Vec<(String, String)>,
+    /// (column, expression) for generated columns.
+    pub generated: Vec<(String, Expr)>,
 }
 
 /// Reads the CHECKs and collations of a CREATE TABLE; `Err` says why it cannot be parsed.
@@ -131,6 +133,10 @@ pub fn declared(sql: &str) -> std::result::Result<Declared, String> {
                 ColumnOption::Collation(name) => out
                     .collations
                     .push((col.name.value.clone(), name.to_string())),
+                ColumnOption::Generated {
+                    generation_expr: Some(e),
+                    ..
+                } => out.generated.push((col.name.value.clone(), e.clone())),
                 _ => {}
             }
         }
