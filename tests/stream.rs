@@ -137,6 +137,49 @@ fn captures_a_key_changed_only_in_case_or_trailing_spaces() {
     assert_eq!(names, ["Go", "rust"]);
 }
 
+#[test]
+fn capture_triggers_of_an_earlier_build_are_replaced_on_a_nocase_key() {
+    let src = SqliteFile::new(
+        "CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER) WITHOUT ROWID;
+         INSERT INTO tags VALUES ('Rust', 1), ('Go', 2);",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert!(d.stop());
+    // What an earlier sqlite2pg installed: the old and new key compared under NOCASE.
+    let conn = src.conn();
+    let (name, sql): (String, String) = conn
+        .query_row(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%ak%'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the key-moved trigger");
+    assert!(sql.contains(" COLLATE BINARY"), "{sql}");
+    conn.execute_batch(&format!(
+        "DROP TRIGGER \"{name}\"; {}",
+        sql.replace(" COLLATE BINARY", "")
+    ))
+    .unwrap();
+    drop(conn);
+    // Missed by that trigger: only the new spelling reaches the changelog.
+    sqlite3_shell(
+        &src.path,
+        "UPDATE tags SET name = 'rust' WHERE name = 'Rust'",
+    );
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut db.client(), "tags", "name");
+    assert!(
+        d.log_text()
+            .contains("compare a NOCASE or RTRIM key under its collation"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.stop());
+}
+
 /// id, total, label, shown.
 type Line = (i64, Option<f64>, Option<String>, Option<String>);
 

@@ -324,6 +324,21 @@ fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'s
             "its capture triggers were gone (the table was dropped or rebuilt, e.g. by a migration)",
         ));
     }
+    if t.key_collations.iter().any(|c| c != "BINARY") {
+        let moved: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                [format!("{TRIGGER_PREFIX}ak_{id}")],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(ctx("read a capture trigger"))?;
+        if moved.is_some_and(|sql| !sql.contains("COLLATE BINARY")) {
+            return Ok(Some(
+                "its capture triggers, made by an earlier sqlite2pg, compare a NOCASE or RTRIM key under its collation and miss a key changed only in case or trailing spaces",
+            ));
+        }
+    }
     let recorded: Option<String> = conn
         .query_row(
             &format!("SELECT value FROM {META} WHERE key = ?1"),
