@@ -458,7 +458,7 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     let (plan, _client) = rt.block_on(plan::load(cfg))?;
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
-    let report = check::run(&conn, &plan, cfg.chunk_rows)?;
+    let report = check::run(&conn, &plan, &cfg.target_schema, cfg.chunk_rows)?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;

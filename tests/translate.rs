@@ -70,9 +70,9 @@ fn scope() -> Scope {
         decl_type: decl.into(),
         collation,
     };
-    Scope {
-        table: "t".into(),
-        columns: vec![
+    Scope::table(
+        "t",
+        vec![
             col("i", "INTEGER", PgType::Int8, Collation::Binary),
             col("r", "REAL", PgType::Float8, Collation::Binary),
             col("s", "TEXT", PgType::Text, Collation::Binary),
@@ -80,7 +80,7 @@ fn scope() -> Scope {
             col("w", "TEXT", PgType::Text, Collation::Rtrim),
             col("b", "BLOB", PgType::Bytea, Collation::Binary),
         ],
-    }
+    )
 }
 
 /// Expressions over the inputs; every one must translate.

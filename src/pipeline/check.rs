@@ -158,7 +158,7 @@ fn hint_for(kind: ProblemKind) -> &'static str {
 }
 
 /// Scans every row of every planned table and assembles the report.
-pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> {
+pub fn run(conn: &Connection, plan: &Plan, schema: &str, chunk_rows: usize) -> Result<Report> {
     let mut problems: Vec<ValueProblem> = Vec::new();
     let mut tables = Vec::new();
     for t in &plan.tables {
@@ -191,9 +191,10 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
     let sources: Vec<crate::model::SourceTable> =
         plan.tables.iter().map(|t| t.source.clone()).collect();
     let behaviours = crate::sqlite::semantics::read(conn, &sources)?;
+    let views = super::views::translate(conn, plan, schema)?;
     let behaviour_findings: Vec<Finding> = behaviours
         .iter()
-        .map(|o| behaviour_finding(o, plan))
+        .map(|o| behaviour_finding(o, plan, &views))
         .collect();
     let behaviour_count = behaviour_findings
         .iter()
@@ -224,7 +225,11 @@ pub fn run(conn: &Connection, plan: &Plan, chunk_rows: usize) -> Result<Report> 
 
 /// What SQLite does for the app, and whether Postgres will do it after the cutover: an INFO
 /// for what sqlite2pg carries over, a WARNING with what to do for what it does not.
-fn behaviour_finding(o: &crate::sqlite::semantics::AppObject, plan: &Plan) -> Finding {
+fn behaviour_finding(
+    o: &crate::sqlite::semantics::AppObject,
+    plan: &Plan,
+    views: &[super::views::ViewPlan],
+) -> Finding {
     use crate::sqlite::semantics::Kind;
     let col = o.column.as_deref().unwrap_or("");
     let table = plan.tables.iter().find(|t| t.source.name == o.table);
@@ -277,10 +282,23 @@ fn behaviour_finding(o: &crate::sqlite::semantics::AppObject, plan: &Plan) -> Fi
             ),
             "queries that rely on it compare translate(col, 'ABC..Z', 'abc..z') on Postgres".into(),
         ),
-        Kind::View => (
-            "view is not created on Postgres: queries against it fail after the cutover".into(),
-            format!("create it on Postgres by hand, in Postgres' SQL: {}", o.sql),
-        ),
+        Kind::View => match views.iter().find(|v| v.name == o.name).map(|v| &v.create) {
+            Some(Ok(create)) => {
+                severity = Severity::Info;
+                (
+                    format!("view is created on Postgres by `cutover`, before its fence (unless one of that name is there already): {create}"),
+                    String::new(),
+                )
+            }
+            Some(Err(why)) => (
+                format!("view is not created on Postgres: {why}. Queries against it fail after the cutover"),
+                format!("create it on Postgres by hand, in Postgres' SQL: {}", o.sql),
+            ),
+            None => (
+                "view is not created on Postgres: queries against it fail after the cutover".into(),
+                format!("create it on Postgres by hand, in Postgres' SQL: {}", o.sql),
+            ),
+        },
         Kind::Trigger => (
             format!(
                 "the app's trigger {} is not created on Postgres: what it does stops after the cutover",
@@ -685,7 +703,7 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
         if report.behaviours_kept > 0 {
             writeln!(
                 out,
-                "{} CHECK constraint(s) and unique collation(s) are carried to Postgres (notes above)",
+                "{} CHECK constraint(s), unique collation(s) and view(s) are carried to Postgres (notes above)",
                 report.behaviours_kept
             )?;
         }

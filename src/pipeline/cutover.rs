@@ -19,7 +19,7 @@ use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::OwnedValue;
 use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
-use crate::pg::{reverse, sequences, state};
+use crate::pg::{qualified, reverse, sequences, state};
 use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture};
 
@@ -295,19 +295,15 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
     };
     // What stops happening once the app writes on Postgres, named again (`check` lists all).
     let sources: Vec<_> = plan.tables.iter().map(|t| t.source.clone()).collect();
-    for o in crate::sqlite::semantics::read(&conn, &sources)? {
-        match o.kind {
-            crate::sqlite::semantics::Kind::Trigger => tracing::warn!(
-                trigger = %o.name,
-                table = %o.table,
-                "the app's trigger is not on Postgres: what it does stops after the cutover (port it by hand; `sqlite2pg check` lists it)"
-            ),
-            crate::sqlite::semantics::Kind::View => tracing::warn!(
-                view = %o.name,
-                "this view is not on Postgres: queries against it fail after the cutover (create it by hand; `sqlite2pg check` lists it)"
-            ),
-            _ => {}
-        }
+    for o in crate::sqlite::semantics::read(&conn, &sources)?
+        .into_iter()
+        .filter(|o| o.kind == crate::sqlite::semantics::Kind::Trigger)
+    {
+        tracing::warn!(
+            trigger = %o.name,
+            table = %o.table,
+            "the app's trigger is not on Postgres: what it does stops after the cutover (port it by hand; `sqlite2pg check` lists it)"
+        );
     }
     drop(conn);
     let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
@@ -400,11 +396,52 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
         );
     }
 
+    create_views(client, plan, opts).await?;
+
     Ok(Ready {
         installed,
         daemon_running: st.daemon_running,
         kept,
     })
+}
+
+/// Creates the app's views that translate, in the order they read one another, unless one of
+/// that name is already on Postgres (the app's migrations made it, or an earlier cutover that
+/// was refused later): it is left as it is. Before the fence: a view changes no write.
+async fn create_views(client: &Client, plan: &Plan, opts: &Options) -> Result<()> {
+    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let views = crate::pipeline::views::translate(&conn, plan, &opts.schema)?;
+    drop(conn);
+    for v in views {
+        let sql = match v.create {
+            Ok(sql) => sql,
+            Err(why) => {
+                tracing::warn!(view = %v.name, reason = %why, "this view is not on Postgres: queries against it fail after the cutover (create it by hand; `sqlite2pg check` lists it)");
+                continue;
+            }
+        };
+        let name = qualified(&opts.schema, &crate::pg::ddl::truncate_ident(&v.name));
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .map_err(|e| Error::from_pg(format!("cannot look for view {}", v.name), e))?
+            .get(0);
+        if exists {
+            tracing::info!(view = %v.name, "a relation of this name is already on Postgres: left as it is");
+            continue;
+        }
+        match client.batch_execute(&sql).await {
+            Ok(()) => tracing::info!(view = %v.name, "view created on Postgres"),
+            Err(e) => {
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string());
+                tracing::warn!(view = %v.name, reason = %why, sql = %sql, "Postgres refused this view: queries against it fail after the cutover (create it by hand)");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Raises the fence, drains, verifies, moves sequences and records the cutover; the window.

@@ -13,6 +13,7 @@ pub mod snapshot;
 pub mod status;
 pub mod stream;
 pub mod verify;
+pub mod views;
 pub mod watch;
 
 /// Now, in seconds since the Unix epoch (0 if the clock is before it).

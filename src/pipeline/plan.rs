@@ -94,6 +94,12 @@ impl TablePlan {
     pub fn target_columns(&self) -> Vec<String> {
         self.columns.iter().map(|c| c.target.clone()).collect()
     }
+
+    /// The copied columns as SQLite expressions name them (a view reading this table).
+    pub fn expr_columns(&self) -> Vec<expr::Column> {
+        let declared = crate::sqlite::semantics::declared(&self.source.sql).unwrap_or_default();
+        expr_columns(&self.columns, &declared)
+    }
 }
 
 /// A table that is not copied, and why.
@@ -641,24 +647,26 @@ fn plan_create(
 
 /// The columns a CHECK of table `t` may name, as Postgres has them.
 fn scope_of(t: &SourceTable, columns: &[ColumnPlan], declared: &Declared) -> expr::Scope {
-    expr::Scope {
-        table: t.name.clone(),
-        columns: columns
-            .iter()
-            .map(|c| expr::Column {
-                name: c.source.clone(),
-                target: c.target.clone(),
-                ty: c.conv.ty.clone(),
-                decl_type: c.decl_type.clone(),
-                collation: declared
-                    .collations
-                    .iter()
-                    .find(|(col, _)| col.eq_ignore_ascii_case(&c.source))
-                    .and_then(|(_, name)| Collation::named(name))
-                    .unwrap_or(Collation::Binary),
-            })
-            .collect(),
-    }
+    expr::Scope::table(&t.name, expr_columns(columns, declared))
+}
+
+/// Copied columns as SQLite expressions see them: name, type and declared collation.
+fn expr_columns(columns: &[ColumnPlan], declared: &Declared) -> Vec<expr::Column> {
+    columns
+        .iter()
+        .map(|c| expr::Column {
+            name: c.source.clone(),
+            target: c.target.clone(),
+            ty: c.conv.ty.clone(),
+            decl_type: c.decl_type.clone(),
+            collation: declared
+                .collations
+                .iter()
+                .find(|(col, _)| col.eq_ignore_ascii_case(&c.source))
+                .and_then(|(_, name)| Collation::named(name))
+                .unwrap_or(Collation::Binary),
+        })
+        .collect()
 }
 
 /// The table's CHECK constraints, each named as Postgres would name it unless SQLite's

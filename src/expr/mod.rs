@@ -18,6 +18,8 @@ use sqlparser::tokenizer::Token;
 use crate::model::PgType;
 use crate::pg::quote_ident;
 
+pub mod view;
+
 /// Why an expression has no exact translation.
 pub type Why = String;
 
@@ -71,13 +73,36 @@ pub struct Column {
     pub collation: Collation,
 }
 
-/// The columns an expression may name (none for a DEFAULT).
+/// A table (or view) an expression may read.
 #[derive(Debug, Clone, Default)]
-pub struct Scope {
-    /// The table's name, for qualified references.
-    pub table: String,
+pub struct Relation {
+    /// The name the SQL calls it by (its alias, if it has one).
+    pub name: String,
+    /// How Postgres' SQL qualifies its columns; `None` in a one-table expression (a CHECK).
+    pub qualifier: Option<String>,
     /// Its columns.
     pub columns: Vec<Column>,
+}
+
+/// What an expression may name: one table's columns (a CHECK), several (a view), or none
+/// (a DEFAULT).
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// The relations, in FROM order.
+    pub relations: Vec<Relation>,
+}
+
+impl Scope {
+    /// The columns of one table, named unqualified in Postgres' SQL.
+    pub fn table(name: &str, columns: Vec<Column>) -> Scope {
+        Scope {
+            relations: vec![Relation {
+                name: name.to_string(),
+                qualifier: None,
+                columns,
+            }],
+        }
+    }
 }
 
 /// The storage class of an expression's value, as SQLite has it.
@@ -253,15 +278,11 @@ fn node(e: &Expr, s: &Scope) -> Result<T, Why> {
             if id.quote_style == Some('\'') {
                 return Ok(text_literal(&id.value));
             }
-            column(&id.value, id.quote_style, s)
+            column(None, &id.value, id.quote_style, s)
         }
         Expr::CompoundIdentifier(parts) => match parts.as_slice() {
-            [table, col] if table.value.eq_ignore_ascii_case(&s.table) => {
-                column(&col.value, col.quote_style, s)
-            }
-            _ => Err(format!(
-                "{e} names another table's column (only this table's columns are translated)"
-            )),
+            [table, col] => column(Some(&table.value), &col.value, col.quote_style, s),
+            _ => Err(format!("{e} names a column of another schema")),
         },
         Expr::UnaryOp { op, expr } => {
             let t = node(expr, s)?;
@@ -446,25 +467,43 @@ fn number(n: &str) -> Result<T, Why> {
     Ok(t)
 }
 
-fn column(name: &str, quote: Option<char>, s: &Scope) -> Result<T, Why> {
-    let Some(c) = s.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)) else {
-        return Err(if quote == Some('"') {
+fn column(table: Option<&str>, name: &str, quote: Option<char>, s: &Scope) -> Result<T, Why> {
+    let mut found = s
+        .relations
+        .iter()
+        .filter(|r| table.is_none_or(|t| r.name.eq_ignore_ascii_case(t)))
+        .flat_map(|r| {
+            r.columns
+                .iter()
+                .filter(|c| c.name.eq_ignore_ascii_case(name))
+                .map(move |c| (r, c))
+        });
+    let Some((relation, c)) = found.next() else {
+        return Err(if let Some(t) = table {
+            format!("{t}.{name} names no column of the tables read here")
+        } else if quote == Some('"') {
             format!(
                 "\"{name}\" names no column: SQLite reads it as the string '{name}', Postgres as a column"
             )
-        } else if s.columns.is_empty() {
+        } else if s.relations.iter().all(|r| r.columns.is_empty()) {
             format!("{name} is not a value")
         } else {
             format!("no column is named {name}")
         });
     };
+    if found.next().is_some() {
+        return Err(format!("{name} names a column of more than one table"));
+    }
     if c.decl_type.trim().is_empty() {
         return Err(format!(
             "column {} has no declared type: its values are of any class in SQLite and text in Postgres",
             c.name
         ));
     }
-    let q = quote_ident(&c.target);
+    let q = match &relation.qualifier {
+        Some(r) => format!("{}.{}", quote_ident(r), quote_ident(&c.target)),
+        None => quote_ident(&c.target),
+    };
     let (sql, kind, wide) = match &c.ty {
         PgType::Int8 => (q, Kind::Int, true),
         PgType::Int2 | PgType::Int4 => (q, Kind::Int, false),
@@ -882,6 +921,18 @@ fn function(e: &Expr, f: &Function, s: &Scope) -> Result<T, Why> {
         return Err(format!("{e} is not translated"));
     }
     let name = f.name.to_string().to_ascii_lowercase();
+    if let FunctionArguments::List(l) = &f.args
+        && name == "count"
+        && l.duplicate_treatment.is_none()
+        && matches!(
+            l.args.as_slice(),
+            [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)]
+        )
+    {
+        let mut t = T::new("count(*)".into(), Kind::Int);
+        t.wide = true;
+        return Ok(t);
+    }
     let args = args_of(e, f, s)?;
     let n = args.len();
     let arity = |ok: bool| {
@@ -1023,6 +1074,55 @@ fn function(e: &Expr, f: &Function, s: &Scope) -> Result<T, Why> {
         )),
         "round" => Err(format!(
             "{e}: SQLite's round() rounds halves away from zero in decimal, Postgres' round(double precision) to even"
+        )),
+        // Aggregates (in a view).
+        "count" => {
+            arity(n == 1)?;
+            let mut t = call("count", &args, Kind::Int);
+            t.wide = true;
+            Ok(t)
+        }
+        "sum" | "avg" => {
+            arity(n == 1)?;
+            match args[0].kind {
+                // SQLite sums integers in 64 bits (an error past them, as Postgres' cast) and
+                // divides that sum as a double; Postgres' numeric result, cast, is the same.
+                Kind::Int | Kind::Cond => {
+                    let a = args[0].clone().number();
+                    let (sql, kind) = if name == "sum" {
+                        (format!("sum({})::int8", a.sql), Kind::Int)
+                    } else {
+                        (format!("avg({})::float8", a.sql), Kind::Real)
+                    };
+                    let mut t = T::new(sql, kind);
+                    t.wide = kind == Kind::Int;
+                    Ok(t)
+                }
+                other => Err(format!(
+                    "{e}: {name}() of {}: SQLite adds doubles in its own order and with its own error correction, Postgres in another",
+                    other.name()
+                )),
+            }
+        }
+        "min" | "max" if n == 1 => {
+            let a = args[0].clone().number();
+            match a.kind {
+                Kind::Int | Kind::Real | Kind::Numeric | Kind::Blob | Kind::Null => {
+                    let mut t = call(&name, std::slice::from_ref(&a), a.kind);
+                    t.wide = a.wide;
+                    Ok(t)
+                }
+                Kind::Text if collation_of(&a, &a) == Collation::Binary => Ok(T::new(
+                    format!("{name}({} COLLATE \"C\")", a.sql),
+                    Kind::Text,
+                )),
+                _ => Err(format!(
+                    "{e}: {name}() of text under NOCASE or RTRIM picks one spelling of equal values in SQLite's own way"
+                )),
+            }
+        }
+        "total" | "group_concat" | "string_agg" => Err(format!(
+            "{e}: {name}() (REAL sums and concatenation order follow SQLite's own rules)"
         )),
         "max" | "min" if n >= 2 => Err(format!(
             "{e}: SQLite's multi-argument {name}() is NULL when an argument is, Postgres' GREATEST/LEAST skip NULLs"
@@ -1286,9 +1386,9 @@ mod tests {
             decl_type: decl.into(),
             collation,
         };
-        Scope {
-            table: "t".into(),
-            columns: vec![
+        Scope::table(
+            "t",
+            vec![
                 col("qty", "INTEGER", PgType::Int8, Collation::Binary),
                 col("price", "REAL", PgType::Float8, Collation::Binary),
                 col("email", "TEXT", PgType::Text, Collation::Nocase),
@@ -1302,7 +1402,7 @@ mod tests {
                 col("anything", "", PgType::Text, Collation::Binary),
                 col("born", "DATE", PgType::Date, Collation::Binary),
             ],
-        }
+        )
     }
 
     fn cond(sql: &str) -> Result<String, Why> {
