@@ -59,6 +59,7 @@ fn inputs() -> Vec<Input> {
         (11, Some(10), Some(10.0), Some("ß and ǅ"), Some(b"a\x00b")),
         (12, Some(5), Some(-0.0), Some("trailing   "), Some(b"A")),
         (13, Some(-9), Some(-1e300), Some("%"), Some(b"")),
+        (14, Some(42), Some(42.0), Some("42"), Some(b"42")),
     ]
 }
 
@@ -106,6 +107,16 @@ const EXPRESSIONS: &[&str] = &[
     "w < 'b'",
     "b = x'616263'",
     "b < x'61'",
+    // a literal compared with a column takes the column's affinity
+    "s = 42",
+    "42 = s",
+    "s < 5",
+    "s = -1",
+    "i = '42'",
+    "i > '7'",
+    "'42' = i",
+    "r = '42'",
+    "n = 42",
     "i IS NULL",
     "i IS NOT NULL",
     "i IS 3",
@@ -234,7 +245,7 @@ fn pg_side(c: &mut postgres::Client, pg: &str, kind: Kind, from: &str) -> Result
         Kind::Real => "float8",
         Kind::Text | Kind::Null => "text",
         Kind::Blob => "bytea",
-        Kind::Numeric => return Err("no NUMERIC column in the inputs".into()),
+        Kind::Numeric | Kind::Opaque => return Err(format!("no {kind:?} column in the inputs")),
     };
     let sql = format!("SELECT ({pg})::{ty} {from}");
     let rows = c.query(sql.as_str(), &[]).map_err(|x| {

@@ -215,6 +215,12 @@ pub fn translate(
                         selected[i] = sort_key(&t);
                     }
                 }
+                if t.kind == Kind::Opaque {
+                    return Err(format!(
+                        "ORDER BY {}: SQLite orders its text, Postgres its values",
+                        Kind::Opaque.name()
+                    ));
+                }
                 let desc = matches!(term.options.sort, Some(OrderBySort::Desc));
                 // SQLite sorts NULLs first ascending, last descending, unless told.
                 let nulls_first = term.options.nulls_first.unwrap_or(!desc);
@@ -268,22 +274,29 @@ pub fn translate(
         .iter()
         .zip(names)
         .map(|(t, name)| {
-            let kind = if t.kind == Kind::Cond {
-                Kind::Int
-            } else {
-                t.kind
+            use crate::typemap::Affinity as A;
+            let ty = match t.kind {
+                Kind::Int | Kind::Cond => PgType::Int8,
+                Kind::Real => PgType::Float8,
+                Kind::Numeric => PgType::Numeric { typmod: None },
+                Kind::Text | Kind::Null => PgType::Text,
+                Kind::Blob => PgType::Bytea,
+                Kind::Opaque => t.opaque.clone().unwrap_or(PgType::Text),
+            };
+            // A view's column has the affinity of the column it shows, and none for an
+            // expression (declared BLOB: no conversion).
+            let decl_type = match t.affinity {
+                Some(A::Integer) => "INTEGER",
+                Some(A::Text) => "TEXT",
+                Some(A::Real) => "REAL",
+                Some(A::Numeric) => "NUMERIC",
+                Some(A::Blob) | None => "BLOB",
             };
             Column {
                 name: name.clone(),
                 target: name.clone(),
-                ty: match kind {
-                    Kind::Int | Kind::Cond => PgType::Int8,
-                    Kind::Real => PgType::Float8,
-                    Kind::Numeric => PgType::Numeric { typmod: None },
-                    Kind::Text | Kind::Null => PgType::Text,
-                    Kind::Blob => PgType::Bytea,
-                },
-                decl_type: kind.name().to_string(),
+                ty,
+                decl_type: decl_type.to_string(),
                 collation: t.coll.map(|(c, _)| c).unwrap_or(Collation::Binary),
             }
         })
@@ -382,6 +395,12 @@ fn all_columns(r: &Relation, scope: &Scope) -> Result<Vec<T>, Why> {
 /// DISTINCT and GROUP BY compare by equality: the same in both for every class, but text
 /// under NOCASE or RTRIM groups spellings SQLite keeps apart from Postgres.
 fn equality_as_sqlite(t: &T, what: &str) -> Result<(), Why> {
+    if t.kind == Kind::Opaque {
+        return Err(format!(
+            "{what} on {}: it is text in SQLite and another type in Postgres",
+            Kind::Opaque.name()
+        ));
+    }
     match t.coll {
         Some((c, _)) if t.kind == Kind::Text && c != Collation::Binary => Err(format!(
             "{what} on text under NOCASE or RTRIM: SQLite groups spellings Postgres keeps apart"
