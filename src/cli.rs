@@ -883,7 +883,7 @@ fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
                 return Ok::<_, crate::error::Error>(false);
             }
             let (plan, _) = plan::load(cfg).await?;
-            let tables: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
+            let tables: Vec<String> = plan.targets();
             // Before the cutover Postgres keeps its copy and state (a later run goes on); only
             // the capture a refused cutover left on its tables goes.
             if !cut_over {

@@ -64,13 +64,7 @@ fn inputs() -> Vec<Input> {
 }
 
 fn scope() -> Scope {
-    let col = |name: &str, decl: &str, ty: PgType, collation| Column {
-        name: name.into(),
-        target: name.into(),
-        ty,
-        decl_type: decl.into(),
-        collation,
-    };
+    let col = Column::new;
     Scope::table(
         "t",
         vec![

@@ -73,6 +73,19 @@ pub struct Column {
     pub collation: Collation,
 }
 
+impl Column {
+    /// A column named alike in both databases.
+    pub fn new(name: &str, decl_type: &str, ty: PgType, collation: Collation) -> Column {
+        Column {
+            name: name.to_string(),
+            target: name.to_string(),
+            ty,
+            decl_type: decl_type.to_string(),
+            collation,
+        }
+    }
+}
+
 /// A table (or view) an expression may read.
 #[derive(Debug, Clone, Default)]
 pub struct Relation {
@@ -1440,13 +1453,7 @@ mod tests {
     use super::*;
 
     fn scope() -> Scope {
-        let col = |name: &str, decl: &str, ty: PgType, collation| Column {
-            name: name.into(),
-            target: name.into(),
-            ty,
-            decl_type: decl.into(),
-            collation,
-        };
+        let col = Column::new;
         Scope::table(
             "t",
             vec![

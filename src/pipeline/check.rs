@@ -188,9 +188,7 @@ pub fn run(conn: &Connection, plan: &Plan, schema: &str, chunk_rows: usize) -> R
         });
     }
     let mut findings = plan.findings.clone();
-    let sources: Vec<crate::model::SourceTable> =
-        plan.tables.iter().map(|t| t.source.clone()).collect();
-    let behaviours = crate::sqlite::semantics::read(conn, &sources)?;
+    let behaviours = crate::sqlite::semantics::read(conn, plan.tables.iter().map(|t| &t.source))?;
     let views = super::views::translate(conn, plan, schema)?;
     let behaviour_findings: Vec<Finding> = behaviours
         .iter()

@@ -294,8 +294,7 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
         ));
     };
     // What stops happening once the app writes on Postgres, named again (`check` lists all).
-    let sources: Vec<_> = plan.tables.iter().map(|t| t.source.clone()).collect();
-    for o in crate::sqlite::semantics::read(&conn, &sources)?
+    for o in crate::sqlite::semantics::read(&conn, plan.tables.iter().map(|t| &t.source))?
         .into_iter()
         .filter(|o| o.kind == crate::sqlite::semantics::Kind::Trigger)
     {
@@ -654,7 +653,7 @@ async fn finish(
     let missing =
         reverse::missing_capture(&tx, &opts.schema, &super::reverse::captured(plan)).await?;
     reverse::install_capture(&tx, &opts.schema, &missing).await?;
-    let targets: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
+    let targets: Vec<String> = plan.targets();
     reverse::record_pg_only(&tx, &opts.schema, &targets).await?;
     let done_at = super::now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;

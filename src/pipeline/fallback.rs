@@ -55,10 +55,6 @@ fn refuse(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::State, msg)
 }
 
-fn table_names(plan: &Plan) -> Vec<String> {
-    plan.tables.iter().map(|t| t.target.clone()).collect()
-}
-
 /// The steps `--dry-run` prints.
 pub async fn describe(client: &Client, plan: &Plan, opts: &Options) -> Result<Vec<String>> {
     ready(client).await?;
@@ -153,7 +149,7 @@ async fn no_new_columns(client: &Client, plan: &Plan, schema: &str) -> Result<()
 async fn no_new_tables(client: &Client, plan: &Plan, opts: &Options) -> Result<()> {
     let mut holding = Vec::new();
     for (name, has_rows) in
-        reverse::tables_since_cutover(client, &opts.schema, &table_names(plan)).await?
+        reverse::tables_since_cutover(client, &opts.schema, &plan.targets()).await?
     {
         if has_rows {
             holding.push(name);
@@ -185,7 +181,7 @@ pub async fn abort(client: &mut Client, plan: &Plan, opts: &Options) -> Result<b
     let was = reverse::fence_state(&*client)
         .await?
         .is_some_and(|f| f.active);
-    reverse::unfence(client, &opts.schema, &table_names(plan)).await?;
+    reverse::unfence(client, &opts.schema, &plan.targets()).await?;
     Ok(was)
 }
 
@@ -322,7 +318,7 @@ pub async fn run(
             "interrupted (SIGINT/SIGTERM) before the fence: nothing was changed, and the app writes to Postgres as before",
         ));
     };
-    let tables = table_names(plan);
+    let tables = plan.targets();
     let holder = super::fence_holder("fallback");
     let fenced = reverse::fence(
         client,

@@ -127,6 +127,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The Postgres names of the moved tables.
+    pub fn targets(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.target.clone()).collect()
+    }
+
     /// Whether any finding is an error.
     pub fn has_errors(&self) -> bool {
         self.findings.iter().any(|f| f.severity == Severity::Error)

@@ -143,7 +143,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     follow_shape(client, plan, &opts.schema, &opts.reshaped).await?;
     // Before any row moves: a copy in key order can reference rows not copied yet, and while
     // streaming Postgres must accept every orphan SQLite holds.
-    let targets: Vec<String> = plan.tables.iter().map(|t| t.target.clone()).collect();
+    let targets: Vec<String> = plan.targets();
     let derived: Vec<(String, ddl::ForeignKeyDef)> = plan
         .tables
         .iter()
@@ -449,6 +449,26 @@ async fn follow_shape(
     Ok(())
 }
 
+/// The names `sql` lists for table `t` (`$1` the schema, `$2` the table).
+async fn names_on_table(
+    client: &Client,
+    sql: &str,
+    schema: &str,
+    t: &TablePlan,
+    what: &str,
+) -> Result<Vec<String>> {
+    Ok(client
+        .query(sql, &[&schema, &t.target])
+        .await
+        .map_err(pg_err(format!(
+            "cannot read the {what} of table {}",
+            t.target
+        )))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Indexes of a created table that the app added or dropped in SQLite (the primary key and
 /// sqlite2pg's own are left alone): drops are certain, creations only stricter.
 async fn index_changes(
@@ -458,21 +478,16 @@ async fn index_changes(
     must: &mut Vec<(String, String)>,
     stricter: &mut Vec<(String, String)>,
 ) -> Result<()> {
-    let have: Vec<String> = client
-        .query(
-            "SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-             JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2 AND NOT i.indisprimary",
-            &[&schema, &t.target],
-        )
-        .await
-        .map_err(pg_err(format!(
-            "cannot read the indexes of table {}",
-            t.target
-        )))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let have = names_on_table(
+        client,
+        "SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+         JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2 AND NOT i.indisprimary",
+        schema,
+        t,
+        "indexes",
+    )
+    .await?;
     for name in have
         .iter()
         .filter(|n| !t.indexes.iter().any(|ix| &ix.name == *n))
@@ -500,21 +515,16 @@ async fn check_changes(
     must: &mut Vec<(String, String)>,
     stricter: &mut Vec<(String, String)>,
 ) -> Result<()> {
-    let have: Vec<String> = client
-        .query(
-            "SELECT k.conname::text FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2 AND k.contype = 'c'",
-            &[&schema, &t.target],
-        )
-        .await
-        .map_err(pg_err(format!(
-            "cannot read the CHECK constraints of table {}",
-            t.target
-        )))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let have = names_on_table(
+        client,
+        "SELECT k.conname::text FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2 AND k.contype = 'c'",
+        schema,
+        t,
+        "CHECK constraints",
+    )
+    .await?;
     let want: Vec<(&String, &String, &String)> = t
         .checks
         .iter()

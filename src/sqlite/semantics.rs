@@ -1,8 +1,7 @@
 //! What the app's schema makes SQLite do beyond holding values: CHECK constraints, collations
-//! that change how values compare (NOCASE, RTRIM), views, and the app's own triggers.
-//! sqlite2pg does not carry these to Postgres yet; `check` and `cutover` name each one, so
-//! none is lost without a word. CHECK expressions and column collations are read with a real
-//! SQL parser (`sqlparser`), not by searching the text.
+//! that change how values compare (NOCASE, RTRIM), generated columns, views, and the app's own
+//! triggers, read with a real SQL parser (`sqlparser`), not by searching the text. The plan
+//! carries what translates exactly (`crate::expr`); `check` and `cutover` name the rest.
 
 use rusqlite::Connection;
 use sqlparser::ast::{ColumnOption, Expr, Statement, TableConstraint};
@@ -50,9 +49,12 @@ fn sqlite_err(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
 }
 
 /// Every such object in the file, for the tables given (views and triggers of any table).
-pub fn read(conn: &Connection, tables: &[SourceTable]) -> Result<Vec<AppObject>> {
+pub fn read<'a>(
+    conn: &Connection,
+    tables: impl IntoIterator<Item = &'a SourceTable>,
+) -> Result<Vec<AppObject>> {
     let mut out = Vec::new();
-    for t in tables.iter().filter(|t| t.kind == TableKind::Plain) {
+    for t in tables.into_iter().filter(|t| t.kind == TableKind::Plain) {
         from_create_table(t, &mut out);
         unique_collations(conn, t, &mut out)?;
     }
