@@ -1533,6 +1533,30 @@ mod tests {
         assert!(cond("qty / 2 > 1").is_ok());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// Token soup from SQLite's expression grammar: parsed or refused, never a panic, and
+        /// what translates is never empty.
+        #[test]
+        fn translation_never_panics(tokens in proptest::collection::vec(proptest::sample::select(vec![
+            "qty", "price", "email", "name", "born", "amount", "t.qty", "(", ")", "+", "-", "*",
+            "/", "%", "||", "=", "<>", "<", ">=", "AND", "OR", "NOT", "IS", "NULL", "'a'", "'5'",
+            "1", "2.5", "0", "CASE", "WHEN", "THEN", "ELSE", "END", "length(", "substr(", ",",
+            "COLLATE", "NOCASE", "LIKE", "GLOB", "'x%'", "IN", "BETWEEN", "typeof(", "iif(",
+            "strftime('%Y-%m-%d %H:%M:%f', 'now'", "datetime('now', '+1 day'", "CAST(", "AS",
+            "INTEGER", "TEXT", "REAL", "count(*)", "sum(", "min(", "x'00'", "ESCAPE", "'!'",
+        ]), 1..14)) {
+            let sql = tokens.join(" ");
+            if let Ok(e) = parse(&sql) {
+                if let Ok(t) = translate(&e, &scope()) {
+                    proptest::prop_assert!(!t.sql.is_empty());
+                }
+                let _ = condition(&e, &scope());
+                let _ = value_for(&e, &Scope::default(), &PgType::Text);
+            }
+        }
+    }
+
     #[test]
     fn translates_date_defaults() {
         let v = |sql: &str, ty: PgType| value_for(&parse(sql).unwrap(), &Scope::default(), &ty);
