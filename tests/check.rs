@@ -324,6 +324,8 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
         CREATE VIEW big_orders AS SELECT * FROM "Order Details" WHERE qty > 10;
         CREATE TRIGGER users_touch AFTER UPDATE ON users
           BEGIN UPDATE users SET updated_at = datetime('now') WHERE id = NEW.id; END;
+        CREATE TRIGGER users_stamp AFTER INSERT ON users
+          BEGIN UPDATE users SET updated_at = datetime('now', 'localtime') WHERE id = NEW.id; END;
         INSERT INTO users VALUES (1, 'A@x.org', 'a', NULL);
         INSERT INTO tags VALUES ('Rust', 1);
         INSERT INTO plain VALUES (1, 'Ab');
@@ -343,11 +345,12 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
         "note: tags.name: unique under COLLATE NOCASE in SQLite",
         "note: plain.code: unique under COLLATE NOCASE in SQLite",
         "note: big_orders: view is created on Postgres by `cutover`, before its fence (unless one of that name is there already): CREATE VIEW \"public\".\"big_orders\" (\"id\", \"qty\", \"price\", \"discount\", \"note\", \"made\") AS SELECT",
-        "WARNING: users: the app's trigger users_touch is not created on Postgres",
-        "fix: port it to a PL/pgSQL trigger by hand: CREATE TRIGGER users_touch",
+        "note: users: the app's trigger users_touch is ported to PL/pgSQL and created by `cutover`, in the transaction that records it",
+        "WARNING: users: the app's trigger users_stamp is not created on Postgres: statement 1: SET updated_at: ",
+        "fix: port it to a PL/pgSQL trigger by hand: CREATE TRIGGER users_stamp",
         "WARNING: tags.name: declared COLLATE NOCASE",
         "but Postgres will not do 4 thing(s) SQLite does for the app",
-        "6 CHECK constraint(s), unique collation(s) and view(s) are carried to Postgres",
+        "7 CHECK constraint(s), unique collation(s), view(s) and trigger(s) are carried to Postgres",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
     }
@@ -359,15 +362,15 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
     let out = sqlite2pg(&["--source", p, "check", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["behaviours"], 4, "{report:#}");
-    assert_eq!(report["behaviours_kept"], 6, "{report:#}");
+    assert_eq!(report["behaviours_kept"], 7, "{report:#}");
 
-    // The cutover names the trigger again, and creates the view.
+    // The cutover names the trigger it does not port again, and creates the view.
     let db = TestDb::new();
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
     let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
     assert!(out.status.success(), "{}", text(&out));
-    for needle in ["the app's trigger is not on Postgres", "users_touch"] {
+    for needle in ["the app's trigger is not ported to Postgres", "users_stamp"] {
         assert!(
             text(&out).contains(needle),
             "missing {needle:?}:\n{}",
@@ -410,6 +413,14 @@ fn check_names_what_postgres_will_not_do_for_the_app() {
         .expect("a row the CHECKs accept");
     let made: String = scalar(&mut c, r#"SELECT made FROM "Order Details" WHERE id = 5"#);
     let big: i64 = scalar(&mut c, "SELECT count(*) FROM big_orders");
+    // The ported trigger stamps the row the app changes, in SQLite's text form.
+    c.batch_execute("UPDATE users SET name = 'z' WHERE id = 1")
+        .expect("the ported trigger runs");
+    let stamp: String = scalar(&mut c, "SELECT updated_at FROM users WHERE id = 1");
+    assert!(
+        stamp.len() == 19 && stamp.as_bytes()[10] == b' ' && stamp.starts_with("20"),
+        "{stamp}"
+    );
     assert_eq!(big, 0);
     let shape = made.len() == 23
         && made.bytes().enumerate().all(|(i, b)| match i {

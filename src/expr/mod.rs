@@ -18,6 +18,7 @@ use sqlparser::tokenizer::Token;
 use crate::model::PgType;
 use crate::pg::quote_ident;
 
+pub mod trigger;
 pub mod view;
 
 /// Why an expression has no exact translation.
@@ -95,6 +96,9 @@ pub struct Relation {
     pub qualifier: Option<String>,
     /// Its columns.
     pub columns: Vec<Column>,
+    /// A trigger's NEW or OLD row: named only with its qualifier, which Postgres' SQL writes
+    /// as the PL/pgSQL record of that name.
+    pub record: bool,
 }
 
 /// What an expression may name: one table's columns (a CHECK), several (a view), or none
@@ -113,6 +117,7 @@ impl Scope {
                 name: name.to_string(),
                 qualifier: None,
                 columns,
+                record: false,
             }],
         }
     }
@@ -280,6 +285,8 @@ pub fn value_for(e: &Expr, scope: &Scope, ty: &PgType) -> Result<String, Why> {
             return Ok(format!("({})::{}", t.sql, ty.sql()));
         }
         (Kind::Blob, PgType::Bytea) => true,
+        // A date, JSON or UUID column copied as it is: SQLite's text converts to the value.
+        (Kind::Opaque, _) => t.opaque.as_ref() == Some(ty),
         _ => false,
     };
     if !ok {
@@ -501,7 +508,10 @@ fn column(table: Option<&str>, name: &str, quote: Option<char>, s: &Scope) -> Re
     let mut found = s
         .relations
         .iter()
-        .filter(|r| table.is_none_or(|t| r.name.eq_ignore_ascii_case(t)))
+        .filter(|r| match table {
+            Some(t) => r.name.eq_ignore_ascii_case(t),
+            None => !r.record,
+        })
         .flat_map(|r| {
             r.columns
                 .iter()
@@ -531,6 +541,7 @@ fn column(table: Option<&str>, name: &str, quote: Option<char>, s: &Scope) -> Re
         ));
     }
     let q = match &relation.qualifier {
+        Some(r) if relation.record => format!("{r}.{}", quote_ident(&c.target)),
         Some(r) => format!("{}.{}", quote_ident(r), quote_ident(&c.target)),
         None => quote_ident(&c.target),
     };

@@ -380,6 +380,7 @@ fn relation(
         name: as_name.clone(),
         qualifier: Some(as_name),
         columns,
+        record: false,
     });
     Ok(sql)
 }

@@ -190,9 +190,10 @@ pub fn run(conn: &Connection, plan: &Plan, schema: &str, chunk_rows: usize) -> R
     let mut findings = plan.findings.clone();
     let behaviours = crate::sqlite::semantics::read(conn, plan.tables.iter().map(|t| &t.source))?;
     let views = super::views::translate(conn, plan, schema)?;
+    let triggers = super::triggers::translate(conn, plan, schema)?;
     let behaviour_findings: Vec<Finding> = behaviours
         .iter()
-        .map(|o| behaviour_finding(o, plan, &views))
+        .map(|o| behaviour_finding(o, plan, &views, &triggers))
         .collect();
     let behaviour_count = behaviour_findings
         .iter()
@@ -227,6 +228,7 @@ fn behaviour_finding(
     o: &crate::sqlite::semantics::AppObject,
     plan: &Plan,
     views: &[super::views::ViewPlan],
+    triggers: &[super::triggers::TriggerPlan],
 ) -> Finding {
     use crate::sqlite::semantics::Kind;
     let col = o.column.as_deref().unwrap_or("");
@@ -297,13 +299,32 @@ fn behaviour_finding(
                 format!("create it on Postgres by hand, in Postgres' SQL: {}", o.sql),
             ),
         },
-        Kind::Trigger => (
-            format!(
-                "the app's trigger {} is not created on Postgres: what it does stops after the cutover",
-                o.name
+        Kind::Trigger => match triggers.iter().find(|t| t.name == o.name).map(|t| &t.port) {
+            Some(Ok(p)) => {
+                severity = Severity::Info;
+                (
+                    format!(
+                        "the app's trigger {} is ported to PL/pgSQL and created by `cutover`, in the transaction that records it (unless one of that name is on the table already): {}",
+                        o.name, p.trigger
+                    ),
+                    String::new(),
+                )
+            }
+            Some(Err(why)) => (
+                format!(
+                    "the app's trigger {} is not created on Postgres: {why}. What it does stops after the cutover",
+                    o.name
+                ),
+                format!("port it to a PL/pgSQL trigger by hand: {}", o.sql),
             ),
-            format!("port it to a PL/pgSQL trigger by hand: {}", o.sql),
-        ),
+            None => (
+                format!(
+                    "the app's trigger {} is not created on Postgres: what it does stops after the cutover",
+                    o.name
+                ),
+                format!("port it to a PL/pgSQL trigger by hand: {}", o.sql),
+            ),
+        },
         Kind::Unreadable => (
             format!(
                 "its CREATE TABLE could not be parsed ({}): CHECK constraints and collations in it are not listed",
@@ -701,7 +722,7 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
         if report.behaviours_kept > 0 {
             writeln!(
                 out,
-                "{} CHECK constraint(s), unique collation(s) and view(s) are carried to Postgres (notes above)",
+                "{} CHECK constraint(s), unique collation(s), view(s) and trigger(s) are carried to Postgres (notes above)",
                 report.behaviours_kept
             )?;
         }

@@ -17,6 +17,7 @@ use super::stream::{self, End};
 use super::verify;
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
+use crate::expr::trigger::Ported;
 use crate::model::OwnedValue;
 use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
 use crate::pg::{qualified, reverse, sequences, state};
@@ -276,6 +277,8 @@ struct Ready {
     daemon_running: bool,
     /// Foreign keys kept aside while streaming, added back once cut over.
     kept: Vec<KeptForeignKey>,
+    /// The app's triggers, created with the record.
+    triggers: Vec<Ported>,
 }
 
 /// Everything checked and caught up before the fence goes up (nothing here changes what the
@@ -293,17 +296,7 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
             "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
         ));
     };
-    // What stops happening once the app writes on Postgres, named again (`check` lists all).
-    for o in crate::sqlite::semantics::read(&conn, plan.tables.iter().map(|t| &t.source))?
-        .into_iter()
-        .filter(|o| o.kind == crate::sqlite::semantics::Kind::Trigger)
-    {
-        tracing::warn!(
-            trigger = %o.name,
-            table = %o.table,
-            "the app's trigger is not on Postgres: what it does stops after the cutover (port it by hand; `sqlite2pg check` lists it)"
-        );
-    }
+    let triggers = super::triggers::translate(&conn, plan, &opts.schema)?;
     drop(conn);
     let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
     if st.phase != RunPhase::Streaming {
@@ -396,11 +389,13 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
     }
 
     create_views(client, plan, opts).await?;
+    let triggers = triggers_to_create(client, triggers).await?;
 
     Ok(Ready {
         installed,
         daemon_running: st.daemon_running,
         kept,
+        triggers,
     })
 }
 
@@ -443,6 +438,49 @@ async fn create_views(client: &Client, plan: &Plan, opts: &Options) -> Result<()
     Ok(())
 }
 
+/// The app's triggers that go on Postgres with the cutover's record: each one ported, not
+/// there already, and accepted by Postgres in a trial transaction (rolled back) now, so that
+/// inside the window none is refused. The others are named with the reason.
+async fn triggers_to_create(
+    client: &mut Client,
+    triggers: Vec<super::triggers::TriggerPlan>,
+) -> Result<Vec<Ported>> {
+    let mut out = Vec::new();
+    for t in triggers {
+        let port = match t.port {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(trigger = %t.name, table = %t.table, reason = %why, "the app's trigger is not ported to Postgres: what it does stops after the cutover (port it by hand; `sqlite2pg check` lists it)");
+                continue;
+            }
+        };
+        if super::triggers::exists(&*client, &port).await? {
+            tracing::info!(trigger = %t.name, table = %t.table, "a trigger of this name is on the table in Postgres already: left as it is");
+            continue;
+        }
+        let trial = client
+            .transaction()
+            .await
+            .map_err(|e| Error::from_pg("cannot start trying the app's triggers", e))?;
+        trial
+            .batch_execute("SET LOCAL lock_timeout = '10s'")
+            .await
+            .map_err(|e| Error::from_pg("cannot start trying the app's triggers", e))?;
+        let tried = super::triggers::create(&trial, &port).await;
+        trial
+            .rollback()
+            .await
+            .map_err(|e| Error::from_pg("cannot end the trial of the app's triggers", e))?;
+        match tried {
+            Ok(()) => out.push(port),
+            Err(why) => {
+                tracing::warn!(trigger = %t.name, table = %t.table, reason = %why, sql = %port.function, "Postgres refused the ported trigger: what it does stops after the cutover (port it by hand)");
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Raises the fence, drains, verifies, moves sequences and records the cutover; the window.
 async fn fence_and_switch(
     client: &mut Client,
@@ -451,17 +489,12 @@ async fn fence_and_switch(
     interrupt: &Shutdown,
     ready: Ready,
 ) -> Result<Outcome> {
-    let Ready {
-        installed,
-        daemon_running,
-        kept,
-    } = ready;
     // The window opens here.
     let fenced_at = super::now_secs();
     let started = Instant::now();
     let mut rw = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
     let holder = super::fence_holder("cutover");
-    capture::fence(&mut rw, &installed.tables, &holder, opts.lease)?;
+    capture::fence(&mut rw, &ready.installed.tables, &holder, opts.lease)?;
     let keeper = LeaseKeeper::start(opts, &holder)?;
     tracing::info!(holder = %holder, lease_secs = opts.lease.as_secs_f64(), "SQLite writes fenced");
     // Past this point the cutover is being recorded: a signal no longer interrupts it.
@@ -477,15 +510,7 @@ async fn fence_and_switch(
         Ok(())
     };
     let result = {
-        let work = finish(
-            client,
-            plan,
-            opts,
-            &installed,
-            daemon_running,
-            fenced_at,
-            &commit_point,
-        );
+        let work = finish(client, plan, opts, &ready, fenced_at, &commit_point);
         tokio::pin!(work);
         tokio::select! {
             r = &mut work => r,
@@ -533,7 +558,7 @@ async fn fence_and_switch(
                 window_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "cut over"
             );
-            outcome.foreign_keys = kept;
+            outcome.foreign_keys = ready.kept;
             Ok(outcome)
         }
         Err(e) => {
@@ -585,11 +610,11 @@ async fn finish(
     client: &mut Client,
     plan: &Plan,
     opts: &Options,
-    installed: &capture::Installed,
-    daemon_running: bool,
+    ready: &Ready,
     fenced_at: f64,
     commit_point: &dyn Fn() -> Result<()>,
 ) -> Result<Outcome> {
+    let (installed, daemon_running) = (&ready.installed, ready.daemon_running);
     // Drain: the running daemon applies the last changes; otherwise drain here.
     let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
     let newest = catch_up(
@@ -655,6 +680,20 @@ async fn finish(
     reverse::install_capture(&tx, &opts.schema, &missing).await?;
     let targets: Vec<String> = plan.targets();
     reverse::record_pg_only(&tx, &opts.schema, &targets).await?;
+    // The app's triggers start with the record: from here on Postgres runs them, SQLite no
+    // longer does (and the reverse stream writes SQLite with them off).
+    for t in &ready.triggers {
+        super::triggers::create(&tx, t).await.map_err(|why| {
+            Error::new(
+                ErrorKind::Target,
+                format!(
+                    "Postgres refused the app's trigger {} inside the window, though it took it before the fence: {why}; nothing was switched",
+                    t.name
+                ),
+            )
+        })?;
+        tracing::info!(trigger = %t.name, "the app's trigger is on Postgres");
+    }
     let done_at = super::now_secs();
     state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
     // The fence becomes permanent before the record commits: a kill between the two leaves

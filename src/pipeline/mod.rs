@@ -12,6 +12,7 @@ pub mod run;
 pub mod snapshot;
 pub mod status;
 pub mod stream;
+pub mod triggers;
 pub mod verify;
 pub mod views;
 pub mod watch;
