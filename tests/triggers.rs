@@ -12,6 +12,13 @@ const SCHEMA: &str = r#"
     CREATE TABLE audit (id INTEGER PRIMARY KEY, item INTEGER, what TEXT, qty INTEGER);
     CREATE TABLE totals (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, qty INTEGER NOT NULL);
     CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+    -- As Sakila's SQLite port writes them: the row found by rowid, on a NUMERIC primary key.
+    CREATE TABLE tags (tag_id numeric NOT NULL, name VARCHAR(20) NOT NULL,
+      last_update TIMESTAMP, PRIMARY KEY (tag_id));
+    CREATE TRIGGER tags_trigger_au AFTER UPDATE ON tags
+     BEGIN
+      UPDATE tags SET last_update = DATETIME('NOW')  WHERE rowid = new.rowid;
+     END;
     INSERT INTO totals VALUES (1, 0, 0);
     -- Writes its own row: the nested UPDATE would fire it again on Postgres, not on SQLite.
     CREATE TRIGGER items_version AFTER UPDATE ON items BEGIN
@@ -39,6 +46,7 @@ const SCHEMA: &str = r#"
 /// their effects (Postgres must not make them a second time).
 const BEFORE: &[&str] = &[
     "INSERT INTO items (id, name, qty) VALUES (1, 'pen', 5), (2, 'ink', 2)",
+    "INSERT INTO tags VALUES (1, 'red', NULL), (2.5, 'blue', NULL), (3, 'green', NULL)",
     "UPDATE items SET qty = qty + 1 WHERE id = 1",
 ];
 
@@ -51,16 +59,18 @@ const AFTER: &[&str] = &[
     "UPDATE items SET qty = qty - 10 WHERE id = 10",
     "DELETE FROM items WHERE qty < 3",
     "UPDATE items SET qty = 4 WHERE id = 11",
+    "UPDATE tags SET name = upper(name) WHERE tag_id > 2",
 ];
 
-const PORTED: &[&str] = &[
-    "items_version",
-    "items_touch",
-    "items_log",
-    "items_gone",
-    "items_qty",
-    "items_guard",
-    "items_skip",
+const PORTED: &[(&str, &str)] = &[
+    ("items", "items_version"),
+    ("items", "items_touch"),
+    ("items", "items_log"),
+    ("items", "items_gone"),
+    ("items", "items_qty"),
+    ("items", "items_guard"),
+    ("items", "items_skip"),
+    ("tags", "tags_trigger_au"),
 ];
 
 #[test]
@@ -69,8 +79,8 @@ fn the_apps_triggers_do_on_postgres_what_they_did_on_sqlite() {
     let twin = SqliteFile::new(SCHEMA);
     let p = src.path.to_str().unwrap();
     let report = text(&sqlite2pg(&["--source", p, "check"]));
-    for t in PORTED {
-        let needle = format!("note: items: the app's trigger {t} is ported to PL/pgSQL");
+    for (table, t) in PORTED {
+        let needle = format!("note: {table}: the app's trigger {t} is ported to PL/pgSQL");
         assert!(report.contains(&needle), "missing {needle:?}:\n{report}");
     }
     let refused = "WARNING: notes: the app's trigger notes_fail is not created on Postgres: statement 1: RAISE(FAIL) keeps the rows the statement already changed";
@@ -85,7 +95,7 @@ fn the_apps_triggers_do_on_postgres_what_they_did_on_sqlite() {
     }
     d.wait_caught_up();
     let mut c = db.client();
-    let names: Vec<String> = PORTED.iter().map(|t| format!("'{t}'")).collect();
+    let names: Vec<String> = PORTED.iter().map(|(_, t)| format!("'{t}'")).collect();
     let count_sql = format!(
         "SELECT count(*) FROM pg_trigger WHERE tgname IN ({})",
         names.join(", ")
@@ -98,6 +108,7 @@ fn the_apps_triggers_do_on_postgres_what_they_did_on_sqlite() {
     for t in ["items", "audit", "totals"] {
         assert_table_equal(&src.path, &mut c, t, "id");
     }
+    assert_table_equal(&src.path, &mut c, "tags", "tag_id");
 
     let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
     let log = text(&out);
@@ -129,6 +140,23 @@ fn the_apps_triggers_do_on_postgres_what_they_did_on_sqlite() {
     for t in ["items", "audit", "totals"] {
         assert_table_equal(&twin.path, &mut c, t, "id");
     }
+    let stamped = "SELECT count(*) FROM tags WHERE last_update IS NOT NULL";
+    let on_sqlite: i64 = twin.conn().query_row(stamped, [], |r| r.get(0)).unwrap();
+    assert_eq!(on_sqlite, 2, "rows found by rowid were stamped");
+    assert_eq!(scalar::<i64>(&mut c, stamped), on_sqlite);
+    let names = "SELECT string_agg(name, ',' ORDER BY tag_id) FROM tags";
+    let on_sqlite: String = twin
+        .conn()
+        .query_row(
+            &names.replace(
+                "string_agg(name, ',' ORDER BY tag_id)",
+                "group_concat(name, ',')",
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(scalar::<String>(&mut c, names), on_sqlite);
     let version: i64 = scalar(&mut c, "SELECT version FROM items WHERE id = 11");
     assert_eq!(
         version, 6,

@@ -57,7 +57,9 @@ fn verify_reports_every_kind_of_difference() {
          CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT);
          WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 3000)
          INSERT INTO t SELECT i, 'n' || i, i * 1.5, '{\"b\": 1, \"a\": [' || i || ']}', '2024-01-01 10:00:00' FROM s;
-         INSERT INTO kv VALUES ('Zeta', '1'), ('alpha', '2'), ('é', '3'), ('B', '4');",
+         INSERT INTO kv VALUES ('Zeta', '1'), ('alpha', '2'), ('é', '3'), ('B', '4');
+         CREATE TABLE nk (id NUMERIC NOT NULL PRIMARY KEY, v TEXT);
+         INSERT INTO nk VALUES (10, 'a'), (2.5, 'b'), (-3, 'c'), (1000, 'd'), (2, 'e');",
     );
     let db = TestDb::new();
     snapshot(&src.path, &db, &[]);
@@ -79,7 +81,8 @@ fn verify_reports_every_kind_of_difference() {
          UPDATE t SET at = at + interval '1 microsecond' WHERE id = 30;
          DELETE FROM t WHERE id = 2999;
          INSERT INTO t (id, name) VALUES (5000, 'ghost');
-         UPDATE kv SET v = 'x' WHERE k = 'é';",
+         UPDATE kv SET v = 'x' WHERE k = 'é';
+         UPDATE nk SET v = 'x' WHERE id = 2.5;",
     )
     .unwrap();
     let (code, report) = verify(&src.path, &db, &[]);
@@ -120,6 +123,13 @@ fn verify_reports_every_kind_of_difference() {
     assert_eq!(report["tables"][0]["differing"], 1);
     assert_eq!(report["tables"][0]["missing_in_postgres"], 0);
     assert_eq!(report["tables"][0]["examples"][0]["key"], "k='é'");
+    // A NUMERIC key (Sakila's `actor_id numeric`): integers and REALs in numeric order.
+    let (code, report) = verify(&src.path, &db, &["--tables", "nk"]);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["tables"][0]["rows_compared"], 5, "{report:#}");
+    assert_eq!(report["tables"][0]["differing"], 1, "{report:#}");
+    assert_eq!(report["tables"][0]["missing_in_postgres"], 0, "{report:#}");
+    assert_eq!(report["tables"][0]["examples"][0]["key"], "id=2.5");
     let human = sqlite2pg(&[
         "--source",
         src.path.to_str().unwrap(),

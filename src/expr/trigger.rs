@@ -66,6 +66,7 @@ enum Event {
 /// What a body statement is translated against.
 struct Ctx<'a> {
     own: &'a str,
+    event: Event,
     table: &'a Table,
     rows: Vec<Relation>,
     before: bool,
@@ -139,6 +140,7 @@ fn port(
     };
     let ctx = Ctx {
         own: &own,
+        event,
         table: &table,
         rows,
         before,
@@ -235,21 +237,34 @@ fn update(u: &Update, ctx: &Ctx) -> Result<String, Why> {
     }
     let (name, target) = written(&u.table, ctx)?;
     let scope = with_rows(&name, &target, ctx);
+    let selection = unrowid(&name, u.selection.as_ref(), ctx)?;
     let mut sets = Vec::new();
     for a in &u.assignments {
         let AssignmentTarget::ColumnName(col) = &a.target else {
             return Err("UPDATE SET (a, b) = ... is not ported".into());
         };
         let c = target_column(&target, &last_name(col))?;
+        if name.eq_ignore_ascii_case(ctx.own)
+            && ctx
+                .table
+                .key
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&c.name))
+        {
+            return Err(format!(
+                "it changes the key column {} of its own table: later rows of the statement would find other rows on each side",
+                c.name
+            ));
+        }
         let v = value_for(&a.value, &scope, &c.ty).map_err(|w| format!("SET {}: {w}", c.name))?;
         sets.push(format!("{} = {v}", quote_ident(&c.target)));
     }
-    pinned(&name, u.selection.as_ref(), ctx)?;
+    pinned(&name, selection.as_ref(), ctx)?;
     Ok(format!(
         "UPDATE {} SET {}{};",
         target.name,
         sets.join(", "),
-        where_clause(u.selection.as_ref(), &scope)?
+        where_clause(selection.as_ref(), &scope)?
     ))
 }
 
@@ -270,11 +285,12 @@ fn delete(d: &Delete, ctx: &Ctx) -> Result<String, Why> {
     };
     let (name, target) = written(table, ctx)?;
     let scope = with_rows(&name, &target, ctx);
-    pinned(&name, d.selection.as_ref(), ctx)?;
+    let selection = unrowid(&name, d.selection.as_ref(), ctx)?;
+    pinned(&name, selection.as_ref(), ctx)?;
     Ok(format!(
         "DELETE FROM {}{};",
         target.name,
-        where_clause(d.selection.as_ref(), &scope)?
+        where_clause(selection.as_ref(), &scope)?
     ))
 }
 
@@ -537,6 +553,107 @@ fn pinned(table: &str, selection: Option<&Expr>, ctx: &Ctx) -> Result<(), Why> {
     }
 }
 
+/// `rowid = NEW.rowid` in a write to the trigger's own table, as `key = NEW.key` for every
+/// primary-key column: the same row in SQLite, and Postgres has no rowid. Not for OLD in an
+/// UPDATE trigger unless the key is the rowid itself (a changed key leaves the rowid as it
+/// was, and `key = OLD.key` would find no row).
+fn unrowid(table: &str, selection: Option<&Expr>, ctx: &Ctx) -> Result<Option<Expr>, Why> {
+    let Some(e) = selection else {
+        return Ok(None);
+    };
+    if !table.eq_ignore_ascii_case(ctx.own) {
+        return Ok(Some(e.clone()));
+    }
+    let is_rowid = |n: &str| {
+        ["rowid", "_rowid_", "oid"]
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(n))
+    };
+    if ctx.table.columns.iter().any(|c| is_rowid(&c.name)) {
+        return Ok(Some(e.clone()));
+    }
+    let own_rowid = |e: &Expr| match e {
+        Expr::Identifier(id) => is_rowid(&id.value),
+        Expr::CompoundIdentifier(p) => {
+            p.len() == 2 && p[0].value.eq_ignore_ascii_case(table) && is_rowid(&p[1].value)
+        }
+        _ => false,
+    };
+    let record_rowid = |e: &Expr| match e {
+        Expr::CompoundIdentifier(p)
+            if p.len() == 2
+                && is_rowid(&p[1].value)
+                && ["NEW", "OLD"]
+                    .iter()
+                    .any(|r| p[0].value.eq_ignore_ascii_case(r)) =>
+        {
+            Some(p[0].clone())
+        }
+        _ => None,
+    };
+    let swap = |e: &Expr| -> Result<Option<Expr>, Why> {
+        let Expr::BinaryOp {
+            left,
+            op: sqlparser::ast::BinaryOperator::Eq,
+            right,
+        } = e
+        else {
+            return Ok(None);
+        };
+        let record = match (own_rowid(left), own_rowid(right)) {
+            (true, _) => record_rowid(right),
+            (_, true) => record_rowid(left),
+            _ => None,
+        };
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        if ctx.table.key.is_empty() {
+            return Err(format!(
+                "it finds its row by rowid, and {table} has no primary key that Postgres could find it by"
+            ));
+        }
+        let alias =
+            ctx.table.rowid_alias.as_ref().is_some_and(|a| {
+                ctx.table.key.len() == 1 && ctx.table.key[0].eq_ignore_ascii_case(a)
+            });
+        if record.value.eq_ignore_ascii_case("OLD") && ctx.event == Event::Update && !alias {
+            return Err(format!(
+                "it finds its row by OLD.rowid: if the UPDATE changed the primary key of {table}, the key no longer finds that row"
+            ));
+        }
+        let terms = ctx.table.key.iter().map(|k| Expr::BinaryOp {
+            left: Box::new(Expr::Identifier(sqlparser::ast::Ident::new(k))),
+            op: sqlparser::ast::BinaryOperator::Eq,
+            right: Box::new(Expr::CompoundIdentifier(vec![
+                record.clone(),
+                sqlparser::ast::Ident::new(k),
+            ])),
+        });
+        Ok(terms.reduce(|a, b| Expr::BinaryOp {
+            left: Box::new(a),
+            op: sqlparser::ast::BinaryOperator::And,
+            right: Box::new(b),
+        }))
+    };
+    fn walk(e: &Expr, swap: &dyn Fn(&Expr) -> Result<Option<Expr>, Why>) -> Result<Expr, Why> {
+        Ok(match e {
+            Expr::Nested(inner) => Expr::Nested(Box::new(walk(inner, swap)?)),
+            Expr::BinaryOp {
+                left,
+                op: sqlparser::ast::BinaryOperator::And,
+                right,
+            } => Expr::BinaryOp {
+                left: Box::new(walk(left, swap)?),
+                op: sqlparser::ast::BinaryOperator::And,
+                right: Box::new(walk(right, swap)?),
+            },
+            other => swap(other)?.unwrap_or_else(|| other.clone()),
+        })
+    }
+    walk(e, &swap).map(Some)
+}
+
 fn and_terms<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
     match e {
         Expr::Nested(inner) => and_terms(inner, out),
@@ -733,6 +850,51 @@ mod tests {
             let got = port(sql).map(|p| p.function).unwrap_err();
             assert!(got.contains(why), "{sql}: {got}");
         }
+    }
+
+    #[test]
+    fn a_row_found_by_rowid_is_found_by_its_key() {
+        let p = port(
+            "CREATE TRIGGER t AFTER UPDATE ON items BEGIN
+               UPDATE items SET updated_at = DATETIME('NOW') WHERE rowid = new.rowid; END",
+        )
+        .unwrap();
+        assert!(
+            p.function.contains("WHERE \"id\" = NEW.\"id\""),
+            "{}",
+            p.function
+        );
+        let mut keyed = items();
+        keyed.rowid_alias = None;
+        keyed.key = vec!["name".into(), "qty".into()];
+        let lookup = |_: &str| Some(keyed.clone());
+        let p = translate_trigger(
+            "CREATE TRIGGER t AFTER INSERT ON items BEGIN
+               UPDATE items SET updated_at = DATETIME('NOW') WHERE rowid = NEW.rowid; END",
+            "f",
+            &lookup,
+        )
+        .unwrap();
+        assert!(
+            p.function
+                .contains("\"name\" = NEW.\"name\" AND \"qty\" = NEW.\"qty\""),
+            "{}",
+            p.function
+        );
+        let e = translate_trigger(
+            "CREATE TRIGGER t AFTER UPDATE ON items BEGIN
+               UPDATE items SET updated_at = NULL WHERE rowid = OLD.rowid; END",
+            "f",
+            &lookup,
+        )
+        .unwrap_err();
+        assert!(e.contains("OLD.rowid"), "{e}");
+        let e = port(
+            "CREATE TRIGGER t AFTER UPDATE ON items BEGIN
+               UPDATE items SET id = NEW.id + 1 WHERE id = NEW.id; END",
+        )
+        .unwrap_err();
+        assert!(e.contains("key column id"), "{e}");
     }
 
     #[test]

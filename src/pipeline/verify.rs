@@ -158,6 +158,35 @@ fn key_from_pg(ty: &PgType, raw: &Raw, table: &str) -> Result<KeyVal> {
             let f = f64::from_bits(int(8)? as u64);
             KeyVal::Num(f, f as i64)
         }
+        // A NUMERIC-affinity key: SQLite holds an integer or a REAL, and orders both as numbers.
+        PgType::Numeric { .. } => {
+            let text = crate::pg::decode::numeric_text(b).map_err(|e| {
+                Error::new(
+                    ErrorKind::Target,
+                    format!(
+                        "a numeric key in table {table} cannot be read: {}",
+                        e.detail
+                    ),
+                )
+            })?;
+            let whole = match text.split_once('.') {
+                Some((w, f)) if f.bytes().all(|c| c == b'0') => w,
+                Some(_) => "",
+                None => text.as_str(),
+            };
+            match whole.parse::<i64>() {
+                Ok(i) => KeyVal::Num(i as f64, i),
+                Err(_) => {
+                    let f: f64 = text.parse().map_err(|_| {
+                        Error::new(
+                            ErrorKind::Target,
+                            format!("a numeric key in table {table} is not a number: {text}"),
+                        )
+                    })?;
+                    KeyVal::Num(f, f as i64)
+                }
+            }
+        }
         PgType::Text
         | PgType::Varchar { .. }
         | PgType::Bpchar { .. }

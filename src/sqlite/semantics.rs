@@ -115,9 +115,96 @@ pub struct Declared {
     pub generated: Vec<(String, Expr)>,
 }
 
+/// SQLite takes any run of words as a column's type (`BLOB SUB_TYPE TEXT` in schemas ported
+/// from Firebird); sqlparser knows only SQL's. The CREATE TABLE with each run of two or more
+/// words after a column's name written as one quoted name, or `None` when there is none. The
+/// type itself is read from `PRAGMA table_info`, not from here.
+fn join_type_words(sql: &str) -> Option<String> {
+    use sqlparser::tokenizer::{Token, Tokenizer, Word};
+    const STOP: &[&str] = &[
+        "CONSTRAINT",
+        "PRIMARY",
+        "NOT",
+        "NULL",
+        "UNIQUE",
+        "CHECK",
+        "DEFAULT",
+        "COLLATE",
+        "REFERENCES",
+        "GENERATED",
+        "AS",
+        "FOREIGN",
+    ];
+    let tokens = Tokenizer::new(&SQLiteDialect {}, sql).tokenize().ok()?;
+    let word = |t: &Token| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.clone()),
+        _ => None,
+    };
+    let stop = |t: &Token| word(t).is_none_or(|w| STOP.iter().any(|s| s.eq_ignore_ascii_case(&w)));
+    let mut out: Vec<Token> = Vec::new();
+    let mut depth = 0;
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        out.push(t.clone());
+        i += 1;
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        let starts_column = depth == 1 && matches!(t, Token::LParen | Token::Comma);
+        if !starts_column {
+            continue;
+        }
+        // The column's name, then the words of its type.
+        while i < tokens.len() && matches!(tokens[i], Token::Whitespace(_)) {
+            out.push(tokens[i].clone());
+            i += 1;
+        }
+        if i >= tokens.len() || (word(&tokens[i]).is_some() && stop(&tokens[i])) {
+            continue;
+        }
+        out.push(tokens[i].clone());
+        i += 1;
+        let mut words = Vec::new();
+        let mut j = i;
+        loop {
+            while j < tokens.len() && matches!(tokens[j], Token::Whitespace(_)) {
+                j += 1;
+            }
+            match tokens.get(j) {
+                Some(t) if !stop(t) => {
+                    words.push(word(t).unwrap_or_default());
+                    j += 1;
+                }
+                _ => break,
+            }
+        }
+        if words.len() >= 2 {
+            out.push(Token::Whitespace(sqlparser::tokenizer::Whitespace::Space));
+            out.push(Token::Word(Word {
+                value: words.join(" "),
+                quote_style: Some('"'),
+                keyword: sqlparser::keywords::Keyword::NoKeyword,
+            }));
+            i = j;
+            changed = true;
+        }
+    }
+    changed.then(|| out.iter().map(|t| t.to_string()).collect())
+}
+
 /// Reads the CHECKs and collations of a CREATE TABLE; `Err` says why it cannot be parsed.
 pub fn declared(sql: &str) -> std::result::Result<Declared, String> {
-    let parsed = Parser::parse_sql(&SQLiteDialect {}, sql);
+    let mut parsed = Parser::parse_sql(&SQLiteDialect {}, sql);
+    if parsed.is_err()
+        && let Some(joined) = join_type_words(sql)
+        && let Ok(p) = Parser::parse_sql(&SQLiteDialect {}, &joined)
+    {
+        parsed = Ok(p);
+    }
     let create = match parsed.as_deref() {
         Ok([Statement::CreateTable(c)]) => c,
         Err(e) => return Err(e.to_string()),
@@ -225,4 +312,22 @@ fn unique_collations(conn: &Connection, t: &SourceTable, out: &mut Vec<AppObject
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_type_of_several_words_does_not_hide_the_checks() {
+        let d = declared(
+            "CREATE TABLE film (id int NOT NULL, description BLOB SUB_TYPE TEXT DEFAULT NULL,
+               rating VARCHAR(10) DEFAULT 'G', PRIMARY KEY (id),
+               CONSTRAINT CHECK_rating CHECK (rating in ('G', 'PG')))",
+        )
+        .unwrap();
+        assert_eq!(d.checks.len(), 1);
+        assert_eq!(d.checks[0].name.as_deref(), Some("CHECK_rating"));
+        assert!(join_type_words("CREATE TABLE t (a INTEGER, b TEXT)").is_none());
+    }
 }
