@@ -456,9 +456,22 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if cfg.target.is_none() {
         tracing::info!("no --target: checking against the schema sqlite2pg would create");
     }
-    let (plan, _client) = rt.block_on(plan::load(cfg))?;
+    let (plan, client) = rt.block_on(plan::load(cfg))?;
+    // Tables the app's migrations made: what their schema already does is read from Postgres.
+    let target = match &client {
+        Some(c) if plan.tables.iter().any(|t| !t.create) => {
+            Some(rt.block_on(crate::pg::catalog::behaviours(c, &cfg.target_schema))?)
+        }
+        _ => None,
+    };
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
-    let report = check::run(&conn, &plan, &cfg.target_schema, cfg.chunk_rows)?;
+    let report = check::run(
+        &conn,
+        &plan,
+        &cfg.target_schema,
+        cfg.chunk_rows,
+        target.as_ref(),
+    )?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;

@@ -459,3 +459,66 @@ fn check_names_rows_that_break_a_check() {
         .collect();
     assert_eq!(keys, ["id=2", "id=4"], "{p:#}");
 }
+
+/// Tables the app's migrations made on Postgres get nothing from sqlite2pg: `check` reads what
+/// the migration declared and names only what it lacks of what SQLite does, with the SQL to add.
+#[test]
+fn check_names_what_the_apps_migration_lacks_of_what_sqlite_does() {
+    let src = SqliteFile::new(
+        r#"
+        CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT NOT NULL COLLATE NOCASE UNIQUE,
+          qty INTEGER CHECK (qty >= 0), code TEXT COLLATE NOCASE UNIQUE,
+          note TEXT CHECK (length(note) < 100), updated_at TEXT);
+        CREATE TRIGGER accounts_touch AFTER UPDATE ON accounts
+          BEGIN UPDATE accounts SET updated_at = datetime('now') WHERE id = NEW.id; END;
+        CREATE TRIGGER accounts_keep BEFORE DELETE ON accounts WHEN OLD.qty > 0
+          BEGIN SELECT RAISE(ABORT, 'accounts with stock stay'); END;
+        CREATE VIEW stocked AS SELECT id, qty FROM accounts WHERE qty > 10;
+        INSERT INTO accounts VALUES (1, 'a@x.org', 1, 'A', NULL, NULL);
+        "#,
+    );
+    let db = TestDb::new();
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL,
+           qty bigint CONSTRAINT qty_positive CHECK (qty >= 0), code text, note text,
+           updated_at text);
+         CREATE UNIQUE INDEX accounts_email_lower ON accounts (lower(email));
+         CREATE UNIQUE INDEX accounts_code ON accounts (code);
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN NEW.updated_at := now()::text; RETURN NEW; END $$;
+         CREATE TRIGGER accounts_touch BEFORE UPDATE ON accounts FOR EACH ROW
+           EXECUTE FUNCTION touch();",
+    )
+    .unwrap();
+    let p = src.path.to_str().unwrap();
+    let t = text(&sqlite2pg(&["--source", p, "--target", &db.url, "check"]));
+    for needle in [
+        "note: accounts.qty: CHECK (qty >= 0): the app's migration declares CHECK ((qty >= 0)) (qty_positive) on the same column(s) on Postgres",
+        "WARNING: accounts.note: CHECK (length(note) < 100): the Postgres table is the app's own (its migrations made it; sqlite2pg adds nothing to it), and it has no CHECK on column(s) note",
+        "fix: add it in a migration: ALTER TABLE \"accounts\" ADD CHECK (",
+        "note: accounts.email: unique under COLLATE NOCASE in SQLite; the app's migration has accounts_email_lower",
+        "WARNING: accounts.code: unique under COLLATE NOCASE in SQLite; the Postgres table is the app's own",
+        "fix: add in a migration: CREATE UNIQUE INDEX ON \"accounts\" (translate(\"code\", 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'))",
+        "note: accounts: the app's trigger accounts_touch: the app's migration made a trigger of that name on Postgres",
+        "WARNING: accounts: the app's trigger accounts_keep is not created on Postgres: the Postgres table is the app's own",
+        "fix: add it in a migration: CREATE FUNCTION \"public\".\"accounts_keep\"()",
+        "WARNING: stocked: view is not created on Postgres: it reads accounts, a table the app's migrations made on Postgres, and sqlite2pg adds nothing there; add the view in a migration: CREATE VIEW \"public\".\"stocked\"",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
+    }
+    // Nothing is added to the app's schema by the cutover either.
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.stop());
+    let added: i64 = scalar(
+        &mut c,
+        "SELECT (SELECT count(*) FROM pg_views WHERE viewname = 'stocked')
+              + (SELECT count(*) FROM pg_trigger WHERE tgname = 'accounts_keep')
+              + (SELECT count(*) FROM pg_constraint WHERE conrelid = 'accounts'::regclass
+                   AND contype = 'c' AND conname <> 'qty_positive')",
+    );
+    assert_eq!(added, 0, "sqlite2pg added to the app's schema");
+}

@@ -39,8 +39,6 @@ pub struct Table {
     pub rowid_alias: Option<String>,
     /// Columns with a DEFAULT in SQLite that Postgres does not have.
     pub lost_defaults: Vec<String>,
-    /// Whether sqlite2pg created it (a table the app's migrations made gets no trigger).
-    pub ours: bool,
 }
 
 /// A trigger in Postgres' SQL.
@@ -97,11 +95,6 @@ fn port(
     let table = lookup(&own).ok_or_else(|| {
         format!("it fires on {own}, which is not a table sqlite2pg moves (a view's INSTEAD OF trigger is not ported)")
     })?;
-    if !table.ours {
-        return Err(format!(
-            "{own} on Postgres is the app's own (its migrations made it), and sqlite2pg adds nothing to it"
-        ));
-    }
     let before = match t.period {
         None | Some(TriggerPeriod::Before) => true,
         Some(TriggerPeriod::After) => false,
@@ -731,7 +724,6 @@ mod tests {
             key: vec!["id".into()],
             rowid_alias: Some("id".into()),
             lost_defaults: Vec::new(),
-            ours: true,
         }
     }
 
@@ -745,7 +737,6 @@ mod tests {
             key: Vec::new(),
             rowid_alias: None,
             lost_defaults: vec!["at".into()],
-            ours: true,
         }
     }
 

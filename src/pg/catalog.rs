@@ -152,3 +152,105 @@ fn pg_type_from_catalog(typname: &str, typmod: i32, formatted: &str) -> PgType {
         },
     }
 }
+
+/// What the schema in Postgres already does for the app beyond holding values: read for the
+/// tables the app's migrations made, where sqlite2pg adds nothing and `check` says what the
+/// migration lacks of what SQLite does.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviours {
+    /// CHECK constraints: (table, name, definition, columns).
+    pub checks: Vec<(String, String, String, Vec<String>)>,
+    /// Unique indexes and constraints: (table, name, definition).
+    pub unique_indexes: Vec<(String, String, String)>,
+    /// Columns that compare without case: `citext`, or a nondeterministic collation.
+    pub folded_columns: Vec<(String, String)>,
+    /// Views.
+    pub views: Vec<String>,
+    /// Triggers other than Postgres' own: (table, name).
+    pub triggers: Vec<(String, String)>,
+}
+
+/// Reads [`Behaviours`] of the target schema.
+pub async fn behaviours(client: &Client, schema: &str) -> Result<Behaviours> {
+    let err = |e| {
+        Error::from_pg(
+            "cannot read the target schema's constraints, views and triggers",
+            e,
+        )
+    };
+    let mut out = Behaviours::default();
+    for r in client
+        .query(
+            "SELECT c.relname::text, con.conname::text, pg_get_constraintdef(con.oid),
+                    ARRAY(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = con.conrelid AND a.attnum = ANY (con.conkey))
+             FROM pg_constraint con
+             JOIN pg_class c ON c.oid = con.conrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND con.contype = 'c'",
+            &[&schema],
+        )
+        .await
+        .map_err(err)?
+    {
+        out.checks.push((r.get(0), r.get(1), r.get(2), r.get(3)));
+    }
+    for r in client
+        .query(
+            "SELECT c.relname::text, i.relname::text, pg_get_indexdef(x.indexrelid)
+             FROM pg_index x
+             JOIN pg_class c ON c.oid = x.indrelid
+             JOIN pg_class i ON i.oid = x.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND x.indisunique",
+            &[&schema],
+        )
+        .await
+        .map_err(err)?
+    {
+        out.unique_indexes.push((r.get(0), r.get(1), r.get(2)));
+    }
+    for r in client
+        .query(
+            "SELECT c.relname::text, a.attname::text
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_type t ON t.oid = a.atttypid
+             LEFT JOIN pg_collation co ON co.oid = a.attcollation
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0
+               AND NOT a.attisdropped
+               AND (t.typname = 'citext' OR co.collisdeterministic = false)",
+            &[&schema],
+        )
+        .await
+        .map_err(err)?
+    {
+        out.folded_columns.push((r.get(0), r.get(1)));
+    }
+    for r in client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('v', 'm')",
+            &[&schema],
+        )
+        .await
+        .map_err(err)?
+    {
+        out.views.push(r.get(0));
+    }
+    for r in client
+        .query(
+            "SELECT c.relname::text, t.tgname::text FROM pg_trigger t
+             JOIN pg_class c ON c.oid = t.tgrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND NOT t.tgisinternal",
+            &[&schema],
+        )
+        .await
+        .map_err(err)?
+    {
+        out.triggers.push((r.get(0), r.get(1)));
+    }
+    Ok(out)
+}

@@ -12,6 +12,7 @@ use super::plan::{Finding, Plan, Severity, TablePlan};
 use crate::error::{Error, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::model::{PgType, ScanKey};
+use crate::pg::catalog::Behaviours;
 use crate::pg::convert::{self, ProblemKind};
 use crate::sqlite::reader::{self, ScanQuery};
 use crate::sqlite::{audit, quote_ident};
@@ -158,7 +159,15 @@ fn hint_for(kind: ProblemKind) -> &'static str {
 }
 
 /// Scans every row of every planned table and assembles the report.
-pub fn run(conn: &Connection, plan: &Plan, schema: &str, chunk_rows: usize) -> Result<Report> {
+/// `target`: what the target schema already has (with `--target`), for the tables the app's
+/// migrations made.
+pub fn run(
+    conn: &Connection,
+    plan: &Plan,
+    schema: &str,
+    chunk_rows: usize,
+    target: Option<&Behaviours>,
+) -> Result<Report> {
     let mut problems: Vec<ValueProblem> = Vec::new();
     let mut tables = Vec::new();
     for t in &plan.tables {
@@ -193,7 +202,7 @@ pub fn run(conn: &Connection, plan: &Plan, schema: &str, chunk_rows: usize) -> R
     let triggers = super::triggers::translate(conn, plan, schema)?;
     let behaviour_findings: Vec<Finding> = behaviours
         .iter()
-        .map(|o| behaviour_finding(o, plan, &views, &triggers))
+        .map(|o| behaviour_finding(o, plan, &views, &triggers, target))
         .collect();
     let behaviour_count = behaviour_findings
         .iter()
@@ -229,11 +238,38 @@ fn behaviour_finding(
     plan: &Plan,
     views: &[super::views::ViewPlan],
     triggers: &[super::triggers::TriggerPlan],
+    target: Option<&Behaviours>,
 ) -> Finding {
     use crate::sqlite::semantics::Kind;
     let col = o.column.as_deref().unwrap_or("");
     let table = plan.tables.iter().find(|t| t.source.name == o.table);
     let created = table.is_some_and(|t| t.create);
+    let finding = |severity, message, hint| Finding {
+        severity,
+        table: o.table.clone(),
+        column: o.column.clone(),
+        message,
+        hint,
+    };
+    if let Some(t) = table.filter(|t| !t.create)
+        && let Some((severity, message, hint)) = on_app_table(o, t, triggers, target)
+    {
+        return finding(severity, message, hint);
+    }
+    if o.kind == Kind::View
+        && let Some(on_pg) = target.and_then(|b| {
+            let name = crate::pg::ddl::truncate_ident(&o.name);
+            b.views.iter().find(|v| **v == name)
+        })
+    {
+        return finding(
+            Severity::Info,
+            format!(
+                "a view {on_pg} is on Postgres already (the app's migrations made it?): left as it is"
+            ),
+            String::new(),
+        );
+    }
     let mut severity = Severity::Warning;
     let (message, hint) = match o.kind {
         Kind::Check => match table.and_then(|t| t.checks.iter().find(|c| c.source == o.name)) {
@@ -333,13 +369,181 @@ fn behaviour_finding(
             format!("read it by hand: {}", o.sql),
         ),
     };
-    Finding {
-        severity,
-        table: o.table.clone(),
-        column: o.column.clone(),
-        message,
-        hint,
-    }
+    finding(severity, message, hint)
+}
+
+/// What SQLite does for the app on a table the app's migrations made on Postgres, where
+/// sqlite2pg adds nothing: a note when the migration has it, a WARNING with the SQL to add
+/// when it does not. `None` for kinds that do not depend on the table's owner.
+fn on_app_table(
+    o: &crate::sqlite::semantics::AppObject,
+    t: &TablePlan,
+    triggers: &[super::triggers::TriggerPlan],
+    target: Option<&Behaviours>,
+) -> Option<(Severity, String, String)> {
+    use crate::sqlite::semantics::Kind;
+    let empty = Behaviours::default();
+    let b = target.unwrap_or(&empty);
+    let on_table = |tbl: &String| *tbl == t.target;
+    let target_col = |source: &str| {
+        t.columns
+            .iter()
+            .find(|c| c.source.eq_ignore_ascii_case(source))
+            .map(|c| c.target.clone())
+    };
+    let qtable = crate::pg::quote_ident(&t.target);
+    let owned = "the Postgres table is the app's own (its migrations made it; sqlite2pg adds nothing to it)";
+    Some(match o.kind {
+        Kind::Check => {
+            let mut cols = check_columns(&o.name, t);
+            cols.extend(o.column.as_deref().and_then(target_col));
+            cols.sort();
+            cols.dedup();
+            let same = b.checks.iter().find(|(tbl, _, _, c)| {
+                let mut c = c.clone();
+                c.sort();
+                on_table(tbl) && c == cols
+            });
+            match same {
+                Some((_, name, def, _)) => (
+                    Severity::Info,
+                    format!(
+                        "CHECK ({}): the app's migration declares {def} ({name}) on the same column(s) on Postgres; compare the two",
+                        o.name
+                    ),
+                    String::new(),
+                ),
+                None => {
+                    let scope = crate::expr::Scope::table(&t.source.name, t.expr_columns());
+                    let pg = crate::expr::parse(&o.name)
+                        .and_then(|e| crate::expr::condition(&e, &scope));
+                    (
+                        Severity::Warning,
+                        format!(
+                            "CHECK ({}): {owned}, and it has no CHECK on column(s) {}: after the cutover Postgres accepts rows SQLite refuses",
+                            o.name,
+                            cols.join(", ")
+                        ),
+                        match pg {
+                            Ok(pg) => format!(
+                                "add it in a migration: ALTER TABLE {qtable} ADD CHECK ({pg}) NOT VALID, then VALIDATE CONSTRAINT"
+                            ),
+                            Err(why) => format!(
+                                "add it in a migration, in Postgres' SQL (sqlite2pg has no exact translation: {why})"
+                            ),
+                        },
+                    )
+                }
+            }
+        }
+        Kind::UniqueCollation | Kind::ColumnCollation => {
+            let col = target_col(o.column.as_deref().unwrap_or(""))?;
+            let folded = b
+                .folded_columns
+                .iter()
+                .any(|(tbl, c)| on_table(tbl) && *c == col);
+            let mentions = |def: &str| {
+                def.contains(&format!("({col})"))
+                    || def.contains(&crate::pg::quote_ident(&col))
+                    || def.contains(&format!("({col},"))
+                    || def.contains(&format!(", {col})"))
+            };
+            let fold_fn = |def: &str| {
+                let d = def.to_ascii_lowercase();
+                ["lower(", "upper(", "translate(", "rtrim("]
+                    .iter()
+                    .any(|f| d.contains(f))
+            };
+            if o.kind == Kind::ColumnCollation {
+                if !folded {
+                    return None;
+                }
+                return Some((
+                    Severity::Info,
+                    format!(
+                        "declared COLLATE {}; the app's migration makes {col} compare without case on Postgres (citext or a nondeterministic collation), which also folds non-ASCII letters, unlike NOCASE",
+                        o.name
+                    ),
+                    String::new(),
+                ));
+            }
+            let index = b
+                .unique_indexes
+                .iter()
+                .find(|(tbl, _, def)| on_table(tbl) && mentions(def) && (folded || fold_fn(def)));
+            match index {
+                Some((_, name, def)) => (
+                    Severity::Info,
+                    format!(
+                        "unique under COLLATE {} in SQLite; the app's migration has {name}: {def}. If it folds with lower() or citext, it also folds non-ASCII letters (É and é), which NOCASE keeps apart",
+                        o.name
+                    ),
+                    String::new(),
+                ),
+                None => (
+                    Severity::Warning,
+                    format!(
+                        "unique under COLLATE {} in SQLite; {owned}, and it has no unique index that folds {col}: after the cutover the app can store values SQLite held as duplicates",
+                        o.name
+                    ),
+                    format!(
+                        "add in a migration: CREATE UNIQUE INDEX ON {qtable} ({})",
+                        crate::expr::Collation::named(&o.name)
+                            .unwrap_or(crate::expr::Collation::Nocase)
+                            .key(&crate::pg::quote_ident(&col))
+                    ),
+                ),
+            }
+        }
+        Kind::Trigger => {
+            let plan = triggers.iter().find(|p| p.name == o.name)?;
+            let name = crate::pg::ddl::truncate_ident(&o.name);
+            if b.triggers
+                .iter()
+                .any(|(tbl, n)| on_table(tbl) && *n == name)
+            {
+                return Some((
+                    Severity::Info,
+                    format!(
+                        "the app's trigger {}: the app's migration made a trigger of that name on Postgres",
+                        o.name
+                    ),
+                    String::new(),
+                ));
+            }
+            (
+                Severity::Warning,
+                format!(
+                    "the app's trigger {} is not created on Postgres: {owned}. What it does stops after the cutover",
+                    o.name
+                ),
+                match &plan.port {
+                    Ok(p) => format!("add it in a migration: {}; {}", p.function, p.trigger),
+                    Err(why) => format!("port it to PL/pgSQL in a migration ({why}): {}", o.sql),
+                },
+            )
+        }
+        Kind::View | Kind::Unreadable => return None,
+    })
+}
+
+/// The target names of the table's columns an expression names.
+fn check_columns(expr: &str, t: &TablePlan) -> Vec<String> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&sqlparser::dialect::SQLiteDialect {}, expr).tokenize() else {
+        return Vec::new();
+    };
+    tokens
+        .iter()
+        .filter_map(|tok| match tok {
+            Token::Word(w) => t
+                .columns
+                .iter()
+                .find(|c| c.source.eq_ignore_ascii_case(&w.value))
+                .map(|c| c.target.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn record(

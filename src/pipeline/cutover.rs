@@ -447,6 +447,10 @@ async fn triggers_to_create(
 ) -> Result<Vec<Ported>> {
     let mut out = Vec::new();
     for t in triggers {
+        if t.app_table {
+            tracing::warn!(trigger = %t.name, table = %t.table, "the app's trigger fires on a table the app's migrations made on Postgres, and sqlite2pg adds nothing there: unless the migration creates it, what it does stops after the cutover (`sqlite2pg check` shows its port)");
+            continue;
+        }
         let port = match t.port {
             Ok(p) => p,
             Err(why) => {

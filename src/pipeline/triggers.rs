@@ -19,6 +19,9 @@ pub struct TriggerPlan {
     pub name: String,
     /// The table it fires on, in SQLite.
     pub table: String,
+    /// That table on Postgres is the app's own (its migrations made it): sqlite2pg adds no
+    /// trigger to it, and `check` says whether the migration made one.
+    pub app_table: bool,
     /// Its Postgres function and trigger, or why there are none.
     pub port: std::result::Result<Ported, String>,
 }
@@ -72,17 +75,21 @@ pub fn translate(conn: &Connection, plan: &Plan, schema: &str) -> Result<Vec<Tri
             key,
             rowid_alias: s.rowid_alias.map(|i| s.columns[i].name.clone()),
             lost_defaults,
-            ours: t.create,
         })
     };
     Ok(rows
         .into_iter()
         .map(|(name, table, sql)| {
             let function = qualified(schema, &ddl::truncate_ident(&name));
+            let app_table = plan
+                .tables
+                .iter()
+                .any(|t| t.source.name.eq_ignore_ascii_case(&table) && !t.create);
             TriggerPlan {
                 port: trigger::translate_trigger(&sql, &function, &lookup),
                 name,
                 table,
+                app_table,
             }
         })
         .collect())

@@ -83,6 +83,16 @@ pub fn translate(conn: &Connection, plan: &Plan, schema: &str) -> Result<Vec<Vie
                     cols.join(", "),
                     v.select
                 );
+                // The app's migrations own those tables' schema: sqlite2pg adds nothing there.
+                if let Some(app) = view::reads(&sql).iter().find(|r| {
+                    plan.tables
+                        .iter()
+                        .any(|t| t.source.name.eq_ignore_ascii_case(r) && !t.create)
+                }) {
+                    return Err(format!(
+                        "it reads {app}, a table the app's migrations made on Postgres, and sqlite2pg adds nothing there; add the view in a migration: {create}"
+                    ));
+                }
                 done.insert(name.to_lowercase(), (qualified(schema, &target), v.columns));
                 Ok(create)
             });
