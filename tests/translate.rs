@@ -428,3 +428,99 @@ fn date_functions_of_now_give_sqlites_text_forms() {
     let seconds = (f64::from_bits(*a) - f64::from_bits(*b)).abs() * 86400.0;
     assert!(seconds < 30.0, "julianday('now') {seconds} s apart: {sql}");
 }
+
+/// Date functions over date columns: SQLite reads the column's text, Postgres the value the
+/// move made of it; the results are equal, down to SQLite's millisecond rounding (a fraction
+/// over .999 stays in its second; `.0005` is rounded through a double).
+#[test]
+fn date_functions_of_date_columns_give_sqlites_results() {
+    let src = SqliteFile::new(
+        "CREATE TABLE d (id INTEGER PRIMARY KEY, at DATETIME, tz DATETIME, day DATE);
+         INSERT INTO d VALUES
+           (1, '2024-03-01 10:00:00', '2024-03-01T10:00:00Z', '2024-02-29'),
+           (2, '2024-03-01T10:00:00', '2024-03-01 12:00:00+02:00', '2000-01-01'),
+           (3, '2024-03-01 10:00:00.123', '2024-03-01T23:30:00-05:00', '1999-12-31'),
+           (4, '2024-03-01 10:00:00.9996', '2024-12-31T23:59:59.9999Z', NULL),
+           (5, '2024-03-01 10:00:10.0005', '2024-01-01T00:00:00.0005+00:00', '2024-03-31'),
+           (6, '2024-02-29', '2024-02-29T00:00:00Z', '2024-01-31'),
+           (7, '2023-12-31 23:59:59.999', NULL, '2023-12-31'),
+           (8, '2024-03-01 10:00:00.123456', '2024-03-01T10:00:00.5+01:00', '2024-06-15'),
+           (9, NULL, '1970-01-01T00:00:00Z', '1970-01-01'),
+           (10, '1999-12-31 23:59:59.9995', '2024-03-10T02:30:00-08:00', '2024-02-28');",
+    );
+    let db = TestDb::new();
+    let out = snapshot(&src.path, &db, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = db.client();
+    let ty = |c: &mut postgres::Client, col: &str| -> PgType {
+        let t: String = scalar(
+            c,
+            &format!(
+                "SELECT data_type::text FROM information_schema.columns WHERE table_name = 'd' AND column_name = '{col}'"
+            ),
+        );
+        match t.as_str() {
+            "timestamp without time zone" => PgType::Timestamp,
+            "timestamp with time zone" => PgType::Timestamptz,
+            "date" => PgType::Date,
+            other => panic!("{col} is {other}"),
+        }
+    };
+    let scope = Scope::table(
+        "d",
+        vec![
+            Column::new("at", "DATETIME", ty(&mut c, "at"), Collation::Binary),
+            Column::new("tz", "DATETIME", ty(&mut c, "tz"), Collation::Binary),
+            Column::new("day", "DATE", ty(&mut c, "day"), Collation::Binary),
+        ],
+    );
+    // The session's zone must not matter.
+    c.batch_execute("SET TimeZone = 'Asia/Kolkata'").unwrap();
+    let conn = src.conn();
+    let mut failures = Vec::new();
+    for e in [
+        "date(at)",
+        "datetime(at)",
+        "time(at)",
+        "strftime('%Y-%m-%d %H:%M:%f', at)",
+        "strftime('%Y-%m', at)",
+        "julianday(at)",
+        "date(at, 'start of month')",
+        "datetime(at, '+1 day', '-30 minutes')",
+        "date(at) = '2024-03-01'",
+        "datetime(tz)",
+        "strftime('%H:%M:%f', tz)",
+        "julianday(tz)",
+        "date(tz, 'start of year')",
+        "date(day)",
+        "datetime(day, '+12 hours')",
+        "strftime('%Y/%j', day)",
+    ] {
+        let t = expr::translate(&expr::parse(e).unwrap(), &scope)
+            .unwrap_or_else(|why| panic!("{e}: {why}"));
+        let mut stmt = conn
+            .prepare(&format!("SELECT {e} FROM d ORDER BY id"))
+            .unwrap();
+        let want: Vec<V> = stmt
+            .query_map([], |r| Ok(sqlite_value(r.get_ref(0)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        match pg_side(&mut c, &t.sql, t.kind, "FROM d ORDER BY id") {
+            Ok(got) if got == want => {}
+            Ok(got) => failures.push(format!(
+                "{e} -> {}:\n  SQLite   {want:?}\n  Postgres {got:?}",
+                t.sql
+            )),
+            Err(why) => failures.push(format!("{e}: {why}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A text column has no such guarantee: SQLite's parser is not Postgres'.
+    let text_scope = Scope::table(
+        "d",
+        vec![Column::new("s", "TEXT", PgType::Text, Collation::Binary)],
+    );
+    let why = expr::translate(&expr::parse("date(s)").unwrap(), &text_scope).unwrap_err();
+    assert!(why.contains("own date parser"), "{why}");
+}

@@ -1153,7 +1153,7 @@ fn function(e: &Expr, f: &Function, s: &Scope) -> Result<T, Why> {
             ))
         }
         "datetime" | "date" | "time" | "julianday" | "strftime" | "current_timestamp"
-        | "current_date" | "current_time" => date_function(e, &name, f),
+        | "current_date" | "current_time" => date_function(e, &name, f, s),
         "printf" | "format" => Err(format!(
             "{e}: printf()'s conversions (%d of text, %s of a REAL, %q, widths) have no exact Postgres equivalent"
         )),
@@ -1282,6 +1282,39 @@ fn substr(e: &Expr, args: Vec<T>) -> Result<T, Why> {
 /// SQLite's 'now': the statement's time in UTC, to the millisecond.
 const NOW: &str = "date_trunc('milliseconds', statement_timestamp() AT TIME ZONE 'UTC')";
 
+/// The time a date function reads, as a Postgres timestamp in UTC to the millisecond, as
+/// SQLite computes it: 'now', or a date, time or timestamp column. SQLite reads a column's text
+/// into milliseconds as `(int)(seconds * 1000 + 0.5)` over a double whose fraction is the
+/// digits divided by their scale and capped at 0.999; the same double arithmetic runs here on
+/// the microseconds Postgres holds, so `12:00:00.9996` stays in second 0 on both sides.
+fn time_value(e: &Expr, v: &Expr, s: &Scope) -> Result<String, Why> {
+    if let Some(text) = string_arg(v) {
+        if text.eq_ignore_ascii_case("now") {
+            return Ok(NOW.to_string());
+        }
+        return Err(format!(
+            "{e}: the time value '{text}' (only 'now' and date columns are translated: SQLite reads other time values with its own parser)"
+        ));
+    }
+    let t = node(v, s)?;
+    let c = match (&t.kind, &t.opaque) {
+        (Kind::Opaque, Some(PgType::Timestamp)) => t.sql.clone(),
+        (Kind::Opaque, Some(PgType::Timestamptz)) => format!("({} AT TIME ZONE 'UTC')", t.sql),
+        (Kind::Opaque, Some(PgType::Date)) => return Ok(format!("({})::timestamp", t.sql)),
+        // A time alone is on 2000-01-01 for SQLite's date functions.
+        (Kind::Opaque, Some(PgType::Time)) => format!("('2000-01-01'::date + {})", t.sql),
+        _ => {
+            return Err(format!(
+                "{e}: the time value {v} is {}: SQLite reads text with its own date parser and numbers as Julian days; only date, time and timestamp columns are translated",
+                t.kind.name()
+            ));
+        }
+    };
+    Ok(format!(
+        "(date_trunc('minute', {c}) + trunc(((extract(microseconds from {c})::int8 / 1000000)::float8 + least((extract(microseconds from {c})::int8 % 1000000)::float8 / 1000000::float8, 0.999::float8)) * 1000::float8 + 0.5::float8)::int8 * interval '1 millisecond')"
+    ))
+}
+
 fn string_arg(x: &Expr) -> Option<&str> {
     match x {
         Expr::Value(v) => match &v.value {
@@ -1293,7 +1326,7 @@ fn string_arg(x: &Expr) -> Option<&str> {
     }
 }
 
-fn date_function(e: &Expr, name: &str, f: &Function) -> Result<T, Why> {
+fn date_function(e: &Expr, name: &str, f: &Function, s: &Scope) -> Result<T, Why> {
     let raw: Vec<&Expr> = match &f.args {
         FunctionArguments::None => Vec::new(),
         FunctionArguments::List(l) => l
@@ -1306,38 +1339,35 @@ fn date_function(e: &Expr, name: &str, f: &Function) -> Result<T, Why> {
             .collect::<Result<_, Why>>()?,
         FunctionArguments::Subquery(_) => return Err(format!("{e}: a subquery")),
     };
-    let strings: Vec<&str> = raw
-        .iter()
-        .map(|x| {
-            string_arg(x).ok_or_else(|| {
-                format!(
-                    "{e}: date functions are translated for literal arguments only (SQLite reads a column's dates with its own parser, which accepts other forms than Postgres')"
-                )
-            })
+    let literal = |x: &Expr| -> Result<String, Why> {
+        string_arg(x).map(str::to_string).ok_or_else(|| {
+            format!(
+                "{e}: the format and the modifiers of a date function are translated when they are literals"
+            )
         })
-        .collect::<Result<_, Why>>()?;
-    let (format, rest): (&str, &[&str]) = match name {
-        "current_timestamp" | "datetime" => ("%Y-%m-%d %H:%M:%S", &strings),
-        "current_date" | "date" => ("%Y-%m-%d", &strings),
-        "current_time" | "time" => ("%H:%M:%S", &strings),
-        "julianday" => ("", &strings),
-        _ => match strings.split_first() {
-            Some((fmt, rest)) => (*fmt, rest),
+    };
+    let (format, rest): (String, &[&Expr]) = match name {
+        "current_timestamp" | "datetime" => ("%Y-%m-%d %H:%M:%S".into(), &raw),
+        "current_date" | "date" => ("%Y-%m-%d".into(), &raw),
+        "current_time" | "time" => ("%H:%M:%S".into(), &raw),
+        "julianday" => (String::new(), &raw),
+        _ => match raw.split_first() {
+            Some((fmt, rest)) => (literal(fmt)?, rest),
             None => return Err(format!("{e}: strftime() without a format")),
         },
     };
-    let (value, modifiers) = match rest.split_first() {
-        Some((v, m)) => (*v, m),
-        None if name.starts_with("current_") => ("now", &[][..]),
+    let (ts, modifiers) = match rest.split_first() {
+        Some((v, m)) => (time_value(e, v, s)?, m),
+        None if name.starts_with("current_") => (NOW.to_string(), &[][..]),
         None => return Err(format!("{e}: {name}() without a time value")),
     };
-    if !value.eq_ignore_ascii_case("now") {
-        return Err(format!(
-            "{e}: the time value '{value}' (only 'now' is translated: SQLite reads other time values with its own parser)"
-        ));
-    }
-    let mut ts = NOW.to_string();
-    for m in modifiers {
+    let modifiers: Vec<String> = modifiers
+        .iter()
+        .map(|m| literal(m))
+        .collect::<Result<_, Why>>()?;
+    let format = format.as_str();
+    let mut ts = ts;
+    for m in &modifiers {
         ts = modifier(e, &ts, m)?;
     }
     if name == "julianday" {
