@@ -1,5 +1,5 @@
 #![no_main]
-//! SQLite expressions and views: any text parses or is refused, and translation never
+//! SQLite expressions, views and triggers: any text parses or is refused, and translation never
 //! panics; what translates is never empty.
 use libfuzzer_sys::fuzz_target;
 use sqlite2pg::expr::{self, Collation, Column, Scope};
@@ -27,4 +27,16 @@ fuzz_target!(|data: &str| {
         (name == "t").then(|| ("\"public\".\"t\"".to_string(), scope.relations[0].columns.clone()))
     };
     let _ = expr::view::translate(data, &["a".to_string()], &lookup);
+    let table = |name: &str| {
+        (name == "t").then(|| expr::trigger::Table {
+            name: "\"public\".\"t\"".to_string(),
+            columns: scope.relations[0].columns.clone(),
+            key: vec!["i".to_string()],
+            rowid_alias: Some("i".to_string()),
+            lost_defaults: Vec::new(),
+        })
+    };
+    if let Ok(p) = expr::trigger::translate_trigger(data, "\"public\".\"f\"", &table) {
+        assert!(p.function.starts_with("CREATE FUNCTION") && p.trigger.starts_with("CREATE TRIGGER"));
+    }
 });

@@ -297,6 +297,7 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
         ));
     };
     let triggers = super::triggers::translate(&conn, plan, &opts.schema)?;
+    let views = super::views::translate(&conn, plan, &opts.schema)?;
     drop(conn);
     let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
     if st.phase != RunPhase::Streaming {
@@ -388,7 +389,7 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
         );
     }
 
-    create_views(client, plan, opts).await?;
+    create_views(client, opts, views).await?;
     let triggers = triggers_to_create(client, triggers).await?;
 
     Ok(Ready {
@@ -402,10 +403,11 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
 /// Creates the app's views that translate, in the order they read one another, unless one of
 /// that name is already on Postgres (the app's migrations made it, or an earlier cutover that
 /// was refused later): it is left as it is. Before the fence: a view changes no write.
-async fn create_views(client: &Client, plan: &Plan, opts: &Options) -> Result<()> {
-    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-    let views = crate::pipeline::views::translate(&conn, plan, &opts.schema)?;
-    drop(conn);
+async fn create_views(
+    client: &Client,
+    opts: &Options,
+    views: Vec<super::views::ViewPlan>,
+) -> Result<()> {
     for v in views {
         let sql = match v.create {
             Ok(sql) => sql,

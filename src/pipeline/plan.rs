@@ -55,6 +55,8 @@ pub struct ColumnPlan {
     pub conv: ColumnConv,
     /// A note for the report (identity, translated default, ...).
     pub note: Option<String>,
+    /// Its declared collation (how SQLite compares its text).
+    pub collation: Collation,
 }
 
 /// One table's mapping.
@@ -97,8 +99,7 @@ impl TablePlan {
 
     /// The copied columns as SQLite expressions name them (a view reading this table).
     pub fn expr_columns(&self) -> Vec<expr::Column> {
-        let declared = crate::sqlite::semantics::declared(&self.source.sql).unwrap_or_default();
-        expr_columns(&self.columns, &declared)
+        expr_columns(&self.columns)
     }
 }
 
@@ -324,6 +325,7 @@ fn plan_create(
     cfg: &Config,
     findings: &mut Vec<Finding>,
 ) -> TablePlan {
+    let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
     let mut columns = Vec::new();
     let mut column_defs = Vec::new();
     let mut finding = |sev, col: &str, message: String, hint: &str| {
@@ -421,9 +423,9 @@ fn plan_create(
                 encoding: cast.and_then(|c| c.encoding),
             },
             note,
+            collation: declared.collation_of(&c.name),
         });
     }
-    let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
     // Generated columns whose expression translates are computed by Postgres, over the plain
     // columns (Postgres' generated columns cannot name one another), and never written: they
     // leave the copied columns. The others stay plain columns holding SQLite's values.
@@ -433,7 +435,7 @@ fn plan_create(
         .filter(|c| !is_generated(&c.source))
         .cloned()
         .collect();
-    let plain_scope = scope_of(t, &plain, &declared);
+    let plain_scope = scope_of(t, &plain);
     let mut computed = Vec::new();
     for (i, c) in t.columns.iter().enumerate().filter(|(_, c)| c.generated) {
         let translated = declared
@@ -489,7 +491,7 @@ fn plan_create(
     if !pk_columns.is_empty() {
         unique_keys.push(pk_columns.clone());
     }
-    let scope = scope_of(t, &columns, &declared);
+    let scope = scope_of(t, &columns);
     let mut indexes = Vec::new();
     for ix in &t.indexes {
         let cols: Option<Vec<String>> = ix
@@ -651,12 +653,12 @@ fn plan_create(
 }
 
 /// The columns a CHECK of table `t` may name, as Postgres has them.
-fn scope_of(t: &SourceTable, columns: &[ColumnPlan], declared: &Declared) -> expr::Scope {
-    expr::Scope::table(&t.name, expr_columns(columns, declared))
+fn scope_of(t: &SourceTable, columns: &[ColumnPlan]) -> expr::Scope {
+    expr::Scope::table(&t.name, expr_columns(columns))
 }
 
 /// Copied columns as SQLite expressions see them: name, type and declared collation.
-fn expr_columns(columns: &[ColumnPlan], declared: &Declared) -> Vec<expr::Column> {
+fn expr_columns(columns: &[ColumnPlan]) -> Vec<expr::Column> {
     columns
         .iter()
         .map(|c| expr::Column {
@@ -664,12 +666,7 @@ fn expr_columns(columns: &[ColumnPlan], declared: &Declared) -> Vec<expr::Column
             target: c.target.clone(),
             ty: c.conv.ty.clone(),
             decl_type: c.decl_type.clone(),
-            collation: declared
-                .collations
-                .iter()
-                .find(|(col, _)| col.eq_ignore_ascii_case(&c.source))
-                .and_then(|(_, name)| Collation::named(name))
-                .unwrap_or(Collation::Binary),
+            collation: c.collation,
         })
         .collect()
 }
@@ -705,6 +702,7 @@ fn plan_existing(
     cfg: &Config,
     findings: &mut Vec<Finding>,
 ) -> TablePlan {
+    let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
     let mut columns = Vec::new();
     let mut used = vec![false; tt.columns.len()];
     for c in &t.columns {
@@ -798,6 +796,7 @@ fn plan_existing(
                 encoding: cast.and_then(|c| c.encoding),
             },
             note: (tc.name != c.name).then(|| format!("matched to {} ignoring case", tc.name)),
+            collation: declared.collation_of(&c.name),
         });
     }
     for (tc, used) in tt.columns.iter().zip(used) {

@@ -488,21 +488,24 @@ async fn index_changes(
         "indexes",
     )
     .await?;
-    for name in have
+    let want: Vec<(String, String, String)> = t
+        .indexes
         .iter()
-        .filter(|n| !t.indexes.iter().any(|ix| &ix.name == *n))
-    {
-        must.push((
+        .map(|ix| {
+            (
+                ix.name.clone(),
+                ddl::create_index(schema, &t.target, ix),
+                format!("create index {}", ix.name),
+            )
+        })
+        .collect();
+    let drop = |name: &str| {
+        (
             format!("DROP INDEX {}", qualified(schema, name)),
             format!("drop index {name} (gone from SQLite)"),
-        ));
-    }
-    for ix in t.indexes.iter().filter(|ix| !have.contains(&ix.name)) {
-        stricter.push((
-            ddl::create_index(schema, &t.target, ix),
-            format!("create index {}", ix.name),
-        ));
-    }
+        )
+    };
+    reconcile(&have, &want, drop, must, stricter);
     Ok(())
 }
 
@@ -525,25 +528,48 @@ async fn check_changes(
         "CHECK constraints",
     )
     .await?;
-    let want: Vec<(&String, &String, &String)> = t
+    let q = qualified(schema, &t.target);
+    let want: Vec<(String, String, String)> = t
         .checks
         .iter()
-        .filter_map(|c| c.pg.as_ref().ok().map(|pg| (&c.name, &c.source, pg)))
+        .filter_map(|c| {
+            let pg = c.pg.as_ref().ok()?;
+            Some((
+                c.name.clone(),
+                ddl::add_check(schema, &t.target, &c.name, pg),
+                format!("add CHECK ({}) as {}", c.source, c.name),
+            ))
+        })
         .collect();
-    let q = qualified(schema, &t.target);
-    for name in have.iter().filter(|n| !want.iter().any(|(w, _, _)| w == n)) {
-        must.push((
+    let drop = |name: &str| {
+        (
             format!("ALTER TABLE {q} DROP CONSTRAINT {}", quote_ident(name)),
             format!("drop CHECK constraint {name} (gone from SQLite)"),
-        ));
-    }
-    for (name, source, pg) in want.into_iter().filter(|(n, _, _)| !have.contains(n)) {
-        stricter.push((
-            ddl::add_check(schema, &t.target, name, pg),
-            format!("add CHECK ({source}) as {name}"),
-        ));
-    }
+        )
+    };
+    reconcile(&have, &want, drop, must, stricter);
     Ok(())
+}
+
+/// Named objects of a created table brought to what SQLite declares now: `want` holds (name,
+/// the SQL that adds it, what to log). One gone from SQLite is dropped (certain); a new one is
+/// added (only stricter: it may refuse rows).
+fn reconcile(
+    have: &[String],
+    want: &[(String, String, String)],
+    drop: impl Fn(&str) -> (String, String),
+    must: &mut Vec<(String, String)>,
+    stricter: &mut Vec<(String, String)>,
+) {
+    for name in have
+        .iter()
+        .filter(|n| !want.iter().any(|(w, _, _)| w == *n))
+    {
+        must.push(drop(name));
+    }
+    for (_, sql, label) in want.iter().filter(|(n, _, _)| !have.contains(n)) {
+        stricter.push((sql.clone(), label.clone()));
+    }
 }
 
 /// Copies what `resume` says is left; `Ok(false)` when asked to stop first (every committed

@@ -110,7 +110,10 @@ pub fn translate(conn: &Connection, plan: &Plan, schema: &str) -> Result<Vec<Vie
 /// A view's column names as SQLite gives them (an expression without AS is named by its text).
 fn column_names(conn: &Connection, view: &str) -> std::result::Result<Vec<String>, String> {
     let mut stmt = conn
-        .prepare(&format!("PRAGMA table_info({})", quote_ident(view)))
+        .prepare(&format!(
+            "PRAGMA table_info({})",
+            crate::sqlite::quote_ident(view)
+        ))
         .map_err(|e| format!("SQLite cannot read it: {e}"))?;
     stmt.query_map([], |r| r.get::<_, String>(1))
         .and_then(|r| r.collect())

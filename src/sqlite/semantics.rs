@@ -196,6 +196,17 @@ fn join_type_words(sql: &str) -> Option<String> {
     changed.then(|| out.iter().map(|t| t.to_string()).collect())
 }
 
+impl Declared {
+    /// The collation `column` is declared with (BINARY when none, or one SQLite does not have).
+    pub fn collation_of(&self, column: &str) -> crate::expr::Collation {
+        self.collations
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(column))
+            .and_then(|(_, name)| crate::expr::Collation::named(name))
+            .unwrap_or(crate::expr::Collation::Binary)
+    }
+}
+
 /// Reads the CHECKs and collations of a CREATE TABLE; `Err` says why it cannot be parsed.
 pub fn declared(sql: &str) -> std::result::Result<Declared, String> {
     let mut parsed = Parser::parse_sql(&SQLiteDialect {}, sql);
