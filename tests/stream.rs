@@ -180,6 +180,49 @@ fn capture_triggers_of_an_earlier_build_are_replaced_on_a_nocase_key() {
     assert!(d.stop());
 }
 
+#[test]
+fn capture_triggers_of_an_earlier_build_are_replaced_on_a_partial_unique_index() {
+    let src = SqliteFile::new(
+        "CREATE TABLE handles (id INTEGER PRIMARY KEY, h TEXT, live INTEGER);
+         CREATE UNIQUE INDEX handles_live ON handles (h COLLATE NOCASE) WHERE live = 1;
+         INSERT INTO handles VALUES (1, 'Ann', 1), (2, 'ann', 0);",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert!(d.stop());
+    // What an earlier sqlite2pg installed: holders looked up only when `h` itself changes.
+    let conn = src.conn();
+    let (name, sql): (String, String) = conn
+        .query_row(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%bu%'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the update-evicts trigger");
+    assert!(sql.contains("BEFORE UPDATE ON"), "{sql}");
+    conn.execute_batch(&format!(
+        "DROP TRIGGER \"{name}\"; {}",
+        sql.replace("BEFORE UPDATE ON", "BEFORE UPDATE OF \"h\" ON")
+    ))
+    .unwrap();
+    drop(conn);
+    // Row 2 enters the index and evicts row 1, which that trigger never recorded.
+    sqlite3_shell(
+        &src.path,
+        "UPDATE OR REPLACE handles SET live = 1 WHERE id = 2",
+    );
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut db.client(), "handles", "id");
+    assert!(
+        d.log_text().contains("into a partial UNIQUE index"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.stop());
+}
+
 /// id, total, label, shown.
 type Line = (i64, Option<f64>, Option<String>, Option<String>);
 

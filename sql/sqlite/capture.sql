@@ -38,7 +38,8 @@ END;
 -- @key_evicts  A REPLACE (or UPSERT) deletes rows holding the same UNIQUE value without firing
 -- their DELETE trigger (unless the app enabled recursive_triggers): record their keys first.
 -- {event} is INSERT, or UPDATE OF the unique columns with {when} " WHEN" one of them changes
--- (empty for INSERT); {holders} is one @key_holder per UNIQUE index.
+-- (empty for INSERT, and plain UPDATE for a table with a partial UNIQUE index, which a row
+-- enters when any column its WHERE reads changes); {holders} is one @key_holder per UNIQUE index.
 DROP TRIGGER IF EXISTS {trigger};
 CREATE TRIGGER {trigger} BEFORE {event} ON {table}{when} BEGIN
   {holders}

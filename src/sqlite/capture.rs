@@ -324,20 +324,33 @@ fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'s
             "its capture triggers were gone (the table was dropped or rebuilt, e.g. by a migration)",
         ));
     }
-    if t.key_collations.iter().any(|c| c != "BINARY") {
-        let moved: Option<String> = conn
-            .query_row(
-                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
-                [format!("{TRIGGER_PREFIX}ak_{id}")],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(ctx("read a capture trigger"))?;
-        if moved.is_some_and(|sql| !sql.contains("COLLATE BINARY")) {
+    let trigger_sql = |kind: &str| {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+            [format!("{TRIGGER_PREFIX}{kind}_{id}")],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(ctx("read a capture trigger"))
+    };
+    if t.key_collations.iter().any(|c| c != "BINARY") && !t.follows_row_images() {
+        if trigger_sql("ak")?.is_some_and(|sql| !sql.contains("COLLATE BINARY")) {
             return Ok(Some(
                 "its capture triggers, made by an earlier sqlite2pg, compare a NOCASE or RTRIM key under its collation and miss a key changed only in case or trailing spaces",
             ));
         }
+        // Every eviction match names its collation since the REPLACE of a folded key is
+        // captured; a trigger without one is older.
+        if !trigger_sql("bi")?.is_some_and(|sql| sql.contains("COLLATE")) {
+            return Ok(Some(
+                "its capture triggers, made by an earlier sqlite2pg, miss the row a REPLACE evicts when the new key equals it only under NOCASE or RTRIM",
+            ));
+        }
+    }
+    if has_partial_unique(t) && trigger_sql("bu")?.is_some_and(|sql| sql.contains("UPDATE OF")) {
+        return Ok(Some(
+            "its capture triggers, made by an earlier sqlite2pg, miss the row an UPDATE OR REPLACE evicts when it brings a row into a partial UNIQUE index",
+        ));
     }
     let recorded: Option<String> = conn
         .query_row(
@@ -601,13 +614,7 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     }
     let any: Vec<String> = uniques
         .iter()
-        .map(|cols| {
-            let all: Vec<String> = cols
-                .iter()
-                .map(|c| format!("x.{q} = NEW.{q}", q = quote_ident(c)))
-                .collect();
-            format!("({})", all.join(" AND "))
-        })
+        .map(|set| format!("({})", set.matches("x", "NEW")))
         .collect();
     let holders = |extra: String| {
         render(
@@ -637,15 +644,59 @@ fn image_table_columns(n: usize, alias: &str) -> String {
         .join(", ")
 }
 
-/// Column sets of full (non-partial, column-only) UNIQUE indexes.
-fn unique_column_sets(t: &SourceTable) -> Vec<Vec<String>> {
+/// One way a REPLACE can find another row to evict: the columns of a UNIQUE index (or of a
+/// primary key that folds case or trailing spaces) and the collation each compares under.
+struct UniqueSet {
+    columns: Vec<String>,
+    collations: Vec<String>,
+}
+
+impl UniqueSet {
+    /// `{a}."c" = {b}."c" COLLATE NOCASE AND ...`: equal as the index compares them. The
+    /// index's collation is spelled out, for it may differ from the column's.
+    fn matches(&self, a: &str, b: &str) -> String {
+        self.columns
+            .iter()
+            .zip(&self.collations)
+            .map(|(c, coll)| format!("{a}.{q} = {b}.{q} COLLATE {coll}", q = quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+/// Every UNIQUE index made of columns only, partial ones too (a holder noted but not evicted
+/// is re-read as present, which is harmless), and the primary key of a keyed table when it
+/// compares under NOCASE or RTRIM: a REPLACE of `'rust'` evicts the row keyed `'Rust'`, which
+/// is another key to the changelog.
+fn unique_column_sets(t: &SourceTable) -> Vec<UniqueSet> {
+    let mut sets: Vec<UniqueSet> = t
+        .indexes
+        .iter()
+        .filter(|ix| ix.unique && ix.columns.iter().all(Option::is_some))
+        .map(|ix| UniqueSet {
+            columns: ix.columns.iter().flatten().cloned().collect(),
+            collations: ix.collations.clone(),
+        })
+        .collect();
+    let folding_key = t.key_collations.iter().any(|c| c != "BINARY");
+    if folding_key && !t.follows_row_images() && t.rowid_alias.is_none() {
+        sets.push(UniqueSet {
+            columns: t
+                .primary_key
+                .iter()
+                .map(|i| t.columns[*i].name.clone())
+                .collect(),
+            collations: t.key_collations.clone(),
+        });
+    }
+    sets
+}
+
+/// A partial UNIQUE index made of columns only: a row enters it when its WHERE turns true.
+fn has_partial_unique(t: &SourceTable) -> bool {
     t.indexes
         .iter()
-        .filter(|ix| {
-            ix.unique && ix.where_clause.is_none() && ix.columns.iter().all(Option::is_some)
-        })
-        .map(|ix| ix.columns.iter().flatten().cloned().collect())
-        .collect()
+        .any(|ix| ix.unique && ix.where_clause.is_some() && ix.columns.iter().all(Option::is_some))
 }
 
 fn trigger_name(kind: &str, id: i64) -> String {
@@ -667,10 +718,12 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             ", ",
         )
     };
+    // Binary: an index may compare under another collation than the column's, and a holder
+    // looked up for nothing is harmless.
     let changed = |cols: &[&String]| {
         list(
             cols.iter()
-                .map(|k| format!("OLD.{q} IS NOT NEW.{q}", q = quote_ident(k)))
+                .map(|k| format!("OLD.{q} IS NOT NEW.{q} COLLATE BINARY", q = quote_ident(k)))
                 .collect(),
             " OR ",
         )
@@ -718,17 +771,25 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     .collect();
     let uniques = unique_column_sets(t);
     let unique_cols: Vec<&String> = {
-        let mut v: Vec<&String> = uniques.iter().flatten().collect();
+        let mut v: Vec<&String> = uniques.iter().flat_map(|u| &u.columns).collect();
         v.sort();
         v.dedup();
         v
     };
-    // An UPDATE only evicts rows when it sets a unique column to a new value.
-    let update_event = format!(
-        "UPDATE OF {}",
-        list(unique_cols.iter().map(|c| quote_ident(c)).collect(), ", ")
-    );
-    let update_when = format!(" WHEN {}", changed(&unique_cols));
+    // An UPDATE only evicts rows when it sets a unique column to a new value, or, for a
+    // partial index, when it changes whatever column its WHERE reads and so brings the row
+    // into the index: those tables look for holders on every UPDATE.
+    let (update_event, update_when) = if has_partial_unique(t) {
+        ("UPDATE".to_string(), String::new())
+    } else {
+        (
+            format!(
+                "UPDATE OF {}",
+                list(unique_cols.iter().map(|c| quote_ident(c)).collect(), ", ")
+            ),
+            format!(" WHEN {}", changed(&unique_cols)),
+        )
+    };
     for (kind, event, when) in [
         ("bi", "INSERT".to_string(), String::new()),
         ("bu", update_event, update_when),
@@ -740,13 +801,7 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
         }
         let holders: Vec<String> = uniques
             .iter()
-            .map(|cols| {
-                let cond: Vec<String> = cols
-                    .iter()
-                    .map(|c| format!("t.{q} = NEW.{q}", q = quote_ident(c)))
-                    .collect();
-                render("key_holder", &[("match", cond.join(" AND "))])
-            })
+            .map(|set| render("key_holder", &[("match", set.matches("t", "NEW"))]))
             .collect();
         out.push(render(
             "key_evicts",

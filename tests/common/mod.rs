@@ -157,6 +157,12 @@ fn start_cluster() -> String {
     format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres")
 }
 
+/// Whether the tests run on a cluster this process started (and so may restart).
+pub fn own_cluster() -> bool {
+    cluster_url();
+    OWN_CLUSTER.get().is_some()
+}
+
 /// The admin URL of the cluster tests use.
 pub fn cluster_url() -> &'static str {
     CLUSTER.get_or_init(|| std::env::var("SQLITE2PG_TEST_PG").unwrap_or_else(|_| start_cluster()))
@@ -390,7 +396,7 @@ pub fn assert_table_equal(src: &Path, client: &mut postgres::Client, table: &str
     }
 }
 
-fn norm_ts(s: &str) -> String {
+pub fn norm_ts(s: &str) -> String {
     // timestamptz renders in the session zone (UTC here) with an offset SQLite's text lacks.
     let s = s.replace('T', " ");
     let s = s.strip_suffix("+00").unwrap_or(&s);

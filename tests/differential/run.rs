@@ -1,0 +1,460 @@
+//! Runs a scenario against a real SQLite file, the real daemon and a real Postgres database,
+//! and checks after every step: caught up, both sides equal by a comparison of our own, `verify`
+//! of the same opinion, and the bank's total never wrong on Postgres while it catches up.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::apps::{BANK, BANK_TOTAL};
+use crate::common::*;
+use crate::oracle;
+use crate::scenario::{Item, Scenario};
+
+/// What one run saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Checks passed.
+    pub checks: usize,
+    /// Statements that SQLite itself refused (constraints), as an app sees them.
+    pub refused: usize,
+    /// Reads of the bank on Postgres while the daemon ran.
+    pub bank_reads: u64,
+    /// Faults injected.
+    pub faults: usize,
+    /// The daemon's largest resident set seen, in KiB.
+    pub max_rss_kib: u64,
+    /// The longest wait for the daemon to catch up after a step, in ms.
+    pub max_catch_up_ms: u64,
+    /// What went wrong, if anything.
+    pub failure: Option<String>,
+}
+
+/// Watches the bank on Postgres while the daemon runs: its total must never move.
+struct BankReader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicU64>,
+    wrong: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BankReader {
+    fn start(url: &str) -> BankReader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let wrong = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, w, url) = (stop.clone(), reads.clone(), wrong.clone(), url.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut client: Option<postgres::Client> = None;
+            while !s.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    client = postgres::Client::connect(&url, postgres::NoTls).ok();
+                }
+                let Some(c) = client.as_mut() else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                // One statement, one snapshot: the table's phase and its total together.
+                let row = c.query_opt(
+                    &format!(
+                        "SELECT sum(b.balance)::bigint, count(*) FROM public.{BANK} b
+                         WHERE (SELECT phase FROM sqlite2pg.table_state WHERE source_table = '{BANK}') = 'ready'
+                         HAVING count(*) > 0"
+                    ),
+                    &[],
+                );
+                match row {
+                    Ok(Some(row)) => {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let total: Option<i64> = row.get(0);
+                        if total != Some(BANK_TOTAL) {
+                            let mut v = w.lock().unwrap_or_else(|p| p.into_inner());
+                            v.push(format!(
+                                "the bank on Postgres held {total:?} over {} rows, never a total SQLite had ({BANK_TOTAL})",
+                                row.get::<_, i64>(1)
+                            ));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => client = None,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        BankReader {
+            stop,
+            reads,
+            wrong,
+            thread: Some(thread),
+        }
+    }
+
+    fn wrong(&self) -> Option<String> {
+        let v = self.wrong.lock().unwrap_or_else(|p| p.into_inner());
+        v.first()
+            .map(|first| format!("{first} ({} such reads)", v.len()))
+    }
+}
+
+impl Drop for BankReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Runner<'a> {
+    path: PathBuf,
+    db: &'a TestDb,
+    app: rusqlite::Connection,
+    fk: bool,
+    shell: bool,
+    daemon: Option<Daemon>,
+    reader: Option<BankReader>,
+    busy: Vec<std::thread::JoinHandle<()>>,
+    out: Outcome,
+}
+
+/// A failure, with where it happened.
+type Step = Result<(), String>;
+
+impl Runner<'_> {
+    fn start(&mut self) {
+        if self.daemon.is_none() {
+            self.daemon = Some(Daemon::start(&self.path, self.db, &["--chunk-rows", "4"]));
+        }
+        if self.reader.is_none() {
+            self.reader = Some(BankReader::start(&self.db.url));
+        }
+    }
+
+    fn tx(&mut self, commit: bool, stmts: &[String]) {
+        if self.shell {
+            self.tx_shell(commit, stmts);
+            return;
+        }
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        let ok = self.app.execute_batch("BEGIN").is_ok()
+            && stmts.iter().all(|s| self.app.execute_batch(s).is_ok());
+        // An app whose statement fails rolls its transaction back.
+        if !ok || self.app.execute_batch(end).is_err() {
+            self.out.refused += 1;
+            let _ = self.app.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// The same transaction through the system's sqlite3 shell: the app's older library.
+    /// `-bail` stops at the first failing statement and the open transaction dies with it.
+    fn tx_shell(&mut self, commit: bool, stmts: &[String]) {
+        use std::io::Write;
+        let mut script = String::from(if self.fk {
+            "PRAGMA foreign_keys=ON;\nBEGIN;\n"
+        } else {
+            "BEGIN;\n"
+        });
+        for s in stmts {
+            script += s;
+            script += ";\n";
+        }
+        script += if commit { "COMMIT;\n" } else { "ROLLBACK;\n" };
+        let mut child = std::process::Command::new("sqlite3")
+            .args(["-bail", "-cmd", ".timeout 5000"])
+            .arg(&self.path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run the sqlite3 shell (apt-get install sqlite3)");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            self.out.refused += 1;
+        }
+    }
+
+    fn ddl(&mut self, stmts: &[String]) {
+        // Alembic's batch mode turns foreign keys off around a table copy.
+        let _ = self.app.execute_batch("PRAGMA foreign_keys = OFF");
+        self.tx(true, stmts);
+        let _ = self.app.execute_batch(if self.fk {
+            "PRAGMA foreign_keys = ON"
+        } else {
+            "PRAGMA foreign_keys = OFF"
+        });
+    }
+
+    fn busy(&mut self, ms: u64) {
+        let path = self.path.clone();
+        let (locked, wait) = std::sync::mpsc::channel();
+        self.busy.push(std::thread::spawn(move || {
+            let Ok(c) = rusqlite::Connection::open(&path) else {
+                let _ = locked.send(());
+                return;
+            };
+            let _ = c.busy_timeout(Duration::from_secs(5));
+            let held = c.execute_batch("BEGIN IMMEDIATE").is_ok();
+            let _ = locked.send(());
+            if held {
+                std::thread::sleep(Duration::from_millis(ms));
+                let _ = c.execute_batch("COMMIT");
+            }
+        }));
+        let _ = wait.recv_timeout(Duration::from_secs(6));
+    }
+
+    fn check(&mut self) -> Step {
+        for t in self.busy.drain(..) {
+            let _ = t.join();
+        }
+        self.start();
+        let started = Instant::now();
+        let daemon = self.daemon.as_mut().expect("started above");
+        if let Some(kib) = rss_kib(daemon.pid()) {
+            self.out.max_rss_kib = self.out.max_rss_kib.max(kib);
+        }
+        wait_caught_up(daemon, &self.path, &self.db.url)?;
+        let mut diffs = oracle::differences(&self.path, &self.db.url);
+        // Caught up by position can still be a moment before a table's schema change is
+        // followed: differences must persist to count.
+        let settle = Instant::now();
+        while !diffs.is_empty() && settle.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            wait_caught_up(
+                self.daemon.as_mut().expect("started above"),
+                &self.path,
+                &self.db.url,
+            )?;
+            diffs = oracle::differences(&self.path, &self.db.url);
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        self.out.max_catch_up_ms = self.out.max_catch_up_ms.max(ms);
+        let p = self.path.to_str().expect("utf-8 path");
+        let verify = sqlite2pg(&["--source", p, "--target", &self.db.url, "verify"]);
+        if !diffs.is_empty() {
+            return Err(format!(
+                "Postgres differs from SQLite after catching up:\n  {}\n(verify {} it)",
+                diffs.join("\n  "),
+                if verify.status.success() {
+                    "did NOT see"
+                } else {
+                    "saw"
+                }
+            ));
+        }
+        if !verify.status.success() {
+            return Err(format!(
+                "verify reports a difference the independent comparison does not see:\n{}",
+                text(&verify)
+            ));
+        }
+        if let Some(w) = self.reader.as_ref().and_then(BankReader::wrong) {
+            return Err(format!("guarantee 3: {w}"));
+        }
+        self.out.checks += 1;
+        Ok(())
+    }
+
+    fn item(&mut self, item: &Item) -> Step {
+        match item {
+            Item::Journal(mode) => {
+                let _ =
+                    self.app
+                        .query_row(&format!("PRAGMA journal_mode = {mode}"), [], |_| Ok(()));
+            }
+            Item::ForeignKeys(on) => {
+                self.fk = *on;
+                let _ = self.app.execute_batch(if *on {
+                    "PRAGMA foreign_keys = ON"
+                } else {
+                    "PRAGMA foreign_keys = OFF"
+                });
+            }
+            Item::ShellLibrary => self.shell = true,
+            Item::Ddl(stmts) => self.ddl(stmts),
+            Item::Tx { commit, stmts } => self.tx(*commit, stmts),
+            Item::Start => self.start(),
+            Item::Kill(ms) => {
+                self.out.faults += 1;
+                std::thread::sleep(Duration::from_millis(*ms));
+                if let Some(d) = self.daemon.take() {
+                    d.kill9();
+                }
+                self.start();
+            }
+            Item::Stop => {
+                self.out.faults += 1;
+                if let Some(d) = self.daemon.take() {
+                    d.kill9();
+                }
+            }
+            Item::PgRestart(ms) => {
+                self.out.faults += 1;
+                if own_cluster() {
+                    restart_cluster(Duration::from_millis(*ms));
+                } else if let Some(d) = self.daemon.take() {
+                    // Another's cluster cannot be restarted: the daemon loses Postgres instead.
+                    d.kill9();
+                    self.start();
+                }
+            }
+            Item::Busy(ms) => {
+                self.out.faults += 1;
+                self.busy(*ms);
+            }
+            Item::Check => self.check()?,
+        }
+        if let Some(d) = self.daemon.as_mut()
+            && let Some(code) = d.try_exit()
+        {
+            return Err(format!(
+                "the daemon stopped by itself ({code:?}):\n{}",
+                tail(&d.log_text(), 30)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// How long a daemon may take to catch up after one step: steps are small (the longest seen
+/// is about a second), so this is a stall, not a slow drain.
+const CATCH_UP: Duration = Duration::from_secs(20);
+
+/// Like the harness's wait, but a daemon that stops or stalls is a finding, not a panic, and
+/// an app with no table left is caught up once the stream has started.
+fn wait_caught_up(d: &mut Daemon, path: &Path, url: &str) -> Step {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        if let Some(code) = d.try_exit() {
+            return Err(format!(
+                "the daemon stopped by itself ({code:?}) before catching up:\n{}",
+                tail(&d.log_text(), 30)
+            ));
+        }
+        if caught_up(path, url) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the daemon did not catch up within {} s:\n{}",
+                CATCH_UP.as_secs(),
+                tail(&d.log_text(), 30)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn caught_up(path: &Path, url: &str) -> bool {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    let Ok(newest) = conn.query_row(
+        "SELECT coalesce(max(seq), 0) FROM _sqlite2pg_changes",
+        [],
+        |r| r.get::<_, i64>(0),
+    ) else {
+        return false;
+    };
+    let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) else {
+        return false;
+    };
+    c.query_opt(
+        "SELECT s.position >= $1 AND NOT EXISTS
+                (SELECT 1 FROM sqlite2pg.table_state WHERE phase <> 'ready')
+         FROM sqlite2pg.stream s",
+        &[&newest],
+    )
+    .ok()
+    .flatten()
+    .is_some_and(|r| r.get::<_, bool>(0))
+}
+
+/// The kind of a failure, so shrinking keeps the failure it started with and not another.
+pub fn kind(failure: &str) -> &'static str {
+    [
+        "stopped by itself",
+        "did not catch up",
+        "differs from SQLite",
+        "verify reports",
+        "guarantee 3",
+    ]
+    .into_iter()
+    .find(|k| failure.contains(k))
+    .unwrap_or("other")
+}
+
+/// Runs `s` from an empty file and database, with a final check.
+pub fn run(s: &Scenario, dir: &Path) -> Outcome {
+    let path = dir.join("app.db");
+    let _ = std::fs::remove_file(&path);
+    for ext in ["-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(dir.join(format!("app.db{ext}")));
+    }
+    let db = TestDb::new();
+    let app = rusqlite::Connection::open(&path).expect("open the app's SQLite file");
+    app.busy_timeout(Duration::from_secs(5))
+        .expect("set the app's busy timeout");
+    let mut r = Runner {
+        path,
+        db: &db,
+        app,
+        fk: false,
+        shell: false,
+        daemon: None,
+        reader: None,
+        busy: Vec::new(),
+        out: Outcome::default(),
+    };
+    let mut result = Ok(());
+    for (n, item) in s.items.iter().enumerate() {
+        if let Err(e) = r.item(item) {
+            result = Err(format!("at item {} ({}): {e}", n + 1, headline(item)));
+            break;
+        }
+    }
+    if result.is_ok() && !matches!(s.items.last(), Some(Item::Check)) {
+        result = r.check().map_err(|e| format!("at the final check: {e}"));
+    }
+    r.out.failure = result.err();
+    r.out.bank_reads = r
+        .reader
+        .as_ref()
+        .map_or(0, |b| b.reads.load(Ordering::SeqCst));
+    drop(r.reader.take());
+    for t in r.busy.drain(..) {
+        let _ = t.join();
+    }
+    if let Some(d) = r.daemon.take() {
+        d.kill9();
+    }
+    std::mem::take(&mut r.out)
+}
+
+fn headline(item: &Item) -> String {
+    Scenario {
+        items: vec![item.clone()],
+    }
+    .to_string()
+    .lines()
+    .next()
+    .unwrap_or("")
+    .to_string()
+}
