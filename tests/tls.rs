@@ -172,7 +172,14 @@ impl TlsCluster {
             .args(["-w", "start"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "pg_ctl start: {}", text(&out));
+        let log = std::fs::read_to_string(d.join("log")).unwrap_or_default();
+        assert!(
+            !log.contains("not supported by this build"),
+            "the server build in {} has no SSL (a wheel's build, say): run tests/tls.rs on one \
+             with it, such as Debian's (unset SQLITE2PG_TEST_PGBIN)\n{log}",
+            bin.display()
+        );
+        assert!(out.status.success(), "pg_ctl start: {}\n{log}", text(&out));
         TlsCluster { dir, port }
     }
 

@@ -27,6 +27,22 @@ pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
+/// The PostgreSQL majors the test suite runs on (Debian's 15 and those in tests/pg-versions):
+/// every SQL text sqlite2pg sends is one the oldest accepts.
+pub const TESTED_MAJORS: [i32; 3] = [15, 16, 18];
+
+/// The server's `server_version_num` (e.g. 160002) and `server_version` (e.g. `16.2`).
+pub async fn server_version(client: &Client) -> Result<(i32, String)> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::from_pg("cannot read the server's version", e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// Connects to the target, over TLS as its `sslmode` says (see [`tls`]); the connection's
 /// background task is spawned on the current runtime.
 pub async fn connect(url: &TargetUrl) -> Result<Client> {

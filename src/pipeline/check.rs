@@ -877,7 +877,13 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
             .as_ref()
             .map(|c| format!(".{c}"))
             .unwrap_or_default();
-        writeln!(out, "{sev}: {}{col}: {}", f.table, f.message)?;
+        // A finding about the server, not a table, names none.
+        let place = if f.table.is_empty() {
+            String::new()
+        } else {
+            format!("{}{col}: ", f.table)
+        };
+        writeln!(out, "{sev}: {place}{}", f.message)?;
         if !f.hint.is_empty() {
             writeln!(out, "       fix: {}", f.hint)?;
         }

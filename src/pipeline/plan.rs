@@ -169,7 +169,45 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     }
     let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
     let owned = crate::pg::state::owned_tables(&client).await?;
-    Ok((build(&tables, Some(&target), &owned, cfg), Some(client)))
+    let mut plan = build(&tables, Some(&target), &owned, cfg);
+    let (num, text) = crate::pg::server_version(&client).await?;
+    plan.findings.extend(version_finding(num, &text));
+    Ok((plan, Some(client)))
+}
+
+/// A warning when the server is outside the majors the suite runs on: older ones may lack SQL
+/// sqlite2pg sends, newer ones may have changed a catalog it reads.
+fn version_finding(num: i32, text: &str) -> Option<Finding> {
+    let major = num / 10000;
+    let tested = crate::pg::TESTED_MAJORS;
+    let (oldest, newest) = (tested[0], tested[tested.len() - 1]);
+    let tested_list = tested.map(|m| m.to_string()).join(", ");
+    let (message, hint) = if major < oldest {
+        (
+            format!(
+                "the target runs PostgreSQL {text}, older than the oldest version sqlite2pg is tested on ({oldest}; tested: {tested_list})"
+            ),
+            format!(
+                "upgrade the server to {oldest} or newer; otherwise rehearse the move into a scratch database on it (run, then verify) before the real one"
+            ),
+        )
+    } else if major > newest {
+        (
+            format!(
+                "the target runs PostgreSQL {text}, newer than the newest version sqlite2pg is tested on ({newest}; tested: {tested_list})"
+            ),
+            "rehearse the move into a scratch database on it (run, then verify) before the real one".into(),
+        )
+    } else {
+        return None;
+    };
+    Some(Finding {
+        severity: Severity::Warning,
+        table: String::new(),
+        column: None,
+        message,
+        hint,
+    })
 }
 
 /// Builds the plan from the source schema and, when there is one, the existing target schema.
@@ -854,4 +892,23 @@ fn order_parents_first(tables: &mut Vec<TablePlan>) {
         ordered.push(rest.remove(ready.unwrap_or(0)));
     }
     *tables = ordered;
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn servers_outside_the_tested_majors_get_a_warning() {
+        let warned = |num, text| version_finding(num, text).map(|f| f.message);
+        assert!(
+            warned(140010, "14.10").is_some_and(|m| m.contains("older") && m.contains("14.10"))
+        );
+        assert!(warned(130000, "13.0").is_some());
+        assert_eq!(warned(150018, "15.18"), None);
+        assert_eq!(warned(160002, "16.2"), None);
+        assert_eq!(warned(170005, "17.5"), None);
+        assert_eq!(warned(180006, "18.6"), None);
+        assert!(warned(190000, "19devel").is_some_and(|m| m.contains("newer")));
+    }
 }

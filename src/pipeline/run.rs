@@ -114,6 +114,9 @@ async fn run_pass(
         return follow_back(cfg, opts, shutdown, &plan, c, target).await;
     }
     refuse_lossy(&plan)?;
+    for f in plan.findings.iter().filter(|f| f.table.is_empty()) {
+        tracing::warn!(hint = %f.hint, "{}", f.message);
+    }
     // Capture first: from here on every change is in the changelog, so the snapshot and
     // the stream together miss nothing.
     let capturable: Vec<_> = plan.tables.iter().map(|t| &t.source).collect();

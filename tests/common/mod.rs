@@ -29,7 +29,20 @@ fn unique() -> String {
     )
 }
 
+/// The server build the harness starts clusters from: SQLITE2PG_TEST_PGBIN (a `bin` directory
+/// holding initdb, pg_ctl and postgres, e.g. from a wheel listed in tests/pg-versions), else
+/// Debian's.
 pub fn pg_bindir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SQLITE2PG_TEST_PGBIN") {
+        let p = PathBuf::from(dir);
+        assert!(
+            p.join("initdb").exists() && p.join("pg_ctl").exists(),
+            "SQLITE2PG_TEST_PGBIN={} holds no initdb and pg_ctl: point it at a PostgreSQL \
+             server's bin directory (scripts/test installs those of tests/pg-versions)",
+            p.display()
+        );
+        return p;
+    }
     for v in ["16", "15", "17"] {
         let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
         if p.join("initdb").exists() {
@@ -57,14 +70,27 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A server tool run as the `postgres` user when we are root (Postgres refuses root). Builds
+/// from a wheel find their libraries in the `lib` beside `bin`.
 pub fn as_postgres(bin: &Path) -> Command {
-    if is_root() {
+    let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
         c
     } else {
         Command::new(bin)
+    };
+    if let Some(lib) = wheel_lib_dir() {
+        c.env("LD_LIBRARY_PATH", lib);
     }
+    c
+}
+
+/// The `lib` beside SQLITE2PG_TEST_PGBIN, when that is set and has one.
+fn wheel_lib_dir() -> Option<PathBuf> {
+    let bin = PathBuf::from(std::env::var_os("SQLITE2PG_TEST_PGBIN")?);
+    let lib = bin.parent()?.join("lib");
+    lib.is_dir().then_some(lib)
 }
 
 /// A TCP port nobody listens on right now.
@@ -146,7 +172,11 @@ fn start_cluster() -> String {
         dir = dir.display(),
     );
     // Deliberately never waited on: the watchdog must outlive this process.
-    let watchdog = Command::new("sh")
+    let mut watchdog = Command::new("sh");
+    if let Some(lib) = wheel_lib_dir() {
+        watchdog.env("LD_LIBRARY_PATH", lib);
+    }
+    let watchdog = watchdog
         .args(["-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -409,8 +409,14 @@ impl Gen {
         if !texts.is_empty() && self.rng.chance(0.4) {
             let c = *self.rng.pick(&texts);
             let coll = *self.rng.pick(&[None, None, Some("NOCASE")]);
+            // A partial WHERE on the column itself, or on another one: an UPDATE of that
+            // other column brings a row into the index (and evicts a holder).
+            let others: Vec<usize> = tab.writable().into_iter().filter(|i| *i != c).collect();
             let partial = if self.rng.chance(0.3) {
                 Some(format!("{} <> ''", qi(&tab.cols[c].name)))
+            } else if !others.is_empty() && self.rng.chance(0.2) {
+                let o = *self.rng.pick(&others);
+                Some(format!("{} IS NOT NULL", qi(&tab.cols[o].name)))
             } else {
                 None
             };
@@ -700,7 +706,12 @@ impl Gen {
             .filter(|i| {
                 !new.key.contains(i)
                     && new.cols[*i].generated.is_none()
-                    && !new.uniques.iter().any(|u| u.0 == *i)
+                    && !new.uniques.iter().any(|u| {
+                        u.0 == *i
+                            || u.2
+                                .as_deref()
+                                .is_some_and(|w| w.contains(&qi(&new.cols[*i].name)))
+                    })
                     && !new.cols.iter().any(|c| {
                         c.generated
                             .as_deref()
