@@ -347,9 +347,19 @@ fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'s
             ));
         }
     }
-    if has_partial_unique(t) && trigger_sql("bu")?.is_some_and(|sql| sql.contains("UPDATE OF")) {
+    if every_update_may_evict(t) && trigger_sql("bu")?.is_some_and(|sql| sql.contains("UPDATE OF"))
+    {
         return Ok(Some(
             "its capture triggers, made by an earlier sqlite2pg, miss the row an UPDATE OR REPLACE evicts when it brings a row into a partial UNIQUE index",
+        ));
+    }
+    let on_terms = t
+        .indexes
+        .iter()
+        .any(|ix| ix.unique && ix.columns.iter().any(Option::is_none));
+    if on_terms && !trigger_sql("bi")?.is_some_and(|sql| sql.contains(" IN (SELECT ")) {
+        return Ok(Some(
+            "its capture triggers, made by an earlier sqlite2pg, miss the row a REPLACE evicts through a UNIQUE index on expressions",
         ));
     }
     let recorded: Option<String> = conn
@@ -645,42 +655,89 @@ fn image_table_columns(n: usize, alias: &str) -> String {
 }
 
 /// One way a REPLACE can find another row to evict: the columns of a UNIQUE index (or of a
-/// primary key that folds case or trailing spaces) and the collation each compares under.
-struct UniqueSet {
-    columns: Vec<String>,
-    collations: Vec<String>,
+/// primary key that folds case or trailing spaces) and the collation each compares under, or
+/// the terms of a UNIQUE index on expressions.
+enum UniqueSet {
+    Columns {
+        columns: Vec<String>,
+        collations: Vec<String>,
+    },
+    /// The index's terms as SQL text (`lower(email)`, `a COLLATE NOCASE`) and every column of
+    /// the table, to evaluate the terms over the new row.
+    Terms {
+        terms: Vec<String>,
+        table_columns: Vec<String>,
+    },
 }
 
 impl UniqueSet {
     /// `{a}."c" = {b}."c" COLLATE NOCASE AND ...`: equal as the index compares them. The
-    /// index's collation is spelled out, for it may differ from the column's.
+    /// index's collation is spelled out, for it may differ from the column's. Terms are
+    /// compared as a row value: `(lower(email)) IN (SELECT lower(email) FROM (SELECT
+    /// {b}."email" AS "email", ...))`, where the outer names are the candidate row's (the
+    /// query's only table, alias `{a}`) and the inner ones the new row's.
     fn matches(&self, a: &str, b: &str) -> String {
-        self.columns
-            .iter()
-            .zip(&self.collations)
-            .map(|(c, coll)| format!("{a}.{q} = {b}.{q} COLLATE {coll}", q = quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
+        match self {
+            UniqueSet::Columns {
+                columns,
+                collations,
+            } => columns
+                .iter()
+                .zip(collations)
+                .map(|(c, coll)| format!("{a}.{q} = {b}.{q} COLLATE {coll}", q = quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+            UniqueSet::Terms {
+                terms,
+                table_columns,
+            } => {
+                let new_row = table_columns
+                    .iter()
+                    .map(|c| format!("{b}.{q} AS {q}", q = quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let terms = terms.join(", ");
+                format!("({terms}) IN (SELECT {terms} FROM (SELECT {new_row}))")
+            }
+        }
+    }
+
+    fn columns(&self) -> &[String] {
+        match self {
+            UniqueSet::Columns { columns, .. } => columns,
+            UniqueSet::Terms { table_columns, .. } => table_columns,
+        }
     }
 }
 
-/// Every UNIQUE index made of columns only, partial ones too (a holder noted but not evicted
-/// is re-read as present, which is harmless), and the primary key of a keyed table when it
-/// compares under NOCASE or RTRIM: a REPLACE of `'rust'` evicts the row keyed `'Rust'`, which
-/// is another key to the changelog.
+/// Every UNIQUE index, partial ones too (a holder noted but not evicted is re-read as present,
+/// which is harmless), those on expressions by their terms, and the primary key of a keyed
+/// table when it compares under NOCASE or RTRIM: a REPLACE of `'rust'` evicts the row keyed
+/// `'Rust'`, which is another key to the changelog.
 fn unique_column_sets(t: &SourceTable) -> Vec<UniqueSet> {
-    let mut sets: Vec<UniqueSet> = t
-        .indexes
-        .iter()
-        .filter(|ix| ix.unique && ix.columns.iter().all(Option::is_some))
-        .map(|ix| UniqueSet {
-            columns: ix.columns.iter().flatten().cloned().collect(),
-            collations: ix.collations.clone(),
-        })
-        .collect();
+    let mut sets: Vec<UniqueSet> = Vec::new();
+    for ix in t.indexes.iter().filter(|ix| ix.unique) {
+        if ix.columns.iter().all(Option::is_some) {
+            sets.push(UniqueSet::Columns {
+                columns: ix.columns.iter().flatten().cloned().collect(),
+                collations: ix.collations.clone(),
+            });
+            continue;
+        }
+        match ix.sql.as_deref().and_then(super::schema::index_terms) {
+            Some(terms) if terms.len() == ix.columns.len() => sets.push(UniqueSet::Terms {
+                terms,
+                table_columns: t.columns.iter().map(|c| c.name.clone()).collect(),
+            }),
+            // SQLite accepted the statement, so its terms read; this is only a guard.
+            _ => {
+                tracing::error!(table = %t.name, index = %ix.name, "cannot read the terms of this UNIQUE index: a REPLACE that evicts a row through it is not captured; report this with the index's CREATE statement")
+            }
+        }
+    }
     let folding_key = t.key_collations.iter().any(|c| c != "BINARY");
     if folding_key && !t.follows_row_images() && t.rowid_alias.is_none() {
-        sets.push(UniqueSet {
+        sets.push(UniqueSet::Columns {
             columns: t
                 .primary_key
                 .iter()
@@ -692,11 +749,12 @@ fn unique_column_sets(t: &SourceTable) -> Vec<UniqueSet> {
     sets
 }
 
-/// A partial UNIQUE index made of columns only: a row enters it when its WHERE turns true.
-fn has_partial_unique(t: &SourceTable) -> bool {
-    t.indexes
-        .iter()
-        .any(|ix| ix.unique && ix.where_clause.is_some() && ix.columns.iter().all(Option::is_some))
+/// A UNIQUE index a row can enter without a change to its key columns: a partial one (its
+/// WHERE turns true) or one on expressions (whatever columns they read).
+fn every_update_may_evict(t: &SourceTable) -> bool {
+    t.indexes.iter().any(|ix| {
+        ix.unique && (ix.where_clause.is_some() || ix.columns.iter().any(Option::is_none))
+    })
 }
 
 fn trigger_name(kind: &str, id: i64) -> String {
@@ -771,7 +829,7 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     .collect();
     let uniques = unique_column_sets(t);
     let unique_cols: Vec<&String> = {
-        let mut v: Vec<&String> = uniques.iter().flat_map(|u| &u.columns).collect();
+        let mut v: Vec<&String> = uniques.iter().flat_map(|u| u.columns()).collect();
         v.sort();
         v.dedup();
         v
@@ -779,7 +837,7 @@ fn trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
     // An UPDATE only evicts rows when it sets a unique column to a new value, or, for a
     // partial index, when it changes whatever column its WHERE reads and so brings the row
     // into the index: those tables look for holders on every UPDATE.
-    let (update_event, update_when) = if has_partial_unique(t) {
+    let (update_event, update_when) = if every_update_may_evict(t) {
         ("UPDATE".to_string(), String::new())
     } else {
         (

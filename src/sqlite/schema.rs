@@ -337,6 +337,71 @@ pub fn extract_where(sql: &str) -> Option<String> {
     None
 }
 
+/// The key terms of a CREATE INDEX statement as SQL text, each without its ASC or DESC:
+/// `lower(email)`, `"a b" COLLATE NOCASE`. `None` when the text has no term list.
+pub fn index_terms(sql: &str) -> Option<Vec<String>> {
+    let b = sql.as_bytes();
+    let (mut depth, mut i, mut start, mut terms) = (0i32, 0usize, None, Vec::new());
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == q {
+                        if b.get(i + 1) == Some(&q) {
+                            i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < b.len() && b[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'(' => {
+                depth += 1;
+                if depth == 1 && start.is_none() {
+                    start = Some(i + 1);
+                }
+            }
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    terms.push(strip_order(&sql[start?..i]));
+                    return Some(terms);
+                }
+            }
+            b',' if depth == 1 => {
+                terms.push(strip_order(&sql[start?..i]));
+                start = Some(i + 1);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// A term without a trailing ASC or DESC (a whole word outside quotes at its end).
+fn strip_order(term: &str) -> String {
+    let t = term.trim();
+    for word in ["ASC", "DESC"] {
+        let n = word.len();
+        if t.len() > n
+            && t.is_char_boundary(t.len() - n)
+            && t[t.len() - n..].eq_ignore_ascii_case(word)
+            && !is_word(t.as_bytes()[t.len() - n - 1])
+        {
+            return t[..t.len() - n].trim_end().to_string();
+        }
+    }
+    t.to_string()
+}
+
 fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
@@ -372,6 +437,29 @@ pub fn count_rows(conn: &Connection, table: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_index_terms_through_quotes_and_nesting() {
+        assert_eq!(
+            index_terms(
+                "CREATE UNIQUE INDEX \"a(b\" ON \"t,(x\" (lower(email), \"a b\" COLLATE NOCASE DESC, substr(x, 1, 2) asc) WHERE y IN (1, 2)"
+            ),
+            Some(vec![
+                "lower(email)".to_string(),
+                "\"a b\" COLLATE NOCASE".to_string(),
+                "substr(x, 1, 2)".to_string()
+            ])
+        );
+        assert_eq!(
+            index_terms("CREATE UNIQUE INDEX i ON t (\"x desc\", [c)], 'a,b' || y)"),
+            Some(vec![
+                "\"x desc\"".to_string(),
+                "[c)]".to_string(),
+                "'a,b' || y".to_string()
+            ])
+        );
+        assert_eq!(index_terms("CREATE INDEX i ON t"), None);
+    }
 
     #[test]
     fn finds_partial_index_where() {

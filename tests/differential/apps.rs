@@ -122,6 +122,15 @@ struct Col {
 }
 
 /// One table of the model.
+/// A unique index: column, collation override, partial WHERE, a function over the column (an
+/// index on an expression).
+type Unique = (
+    usize,
+    Option<&'static str>,
+    Option<String>,
+    Option<&'static str>,
+);
+
 #[derive(Clone, Debug)]
 struct Tab {
     name: String,
@@ -129,8 +138,8 @@ struct Tab {
     /// Declared primary key columns; empty for a table without one.
     key: Vec<usize>,
     without_rowid: bool,
-    /// Unique indexes: columns, collation override, partial WHERE.
-    uniques: Vec<(usize, Option<&'static str>, Option<String>)>,
+    /// Unique indexes.
+    uniques: Vec<Unique>,
     /// The app's own trigger on this table, as DDL.
     triggers: Vec<String>,
 }
@@ -197,12 +206,15 @@ impl Tab {
                 ""
             }
         )];
-        for (n, (col, coll, partial)) in self.uniques.iter().enumerate() {
+        for (n, (col, coll, partial, func)) in self.uniques.iter().enumerate() {
+            let term = match func {
+                Some(f) => format!("{f}({})", qi(&self.cols[*col].name)),
+                None => qi(&self.cols[*col].name),
+            };
             out.push(format!(
-                "CREATE UNIQUE INDEX {} ON {} ({}{}){}",
+                "CREATE UNIQUE INDEX {} ON {} ({term}{}){}",
                 qi(&format!("ux_{}_{n}", self.name)),
                 qi(name),
-                qi(&self.cols[*col].name),
                 coll.map(|c| format!(" COLLATE {c}")).unwrap_or_default(),
                 partial
                     .as_ref()
@@ -420,7 +432,11 @@ impl Gen {
             } else {
                 None
             };
-            tab.uniques.push((c, coll, partial));
+            // Apps index lower(email) to make it unique regardless of case.
+            let func = *self
+                .rng
+                .pick(&[None, None, None, Some("lower"), Some("trim")]);
+            tab.uniques.push((c, coll, partial, func));
         }
         tab
     }
@@ -730,7 +746,7 @@ impl Gen {
             new.uniques = new
                 .uniques
                 .iter()
-                .map(|(c, coll, w)| (if *c > gone { c - 1 } else { *c }, *coll, w.clone()))
+                .map(|(c, coll, w, f)| (if *c > gone { c - 1 } else { *c }, *coll, w.clone(), *f))
                 .collect();
         }
         // Alembic's copy loses the app's triggers; the app would add them back in the migration.
