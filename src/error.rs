@@ -144,10 +144,21 @@ impl Error {
             Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
                 ErrorKind::SourceBusy
             }
+            // A read-only connection that finds a rollback journal nobody seems to hold: in
+            // rollback-journal mode a writer starting a transaction in another process looks
+            // like that for an instant (a reader gets this now and then while the app writes),
+            // and a writer that crashed leaves one until the next read-write open rolls it back.
+            _ if is_readonly_rollback(&err) => ErrorKind::SourceBusy,
             _ => ErrorKind::SourceUnreadable,
         };
         Error::with_source(kind, message, err)
     }
+}
+
+/// SQLITE_READONLY_ROLLBACK: a hot journal seen by a read-only connection.
+pub fn is_readonly_rollback(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _)
+        if e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK)
 }
 
 fn pg_error_kind(err: &tokio_postgres::Error) -> ErrorKind {
@@ -192,3 +203,29 @@ pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(extended: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(extended), None)
+    }
+
+    #[test]
+    fn a_hot_journal_seen_read_only_is_waited_out_not_a_broken_file() {
+        let e = Error::from_sqlite(
+            "read",
+            sqlite_error(rusqlite::ffi::SQLITE_READONLY_ROLLBACK),
+        );
+        assert_eq!(e.kind(), ErrorKind::SourceBusy);
+        assert_eq!(e.kind().retry_policy(), RetryPolicy::RetryLater);
+        let e = Error::from_sqlite("read", sqlite_error(rusqlite::ffi::SQLITE_BUSY));
+        assert_eq!(e.kind(), ErrorKind::SourceBusy);
+        // Other read-only refusals and corruption still stop with what to check.
+        let e = Error::from_sqlite("read", sqlite_error(rusqlite::ffi::SQLITE_READONLY));
+        assert_eq!(e.kind(), ErrorKind::SourceUnreadable);
+        let e = Error::from_sqlite("read", sqlite_error(rusqlite::ffi::SQLITE_CORRUPT));
+        assert_eq!(e.kind(), ErrorKind::SourceUnreadable);
+    }
+}

@@ -137,90 +137,74 @@ fn captures_a_key_changed_only_in_case_or_trailing_spaces() {
     assert_eq!(names, ["Go", "rust"]);
 }
 
-#[test]
-fn capture_triggers_of_an_earlier_build_are_replaced_on_a_nocase_key() {
-    let src = SqliteFile::new(
-        "CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER) WITHOUT ROWID;
-         INSERT INTO tags VALUES ('Rust', 1), ('Go', 2);",
-    );
+/// What an earlier sqlite2pg installed, and what it missed: after a first run, the capture
+/// trigger whose name holds `kind` is rewritten with `from` replaced by `to`, then `missed`
+/// is written through the sqlite3 shell. The next run must notice (its log says `why`) and
+/// re-synchronize `table`.
+fn earlier_build_is_replaced(
+    schema: &str,
+    kind: &str,
+    (from, to): (&str, &str),
+    missed: &str,
+    (table, key): (&str, &str),
+    why: &str,
+) {
+    let src = SqliteFile::new(schema);
     let db = TestDb::new();
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
     assert!(d.stop());
-    // What an earlier sqlite2pg installed: the old and new key compared under NOCASE.
     let conn = src.conn();
     let (name, sql): (String, String) = conn
         .query_row(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%ak%'",
-            [],
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?1",
+            [format!("%{kind}%")],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .expect("the key-moved trigger");
-    assert!(sql.contains(" COLLATE BINARY"), "{sql}");
+        .expect("the capture trigger");
+    assert!(sql.contains(from), "{sql}");
     conn.execute_batch(&format!(
         "DROP TRIGGER \"{name}\"; {}",
-        sql.replace(" COLLATE BINARY", "")
+        sql.replace(from, to)
     ))
     .unwrap();
     drop(conn);
-    // Missed by that trigger: only the new spelling reaches the changelog.
-    sqlite3_shell(
-        &src.path,
-        "UPDATE tags SET name = 'rust' WHERE name = 'Rust'",
-    );
+    sqlite3_shell(&src.path, missed);
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
-    assert_table_equal(&src.path, &mut db.client(), "tags", "name");
-    assert!(
-        d.log_text()
-            .contains("compare a NOCASE or RTRIM key under its collation"),
-        "{}",
-        d.log_text()
-    );
+    assert_table_equal(&src.path, &mut db.client(), table, key);
+    assert!(d.log_text().contains(why), "{}", d.log_text());
     assert!(d.stop());
 }
 
 #[test]
+fn capture_triggers_of_an_earlier_build_are_replaced_on_a_nocase_key() {
+    // The old and new key compared under NOCASE: only the new spelling reached the changelog.
+    earlier_build_is_replaced(
+        "CREATE TABLE tags (name TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER) WITHOUT ROWID;
+         INSERT INTO tags VALUES ('Rust', 1), ('Go', 2);",
+        "ak",
+        (" COLLATE BINARY", ""),
+        "UPDATE tags SET name = 'rust' WHERE name = 'Rust'",
+        ("tags", "name"),
+        "compare a NOCASE or RTRIM key under its collation",
+    );
+}
+
+#[test]
 fn capture_triggers_of_an_earlier_build_are_replaced_on_a_partial_unique_index() {
-    let src = SqliteFile::new(
+    // Holders looked up only when `h` itself changes: row 2 enters the index and evicts row 1,
+    // which that trigger never recorded.
+    earlier_build_is_replaced(
         "CREATE TABLE handles (id INTEGER PRIMARY KEY, h TEXT, live INTEGER);
          CREATE UNIQUE INDEX handles_live ON handles (h COLLATE NOCASE) WHERE live = 1;
          INSERT INTO handles VALUES (1, 'Ann', 1), (2, 'ann', 0);",
-    );
-    let db = TestDb::new();
-    let mut d = Daemon::start(&src.path, &db, &[]);
-    d.wait_caught_up();
-    assert!(d.stop());
-    // What an earlier sqlite2pg installed: holders looked up only when `h` itself changes.
-    let conn = src.conn();
-    let (name, sql): (String, String) = conn
-        .query_row(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%bu%'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("the update-evicts trigger");
-    assert!(sql.contains("BEFORE UPDATE ON"), "{sql}");
-    conn.execute_batch(&format!(
-        "DROP TRIGGER \"{name}\"; {}",
-        sql.replace("BEFORE UPDATE ON", "BEFORE UPDATE OF \"h\" ON")
-    ))
-    .unwrap();
-    drop(conn);
-    // Row 2 enters the index and evicts row 1, which that trigger never recorded.
-    sqlite3_shell(
-        &src.path,
+        "bu",
+        ("BEFORE UPDATE ON", "BEFORE UPDATE OF \"h\" ON"),
         "UPDATE OR REPLACE handles SET live = 1 WHERE id = 2",
+        ("handles", "id"),
+        "into a partial UNIQUE index",
     );
-    let mut d = Daemon::start(&src.path, &db, &[]);
-    d.wait_caught_up();
-    assert_table_equal(&src.path, &mut db.client(), "handles", "id");
-    assert!(
-        d.log_text().contains("into a partial UNIQUE index"),
-        "{}",
-        d.log_text()
-    );
-    assert!(d.stop());
 }
 
 /// id, total, label, shown.

@@ -86,10 +86,24 @@ pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection>
         OpenFlags::SQLITE_OPEN_READ_ONLY,
         "for reading",
     )?;
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map_err(|e| {
+    let probe = |conn: &Connection| {
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    let mut first = probe(&conn);
+    if first
+        .as_ref()
+        .is_err_and(crate::error::is_readonly_rollback)
+    {
+        // A hot journal: a read-write connection's first read rolls it back (as the app's
+        // own next open would; if a writer does hold it, that read just waits or is busy).
+        if let Ok(rw) = open_read_write(path, busy_timeout) {
+            let _ = probe(&rw);
+        }
+        first = probe(&conn);
+    }
+    first.map_err(|e| {
         let busy = matches!(
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)

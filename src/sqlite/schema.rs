@@ -300,24 +300,7 @@ pub fn extract_where(sql: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 1;
-                        } else {
-                            break;
-                        }
-                    }
-                    i += 1;
-                }
-            }
-            b'[' => {
-                while i < b.len() && b[i] != b']' {
-                    i += 1;
-                }
-            }
+            b'\'' | b'"' | b'`' | b'[' => i = quoted_end(b, i),
             b'(' => depth += 1,
             b')' => depth -= 1,
             c if depth == 0
@@ -344,24 +327,7 @@ pub fn index_terms(sql: &str) -> Option<Vec<String>> {
     let (mut depth, mut i, mut start, mut terms) = (0i32, 0usize, None, Vec::new());
     while i < b.len() {
         match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 1;
-                        } else {
-                            break;
-                        }
-                    }
-                    i += 1;
-                }
-            }
-            b'[' => {
-                while i < b.len() && b[i] != b']' {
-                    i += 1;
-                }
-            }
+            b'\'' | b'"' | b'`' | b'[' => i = quoted_end(b, i),
             b'(' => {
                 depth += 1;
                 if depth == 1 && start.is_none() {
@@ -400,6 +366,24 @@ fn strip_order(term: &str) -> String {
         }
     }
     t.to_string()
+}
+
+/// The index of the character closing the quoted name or string that opens at `i` (`'`, `"`,
+/// `` ` `` with doubling, or `[...]`), or the end of the text.
+fn quoted_end(b: &[u8], mut i: usize) -> usize {
+    let close = if b[i] == b'[' { b']' } else { b[i] };
+    i += 1;
+    while i < b.len() {
+        if b[i] == close {
+            if close != b']' && b.get(i + 1) == Some(&close) {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        i += 1;
+    }
+    i
 }
 
 fn is_word(c: u8) -> bool {

@@ -121,6 +121,20 @@ struct Col {
     references: Option<(String, String, String)>,
 }
 
+impl Col {
+    /// A column with no collation, generation or reference.
+    fn plain(name: &str, decl: &'static str, kind: Kind) -> Col {
+        Col {
+            name: name.into(),
+            decl,
+            kind,
+            collate: None,
+            generated: None,
+            references: None,
+        }
+    }
+}
+
 /// One table of the model.
 /// A unique index: column, collation override, partial WHERE, a function over the column (an
 /// index on an expression).
@@ -308,14 +322,7 @@ impl Gen {
         let rng = &mut self.rng;
         let name = format!("{}{index}", rng.pick(TABLE_NAMES));
         let mut cols: Vec<Col> = Vec::new();
-        let plain = |name: String, decl: &'static str, kind: Kind| Col {
-            name,
-            decl,
-            kind,
-            collate: None,
-            generated: None,
-            references: None,
-        };
+        let plain = |name: String, decl, kind| Col::plain(&name, decl, kind);
         let text_collate =
             |rng: &mut Rng| *rng.pick(&[None, Some("NOCASE"), Some("RTRIM"), Some("BINARY")]);
         let without_rowid;
@@ -446,22 +453,8 @@ impl Gen {
         let bank = Tab {
             name: BANK.into(),
             cols: vec![
-                Col {
-                    name: "id".into(),
-                    decl: "INTEGER",
-                    kind: Kind::Int,
-                    collate: None,
-                    generated: None,
-                    references: None,
-                },
-                Col {
-                    name: "balance".into(),
-                    decl: "INTEGER",
-                    kind: Kind::Int,
-                    collate: None,
-                    generated: None,
-                    references: None,
-                },
+                Col::plain("id", "INTEGER", Kind::Int),
+                Col::plain("balance", "INTEGER", Kind::Int),
             ],
             key: vec![0],
             without_rowid: bank_without_rowid,
@@ -479,22 +472,8 @@ impl Gen {
             self.tabs.push(Tab {
                 name: "audit_log".into(),
                 cols: vec![
-                    Col {
-                        name: "id".into(),
-                        decl: "INTEGER",
-                        kind: Kind::Int,
-                        collate: None,
-                        generated: None,
-                        references: None,
-                    },
-                    Col {
-                        name: "what".into(),
-                        decl: "TEXT",
-                        kind: Kind::Text,
-                        collate: None,
-                        generated: None,
-                        references: None,
-                    },
+                    Col::plain("id", "INTEGER", Kind::Int),
+                    Col::plain("what", "TEXT", Kind::Text),
                 ],
                 key: vec![0],
                 without_rowid: false,

@@ -100,10 +100,10 @@ fn sqlite_columns(conn: &rusqlite::Connection, table: &str) -> rusqlite::Result<
 
 /// Every difference between the two sides, each in a line; empty when they are equal.
 pub fn differences(sqlite: &Path, pg_url: &str) -> Vec<String> {
-    let conn = match rusqlite::Connection::open_with_flags(
-        sqlite,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) {
+    // Read-write, though it only reads: in rollback-journal mode a read-only connection now
+    // and then takes the daemon's starting transaction for a hot journal and refuses to read
+    // (SQLITE_READONLY_ROLLBACK), which would be the oracle's failure, not sqlite2pg's.
+    let conn = match rusqlite::Connection::open(sqlite) {
         Ok(c) => c,
         Err(e) => return vec![format!("cannot open the SQLite file: {e}")],
     };

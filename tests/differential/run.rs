@@ -361,9 +361,8 @@ fn wait_caught_up(d: &mut Daemon, path: &Path, url: &str) -> Step {
 }
 
 fn caught_up(path: &Path, url: &str) -> bool {
-    let Ok(conn) =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
+    // Read-write for the reason the oracle gives.
+    let Ok(conn) = rusqlite::Connection::open(path) else {
         return false;
     };
     let Ok(newest) = conn.query_row(
