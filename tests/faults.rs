@@ -49,6 +49,51 @@ fn postgres_restarting_mid_stream_loses_nothing() {
 }
 
 #[test]
+fn postgres_going_away_while_a_migration_is_followed_loses_nothing() {
+    // Found by the differential tester: after the app's migration the daemon plans again and
+    // re-synchronizes the rebuilt table; Postgres restarting meanwhile ended the daemon.
+    let _one_at_a_time = serial();
+    let src = SqliteFile::new(
+        "CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300000)
+         INSERT INTO clients SELECT i, 'client ' || i FROM s;",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    // Alembic's batch mode: copy, drop, rename; then the app writes on.
+    sqlite3_shell(
+        &src.path,
+        "CREATE TABLE _alembic_tmp_clients (id INTEGER PRIMARY KEY, name TEXT, email TEXT);
+         INSERT INTO _alembic_tmp_clients (id, name) SELECT id, name FROM clients;
+         DROP TABLE clients;
+         ALTER TABLE _alembic_tmp_clients RENAME TO clients;
+         INSERT INTO clients VALUES (300001, 'c', 'c@x.org');",
+    );
+    d.wait_for_log("it will be re-synchronized");
+    restart_cluster(std::time::Duration::from_secs(2));
+    assert_eq!(d.try_exit(), None, "the daemon ended:\n{}", d.log_text());
+    let mut c = db.client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while scalar::<i64>(
+        &mut c,
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'clients' AND column_name = 'email'",
+    ) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new column never reached Postgres:\n{}",
+            d.log_text()
+        );
+        assert_eq!(d.try_exit(), None, "the daemon ended:\n{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    d.wait_caught_up();
+    assert_table_equal(&src.path, &mut c, "clients", "id");
+    assert!(d.stop());
+}
+
+#[test]
 fn postgres_going_away_during_cutover_leaves_the_app_writable_on_sqlite() {
     let _one_at_a_time = serial();
     let src = SqliteFile::new(

@@ -224,3 +224,19 @@ fn connect_error(url: &TargetUrl, mode: tls::SslMode, e: tokio_postgres::Error) 
     }
     Error::from_pg(what, e)
 }
+
+#[cfg(test)]
+mod tests {
+    /// TESTED_MAJORS is what the suite runs on: Debian's 15 and tests/pg-versions.
+    #[test]
+    fn the_tested_majors_are_those_the_suite_runs_on() {
+        let mut majors: Vec<i32> = include_str!("../../tests/pg-versions")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        majors.push(15);
+        majors.sort();
+        assert_eq!(majors, super::TESTED_MAJORS);
+    }
+}

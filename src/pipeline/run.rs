@@ -50,13 +50,32 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
     // needs a person (a value Postgres rejects, a shape it lacks until the app's migration
     // runs there too) keeps it up, saying so, and it goes on by itself once the cause is fixed.
     let mut streamed = false;
+    let mut outage_backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut outage = false;
     loop {
-        let pass = run_pass(cfg, opts, shutdown, &mut streamed).await;
+        let pass = run_pass(cfg, opts, shutdown, &mut streamed, &mut outage).await;
         let stopping = shutdown.requested();
         match pass {
             Ok(Pass::Done) => return Ok(()),
-            Ok(Pass::Again) => busy_backoff.reset(),
+            Ok(Pass::Again) => {
+                busy_backoff.reset();
+                outage_backoff.reset();
+            }
             Err(e) if stopping => return Err(e),
+            // Postgres went away between passes (a restart while the pass re-planned after
+            // the app's migration, say): the stream waits out outages, and so does the daemon.
+            // Before anything streamed, an unreachable target is more likely a wrong address.
+            Err(e)
+                if streamed && !opts.snapshot_only && e.kind() == ErrorKind::TargetUnreachable =>
+            {
+                let wait = outage_backoff.next_wait();
+                crate::metrics::unreachable(&e.to_string());
+                outage = true;
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Postgres is unreachable; starting over once it answers, nothing is lost meanwhile");
+                if !shutdown.sleep(wait).await {
+                    return stopped();
+                }
+            }
             Err(e) if e.kind() == ErrorKind::SourceBusy && !opts.snapshot_only => {
                 let wait = busy_backoff.next_wait();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "SQLite is busy; starting over when the app lets go");
@@ -103,10 +122,15 @@ async fn run_pass(
     opts: &Options,
     shutdown: &Shutdown,
     streamed: &mut bool,
+    outage: &mut bool,
 ) -> Result<Pass> {
     let busy = Duration::from_millis(cfg.busy_timeout_ms);
     let target = cfg.require_target()?.clone();
     let (plan, client) = plan::load(cfg).await?;
+    if std::mem::take(outage) {
+        crate::metrics::reconnected();
+        tracing::info!("Postgres is reachable again; resuming");
+    }
     if let Some(c) = client.as_ref()
         && crate::pg::state::cutover_load(c).await?.is_some()
     {
