@@ -714,7 +714,8 @@ impl Gen {
                     })
             })
             .collect();
-        if !droppable.is_empty() && self.rng.chance(0.5) {
+        // A table keeps a column to write: SQLite refuses a table without one.
+        if !droppable.is_empty() && new.writable().len() > 1 && self.rng.chance(0.5) {
             let gone = *self.rng.pick(&droppable);
             new.cols.remove(gone);
             new.key = new
@@ -824,4 +825,14 @@ pub fn scenario(seed: u64, steps: usize, pg_restarts: bool) -> Scenario {
         items.push(Item::Check);
     }
     Scenario { items }
+}
+
+/// Every seed makes an app: a generator that panics on one seed in a thousand would fail CI
+/// now and then (it did, on a table left without a column by a recreate).
+#[test]
+fn every_seed_makes_an_app() {
+    for seed in 0..20_000 {
+        let s = scenario(seed, 24, seed % 2 == 0);
+        assert!(s.statements() > 0, "seed {seed}");
+    }
 }
