@@ -191,6 +191,87 @@ fn capture_triggers_of_an_earlier_build_are_replaced_on_a_nocase_key() {
     );
 }
 
+/// Issue 15 (found by the differential tester, seed 7011): with `recursive_triggers` on, SQLite
+/// fires the DELETE trigger for a row a REPLACE evicts, and the eviction was recorded a second
+/// time: Postgres, applying row images as a multiset, lost an identical row.
+#[test]
+fn a_replace_with_recursive_triggers_on_a_table_without_key_is_recorded_once() {
+    let src = SqliteFile::new(
+        "CREATE TABLE leads (email TEXT, n INTEGER);
+         CREATE UNIQUE INDEX leads_email ON leads (email COLLATE NOCASE);
+         INSERT INTO leads VALUES ('ann@x', 1), ('bob@x', 2);",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let app = src.conn();
+    app.execute_batch(
+        "PRAGMA recursive_triggers = ON;
+         REPLACE INTO leads VALUES ('ann@x', 1);
+         INSERT OR REPLACE INTO leads VALUES ('BOB@x', 3);
+         UPDATE OR REPLACE leads SET email = 'ann@x' WHERE email = 'BOB@x';",
+    )
+    .unwrap();
+    d.wait_caught_up();
+    let mut c = db.client();
+    let pg = pg_rows(&mut c, "SELECT email, n::text FROM leads ORDER BY email, n");
+    assert_eq!(
+        pg,
+        vec![vec![Some("ann@x".to_string()), Some("3".to_string())]]
+    );
+    assert!(d.stop());
+}
+
+#[test]
+fn capture_triggers_of_an_earlier_build_are_replaced_for_recursive_triggers() {
+    let src = SqliteFile::new(
+        "CREATE TABLE leads (email TEXT, n INTEGER);
+         CREATE UNIQUE INDEX leads_email ON leads (email);
+         INSERT INTO leads VALUES ('ann@x', 1), ('bob@x', 2);",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    assert!(d.stop());
+    // What an earlier sqlite2pg installed: a DELETE trigger that leaves the noted holders.
+    let conn = src.conn();
+    let (name, sql): (String, String) = conn
+        .query_row(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND sql LIKE '%AFTER DELETE ON%'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the delete trigger");
+    let start = sql.find("DELETE FROM").expect("the new line");
+    let end = start + sql[start..].find(';').expect("its end") + 1;
+    conn.execute_batch(&format!(
+        "DROP TRIGGER \"{name}\"; {}{}",
+        &sql[..start],
+        &sql[end..]
+    ))
+    .unwrap();
+    conn.execute_batch("PRAGMA recursive_triggers = ON; REPLACE INTO leads VALUES ('ann@x', 5);")
+        .unwrap();
+    drop(conn);
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let mut c = db.client();
+    let pg = pg_rows(&mut c, "SELECT email, n::text FROM leads ORDER BY email");
+    assert_eq!(
+        pg,
+        vec![
+            vec![Some("ann@x".to_string()), Some("5".to_string())],
+            vec![Some("bob@x".to_string()), Some("2".to_string())]
+        ]
+    );
+    assert!(
+        d.log_text().contains("recursive_triggers"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.stop());
+}
+
 #[test]
 fn capture_triggers_of_an_earlier_build_are_replaced_on_a_partial_unique_index() {
     // Holders looked up only when `h` itself changes: row 2 enters the index and evicts row 1,

@@ -63,6 +63,11 @@ INSERT INTO {images} (seq, {image_columns}) SELECT c.seq, {evicted_values} FROM 
   ON c.tbl = {id} AND c.k1 = e.rid AND c.k2 = -1 AND c.seq > coalesce((SELECT max(seq) FROM {images}), 0);
 DELETE FROM {evicted};
 
+-- @image_deleted  A row whose DELETE trigger fires is recorded by it. With recursive_triggers
+-- on, SQLite fires it for the rows a REPLACE evicts too: such a row leaves the noted holders,
+-- or @image_evicted would record it leaving twice (and Postgres lose an identical row).
+DELETE FROM {evicted} WHERE rid = OLD.{rowid};
+
 -- @image_holders  Before a write: note the rows holding the new values of any UNIQUE index
 -- ({match}); every write clears the scratch first, so a candidate left by a skipped
 -- INSERT OR IGNORE never reaches the AFTER trigger. {extra} keeps an UPDATE's own row out.

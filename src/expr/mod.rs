@@ -263,6 +263,32 @@ pub fn condition(e: &Expr, scope: &Scope) -> Result<String, Why> {
     node(e, scope)?.cond()
 }
 
+/// Translates one term of a UNIQUE index on an expression (`lower(email)`, `trim(code) COLLATE
+/// NOCASE`): Postgres SQL whose values are equal exactly where SQLite's index finds the term's
+/// values equal. Only the term's own COLLATE applies (a function's result has none), folded
+/// in; a term whose values may be of several storage classes has no such translation.
+pub fn index_term(sql: &str, scope: &Scope) -> Result<String, Why> {
+    let e = parse(sql)?;
+    let (inner, collation) = match &e {
+        Expr::Collate { expr, collation } => {
+            let name = collation.to_string();
+            let c = Collation::named(&name)
+                .ok_or_else(|| format!("collation {name} is not one of SQLite's own"))?;
+            (expr.as_ref(), c)
+        }
+        other => (other, Collation::Binary),
+    };
+    let t = node(inner, scope)?;
+    match t.kind {
+        Kind::Text => Ok(collation.key(&format!("({})", t.sql))),
+        Kind::Int => Ok(t.sql),
+        other => Err(format!(
+            "the term {sql} is {}: its values compare in SQLite across storage classes, as no Postgres type does",
+            other.name()
+        )),
+    }
+}
+
 /// Translates an expression whose value is stored in a column of type `ty` (a DEFAULT): the
 /// value Postgres stores is the one the forward conversion makes of SQLite's.
 pub fn value_for(e: &Expr, scope: &Scope, ty: &PgType) -> Result<String, Why> {

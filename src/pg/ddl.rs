@@ -64,6 +64,16 @@ pub struct IndexDef {
     pub collations: Vec<Collation>,
     /// A partial index's predicate, already translated.
     pub where_clause: Option<String>,
+    /// Terms on an expression, by position, as Postgres SQL (collation folded in); `None` for
+    /// a term that is the column at that position.
+    pub expressions: Vec<Option<String>>,
+}
+
+impl IndexDef {
+    /// Some term is an expression rather than a column.
+    pub fn on_expressions(&self) -> bool {
+        self.expressions.iter().any(Option::is_some)
+    }
 }
 
 /// A foreign key to add after the load.
@@ -135,8 +145,9 @@ pub fn create_index(schema: &str, table: &str, index: &IndexDef) -> String {
         .iter()
         .enumerate()
         .map(|(i, (c, desc))| {
-            let col = match index.collations.get(i) {
-                Some(coll) if *coll != Collation::Binary => {
+            let col = match (index.expressions.get(i), index.collations.get(i)) {
+                (Some(Some(expr)), _) => format!("({expr})"),
+                (_, Some(coll)) if *coll != Collation::Binary => {
                     format!("({})", coll.key(&quote_ident(c)))
                 }
                 _ => quote_ident(c),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::Result;
 use crate::expr::{self, Collation};
-use crate::model::{PgType, ScanKey, SourceTable, TableKind};
+use crate::model::{PgType, ScanKey, SourceIndex, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
 use crate::pg::convert::ColumnConv;
 use crate::pg::ddl::{self, CheckDef, ColumnDef, ForeignKeyDef, IndexDef};
@@ -532,26 +532,28 @@ fn plan_create(
     let scope = scope_of(t, &columns);
     let mut indexes = Vec::new();
     for ix in &t.indexes {
-        let cols: Option<Vec<String>> = ix
-            .columns
-            .iter()
-            .map(|c| {
-                c.as_ref()
-                    .and_then(|n| col_index(n))
-                    .map(|i| columns[i].target.clone())
-            })
-            .collect();
-        let Some(cols) = cols else {
-            findings.push(Finding {
-                severity: Severity::Warning,
-                table: t.name.clone(),
-                column: None,
-                message: format!("index {} is on an expression and is not created", ix.name),
-                hint: "create it in Postgres by hand".into(),
-            });
-            continue;
+        let (cols, expressions) = match index_terms(ix, &scope, &columns, &col_index) {
+            Ok(terms) => terms,
+            Err(why) => {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    table: t.name.clone(),
+                    column: None,
+                    message: format!(
+                        "{}index {} is on an expression and is not created: {why}",
+                        if ix.unique { "unique " } else { "" },
+                        ix.name
+                    ),
+                    hint: if ix.unique {
+                        "create it in Postgres by hand, or Postgres accepts the duplicates SQLite refuses (and the reverse stream stops on them after a cutover)".into()
+                    } else {
+                        "create it in Postgres by hand if queries need it".into()
+                    },
+                });
+                continue;
+            }
         };
-        if ix.unique && ix.where_clause.is_none() {
+        if ix.unique && ix.where_clause.is_none() && expressions.iter().all(Option::is_none) {
             unique_keys.push(
                 ix.columns
                     .iter()
@@ -605,6 +607,7 @@ fn plan_create(
                 Vec::new()
             },
             where_clause,
+            expressions,
         });
     }
     // A NOCASE or RTRIM primary key is unique by the folded value too: a second index says so.
@@ -616,6 +619,7 @@ fn plan_create(
             columns: primary_key.iter().map(|c| (c.clone(), false)).collect(),
             collations: key_collations,
             where_clause: None,
+            expressions: Vec::new(),
         });
     }
     let checks = plan_checks(t, &scope, &declared);
@@ -691,6 +695,47 @@ fn plan_create(
 }
 
 /// The columns a CHECK of table `t` may name, as Postgres has them.
+/// Target names (or, for a term on an expression, SQLite's text of it) and the Postgres SQL of
+/// each term on an expression; why the index cannot be made on Postgres otherwise.
+type IndexTerms = (Vec<String>, Vec<Option<String>>);
+
+fn index_terms(
+    ix: &SourceIndex,
+    scope: &expr::Scope,
+    columns: &[ColumnPlan],
+    col_index: &dyn Fn(&str) -> Option<usize>,
+) -> Result<IndexTerms, String> {
+    let texts = if ix.columns.iter().any(Option::is_none) {
+        let texts = ix
+            .sql
+            .as_deref()
+            .and_then(crate::sqlite::schema::index_terms)
+            .filter(|t| t.len() == ix.columns.len())
+            .ok_or("its CREATE INDEX could not be read")?;
+        Some(texts)
+    } else {
+        None
+    };
+    let mut names = Vec::new();
+    let mut expressions = Vec::new();
+    for (i, c) in ix.columns.iter().enumerate() {
+        match (c, &texts) {
+            (Some(name), _) => {
+                let at =
+                    col_index(name).ok_or_else(|| format!("its column {name} is not copied"))?;
+                names.push(columns[at].target.clone());
+                expressions.push(None);
+            }
+            (None, Some(texts)) => {
+                names.push(texts[i].clone());
+                expressions.push(Some(expr::index_term(&texts[i], scope)?));
+            }
+            (None, None) => return Err("its CREATE INDEX could not be read".into()),
+        }
+    }
+    Ok((names, expressions))
+}
+
 fn scope_of(t: &SourceTable, columns: &[ColumnPlan]) -> expr::Scope {
     expr::Scope::table(&t.name, expr_columns(columns))
 }

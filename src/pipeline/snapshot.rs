@@ -774,7 +774,9 @@ async fn build_indexes(
                     .map_err(pg_err("cannot set a savepoint".into()))?;
                 match tx.batch_execute(&sql).await {
                     Ok(()) => {}
-                    Err(e) if !ix.unique || ix.where_clause.is_some() => {
+                    // An index on an expression Postgres refuses (a function it does not
+                    // hold immutable) is named, as one that does not translate is.
+                    Err(e) if !ix.unique || ix.where_clause.is_some() || ix.on_expressions() => {
                         tx.batch_execute("ROLLBACK TO SAVEPOINT ix")
                             .await
                             .map_err(pg_err("cannot roll back to a savepoint".into()))?;

@@ -353,6 +353,14 @@ fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'s
             "its capture triggers, made by an earlier sqlite2pg, miss the row an UPDATE OR REPLACE evicts when it brings a row into a partial UNIQUE index",
         ));
     }
+    if t.follows_row_images()
+        && !unique_column_sets(t).is_empty()
+        && !trigger_sql("ad")?.is_some_and(|sql| sql.contains("DELETE FROM"))
+    {
+        return Ok(Some(
+            "its capture triggers, made by an earlier sqlite2pg, record twice a row a REPLACE evicts when the app sets recursive_triggers",
+        ));
+    }
     let on_terms = t
         .indexes
         .iter()
@@ -583,13 +591,16 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
         )
     };
     let uniques = unique_column_sets(t);
-    let evictions = if uniques.is_empty() {
-        String::new()
+    let (evictions, deleted) = if uniques.is_empty() {
+        (String::new(), String::new())
     } else {
         let evicted_values = image_table_columns(t.columns.len(), "e");
-        render(
-            "image_evicted",
-            common(&[("evicted_values", evicted_values)]),
+        (
+            render(
+                "image_evicted",
+                common(&[("evicted_values", evicted_values)]),
+            ),
+            render("image_deleted", common(&[])),
         )
     };
     let trigger = |kind: &str, event: &str, body: String| {
@@ -609,7 +620,11 @@ fn image_trigger_sql(t: &SourceTable, id: i64) -> Vec<String> {
             "AFTER INSERT",
             format!("{evictions} {}", image("NEW", 1)),
         ),
-        trigger("ad", "AFTER DELETE", image("OLD", -1)),
+        trigger(
+            "ad",
+            "AFTER DELETE",
+            format!("{deleted} {}", image("OLD", -1)),
+        ),
         trigger(
             "au",
             "AFTER UPDATE",

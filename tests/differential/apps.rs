@@ -7,6 +7,8 @@ use crate::scenario::{Item, Scenario};
 /// The bank table: every transaction that touches it keeps the total, so a reader of
 /// Postgres that sees another total saw half a source transaction (guarantee 3).
 pub const BANK: &str = "bank";
+/// The table the app's triggers keep counts in.
+pub const COUNTS: &str = "counts";
 /// Accounts in the bank, each opened with 100.
 pub const ACCOUNTS: i64 = 8;
 /// What the bank holds, always.
@@ -311,6 +313,26 @@ fn key_value(rng: &mut Rng, kind: Kind) -> String {
     }
 }
 
+/// A value for a column of `kind` written by the app on Postgres after the cutover: quoted, so
+/// Postgres reads it as whatever type the move gave the column.
+fn pg_value(rng: &mut Rng, kind: Kind) -> String {
+    if rng.chance(0.1) {
+        return "NULL".into();
+    }
+    let pool: &[&str] = match kind {
+        Kind::Int => &["'0'", "'7'", "'-3'", "'2147483648'"],
+        Kind::Real => &["'2.5'", "'-0.125'", "'1e10'", "'3'"],
+        Kind::Text | Kind::Untyped => &["'from pg'", "'Rust'", "'a '", "'ß'", "'O''Brien'", "''"],
+        Kind::Blob => &["'\\xdeadbeef'", "'\\x'", "'\\x00ff'"],
+        Kind::Bool => &["'1'", "'0'"],
+        Kind::Date => &["'2025-06-01'", "'1999-01-02'"],
+        Kind::Stamp => &["'2025-06-01 08:30:00'", "'2025-06-01 08:30:00.25'"],
+        Kind::Num => &["'7.5'", "'12'", "'-0.25'"],
+        Kind::Json => &["'{\"pg\": [1, 2]}'", "'[]'"],
+    };
+    rng.pick(pool).to_string()
+}
+
 struct Gen {
     rng: Rng,
     tabs: Vec<Tab>,
@@ -490,6 +512,54 @@ impl Gen {
                 sql_text(&name)
             ));
         }
+        // Counters kept by the app's triggers in another table, keyed by a NOCASE name that
+        // each trigger spells its own way, upserted with REPLACE: the trigger's write evicts
+        // a row whose key differs in case. With `recursive_triggers` on, the AFTER DELETE
+        // trigger also fires for the rows a REPLACE evicts from the counted table.
+        let counted: Vec<usize> = (1..self.tabs.len())
+            .filter(|t| self.tabs[*t].name != "audit_log")
+            .collect();
+        if self.rng.chance(0.4) {
+            let without_rowid = self.rng.chance(0.5);
+            self.tabs.push(Tab {
+                name: COUNTS.into(),
+                cols: vec![
+                    Col {
+                        collate: Some("NOCASE"),
+                        ..Col::plain("tab", "TEXT", Kind::Text)
+                    },
+                    Col::plain("n", "INTEGER", Kind::Int),
+                ],
+                key: vec![0],
+                without_rowid,
+                uniques: Vec::new(),
+                triggers: Vec::new(),
+            });
+            let t = *self.rng.pick(&counted);
+            let name = self.tabs[t].name.clone();
+            for event in ["INSERT", "DELETE"] {
+                let spelled = match self.rng.below(3) {
+                    0 => name.clone(),
+                    1 => name.to_uppercase(),
+                    _ => name.to_lowercase(),
+                };
+                let verb = *self.rng.pick(&["INSERT OR REPLACE INTO", "REPLACE INTO"]);
+                self.tabs[t].triggers.push(format!(
+                    "CREATE TRIGGER {} AFTER {event} ON {} BEGIN {verb} {COUNTS} (tab, n) VALUES ({}, (SELECT count(*) FROM {})); END",
+                    qi(&format!("count_{event}_{t}")),
+                    qi(&name),
+                    sql_text(&spelled),
+                    qi(&name)
+                ));
+            }
+            // An edit counter: an UPDATE trigger that updates another captured table.
+            self.tabs[t].triggers.push(format!(
+                "CREATE TRIGGER {} AFTER UPDATE ON {} BEGIN UPDATE {COUNTS} SET n = n + 1000 WHERE tab = {}; END",
+                qi(&format!("count_UPDATE_{t}")),
+                qi(&name),
+                sql_text(&name.to_uppercase())
+            ));
+        }
         let mut out = Vec::new();
         for t in &self.tabs {
             out.extend(t.create(&t.name));
@@ -648,6 +718,98 @@ impl Gen {
         }]
     }
 
+    /// Rows of `t` picked on Postgres: by key, or by a column being NULL or not.
+    fn pg_where(&mut self, t: usize) -> String {
+        let tab = self.tabs[t].clone();
+        if !tab.key.is_empty() && self.rng.chance(0.8) {
+            let conds: Vec<String> = tab
+                .key
+                .iter()
+                .map(|i| {
+                    let c = tab.col(*i);
+                    format!("{} = {}", qi(&c.name), key_value(&mut self.rng, c.kind))
+                })
+                .collect();
+            return conds.join(" AND ");
+        }
+        let c = tab.col(self.rng.below(tab.cols.len()));
+        let not = if self.rng.chance(0.5) { " NOT" } else { "" };
+        format!("{} IS{not} NULL", qi(&c.name))
+    }
+
+    /// One statement of the app on Postgres after the cutover: inserts (ids from the
+    /// sequences the cutover moved), updates of values and of keys, deletes and cascades,
+    /// transfers in the bank.
+    fn pg_statement(&mut self) -> Vec<String> {
+        if self.rng.chance(0.25) {
+            return self.transfer();
+        }
+        let t = self.rng.range(1, (self.tabs.len() - 1) as u64) as usize;
+        let tab = self.tabs[t].clone();
+        let keyish = |i: &usize| tab.key.contains(i) || tab.col(*i).references.is_some();
+        let rowid_alias =
+            tab.key.len() == 1 && !tab.without_rowid && tab.col(tab.key[0]).decl == "INTEGER";
+        let sql = match self.rng.below(10) {
+            0..=3 => {
+                let mut names = Vec::new();
+                let mut values = Vec::new();
+                for i in tab.writable() {
+                    if rowid_alias && tab.key[0] == i && self.rng.chance(0.7) {
+                        continue;
+                    }
+                    names.push(qi(&tab.col(i).name));
+                    values.push(if keyish(&i) {
+                        key_value(&mut self.rng, tab.col(i).kind)
+                    } else {
+                        pg_value(&mut self.rng, tab.col(i).kind)
+                    });
+                }
+                format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    qi(&tab.name),
+                    names.join(", "),
+                    values.join(", ")
+                )
+            }
+            4..=7 => {
+                let i = *self.rng.pick(&tab.writable());
+                let v = if keyish(&i) {
+                    key_value(&mut self.rng, tab.col(i).kind)
+                } else {
+                    pg_value(&mut self.rng, tab.col(i).kind)
+                };
+                let w = self.pg_where(t);
+                format!(
+                    "UPDATE {} SET {} = {v} WHERE {w}",
+                    qi(&tab.name),
+                    qi(&tab.col(i).name)
+                )
+            }
+            _ if self.rng.chance(0.05) => format!("DELETE FROM {}", qi(&tab.name)),
+            _ => {
+                let w = self.pg_where(t);
+                format!("DELETE FROM {} WHERE {w}", qi(&tab.name))
+            }
+        };
+        vec![sql]
+    }
+
+    fn pg_tx(&mut self) -> Item {
+        let n = if self.rng.chance(0.6) {
+            1
+        } else {
+            self.rng.range(2, 5)
+        };
+        let mut stmts = Vec::new();
+        for _ in 0..n {
+            stmts.extend(self.pg_statement());
+        }
+        Item::PgTx {
+            commit: !self.rng.chance(0.1),
+            stmts,
+        }
+    }
+
     fn tx(&mut self) -> Item {
         // Mostly short, as a bot's handlers write; sometimes a longer batch.
         let n = if self.rng.chance(0.6) {
@@ -670,7 +832,9 @@ impl Gen {
     fn ddl(&mut self) -> Item {
         let t = self.rng.range(1, (self.tabs.len() - 1) as u64) as usize;
         let name = self.tabs[t].name.clone();
-        if self.rng.chance(0.5) {
+        // Other tables' triggers write the counts table: dropping it in a copy-and-rename
+        // fails in SQLite itself ("error in trigger"), so it only ever gains columns.
+        if name == COUNTS || self.rng.chance(0.5) {
             let (decl, kind) = *self.rng.pick(&[
                 ("INTEGER DEFAULT 7", Kind::Int),
                 ("TEXT", Kind::Text),
@@ -771,6 +935,9 @@ pub fn scenario(seed: u64, steps: usize, pg_restarts: bool) -> Scenario {
     if g.rng.chance(0.2) {
         items.push(Item::ShellLibrary);
     }
+    if g.rng.chance(0.3) {
+        items.push(Item::RecursiveTriggers);
+    }
     items.push(Item::Ddl(g.schema()));
     let mut first = vec![format!(
         "INSERT INTO bank (id, balance) SELECT value, 100 FROM (WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < {ACCOUNTS}) SELECT value FROM s)"
@@ -822,6 +989,44 @@ pub fn scenario(seed: u64, steps: usize, pg_restarts: bool) -> Scenario {
                 }
             }
         }
+        items.push(Item::Check);
+    }
+    // The end of the move for some apps: the cutover, the app on Postgres (with faults), and
+    // the fallback, with nothing of what it wrote there lost on the way back.
+    if g.rng.chance(0.35) {
+        items.push(Item::Cutover);
+        items.push(Item::Check);
+        for _ in 0..g.rng.range(3, 8) {
+            match g.rng.below(10) {
+                0 => {
+                    items.push(g.pg_tx());
+                    items.push(Item::Kill(g.rng.range(0, 300)));
+                }
+                1 if pg_restarts => {
+                    items.push(g.pg_tx());
+                    items.push(Item::PgRestart(g.rng.range(100, 800)));
+                    items.push(g.pg_tx());
+                }
+                2 => {
+                    items.push(Item::Stop);
+                    for _ in 0..g.rng.range(3, 15) {
+                        items.push(g.pg_tx());
+                    }
+                    items.push(Item::Start);
+                }
+                3 => {
+                    items.push(Item::Busy(g.rng.range(100, 1500)));
+                    items.push(g.pg_tx());
+                }
+                _ => {
+                    for _ in 0..g.rng.range(1, 4) {
+                        items.push(g.pg_tx());
+                    }
+                }
+            }
+            items.push(Item::Check);
+        }
+        items.push(Item::Fallback);
         items.push(Item::Check);
     }
     Scenario { items }

@@ -8,7 +8,8 @@
 //!   A failure prints the seed and the scenario, then shrinks it to a minimal one
 //!   (`SQLITE2PG_DIFF_SHRINK_SECONDS`, 240) and writes it to a `.case` file to keep.
 //!   `SQLITE2PG_DIFF_DUMP=DIR` writes every scenario run there.
-//! - `found_cases_stay_fixed`: every case in `tests/differential/cases/`.
+//! - `found_cases_stay_fixed`: every case in `tests/differential/cases/` (or in
+//!   `SQLITE2PG_DIFF_CASES`).
 //!
 //! `bench/soak HOURS` runs the first for hours and writes its figures to a JSON report.
 
@@ -121,7 +122,12 @@ fn fail(seed: u64, s: &Scenario, failure: &str) -> ! {
 #[test]
 fn found_cases_stay_fixed() {
     let _one = serial();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential/cases");
+    // SQLITE2PG_DIFF_CASES=DIR replays the cases of another directory (a shrunk one, say).
+    let dir = std::env::var_os("SQLITE2PG_DIFF_CASES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential/cases")
+        });
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/differential/cases")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -135,7 +141,12 @@ fn found_cases_stay_fixed() {
         let text = std::fs::read_to_string(case).expect("read case");
         let s = Scenario::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let out = run::run(&s, work.path());
-        println!("{}: {} checks", case.display(), out.checks);
+        println!(
+            "{}: {} checks, {} transactions refused",
+            case.display(),
+            out.checks,
+            out.refused
+        );
         if let Some(f) = out.failure {
             failed.push(format!("{}: {f}", case.display()));
         }

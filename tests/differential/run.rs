@@ -106,12 +106,27 @@ impl Drop for BankReader {
     }
 }
 
+/// Which database the app writes.
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    /// SQLite; the daemon follows it into Postgres.
+    Forward,
+    /// Postgres, after the cutover; the daemon follows it back into SQLite.
+    Reverse,
+    /// SQLite again, after the fallback; no daemon.
+    FellBack,
+}
+
 struct Runner<'a> {
     path: PathBuf,
+    phase: Phase,
+    /// The app's connection to Postgres after the cutover.
+    pg: Option<postgres::Client>,
     db: &'a TestDb,
     app: rusqlite::Connection,
     fk: bool,
     shell: bool,
+    recursive: bool,
     daemon: Option<Daemon>,
     reader: Option<BankReader>,
     busy: Vec<std::thread::JoinHandle<()>>,
@@ -123,6 +138,9 @@ type Step = Result<(), String>;
 
 impl Runner<'_> {
     fn start(&mut self) {
+        if self.phase == Phase::FellBack {
+            return;
+        }
         if self.daemon.is_none() {
             self.daemon = Some(Daemon::start(&self.path, self.db, &["--chunk-rows", "4"]));
         }
@@ -150,11 +168,14 @@ impl Runner<'_> {
     /// `-bail` stops at the first failing statement and the open transaction dies with it.
     fn tx_shell(&mut self, commit: bool, stmts: &[String]) {
         use std::io::Write;
-        let mut script = String::from(if self.fk {
-            "PRAGMA foreign_keys=ON;\nBEGIN;\n"
-        } else {
-            "BEGIN;\n"
-        });
+        let mut script = String::new();
+        if self.fk {
+            script += "PRAGMA foreign_keys=ON;\n";
+        }
+        if self.recursive {
+            script += "PRAGMA recursive_triggers=ON;\n";
+        }
+        script += "BEGIN;\n";
         for s in stmts {
             script += s;
             script += ";\n";
@@ -207,7 +228,131 @@ impl Runner<'_> {
         let _ = wait.recv_timeout(Duration::from_secs(6));
     }
 
+    /// One app transaction on Postgres; a statement Postgres refuses rolls it back, as an
+    /// app's would.
+    fn pg_tx(&mut self, commit: bool, stmts: &[String]) {
+        // The connection may have died with a Postgres restart: the app reconnects.
+        if self
+            .pg
+            .as_mut()
+            .is_none_or(|c| c.simple_query("SELECT 1").is_err())
+        {
+            self.pg = postgres::Client::connect(&self.db.url, postgres::NoTls).ok();
+        }
+        let Some(c) = self.pg.as_mut() else {
+            self.out.refused += 1;
+            return;
+        };
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        let ok = c.batch_execute("BEGIN").is_ok()
+            && stmts.iter().all(|s| {
+                c.batch_execute(s)
+                    .map_err(|e| {
+                        if std::env::var_os("SQLITE2PG_DIFF_VERBOSE").is_some() {
+                            println!("Postgres refused {s}: {e:?}");
+                        }
+                    })
+                    .is_ok()
+            })
+            && c.batch_execute(end).is_ok();
+        if !ok {
+            self.out.refused += 1;
+            let _ = c.batch_execute("ROLLBACK");
+        }
+    }
+
+    fn cutover(&mut self) -> Step {
+        self.start();
+        let p = self.path.to_str().expect("utf-8 path");
+        // An app that kept foreign keys off has orphans: its operator keeps them.
+        let out = sqlite2pg(&[
+            "--source",
+            p,
+            "--target",
+            &self.db.url,
+            "cutover",
+            "--orphans",
+            "keep",
+        ]);
+        if !out.status.success() {
+            return Err(format!("the cutover failed:\n{}", text(&out)));
+        }
+        self.phase = Phase::Reverse;
+        Ok(())
+    }
+
+    fn fallback(&mut self) -> Step {
+        for t in self.busy.drain(..) {
+            let _ = t.join();
+        }
+        self.start();
+        self.pg = None;
+        let p = self.path.to_str().expect("utf-8 path");
+        let out = sqlite2pg(&["--source", p, "--target", &self.db.url, "fallback"]);
+        if !out.status.success() {
+            return Err(format!("the fallback failed:\n{}", text(&out)));
+        }
+        // The daemon sees the record and ends by itself.
+        let deadline = Instant::now() + CATCH_UP;
+        if let Some(mut d) = self.daemon.take() {
+            loop {
+                match d.try_exit() {
+                    Some(Some(0)) => break,
+                    Some(code) => {
+                        return Err(format!(
+                            "the daemon ended with {code:?} after the fallback:\n{}",
+                            tail(&d.log_text(), 30)
+                        ));
+                    }
+                    None if Instant::now() > deadline => {
+                        return Err(format!(
+                            "the daemon did not end within {} s of the fallback:\n{}",
+                            CATCH_UP.as_secs(),
+                            tail(&d.log_text(), 30)
+                        ));
+                    }
+                    None => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        self.phase = Phase::FellBack;
+        Ok(())
+    }
+
+    /// After the cutover: SQLite holds what Postgres holds once the reverse stream has
+    /// applied every change the app made there.
+    fn check_back(&mut self) -> Step {
+        for t in self.busy.drain(..) {
+            let _ = t.join();
+        }
+        if self.phase == Phase::Reverse {
+            self.start();
+            let started = Instant::now();
+            let daemon = self.daemon.as_mut().expect("started above");
+            wait_reverse_caught_up(daemon, &self.db.url)?;
+            let ms = started.elapsed().as_millis() as u64;
+            self.out.max_catch_up_ms = self.out.max_catch_up_ms.max(ms);
+        }
+        let diffs = oracle::differences(&self.path, &self.db.url);
+        if !diffs.is_empty() {
+            return Err(format!(
+                "SQLite differs from Postgres {}:\n  {}",
+                if self.phase == Phase::Reverse {
+                    "after the reverse stream caught up"
+                } else {
+                    "after the fallback"
+                },
+                diffs.join("\n  ")
+            ));
+        }
+        self.out.checks += 1;
+        Ok(())
+    }
+
     fn check(&mut self) -> Step {
+        if self.phase != Phase::Forward {
+            return self.check_back();
+        }
         for t in self.busy.drain(..) {
             let _ = t.join();
         }
@@ -275,6 +420,10 @@ impl Runner<'_> {
                 });
             }
             Item::ShellLibrary => self.shell = true,
+            Item::RecursiveTriggers => {
+                self.recursive = true;
+                let _ = self.app.execute_batch("PRAGMA recursive_triggers = ON");
+            }
             Item::Ddl(stmts) => self.ddl(stmts),
             Item::Tx { commit, stmts } => self.tx(*commit, stmts),
             Item::Start => self.start(),
@@ -307,6 +456,13 @@ impl Runner<'_> {
                 self.busy(*ms);
             }
             Item::Check => self.check()?,
+            // Shrinking may leave these without the cutover they need: they are skipped then.
+            Item::Cutover if self.phase == Phase::Forward => self.cutover()?,
+            Item::PgTx { commit, stmts } if self.phase == Phase::Reverse => {
+                self.pg_tx(*commit, stmts)
+            }
+            Item::Fallback if self.phase == Phase::Reverse => self.fallback()?,
+            Item::Cutover | Item::PgTx { .. } | Item::Fallback => {}
         }
         if let Some(d) = self.daemon.as_mut()
             && let Some(code) = d.try_exit()
@@ -360,6 +516,40 @@ fn wait_caught_up(d: &mut Daemon, path: &Path, url: &str) -> Step {
     }
 }
 
+/// The reverse stream's wait: no change the app made on Postgres is still pending.
+fn wait_reverse_caught_up(d: &mut Daemon, url: &str) -> Step {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        if let Some(code) = d.try_exit() {
+            return Err(format!(
+                "the daemon stopped by itself ({code:?}) before catching up:\n{}",
+                tail(&d.log_text(), 30)
+            ));
+        }
+        let done = postgres::Client::connect(url, postgres::NoTls)
+            .ok()
+            .and_then(|mut c| {
+                c.query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM sqlite2pg.reverse_change WHERE applied_at IS NULL)",
+                    &[],
+                )
+                .ok()
+            })
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the daemon did not catch up within {} s:\n{}",
+                CATCH_UP.as_secs(),
+                tail(&d.log_text(), 30)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
 fn caught_up(path: &Path, url: &str) -> bool {
     // Read-write for the reason the oracle gives.
     let Ok(conn) = rusqlite::Connection::open(path) else {
@@ -394,6 +584,10 @@ pub fn kind(failure: &str) -> &'static str {
         "differs from SQLite",
         "verify reports",
         "guarantee 3",
+        "SQLite differs from Postgres",
+        "cutover failed",
+        "fallback failed",
+        "after the fallback",
     ]
     .into_iter()
     .find(|k| failure.contains(k))
@@ -413,10 +607,13 @@ pub fn run(s: &Scenario, dir: &Path) -> Outcome {
         .expect("set the app's busy timeout");
     let mut r = Runner {
         path,
+        phase: Phase::Forward,
+        pg: None,
         db: &db,
         app,
         fk: false,
         shell: false,
+        recursive: false,
         daemon: None,
         reader: None,
         busy: Vec::new(),

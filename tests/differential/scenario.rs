@@ -5,6 +5,7 @@
 //! journal wal            the file's journal mode
 //! fk off                 the app connection's PRAGMA foreign_keys
 //! lib shell              transactions run through the system sqlite3 shell (older library)
+//! triggers recursive     the app sets PRAGMA recursive_triggers (REPLACE fires DELETE triggers)
 //! ddl                    statements run in one transaction with foreign keys off (Alembic's way)
 //!   CREATE TABLE ...
 //! tx commit              one app transaction; `rollback` ends it with ROLLBACK
@@ -15,7 +16,14 @@
 //! pg-restart 400         stop Postgres, wait 400 ms, start it again
 //! busy 700               another connection holds SQLite's write lock for 700 ms
 //! check                  wait until caught up; compare both sides; ask `verify`
+//! cutover                `sqlite2pg cutover`: the app moves to Postgres
+//! pg-tx commit           one app transaction on Postgres, after the cutover
+//!   UPDATE ...
+//! fallback               `sqlite2pg fallback`: the app moves back to SQLite
 //! ```
+//!
+//! After `cutover`, `check` waits for the reverse stream instead, and after `fallback` it
+//! compares the two sides with no daemon running.
 
 use std::fmt;
 
@@ -25,6 +33,7 @@ pub enum Item {
     Journal(String),
     ForeignKeys(bool),
     ShellLibrary,
+    RecursiveTriggers,
     Ddl(Vec<String>),
     Tx { commit: bool, stmts: Vec<String> },
     Start,
@@ -33,6 +42,9 @@ pub enum Item {
     PgRestart(u64),
     Busy(u64),
     Check,
+    Cutover,
+    PgTx { commit: bool, stmts: Vec<String> },
+    Fallback,
 }
 
 /// A whole scenario.
@@ -48,14 +60,20 @@ impl fmt::Display for Scenario {
                 Item::Journal(m) => writeln!(f, "journal {m}")?,
                 Item::ForeignKeys(on) => writeln!(f, "fk {}", if *on { "on" } else { "off" })?,
                 Item::ShellLibrary => writeln!(f, "lib shell")?,
+                Item::RecursiveTriggers => writeln!(f, "triggers recursive")?,
                 Item::Ddl(stmts) => {
                     writeln!(f, "ddl")?;
                     for s in stmts {
                         writeln!(f, "  {s}")?;
                     }
                 }
-                Item::Tx { commit, stmts } => {
-                    writeln!(f, "tx {}", if *commit { "commit" } else { "rollback" })?;
+                Item::Tx { commit, stmts } | Item::PgTx { commit, stmts } => {
+                    let word = if matches!(item, Item::PgTx { .. }) {
+                        "pg-tx"
+                    } else {
+                        "tx"
+                    };
+                    writeln!(f, "{word} {}", if *commit { "commit" } else { "rollback" })?;
                     for s in stmts {
                         writeln!(f, "  {s}")?;
                     }
@@ -66,6 +84,8 @@ impl fmt::Display for Scenario {
                 Item::PgRestart(ms) => writeln!(f, "pg-restart {ms}")?,
                 Item::Busy(ms) => writeln!(f, "busy {ms}")?,
                 Item::Check => writeln!(f, "check")?,
+                Item::Cutover => writeln!(f, "cutover")?,
+                Item::Fallback => writeln!(f, "fallback")?,
             }
         }
         Ok(())
@@ -83,9 +103,9 @@ impl Scenario {
             }
             if let Some(stmt) = line.strip_prefix("  ") {
                 match items.last_mut() {
-                    Some(Item::Ddl(stmts)) | Some(Item::Tx { stmts, .. }) => {
-                        stmts.push(stmt.to_string())
-                    }
+                    Some(Item::Ddl(stmts))
+                    | Some(Item::Tx { stmts, .. })
+                    | Some(Item::PgTx { stmts, .. }) => stmts.push(stmt.to_string()),
                     _ => return Err(bad()),
                 }
                 continue;
@@ -97,6 +117,7 @@ impl Scenario {
                 ("fk", "on") => Item::ForeignKeys(true),
                 ("fk", "off") => Item::ForeignKeys(false),
                 ("lib", "shell") => Item::ShellLibrary,
+                ("triggers", "recursive") => Item::RecursiveTriggers,
                 ("ddl", "") => Item::Ddl(Vec::new()),
                 ("tx", "commit") => Item::Tx {
                     commit: true,
@@ -112,6 +133,16 @@ impl Scenario {
                 ("pg-restart", _) => Item::PgRestart(ms()?),
                 ("busy", _) => Item::Busy(ms()?),
                 ("check", "") => Item::Check,
+                ("cutover", "") => Item::Cutover,
+                ("pg-tx", "commit") => Item::PgTx {
+                    commit: true,
+                    stmts: Vec::new(),
+                },
+                ("pg-tx", "rollback") => Item::PgTx {
+                    commit: false,
+                    stmts: Vec::new(),
+                },
+                ("fallback", "") => Item::Fallback,
                 _ => return Err(bad()),
             });
         }
@@ -123,7 +154,7 @@ impl Scenario {
         self.items
             .iter()
             .map(|i| match i {
-                Item::Ddl(s) | Item::Tx { stmts: s, .. } => s.len(),
+                Item::Ddl(s) | Item::Tx { stmts: s, .. } | Item::PgTx { stmts: s, .. } => s.len(),
                 _ => 0,
             })
             .sum()
@@ -137,6 +168,7 @@ fn the_text_form_reads_back_as_the_same_scenario() {
             Item::Journal("wal".into()),
             Item::ForeignKeys(true),
             Item::ShellLibrary,
+            Item::RecursiveTriggers,
             Item::Ddl(vec!["CREATE TABLE \"a b\" (x)".into()]),
             Item::Tx {
                 commit: false,
@@ -148,6 +180,12 @@ fn the_text_form_reads_back_as_the_same_scenario() {
             Item::PgRestart(300),
             Item::Busy(40),
             Item::Check,
+            Item::Cutover,
+            Item::PgTx {
+                commit: true,
+                stmts: vec!["UPDATE \"a b\" SET x = 'pg'".into()],
+            },
+            Item::Fallback,
         ],
     };
     assert_eq!(Scenario::parse(&s.to_string()), Ok(s));
