@@ -242,3 +242,53 @@ fn cutover_backs_out_when_the_final_verify_finds_a_difference() {
     let copied: i64 = scalar(&mut c, "SELECT count(*) FROM t");
     assert_eq!(copied, 3000);
 }
+
+/// Issue 15 (found by the differential tester, seed 8003): a migration rebuilt a child table
+/// without its foreign key column while the daemon ran; the key stayed in sqlite2pg's store and
+/// the cutover failed on the missing column. A key dropped while the column stays must not come
+/// back on Postgres either: SQLite no longer enforces it.
+#[test]
+fn foreign_keys_a_migration_took_away_are_not_added_at_cutover() {
+    let src = SqliteFile::new(
+        "CREATE TABLE parents (id INTEGER PRIMARY KEY);
+         CREATE TABLE kids (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parents(id), n INTEGER);
+         CREATE TABLE pets (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parents(id) ON DELETE CASCADE);
+         INSERT INTO parents VALUES (1);
+         INSERT INTO kids VALUES (1, 1, 0);
+         INSERT INTO pets VALUES (1, 1);",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    // Alembic's batch mode: copy, drop, rename; kids loses the column, pets the constraint.
+    src.conn()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             BEGIN;
+             CREATE TABLE _alembic_tmp_kids (id INTEGER PRIMARY KEY, n INTEGER);
+             INSERT INTO _alembic_tmp_kids (id, n) SELECT id, n FROM kids;
+             DROP TABLE kids;
+             ALTER TABLE _alembic_tmp_kids RENAME TO kids;
+             CREATE TABLE _alembic_tmp_pets (id INTEGER PRIMARY KEY, parent INTEGER);
+             INSERT INTO _alembic_tmp_pets SELECT id, parent FROM pets;
+             DROP TABLE pets;
+             ALTER TABLE _alembic_tmp_pets RENAME TO pets;
+             COMMIT;
+             INSERT INTO pets VALUES (2, 99);",
+        )
+        .unwrap();
+    wait_capture_current(&src.path, "pets", &mut d);
+    d.wait_caught_up();
+    let p = src.path.to_str().unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+    let mut c = db.client();
+    let fks = pg_rows(
+        &mut c,
+        "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' ORDER BY 1",
+    );
+    assert_eq!(fks, Vec::<Vec<Option<String>>>::new());
+    // As in SQLite, a pet may name a parent that does not exist.
+    c.batch_execute("INSERT INTO pets VALUES (3, 98)").unwrap();
+    drop(d);
+}

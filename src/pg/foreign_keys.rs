@@ -58,13 +58,15 @@ fn insert_sql() -> String {
 }
 
 /// Moves every foreign key on or referencing `tables` (in `schema`) into the store and drops
-/// it, and stores the `derived` ones sqlite2pg would create, in one transaction. Idempotent:
-/// each run does it again, so keys the app's migrations add on Postgres meanwhile are taken
-/// over too. Needs ownership of the tables, not superuser. Returns how many were dropped.
+/// it, and stores the `derived` ones sqlite2pg would create on the tables it `created`, in one
+/// transaction. Idempotent: each run does it again, so keys the app's migrations add on
+/// Postgres meanwhile are taken over too. Needs ownership of the tables, not superuser.
+/// Returns how many were dropped.
 pub async fn take_over(
     client: &mut Client,
     schema: &str,
     tables: &[String],
+    created: &[String],
     derived: &[(String, ForeignKeyDef)],
 ) -> Result<usize> {
     let tx = client
@@ -109,6 +111,24 @@ pub async fn take_over(
         .map_err(pg(&format!(
             "drop foreign key {name} of table {table} while streaming (the user needs to own the table)"
         )))?;
+    }
+    // The keys of the tables sqlite2pg made are SQLite's as they are now: a migration that
+    // rebuilt a table without a foreign key (or without its column) takes it away, and the
+    // cutover must not add to Postgres a constraint SQLite no longer has.
+    let before = tx
+        .query(
+            &format!(
+                "DELETE FROM {STATE_SCHEMA}.foreign_key WHERE target_schema = $1 AND target_table = ANY($2) RETURNING target_table, name"
+            ),
+            &[&schema, &created],
+        )
+        .await
+        .map_err(pg("renew the foreign keys kept for the tables sqlite2pg made"))?;
+    for r in &before {
+        let (table, name): (String, String) = (r.get(0), r.get(1));
+        if !derived.iter().any(|(t, fk)| *t == table && fk.name == name) {
+            tracing::info!(table = %table, foreign_key = %name, "this foreign key is gone from SQLite (a migration rebuilt the table): the cutover will not add it");
+        }
     }
     for (table, fk) in derived {
         let def = ddl::foreign_key_clause(schema, fk);

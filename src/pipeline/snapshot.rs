@@ -154,7 +154,14 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                 .map(|fk| (t.target.clone(), fk.clone()))
         })
         .collect();
-    let dropped = foreign_keys::take_over(client, &opts.schema, &targets, &derived).await?;
+    let created: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|t| t.create)
+        .map(|t| t.target.clone())
+        .collect();
+    let dropped =
+        foreign_keys::take_over(client, &opts.schema, &targets, &created, &derived).await?;
     if dropped > 0 {
         tracing::info!(
             dropped,

@@ -55,7 +55,7 @@ fn random_apps_agree_on_both_sides() {
     let started = Instant::now();
     let (mut apps, mut steps, mut statements, mut faults, mut reads, mut refused) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let (mut rss, mut lag) = (0u64, 0u64);
+    let (mut rss, mut lag, mut moves) = (0u64, 0u64, 0u64);
     while apps == 0 || started.elapsed() < budget {
         let app_seed = seed.wrapping_add(apps);
         let s = apps::scenario(app_seed, STEPS, restarts);
@@ -72,19 +72,21 @@ fn random_apps_agree_on_both_sides() {
         faults += out.faults as u64;
         reads += out.bank_reads;
         refused += out.refused as u64;
+        moves += out.moves as u64;
         rss = rss.max(out.max_rss_kib);
         lag = lag.max(out.max_catch_up_ms);
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "differential: {apps} random apps, {steps} checked steps, {statements} statements \
-         ({refused} transactions refused by SQLite itself), {faults} faults, {reads} bank reads \
+        "differential: {apps} random apps ({moves} moved to Postgres and back), {steps} checked \
+         steps, {statements} statements ({refused} transactions refused by the database), \
+         {faults} faults, {reads} bank reads \
          on Postgres, 0 divergences, in {secs:.0} s; daemon RSS at most {rss} KiB; longest \
          catch-up after a step {lag} ms"
     );
     if let Ok(path) = std::env::var("SQLITE2PG_DIFF_REPORT") {
         let report = serde_json::json!({
-            "seed": seed, "seconds": secs, "apps": apps, "checked_steps": steps,
+            "seed": seed, "seconds": secs, "apps": apps, "moves": moves, "checked_steps": steps,
             "statements": statements, "refused_transactions": refused, "faults": faults,
             "bank_reads": reads, "divergences": 0, "max_daemon_rss_kib": rss,
             "max_catch_up_ms": lag,

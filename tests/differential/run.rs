@@ -23,6 +23,8 @@ pub struct Outcome {
     pub bank_reads: u64,
     /// Faults injected.
     pub faults: usize,
+    /// Moves completed: a cutover, writes on Postgres, and a fallback.
+    pub moves: usize,
     /// The daemon's largest resident set seen, in KiB.
     pub max_rss_kib: u64,
     /// The longest wait for the daemon to catch up after a step, in ms.
@@ -316,6 +318,7 @@ impl Runner<'_> {
             }
         }
         self.phase = Phase::FellBack;
+        self.out.moves += 1;
         Ok(())
     }
 
@@ -576,8 +579,17 @@ fn caught_up(path: &Path, url: &str) -> bool {
     .is_some_and(|r| r.get::<_, bool>(0))
 }
 
-/// The kind of a failure, so shrinking keeps the failure it started with and not another.
-pub fn kind(failure: &str) -> &'static str {
+/// The kind of a failure, so shrinking keeps the failure it started with and not another. A
+/// command that failed is told apart by the first words of its error: a shrunk scenario that
+/// only fails to cut over for want of a daemon is another failure.
+pub fn kind(failure: &str) -> String {
+    for command in ["cutover failed", "fallback failed"] {
+        if let Some(at) = failure.find(command) {
+            let error = failure[at..].lines().nth(1).unwrap_or("");
+            let words: Vec<&str> = error.split_whitespace().take(6).collect();
+            return format!("{command}: {}", words.join(" "));
+        }
+    }
     [
         "stopped by itself",
         "did not catch up",
@@ -585,13 +597,12 @@ pub fn kind(failure: &str) -> &'static str {
         "verify reports",
         "guarantee 3",
         "SQLite differs from Postgres",
-        "cutover failed",
-        "fallback failed",
         "after the fallback",
     ]
     .into_iter()
     .find(|k| failure.contains(k))
     .unwrap_or("other")
+    .to_string()
 }
 
 /// Runs `s` from an empty file and database, with a final check.
