@@ -620,19 +620,24 @@ impl Gen {
         sql
     }
 
+    /// `"k1" = v1 AND ...`: one row of `tab` by its key, which may or may not exist.
+    fn by_key(&mut self, tab: &Tab) -> String {
+        let conds: Vec<String> = tab
+            .key
+            .iter()
+            .map(|i| {
+                let c = tab.col(*i);
+                format!("{} = {}", qi(&c.name), key_value(&mut self.rng, c.kind))
+            })
+            .collect();
+        conds.join(" AND ")
+    }
+
     /// A WHERE that picks rows of `t` the way apps do: by key, or by a value.
     fn where_clause(&mut self, t: usize) -> String {
         let tab = self.tabs[t].clone();
         if !tab.key.is_empty() && self.rng.chance(0.7) {
-            let conds: Vec<String> = tab
-                .key
-                .iter()
-                .map(|i| {
-                    let c = tab.col(*i);
-                    format!("{} = {}", qi(&c.name), key_value(&mut self.rng, c.kind))
-                })
-                .collect();
-            return conds.join(" AND ");
+            return self.by_key(&tab);
         }
         let c = tab.col(self.rng.below(tab.cols.len()));
         match self.rng.below(3) {
@@ -722,15 +727,7 @@ impl Gen {
     fn pg_where(&mut self, t: usize) -> String {
         let tab = self.tabs[t].clone();
         if !tab.key.is_empty() && self.rng.chance(0.8) {
-            let conds: Vec<String> = tab
-                .key
-                .iter()
-                .map(|i| {
-                    let c = tab.col(*i);
-                    format!("{} = {}", qi(&c.name), key_value(&mut self.rng, c.kind))
-                })
-                .collect();
-            return conds.join(" AND ");
+            return self.by_key(&tab);
         }
         let c = tab.col(self.rng.below(tab.cols.len()));
         let not = if self.rng.chance(0.5) { " NOT" } else { "" };

@@ -497,39 +497,13 @@ const CATCH_UP: Duration = Duration::from_secs(20);
 /// Like the harness's wait, but a daemon that stops or stalls is a finding, not a panic, and
 /// an app with no table left is caught up once the stream has started.
 fn wait_caught_up(d: &mut Daemon, path: &Path, url: &str) -> Step {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        if let Some(code) = d.try_exit() {
-            return Err(format!(
-                "the daemon stopped by itself ({code:?}) before catching up:\n{}",
-                tail(&d.log_text(), 30)
-            ));
-        }
-        if caught_up(path, url) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the daemon did not catch up within {} s:\n{}",
-                CATCH_UP.as_secs(),
-                tail(&d.log_text(), 30)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
+    wait_for(d, || caught_up(path, url))
 }
 
 /// The reverse stream's wait: no change the app made on Postgres is still pending.
 fn wait_reverse_caught_up(d: &mut Daemon, url: &str) -> Step {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        if let Some(code) = d.try_exit() {
-            return Err(format!(
-                "the daemon stopped by itself ({code:?}) before catching up:\n{}",
-                tail(&d.log_text(), 30)
-            ));
-        }
-        let done = postgres::Client::connect(url, postgres::NoTls)
+    wait_for(d, || {
+        postgres::Client::connect(url, postgres::NoTls)
             .ok()
             .and_then(|mut c| {
                 c.query_one(
@@ -538,8 +512,21 @@ fn wait_reverse_caught_up(d: &mut Daemon, url: &str) -> Step {
                 )
                 .ok()
             })
-            .is_some_and(|r| r.get::<_, bool>(0));
-        if done {
+            .is_some_and(|r| r.get::<_, bool>(0))
+    })
+}
+
+/// Waits until `done` while the daemon runs: one that stops or stalls is a finding.
+fn wait_for(d: &mut Daemon, done: impl Fn() -> bool) -> Step {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        if let Some(code) = d.try_exit() {
+            return Err(format!(
+                "the daemon stopped by itself ({code:?}) before catching up:\n{}",
+                tail(&d.log_text(), 30)
+            ));
+        }
+        if done() {
             return Ok(());
         }
         if Instant::now() > deadline {
