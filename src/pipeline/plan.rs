@@ -540,9 +540,14 @@ fn plan_create(
                     table: t.name.clone(),
                     column: None,
                     message: format!(
-                        "{}index {} is on an expression and is not created: {why}",
+                        "{}index {}{} is not created: {why}",
                         if ix.unique { "unique " } else { "" },
-                        ix.name
+                        ix.name,
+                        if ix.columns.iter().any(Option::is_none) {
+                            " is on an expression and"
+                        } else {
+                            ""
+                        }
                     ),
                     hint: if ix.unique {
                         "create it in Postgres by hand, or Postgres accepts the duplicates SQLite refuses (and the reverse stream stops on them after a cutover)".into()
@@ -694,7 +699,6 @@ fn plan_create(
     }
 }
 
-/// The columns a CHECK of table `t` may name, as Postgres has them.
 /// Target names (or, for a term on an expression, SQLite's text of it) and the Postgres SQL of
 /// each term on an expression; why the index cannot be made on Postgres otherwise.
 type IndexTerms = (Vec<String>, Vec<Option<String>>);
@@ -736,6 +740,7 @@ fn index_terms(
     Ok((names, expressions))
 }
 
+/// The columns a CHECK of table `t` may name, as Postgres has them.
 fn scope_of(t: &SourceTable, columns: &[ColumnPlan]) -> expr::Scope {
     expr::Scope::table(&t.name, expr_columns(columns))
 }
