@@ -207,3 +207,151 @@ fn pages_cut_short_by_time_are_not_the_end_of_the_table() {
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["tables"][0]["rows_compared"], 12000, "{report:#}");
 }
+
+/// Keys of every type SQLite allows, in the orders where SQLite and Postgres disagree (a
+/// boolean in a composite key, as MLflow's `metrics`; dates in two text layouts; NOCASE text;
+/// blobs; uuids; a column of several storage classes): verified, differences found by key,
+/// and the tables cut over.
+#[test]
+fn keys_of_every_type_are_verified_and_cut_over() {
+    let src = SqliteFile::new(
+        "CREATE TABLE metrics (key VARCHAR(250) NOT NULL, value FLOAT NOT NULL, timestamp BIGINT NOT NULL,
+             run_uuid VARCHAR(32) NOT NULL, step BIGINT NOT NULL, is_nan BOOLEAN NOT NULL,
+             PRIMARY KEY (key, timestamp, step, run_uuid, value, is_nan));
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 600)
+         INSERT INTO metrics SELECT 'loss', i * 0.5, 1700000000 + i / 3, 'r' || (i % 4), i % 7, i % 2 FROM s;
+         CREATE TABLE days (day DATE PRIMARY KEY, v TEXT);
+         INSERT INTO days VALUES ('2024-03-01', 'a'), ('2024-02-29', 'b'), ('2023-12-31', 'c');
+         CREATE TABLE stamps (at DATETIME PRIMARY KEY, v TEXT);
+         INSERT INTO stamps VALUES ('2024-01-01 10:00:00', 'a'), ('2024-01-01T09:00:00', 'b'),
+             ('2024-01-01 09:30:00.250', 'c'), ('2023-06-01T00:00:00', 'd');
+         CREATE TABLE times (t TIME PRIMARY KEY, v TEXT);
+         INSERT INTO times VALUES ('10:00:00', 'a'), ('09:00', 'b'), ('23:59:59.5', 'c');
+         CREATE TABLE tokens (id UUID PRIMARY KEY, v TEXT);
+         INSERT INTO tokens VALUES ('f0e1d2c3-b4a5-4697-8879-6a5b4c3d2e1f', 'a'),
+             ('0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9', 'b'), ('7fffffff-0000-4000-8000-000000000000', 'c');
+         CREATE TABLE people (name TEXT COLLATE NOCASE PRIMARY KEY, v TEXT);
+         INSERT INTO people VALUES ('bob', 'a'), ('Alice', 'b'), ('carol', 'c'), ('Dave', 'd'), ('_x', 'e');
+         CREATE TABLE padded (name TEXT COLLATE RTRIM PRIMARY KEY, v TEXT);
+         INSERT INTO padded VALUES ('a', '1'), ('a!', '2'), ('b', '3');
+         CREATE TABLE blobs (k BLOB PRIMARY KEY, v TEXT);
+         INSERT INTO blobs VALUES (x'ff', 'a'), (x'00', 'b'), (x'0001', 'c'), (x'', 'd');
+         CREATE TABLE reals (k REAL PRIMARY KEY, v TEXT);
+         INSERT INTO reals VALUES (-0.5, 'a'), (2, 'b'), (1e300, 'c'), (0.1, 'd');
+         CREATE TABLE flags (name TEXT NOT NULL, enabled BOOLEAN NOT NULL, v TEXT,
+             PRIMARY KEY (enabled, name)) WITHOUT ROWID;
+         INSERT INTO flags VALUES ('x', 1, 'a'), ('x', 0, 'b'), ('y', 1, 'c');",
+    );
+    let db = TestDb::new();
+    let p = src.path.to_str().unwrap();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let (code, report) = verify(&src.path, &db, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    let compared = |report: &serde_json::Value, table: &str| -> serde_json::Value {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == table)
+            .unwrap_or_else(|| panic!("no {table} in {report:#}"))
+            .clone()
+    };
+    assert_eq!(compared(&report, "metrics")["rows_compared"], 600);
+    assert_eq!(compared(&report, "stamps")["rows_compared"], 4);
+    // Postgres tampered behind the daemon's back: each kind of difference is found by its key.
+    d.stop();
+    db.client()
+        .batch_execute(
+            "DELETE FROM metrics WHERE is_nan AND step = 3 AND run_uuid = 'r1' AND value = 8.5;
+             INSERT INTO metrics VALUES ('loss', 9.5, 1, 'zz', 0, true);
+             UPDATE stamps SET v = 'changed' WHERE at = '2024-01-01 09:00:00';
+             DELETE FROM days WHERE day = '2024-02-29';
+             INSERT INTO tokens VALUES ('00000000-0000-4000-8000-000000000001', 'ghost');
+             UPDATE people SET v = 'changed' WHERE name = 'Dave';
+             UPDATE blobs SET v = 'changed' WHERE k = '\\x0001';
+             UPDATE flags SET v = 'changed' WHERE NOT enabled;",
+        )
+        .unwrap();
+    let (code, report) = verify(&src.path, &db, &[]);
+    assert_eq!(code, Some(1), "{report:#}");
+    let m = compared(&report, "metrics");
+    assert_eq!(
+        (
+            &m["missing_in_postgres"],
+            &m["extra_in_postgres"],
+            &m["differing"]
+        ),
+        (&1.into(), &1.into(), &0.into()),
+        "{m:#}"
+    );
+    let keys: Vec<String> = m["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap(),
+                e["key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        keys.contains(&"missing_in_postgres (key='loss', timestamp=1700000005, step=3, run_uuid='r1', value=8.5, is_nan=1)".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k == "extra_in_postgres (key='loss', timestamp=1, step=0, run_uuid='zz', value=9.5, is_nan=1)"),
+        "{keys:?}"
+    );
+    let s = compared(&report, "stamps");
+    assert_eq!(s["differing"], 1, "{s:#}");
+    assert_eq!(s["examples"][0]["key"], "at='2024-01-01T09:00:00'");
+    assert_eq!(s["examples"][0]["postgres"], "changed");
+    assert_eq!(compared(&report, "days")["missing_in_postgres"], 1);
+    assert_eq!(compared(&report, "tokens")["extra_in_postgres"], 1);
+    assert_eq!(compared(&report, "people")["differing"], 1);
+    assert_eq!(
+        compared(&report, "people")["examples"][0]["key"],
+        "name='Dave'"
+    );
+    assert_eq!(compared(&report, "blobs")["differing"], 1);
+    assert_eq!(compared(&report, "flags")["differing"], 1);
+    for t in ["times", "padded", "reals"] {
+        let r = compared(&report, t);
+        assert_eq!(
+            (
+                &r["missing_in_postgres"],
+                &r["extra_in_postgres"],
+                &r["differing"]
+            ),
+            (&0.into(), &0.into(), &0.into()),
+            "{r:#}"
+        );
+    }
+    // Put right, then cut over: cutover verifies what changed by key too.
+    db.client()
+        .batch_execute(
+            "INSERT INTO metrics VALUES ('loss', 8.5, 1700000005, 'r1', 3, true);
+             DELETE FROM metrics WHERE run_uuid = 'zz';
+             UPDATE stamps SET v = 'b' WHERE at = '2024-01-01 09:00:00';
+             INSERT INTO days VALUES ('2024-02-29', 'b');
+             DELETE FROM tokens WHERE v = 'ghost';
+             UPDATE people SET v = 'd' WHERE name = 'Dave';
+             UPDATE blobs SET v = 'c' WHERE k = '\\x0001';
+             UPDATE flags SET v = 'b' WHERE NOT enabled;",
+        )
+        .unwrap();
+    sqlite3_shell(
+        &src.path,
+        "UPDATE people SET v = 'moved' WHERE name = 'ALICE'; UPDATE metrics SET step = 99 WHERE is_nan = 0 AND step = 0 AND run_uuid = 'r2';",
+    );
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover"]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+    let (code, report) = verify(&src.path, &db, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(d.stop());
+}

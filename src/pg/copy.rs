@@ -23,6 +23,17 @@ pub fn begin_row(buf: &mut BytesMut, fields: usize) {
     buf.put_i16(fields as i16);
 }
 
+/// Appends one field already in binary form; `None` is NULL.
+pub fn put_field(buf: &mut BytesMut, value: Option<&[u8]>) {
+    match value {
+        Some(b) => {
+            buf.put_i32(b.len() as i32);
+            buf.put_slice(b);
+        }
+        None => buf.put_i32(-1),
+    }
+}
+
 /// Streams a buffer made by `begin_buffer`/`begin_row`/`convert::encode` into a table
 /// (`schema` None: a table of the session, such as a temp table) and returns the number of rows
 /// the server stored.

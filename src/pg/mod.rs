@@ -7,6 +7,7 @@ pub mod copy;
 pub mod ddl;
 pub mod decode;
 pub mod foreign_keys;
+pub mod lookup;
 pub mod reverse;
 pub mod scan;
 pub mod sequences;

@@ -15,12 +15,16 @@ use tokio_postgres::Client;
 
 use super::plan::{Plan, TablePlan};
 use crate::error::{Error, ErrorKind, Result};
+use crate::expr::Collation;
 use crate::model::{OwnedValue, PgType, display_key};
+use crate::pg::lookup::{self, Lookup};
 use crate::pg::scan::{self, Raw};
-use crate::pg::{convert, qualified, quote_ident, reverse, state};
+use crate::pg::{convert, copy, decode, qualified, quote_ident, reverse, state};
 use crate::sqlite::changes::{self, RowReader};
+use crate::sqlite::form;
 use crate::sqlite::reader::{self, ScanQuery};
 use crate::sqlite::{self, capture};
+use crate::typemap::{self, Affinity};
 
 const PAGE: usize = 5_000;
 /// Differences kept (with their keys) for the re-check; beyond it they are only counted.
@@ -187,16 +191,13 @@ fn key_from_pg(ty: &PgType, raw: &Raw, table: &str) -> Result<KeyVal> {
                 }
             }
         }
-        PgType::Text
-        | PgType::Varchar { .. }
-        | PgType::Bpchar { .. }
-        | PgType::Enum { .. }
-        | PgType::Bytea => KeyVal::Bytes(b.to_vec()),
+        PgType::Text | PgType::Varchar { .. } | PgType::Bpchar { .. } => KeyVal::Bytes(b.to_vec()),
+        // `orders_alike` sends every other key to a lookup.
         other => {
             return Err(Error::new(
-                ErrorKind::Schema,
+                ErrorKind::Target,
                 format!(
-                    "verify cannot order table {table} by a {} key yet; --tables can leave it out",
+                    "verify merged table {table} by a {} key, which Postgres does not order as SQLite",
                     other.sql()
                 ),
             ));
@@ -216,7 +217,23 @@ fn key_to_owned(k: &KeyVal) -> OwnedValue {
 /// A SQLite row: its key, and each column encoded as apply would (Err: cannot be converted).
 struct SourceRow {
     key: Vec<KeyVal>,
+    /// The key as SQLite holds it (to re-read the row, and to name it).
+    sqlite_key: Vec<OwnedValue>,
     values: Vec<std::result::Result<Option<Vec<u8>>, String>>,
+}
+
+/// One value encoded as apply encodes it (without the length prefix), or why it cannot be.
+fn encode_value(
+    v: &OwnedValue,
+    conv: &convert::ColumnConv,
+    scratch: &mut BytesMut,
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    scratch.clear();
+    match convert::encode(v.as_ref(), conv, scratch) {
+        Ok(()) if matches!(v, OwnedValue::Null) => Ok(None),
+        Ok(()) => Ok(Some(scratch[4..].to_vec())),
+        Err(e) => Err(e.detail),
+    }
 }
 
 fn encode_row(
@@ -227,15 +244,40 @@ fn encode_row(
     t.columns
         .iter()
         .zip(values)
-        .map(|(c, v)| {
-            scratch.clear();
-            match convert::encode(v.as_ref(), &c.conv, scratch) {
-                Ok(()) if matches!(v, OwnedValue::Null) => Ok(None),
-                Ok(()) => Ok(Some(scratch[4..].to_vec())),
-                Err(e) => Err(e.detail),
-            }
-        })
+        .map(|(c, v)| encode_value(v, &c.conv, scratch))
         .collect()
+}
+
+/// A SQLite key encoded for a [`Lookup`]; a value that cannot be converted is NULL, which
+/// finds no row (Postgres cannot hold it).
+fn encode_key(
+    t: &TablePlan,
+    keys: &[usize],
+    key: &[OwnedValue],
+    scratch: &mut BytesMut,
+) -> Vec<Option<Vec<u8>>> {
+    keys.iter()
+        .zip(key)
+        .map(|(p, v)| encode_value(v, &t.columns[*p].conv, scratch).unwrap_or(None))
+        .collect()
+}
+
+/// A lookup of the table's rows by key: every copied column, or one as text.
+fn lookup(t: &TablePlan, schema: &str, keys: &[usize], text_of: Option<usize>) -> Lookup {
+    let key_cols: Vec<(&str, &PgType)> = keys
+        .iter()
+        .map(|p| (t.columns[*p].target.as_str(), &t.columns[*p].conv.ty))
+        .collect();
+    match text_of {
+        Some(i) => Lookup::new(
+            schema,
+            &t.target,
+            &key_cols,
+            std::slice::from_ref(&t.columns[i].target),
+            true,
+        ),
+        None => Lookup::new(schema, &t.target, &key_cols, &t.target_columns(), false),
+    }
 }
 
 /// The first column where SQLite's encoded row and Postgres' row differ (or cannot convert).
@@ -334,14 +376,14 @@ fn spawn_source(
                     PAGE,
                     Duration::from_millis(100),
                     |row| {
-                        let key = row[..klen]
-                            .iter()
-                            .map(|v| key_from_sqlite(&v.to_owned_value()))
-                            .collect();
+                        let sqlite_key: Vec<OwnedValue> =
+                            row[..klen].iter().map(|v| v.to_owned_value()).collect();
+                        let key = sqlite_key.iter().map(key_from_sqlite).collect();
                         let values: Vec<OwnedValue> =
                             row[klen..].iter().map(|v| v.to_owned_value()).collect();
                         rows.push(SourceRow {
                             key,
+                            sqlite_key,
                             values: encode_row(&t, &values, &mut scratch),
                         });
                         Ok(())
@@ -363,9 +405,189 @@ fn spawn_source(
     (rx, handle)
 }
 
+/// Whether Postgres orders every value the key columns can hold as SQLite orders it, so both
+/// sides can be merged in key order: integers, reals and numerics of a numeric affinity, and
+/// text of TEXT affinity compared byte by byte. Any other key (boolean, date, uuid, enum, blob,
+/// a NOCASE or RTRIM text, a column whose values may be of several storage classes) is
+/// compared by lookup.
+fn orders_alike(t: &TablePlan, keys: &[usize]) -> bool {
+    keys.iter().all(|p| {
+        let c = &t.columns[*p];
+        let affinity = typemap::affinity(&c.decl_type);
+        c.collation == Collation::Binary
+            && match &c.conv.ty {
+                ty if ty.is_integer() => affinity == Affinity::Integer,
+                PgType::Float8 | PgType::Numeric { .. } => matches!(
+                    affinity,
+                    Affinity::Integer | Affinity::Real | Affinity::Numeric
+                ),
+                PgType::Text | PgType::Varchar { .. } | PgType::Bpchar { .. } => {
+                    affinity == Affinity::Text
+                }
+                _ => false,
+            }
+    })
+}
+
+/// The temporary table a lookup comparison fills with every SQLite key, to find the rows only
+/// Postgres has.
+const SEEN_KEYS: &str = "sqlite2pg_verify_keys";
+
+/// A table whose key Postgres does not order as SQLite does: SQLite is read in its key order,
+/// a page at a time, and each page's rows are looked up in Postgres by key; the keys read are
+/// copied into a temporary table, and the rows of Postgres that none of them finds are extra.
+async fn compare_by_lookup(
+    client: &mut Client,
+    t: &TablePlan,
+    keys: &[usize],
+    opts: &Options,
+) -> Result<Counts> {
+    let schema = opts.schema.as_str();
+    let by_key = lookup(t, schema, keys, None);
+    let aliases: Vec<String> = (1..=keys.len()).map(|j| format!("a{j}")).collect();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
+    let columns: Vec<String> = keys
+        .iter()
+        .zip(&aliases)
+        .map(|(p, a)| format!("{a} {}", t.columns[*p].conv.ty.sql()))
+        .collect();
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE {SEEN_KEYS} ({}) ON COMMIT DROP",
+        columns.join(", ")
+    ))
+    .await
+    .map_err(|e| Error::from_pg("cannot make the verify's temporary table", e))?;
+    let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
+    let mut counts = Counts::default();
+    while let Some(page) = source_rx.recv().await {
+        let page = page?;
+        let encoded: Vec<Vec<Option<Vec<u8>>>> = page
+            .rows
+            .iter()
+            .map(|r| {
+                keys.iter()
+                    .map(|p| r.values[*p].clone().unwrap_or(None))
+                    .collect()
+            })
+            .collect();
+        let found = by_key.rows(&tx, &encoded).await?;
+        let mut buf = copy::begin_buffer(64 * encoded.len());
+        for k in &encoded {
+            copy::begin_row(&mut buf, k.len());
+            for v in k {
+                copy::put_field(&mut buf, v.as_deref());
+            }
+        }
+        copy::copy_in(&tx, None, SEEN_KEYS, &aliases, buf).await?;
+        for (s, pg) in page.rows.into_iter().zip(found) {
+            counts.rows += 1;
+            match pg {
+                None => counts.add(Diff {
+                    key: s.sqlite_key,
+                    kind: "missing_in_postgres",
+                    column: None,
+                }),
+                Some(row) => {
+                    if let Some(i) = first_difference(t, &s.values, &row) {
+                        counts.add(Diff {
+                            key: s.sqlite_key,
+                            kind: "differs",
+                            column: Some(i),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if reader_thread.join().is_err() {
+        return Err(Error::new(
+            ErrorKind::SourceUnreadable,
+            format!("the SQLite reader of table {} panicked", t.source.name),
+        ));
+    }
+    let key_targets: Vec<String> = keys
+        .iter()
+        .map(|p| format!("t.{}", quote_ident(&t.columns[*p].target)))
+        .collect();
+    let unseen: Vec<String> = keys
+        .iter()
+        .zip(&aliases)
+        .map(|(p, a)| {
+            lookup::key_equal(
+                &t.columns[*p].target,
+                &t.columns[*p].conv.ty,
+                &format!("k.{a}"),
+            )
+        })
+        .collect();
+    let only_postgres = format!(
+        "FROM {} t WHERE NOT EXISTS (SELECT FROM {SEEN_KEYS} k WHERE {})",
+        qualified(schema, &t.target),
+        unseen.join(" AND ")
+    );
+    let extras_err = |e| {
+        Error::from_pg(
+            format!("cannot find rows only Postgres has in table {}", t.target),
+            e,
+        )
+    };
+    let extra_count: i64 = tx
+        .query_one(&format!("SELECT count(*) {only_postgres}"), &[])
+        .await
+        .map_err(extras_err)?
+        .get(0);
+    let extra = tx
+        .query(
+            &format!(
+                "SELECT {} {only_postgres} LIMIT {KEEP}",
+                key_targets.join(", ")
+            ),
+            &[],
+        )
+        .await
+        .map_err(extras_err)?;
+    // Those past the kept ones are counted only, as in a merge.
+    counts.extra += (extra_count as u64).saturating_sub(extra.len() as u64);
+    tx.commit()
+        .await
+        .map_err(|e| Error::from_pg("cannot end a verify transaction", e))?;
+    if !extra.is_empty() {
+        // Named as SQLite would hold them, in the forms its values have, to be re-read there.
+        let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+        let typed: Vec<(&str, &PgType)> = keys
+            .iter()
+            .map(|p| (t.columns[*p].source.as_str(), &t.columns[*p].conv.ty))
+            .collect();
+        let forms = tokio::task::block_in_place(|| form::learn(&conn, &t.source.name, &typed))?;
+        for r in extra {
+            let key = keys
+                .iter()
+                .enumerate()
+                .map(|(j, p)| match r.get::<_, Raw>(j).0 {
+                    Some(b) => decode::decode(&b, &t.columns[*p].conv, &forms[j])
+                        .unwrap_or(OwnedValue::Blob(b)),
+                    None => OwnedValue::Null,
+                })
+                .collect();
+            counts.add(Diff {
+                key,
+                kind: "extra_in_postgres",
+                column: None,
+            });
+        }
+    }
+    Ok(counts)
+}
+
 async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Result<Counts> {
     let schema = opts.schema.as_str();
     let keys = key_positions(t)?;
+    if !orders_alike(t, &keys) {
+        return compare_by_lookup(client, t, &keys, opts).await;
+    }
     let order: Vec<String> = keys
         .iter()
         .map(|p| scan::order_term(&t.columns[*p].target, &t.columns[*p].conv.ty))
@@ -413,10 +635,10 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
         };
         match step {
             Ordering::Less => {
-                let key = src.pop_front().map(|s| s.key).unwrap_or_default();
+                let key = src.pop_front().map(|s| s.sqlite_key).unwrap_or_default();
                 counts.rows += 1;
                 counts.add(Diff {
-                    key: key.iter().map(key_to_owned).collect(),
+                    key,
                     kind: "missing_in_postgres",
                     column: None,
                 });
@@ -439,7 +661,7 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
                 counts.rows += 1;
                 if let Some(i) = first_difference(t, &s.values, &d) {
                     counts.add(Diff {
-                        key: s.key.iter().map(key_to_owned).collect(),
+                        key: s.sqlite_key,
                         kind: "differs",
                         column: Some(i),
                     });
@@ -510,7 +732,7 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
             let e = seen.entry(f).or_insert((0, None));
             e.0 += 1;
             if e.1.is_none() {
-                e.1 = r.key.first().map(key_to_owned);
+                e.1 = r.sqlite_key.first().cloned();
             }
         }
     }
@@ -578,18 +800,13 @@ async fn recheck(
     let key_names: Vec<String> = keys.iter().map(|p| t.columns[*p].source.clone()).collect();
     let reader = RowReader::new(&t.source.name, &key_names, &t.source_columns());
     let sqlite_row = tokio::task::block_in_place(|| changes::read_row_by_key(conn, &reader, key))?;
-    let (sql, params) = by_key_query(t, schema, &keys, key, None);
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-        .iter()
-        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let pg_row = client
-        .query_opt(&sql, &refs)
-        .await
-        .map_err(|e| Error::from_pg(format!("cannot re-read a row of table {}", t.target), e))?;
-    let pg_values: Option<Vec<Raw>> =
-        pg_row.map(|r| (0..r.len()).map(|i| r.get::<_, Raw>(i)).collect());
     let mut scratch = BytesMut::new();
+    let encoded = encode_key(t, &keys, key, &mut scratch);
+    let pg_values = lookup(t, schema, &keys, None)
+        .rows(client, &[encoded])
+        .await?
+        .pop()
+        .flatten();
     Ok(match (sqlite_row, pg_values) {
         (None, None) => None,
         (Some(_), None) => Some(Diff {
@@ -611,66 +828,6 @@ async fn recheck(
             })
         }
     })
-}
-
-/// `SELECT <columns or one column as text> FROM t WHERE key::text = $n ...`, keys as text.
-fn by_key_query(
-    t: &TablePlan,
-    schema: &str,
-    keys: &[usize],
-    key: &[OwnedValue],
-    column_text: Option<usize>,
-) -> (String, Vec<String>) {
-    let select = match column_text {
-        Some(i) => format!("{}::text", quote_ident(&t.columns[i].target)),
-        None => t
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.target))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
-    let cond: Vec<String> = keys
-        .iter()
-        .enumerate()
-        .zip(key)
-        .map(|((n, p), v)| {
-            let col = quote_ident(&t.columns[*p].target);
-            // Typed where the key's text is sure to parse, so the key's index serves: a
-            // re-check of many rows of a big table must not scan it once per row.
-            match (&t.columns[*p].conv.ty, v) {
-                (ty, OwnedValue::Integer(_)) if ty.is_integer() => {
-                    format!("{col} = ${}::text::bigint", n + 1)
-                }
-                (PgType::Text | PgType::Varchar { .. }, OwnedValue::Text(_)) => {
-                    format!("{col} = ${}::text", n + 1)
-                }
-                _ => format!("{col}::text = ${}", n + 1),
-            }
-        })
-        .collect();
-    let params = key.iter().map(key_text).collect();
-    (
-        format!(
-            "SELECT {select} FROM {} WHERE {}",
-            qualified(schema, &t.target),
-            cond.join(" AND ")
-        ),
-        params,
-    )
-}
-
-fn key_text(v: &OwnedValue) -> String {
-    match v {
-        OwnedValue::Integer(i) => i.to_string(),
-        OwnedValue::Real(f) => format!("{f}"),
-        OwnedValue::Text(b) => String::from_utf8_lossy(b).into_owned(),
-        OwnedValue::Blob(b) => format!(
-            "\\x{}",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        ),
-        OwnedValue::Null => String::new(),
-    }
 }
 
 async fn example(
@@ -708,20 +865,18 @@ async fn example(
         {
             ex.sqlite = Some(row[i].as_ref().display());
         }
-        let (sql, params) = by_key_query(t, schema, &keys, &d.key, Some(i));
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        if let Some(r) = client
-            .query_opt(&sql, &refs)
-            .await
-            .map_err(|e| Error::from_pg("cannot read an example value", e))?
+        let mut scratch = BytesMut::new();
+        let encoded = encode_key(t, &keys, &d.key, &mut scratch);
+        if let Some(row) = lookup(t, schema, &keys, Some(i))
+            .rows(client, &[encoded])
+            .await?
+            .pop()
+            .flatten()
         {
-            ex.postgres = Some(
-                r.get::<_, Option<String>>(0)
-                    .unwrap_or_else(|| "NULL".into()),
-            );
+            ex.postgres = Some(match row.first().and_then(|r| r.0.as_deref()) {
+                Some(text) => String::from_utf8_lossy(text).into_owned(),
+                None => "NULL".into(),
+            });
         }
     }
     Ok(ex)
@@ -754,73 +909,24 @@ pub async fn check_keys(
     let kp = key_positions(t)?;
     let key_names: Vec<String> = kp.iter().map(|p| t.columns[*p].source.clone()).collect();
     let reader = RowReader::new(&t.source.name, &key_names, &t.source_columns());
-    let unnest: Vec<String> = (1..=kp.len()).map(|j| format!("${j}::text[]")).collect();
-    let aliases: Vec<String> = (1..=kp.len()).map(|j| format!("a{j}")).collect();
-    let on: Vec<String> = kp
-        .iter()
-        .enumerate()
-        .map(|(j, p)| {
-            format!(
-                "t.{} = k.a{}::{}",
-                quote_ident(&t.columns[*p].target),
-                j + 1,
-                t.columns[*p].conv.ty.sql()
-            )
-        })
-        .collect();
-    let cols: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| format!("t.{}", quote_ident(&c.target)))
-        .collect();
-    let sql = format!(
-        "SELECT {}, {} FROM {} t JOIN unnest({}) AS k({}) ON {}",
-        aliases
-            .iter()
-            .map(|a| format!("k.{a}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        cols.join(", "),
-        qualified(schema, &t.target),
-        unnest.join(", "),
-        aliases.join(", "),
-        on.join(" AND ")
-    );
+    let by_key = lookup(t, schema, &kp, None);
     let mut scratch = BytesMut::new();
     for chunk in keys.chunks(5_000) {
-        let texts: Vec<Vec<String>> = chunk
+        let encoded: Vec<Vec<Option<Vec<u8>>>> = chunk
             .iter()
-            .map(|k| k.iter().map(key_text).collect())
+            .map(|k| encode_key(t, &kp, k, &mut scratch))
             .collect();
-        let arrays: Vec<Vec<String>> = (0..kp.len())
-            .map(|j| texts.iter().map(|k| k[j].clone()).collect())
-            .collect();
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-            .iter()
-            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = client.query(&sql, &params).await.map_err(|e| {
-            Error::from_pg(
-                format!("cannot read rows of table {} to verify", t.target),
-                e,
-            )
-        })?;
-        let mut pg: std::collections::HashMap<Vec<String>, Vec<Raw>> =
-            std::collections::HashMap::new();
-        for r in rows {
-            let k: Vec<String> = (0..kp.len()).map(|j| r.get(j)).collect();
-            pg.insert(k, (kp.len()..r.len()).map(|i| r.get::<_, Raw>(i)).collect());
-        }
-        for (key, text) in chunk.iter().zip(&texts) {
+        let rows = by_key.rows(client, &encoded).await?;
+        for (key, pg) in chunk.iter().zip(rows) {
             let sqlite_row =
                 tokio::task::block_in_place(|| changes::read_row_by_key(conn, &reader, key))?;
-            let what = match (sqlite_row, pg.get(text)) {
+            let what = match (sqlite_row, pg) {
                 (None, None) => None,
                 (Some(_), None) => Some("missing in Postgres".to_string()),
                 (None, Some(_)) => Some("extra in Postgres".to_string()),
                 (Some(srow), Some(prow)) => {
                     let enc = encode_row(t, &srow, &mut scratch);
-                    first_difference(t, &enc, prow)
+                    first_difference(t, &enc, &prow)
                         .map(|i| format!("different in column {}", t.columns[i].source))
                 }
             };
