@@ -143,6 +143,45 @@ fn casts_fix_what_check_reported() {
     );
 }
 
+/// pgloader's own test file: `DEFAULT '"0"'` on an INTEGER column stores the text `"0"`,
+/// which Postgres refused in the CREATE TABLE after a clean check. The default is named by
+/// check and left out; SQLite's numeric-looking text defaults still become numbers.
+#[test]
+fn a_default_no_target_column_can_hold_is_named_and_the_run_completes() {
+    let src = SqliteFile::new(
+        "CREATE TABLE typenames (id INTEGER PRIMARY KEY AUTOINCREMENT, is_public INTEGER DEFAULT '\"0\"',
+             name TEXT NOCASE, n INTEGER DEFAULT '7', r REAL DEFAULT ' 1.5', b BOOLEAN DEFAULT 'f');
+         INSERT INTO typenames (name, is_public) VALUES ('a', 1), ('b', 0);",
+    );
+    let (code, report) = check_json(&src.path, None);
+    assert_eq!(code, Some(0), "{report:#}");
+    let named = report["findings"].as_array().unwrap().iter().any(|f| {
+        f["column"] == "is_public"
+            && f["message"]
+                == "default '\"0\"' is not created: SQLite stores it as the TEXT '\"0\"', which a bigint column cannot hold (text in a bigint column)"
+    });
+    assert!(named, "{report:#}");
+    let db = TestDb::new();
+    let out = snapshot(&src.path, &db, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = db.client();
+    c.batch_execute("INSERT INTO typenames (name) VALUES ('c')")
+        .unwrap();
+    let r = pg_rows(
+        &mut c,
+        "SELECT is_public::text, n::text, r::text, b::text FROM typenames WHERE name = 'c'",
+    );
+    assert_eq!(
+        r[0],
+        vec![
+            None,
+            Some("7".into()),
+            Some("1.5".into()),
+            Some("false".into())
+        ]
+    );
+}
+
 #[test]
 fn run_stops_on_a_bad_value_naming_table_row_column_and_resumes_after_the_fix() {
     let src = SqliteFile::new(

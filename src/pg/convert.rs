@@ -356,7 +356,7 @@ fn integer_of(value: SqlValue<'_>, ty: &PgType) -> Result<i64, ConvError> {
                 Ok(i) if !s.starts_with('+') => Ok(i),
                 _ => err(
                     ProblemKind::TypeMismatch,
-                    format!("text in an {} column", ty.sql()),
+                    format!("text in {} column", with_article(&ty.sql())),
                 ),
             }
         }
@@ -422,6 +422,12 @@ pub fn numeric_value(b: &[u8]) -> Option<(u16, i16, Vec<u8>)> {
     } else {
         (sign, weight, digits)
     })
+}
+
+/// `a bigint`, `an integer`.
+fn with_article(noun: &str) -> String {
+    let vowel = noun.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {noun}", if vowel { "an" } else { "a" })
 }
 
 /// Whether two binary values of a `ty` column are the same value (a numeric's display scale

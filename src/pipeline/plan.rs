@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::expr::{self, Collation};
 use crate::model::{PgType, ScanKey, SourceIndex, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
-use crate::pg::convert::ColumnConv;
+use crate::pg::convert::{self, ColumnConv};
 use crate::pg::ddl::{self, CheckDef, ColumnDef, ForeignKeyDef, IndexDef};
 use crate::sqlite::semantics::Declared;
 use crate::typemap;
@@ -342,6 +342,26 @@ pub fn build(
 
 /// SQLite's collation names as Postgres folds them (one it does not know compares as BINARY;
 /// `check` names it).
+/// Whether the value SQLite stores for a default converts to the target column, as every
+/// copied value must: `DEFAULT '"0"'` on an INTEGER column stores the text `"0"`, which no
+/// bigint holds (Postgres would refuse the CREATE TABLE, and a row the app inserts after the
+/// cutover would get another value than on SQLite).
+fn default_holds(decl_type: &str, raw: &str, conv: &ColumnConv) -> std::result::Result<(), String> {
+    let Some(value) = crate::sqlite::semantics::default_value(decl_type, raw) else {
+        return Ok(());
+    };
+    let mut scratch = bytes::BytesMut::new();
+    convert::encode(value.as_ref(), conv, &mut scratch).map_err(|e| {
+        format!(
+            "SQLite stores it as the {} {}, which a {} column cannot hold ({})",
+            value.as_ref().storage_class(),
+            value.as_ref().display(),
+            conv.ty.sql(),
+            e.detail
+        )
+    })
+}
+
 fn collations(names: &[String]) -> Vec<Collation> {
     names
         .iter()
@@ -425,11 +445,17 @@ fn plan_create(
         if matches!(c.decl_type.trim(), "") {
             note = Some("no declared type: values of any class become text".into());
         }
+        let conv = ColumnConv {
+            ty: ty.clone(),
+            encoding: cast.and_then(|c| c.encoding),
+        };
         let default = match (&c.default, identity) {
-            (Some(raw), false) => match ddl::translate_default(raw, &ty).or_else(|_| {
-                expr::parse(raw)
-                    .and_then(|e| expr::value_for(&e, &expr::Scope::default(), &ty))
-                    .map(Some)
+            (Some(raw), false) => match default_holds(&c.decl_type, raw, &conv).and_then(|()| {
+                ddl::translate_default(raw, &ty).or_else(|_| {
+                    expr::parse(raw)
+                        .and_then(|e| expr::value_for(&e, &expr::Scope::default(), &ty))
+                        .map(Some)
+                })
             }) {
                 Ok(d) => d,
                 Err(why) => {
@@ -456,10 +482,7 @@ fn plan_create(
             source: c.name.clone(),
             decl_type: c.decl_type.clone(),
             target: target_col,
-            conv: ColumnConv {
-                ty,
-                encoding: cast.and_then(|c| c.encoding),
-            },
+            conv,
             note,
             collation: declared.collation_of(&c.name),
         });

@@ -325,6 +325,24 @@ fn unique_collations(conn: &Connection, t: &SourceTable, out: &mut Vec<AppObject
     Ok(())
 }
 
+/// The value SQLite stores when a row leaves out a column of type `decl_type` with default
+/// `raw` (its affinity applied: `'0'` in an INTEGER column is the integer 0, `'"0"'` stays
+/// text), asked of SQLite itself on a private in-memory database. `None` when SQLite cannot
+/// make such a column there (a default that names something of the app's).
+pub fn default_value(decl_type: &str, raw: &str) -> Option<crate::model::OwnedValue> {
+    let conn = Connection::open_in_memory().ok()?;
+    // The declared type and default are the app's own text, from its CREATE TABLE: SQLite
+    // parsed them there, and a default is a constant expression with no side effect.
+    conn.execute_batch(&format!(
+        "CREATE TABLE d (c {decl_type} DEFAULT {raw}); INSERT INTO d DEFAULT VALUES;"
+    ))
+    .ok()?;
+    conn.query_row("SELECT c FROM d", [], |r| {
+        Ok(super::reader::to_sql_value(r.get_ref(0)?).to_owned_value())
+    })
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +358,28 @@ mod tests {
         assert_eq!(d.checks.len(), 1);
         assert_eq!(d.checks[0].name.as_deref(), Some("CHECK_rating"));
         assert!(join_type_words("CREATE TABLE t (a INTEGER, b TEXT)").is_none());
+    }
+
+    #[test]
+    fn a_default_is_the_value_sqlite_stores() {
+        use crate::model::OwnedValue;
+        assert_eq!(
+            default_value("INTEGER", "'\"0\"'"),
+            Some(OwnedValue::Text(b"\"0\"".to_vec()))
+        );
+        assert_eq!(
+            default_value("INTEGER", "'7'"),
+            Some(OwnedValue::Integer(7))
+        );
+        assert_eq!(default_value("REAL", "' 1.5'"), Some(OwnedValue::Real(1.5)));
+        assert_eq!(
+            default_value("TEXT", "7"),
+            Some(OwnedValue::Text(b"7".to_vec()))
+        );
+        assert_eq!(
+            default_value("INTEGER", "(1 + 1)"),
+            Some(OwnedValue::Integer(2))
+        );
+        assert_eq!(default_value("INTEGER", "no_such_function()"), None);
     }
 }
