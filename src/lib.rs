@@ -13,3 +13,4 @@ pub mod shutdown;
 pub mod sql;
 pub mod sqlite;
 pub mod typemap;
+pub mod window;

@@ -391,11 +391,9 @@ pub async fn fence_state(client: &impl GenericClient) -> Result<Option<Fence>> {
 /// When the fence took hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Fenced {
-    /// The moment every moved table was locked (Unix seconds): the app's writes wait from
-    /// here, so the write-unavailable window starts here.
-    pub at: f64,
-    /// The same moment, for timing the steps behind the fence.
-    pub started: std::time::Instant,
+    /// The moment every moved table was locked: the app's writes wait from here, so the
+    /// write-unavailable window starts here.
+    pub window: crate::window::Window,
     /// How long the locks took, retried while others held them (the app wrote meanwhile).
     pub waited: Duration,
 }
@@ -458,8 +456,7 @@ pub async fn fence(
         }
     };
     let fenced = Fenced {
-        at: crate::pipeline::now_secs(),
-        started: std::time::Instant::now(),
+        window: crate::window::Window::open(),
         waited: first.elapsed(),
     };
     tx.execute(

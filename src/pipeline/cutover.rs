@@ -23,6 +23,7 @@ use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
 use crate::pg::{qualified, reverse, sequences, state};
 use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture};
+use crate::window::Window;
 
 /// Knobs of a cutover.
 #[derive(Debug, Clone)]
@@ -496,8 +497,7 @@ async fn fence_and_switch(
     ready: Ready,
 ) -> Result<Outcome> {
     // The window opens here.
-    let fenced_at = super::now_secs();
-    let started = Instant::now();
+    let window = Window::open();
     let mut rw = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
     let holder = super::fence_holder("cutover");
     capture::fence(&mut rw, &ready.installed.tables, &holder, opts.lease)?;
@@ -516,7 +516,7 @@ async fn fence_and_switch(
         Ok(())
     };
     let result = {
-        let work = finish(client, plan, opts, &ready, fenced_at, &commit_point);
+        let work = finish(client, plan, opts, &ready, window, &commit_point);
         tokio::pin!(work);
         tokio::select! {
             r = &mut work => r,
@@ -560,10 +560,8 @@ async fn fence_and_switch(
     };
     match result {
         Ok(mut outcome) => {
-            tracing::info!(
-                window_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "cut over"
-            );
+            // The figure of the record, as the result line, `status` and the metric give it.
+            tracing::info!(window_ms = outcome.record.window_ms, "cut over");
             outcome.foreign_keys = ready.kept;
             Ok(outcome)
         }
@@ -617,7 +615,7 @@ async fn finish(
     plan: &Plan,
     opts: &Options,
     ready: &Ready,
-    fenced_at: f64,
+    window: Window,
     commit_point: &dyn Fn() -> Result<()>,
 ) -> Result<Outcome> {
     let (installed, daemon_running) = (&ready.installed, ready.daemon_running);
@@ -700,8 +698,8 @@ async fn finish(
         })?;
         tracing::info!(trigger = %t.name, "the app's trigger is on Postgres");
     }
-    let done_at = super::now_secs();
-    state::cutover_record(&tx, fenced_at, done_at, rows_verified, newest).await?;
+    let done_at = window.close();
+    state::cutover_record(&tx, window.opened_at, done_at, rows_verified, newest).await?;
     // The fence becomes permanent before the record commits: a kill between the two leaves
     // the app fenced (loud, and a rerun or `--abort` settles it), never writing to both.
     commit_point()?;

@@ -329,7 +329,8 @@ pub async fn run(
         opts.lock_wait,
     )
     .await?;
-    let (fenced_at, started) = (fenced.at, fenced.started);
+    let window = fenced.window;
+    let (fenced_at, started) = (window.opened_at, window.started());
     tracing::info!(
         waited_ms = fenced.waited.as_secs_f64() * 1000.0,
         "locked the moved tables on Postgres (retried while others held them; the app wrote meanwhile)"
@@ -397,17 +398,14 @@ pub async fn run(
     }
     // Recorded: SQLite is the database. Hand it back to the app.
     release_sqlite(opts)?;
-    let done_at = super::now_secs();
+    let done_at = window.close();
     steps.mark("hand SQLite back");
     reverse::fallback_done(&*client, fenced_at, done_at).await?;
-    tracing::info!(
-        window_ms = started.elapsed().as_secs_f64() * 1000.0,
-        steps = %steps.text(),
-        "fell back"
-    );
     let record = reverse::fallback_load(&*client)
         .await?
         .ok_or_else(|| Error::new(ErrorKind::Target, "the fallback record vanished"))?;
+    // The figure of the record, as the result line and `status` give it.
+    tracing::info!(window_ms = record.window_ms, steps = %steps.text(), "fell back");
     Ok(Outcome {
         record,
         completed_earlier: false,

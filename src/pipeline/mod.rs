@@ -17,13 +17,7 @@ pub mod verify;
 pub mod views;
 pub mod watch;
 
-/// Now, in seconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+pub(crate) use crate::window::now_secs;
 
 /// Who holds a fence: `what` (the command), this process and this host, for `status`.
 pub(crate) fn fence_holder(what: &str) -> String {
