@@ -268,9 +268,14 @@ impl SqliteFile {
 
 /// Runs the real binary.
 pub fn sqlite2pg(args: &[&str]) -> Output {
+    sqlite2pg_logging(args, "warn")
+}
+
+/// Runs the real binary with its log at `level`.
+pub fn sqlite2pg_logging(args: &[&str], level: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .env_remove("SQLITE2PG_TARGET")
         .env_remove("SQLITE2PG_SOURCE")
         .output()
@@ -881,4 +886,30 @@ pub fn sqlite2pg_sessions_waiting_on_a_lock(client: &mut postgres::Client) -> i6
         client,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sqlite2pg' AND wait_event_type = 'Lock'",
     )
+}
+
+/// The one window a cutover or fallback reports: its log line's `window_ms`, its result line's
+/// "unavailable for N ms" and the record `status` shows are the same figure. Returns it.
+pub fn assert_one_window(out: &Output, src: &Path, db: &TestDb, record: &str) -> f64 {
+    let t = text(out);
+    let logged: f64 = t
+        .split("window_ms=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no window_ms in the log:\n{t}"));
+    let printed: f64 = t
+        .split("writes were unavailable for ")
+        .nth(1)
+        .and_then(|s| s.split(" ms").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no window in the result line:\n{t}"));
+    let recorded = status_json(src, db)[record]["window_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {record} window in status"));
+    assert!(
+        (logged - recorded).abs() < 0.01 && (printed - recorded.round()).abs() < 0.5,
+        "log {logged} ms, result line {printed} ms, record {recorded} ms:\n{t}"
+    );
+    recorded
 }
