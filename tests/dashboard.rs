@@ -470,3 +470,28 @@ fn selectors_are_found_with_their_label_matchers() {
         ["sqlite2pg_errors_total"]
     );
 }
+
+/// Every alert rule has `promtool test rules` cases (deploy/sqlite2pg.rules.test.yml, run by
+/// scripts/test): at least one where it fires and one where it stays quiet.
+#[test]
+fn every_alert_has_a_firing_and_a_quiet_promtool_case() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/sqlite2pg.rules.yml")).unwrap();
+    let cases = std::fs::read_to_string(root.join("deploy/sqlite2pg.rules.test.yml")).unwrap();
+    for name in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        let quiet = cases
+            .lines()
+            .any(|l| l.contains(&format!("alertname: {name},")) && l.contains("exp_alerts: []"));
+        let fires =
+            cases.lines().collect::<Vec<_>>().windows(2).any(|w| {
+                w[0].trim() == format!("alertname: {name}") && w[1].trim() == "exp_alerts:"
+            });
+        assert!(
+            quiet && fires,
+            "alert {name}: quiet case {quiet}, firing case {fires}"
+        );
+    }
+}
