@@ -238,6 +238,7 @@ pub fn build(
     let empty = BTreeMap::new();
     let target_tables = target.unwrap_or(&empty);
     let mut used_targets: HashMap<String, String> = HashMap::new();
+    let mut narrow = Vec::new();
     for t in &selected {
         if t.name.starts_with(ALEMBIC_SCRATCH) {
             // Lives only inside a batch migration's transaction (create, copy, drop, rename);
@@ -320,11 +321,12 @@ pub fn build(
             find_ci(target_tables, &target_name)
         };
         let plan = match existing {
-            Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings),
+            Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings, &mut narrow),
             None => plan_create(t, &target_name, &selected, cfg, &mut findings),
         };
         tables.push(plan);
     }
+    findings.extend(narrow_finding(&narrow, &cfg.target_schema));
     let target_only = target_tables
         .keys()
         .filter(|k| !tables.iter().any(|p| &p.target == *k) && !owned.contains(k))
@@ -807,11 +809,57 @@ fn plan_checks(t: &SourceTable, scope: &expr::Scope, declared: &Declared) -> Vec
     out
 }
 
+/// A column of the app's Postgres schema narrower than the 64-bit integers SQLite holds in it.
+struct Narrow {
+    table: String,
+    column: String,
+    ty: PgType,
+}
+
+/// One finding for every narrow column: a framework's schema has one per 32-bit id (Django's
+/// AutoField: 21 in its own apps alone), and the advice is the same for all.
+fn narrow_finding(narrow: &[Narrow], schema: &str) -> Option<Finding> {
+    let first = narrow.first()?;
+    let alters: Vec<String> = narrow
+        .iter()
+        .map(|n| {
+            format!(
+                "ALTER TABLE {} ALTER COLUMN {} TYPE bigint;",
+                crate::pg::qualified(schema, &n.table),
+                crate::pg::quote_ident(&n.column)
+            )
+        })
+        .collect();
+    let listed: Vec<String> = narrow
+        .iter()
+        .map(|n| format!("{}.{} ({})", n.table, n.column, n.ty.sql()))
+        .collect();
+    Some(Finding {
+        severity: Severity::Warning,
+        table: if narrow.len() == 1 {
+            first.table.clone()
+        } else {
+            String::new()
+        },
+        column: (narrow.len() == 1).then(|| first.column.clone()),
+        message: format!(
+            "{} target column(s) are narrower than the 64-bit integers SQLite holds in them: the first value the app writes past 2147483647 (32767 for smallint) stops the stream: {}",
+            narrow.len(),
+            listed.join(", ")
+        ),
+        hint: format!(
+            "widen them in a migration ({}), unless the app guarantees smaller values",
+            alters.join(" ")
+        ),
+    })
+}
+
 fn plan_existing(
     t: &SourceTable,
     tt: &TargetTable,
     cfg: &Config,
     findings: &mut Vec<Finding>,
+    narrow: &mut Vec<Narrow>,
 ) -> TablePlan {
     let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
     let mut columns = Vec::new();
@@ -867,21 +915,10 @@ fn plan_existing(
         if matches!(tc.ty, PgType::Int2 | PgType::Int4)
             && typemap::map_decltype(&c.decl_type) == PgType::Int8
         {
-            findings.push(Finding {
-                severity: Severity::Warning,
-                table: t.name.clone(),
-                column: Some(c.name.clone()),
-                message: format!(
-                    "the target column is {} but SQLite's {} holds 64-bit integers: the first value past {} the app writes will stop the stream",
-                    tc.ty.sql(),
-                    if c.decl_type.is_empty() { "INTEGER" } else { &c.decl_type },
-                    if tc.ty == PgType::Int2 { "32767" } else { "2147483647" }
-                ),
-                hint: format!(
-                    "widen it in a migration (ALTER TABLE {} ALTER COLUMN {} TYPE bigint), unless the app guarantees smaller values",
-                    crate::pg::qualified(&cfg.target_schema, &tt.name),
-                    crate::pg::quote_ident(&tc.name)
-                ),
+            narrow.push(Narrow {
+                table: tt.name.clone(),
+                column: tc.name.clone(),
+                ty: tc.ty.clone(),
             });
         }
         let cast = cfg.cast_for(&t.name, &c.name);
