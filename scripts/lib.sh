@@ -53,7 +53,7 @@ stop_pg() {
 
 # app_venv: the Python app simulators' venv (SQLAlchemy, Alembic, psycopg) in tests/app/.venv.
 app_venv() {
-  if [ ! -x tests/app/.venv/bin/hadolint ] || ! tests/app/.venv/bin/python -c 'import sqlalchemy, alembic, psycopg, yaml' 2>/dev/null; then
+  if [ ! -x tests/app/.venv/bin/hadolint ] || ! tests/app/.venv/bin/python -c 'import sqlalchemy, alembic, psycopg, yaml, django' 2>/dev/null; then
     echo "creating the Python venv of the app simulators (tests/app/.venv) ..." >&2
     python3 -m venv tests/app/.venv
     tests/app/.venv/bin/pip install -q -r tests/app/requirements.txt

@@ -112,9 +112,6 @@ pub enum Command {
         /// Print the DDL that would run and exit.
         #[arg(long)]
         dry_run: bool,
-        /// Empty existing target tables that already hold rows before copying into them.
-        #[arg(long)]
-        truncate: bool,
     },
     /// Where the migration stands: phase, per-table progress, position, lag, last error.
     Status {
@@ -365,12 +362,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             metrics_addr,
             max_lag_seconds,
             dry_run,
-            truncate,
         } => {
             let flags = RunFlags {
                 run: run::Options {
                     snapshot_only,
-                    truncate,
                     poll_interval: Duration::from_millis(
                         poll_interval_ms.unwrap_or(cfg.poll_interval_ms).max(10),
                     ),
@@ -456,7 +451,7 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if cfg.target.is_none() {
         tracing::info!("no --target: checking against the schema sqlite2pg would create");
     }
-    let (plan, client) = rt.block_on(plan::load(cfg))?;
+    let (plan, mut client) = rt.block_on(plan::load(cfg))?;
     // Tables the app's migrations made: what their schema already does is read from Postgres.
     let target = match &client {
         Some(c) if plan.tables.iter().any(|t| !t.create) => {
@@ -464,14 +459,19 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    let seeded = match client.as_mut() {
+        Some(c) => rt.block_on(crate::pipeline::migrations::seeded_findings(c, &plan, cfg))?,
+        None => Vec::new(),
+    };
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
-    let report = check::run(
+    let mut report = check::run(
         &conn,
         &plan,
         &cfg.target_schema,
         cfg.chunk_rows,
         target.as_ref(),
     )?;
+    report.findings.extend(seeded);
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;

@@ -5,6 +5,7 @@ pub mod config;
 pub mod datetime;
 pub mod error;
 pub mod expr;
+pub mod framework;
 pub mod metrics;
 pub mod model;
 pub mod pg;

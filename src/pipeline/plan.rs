@@ -161,7 +161,10 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
         crate::sqlite::schema::read_tables(&conn)
     })?;
     let Some(url) = &cfg.target else {
-        return Ok((build(&tables, None, &[], cfg), None));
+        let mut plan = build(&tables, None, &[], cfg);
+        plan.findings
+            .extend(super::migrations::findings(None, &plan, cfg).await?);
+        return Ok((plan, None));
     };
     let client = crate::pg::connect(url).await?;
     if crate::pg::state::format_version(&client).await? > 0 {
@@ -172,6 +175,8 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     let mut plan = build(&tables, Some(&target), &owned, cfg);
     let (num, text) = crate::pg::server_version(&client).await?;
     plan.findings.extend(version_finding(num, &text));
+    plan.findings
+        .extend(super::migrations::findings(Some(&client), &plan, cfg).await?);
     Ok((plan, Some(client)))
 }
 

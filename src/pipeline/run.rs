@@ -19,8 +19,6 @@ use crate::sqlite;
 pub struct Options {
     /// Copy a snapshot and return (capture stays installed).
     pub snapshot_only: bool,
-    /// Empty target tables that already hold rows before copying into them.
-    pub truncate: bool,
     /// Fallback poll of the changelog when no file notification arrives.
     pub poll_interval: Duration,
     /// Most changelog rows per SQLite read.
@@ -157,7 +155,6 @@ async fn run_pass(
         chunk_rows: cfg.chunk_rows,
         chunk_time: Duration::from_millis(100),
         busy_timeout: busy,
-        truncate: opts.truncate,
         reshaped: installed.reshaped.clone(),
         stop: shutdown.clone(),
         target: target.clone(),

@@ -32,8 +32,6 @@ pub struct Options {
     pub chunk_time: Duration,
     /// SQLite busy timeout.
     pub busy_timeout: Duration,
-    /// Empty existing, non-empty target tables before the first chunk.
-    pub truncate: bool,
     /// Source tables whose definition changed since capture last saw them (`Installed::reshaped`).
     pub reshaped: Vec<String>,
     /// Turns true on SIGTERM/SIGINT: the copy stops after the chunk in flight (each chunk is
@@ -186,21 +184,21 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                         )))?;
                 } else {
                     let q = qualified(&opts.schema, &t.target);
-                    let has_rows: bool = tx
-                        .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {q})"), &[])
+                    // Rows the app's migrations seeded (content types, permissions, a version
+                    // row, defaults) give way to SQLite's: SQLite's foreign keys point at
+                    // SQLite's ids. The migration state was compared when the plan was made (a
+                    // skew stops the run before this), and `check` lists these tables.
+                    let seeded: i64 = tx
+                        .query_one(&format!("SELECT count(*) FROM {q}"), &[])
                         .await
                         .map_err(pg_err(format!("cannot read target table {}", t.target)))?
                         .get(0);
-                    if has_rows && !opts.truncate {
-                        return Err(Error::new(
-                            ErrorKind::Schema,
-                            format!(
-                                "target table {}.{} already has rows; the snapshot would mix them with SQLite's. Empty it, or pass --truncate to let sqlite2pg empty it",
-                                opts.schema, t.target
-                            ),
-                        ));
-                    }
-                    if has_rows {
+                    if seeded > 0 {
+                        tracing::warn!(
+                            table = %t.target,
+                            rows = seeded,
+                            "the target table held rows (seeded by the app's migrations?); they are replaced by SQLite's"
+                        );
                         tx.batch_execute(&format!("TRUNCATE {q}"))
                             .await
                             .map_err(pg_err(format!("cannot empty target table {}", t.target)))?;

@@ -463,15 +463,23 @@ pub fn app_python() -> PathBuf {
 
 /// Runs `tests/app/app.py ARGS...` and insists it succeeds; returns its output.
 pub fn app(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app/app.py");
+    python_app("app.py", args)
+}
+
+/// Runs `tests/app/SCRIPT ARGS...` in the test venv and insists it succeeds; returns stdout
+/// and stderr together.
+pub fn python_app(script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/app")
+        .join(script);
     let out = Command::new(app_python())
-        .arg(script)
+        .arg(path)
         .args(args)
         .output()
         .expect("run the test app");
     assert!(
         out.status.success(),
-        "tests/app/app.py {args:?} failed:\n{}",
+        "tests/app/{script} {args:?} failed:\n{}",
         text(&out)
     );
     text(&out)

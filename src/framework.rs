@@ -1,0 +1,302 @@
+//! The frameworks that make apps' schemas, recognised by the tables their migrations leave in
+//! the SQLite file: which one made it, the command that makes its own Postgres schema (the path
+//! `check` recommends), and the table whose rows say which migrations are applied.
+
+use serde::Serialize;
+
+use crate::model::SourceTable;
+
+/// A framework whose migrations leave a marker in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framework {
+    /// Django's ORM.
+    Django,
+    /// SQLAlchemy with Alembic.
+    Alembic,
+    /// Ruby on Rails' ActiveRecord.
+    Rails,
+    /// Prisma Migrate.
+    Prisma,
+    /// Knex.js.
+    Knex,
+    /// Sequelize (sequelize-cli).
+    Sequelize,
+    /// TypeORM.
+    TypeOrm,
+    /// Laravel's Eloquent.
+    Laravel,
+    /// Elixir's Ecto.
+    Ecto,
+    /// Rust's Diesel.
+    Diesel,
+    /// Rust's sqlx.
+    Sqlx,
+}
+
+/// What sqlite2pg knows of one framework.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Which framework.
+    pub framework: Framework,
+    /// Its name, for people.
+    pub name: &'static str,
+    /// Tables that must all be there, each with columns it must have.
+    markers: &'static [(&'static str, &'static [&'static str])],
+    /// A table whose presence means another framework (Rails' `schema_migrations` beside
+    /// `ar_internal_metadata` is not Ecto's).
+    unless: Option<&'static str>,
+    /// The table naming the applied migrations.
+    pub versions: &'static str,
+    /// The columns that name one applied migration.
+    pub version_columns: &'static [&'static str],
+    /// A condition a row must meet to count as applied (the same SQL in both databases).
+    pub applied: Option<&'static str>,
+    /// How the app makes its schema on Postgres.
+    pub migrate: &'static str,
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        framework: Framework::Django,
+        name: "Django",
+        markers: &[("django_migrations", &["app", "name"])],
+        unless: None,
+        versions: "django_migrations",
+        version_columns: &["app", "name"],
+        applied: None,
+        migrate: "point DATABASES['default'] at Postgres (ENGINE django.db.backends.postgresql), then `python manage.py migrate`",
+    },
+    Spec {
+        framework: Framework::Alembic,
+        name: "Alembic (SQLAlchemy)",
+        markers: &[("alembic_version", &["version_num"])],
+        unless: None,
+        versions: "alembic_version",
+        version_columns: &["version_num"],
+        applied: None,
+        migrate: "set sqlalchemy.url (alembic.ini or env.py) to postgresql+psycopg://..., then `alembic upgrade head`",
+    },
+    Spec {
+        framework: Framework::Rails,
+        name: "Rails (ActiveRecord)",
+        markers: &[
+            ("schema_migrations", &["version"]),
+            ("ar_internal_metadata", &["key", "value"]),
+        ],
+        unless: None,
+        versions: "schema_migrations",
+        version_columns: &["version"],
+        applied: None,
+        migrate: "set the production database to the postgresql adapter (DATABASE_URL=postgres://...), then `bin/rails db:create db:migrate`",
+    },
+    Spec {
+        framework: Framework::Prisma,
+        name: "Prisma",
+        markers: &[(
+            "_prisma_migrations",
+            &["migration_name", "finished_at", "rolled_back_at"],
+        )],
+        unless: None,
+        versions: "_prisma_migrations",
+        version_columns: &["migration_name"],
+        applied: Some("finished_at IS NOT NULL AND rolled_back_at IS NULL"),
+        migrate: "set the datasource provider to \"postgresql\" and DATABASE_URL to Postgres, then `npx prisma migrate deploy` (Prisma's migrations are per provider: a SQLite history needs a Postgres baseline, `npx prisma migrate diff --from-empty --to-schema-datamodel prisma/schema.prisma --script`)",
+    },
+    Spec {
+        framework: Framework::Knex,
+        name: "Knex",
+        markers: &[("knex_migrations", &["name", "batch"])],
+        unless: None,
+        versions: "knex_migrations",
+        version_columns: &["name"],
+        applied: None,
+        migrate: "set the knexfile's client to \"pg\" with the Postgres connection, then `npx knex migrate:latest`",
+    },
+    Spec {
+        framework: Framework::Sequelize,
+        name: "Sequelize",
+        markers: &[("SequelizeMeta", &["name"])],
+        unless: None,
+        versions: "SequelizeMeta",
+        version_columns: &["name"],
+        applied: None,
+        migrate: "set the config's dialect to \"postgres\" with the Postgres connection, then `npx sequelize-cli db:migrate`",
+    },
+    Spec {
+        framework: Framework::TypeOrm,
+        name: "TypeORM",
+        markers: &[("migrations", &["timestamp", "name"])],
+        unless: None,
+        versions: "migrations",
+        version_columns: &["name"],
+        applied: None,
+        migrate: "set the DataSource's type to \"postgres\", then `npx typeorm migration:run -d <data-source>`",
+    },
+    Spec {
+        framework: Framework::Laravel,
+        name: "Laravel",
+        markers: &[("migrations", &["migration", "batch"])],
+        unless: None,
+        versions: "migrations",
+        version_columns: &["migration"],
+        applied: None,
+        migrate: "set DB_CONNECTION=pgsql (and DB_HOST, DB_DATABASE, ...), then `php artisan migrate`",
+    },
+    Spec {
+        framework: Framework::Ecto,
+        name: "Ecto",
+        markers: &[("schema_migrations", &["version", "inserted_at"])],
+        unless: Some("ar_internal_metadata"),
+        versions: "schema_migrations",
+        version_columns: &["version"],
+        applied: None,
+        migrate: "use the Ecto.Adapters.Postgres adapter in the Repo's config, then `mix ecto.create && mix ecto.migrate`",
+    },
+    Spec {
+        framework: Framework::Diesel,
+        name: "Diesel",
+        markers: &[("__diesel_schema_migrations", &["version"])],
+        unless: None,
+        versions: "__diesel_schema_migrations",
+        version_columns: &["version"],
+        applied: None,
+        migrate: "`DATABASE_URL=postgres://... diesel migration run` (with the pg feature; SQLite migrations in SQL may need a Postgres copy)",
+    },
+    Spec {
+        framework: Framework::Sqlx,
+        name: "sqlx",
+        markers: &[("_sqlx_migrations", &["version", "success"])],
+        unless: None,
+        versions: "_sqlx_migrations",
+        version_columns: &["version"],
+        applied: Some("success"),
+        migrate: "`DATABASE_URL=postgres://... sqlx migrate run` (SQLite migrations in SQL may need a Postgres copy)",
+    },
+];
+
+/// The frameworks whose markers the SQLite file's tables carry.
+pub fn recognise(tables: &[SourceTable]) -> Vec<&'static Spec> {
+    let table = |name: &str| tables.iter().find(|t| t.name.eq_ignore_ascii_case(name));
+    let has = |name: &str, columns: &[&str]| {
+        table(name).is_some_and(|t| {
+            columns
+                .iter()
+                .all(|c| t.columns.iter().any(|tc| tc.name.eq_ignore_ascii_case(c)))
+        })
+    };
+    SPECS
+        .iter()
+        .filter(|s| s.markers.iter().all(|(t, cols)| has(t, cols)))
+        .filter(|s| s.unless.is_none_or(|u| table(u).is_none()))
+        .collect()
+}
+
+/// The spec of `framework`.
+pub fn spec(framework: Framework) -> &'static Spec {
+    SPECS
+        .iter()
+        .find(|s| s.framework == framework)
+        .unwrap_or(&SPECS[0])
+}
+
+/// Whether `table` is the migration-version table of one of `frameworks`.
+pub fn is_version_table(frameworks: &[&Spec], table: &str) -> bool {
+    frameworks
+        .iter()
+        .any(|s| s.versions.eq_ignore_ascii_case(table))
+}
+
+/// Applied migrations on one side and not the other: (only in SQLite, only in Postgres).
+pub fn skew(sqlite: &[Vec<String>], postgres: &[Vec<String>]) -> (Vec<String>, Vec<String>) {
+    let name = |v: &Vec<String>| v.join(".");
+    let only = |a: &[Vec<String>], b: &[Vec<String>]| {
+        let mut out: Vec<String> = a.iter().filter(|r| !b.contains(r)).map(name).collect();
+        out.sort();
+        out
+    };
+    (only(sqlite, postgres), only(postgres, sqlite))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SourceColumn, SourceTable, TableKind};
+
+    fn table(name: &str, columns: &[&str]) -> SourceTable {
+        SourceTable {
+            name: name.into(),
+            kind: TableKind::Plain,
+            columns: columns
+                .iter()
+                .map(|c| SourceColumn {
+                    name: (*c).into(),
+                    decl_type: String::new(),
+                    not_null: false,
+                    default: None,
+                    generated: false,
+                })
+                .collect(),
+            primary_key: Vec::new(),
+            rowid_alias: None,
+            autoincrement: false,
+            without_rowid: false,
+            indexes: Vec::new(),
+            key_collations: Vec::new(),
+            foreign_keys: Vec::new(),
+            sql: String::new(),
+            null_in_primary_key: false,
+        }
+    }
+
+    #[test]
+    fn frameworks_are_told_apart_by_their_tables() {
+        let rails = [
+            table("schema_migrations", &["version"]),
+            table("ar_internal_metadata", &["key", "value", "created_at"]),
+        ];
+        let names = |t: &[SourceTable]| -> Vec<Framework> {
+            recognise(t).iter().map(|s| s.framework).collect()
+        };
+        assert_eq!(names(&rails), [Framework::Rails]);
+        assert_eq!(
+            names(&[table("schema_migrations", &["version", "inserted_at"])]),
+            [Framework::Ecto]
+        );
+        assert_eq!(
+            names(&[table("migrations", &["id", "migration", "batch"])]),
+            [Framework::Laravel]
+        );
+        assert_eq!(
+            names(&[table("migrations", &["id", "timestamp", "name"])]),
+            [Framework::TypeOrm]
+        );
+        assert_eq!(
+            names(&[table(
+                "django_migrations",
+                &["id", "app", "name", "applied"]
+            )]),
+            [Framework::Django]
+        );
+        assert!(names(&[table("clients", &["id", "name"])]).is_empty());
+    }
+
+    #[test]
+    fn skew_names_each_side() {
+        let s = vec![
+            vec!["auth".into(), "0001_initial".into()],
+            vec!["shop".into(), "0002_b".into()],
+        ];
+        let p = vec![
+            vec!["auth".into(), "0001_initial".into()],
+            vec!["shop".into(), "0003_c".into()],
+        ];
+        assert_eq!(
+            skew(&s, &p),
+            (
+                vec!["shop.0002_b".to_string()],
+                vec!["shop.0003_c".to_string()]
+            )
+        );
+    }
+}

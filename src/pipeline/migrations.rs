@@ -1,0 +1,240 @@
+//! The app's framework and its migrations on both sides: which framework made the SQLite
+//! schema (and the command that makes its Postgres one), whether both sides are at the same
+//! migrations, and the rows the app's migrations seeded on Postgres. The same findings reach
+//! `check`, `run`, `verify` and `cutover` through the plan.
+
+use rusqlite::Connection;
+use tokio_postgres::Client;
+
+use super::plan::{Finding, Plan, Severity};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::framework::{self, Spec};
+use crate::pg::{qualified, quote_ident, state};
+
+/// The frameworks the SQLite file shows, each with its finding: the path it recommends, and
+/// (given a target the app's migrations made) whether both sides are at the same migrations.
+/// A skew is an error, so `run` stops on it before anything is copied.
+pub async fn findings(client: Option<&Client>, plan: &Plan, cfg: &Config) -> Result<Vec<Finding>> {
+    let specs = framework::recognise(&sources(plan));
+    let mut out = Vec::new();
+    for spec in specs {
+        let versions = plan
+            .tables
+            .iter()
+            .find(|t| t.source.name.eq_ignore_ascii_case(spec.versions));
+        let finding = |severity, message: String, hint: String| Finding {
+            severity,
+            table: versions.map(|t| t.source.name.clone()).unwrap_or_default(),
+            column: None,
+            message,
+            hint,
+        };
+        let made_by_migrations = versions.is_some_and(|t| !t.create);
+        let (Some(client), Some(t), true) = (client, versions, made_by_migrations) else {
+            out.push(finding(
+                Severity::Warning,
+                format!(
+                    "the app is made with {} ({} in the SQLite file); sqlite2pg would make the Postgres schema, so the types are SQLite's as {}'s Postgres backend would read them only where the schema and values decide it",
+                    spec.name, spec.versions, spec.name
+                ),
+                format!(
+                    "let the app's own migrations make the Postgres schema first: {}; then `sqlite2pg check --target ...` compares both sides' migrations and `sqlite2pg run` copies the rows into it",
+                    spec.migrate
+                ),
+            ));
+            continue;
+        };
+        if copy_started(client, &t.source.name).await? {
+            // Its rows are SQLite's now, streamed like any other table's.
+            continue;
+        }
+        let sqlite_rows = tokio::task::block_in_place(|| {
+            let conn = crate::sqlite::open_read_only(
+                &cfg.source,
+                std::time::Duration::from_millis(cfg.busy_timeout_ms),
+            )?;
+            sqlite_versions(&conn, spec, &t.source.name)
+        })?;
+        let pg_rows = pg_versions(client, spec, &cfg.target_schema, &t.target).await?;
+        let (only_sqlite, only_pg) = framework::skew(&sqlite_rows, &pg_rows);
+        if only_sqlite.is_empty() && only_pg.is_empty() {
+            out.push(finding(
+                Severity::Info,
+                format!(
+                    "the app is made with {}, and its migrations made the Postgres schema (the path sqlite2pg recommends): both sides are at the same {} migration(s)",
+                    spec.name,
+                    sqlite_rows.len()
+                ),
+                String::new(),
+            ));
+        } else {
+            out.push(finding(
+                Severity::Error,
+                format!(
+                    "the app's {} migrations differ between the two sides: applied in SQLite only: [{}]; applied on Postgres only: [{}]. The app's code expects one schema; copying rows between two would break it",
+                    spec.name,
+                    only_sqlite.join(", "),
+                    only_pg.join(", ")
+                ),
+                format!(
+                    "bring both to the same migrations (run the missing ones with: {}; or deploy the code whose migrations SQLite has), then run sqlite2pg again; nothing was copied",
+                    spec.migrate
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A table the app's migrations made on Postgres that already holds rows they seeded
+/// (content types, permissions, a default row), not copied into yet.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    /// The source table.
+    pub table: String,
+    /// The target table.
+    pub target: String,
+    /// Rows Postgres holds now.
+    pub rows: i64,
+}
+
+/// The target tables the app's migrations made that hold rows, and whose copy has not begun:
+/// the snapshot replaces their rows with SQLite's (SQLite's foreign keys point at SQLite's ids).
+pub async fn seeded(client: &Client, plan: &Plan, schema: &str) -> Result<Vec<Seeded>> {
+    let mut out = Vec::new();
+    for t in plan.tables.iter().filter(|t| !t.create) {
+        if copy_started(client, &t.source.name).await? {
+            continue;
+        }
+        let rows: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM {}", qualified(schema, &t.target)),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::from_pg(format!("cannot count the rows of {}", t.target), e))?
+            .get(0);
+        if rows > 0 {
+            out.push(Seeded {
+                table: t.source.name.clone(),
+                target: t.target.clone(),
+                rows,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn copy_started(client: &Client, table: &str) -> Result<bool> {
+    Ok(state::format_version(client).await? > 0 && state::load(client, table).await?.is_some())
+}
+
+fn sources(plan: &Plan) -> Vec<crate::model::SourceTable> {
+    plan.tables.iter().map(|t| t.source.clone()).collect()
+}
+
+fn sqlite_versions(conn: &Connection, spec: &Spec, table: &str) -> Result<Vec<Vec<String>>> {
+    let cols: Vec<String> = spec
+        .version_columns
+        .iter()
+        .map(|c| format!("CAST({} AS TEXT)", quote_ident(c)))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {}{}",
+        cols.join(", "),
+        quote_ident(table),
+        spec.applied
+            .map(|w| format!(" WHERE {w}"))
+            .unwrap_or_default()
+    );
+    let err = |e| Error::from_sqlite(format!("cannot read the applied migrations in {table}"), e);
+    let mut stmt = conn.prepare(&sql).map_err(err)?;
+    let n = cols.len();
+    let rows = stmt
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default))
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(err)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
+}
+
+async fn pg_versions(
+    client: &Client,
+    spec: &Spec,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<Vec<String>>> {
+    let cols: Vec<String> = spec
+        .version_columns
+        .iter()
+        .map(|c| format!("{}::text", quote_ident(c)))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {}{}",
+        cols.join(", "),
+        qualified(schema, table),
+        spec.applied
+            .map(|w| format!(" WHERE {w}"))
+            .unwrap_or_default()
+    );
+    let rows = client.query(&sql, &[]).await.map_err(|e| {
+        Error::from_pg(
+            format!("cannot read the applied migrations in {schema}.{table}"),
+            e,
+        )
+    })?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (0..cols.len())
+                .map(|i| r.get::<_, Option<String>>(i).unwrap_or_default())
+                .collect()
+        })
+        .collect())
+}
+
+/// For `check`: each table whose seeded rows `run` replaces, and whether they agree with
+/// SQLite's rows already (compared row by row, as verify compares).
+pub async fn seeded_findings(
+    client: &mut Client,
+    plan: &Plan,
+    cfg: &Config,
+) -> Result<Vec<Finding>> {
+    let seeded = seeded(client, plan, &cfg.target_schema).await?;
+    let mut out = Vec::new();
+    for s in seeded {
+        let opts = super::verify::Options {
+            source: cfg.source.clone(),
+            schema: cfg.target_schema.clone(),
+            busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
+            examples: 0,
+            tables: vec![s.table.clone()],
+            settle: std::time::Duration::ZERO,
+        };
+        let report = super::verify::run(client, plan, &opts).await?;
+        let agreement = match report.tables.first() {
+            Some(r) if report.equal => {
+                format!("they agree with SQLite's {} row by row", r.rows_compared)
+            }
+            Some(r) => format!(
+                "against SQLite's {} rows: {} missing on Postgres, {} only on Postgres, {} different",
+                r.rows_compared, r.missing_in_postgres, r.extra_in_postgres, r.differing
+            ),
+            None => String::new(),
+        };
+        out.push(Finding {
+            severity: Severity::Info,
+            table: s.table.clone(),
+            column: None,
+            message: format!(
+                "target table {} already holds {} row(s) (seeded by the app's migrations?); `run` replaces them with SQLite's rows, whose ids SQLite's foreign keys point at; {agreement}",
+                s.target, s.rows
+            ),
+            hint: String::new(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,222 @@
+//! Apps made with a framework, with the real framework from PyPI: its own migrations make the
+//! Postgres schema, sqlite2pg recognises it, compares both sides' migrations, copies over the
+//! rows those migrations seeded, and after the move the app's ORM gives the same answers on
+//! Postgres as on SQLite, and again on SQLite after the fallback.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn django(db: &str, args: &[&str]) -> String {
+    let mut all = vec![args[0], db];
+    all.extend_from_slice(&args[1..]);
+    python_app("django/app.py", &all)
+}
+
+/// The ORM's answers (the last line `answers` prints).
+fn answers(db: &str) -> serde_json::Value {
+    let out = django(db, &["answers"]);
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| panic!("answers printed:\n{out}"))
+}
+
+fn check(src: &Path, db: &TestDb) -> (Option<i32>, serde_json::Value) {
+    check_json(src, Some(db))
+}
+
+fn finding<'a>(report: &'a serde_json::Value, needle: &str) -> Option<&'a serde_json::Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["message"].as_str().unwrap_or_default().contains(needle))
+}
+
+#[test]
+fn a_django_app_moves_on_its_own_migrations_and_answers_the_same_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let sqlite = format!("sqlite:{}", path.display());
+    django(&sqlite, &["migrate"]);
+    django(&sqlite, &["seed", "200"]);
+    // Django's migrate on Postgres makes its schema and seeds content types, permissions and
+    // its migration rows.
+    let db = TestDb::new();
+    django(&db.url, &["migrate"]);
+
+    let (code, report) = check(&path, &db);
+    assert_eq!(code, Some(0), "{report:#}");
+    let same = finding(
+        &report,
+        "the app is made with Django, and its migrations made the Postgres schema",
+    )
+    .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(same["severity"], "info");
+    assert!(
+        same["message"]
+            .as_str()
+            .unwrap()
+            .contains("same 19 migration(s)"),
+        "{same:#}"
+    );
+    for seeded in [
+        "django_content_type",
+        "auth_permission",
+        "django_migrations",
+    ] {
+        let f = finding(&report, &format!("target table {seeded} already holds"))
+            .unwrap_or_else(|| panic!("{seeded} not listed: {report:#}"));
+        assert!(
+            f["message"]
+                .as_str()
+                .unwrap()
+                .contains("`run` replaces them"),
+            "{f:#}"
+        );
+    }
+    assert!(
+        finding(
+            &report,
+            "target table django_content_type already holds 9 row(s)"
+        )
+        .is_some_and(|f| f["message"].as_str().unwrap().contains("they agree")),
+        "{report:#}"
+    );
+    // One finding for the 32-bit ids of Django's own schema, not one per column.
+    let narrow: Vec<_> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["message"]
+                .as_str()
+                .unwrap()
+                .contains("narrower than the 64-bit")
+        })
+        .collect();
+    assert_eq!(narrow.len(), 1, "{report:#}");
+    assert!(
+        narrow[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("auth_user.id (integer)")
+    );
+    // jsonb refuses invalid JSON itself: Django's JSON_VALID CHECKs are notes, not warnings.
+    assert!(
+        finding(&report, "JSON_VALID(\"data\")").is_some_and(|f| f["severity"] == "info"),
+        "{report:#}"
+    );
+
+    // The move, live: the app writes through its ORM while the daemon copies and streams
+    // (no --truncate: the seeded rows give way to SQLite's).
+    let mut d = Daemon::start(&path, &db, &[]);
+    let writer = Command::new(app_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app/django/app.py"))
+        .args(["write", &sqlite, "6"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let written = writer.wait_with_output().unwrap();
+    assert!(written.status.success(), "{}", text(&written));
+    let summary: serde_json::Value =
+        serde_json::from_str(text(&written).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["failed"], 0, "the app's writes failed: {summary}");
+    assert!(summary["transactions"].as_i64().unwrap() > 50, "{summary}");
+    d.wait_caught_up();
+    let before = answers(&sqlite);
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "cutover",
+    ]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+
+    // On Postgres, Django's ORM gives the answers it gave on SQLite.
+    let on_pg = answers(&db.url);
+    assert_eq!(
+        on_pg, before,
+        "SQLite answered {before:#}\nPostgres answered {on_pg:#}"
+    );
+    // The comparison means something: Berlin's 31 March (the DST day) has orders, some at 2 h.
+    assert!(before["date_berlin"].as_i64().unwrap() > 0, "{before:#}");
+    assert!(before["hour_berlin_2"].as_i64().unwrap() > 0, "{before:#}");
+
+    // The app goes on on Postgres, then falls back: SQLite's ORM sees what it wrote there.
+    django(&db.url, &["create", "4", "written-on-postgres"]);
+    let after_pg = answers(&db.url);
+    assert_eq!(after_pg["tagged"]["written-on-postgres"], 4, "{after_pg:#}");
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "fallback",
+    ]);
+    assert!(out.status.success(), "fallback:\n{}", text(&out));
+    let back = answers(&sqlite);
+    assert_eq!(
+        back, after_pg,
+        "SQLite answered {back:#}\nPostgres answered {after_pg:#}"
+    );
+    // The daemon sees the fallback and exits by itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.try_exit().is_none() {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Both sides must be at the same migrations: Postgres without a migration SQLite has is a
+/// skew that check names (each side's list) and run refuses before anything is copied.
+#[test]
+fn a_django_migration_skew_is_named_and_stops_the_run_before_any_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let sqlite = format!("sqlite:{}", path.display());
+    django(&sqlite, &["migrate"]);
+    django(&sqlite, &["seed", "5"]);
+    let db = TestDb::new();
+    django(&db.url, &["migrate"]);
+    django(&db.url, &["migrate", "sessions", "zero"]);
+    let (code, report) = check(&path, &db);
+    assert_eq!(code, Some(1), "{report:#}");
+    let skew = finding(&report, "migrations differ between the two sides")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(skew["severity"], "error");
+    assert!(
+        skew["message"].as_str().unwrap().contains(
+            "applied in SQLite only: [sessions.0001_initial]; applied on Postgres only: []"
+        ),
+        "{skew:#}"
+    );
+    assert!(
+        skew["hint"]
+            .as_str()
+            .unwrap()
+            .contains("python manage.py migrate"),
+        "{skew:#}"
+    );
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "run",
+        "--snapshot-only",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("applied in SQLite only: [sessions.0001_initial]"),
+        "{}",
+        text(&out)
+    );
+    // Nothing was copied: Postgres still holds only what Django's migrate seeded.
+    let customers: i64 = scalar(&mut db.client(), "SELECT count(*) FROM shop_customer");
+    assert_eq!(customers, 0);
+}
