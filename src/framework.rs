@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
-use crate::model::SourceTable;
+use crate::config::SourceEncoding;
+use crate::model::{PgType, SourceTable};
+use crate::typemap;
 
 /// A framework whose migrations leave a marker in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,6 +177,105 @@ const SPECS: &[Spec] = &[
     },
 ];
 
+/// How a framework's Postgres backend types a column that its SQLite declaration names, where
+/// the declaration decides it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    /// The Postgres type.
+    pub ty: PgType,
+    /// How the framework writes the values into SQLite, when not as text.
+    pub encoding: Option<SourceEncoding>,
+    /// Why, for the report.
+    pub why: String,
+    /// Something the mapping assumes that the file cannot show (said by `check`).
+    pub assumes: Option<Assumption>,
+}
+
+/// What a mapping takes for granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assumption {
+    /// Django stores aware datetimes in UTC without an offset (USE_TZ=True, its default).
+    UtcDatetimes,
+    /// The declaration has no precision or scale (Django's `decimal`).
+    DecimalScale,
+}
+
+/// The type `frameworks`' Postgres backends give a column declared `decl` (`json_checked`:
+/// its only CHECK asks for valid JSON), or `None` where the plain mapping stands.
+pub fn map_column(frameworks: &[&Spec], decl: &str, json_checked: bool) -> Option<Mapped> {
+    let has = |f| frameworks.iter().any(|s| s.framework == f);
+    let d = typemap::parse_decltype(decl);
+    let mapped = |ty, why: &str, assumes| {
+        Some(Mapped {
+            ty,
+            encoding: None,
+            why: why.to_string(),
+            assumes,
+        })
+    };
+    if has(Framework::Django) {
+        match (d.name.as_str(), d.args.as_slice()) {
+            ("CHAR", [32]) => {
+                return mapped(
+                    PgType::Uuid,
+                    "Django's UUIDField: uuid (32 hex digits in SQLite, given back so)",
+                    None,
+                );
+            }
+            ("DATETIME", []) => {
+                return mapped(
+                    PgType::Timestamptz,
+                    "Django's DateTimeField: timestamptz, values read as UTC",
+                    Some(Assumption::UtcDatetimes),
+                );
+            }
+            ("DECIMAL", []) => {
+                return mapped(
+                    PgType::Numeric { typmod: None },
+                    "Django's DecimalField: numeric, scale unknown",
+                    Some(Assumption::DecimalScale),
+                );
+            }
+            ("TEXT", []) if json_checked => {
+                return mapped(PgType::Jsonb, "Django's JSONField: jsonb", None);
+            }
+            _ => {}
+        }
+    }
+    if has(Framework::Prisma) && d.name == "DATETIME" {
+        return Some(Mapped {
+            ty: PgType::Timestamp,
+            encoding: Some(SourceEncoding::EpochMs),
+            why: "Prisma's DateTime: timestamp, integers read as milliseconds since 1970 UTC"
+                .into(),
+            assumes: None,
+        });
+    }
+    if json_checked && matches!(typemap::map_decltype(decl), PgType::Text) && !frameworks.is_empty()
+    {
+        return mapped(PgType::Jsonb, "JSON under a JSON_VALID CHECK: jsonb", None);
+    }
+    None
+}
+
+/// The column of a CHECK that only asks for valid JSON (Django's JSONField writes
+/// `JSON_VALID("data") OR "data" IS NULL`), if that is all it asks.
+pub fn json_valid_column(check: &str) -> Option<String> {
+    let flat: String = check
+        .chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '"' | '`' | '[' | ']'))
+        .flat_map(char::to_lowercase)
+        .collect();
+    let mut s = flat.as_str();
+    while let Some(inner) = s.strip_prefix('(').and_then(|x| x.strip_suffix(')')) {
+        s = inner;
+    }
+    let (call, rest) = s.split_once(')').unwrap_or((s, ""));
+    let col = call.strip_prefix("json_valid(")?;
+    let null_ok = format!("or{col}isnull");
+    (!col.is_empty() && (rest.is_empty() || rest == null_ok)).then(|| col.to_string())
+}
+
 /// The frameworks whose markers the SQLite file's tables carry.
 pub fn recognise(tables: &[SourceTable]) -> Vec<&'static Spec> {
     let table = |name: &str| tables.iter().find(|t| t.name.eq_ignore_ascii_case(name));
@@ -298,5 +399,19 @@ mod tests {
                 vec!["shop.0003_c".to_string()]
             )
         );
+    }
+
+    #[test]
+    fn a_check_that_only_asks_for_json_is_recognised() {
+        for (check, col) in [
+            ("JSON_VALID(\"data\") OR \"data\" IS NULL", Some("data")),
+            ("(JSON_VALID(\"data\") OR \"data\" IS NULL)", Some("data")),
+            ("json_valid(doc)", Some("doc")),
+            ("json_valid(doc) OR other IS NULL", None),
+            ("json_valid(doc) AND length(doc) < 10", None),
+            ("length(doc) < 10", None),
+        ] {
+            assert_eq!(json_valid_column(check).as_deref(), col, "{check}");
+        }
     }
 }

@@ -220,3 +220,167 @@ fn a_django_migration_skew_is_named_and_stops_the_run_before_any_copy() {
     let customers: i64 = scalar(&mut db.client(), "SELECT count(*) FROM shop_customer");
     assert_eq!(customers, 0);
 }
+
+/// sqlite2pg making the schema of a Django app: types as Django's Postgres backend makes them
+/// where the SQLite schema decides (uuid, jsonb, timestamptz, boolean), what it cannot decide
+/// named beforehand (a decimal's scale), and the ORM's answers the same on Postgres except
+/// that, which `--cast` then settles. The reverse stream gives back SQLite's own forms.
+#[test]
+fn sqlite2pg_makes_a_django_schema_as_djangos_postgres_backend_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let sqlite = format!("sqlite:{}", path.display());
+    django(&sqlite, &["migrate"]);
+    django(&sqlite, &["seed", "60"]);
+    let db = TestDb::new();
+    let (code, report) = check(&path, &db);
+    assert_eq!(code, Some(0), "{report:#}");
+    let ty = |table: &str, column: &str| -> String {
+        let t = report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["source"] == table)
+            .unwrap_or_else(|| panic!("{table}: {report:#}"));
+        let c = t["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["source"] == column)
+            .unwrap_or_else(|| panic!("{table}.{column}: {report:#}"));
+        c["target_type"].as_str().unwrap().to_string()
+    };
+    for (table, column, want) in [
+        ("shop_customer", "id", "uuid"),
+        ("shop_customer", "profile", "jsonb"),
+        ("shop_customer", "joined_at", "timestamptz"),
+        ("shop_customer", "active", "boolean"),
+        ("shop_order", "customer_id", "uuid"),
+        ("shop_order", "data", "jsonb"),
+        ("shop_order", "total", "numeric"),
+        ("auth_user", "date_joined", "timestamptz"),
+    ] {
+        assert_eq!(ty(table, column), want, "{table}.{column}");
+    }
+    let framework = finding(
+        &report,
+        "the app is made with Django (django_migrations in the SQLite file)",
+    )
+    .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        framework["hint"]
+            .as_str()
+            .unwrap()
+            .contains("python manage.py migrate")
+    );
+    let utc =
+        finding(&report, "read as UTC into timestamptz").unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        utc["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop_order.placed_at"),
+        "{utc:#}"
+    );
+    let scale = finding(&report, "without the field's max_digits and decimal_places")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(scale["severity"], "warning");
+    assert!(
+        scale["message"]
+            .as_str()
+            .unwrap()
+            .ends_with(": shop_order.total"),
+        "{scale:#}"
+    );
+
+    // Moved as check said: the answers differ only in the scale check named.
+    let mut d = Daemon::start(&path, &db, &[]);
+    d.wait_caught_up();
+    let before = answers(&sqlite);
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "cutover",
+    ]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+    let mut on_pg = answers(&db.url);
+    assert_eq!(before["fixed_total"], "524723.80");
+    assert_eq!(
+        on_pg["fixed_total"], "524723.8",
+        "the difference check named"
+    );
+    let unscaled = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().parse::<f64>().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(unscaled(&on_pg["totals"]), unscaled(&before["totals"]));
+    for k in ["fixed_total", "totals"] {
+        on_pg[k] = before[k].clone();
+    }
+    assert_eq!(
+        on_pg, before,
+        "SQLite answered {before:#}\nPostgres answered {on_pg:#}"
+    );
+
+    // Back to SQLite after writes on Postgres: the app's own forms (32 hex digits, naive UTC
+    // text, JSON text), and the ORM on SQLite sees the rows.
+    django(&db.url, &["create", "2", "written-on-postgres"]);
+    let after_pg = answers(&db.url);
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "fallback",
+    ]);
+    assert!(out.status.success(), "fallback:\n{}", text(&out));
+    assert_eq!(
+        answers(&sqlite)["tagged"]["written-on-postgres"],
+        after_pg["tagged"]["written-on-postgres"]
+    );
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let (id, joined): (String, String) = c
+        .query_row(
+            "SELECT id, joined_at FROM shop_customer WHERE email = 'new-written-on-postgres@example.com'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{id}"
+    );
+    assert_eq!(joined, "2024-03-30 20:00:00");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.try_exit().is_none() {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // The scale given with --cast: the same answer as on SQLite.
+    let db2 = TestDb::new();
+    let path2 = dir.path().join("shop2.db");
+    let sqlite2 = format!("sqlite:{}", path2.display());
+    django(&sqlite2, &["migrate"]);
+    django(&sqlite2, &["seed", "5"]);
+    let out = sqlite2pg(&[
+        "--source",
+        path2.to_str().unwrap(),
+        "--target",
+        &db2.url,
+        "--cast",
+        "shop_order.total=numeric(12,2)",
+        "run",
+        "--snapshot-only",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(answers(&db2.url)["fixed_total"], "524723.80");
+}

@@ -35,7 +35,7 @@ pub async fn findings(client: Option<&Client>, plan: &Plan, cfg: &Config) -> Res
             out.push(finding(
                 Severity::Warning,
                 format!(
-                    "the app is made with {} ({} in the SQLite file); sqlite2pg would make the Postgres schema, so the types are SQLite's as {}'s Postgres backend would read them only where the schema and values decide it",
+                    "the app is made with {} ({} in the SQLite file), and sqlite2pg would make the Postgres schema: it types columns as {}'s Postgres backend does where the SQLite schema decides it (the notes beside the columns above), and names here what it cannot decide",
                     spec.name, spec.versions, spec.name
                 ),
                 format!(

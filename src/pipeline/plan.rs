@@ -244,6 +244,9 @@ pub fn build(
     let target_tables = target.unwrap_or(&empty);
     let mut used_targets: HashMap<String, String> = HashMap::new();
     let mut narrow = Vec::new();
+    let frameworks = crate::framework::recognise(source);
+    // What the framework's mapping takes for granted: (assumption, table.column).
+    let mut assumed = Vec::new();
     for t in &selected {
         if t.name.starts_with(ALEMBIC_SCRATCH) {
             // Lives only inside a batch migration's transaction (create, copy, drop, rename);
@@ -327,11 +330,20 @@ pub fn build(
         };
         let plan = match existing {
             Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings, &mut narrow),
-            None => plan_create(t, &target_name, &selected, cfg, &mut findings),
+            None => plan_create(
+                t,
+                &target_name,
+                &selected,
+                &frameworks,
+                cfg,
+                &mut findings,
+                &mut assumed,
+            ),
         };
         tables.push(plan);
     }
     findings.extend(narrow_finding(&narrow, &cfg.target_schema));
+    findings.extend(assumption_findings(&assumed));
     let target_only = target_tables
         .keys()
         .filter(|k| !tables.iter().any(|p| &p.target == *k) && !owned.contains(k))
@@ -387,10 +399,19 @@ fn plan_create(
     t: &SourceTable,
     target: &str,
     selected: &[&SourceTable],
+    frameworks: &[&crate::framework::Spec],
     cfg: &Config,
     findings: &mut Vec<Finding>,
+    assumed: &mut Vec<(crate::framework::Assumption, String)>,
 ) -> TablePlan {
     let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
+    let json_checked = |column: &str| {
+        declared.checks.iter().any(|c| {
+            crate::framework::json_valid_column(&c.expr.to_string())
+                .is_some_and(|col| col.eq_ignore_ascii_case(column))
+        })
+    };
+
     let mut columns = Vec::new();
     let mut column_defs = Vec::new();
     let mut finding = |sev, col: &str, message: String, hint: &str| {
@@ -405,7 +426,16 @@ fn plan_create(
     let mut seen_cols: HashMap<String, String> = HashMap::new();
     for (i, c) in t.columns.iter().enumerate() {
         let cast = cfg.cast_for(&t.name, &c.name);
-        let mut ty = typemap::map_decltype(&c.decl_type);
+        // A --cast overrides the framework's mapping, as it overrides the plain one.
+        let mapped = crate::framework::map_column(frameworks, &c.decl_type, json_checked(&c.name))
+            .filter(|_| cast.and_then(|c| c.target_type.as_ref()).is_none());
+        let mut ty = match &mapped {
+            Some(m) => m.ty.clone(),
+            None => typemap::map_decltype(&c.decl_type),
+        };
+        if let Some(a) = mapped.as_ref().and_then(|m| m.assumes) {
+            assumed.push((a, format!("{}.{}", t.name, c.name)));
+        }
         if let Some(name) = cast.and_then(|c| c.target_type.as_deref()) {
             match typemap::parse_pg_type_name(name) {
                 Some(cast_ty) => ty = cast_ty,
@@ -452,9 +482,14 @@ fn plan_create(
         if matches!(c.decl_type.trim(), "") {
             note = Some("no declared type: values of any class become text".into());
         }
+        if let Some(m) = &mapped {
+            note = Some(m.why.clone());
+        }
         let conv = ColumnConv {
             ty: ty.clone(),
-            encoding: cast.and_then(|c| c.encoding),
+            encoding: cast
+                .and_then(|c| c.encoding)
+                .or(mapped.as_ref().and_then(|m| m.encoding)),
         };
         let default = match (&c.default, identity) {
             (Some(raw), false) => match default_holds(&c.decl_type, raw, &conv).and_then(|()| {
@@ -812,6 +847,58 @@ fn plan_checks(t: &SourceTable, scope: &expr::Scope, declared: &Declared) -> Vec
         });
     }
     out
+}
+
+/// One finding per assumption of a framework's mapping, naming every column it concerns.
+fn assumption_findings(assumed: &[(crate::framework::Assumption, String)]) -> Vec<Finding> {
+    use crate::framework::Assumption;
+    [Assumption::UtcDatetimes, Assumption::DecimalScale]
+        .into_iter()
+        .filter_map(|a| {
+            let columns: Vec<&str> = assumed
+                .iter()
+                .filter(|(x, _)| *x == a)
+                .map(|(_, c)| c.as_str())
+                .collect();
+            if columns.is_empty() {
+                return None;
+            }
+            let list = columns.join(", ");
+            let casts = |ty: &str| {
+                columns
+                    .iter()
+                    .map(|c| format!("--cast {c}={ty}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            Some(match a {
+                Assumption::UtcDatetimes => Finding {
+                    severity: Severity::Info,
+                    table: String::new(),
+                    column: None,
+                    message: format!(
+                        "Django's datetimes are read as UTC into timestamptz, as Django stores aware datetimes (USE_TZ=True, its default) and its Postgres backend types them: {list}"
+                    ),
+                    hint: format!(
+                        "if the app runs with USE_TZ=False, keep them naive: {}",
+                        casts("timestamp")
+                    ),
+                },
+                Assumption::DecimalScale => Finding {
+                    severity: Severity::Warning,
+                    table: String::new(),
+                    column: None,
+                    message: format!(
+                        "Django declares `decimal` in SQLite without the field's max_digits and decimal_places, so sqlite2pg makes numeric without a scale and Django's ORM on Postgres reads 524723.8 where SQLite gave it 524723.80: {list}"
+                    ),
+                    hint: format!(
+                        "let Django's migrations make the Postgres schema (numeric(p,s) as the model says), or give each its precision: {}",
+                        casts("numeric(P,S)")
+                    ),
+                },
+            })
+        })
+        .collect()
 }
 
 /// A column of the app's Postgres schema narrower than the 64-bit integers SQLite holds in it.

@@ -36,6 +36,8 @@ from shop.models import Customer, Order, Tag  # noqa: E402
 # Across the spring DST change in Berlin (2024-03-31 02:00 -> 03:00) and around midnight, where
 # a UTC date and a Berlin date differ.
 T0 = datetime(2024, 3, 30, 20, 0, tzinfo=timezone.utc)
+# An order whose total ends in a zero: its scale shows whether the column kept it.
+FIXED = uuid.UUID("00000000-0000-4000-8000-0000000000f1")
 
 
 def seed(n):
@@ -54,6 +56,7 @@ def seed(n):
                 data=None if j == 2 else {"kind": ["gift", "plain"][j], "note": f"n{i}", "items": [{"sku": i}]})
             if j != 1:
                 o.tags.add(tags[(i + j) % 3])
+    Order.objects.create(customer=c, token=FIXED, total=Decimal("524723.80"), placed_at=T0 - timedelta(days=1))
 
 
 def write(seconds):
@@ -82,7 +85,7 @@ def write(seconds):
                     c.save()
                 else:
                     o = c.orders.order_by("?").first()
-                    if o and rnd.random() < 0.3:
+                    if o and o.token != FIXED and rnd.random() < 0.3:
                         o.delete()
             done += 1
         except Exception as e:  # noqa: BLE001 - counted and reported, the run goes on
@@ -125,6 +128,7 @@ def answers():
         # Django's SQLite backend gives a sum six places, its Postgres backend the column's two:
         # compared in the column's scale (each value's own scale is compared in "totals").
         "sum_total": str(Order.objects.aggregate(s=Sum("total"))["s"].quantize(Decimal("0.01"))),
+        "fixed_total": str(Order.objects.get(token=FIXED).total),
         "totals": [str(t) for t in Order.objects.order_by("token").values_list("total", flat=True)[:5]],
         "paid": Order.objects.filter(paid=True).count(),
         "active": Customer.objects.filter(active=False).count(),
