@@ -4,7 +4,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked && strip target/release/sqlite2pg
+# The profile keeps symbols (names in backtraces) and leaves DWARF out of the binary.
+RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
 # hadolint ignore=DL3008
