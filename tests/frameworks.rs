@@ -384,3 +384,277 @@ fn sqlite2pg_makes_a_django_schema_as_djangos_postgres_backend_would() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(answers(&db2.url)["fixed_total"], "524723.80");
 }
+
+/// Rails cannot be installed here: a SQLite file made with ActiveRecord 7.1's SQLite adapter's
+/// DDL and value conventions (varchar, datetime(6) as UTC text with microseconds, booleans as
+/// 1/0, decimal(p,s), json), and a Postgres schema as its PostgreSQL adapter makes it.
+const RAILS_SQLITE: &str = r#"
+CREATE TABLE "schema_migrations" ("version" varchar NOT NULL PRIMARY KEY);
+CREATE TABLE "ar_internal_metadata" ("key" varchar NOT NULL PRIMARY KEY, "value" varchar, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE TABLE "users" ("id" integer PRIMARY KEY AUTOINCREMENT NOT NULL, "email" varchar DEFAULT '' NOT NULL, "admin" boolean DEFAULT 0 NOT NULL, "balance" decimal(10,2), "settings" json, "created_at" datetime(6) NOT NULL, "updated_at" datetime(6) NOT NULL);
+CREATE UNIQUE INDEX "index_users_on_email" ON "users" ("email");
+INSERT INTO schema_migrations VALUES ('20240101000000'), ('20240215093000');
+INSERT INTO ar_internal_metadata VALUES ('environment', 'production', '2024-01-01 10:00:00.123456', '2024-01-01 10:00:00.123456');
+INSERT INTO users (email, admin, balance, settings, created_at, updated_at) VALUES
+  ('a@example.com', 1, 10.5, '{"theme":"dark"}', '2024-01-01 10:00:00.123456', '2024-02-01 08:30:00.000001'),
+  ('b@example.com', 0, NULL, NULL, '2024-01-02 11:00:00', '2024-01-02 11:00:00');
+"#;
+
+const RAILS_POSTGRES: &str = r#"
+CREATE TABLE schema_migrations (version character varying NOT NULL PRIMARY KEY);
+CREATE TABLE ar_internal_metadata (key character varying NOT NULL PRIMARY KEY, value character varying, created_at timestamp(6) NOT NULL, updated_at timestamp(6) NOT NULL);
+CREATE TABLE users (id bigserial PRIMARY KEY, email character varying DEFAULT '' NOT NULL, admin boolean DEFAULT false NOT NULL, balance numeric(10,2), settings json, created_at timestamp(6) NOT NULL, updated_at timestamp(6) NOT NULL);
+CREATE UNIQUE INDEX index_users_on_email ON users (email);
+INSERT INTO ar_internal_metadata VALUES ('environment', 'production', now(), now());
+"#;
+
+/// Prisma cannot be installed here: a SQLite file made with Prisma Migrate's SQLite DDL and its
+/// connector's conventions (DateTime as integer milliseconds, or CURRENT_TIMESTAMP's text from a
+/// default; BOOLEAN 0/1; DECIMAL), and its migration table with a rolled-back attempt.
+const PRISMA_SQLITE: &str = r#"
+CREATE TABLE "_prisma_migrations" ("id" TEXT PRIMARY KEY NOT NULL, "checksum" TEXT NOT NULL, "finished_at" DATETIME, "migration_name" TEXT NOT NULL, "logs" TEXT, "rolled_back_at" DATETIME, "started_at" DATETIME NOT NULL DEFAULT current_timestamp, "applied_steps_count" INTEGER UNSIGNED NOT NULL DEFAULT 0);
+CREATE TABLE "User" ("id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, "email" TEXT NOT NULL, "name" TEXT, "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP, "admin" BOOLEAN NOT NULL DEFAULT false);
+CREATE UNIQUE INDEX "User_email_key" ON "User"("email");
+CREATE TABLE "Post" ("id" TEXT NOT NULL PRIMARY KEY, "title" TEXT NOT NULL, "published" BOOLEAN NOT NULL DEFAULT false, "authorId" INTEGER NOT NULL, "updatedAt" DATETIME NOT NULL, CONSTRAINT "Post_authorId_fkey" FOREIGN KEY ("authorId") REFERENCES "User" ("id") ON DELETE RESTRICT ON UPDATE CASCADE);
+INSERT INTO "_prisma_migrations" VALUES
+  ('m1', 'c1', 1717243200000, '20240601000000_init', NULL, NULL, 1717243199000, 1),
+  ('m2', 'c2', NULL, '20240610000000_add_posts', 'failed', 1718000000000, 1717999999000, 0),
+  ('m3', 'c3', 1718000100000, '20240610000000_add_posts', NULL, NULL, 1718000099000, 1);
+INSERT INTO "User" (email, name, createdAt, admin) VALUES ('a@example.com', 'A', 1717243200123, 1);
+INSERT INTO "User" (email, name, admin) VALUES ('b@example.com', NULL, 0);
+INSERT INTO "Post" VALUES ('p1', 'Hello', 1, 1, 1718000000456);
+"#;
+
+#[test]
+fn rails_and_prisma_files_get_their_frameworks_advice_mapping_and_migration_comparison() {
+    // Rails, no target: recognised, and the advice is Rails' own command.
+    let rails = SqliteFile::new(RAILS_SQLITE);
+    let (code, report) = check_json(&rails.path, None);
+    assert_eq!(code, Some(0), "{report:#}");
+    let advice = finding(&report, "the app is made with Rails (ActiveRecord)")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        advice["hint"]
+            .as_str()
+            .unwrap()
+            .contains("bin/rails db:create db:migrate"),
+        "{advice:#}"
+    );
+    let types = |report: &serde_json::Value, table: &str| -> Vec<String> {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["source"] == table)
+            .unwrap_or_else(|| panic!("{table}: {report:#}"))["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}:{}",
+                    c["source"].as_str().unwrap(),
+                    c["target_type"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    // As Rails' PostgreSQL adapter types them (timestamp is timestamp(6)).
+    assert_eq!(
+        types(&report, "users"),
+        [
+            "id:bigint",
+            "email:varchar",
+            "admin:boolean",
+            "balance:numeric(10,2)",
+            "settings:json",
+            "created_at:timestamp",
+            "updated_at:timestamp"
+        ]
+    );
+    // Its migrations made the Postgres schema, one migration behind: named, and run refuses.
+    let db = TestDb::new();
+    db.client().batch_execute(RAILS_POSTGRES).unwrap();
+    db.client()
+        .batch_execute("INSERT INTO schema_migrations VALUES ('20240101000000')")
+        .unwrap();
+    let (code, report) = check(&rails.path, &db);
+    assert_eq!(code, Some(1), "{report:#}");
+    let skew = finding(&report, "migrations differ").unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        skew["message"]
+            .as_str()
+            .unwrap()
+            .contains("applied in SQLite only: [20240215093000]; applied on Postgres only: []"),
+        "{skew:#}"
+    );
+    db.client()
+        .batch_execute("INSERT INTO schema_migrations VALUES ('20240215093000')")
+        .unwrap();
+    let (code, report) = check(&rails.path, &db);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(
+        finding(&report, "both sides are at the same 2 migration(s)").is_some(),
+        "{report:#}"
+    );
+    // ar_internal_metadata's row is seeded by Rails: listed, then replaced by SQLite's.
+    assert!(
+        finding(
+            &report,
+            "target table ar_internal_metadata already holds 1 row(s)"
+        )
+        .is_some(),
+        "{report:#}"
+    );
+    let out = snapshot(&rails.path, &db, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = pg_rows(
+        &mut db.client(),
+        "SELECT email, admin::text, balance::text, settings::text, created_at::text FROM users ORDER BY id",
+    );
+    assert_eq!(
+        r[0],
+        [
+            Some("a@example.com".to_string()),
+            Some("true".into()),
+            Some("10.50".into()),
+            Some("{\"theme\":\"dark\"}".into()),
+            Some("2024-01-01 10:00:00.123456".into())
+        ]
+    );
+
+    // Prisma: DateTime integers are milliseconds; a rolled-back attempt is not an applied one.
+    let prisma = SqliteFile::new(PRISMA_SQLITE);
+    let (code, report) = check_json(&prisma.path, None);
+    assert_eq!(code, Some(0), "{report:#}");
+    let advice =
+        finding(&report, "the app is made with Prisma").unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        advice["hint"]
+            .as_str()
+            .unwrap()
+            .contains("npx prisma migrate deploy"),
+        "{advice:#}"
+    );
+    assert!(types(&report, "User").contains(&"createdAt:timestamp".to_string()));
+    let db = TestDb::new();
+    let out = snapshot(&prisma.path, &db, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = pg_rows(
+        &mut db.client(),
+        "SELECT \"createdAt\"::text, admin::text FROM \"User\" ORDER BY id",
+    );
+    assert_eq!(
+        r[0],
+        [
+            Some("2024-06-01 12:00:00.123".to_string()),
+            Some("true".into())
+        ]
+    );
+    let defaulted = r[1][0].clone().unwrap();
+    assert!(
+        defaulted.len() == 19 && defaulted.starts_with("20"),
+        "{defaulted}"
+    );
+    let db = TestDb::new();
+    db.client()
+        .batch_execute(
+            r#"CREATE TABLE "_prisma_migrations" (id varchar(36) PRIMARY KEY, checksum varchar(64) NOT NULL, finished_at timestamptz, migration_name varchar(255) NOT NULL, logs text, rolled_back_at timestamptz, started_at timestamptz NOT NULL DEFAULT now(), applied_steps_count integer NOT NULL DEFAULT 0);
+               INSERT INTO "_prisma_migrations" (id, checksum, finished_at, migration_name) VALUES ('x1', 'c1', now(), '20240601000000_init');"#,
+        )
+        .unwrap();
+    let (code, report) = check(&prisma.path, &db);
+    assert_eq!(code, Some(1), "{report:#}");
+    let skew = finding(&report, "migrations differ").unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        skew["message"].as_str().unwrap().contains(
+            "applied in SQLite only: [20240610000000_add_posts]; applied on Postgres only: []"
+        ),
+        "{skew:#}"
+    );
+}
+
+fn tracker(db: &str, args: &[&str]) -> String {
+    let mut all = vec![args[0], db];
+    all.extend_from_slice(&args[1..]);
+    python_app("tracker/app.py", &all)
+}
+
+fn tracker_answers(db: &str) -> serde_json::Value {
+    let out = tracker(db, &["answers"]);
+    serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("answers printed:\n{out}"))
+}
+
+/// An Alembic app shaped like MLflow's tracking store: the primary key of its main table holds
+/// a BOOLEAN (verify and cutover could not order it), and its migration writes a default row
+/// on Postgres too. Moved live on its own migrations, both ways, through SQLAlchemy.
+#[test]
+fn an_alembic_app_with_a_boolean_in_its_key_and_a_seeded_row_moves_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tracking.db");
+    let sqlite = format!("sqlite:{}", path.display());
+    tracker(&sqlite, &["upgrade"]);
+    tracker(&sqlite, &["log", "3000"]);
+    let db = TestDb::new();
+    tracker(&db.url, &["upgrade"]);
+    let (code, report) = check(&path, &db);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(
+        finding(
+            &report,
+            "the app is made with Alembic (SQLAlchemy), and its migrations made the Postgres schema"
+        )
+        .is_some(),
+        "{report:#}"
+    );
+    assert!(
+        finding(&report, "target table experiments already holds 1 row(s)").is_some_and(|f| {
+            f["message"]
+                .as_str()
+                .unwrap()
+                .contains("1 missing on Postgres")
+        }),
+        "{report:#}"
+    );
+    let mut d = Daemon::start(&path, &db, &[]);
+    let written = tracker(&sqlite, &["write", "5"]);
+    let summary: serde_json::Value = serde_json::from_str(written.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    d.wait_caught_up();
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "verify",
+    ]);
+    assert!(out.status.success(), "verify:\n{}", text(&out));
+    let before = tracker_answers(&sqlite);
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "cutover",
+    ]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+    assert_eq!(tracker_answers(&db.url), before);
+    // The app goes on on Postgres (its sequences past SQLite's ids), then falls back.
+    tracker(&db.url, &["write", "2"]);
+    let after_pg = tracker_answers(&db.url);
+    let out = sqlite2pg(&[
+        "--source",
+        path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "fallback",
+    ]);
+    assert!(out.status.success(), "fallback:\n{}", text(&out));
+    assert_eq!(tracker_answers(&sqlite), after_pg);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.try_exit().is_none() {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

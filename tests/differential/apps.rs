@@ -60,6 +60,7 @@ enum Kind {
     Num,
     Json,
     Untyped,
+    Uuid,
 }
 
 /// Declared types real apps write, by what they hold (SQLAlchemy's, Django's, hand-written).
@@ -83,8 +84,59 @@ const DECLS: &[(&str, Kind)] = &[
     ("NUMERIC", Kind::Num),
     ("DECIMAL(10,2)", Kind::Num),
     ("JSON", Kind::Json),
+    ("UUID", Kind::Uuid),
     ("", Kind::Untyped),
 ];
+
+const UUIDS: &[&str] = &[
+    "'0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9'",
+    "'f0e1d2c3-b4a5-4697-8879-6a5b4c3d2e1f'",
+    "'7fffffff-0000-4000-8000-000000000000'",
+    "'00000000-0000-4000-8000-000000000001'",
+];
+
+/// Defaults of every form SQLite accepts, by what the column holds: `true` where SQLite stores
+/// a value of the column's kind (an insert may leave the column out), `false` where it stores
+/// one Postgres' column cannot hold (`'"0"'` in an INTEGER column, as in pgloader's test file):
+/// the app always gives such a column a value, and `check` names the default.
+fn defaults(kind: Kind) -> &'static [(&'static str, bool)] {
+    match kind {
+        Kind::Int => &[
+            ("0", true),
+            ("'42'", true),
+            ("(1 + 1)", true),
+            ("-7", true),
+            ("TRUE", true),
+            ("'\"0\"'", false),
+            ("'abc'", false),
+        ],
+        Kind::Real => &[("1.5", true), ("'2.25'", true), ("0", true), ("'x'", false)],
+        Kind::Text => &[
+            ("'x'", true),
+            ("''", true),
+            ("CURRENT_TIMESTAMP", true),
+            ("CURRENT_DATE", true),
+            ("(lower('ABC'))", true),
+            ("'\"0\"'", true),
+        ],
+        Kind::Untyped => &[("'u'", true), ("'\"0\"'", true)],
+        Kind::Bool => &[("0", true), ("1", true), ("FALSE", true), ("TRUE", true)],
+        Kind::Date => &[
+            ("CURRENT_DATE", true),
+            ("'2024-01-01'", true),
+            ("'soon'", false),
+        ],
+        Kind::Stamp => &[
+            ("CURRENT_TIMESTAMP", true),
+            ("'2024-01-01 00:00:00'", true),
+            ("'0'", false),
+        ],
+        Kind::Num => &[("0", true), ("'3.25'", true), ("(2 * 3)", true)],
+        Kind::Json => &[("'{}'", true), ("'[]'", true)],
+        Kind::Blob => &[("X'00'", true), ("X''", true)],
+        Kind::Uuid => &[("'00000000-0000-4000-8000-000000000001'", true)],
+    }
+}
 
 const TEXTS: &[&str] = &[
     "'Rust'",
@@ -121,10 +173,12 @@ struct Col {
     collate: Option<&'static str>,
     generated: Option<String>,
     references: Option<(String, String, String)>,
+    /// Its DEFAULT, and whether an insert may leave the column out for it.
+    default: Option<(&'static str, bool)>,
 }
 
 impl Col {
-    /// A column with no collation, generation or reference.
+    /// A column with no collation, generation, reference or default.
     fn plain(name: &str, decl: &'static str, kind: Kind) -> Col {
         Col {
             name: name.into(),
@@ -133,6 +187,7 @@ impl Col {
             collate: None,
             generated: None,
             references: None,
+            default: None,
         }
     }
 }
@@ -198,6 +253,9 @@ impl Tab {
                 }
                 if let Some(coll) = c.collate {
                     d += &format!(" COLLATE {coll}");
+                }
+                if let Some((default, _)) = c.default {
+                    d += &format!(" DEFAULT {default}");
                 }
                 if let Some(g) = &c.generated {
                     d += &format!(" GENERATED ALWAYS AS {g}");
@@ -302,15 +360,29 @@ fn value(rng: &mut Rng, kind: Kind) -> String {
                 "'\"s\"'",
             ])
             .to_string(),
+        Kind::Uuid => rng.pick(UUIDS).to_string(),
     }
 }
 
 /// Values for a key column: few, so writes collide, change case and trailing spaces.
 fn key_value(rng: &mut Rng, kind: Kind) -> String {
-    match kind {
-        Kind::Int => rng.range(1, 12).to_string(),
-        _ => rng.pick(KEY_TEXTS).to_string(),
-    }
+    // Quoted where the type is not an integer: both databases read the literal as the
+    // column's type (SQLite by the column's affinity), so one text serves both sides.
+    let pool: &[&str] = match kind {
+        Kind::Int => return rng.range(1, 12).to_string(),
+        Kind::Bool => &["'0'", "'1'"],
+        Kind::Real => &["'0.5'", "'2.25'", "'-3.0'", "'1e10'"],
+        Kind::Num => &["'12'", "'12.5'", "'-0.75'"],
+        Kind::Date => &["'2024-01-31'", "'1999-12-31'", "'2000-02-29'"],
+        Kind::Stamp => &[
+            "'2024-01-31 12:34:56'",
+            "'1970-01-01 00:00:00'",
+            "'2024-01-31 12:34:56.5'",
+        ],
+        Kind::Uuid => UUIDS,
+        _ => KEY_TEXTS,
+    };
+    rng.pick(pool).to_string()
 }
 
 /// A value for a column of `kind` written by the app on Postgres after the cutover: quoted, so
@@ -329,6 +401,7 @@ fn pg_value(rng: &mut Rng, kind: Kind) -> String {
         Kind::Stamp => &["'2025-06-01 08:30:00'", "'2025-06-01 08:30:00.25'"],
         Kind::Num => &["'7.5'", "'12'", "'-0.25'"],
         Kind::Json => &["'{\"pg\": [1, 2]}'", "'[]'"],
+        Kind::Uuid => UUIDS,
     };
     rng.pick(pool).to_string()
 }
@@ -348,7 +421,17 @@ impl Gen {
         let text_collate =
             |rng: &mut Rng| *rng.pick(&[None, Some("NOCASE"), Some("RTRIM"), Some("BINARY")]);
         let without_rowid;
-        let key: Vec<usize> = match rng.below(5) {
+        // Keys of every type an app declares: the typed ones are those Postgres orders other
+        // than SQLite (verify compares them by lookup), a boolean among them as in MLflow.
+        let typed_keys = [
+            ("REAL", Kind::Real),
+            ("DATE", Kind::Date),
+            ("DATETIME", Kind::Stamp),
+            ("UUID", Kind::Uuid),
+            ("NUMERIC", Kind::Num),
+            ("BOOLEAN", Kind::Bool),
+        ];
+        let key: Vec<usize> = match rng.below(7) {
             0 | 1 => {
                 cols.push(plain("id".into(), "INTEGER", Kind::Int));
                 without_rowid = false;
@@ -369,6 +452,19 @@ impl Gen {
                 without_rowid = rng.chance(0.5);
                 vec![0, 1]
             }
+            4 => {
+                let (decl, kind) = *rng.pick(&typed_keys[..5]);
+                cols.push(plain("k".into(), decl, kind));
+                without_rowid = rng.chance(0.3);
+                vec![0]
+            }
+            5 => {
+                let (decl, kind) = *rng.pick(&typed_keys);
+                cols.push(plain("run".into(), decl, kind));
+                cols.push(plain("is_nan".into(), "BOOLEAN", Kind::Bool));
+                without_rowid = rng.chance(0.3);
+                vec![0, 1]
+            }
             _ => {
                 without_rowid = false;
                 Vec::new()
@@ -382,6 +478,9 @@ impl Gen {
             let mut c = plain(name, decl, kind);
             if kind == Kind::Text && rng.chance(0.3) {
                 c.collate = text_collate(rng);
+            }
+            if rng.chance(0.35) {
+                c.default = Some(*rng.pick(defaults(kind)));
             }
             cols.push(c);
         }
@@ -400,15 +499,9 @@ impl Gen {
                 "ON DELETE CASCADE ON UPDATE CASCADE",
                 "ON DELETE SET DEFAULT",
             ]);
-            let mut c = plain(
-                format!("parent{}", cols.len()),
-                if pk.kind == Kind::Int {
-                    "INTEGER"
-                } else {
-                    "TEXT"
-                },
-                pk.kind,
-            );
+            // Declared as its parent's key, as apps' models do: Postgres wants one type on
+            // both ends of a foreign key.
+            let mut c = plain(format!("parent{}", cols.len()), pk.decl, pk.kind);
             c.collate = pk.collate;
             c.references = Some((p.name.clone(), pk.name.clone(), action.to_string()));
             cols.push(c);
@@ -574,6 +667,10 @@ impl Gen {
         let mut values = Vec::new();
         for i in &cols {
             let c = tab.col(*i);
+            if c.default.is_some_and(|(_, fills)| fills) && self.rng.chance(0.3) {
+                // The app leaves it to the default.
+                continue;
+            }
             let v = if tab.key.contains(i) || c.references.is_some() {
                 if !tab.key.contains(i) && self.rng.chance(0.15) {
                     "NULL".to_string()
@@ -594,12 +691,16 @@ impl Gen {
             2 => "INSERT OR IGNORE INTO",
             _ => "INSERT INTO",
         };
-        let mut sql = format!(
-            "{verb} {} ({}) VALUES ({})",
-            qi(&tab.name),
-            names.join(", "),
-            values.join(", ")
-        );
+        let mut sql = if names.is_empty() {
+            format!("{verb} {} DEFAULT VALUES", qi(&tab.name))
+        } else {
+            format!(
+                "{verb} {} ({}) VALUES ({})",
+                qi(&tab.name),
+                names.join(", "),
+                values.join(", ")
+            )
+        };
         if verb == "INSERT INTO" && !tab.key.is_empty() && self.rng.chance(0.4) {
             let target: Vec<String> = tab.key.iter().map(|i| qi(&tab.col(*i).name)).collect();
             let sets: Vec<String> = cols
@@ -853,6 +954,7 @@ impl Gen {
                 collate: None,
                 generated: None,
                 references: None,
+                default: (kind == Kind::Int).then_some(("7", true)),
             });
             return Item::Ddl(vec![stmt]);
         }

@@ -133,12 +133,50 @@ struct Runner<'a> {
     reader: Option<BankReader>,
     busy: Vec<std::thread::JoinHandle<()>>,
     out: Outcome,
+    /// `check` ran before the daemon first started.
+    checked: bool,
 }
 
 /// A failure, with where it happened.
 type Step = Result<(), String>;
 
 impl Runner<'_> {
+    /// The app's move begins as a user's does, with `check`: it must find the generated app
+    /// clean (its values are all movable), and from then on the whole move must complete. A
+    /// finding that stops it is a false alarm of `check`'s or a refusal of `run`'s that check
+    /// did not announce; either is a failure.
+    fn check_first(&mut self) -> Step {
+        if self.checked {
+            return Ok(());
+        }
+        self.checked = true;
+        let out = sqlite2pg(&[
+            "--source",
+            self.path.to_str().unwrap_or_default(),
+            "--target",
+            &self.db.url,
+            "check",
+            "--json",
+        ]);
+        if out.status.code() == Some(0) {
+            return Ok(());
+        }
+        let errors = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|r| {
+                let findings = r["findings"].as_array().cloned().unwrap_or_default();
+                let problems = r["problems"].as_array().cloned().unwrap_or_default();
+                findings
+                    .into_iter()
+                    .chain(problems)
+                    .filter(|f| f["severity"] == "error")
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_else(|_| text(&out));
+        Err(format!("check found the app not clean:\n{errors}"))
+    }
+
     fn start(&mut self) {
         if self.phase == Phase::FellBack {
             return;
@@ -429,7 +467,10 @@ impl Runner<'_> {
             }
             Item::Ddl(stmts) => self.ddl(stmts),
             Item::Tx { commit, stmts } => self.tx(*commit, stmts),
-            Item::Start => self.start(),
+            Item::Start => {
+                self.check_first()?;
+                self.start();
+            }
             Item::Kill(ms) => {
                 self.out.faults += 1;
                 std::thread::sleep(Duration::from_millis(*ms));
@@ -578,6 +619,7 @@ pub fn kind(failure: &str) -> String {
         }
     }
     [
+        "check found the app not clean",
         "stopped by itself",
         "did not catch up",
         "differs from SQLite",
@@ -616,6 +658,7 @@ pub fn run(s: &Scenario, dir: &Path) -> Outcome {
         reader: None,
         busy: Vec::new(),
         out: Outcome::default(),
+        checked: false,
     };
     let mut result = Ok(());
     for (n, item) in s.items.iter().enumerate() {
