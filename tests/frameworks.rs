@@ -658,3 +658,54 @@ fn an_alembic_app_with_a_boolean_in_its_key_and_a_seeded_row_moves_both_ways() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Django's `atomic()` begins with a deferred `BEGIN` and reads before it writes: SQLite refuses
+/// such a write at once when another connection wrote since the read began, busy timeout or
+/// not. The daemon's own writes (pruning the changelog) wait for moments the app is outside a
+/// transaction, so the app is never refused because of sqlite2pg, in either journal mode.
+fn django_is_never_refused_while_the_daemon_prunes(journal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let sqlite = format!("sqlite:{}", path.display());
+    django(&sqlite, &["migrate"]);
+    // Enough customers that each transaction's random pick reads for a while.
+    django(&sqlite, &["seed", "12000"]);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(&format!("PRAGMA journal_mode = {journal}"), [], |_| Ok(()))
+        .unwrap();
+    let db = TestDb::new();
+    django(&db.url, &["migrate"]);
+    let mut d = Daemon::start(&path, &db, &[]);
+    d.wait_caught_up();
+    let out = django(&sqlite, &["write", "15"]);
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["failed"], 0, "{journal}: {summary}");
+    let transactions = summary["transactions"].as_i64().unwrap();
+    assert!(transactions > 200, "{summary}");
+    d.wait_caught_up();
+    // Pruning waited for the app's quiet moments; once the app rests, the changelog goes.
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    wait_until(
+        "the changelog pruned once the app rests",
+        std::time::Duration::from_secs(60),
+        || {
+            reader
+                .query_row("SELECT count(*) FROM _sqlite2pg_changes", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .is_ok_and(|left| left <= 1)
+        },
+    );
+    assert!(d.stop());
+}
+
+#[test]
+fn django_is_never_refused_while_the_daemon_prunes_in_rollback_journal_mode() {
+    django_is_never_refused_while_the_daemon_prunes("delete");
+}
+
+#[test]
+fn django_is_never_refused_while_the_daemon_prunes_in_wal_mode() {
+    django_is_never_refused_while_the_daemon_prunes("wal");
+}

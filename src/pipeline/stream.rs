@@ -227,40 +227,54 @@ fn table_batch(t: &TablePlan, cap: &Captured) -> TableBatch {
     }
 }
 
-/// Prunes the changelog behind durable applies, in slices, between drains.
+/// Prunes the changelog behind durable applies, in slices, between drains, when the app is
+/// not inside a transaction (`sqlite::locks`): a write of ours between an app transaction's
+/// read and its write would make SQLite refuse that write at once.
 struct Pruner {
+    /// The SQLite file, whose locks tell whether the app is inside a transaction.
+    source: std::path::PathBuf,
     /// Everything up to here is pruned.
     pruned_to: i64,
     /// When the last slice ran.
     last: Instant,
-    /// The last slice ran out of time with rows left.
+    /// The last slice ran out of time with rows left, or waited for the app.
     behind: bool,
+    /// Since when every look found the app inside a transaction.
+    waiting_since: Option<Instant>,
 }
 
+/// How often the changelog is pruned while the app writes: each prune is a moment the app may
+/// find our write in its way.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a prune waits for a moment the app is outside a transaction before it prunes
+/// anyway (a changelog must not grow without end under an app that is never idle).
+const PRUNE_PATIENCE: Duration = Duration::from_secs(300);
+
 impl Pruner {
-    /// After a drain: prune every 10,000 changes or every second, or go on with unfinished work.
+    /// After a drain: prune every 10,000 changes or every 30 seconds (each prune is a moment the
+    /// app may meet our write), or go on with unfinished work.
     async fn after_apply(
         &mut self,
         client: &tokio_postgres::Client,
         writer: &rusqlite::Connection,
         position: i64,
     ) {
-        if self.behind
-            || position - self.pruned_to >= 10_000
-            || self.last.elapsed() >= Duration::from_secs(1)
+        if self.behind || position - self.pruned_to >= 10_000 || self.last.elapsed() >= PRUNE_EVERY
         {
             self.slice(client, writer, position).await;
         }
     }
 
-    /// Caught up, before waiting for the app: finish what a large drain left to prune.
+    /// Caught up, before waiting for the app: finish what a large drain left to prune, or
+    /// what the app wrote since the last prune once it has rested a while.
     async fn when_idle(
         &mut self,
         client: &tokio_postgres::Client,
         writer: &rusqlite::Connection,
         position: i64,
     ) {
-        if self.behind {
+        if self.behind || (position > self.pruned_to && self.last.elapsed() >= PRUNE_EVERY) {
             self.slice(client, writer, position).await;
         }
     }
@@ -280,15 +294,34 @@ impl Pruner {
         // A slice of at most 10 ms: a million applied changes are pruned between the next
         // drains instead of holding them up for seconds.
         let budget = Duration::from_millis(10);
-        match tokio::task::block_in_place(|| capture::prune(writer, upto, 2_000, budget)) {
-            Ok((_, done)) => {
-                self.behind = !done;
-                if done {
+        // An app that is inside a transaction at every look for long gets its changelog pruned
+        // anyway: it must not grow without end.
+        let force = self
+            .waiting_since
+            .is_some_and(|since| since.elapsed() >= PRUNE_PATIENCE);
+        if force {
+            tracing::info!(
+                "the app was inside a transaction at every look for {} s; pruning the changelog anyway (an app transaction that reads before it writes may be refused once; BEGIN IMMEDIATE in the app avoids that)",
+                PRUNE_PATIENCE.as_secs()
+            );
+        }
+        let pruned = tokio::task::block_in_place(|| {
+            capture::prune(writer, &self.source, upto, 2_000, budget, force)
+        });
+        match pruned {
+            Ok(p) if p.yielded => {
+                self.waiting_since.get_or_insert_with(Instant::now);
+                self.behind = true;
+            }
+            Ok(p) => {
+                self.waiting_since = None;
+                self.behind = !p.done;
+                if p.done {
                     self.pruned_to = position;
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "changelog prune deferred (the app holds the write lock)")
+                tracing::debug!(error = %e, "changelog prune deferred")
             }
         }
         self.last = Instant::now();
@@ -684,9 +717,11 @@ pub async fn run(
         };
         let mut position = st.position;
         let mut pruner = Pruner {
+            source: opts.source.clone(),
             pruned_to: 0,
             last: Instant::now(),
             behind: false,
+            waiting_since: None,
         };
         tracing::info!(position, "streaming");
         loop {

@@ -1067,37 +1067,35 @@ pub fn uninstall(conn: &mut Connection) -> Result<usize> {
     Ok(objects.len())
 }
 
-/// Deletes applied changelog rows (`seq <= upto`) and their row images in short write
-/// transactions of at most `batch` rows, always keeping the newest row so that sequence numbers
-/// never restart, and stops once `budget` is spent so that a large prune never holds up the
-/// next apply. Returns the rows deleted and whether nothing is left to prune.
+/// How a prune went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Changelog rows deleted.
+    pub rows: usize,
+    /// Nothing is left to prune up to the position asked for.
+    pub done: bool,
+    /// It stopped because the app was inside a transaction (see [`prune`]).
+    pub yielded: bool,
+}
+
+/// Deletes applied changelog rows (`seq <= upto`) and their row images, always keeping the
+/// newest row so that sequence numbers never restart, in short write transactions of at most
+/// `batch` rows each, until `budget` is spent.
+///
+/// Unless `force`, it yields to the app (`sqlite::locks`): each transaction takes the write
+/// lock without waiting (`BEGIN IMMEDIATE`, busy timeout 0), and is rolled back when another
+/// process is inside a transaction at its start or just before its commit. A transaction of
+/// the app's that read before our commit and writes after it would be refused by SQLite at
+/// once, busy timeout or not (a deferred `BEGIN`, Django's default, does that).
 pub fn prune(
     conn: &Connection,
+    source: &std::path::Path,
     upto: i64,
     batch: usize,
     budget: Duration,
-) -> Result<(usize, bool)> {
+    force: bool,
+) -> Result<Pruned> {
     let started = std::time::Instant::now();
-    let sql = format!(
-        "DELETE FROM {CHANGES} WHERE seq IN (SELECT seq FROM {CHANGES} WHERE seq <= ?1 \
-         AND seq < (SELECT max(seq) FROM {CHANGES}) ORDER BY seq LIMIT ?2)"
-    );
-    let mut total = 0;
-    loop {
-        let n = conn
-            .execute(&sql, rusqlite::params![upto, batch as i64])
-            .map_err(ctx("prune the changelog"))?;
-        total += n;
-        if n < batch {
-            break;
-        }
-        if started.elapsed() >= budget {
-            return Ok((total, false));
-        }
-        // Let the app's writers in between our short transactions.
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // Row images go with their changelog rows (the newest one's image stays with it).
     let images: Vec<String> = {
         let mut stmt = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_sqlite2pg\\_img\\_%' ESCAPE '\\'")
@@ -1106,22 +1104,74 @@ pub fn prune(
             .and_then(|r| r.collect())
             .map_err(ctx("list the row image tables"))?
     };
-    for img in images {
-        let sql = format!(
-            "DELETE FROM {q} WHERE seq IN (SELECT seq FROM {q} WHERE seq <= ?1 \
-             AND seq < (SELECT max(seq) FROM {CHANGES}) ORDER BY seq LIMIT ?2)",
-            q = quote_ident(&img)
-        );
-        while conn
-            .execute(&sql, rusqlite::params![upto, batch as i64])
-            .map_err(ctx("prune the row images"))?
-            >= batch
-        {
-            if started.elapsed() >= budget {
-                return Ok((total, false));
+    // Row images go with their changelog rows (the newest one's image stays with it).
+    let statements: Vec<String> = std::iter::once(CHANGES.to_string())
+        .chain(images.iter().map(|i| quote_ident(i)))
+        .map(|q| {
+            format!(
+                "DELETE FROM {q} WHERE seq IN (SELECT seq FROM {q} WHERE seq <= ?1 \
+                 AND seq < (SELECT max(seq) FROM {CHANGES}) ORDER BY seq LIMIT ?2)"
+            )
+        })
+        .collect();
+    let wal = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .map_err(ctx("read the journal mode"))?
+        .eq_ignore_ascii_case("wal");
+    let app_busy = || !force && super::locks::app_in_transaction(source, wal) == Some(true);
+    let waited: i64 = conn
+        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+        .map_err(ctx("read the busy timeout"))?;
+    if !force {
+        conn.busy_timeout(Duration::ZERO)
+            .map_err(ctx("set the busy timeout"))?;
+    }
+    let mut out = Pruned {
+        rows: 0,
+        done: false,
+        yielded: false,
+    };
+    let result = (|| -> Result<()> {
+        loop {
+            if app_busy() || conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+                out.yielded = true;
+                return Ok(());
             }
+            let mut full = false;
+            for (n, sql) in statements.iter().enumerate() {
+                let deleted = conn
+                    .execute(sql, rusqlite::params![upto, batch as i64])
+                    .map_err(ctx("prune the changelog"));
+                match deleted {
+                    Ok(d) => {
+                        if n == 0 {
+                            out.rows += d;
+                        }
+                        full |= d >= batch;
+                    }
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        return Err(e);
+                    }
+                }
+            }
+            if app_busy() || conn.execute_batch("COMMIT").is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+                out.yielded = true;
+                return Ok(());
+            }
+            if !full {
+                out.done = true;
+                return Ok(());
+            }
+            if started.elapsed() >= budget {
+                return Ok(());
+            }
+            // Let the app's writers in between our short transactions.
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-    Ok((total, true))
+    })();
+    conn.busy_timeout(Duration::from_millis(u64::try_from(waited).unwrap_or(0)))
+        .map_err(ctx("restore the busy timeout"))?;
+    result.map(|()| out)
 }

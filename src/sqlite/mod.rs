@@ -4,6 +4,7 @@ pub mod audit;
 pub mod capture;
 pub mod changes;
 pub mod form;
+pub mod locks;
 pub mod reader;
 pub mod restore;
 pub mod schema;
