@@ -322,64 +322,55 @@ pub fn skew(sqlite: &[Vec<String>], postgres: &[Vec<String>]) -> (Vec<String>, V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SourceColumn, SourceTable, TableKind};
+    use crate::model::SourceTable;
 
-    fn table(name: &str, columns: &[&str]) -> SourceTable {
-        SourceTable {
-            name: name.into(),
-            kind: TableKind::Plain,
-            columns: columns
-                .iter()
-                .map(|c| SourceColumn {
-                    name: (*c).into(),
-                    decl_type: String::new(),
-                    not_null: false,
-                    default: None,
-                    generated: false,
-                })
-                .collect(),
-            primary_key: Vec::new(),
-            rowid_alias: None,
-            autoincrement: false,
-            without_rowid: false,
-            indexes: Vec::new(),
-            key_collations: Vec::new(),
-            foreign_keys: Vec::new(),
-            sql: String::new(),
-            null_in_primary_key: false,
-        }
+    /// The tables of a SQLite database made by `ddl`, read as sqlite2pg reads any file.
+    fn tables(ddl: &str) -> Vec<SourceTable> {
+        let conn = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
+        conn.execute_batch(ddl).expect("the DDL");
+        crate::sqlite::schema::read_tables(&conn).expect("read the schema")
     }
 
     #[test]
     fn frameworks_are_told_apart_by_their_tables() {
-        let rails = [
-            table("schema_migrations", &["version"]),
-            table("ar_internal_metadata", &["key", "value", "created_at"]),
-        ];
-        let names = |t: &[SourceTable]| -> Vec<Framework> {
-            recognise(t).iter().map(|s| s.framework).collect()
+        let names = |ddl: &str| -> Vec<Framework> {
+            recognise(&tables(ddl))
+                .iter()
+                .map(|s| s.framework)
+                .collect()
         };
-        assert_eq!(names(&rails), [Framework::Rails]);
         assert_eq!(
-            names(&[table("schema_migrations", &["version", "inserted_at"])]),
+            names(
+                "CREATE TABLE schema_migrations (version varchar PRIMARY KEY);
+                 CREATE TABLE ar_internal_metadata (key varchar PRIMARY KEY, value varchar, created_at datetime(6));"
+            ),
+            [Framework::Rails]
+        );
+        assert_eq!(
+            names(
+                "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, inserted_at timestamp)"
+            ),
             [Framework::Ecto]
         );
         assert_eq!(
-            names(&[table("migrations", &["id", "migration", "batch"])]),
+            names(
+                "CREATE TABLE migrations (id integer PRIMARY KEY, migration varchar, batch integer)"
+            ),
             [Framework::Laravel]
         );
         assert_eq!(
-            names(&[table("migrations", &["id", "timestamp", "name"])]),
+            names(
+                "CREATE TABLE migrations (id integer PRIMARY KEY, timestamp bigint, name varchar)"
+            ),
             [Framework::TypeOrm]
         );
         assert_eq!(
-            names(&[table(
-                "django_migrations",
-                &["id", "app", "name", "applied"]
-            )]),
+            names(
+                "CREATE TABLE django_migrations (id integer PRIMARY KEY, app varchar, name varchar, applied datetime)"
+            ),
             [Framework::Django]
         );
-        assert!(names(&[table("clients", &["id", "name"])]).is_empty());
+        assert!(names("CREATE TABLE clients (id integer PRIMARY KEY, name text)").is_empty());
     }
 
     #[test]

@@ -10,17 +10,35 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn django(db: &str, args: &[&str]) -> String {
+/// Runs `tests/app/SCRIPT COMMAND DB ARGS...`, the form both framework apps take.
+fn framework_app(script: &str, db: &str, args: &[&str]) -> String {
     let mut all = vec![args[0], db];
     all.extend_from_slice(&args[1..]);
-    python_app("django/app.py", &all)
+    python_app(script, &all)
 }
 
-/// The ORM's answers (the last line `answers` prints).
+fn django(db: &str, args: &[&str]) -> String {
+    framework_app("django/app.py", db, args)
+}
+
+/// The JSON object an app prints last (its ORM's answers, a writer's tally).
+fn last_json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("no JSON at the end of:\n{out}"))
+}
+
+/// The Django ORM's answers.
 fn answers(db: &str) -> serde_json::Value {
-    let out = django(db, &["answers"]);
-    let line = out.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|_| panic!("answers printed:\n{out}"))
+    last_json(&django(db, &["answers"]))
+}
+
+/// The daemon sees the fallback's record and exits by itself.
+fn wait_exit_after_fallback(d: &mut Daemon) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.try_exit().is_none() {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn check(src: &Path, db: &TestDb) -> (Option<i32>, serde_json::Value) {
@@ -122,8 +140,7 @@ fn a_django_app_moves_on_its_own_migrations_and_answers_the_same_both_ways() {
         .unwrap();
     let written = writer.wait_with_output().unwrap();
     assert!(written.status.success(), "{}", text(&written));
-    let summary: serde_json::Value =
-        serde_json::from_str(text(&written).lines().last().unwrap()).unwrap();
+    let summary = last_json(&text(&written));
     assert_eq!(summary["failed"], 0, "the app's writes failed: {summary}");
     assert!(summary["transactions"].as_i64().unwrap() > 50, "{summary}");
     d.wait_caught_up();
@@ -164,12 +181,7 @@ fn a_django_app_moves_on_its_own_migrations_and_answers_the_same_both_ways() {
         back, after_pg,
         "SQLite answered {back:#}\nPostgres answered {after_pg:#}"
     );
-    // The daemon sees the fallback and exits by itself.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while d.try_exit().is_none() {
-        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_exit_after_fallback(&mut d);
 }
 
 /// Both sides must be at the same migrations: Postgres without a migration SQLite has is a
@@ -359,11 +371,7 @@ fn sqlite2pg_makes_a_django_schema_as_djangos_postgres_backend_would() {
         "{id}"
     );
     assert_eq!(joined, "2024-03-30 20:00:00");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while d.try_exit().is_none() {
-        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_exit_after_fallback(&mut d);
 
     // The scale given with --cast: the same answer as on SQLite.
     let db2 = TestDb::new();
@@ -575,15 +583,11 @@ fn rails_and_prisma_files_get_their_frameworks_advice_mapping_and_migration_comp
 }
 
 fn tracker(db: &str, args: &[&str]) -> String {
-    let mut all = vec![args[0], db];
-    all.extend_from_slice(&args[1..]);
-    python_app("tracker/app.py", &all)
+    framework_app("tracker/app.py", db, args)
 }
 
 fn tracker_answers(db: &str) -> serde_json::Value {
-    let out = tracker(db, &["answers"]);
-    serde_json::from_str(out.lines().last().unwrap_or_default())
-        .unwrap_or_else(|_| panic!("answers printed:\n{out}"))
+    last_json(&tracker(db, &["answers"]))
 }
 
 /// An Alembic app shaped like MLflow's tracking store: the primary key of its main table holds
@@ -619,7 +623,7 @@ fn an_alembic_app_with_a_boolean_in_its_key_and_a_seeded_row_moves_both_ways() {
     );
     let mut d = Daemon::start(&path, &db, &[]);
     let written = tracker(&sqlite, &["write", "5"]);
-    let summary: serde_json::Value = serde_json::from_str(written.lines().last().unwrap()).unwrap();
+    let summary = last_json(&written);
     assert_eq!(summary["failed"], 0, "{summary}");
     d.wait_caught_up();
     let out = sqlite2pg(&[
@@ -652,11 +656,7 @@ fn an_alembic_app_with_a_boolean_in_its_key_and_a_seeded_row_moves_both_ways() {
     ]);
     assert!(out.status.success(), "fallback:\n{}", text(&out));
     assert_eq!(tracker_answers(&sqlite), after_pg);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while d.try_exit().is_none() {
-        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_exit_after_fallback(&mut d);
 }
 
 /// Django's `atomic()` begins with a deferred `BEGIN` and reads before it writes: SQLite refuses
@@ -679,7 +679,7 @@ fn django_is_never_refused_while_the_daemon_prunes(journal: &str) {
     let mut d = Daemon::start(&path, &db, &[]);
     d.wait_caught_up();
     let out = django(&sqlite, &["write", "15"]);
-    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let summary = last_json(&out);
     assert_eq!(summary["failed"], 0, "{journal}: {summary}");
     let transactions = summary["transactions"].as_i64().unwrap();
     assert!(transactions > 200, "{summary}");

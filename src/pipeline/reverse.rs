@@ -185,6 +185,7 @@ pub async fn sqlite_keys(
 }
 
 /// What Postgres has for one changed key.
+#[derive(Clone)]
 struct Fetched {
     /// The key as SQLite holds it.
     key: Vec<OwnedValue>,
@@ -311,6 +312,65 @@ async fn read_whole(tx: &Transaction<'_>, schema: &str, t: &Table<'_>) -> Result
 
 /// The values SQLite should hold for a Postgres row: SQLite's own bytes where Postgres has
 /// the same value, decoded (and proved exact) where it changed.
+/// A row of SQLite whose date or time key names the same instant as `key` in another text
+/// form (`T` for a space, other fraction digits, `Z`): the column's learned form gives every
+/// key one spelling, but a column written by several hands holds several. Candidates share the
+/// date's `YYYY-MM-DD`; the one whose key converts to the same Postgres value is the row.
+fn same_instant(
+    tx: &rusqlite::Transaction<'_>,
+    t: &Table<'_>,
+    key: &[OwnedValue],
+    scratch: &mut BytesMut,
+) -> Result<Option<restore::Existing>> {
+    let convs: Vec<&convert::ColumnConv> = t
+        .key_columns()
+        .iter()
+        .map(|c| &t.plan.columns[*c].conv)
+        .collect();
+    let temporal = |c: &convert::ColumnConv| {
+        matches!(
+            c.ty,
+            crate::model::PgType::Date
+                | crate::model::PgType::Timestamp
+                | crate::model::PgType::Timestamptz
+        )
+    };
+    let mut any = false;
+    let near: Vec<restore::Near> = key
+        .iter()
+        .zip(&convs)
+        .map(|(v, c)| match v {
+            OwnedValue::Text(b) if temporal(c) && b.len() >= 10 && b.is_ascii() => {
+                any = true;
+                restore::Near::Prefix(String::from_utf8_lossy(&b[..10]).into_owned())
+            }
+            other => restore::Near::Equal(other.clone()),
+        })
+        .collect();
+    if !any {
+        return Ok(None);
+    }
+    let mut encoded = |v: &OwnedValue, c: &convert::ColumnConv| -> Option<Vec<u8>> {
+        scratch.clear();
+        convert::encode(v.as_ref(), c, scratch).ok()?;
+        Some(scratch.to_vec())
+    };
+    let wanted: Vec<Option<Vec<u8>>> = key.iter().zip(&convs).map(|(v, c)| encoded(v, c)).collect();
+    for candidate in restore::read_near(tx, &t.shape, &near)? {
+        let same = t
+            .shape
+            .key
+            .iter()
+            .zip(&convs)
+            .zip(&wanted)
+            .all(|((i, c), w)| w.is_some() && encoded(&candidate.values[*i], c) == *w);
+        if same {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
+}
+
 fn merge(
     t: &Table<'_>,
     key: &[OwnedValue],
@@ -370,10 +430,24 @@ fn write_batch(
             Read::Keys(fetched) => {
                 let mut ops = Vec::new();
                 for f in fetched {
+                    let mut f = std::borrow::Cow::Borrowed(f);
                     // Under a NOCASE key, `Rust` finds the row `rust`: another row, as far as
                     // Postgres is concerned (its own change comes in this batch too).
-                    let existing = restore::read(&tx, &t.shape, &f.key)?
+                    let mut existing = restore::read(&tx, &t.shape, &f.key)?
                         .filter(|e| t.shape.same_key(&e.values, &f.key));
+                    if existing.is_none()
+                        && let Some(found) = same_instant(&tx, t, &f.key, &mut scratch)?
+                    {
+                        // The row is there under another spelling of its date key: that
+                        // row is the one Postgres changed.
+                        f.to_mut().key = t
+                            .shape
+                            .key
+                            .iter()
+                            .map(|i| found.values[*i].clone())
+                            .collect();
+                        existing = Some(found);
+                    }
                     let new = match &f.row {
                         Some(row) => Some(merge(
                             t,
@@ -397,7 +471,7 @@ fn write_batch(
                 // every page written, so only tables with such a constraint pay it.
                 let in_place = || {
                     let order = |o: &&(
-                        &Fetched,
+                        std::borrow::Cow<'_, Fetched>,
                         Option<restore::Existing>,
                         Option<Vec<OwnedValue>>,
                     )| match (&o.1, &o.2) {

@@ -322,6 +322,67 @@ pub fn read(
     .map_err(|e| Error::from_sqlite(format!("cannot read table {}", shape.table.name), e))
 }
 
+/// A key column's condition for [`read_near`]: equal to a value, or a text starting with a
+/// prefix (a date's `YYYY-MM-DD`, however the rest of the text is written).
+pub enum Near {
+    /// `= value`.
+    Equal(OwnedValue),
+    /// Text from `prefix` up to `prefix || '~'` (the key's index serves).
+    Prefix(String),
+}
+
+/// The rows whose key columns meet `near` (one per key column, in key order): where a date
+/// key's text may be written in several forms, the candidates for one instant.
+pub fn read_near(tx: &Transaction<'_>, shape: &Shape<'_>, near: &[Near]) -> Result<Vec<Existing>> {
+    let quoted: Vec<String> = shape.columns.iter().map(|c| quote_ident(c)).collect();
+    let mut params: Vec<OwnedValue> = Vec::new();
+    let conds: Vec<String> = shape
+        .key
+        .iter()
+        .zip(near)
+        .map(|(i, n)| match n {
+            Near::Equal(v) => {
+                params.push(v.clone());
+                format!("{} = ?{}", quoted[*i], params.len())
+            }
+            Near::Prefix(p) => {
+                params.push(OwnedValue::Text(p.clone().into_bytes()));
+                let at = params.len();
+                format!("{q} >= ?{at} AND {q} < ?{at} || '~'", q = quoted[*i])
+            }
+        })
+        .collect();
+    let skip = usize::from(shape.keeps_rowid());
+    let sql = format!(
+        "SELECT {}{} FROM {} WHERE {}",
+        if skip == 1 {
+            format!("{}, ", shape.table.rowid_name())
+        } else {
+            String::new()
+        },
+        quoted.join(", "),
+        quote_ident(&shape.table.name),
+        conds.join(" AND ")
+    );
+    let err = |e| Error::from_sqlite(format!("cannot read table {}", shape.table.name), e);
+    let mut stmt = tx.prepare_cached(&sql).map_err(err)?;
+    let n = shape.columns.len();
+    let rows = stmt
+        .query_map(params_from_iter(params.iter().map(value_ref)), |r| {
+            Ok(Existing {
+                rowid: if skip == 1 { Some(r.get(0)?) } else { None },
+                values: (0..n)
+                    .map(|i| {
+                        r.get_ref(i + skip)
+                            .map(|v| super::reader::to_sql_value(v).to_owned_value())
+                    })
+                    .collect::<rusqlite::Result<_>>()?,
+            })
+        })
+        .map_err(err)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
+}
+
 /// Deletes the row with this key.
 pub fn delete(tx: &Transaction<'_>, shape: &Shape<'_>, key: &[OwnedValue]) -> Result<()> {
     tx.prepare_cached(&shape.delete_sql)
