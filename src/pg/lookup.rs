@@ -15,31 +15,6 @@ use super::{qualified, quote_ident};
 use crate::error::{Error, Result};
 use crate::model::PgType;
 
-/// One value already in Postgres' binary form, sent as a parameter of whatever type the
-/// statement gives it; `None` is NULL.
-#[derive(Debug, Clone)]
-pub struct Encoded(pub Option<Vec<u8>>);
-
-impl ToSql for Encoded {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        match &self.0 {
-            Some(b) => {
-                out.put_slice(b);
-                Ok(IsNull::No)
-            }
-            None => Ok(IsNull::Yes),
-        }
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-    to_sql_checked!();
-}
-
 /// Values already in Postgres' binary form, sent as a one-dimensional array of the element
 /// type the statement declares (`$2::uuid[]`).
 #[derive(Debug, Clone)]
