@@ -156,6 +156,13 @@ fn watch_through_a_pipe_prints_plain_lines_and_stops_on_sigterm() {
     let db = TestDb::new();
     let mut d = Daemon::start(&path, &db, &[]);
     d.wait_caught_up();
+    // Caught up can be seen between the snapshot's connection and the stream's, before the
+    // stream's takes the run lock `status` reads (CI saw `daemon=none` in the first look once).
+    wait_until(
+        "the stream holding the run lock",
+        Duration::from_secs(30),
+        || status_json(&path, &db)["daemon_running"] == true,
+    );
     let out_path = dir.path().join("watch.out");
     let mut watch = Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
         .args([
