@@ -156,13 +156,6 @@ fn watch_through_a_pipe_prints_plain_lines_and_stops_on_sigterm() {
     let db = TestDb::new();
     let mut d = Daemon::start(&path, &db, &[]);
     d.wait_caught_up();
-    // Caught up can be seen between the snapshot's connection and the stream's, before the
-    // stream's takes the run lock `status` reads (CI saw `daemon=none` in the first look once).
-    wait_until(
-        "the stream holding the run lock",
-        Duration::from_secs(30),
-        || status_json(&path, &db)["daemon_running"] == true,
-    );
     let out_path = dir.path().join("watch.out");
     let mut watch = Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
         .args([
@@ -278,4 +271,73 @@ fn watch_stops_at_once_while_postgres_hangs_the_connect() {
     assert!(took < Duration::from_secs(2), "stopped after {took:?}");
     let out = watch.wait_with_output().unwrap();
     assert!(!text(&out).contains("pw-Hidden-7"), "{}", text(&out));
+}
+
+/// From the moment the daemon takes the run lock until it is stopped, it never lets go: the
+/// snapshot's connection goes on as the stream's, so `status` and a cutover never see
+/// `daemon=none` in between (CI once did, in the test above). A second `run` on the same
+/// target is refused while the first one runs.
+#[test]
+fn the_daemon_holds_the_run_lock_from_the_snapshot_to_its_stop_and_a_second_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bot.db");
+    app(&["seed", path.to_str().unwrap(), "2000", "wal"]);
+    let db = TestDb::new();
+    let mut d = Daemon::start(&path, &db, &[]);
+    let url = db.url.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let held = |c: &mut postgres::Client| -> bool {
+                c.query_one(
+                    "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND objid = 1 AND objsubid = 2 AND granted",
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+            };
+            let start = Instant::now();
+            while !held(&mut c) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the daemon never took the run lock"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (mut looks, mut gone) = (0u64, 0u64);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                looks += 1;
+                if !held(&mut c) {
+                    gone += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (looks, gone)
+        })
+    };
+    d.wait_caught_up();
+    std::thread::sleep(Duration::from_millis(500));
+    let second = sqlite2pg_on(&path, &db, &["run"]);
+    assert!(
+        !second.status.success(),
+        "a second run was let in:\n{}",
+        text(&second)
+    );
+    assert!(
+        text(&second).contains("another sqlite2pg run is working on this Postgres database"),
+        "{}",
+        text(&second)
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (looks, gone) = watching.join().unwrap();
+    assert!(looks > 100, "too few looks at the lock: {looks}");
+    assert_eq!(
+        gone,
+        0,
+        "the run lock was free {gone} times in {looks} looks while the daemon ran:\n{}",
+        d.log_text()
+    );
+    assert!(d.stop(), "the daemon did not stop cleanly");
 }

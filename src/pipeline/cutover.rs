@@ -765,7 +765,7 @@ async fn catch_up(
     };
     // The caller decides when to stop (before the fence only); this drain is never told to.
     let (_never, token) = Shutdown::new();
-    if stream::run(plan, installed, &sopts, token).await? != End::CaughtUp {
+    if stream::run(plan, installed, &sopts, token, None).await? != End::CaughtUp {
         return Err(Error::new(
             ErrorKind::Schema,
             "the SQLite schema changed during cutover; retry",

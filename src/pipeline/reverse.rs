@@ -313,9 +313,11 @@ async fn read_whole(tx: &Transaction<'_>, schema: &str, t: &Table<'_>) -> Result
 /// The values SQLite should hold for a Postgres row: SQLite's own bytes where Postgres has
 /// the same value, decoded (and proved exact) where it changed.
 /// A row of SQLite whose date or time key names the same instant as `key` in another text
-/// form (`T` for a space, other fraction digits, `Z`): the column's learned form gives every
-/// key one spelling, but a column written by several hands holds several. Candidates share the
-/// date's `YYYY-MM-DD`; the one whose key converts to the same Postgres value is the row.
+/// form (`T` for a space, other fraction digits, `Z`, an offset): the column's learned form
+/// gives every key one spelling, but a column written by several hands holds several.
+/// Candidates are written on the key's day or the day before or after (an offset of up to 14
+/// hours, all SQLite reads, moves an instant by less than a day); the one whose key converts
+/// to the same Postgres value is the row.
 fn same_instant(
     tx: &rusqlite::Transaction<'_>,
     t: &Table<'_>,
@@ -342,7 +344,9 @@ fn same_instant(
         .map(|(v, c)| match v {
             OwnedValue::Text(b) if temporal(c) && b.len() >= 10 && b.is_ascii() => {
                 any = true;
-                restore::Near::Prefix(String::from_utf8_lossy(&b[..10]).into_owned())
+                let day = String::from_utf8_lossy(&b[..10]).into_owned();
+                let (first, last) = days_around(&day).unwrap_or((day.clone(), day));
+                restore::Near::Between { first, last }
             }
             other => restore::Near::Equal(other.clone()),
         })
@@ -369,6 +373,29 @@ fn same_instant(
         }
     }
     Ok(None)
+}
+
+/// The `YYYY-MM-DD` of the days before and after `day`, itself `YYYY-MM-DD`; none when it is
+/// not a date of four-digit years.
+fn days_around(day: &str) -> Option<(String, String)> {
+    let b = day.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y: i64 = day[..4].parse().ok()?;
+    let m: u32 = day[5..7].parse().ok()?;
+    let d: u32 = day[8..10].parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let n = crate::datetime::days_from_civil(y, m, d);
+    let text = |days: i64| {
+        let (y, m, d) = crate::datetime::civil_from_days(days);
+        (0..=9999)
+            .contains(&y)
+            .then(|| format!("{y:04}-{m:02}-{d:02}"))
+    };
+    Some((text(n - 1)?, text(n + 1)?))
 }
 
 fn merge(

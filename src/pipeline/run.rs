@@ -186,12 +186,19 @@ async fn run_pass(
         exit_when_caught_up: false,
         give_up_after: None,
     };
-    // The stream's own connection takes the run lock (again on every reconnect): the one
-    // that applies is the one that holds it, so `status` and cutover see a live daemon.
-    crate::pg::state::unlock(&client).await?;
-    drop(client);
+    // The stream goes on on this connection, which holds the run lock since the snapshot, and
+    // retakes the lock on every reconnect: the one that applies is the one that holds it, so
+    // `status` and cutover see a live daemon throughout.
     *streamed = true;
-    match stream::run(&plan, &installed, &stream_opts, shutdown.clone()).await? {
+    match stream::run(
+        &plan,
+        &installed,
+        &stream_opts,
+        shutdown.clone(),
+        Some(client),
+    )
+    .await?
+    {
         stream::End::Shutdown => {
             stopped()?;
             Ok(Pass::Done)

@@ -51,6 +51,9 @@ struct Captured {
 /// Julian day of 1970-01-01 00:00 UTC.
 const UNIX_EPOCH_JULIAN: f64 = 2_440_587.5;
 
+/// How many quarter seconds `prepare` waits for the run lock before calling it another run's.
+const LOCK_TRIES: u32 = 20;
+
 /// Seconds since the Unix epoch of a julian day number.
 pub fn julian_to_unix(jd: f64) -> f64 {
     (jd - UNIX_EPOCH_JULIAN) * 86_400.0
@@ -60,6 +63,7 @@ pub fn julian_to_unix(jd: f64) -> f64 {
 /// stream starts, before the snapshot reads anything: every change after that point is in the
 /// changelog, and re-reading a key the snapshot already copied is harmless.
 /// Also creates the state schema and takes the run lock (held as long as `client` lives).
+/// Another session holding it for `LOCK_TRIES` quarter seconds is another run.
 pub async fn prepare(
     client: &tokio_postgres::Client,
     installed: &Installed,
@@ -67,7 +71,15 @@ pub async fn prepare(
     busy: Duration,
 ) -> Result<()> {
     state::ensure(client).await?;
-    if !state::try_lock(client).await? {
+    // A session this daemon just let go of (the previous pass's, before a re-plan) ends a
+    // moment after its client is dropped: a lock held that briefly is not another run.
+    let mut tries = 0;
+    while !state::try_lock(client).await? {
+        tries += 1;
+        if tries < LOCK_TRIES {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
         return Err(Error::new(
             ErrorKind::Config,
             "another sqlite2pg run is working on this Postgres database; stop it first (`sqlite2pg status` shows its position)",
@@ -559,11 +571,14 @@ fn schema_version(conn: &rusqlite::Connection) -> Result<i64> {
 
 /// Streams until `shutdown` turns true or the SQLite schema changes. An error that needs the
 /// operator (a value that cannot be converted, a schema mismatch) stops it with the position kept.
+/// `first`, a connection that already holds the run lock, is used before any new one: handing
+/// it over leaves no moment in which `status` sees no daemon.
 pub async fn run(
     plan: &Plan,
     installed: &Installed,
     opts: &Options,
     shutdown: Shutdown,
+    mut first: Option<tokio_postgres::Client>,
 ) -> Result<End> {
     let mut readers = BTreeMap::new();
     let mut captured = BTreeMap::new();
@@ -636,7 +651,11 @@ pub async fn run(
         if shutdown.requested() {
             return Ok(End::Shutdown);
         }
-        let client = match pg::connect(&opts.target).await {
+        let connected = match first.take() {
+            Some(c) => Ok(c),
+            None => pg::connect(&opts.target).await,
+        };
+        let client = match connected {
             Ok(c) => c,
             Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
                 if let (Some(limit), Some(since)) = (opts.give_up_after, down_since)

@@ -270,6 +270,9 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
             trigger_sql(t, id)
         };
         for sql in triggers {
+            if unchanged_trigger(&tx, &sql)? {
+                continue;
+            }
             tx.execute_batch(&sql).map_err(|e| {
                 Error::from_sqlite(
                     format!("cannot create a capture trigger on table {}", t.name),
@@ -287,6 +290,29 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
     })?;
     done.reshaped = reshaped;
     Ok(done)
+}
+
+/// Whether the trigger `script` (re)creates is in the file already, word for word. Such a
+/// trigger is left alone: dropping and creating it again would change the schema version
+/// for nothing, and a snapshot of a table followed by row images reads a changed version as
+/// a VACUUM between its chunks, and copies the table again (every restart did).
+fn unchanged_trigger(tx: &Connection, script: &str) -> Result<bool> {
+    let Some(at) = script.find("CREATE TRIGGER ") else {
+        return Ok(false);
+    };
+    let create = script[at..].trim_end().trim_end_matches(';');
+    // One trigger a script: more than one is not compared.
+    if create[1..].contains("CREATE TRIGGER ") {
+        return Ok(false);
+    }
+    let n: i64 = tx
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND sql = ?1",
+            [create],
+            |r| r.get(0),
+        )
+        .map_err(ctx("read the capture triggers"))?;
+    Ok(n == 1)
 }
 
 /// The changelog row that asks the stream to re-synchronize table `id`: `tbl` holds `-id`

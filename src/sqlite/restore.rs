@@ -308,27 +308,38 @@ pub fn read(
     let skip = usize::from(shape.keeps_rowid());
     let n = shape.columns.len();
     stmt.query_row(params_from_iter(key.iter().map(value_ref)), |r| {
-        Ok(Existing {
-            rowid: if skip == 1 { Some(r.get(0)?) } else { None },
-            values: (0..n)
-                .map(|i| {
-                    r.get_ref(i + skip)
-                        .map(|v| super::reader::to_sql_value(v).to_owned_value())
-                })
-                .collect::<rusqlite::Result<_>>()?,
-        })
+        existing(r, skip, n)
     })
     .optional()
     .map_err(|e| Error::from_sqlite(format!("cannot read table {}", shape.table.name), e))
 }
 
-/// A key column's condition for [`read_near`]: equal to a value, or a text starting with a
-/// prefix (a date's `YYYY-MM-DD`, however the rest of the text is written).
+/// A row as read by `read_sql`: its rowid first when the table keeps one (`skip` 1), then
+/// its `n` columns.
+fn existing(r: &rusqlite::Row<'_>, skip: usize, n: usize) -> rusqlite::Result<Existing> {
+    Ok(Existing {
+        rowid: if skip == 1 { Some(r.get(0)?) } else { None },
+        values: (0..n)
+            .map(|i| {
+                r.get_ref(i + skip)
+                    .map(|v| super::reader::to_sql_value(v).to_owned_value())
+            })
+            .collect::<rusqlite::Result<_>>()?,
+    })
+}
+
+/// A key column's condition for [`read_near`]: equal to a value, or a text between two
+/// prefixes (dates' `YYYY-MM-DD`, however the rest of the text is written).
 pub enum Near {
     /// `= value`.
     Equal(OwnedValue),
-    /// Text from `prefix` up to `prefix || '~'` (the key's index serves).
-    Prefix(String),
+    /// Text from `first` up to `last || '~'` (the key's index serves).
+    Between {
+        /// The lowest prefix.
+        first: String,
+        /// The highest prefix.
+        last: String,
+    },
 }
 
 /// The rows whose key columns meet `near` (one per key column, in key order): where a date
@@ -345,10 +356,11 @@ pub fn read_near(tx: &Transaction<'_>, shape: &Shape<'_>, near: &[Near]) -> Resu
                 params.push(v.clone());
                 format!("{} = ?{}", quoted[*i], params.len())
             }
-            Near::Prefix(p) => {
-                params.push(OwnedValue::Text(p.clone().into_bytes()));
+            Near::Between { first, last } => {
+                params.push(OwnedValue::Text(first.clone().into_bytes()));
+                params.push(OwnedValue::Text(last.clone().into_bytes()));
                 let at = params.len();
-                format!("{q} >= ?{at} AND {q} < ?{at} || '~'", q = quoted[*i])
+                format!("{q} >= ?{} AND {q} < ?{at} || '~'", at - 1, q = quoted[*i])
             }
         })
         .collect();
@@ -369,15 +381,7 @@ pub fn read_near(tx: &Transaction<'_>, shape: &Shape<'_>, near: &[Near]) -> Resu
     let n = shape.columns.len();
     let rows = stmt
         .query_map(params_from_iter(params.iter().map(value_ref)), |r| {
-            Ok(Existing {
-                rowid: if skip == 1 { Some(r.get(0)?) } else { None },
-                values: (0..n)
-                    .map(|i| {
-                        r.get_ref(i + skip)
-                            .map(|v| super::reader::to_sql_value(v).to_owned_value())
-                    })
-                    .collect::<rusqlite::Result<_>>()?,
-            })
+            existing(r, skip, n)
         })
         .map_err(err)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)

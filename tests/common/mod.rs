@@ -134,24 +134,35 @@ fn start_cluster() -> String {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = free_port();
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
-        dir.display()
-    );
-    let out = as_postgres(&bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &opts, "-l"])
-        .arg(dir.join("log"))
-        .args(["-w", "start"])
-        .output()
-        .expect("run pg_ctl");
-    assert!(
-        out.status.success(),
-        "pg_ctl start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Test binaries run side by side (scripts/run_tests.py), so another process can take the
+    // port between free_port and the server's bind: try again on a new one.
+    let mut attempt = 0;
+    let (port, opts) = loop {
+        attempt += 1;
+        let port = free_port();
+        let _ = std::fs::remove_file(dir.join("log"));
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
+            dir.display()
+        );
+        let out = as_postgres(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-l"])
+            .arg(dir.join("log"))
+            .args(["-w", "start"])
+            .output()
+            .expect("run pg_ctl");
+        if out.status.success() {
+            break (port, opts);
+        }
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        assert!(
+            attempt < 5 && log.contains("Address already in use"),
+            "pg_ctl start failed: {}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let _ = OWN_CLUSTER.set((
         bin.join("pg_ctl"),
         data.clone(),

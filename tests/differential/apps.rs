@@ -347,6 +347,8 @@ fn value(rng: &mut Rng, kind: Kind) -> String {
                 "'2024-01-31 12:34:56.789'",
                 "'1970-01-01 00:00:00'",
                 "'2038-01-19 03:14:08.5'",
+                // An offset that puts the text on another day than its instant.
+                "'2024-01-31 23:30:00-05:00'",
             ])
             .to_string(),
         Kind::Num => rng

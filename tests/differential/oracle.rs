@@ -33,6 +33,24 @@ fn json(s: &str) -> String {
         .unwrap_or_else(|_| format!("bad json:{s}"))
 }
 
+/// A date and time written with a UTC offset (`-05:00`) as SQLite's own date functions read
+/// it: the instant in UTC, which may fall on another day. Any other text as it is.
+fn utc(t: &str) -> String {
+    thread_local! {
+        static MEMORY: rusqlite::Connection =
+            rusqlite::Connection::open_in_memory().expect("an in-memory SQLite");
+    }
+    MEMORY.with(|c| {
+        c.query_row(
+            "SELECT CASE WHEN ?1 GLOB '*[0-9][+-][0-9][0-9]:[0-9][0-9]' THEN strftime('%Y-%m-%d %H:%M:%f', ?1) END",
+            [t],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .expect("strftime")
+        .unwrap_or_else(|| t.to_string())
+    })
+}
+
 /// What Postgres should hold for SQLite's value `v` in a column of `pg_type`; `as_text` is
 /// SQLite's own `CAST(v AS TEXT)`.
 fn from_sqlite(v: &Value, as_text: Option<&str>, pg_type: &str) -> String {
@@ -51,11 +69,8 @@ fn from_sqlite(v: &Value, as_text: Option<&str>, pg_type: &str) -> String {
         (Value::Blob(b), "bytea") => hex(b),
         (Value::Text(t), "bytea") => hex(t.as_bytes()),
         (Value::Text(t), "json" | "jsonb") => json(t),
-        (Value::Text(t), ty)
-            if ty.starts_with("timestamp") || ty.starts_with("time") || ty == "date" =>
-        {
-            norm_ts(t)
-        }
+        (Value::Text(t), ty) if ty.starts_with("timestamp") => norm_ts(&utc(t)),
+        (Value::Text(t), ty) if ty.starts_with("time") || ty == "date" => norm_ts(t),
         (Value::Blob(b), _) => format!("blob:{}", hex(b)),
         _ => text(),
     }
