@@ -224,7 +224,7 @@ pub fn map_column(frameworks: &[&Spec], decl: &str, json_checked: bool) -> Optio
             }
             ("DATETIME", []) => {
                 return mapped(
-                    PgType::Timestamptz,
+                    PgType::Timestamptz { precision: None },
                     "Django's DateTimeField: timestamptz, values read as UTC",
                     Some(Assumption::UtcDatetimes),
                 );
@@ -244,9 +244,9 @@ pub fn map_column(frameworks: &[&Spec], decl: &str, json_checked: bool) -> Optio
     }
     if has(Framework::Prisma) && d.name == "DATETIME" {
         return Some(Mapped {
-            ty: PgType::Timestamp,
+            ty: PgType::Timestamp { precision: Some(3) },
             encoding: Some(SourceEncoding::EpochMs),
-            why: "Prisma's DateTime: timestamp, integers read as milliseconds since 1970 UTC"
+            why: "Prisma's DateTime: timestamp(3), integers read as milliseconds since 1970 UTC"
                 .into(),
             assumes: None,
         });

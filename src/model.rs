@@ -313,12 +313,21 @@ pub enum PgType {
     Bytea,
     /// date
     Date,
-    /// time without time zone
-    Time,
-    /// timestamp without time zone
-    Timestamp,
-    /// timestamp with time zone
-    Timestamptz,
+    /// time without time zone, optionally with fractional digits (0-6)
+    Time {
+        /// Fractional digits of seconds kept, when constrained.
+        precision: Option<u8>,
+    },
+    /// timestamp without time zone, optionally with fractional digits (0-6)
+    Timestamp {
+        /// Fractional digits of seconds kept, when constrained.
+        precision: Option<u8>,
+    },
+    /// timestamp with time zone, optionally with fractional digits (0-6)
+    Timestamptz {
+        /// Fractional digits of seconds kept, when constrained.
+        precision: Option<u8>,
+    },
     /// json (text kept exactly)
     Json,
     /// jsonb
@@ -339,7 +348,25 @@ pub enum PgType {
     },
 }
 
+fn with_precision(name: &str, precision: Option<u8>) -> String {
+    match precision {
+        Some(p) => format!("{name}({p})"),
+        None => name.into(),
+    }
+}
+
 impl PgType {
+    /// The fractional digits of seconds a time or timestamp column keeps, when fewer than
+    /// Postgres' six.
+    pub fn fraction_digits(&self) -> Option<u8> {
+        match self {
+            PgType::Time { precision }
+            | PgType::Timestamp { precision }
+            | PgType::Timestamptz { precision } => precision.filter(|p| *p < 6),
+            _ => None,
+        }
+    }
+
     /// The type as written in DDL.
     pub fn sql(&self) -> String {
         match self {
@@ -360,9 +387,9 @@ impl PgType {
             PgType::Bpchar { len: None } => "character".into(),
             PgType::Bytea => "bytea".into(),
             PgType::Date => "date".into(),
-            PgType::Time => "time".into(),
-            PgType::Timestamp => "timestamp".into(),
-            PgType::Timestamptz => "timestamptz".into(),
+            PgType::Time { precision } => with_precision("time", *precision),
+            PgType::Timestamp { precision } => with_precision("timestamp", *precision),
+            PgType::Timestamptz { precision } => with_precision("timestamptz", *precision),
             PgType::Json => "json".into(),
             PgType::Jsonb => "jsonb".into(),
             PgType::Uuid => "uuid".into(),

@@ -109,12 +109,23 @@ pub fn parse_pg_type_name(spec: &str) -> Option<PgType> {
 
 fn named_type(d: &DeclType) -> Option<PgType> {
     let len = || d.args.first().copied().filter(|n| *n > 0 && !d.bad_args);
+    // Rails' `datetime(6)`: the fractional digits Postgres keeps (0 to 6).
+    let precision = || match (d.bad_args, d.args.as_slice()) {
+        (false, [p]) if *p <= 6 => Some(*p as u8),
+        _ => None,
+    };
     let t = match d.name.as_str() {
         "BOOLEAN" | "BOOL" => PgType::Bool,
         "DATE" => PgType::Date,
-        "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => PgType::Timestamp,
-        "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" | "DATETIMETZ" => PgType::Timestamptz,
-        "TIME" | "TIME WITHOUT TIME ZONE" => PgType::Time,
+        "DATETIME" | "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => PgType::Timestamp {
+            precision: precision(),
+        },
+        "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" | "DATETIMETZ" => PgType::Timestamptz {
+            precision: precision(),
+        },
+        "TIME" | "TIME WITHOUT TIME ZONE" => PgType::Time {
+            precision: precision(),
+        },
         "NUMERIC" | "DECIMAL" => PgType::Numeric {
             typmod: match (d.bad_args, d.args.as_slice()) {
                 (false, [p]) if (1..=1000).contains(p) => Some((*p, 0)),
@@ -155,7 +166,12 @@ mod tests {
             ("BIGINT", PgType::Int8),
             ("unsigned big int", PgType::Int8),
             ("BOOLEAN", PgType::Bool),
-            ("DATETIME", PgType::Timestamp),
+            ("DATETIME", PgType::Timestamp { precision: None }),
+            // Rails' datetime(6); a precision Postgres has not is no precision.
+            ("datetime(6)", PgType::Timestamp { precision: Some(6) }),
+            ("TIMESTAMP(0)", PgType::Timestamp { precision: Some(0) }),
+            ("DATETIME(9)", PgType::Timestamp { precision: None }),
+            ("time(3)", PgType::Time { precision: Some(3) }),
             ("DATE", PgType::Date),
             (
                 "NUMERIC(12,2)",

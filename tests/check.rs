@@ -563,3 +563,79 @@ fn check_names_what_the_apps_migration_lacks_of_what_sqlite_does() {
     );
     assert_eq!(added, 0, "sqlite2pg added to the app's schema");
 }
+
+/// The app's migration made `timestamp(0)` (Laravel's `timestamp()`) and `timestamp(3)`
+/// (Prisma's DateTime) columns, and SQLite holds finer fractions: Postgres would round them, so
+/// `check` names each row, and `run` stops on the first one in the same words; whole seconds
+/// and milliseconds move as they are.
+#[test]
+fn a_target_timestamp_with_fewer_fraction_digits_is_named_and_refused_in_the_same_words() {
+    let src = SqliteFile::new(
+        "CREATE TABLE visits (id INTEGER PRIMARY KEY, at DATETIME, seen DATETIME);
+         INSERT INTO visits VALUES (1, '2024-03-01 10:00:00', '2024-03-01 10:00:00.125');
+         INSERT INTO visits VALUES (2, '2024-03-01 10:00:00.5', '2024-03-01 10:00:00.1255');",
+    );
+    let db = TestDb::new();
+    db.client()
+        .batch_execute(
+            "CREATE TABLE visits (id bigint PRIMARY KEY, at timestamp(0), seen timestamp(3));",
+        )
+        .unwrap();
+    let (code, report) = check_json(&src.path, Some(&db));
+    assert_eq!(code, Some(1), "{report:#}");
+    let problems: Vec<&serde_json::Value> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "precision")
+        .collect();
+    let at = problems
+        .iter()
+        .find(|p| p["column"] == "at")
+        .expect("at named");
+    assert_eq!(at["count"], 1, "{at:#}");
+    assert_eq!(at["examples"][0]["key"], "id=2");
+    let detail = at["examples"][0]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("timestamp(0) keeps 0 fractional digits"),
+        "{detail}"
+    );
+    let seen = problems
+        .iter()
+        .find(|p| p["column"] == "seen")
+        .expect("seen named");
+    assert_eq!(seen["count"], 1, "{seen:#}");
+    assert_eq!(seen["examples"][0]["key"], "id=2");
+    let out = sqlite2pg(&[
+        "--source",
+        src.path.to_str().unwrap(),
+        "--target",
+        &db.url,
+        "run",
+        "--snapshot-only",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(msg.contains("row id=2") && msg.contains(&detail), "{msg}");
+    // Rounded in SQLite, as the hint says: the move completes with the values as they are.
+    src.conn()
+        .execute_batch(
+            "UPDATE visits SET at = '2024-03-01 10:00:01', seen = '2024-03-01 10:00:00.126' WHERE id = 2;",
+        )
+        .unwrap();
+    let (code, report) = check_json(&src.path, Some(&db));
+    assert_eq!(code, Some(0), "{report:#}");
+    snapshot(&src.path, &db, &[]);
+    let mut c = db.client();
+    let rows = pg_rows(
+        &mut c,
+        "SELECT id::text, at::text, seen::text FROM visits ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            ["1", "2024-03-01 10:00:00", "2024-03-01 10:00:00.125"].map(|s| Some(s.to_string())),
+            ["2", "2024-03-01 10:00:01", "2024-03-01 10:00:00.126"].map(|s| Some(s.to_string())),
+        ]
+    );
+}

@@ -86,7 +86,7 @@ proptest! {
             encode(SqlValue::Integer(k.i), &conv(PgType::Int8), &mut buf).unwrap();
             encode(SqlValue::Real(k.f), &conv(PgType::Float8), &mut buf).unwrap();
             encode(SqlValue::Text(dec.as_bytes()), &conv(PgType::Numeric { typmod: None }), &mut buf).unwrap();
-            encode(SqlValue::Text(ts.as_bytes()), &conv(PgType::Timestamp), &mut buf).unwrap();
+            encode(SqlValue::Text(ts.as_bytes()), &conv(PgType::Timestamp { precision: None }), &mut buf).unwrap();
             encode(SqlValue::Text(k.text.as_bytes()), &conv(PgType::Text), &mut buf).unwrap();
             expected.push((dec, ts));
         }
@@ -135,14 +135,14 @@ proptest! {
     #[test]
     fn epoch_ms_and_text_agree(ms in -2_000_000_000_000i64..9_000_000_000_000) {
         let mut a = BytesMut::new();
-        encode(SqlValue::Integer(ms), &ColumnConv { ty: PgType::Timestamp, encoding: Some(SourceEncoding::EpochMs) }, &mut a).unwrap();
+        encode(SqlValue::Integer(ms), &ColumnConv { ty: PgType::Timestamp { precision: None }, encoding: Some(SourceEncoding::EpochMs) }, &mut a).unwrap();
         let days = ms.div_euclid(86_400_000);
         let rem = ms.rem_euclid(86_400_000);
         let (y, m, d) = datetime::civil_from_days(days);
         prop_assume!(y >= 1);
         let text = format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}", rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
         let mut b = BytesMut::new();
-        encode(SqlValue::Text(text.as_bytes()), &conv(PgType::Timestamp), &mut b).unwrap();
+        encode(SqlValue::Text(text.as_bytes()), &conv(PgType::Timestamp { precision: None }), &mut b).unwrap();
         prop_assert_eq!(a, b);
     }
 }

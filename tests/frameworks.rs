@@ -467,7 +467,7 @@ fn rails_and_prisma_files_get_their_frameworks_advice_mapping_and_migration_comp
             })
             .collect()
     };
-    // As Rails' PostgreSQL adapter types them (timestamp is timestamp(6)).
+    // As Rails' PostgreSQL adapter types them.
     assert_eq!(
         types(&report, "users"),
         [
@@ -476,8 +476,8 @@ fn rails_and_prisma_files_get_their_frameworks_advice_mapping_and_migration_comp
             "admin:boolean",
             "balance:numeric(10,2)",
             "settings:json",
-            "created_at:timestamp",
-            "updated_at:timestamp"
+            "created_at:timestamp(6)",
+            "updated_at:timestamp(6)"
         ]
     );
     // Its migrations made the Postgres schema, one migration behind: named, and run refuses.
@@ -544,7 +544,7 @@ fn rails_and_prisma_files_get_their_frameworks_advice_mapping_and_migration_comp
             .contains("npx prisma migrate deploy"),
         "{advice:#}"
     );
-    assert!(types(&report, "User").contains(&"createdAt:timestamp".to_string()));
+    assert!(types(&report, "User").contains(&"createdAt:timestamp(3)".to_string()));
     let db = TestDb::new();
     let out = snapshot(&prisma.path, &db, &[]);
     assert!(out.status.success(), "{}", text(&out));

@@ -460,8 +460,8 @@ fn date_functions_of_date_columns_give_sqlites_results() {
             ),
         );
         match t.as_str() {
-            "timestamp without time zone" => PgType::Timestamp,
-            "timestamp with time zone" => PgType::Timestamptz,
+            "timestamp without time zone" => PgType::Timestamp { precision: None },
+            "timestamp with time zone" => PgType::Timestamptz { precision: None },
             "date" => PgType::Date,
             other => panic!("{col} is {other}"),
         }

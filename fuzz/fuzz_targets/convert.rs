@@ -9,8 +9,8 @@ fuzz_target!(|data: &[u8]| {
     let types = [
         PgType::Bool, PgType::Int2, PgType::Int4, PgType::Int8, PgType::Float8,
         PgType::Numeric { typmod: None }, PgType::Numeric { typmod: Some((12, 2)) }, PgType::Text,
-        PgType::Varchar { len: Some(8) }, PgType::Bytea, PgType::Date, PgType::Time, PgType::Timestamp,
-        PgType::Timestamptz, PgType::Json, PgType::Jsonb, PgType::Uuid,
+        PgType::Varchar { len: Some(8) }, PgType::Bytea, PgType::Date, PgType::Time { precision: None }, PgType::Timestamp { precision: Some(3) },
+        PgType::Timestamptz { precision: None }, PgType::Timestamp { precision: None }, PgType::Json, PgType::Jsonb, PgType::Uuid,
     ];
     for ty in types {
         let mut out = BytesMut::from(&b"prefix"[..]);

@@ -12,7 +12,7 @@ fuzz_target!(|data: &str| {
             Column::new("i", "INTEGER", PgType::Int8, Collation::Binary),
             Column::new("r", "REAL", PgType::Float8, Collation::Binary),
             Column::new("s", "TEXT", PgType::Text, Collation::Nocase),
-            Column::new("d", "DATETIME", PgType::Timestamp, Collation::Binary),
+            Column::new("d", "DATETIME", PgType::Timestamp { precision: None }, Collation::Binary),
         ],
     );
     if let Ok(e) = expr::parse(data) {

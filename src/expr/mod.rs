@@ -307,7 +307,9 @@ pub fn value_for(e: &Expr, scope: &Scope, ty: &PgType) -> Result<String, Why> {
         (Kind::Int | Kind::Cond, _) if text_ty => {
             return Ok(format!("({})::text", t.number().sql));
         }
-        (Kind::Text, PgType::Timestamp | PgType::Date | PgType::Time) if t.date_form => {
+        (Kind::Text, PgType::Timestamp { .. } | PgType::Date | PgType::Time { .. })
+            if t.date_form =>
+        {
             return Ok(format!("({})::{}", t.sql, ty.sql()));
         }
         (Kind::Blob, PgType::Bytea) => true,
@@ -580,9 +582,9 @@ fn column(table: Option<&str>, name: &str, quote: Option<char>, s: &Scope) -> Re
         PgType::Text | PgType::Varchar { .. } | PgType::Bpchar { .. } => (q, Kind::Text, false),
         PgType::Bytea => (q, Kind::Blob, false),
         PgType::Date
-        | PgType::Time
-        | PgType::Timestamp
-        | PgType::Timestamptz
+        | PgType::Time { .. }
+        | PgType::Timestamp { .. }
+        | PgType::Timestamptz { .. }
         | PgType::Json
         | PgType::Jsonb
         | PgType::Uuid
@@ -1324,11 +1326,13 @@ fn time_value(e: &Expr, v: &Expr, s: &Scope) -> Result<String, Why> {
     }
     let t = node(v, s)?;
     let c = match (&t.kind, &t.opaque) {
-        (Kind::Opaque, Some(PgType::Timestamp)) => t.sql.clone(),
-        (Kind::Opaque, Some(PgType::Timestamptz)) => format!("({} AT TIME ZONE 'UTC')", t.sql),
+        (Kind::Opaque, Some(PgType::Timestamp { .. })) => t.sql.clone(),
+        (Kind::Opaque, Some(PgType::Timestamptz { .. })) => {
+            format!("({} AT TIME ZONE 'UTC')", t.sql)
+        }
         (Kind::Opaque, Some(PgType::Date)) => return Ok(format!("({})::timestamp", t.sql)),
         // A time alone is on 2000-01-01 for SQLite's date functions.
-        (Kind::Opaque, Some(PgType::Time)) => format!("('2000-01-01'::date + {})", t.sql),
+        (Kind::Opaque, Some(PgType::Time { .. })) => format!("('2000-01-01'::date + {})", t.sql),
         _ => {
             return Err(format!(
                 "{e}: the time value {v} is {}: SQLite reads text with its own date parser and numbers as Julian days; only date, time and timestamp columns are translated",
@@ -1633,7 +1637,7 @@ mod tests {
         assert!(v("datetime('now', 'localtime')", PgType::Text).is_err());
         assert!(v("date('now', '+1 month')", PgType::Text).is_err());
         assert!(v("date('now', '+1 day', 'start of month')", PgType::Text).is_ok());
-        assert!(v("datetime('now')", PgType::Timestamp).is_ok());
+        assert!(v("datetime('now')", PgType::Timestamp { precision: None }).is_ok());
         assert!(v("strftime('%s', 'now')", PgType::Int8).is_err());
         assert!(v("CAST(strftime('%s', 'now') AS INTEGER)", PgType::Int8).is_err());
         assert!(v("julianday('now')", PgType::Float8).is_ok());

@@ -717,7 +717,7 @@ mod tests {
                 Column::new(
                     "updated_at",
                     "DATETIME",
-                    PgType::Timestamp,
+                    PgType::Timestamp { precision: None },
                     Collation::Binary,
                 ),
             ],

@@ -231,6 +231,7 @@ impl Drain<'_> {
             .await
             .map_err(pg_err(format!("cannot read the columns of {}", t.table)))?;
         let (mut staged, mut group, mut matches, mut values) = (vec![], vec![], vec![], vec![]);
+        let (mut target_row, mut image_row) = (vec![], vec![]);
         for c in &t.columns {
             let q = quote_ident(c);
             let (json, not_null) = types
@@ -248,12 +249,23 @@ impl Drain<'_> {
                 "IS NOT DISTINCT FROM"
             };
             matches.push(format!("r.{q}{cast} {op} n.{q}"));
+            target_row.push(format!("r.{q}{cast}"));
+            image_row.push(format!("n.{q}"));
             values.push(format!("n.{q}{back}"));
         }
         let sql = ImageSql {
             staged: staged.join(", "),
             group: group.join(", "),
-            matches: matches.join(" AND "),
+            // The rows' text as one equality first: `IS NOT DISTINCT FROM` can be neither
+            // hashed nor merged, so without it Postgres compares every image with every row
+            // (16 s a batch for 4,000 images against 200,000 rows). The staged images have
+            // the target's own column types, so the same value prints the same text.
+            matches: format!(
+                "ROW({})::text = ROW({})::text AND {}",
+                target_row.join(", "),
+                image_row.join(", "),
+                matches.join(" AND ")
+            ),
             values: values.join(", "),
         };
         self.tx

@@ -119,6 +119,8 @@ pub async fn read_tables(client: &Client, schema: &str) -> Result<BTreeMap<Strin
 }
 
 fn pg_type_from_catalog(typname: &str, typmod: i32, formatted: &str) -> PgType {
+    // time(p), timestamp(p): the typmod is p itself (-1 when unconstrained).
+    let precision = || u8::try_from(typmod).ok().filter(|p| *p <= 6);
     match typname {
         "bool" => PgType::Bool,
         "int2" => PgType::Int2,
@@ -141,9 +143,15 @@ fn pg_type_from_catalog(typname: &str, typmod: i32, formatted: &str) -> PgType {
         },
         "bytea" => PgType::Bytea,
         "date" => PgType::Date,
-        "time" => PgType::Time,
-        "timestamp" => PgType::Timestamp,
-        "timestamptz" => PgType::Timestamptz,
+        "time" => PgType::Time {
+            precision: precision(),
+        },
+        "timestamp" => PgType::Timestamp {
+            precision: precision(),
+        },
+        "timestamptz" => PgType::Timestamptz {
+            precision: precision(),
+        },
         "json" => PgType::Json,
         "jsonb" => PgType::Jsonb,
         "uuid" => PgType::Uuid,

@@ -307,7 +307,10 @@ fn encode_payload(
             };
             out.put_slice(&bytes);
         }
-        PgType::Date | PgType::Time | PgType::Timestamp | PgType::Timestamptz => {
+        PgType::Date
+        | PgType::Time { .. }
+        | PgType::Timestamp { .. }
+        | PgType::Timestamptz { .. } => {
             encode_datetime(value, conv, out)?;
         }
         PgType::Unsupported { name } => {
@@ -484,6 +487,18 @@ fn encode_datetime(
             "outside the range of Postgres timestamps",
         );
     }
+    // timestamp(3), say (Prisma's, Laravel's timestamp(0)): Postgres would round the rest.
+    if let Some(p) = ty.fraction_digits()
+        && micros.rem_euclid(10i64.pow(6 - u32::from(p))) != 0
+    {
+        return err(
+            ProblemKind::Precision,
+            format!(
+                "{} keeps {p} fractional digits of a second; Postgres would round this value's",
+                ty.sql()
+            ),
+        );
+    }
     match ty {
         PgType::Date => {
             if time_only {
@@ -500,7 +515,7 @@ fn encode_datetime(
             }
             out.put_i32(micros.div_euclid(MICROS_PER_DAY) as i32);
         }
-        PgType::Time => {
+        PgType::Time { .. } => {
             if !has_time {
                 return err(
                     ProblemKind::BadDate,
@@ -728,6 +743,25 @@ impl Decimal {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_timestamp_with_fewer_fraction_digits_refuses_what_postgres_would_round() {
+        let conv = |p| ColumnConv {
+            ty: PgType::Timestamp { precision: Some(p) },
+            encoding: None,
+        };
+        let mut out = BytesMut::new();
+        let mut enc = |v: &str, p| encode(SqlValue::Text(v.as_bytes()), &conv(p), &mut out);
+        assert!(enc("2024-01-31 12:34:56.125", 3).is_ok());
+        assert!(enc("2024-01-31 12:34:56", 0).is_ok());
+        assert!(enc("2024-01-31 12:34:56.120000", 2).is_ok());
+        let e = enc("2024-01-31 12:34:56.1255", 3).unwrap_err();
+        assert_eq!(e.kind, ProblemKind::Precision);
+        assert!(e.detail.contains("timestamp(3) keeps 3"), "{}", e.detail);
+        assert!(enc("2024-01-31 12:34:56.5", 0).is_err());
+        // Six digits is every digit Postgres keeps: nothing to refuse.
+        assert!(enc("2024-01-31 12:34:56.123456", 6).is_ok());
+    }
+
     fn enc(v: SqlValue<'_>, ty: PgType) -> Result<Vec<u8>, ConvError> {
         let mut out = BytesMut::new();
         encode(v, &ColumnConv { ty, encoding: None }, &mut out)?;
@@ -789,15 +823,18 @@ mod tests {
             ProblemKind::TypeMismatch
         );
         assert_eq!(
-            enc(SqlValue::Text(b""), PgType::Timestamp)
+            enc(SqlValue::Text(b""), PgType::Timestamp { precision: None })
                 .unwrap_err()
                 .kind,
             ProblemKind::BadDate
         );
         assert_eq!(
-            enc(SqlValue::Integer(1_700_000_000_000), PgType::Timestamp)
-                .unwrap_err()
-                .kind,
+            enc(
+                SqlValue::Integer(1_700_000_000_000),
+                PgType::Timestamp { precision: None }
+            )
+            .unwrap_err()
+            .kind,
             ProblemKind::NumericDate
         );
         assert_eq!(
@@ -860,14 +897,14 @@ mod tests {
     #[test]
     fn epoch_encodings() {
         let conv = ColumnConv {
-            ty: PgType::Timestamp,
+            ty: PgType::Timestamp { precision: None },
             encoding: Some(SourceEncoding::EpochMs),
         };
         let mut out = BytesMut::new();
         encode(SqlValue::Integer(946_684_800_000), &conv, &mut out).unwrap();
         assert_eq!(&out[4..], &0i64.to_be_bytes());
         let conv = ColumnConv {
-            ty: PgType::Timestamp,
+            ty: PgType::Timestamp { precision: None },
             encoding: Some(SourceEncoding::Julian),
         };
         let mut out = BytesMut::new();

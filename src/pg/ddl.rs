@@ -281,8 +281,8 @@ pub fn translate_default(raw: &str, ty: &PgType) -> Result<Option<String>, Strin
         "TRUE" => "1".into(),
         "FALSE" => "0".into(),
         "CURRENT_TIMESTAMP" | "DATETIME('NOW')" | "DATETIME(\"NOW\")" => match ty {
-            PgType::Timestamptz => "CURRENT_TIMESTAMP".into(),
-            PgType::Timestamp => now_ts.into(),
+            PgType::Timestamptz { .. } => "CURRENT_TIMESTAMP".into(),
+            PgType::Timestamp { .. } => now_ts.into(),
             _ if text_ty => format!("to_char({now_ts}, 'YYYY-MM-DD HH24:MI:SS')"),
             _ => {
                 return Err(format!(
@@ -297,7 +297,7 @@ pub fn translate_default(raw: &str, ty: &PgType) -> Result<Option<String>, Strin
             _ => return Err(format!("CURRENT_DATE default on a {} column", ty.sql())),
         },
         "CURRENT_TIME" | "TIME('NOW')" => match ty {
-            PgType::Time => format!("({now_ts})::time(0)"),
+            PgType::Time { .. } => format!("({now_ts})::time(0)"),
             _ if text_ty => format!("to_char({now_ts}, 'HH24:MI:SS')"),
             _ => return Err(format!("CURRENT_TIME default on a {} column", ty.sql())),
         },
@@ -377,11 +377,11 @@ mod tests {
         assert_eq!(t("2", PgType::Int4), Ok(Some("2".into())));
         assert_eq!(t("-1.5", PgType::Float8), Ok(Some("-1.5".into())));
         assert_eq!(
-            t("CURRENT_TIMESTAMP", PgType::Timestamp),
+            t("CURRENT_TIMESTAMP", PgType::Timestamp { precision: None }),
             Ok(Some("(CURRENT_TIMESTAMP AT TIME ZONE 'UTC')".into()))
         );
         assert_eq!(
-            t("(datetime('now'))", PgType::Timestamptz),
+            t("(datetime('now'))", PgType::Timestamptz { precision: None }),
             Ok(Some("CURRENT_TIMESTAMP".into()))
         );
         assert_eq!(t("NULL", PgType::Text), Ok(None));

@@ -198,8 +198,8 @@ pub fn decode(raw: &[u8], conv: &ColumnConv, form: &ColumnForm) -> Result<OwnedV
             }
             date_value(i64::from(days) * MICROS_PER_DAY, conv, form, false)?
         }
-        PgType::Time => text(form.date.time(i64::from_be_bytes(be(raw, 0)?))),
-        PgType::Timestamp | PgType::Timestamptz => {
+        PgType::Time { .. } => text(form.date.time(i64::from_be_bytes(be(raw, 0)?))),
+        PgType::Timestamp { .. } | PgType::Timestamptz { .. } => {
             let micros = i64::from_be_bytes(be(raw, 0)?);
             if micros == i64::MAX || micros == i64::MIN {
                 return fail(
@@ -334,7 +334,10 @@ mod tests {
             ..ColumnForm::default()
         };
         let v = OwnedValue::Text(b"2024-02-29T23:59:58.125Z".to_vec());
-        assert_eq!(round(v.clone(), PgType::Timestamptz, &form), v);
+        assert_eq!(
+            round(v.clone(), PgType::Timestamptz { precision: None }, &form),
+            v
+        );
         let d = OwnedValue::Text(b"1999-12-31".to_vec());
         assert_eq!(round(d.clone(), PgType::Date, &form), d);
     }

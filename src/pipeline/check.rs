@@ -137,7 +137,7 @@ fn hint_for(kind: ProblemKind) -> &'static str {
             "widen the column with --cast TABLE.COLUMN=text, or shorten the values"
         }
         ProblemKind::Precision => {
-            "--cast the column to numeric or double precision, or round the values in SQLite"
+            "--cast the column to a type that keeps the whole value (numeric, double precision, timestamp without a precision), or round the values in SQLite"
         }
         ProblemKind::BadJson => "fix the JSON in SQLite, or --cast the column to text",
         ProblemKind::NotEnumLabel => {

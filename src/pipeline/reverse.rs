@@ -333,8 +333,8 @@ fn same_instant(
         matches!(
             c.ty,
             crate::model::PgType::Date
-                | crate::model::PgType::Timestamp
-                | crate::model::PgType::Timestamptz
+                | crate::model::PgType::Timestamp { .. }
+                | crate::model::PgType::Timestamptz { .. }
         )
     };
     let mut any = false;

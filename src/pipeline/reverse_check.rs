@@ -65,7 +65,7 @@ fn example_time(form: &ColumnForm, ty: &PgType) -> String {
     let time = form.date.time(34_200_000_000);
     match ty {
         PgType::Date => "2024-05-01".into(),
-        PgType::Time => time,
+        PgType::Time { .. } => time,
         _ => format!("2024-05-01{}{time}", form.date.separator),
     }
 }
@@ -93,7 +93,7 @@ fn form_findings(t: &Table<'_>, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 "character(n) pads with spaces: text changed on Postgres comes back padded".into(),
             ),
-            ty @ (PgType::Date | PgType::Time | PgType::Timestamp | PgType::Timestamptz)
+            ty @ (PgType::Date | PgType::Time { .. } | PgType::Timestamp { .. } | PgType::Timestamptz { .. })
                 if c.conv.encoding.is_none() && f.class == Some(Class::Text) =>
             {
                 add(
@@ -246,7 +246,7 @@ mod tests {
             ..ColumnForm::default()
         };
         assert_eq!(
-            example_time(&f, &PgType::Timestamp),
+            example_time(&f, &PgType::Timestamp { precision: None }),
             "2024-05-01T09:30:00.000Z"
         );
         assert_eq!(example_time(&f, &PgType::Date), "2024-05-01");

@@ -240,7 +240,10 @@ fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Re
             continue;
         };
         match ty {
-            PgType::Date | PgType::Time | PgType::Timestamp | PgType::Timestamptz => {
+            PgType::Date
+            | PgType::Time { .. }
+            | PgType::Timestamp { .. }
+            | PgType::Timestamptz { .. } => {
                 if let Some((t, digits)) = template_of(s) {
                     fraction_digits.insert(digits);
                     let first = template.get_or_insert(t);
