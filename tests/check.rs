@@ -639,3 +639,63 @@ fn a_target_timestamp_with_fewer_fraction_digits_is_named_and_refused_in_the_sam
         ]
     );
 }
+
+/// A DATETIME value with a UTC offset moves as its UTC instant; but once the app writes such a
+/// text on Postgres into a `timestamp` column, Postgres drops the offset and keeps the local
+/// time. `check` warns and names the `--cast` to timestamptz, which keeps the instant of both.
+#[test]
+fn a_datetime_with_a_utc_offset_is_named_and_timestamptz_keeps_the_apps_later_writes() {
+    let src = SqliteFile::new(
+        "CREATE TABLE calls (id INTEGER PRIMARY KEY, at DATETIME);
+         INSERT INTO calls VALUES (1, '2024-01-31 23:30:00-05:00'), (2, '2024-02-01 04:30:00'), (3, '2024-02-01 04:30:00+00:00');",
+    );
+    let p = src.path.to_str().unwrap();
+    let (code, report) = check_json(&src.path, None);
+    assert_eq!(code, Some(0), "a warning, not an error: {report:#}");
+    let offsets: Vec<&serde_json::Value> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "utc_offset")
+        .collect();
+    assert_eq!(offsets.len(), 1, "{report:#}");
+    assert_eq!(
+        offsets[0]["count"], 1,
+        "only the row with an offset other than zero"
+    );
+    assert_eq!(offsets[0]["examples"][0]["key"], "id=1");
+    assert!(
+        offsets[0]["hint"].as_str().unwrap().contains("timestamptz"),
+        "{report:#}"
+    );
+    let cast = sqlite2pg(&[
+        "--source",
+        p,
+        "--cast",
+        "calls.at=timestamptz",
+        "check",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&cast.stdout).unwrap();
+    assert!(
+        !report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "utc_offset"),
+        "{report:#}"
+    );
+    let db = TestDb::new();
+    snapshot(&src.path, &db, &["--cast", "calls.at=timestamptz"]);
+    let mut c = db.client();
+    // The app's own write after the cutover, in the form it always wrote: the same instant.
+    c.batch_execute(
+        "SET TimeZone = 'UTC'; INSERT INTO calls VALUES (4, '2024-01-31 23:30:00-05:00')",
+    )
+    .unwrap();
+    let same: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM calls WHERE at = '2024-02-01 04:30:00+00'",
+    );
+    assert_eq!(same, 4);
+}

@@ -55,6 +55,9 @@ pub enum ProblemKind {
     NullKey,
     /// A row that breaks its table's CHECK constraint (let in by `ignore_check_constraints`).
     BreaksCheck,
+    /// A date and time with a UTC offset in a `timestamp` column: it moves as its UTC
+    /// instant, but Postgres ignores the offset of such a text the app writes later.
+    UtcOffset,
 }
 
 /// Why a value cannot be converted, in words for the report.

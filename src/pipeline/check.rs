@@ -152,6 +152,9 @@ fn hint_for(kind: ProblemKind) -> &'static str {
             "remove the duplicates in SQLite, or drop the unique constraint in the target"
         }
         ProblemKind::NullKey => "give those rows a key in SQLite, or delete them",
+        ProblemKind::UtcOffset => {
+            "--cast TABLE.COLUMN=timestamptz: Postgres then reads the offset of every value, the app's later writes too"
+        }
         ProblemKind::BreaksCheck => {
             "SQLite let them in with PRAGMA ignore_check_constraints; Postgres refuses them. Fix or delete those rows in SQLite"
         }
@@ -658,6 +661,21 @@ fn scan_values(
                                 example,
                             );
                         }
+                        Ok(()) if with_offset(*v, &c.conv.ty) => {
+                            let example = Example {
+                                key: key(),
+                                value: v.display(),
+                                detail: "moves as its UTC instant, as SQLite's date functions read it; but after the cutover Postgres ignores the offset of such a text the app writes into a timestamp column, and keeps the local time".into(),
+                            };
+                            record_with(
+                                problems,
+                                Severity::Warning,
+                                &t.source.name,
+                                &c.source,
+                                ProblemKind::UtcOffset,
+                                example,
+                            );
+                        }
                         Ok(()) => {}
                     }
                 }
@@ -671,6 +689,19 @@ fn scan_values(
         after = read.last_key;
     }
     Ok(total)
+}
+
+/// Whether `v` is a date and time with a UTC offset other than zero, bound for a timestamp
+/// without time zone.
+fn with_offset(v: SqlValue<'_>, ty: &PgType) -> bool {
+    let SqlValue::Text(t) = v else {
+        return false;
+    };
+    matches!(ty, PgType::Timestamp { .. })
+        && std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| crate::datetime::parse(s).ok())
+            .is_some_and(|p| p.offset_secs.is_some_and(|o| o != 0))
 }
 
 /// NULLs in the primary key, and duplicates the target's unique keys would reject.
