@@ -288,3 +288,56 @@ fn foreign_keys_a_migration_took_away_are_not_added_at_cutover() {
     c.batch_execute("INSERT INTO pets VALUES (3, 98)").unwrap();
     drop(d);
 }
+
+/// A daemon that runs but cannot apply (a session on Postgres holds a lock its writes wait
+/// for) is not an unreachable Postgres: cutover says the daemon did not apply in time, points
+/// at `status`, and leaves the app writing to SQLite.
+#[test]
+fn a_daemon_that_cannot_apply_in_time_is_named_as_such_and_nothing_is_switched() {
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER);
+         INSERT INTO t VALUES (1, 1);",
+    );
+    let p = src.path.to_str().unwrap();
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Reads go on; the daemon's writes wait.
+    let mut blocker = db.client();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE t IN SHARE MODE")
+        .unwrap();
+    src.conn()
+        .execute("INSERT INTO t VALUES (2, 2)", [])
+        .unwrap();
+    let out = sqlite2pg(&[
+        "--source",
+        p,
+        "--target",
+        &db.url,
+        "cutover",
+        "--wait",
+        "2",
+        "--max-lag",
+        "600",
+    ]);
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(
+        msg.contains("the daemon did not apply the last changes within 2 s"),
+        "{msg}"
+    );
+    assert!(msg.contains("sqlite2pg status"), "{msg}");
+    assert!(
+        !msg.contains("reachable"),
+        "the hint blames the network:\n{msg}"
+    );
+    blocker.batch_execute("ROLLBACK").unwrap();
+    src.conn()
+        .execute("INSERT INTO t VALUES (3, 3)", [])
+        .expect("the app still writes to SQLite");
+    d.wait_caught_up();
+    assert!(d.stop());
+}

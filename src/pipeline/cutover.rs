@@ -742,9 +742,9 @@ async fn catch_up(
             }
             if Instant::now() >= deadline {
                 return Err(Error::new(
-                    ErrorKind::TargetUnreachable,
+                    ErrorKind::State,
                     format!(
-                        "the daemon did not apply the last changes within {:.0} s",
+                        "the daemon did not apply the last changes within {:.0} s: it is behind, or stopped on something it waits for a person to fix (`sqlite2pg status` shows its lag and last error); nothing was switched. Cut over again once it has caught up",
                         limit.as_secs_f64()
                     ),
                 ));

@@ -264,9 +264,9 @@ async fn catch_up(client: &Client, plan: &Plan, opts: &Options, limit: Duration)
     while !reverse::applied_through(client, newest).await? {
         if Instant::now() >= deadline {
             return Err(Error::new(
-                ErrorKind::TargetUnreachable,
+                ErrorKind::State,
                 format!(
-                    "the daemon did not apply the last changes from Postgres within {:.0} s",
+                    "the daemon did not apply the last changes from Postgres within {:.0} s: it is behind, or stopped on something it waits for a person to fix (`sqlite2pg status` shows its lag and last error); nothing was switched. Fall back again once it has caught up",
                     limit.as_secs_f64()
                 ),
             ));
