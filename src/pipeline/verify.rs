@@ -47,13 +47,36 @@ pub struct Options {
     pub settle: Duration,
 }
 
+/// How a row differs between the two sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiffKind {
+    /// SQLite has the row, Postgres lacks it.
+    MissingInPostgres,
+    /// Postgres has the row, SQLite lacks it.
+    ExtraInPostgres,
+    /// Both have the row, with a column that differs.
+    Differs,
+}
+
+impl DiffKind {
+    /// In words, for the report.
+    pub fn words(self) -> &'static str {
+        match self {
+            DiffKind::MissingInPostgres => "missing in postgres",
+            DiffKind::ExtraInPostgres => "extra in postgres",
+            DiffKind::Differs => "differs",
+        }
+    }
+}
+
 /// One difference, for the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Example {
     /// The row's key.
     pub key: String,
-    /// `missing_in_postgres`, `extra_in_postgres` or `differs`.
-    pub kind: &'static str,
+    /// How it differs.
+    pub kind: DiffKind,
     /// The differing column.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
@@ -297,7 +320,7 @@ fn first_difference(
 
 struct Diff {
     key: Vec<OwnedValue>,
-    kind: &'static str,
+    kind: DiffKind,
     column: Option<usize>,
 }
 
@@ -312,13 +335,23 @@ struct Counts {
 
 impl Counts {
     fn add(&mut self, d: Diff) {
-        match d.kind {
-            "missing_in_postgres" => self.missing += 1,
-            "extra_in_postgres" => self.extra += 1,
-            _ => self.differing += 1,
-        }
+        self.count(d.kind, true);
         if self.kept.len() < KEEP {
             self.kept.push(d);
+        }
+    }
+
+    /// One more (or, `up` false, one fewer) difference of this kind.
+    fn count(&mut self, kind: DiffKind, up: bool) {
+        let n = match kind {
+            DiffKind::MissingInPostgres => &mut self.missing,
+            DiffKind::ExtraInPostgres => &mut self.extra,
+            DiffKind::Differs => &mut self.differing,
+        };
+        if up {
+            *n += 1;
+        } else {
+            *n -= 1;
         }
     }
 }
@@ -487,14 +520,14 @@ async fn compare_by_lookup(
             match pg {
                 None => counts.add(Diff {
                     key: s.sqlite_key,
-                    kind: "missing_in_postgres",
+                    kind: DiffKind::MissingInPostgres,
                     column: None,
                 }),
                 Some(row) => {
                     if let Some(i) = first_difference(t, &s.values, &row) {
                         counts.add(Diff {
                             key: s.sqlite_key,
-                            kind: "differs",
+                            kind: DiffKind::Differs,
                             column: Some(i),
                         });
                     }
@@ -574,7 +607,7 @@ async fn compare_by_lookup(
                 .collect();
             counts.add(Diff {
                 key,
-                kind: "extra_in_postgres",
+                kind: DiffKind::ExtraInPostgres,
                 column: None,
             });
         }
@@ -639,7 +672,7 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
                 counts.rows += 1;
                 counts.add(Diff {
                     key,
-                    kind: "missing_in_postgres",
+                    kind: DiffKind::MissingInPostgres,
                     column: None,
                 });
             }
@@ -650,7 +683,7 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
                 };
                 counts.add(Diff {
                     key: key.iter().map(key_to_owned).collect(),
-                    kind: "extra_in_postgres",
+                    kind: DiffKind::ExtraInPostgres,
                     column: None,
                 });
             }
@@ -662,7 +695,7 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
                 if let Some(i) = first_difference(t, &s.values, &d) {
                     counts.add(Diff {
                         key: s.sqlite_key,
-                        kind: "differs",
+                        kind: DiffKind::Differs,
                         column: Some(i),
                     });
                 }
@@ -777,9 +810,9 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
                     Vec::new()
                 },
                 kind: if n > 0 {
-                    "missing_in_postgres"
+                    DiffKind::MissingInPostgres
                 } else {
-                    "extra_in_postgres"
+                    DiffKind::ExtraInPostgres
                 },
                 column: None,
             });
@@ -811,19 +844,19 @@ async fn recheck(
         (None, None) => None,
         (Some(_), None) => Some(Diff {
             key: key.to_vec(),
-            kind: "missing_in_postgres",
+            kind: DiffKind::MissingInPostgres,
             column: None,
         }),
         (None, Some(_)) => Some(Diff {
             key: key.to_vec(),
-            kind: "extra_in_postgres",
+            kind: DiffKind::ExtraInPostgres,
             column: None,
         }),
         (Some(s), Some(p)) => {
             let enc = encode_row(t, &s, &mut scratch);
             first_difference(t, &enc, &p).map(|i| Diff {
                 key: key.to_vec(),
-                kind: "differs",
+                kind: DiffKind::Differs,
                 column: Some(i),
             })
         }
@@ -1018,29 +1051,17 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
                 continue;
             }
             let kept = std::mem::take(&mut counts.kept);
-            let (mut missing, mut extra, mut differing) =
-                (counts.missing, counts.extra, counts.differing);
             for d in kept {
                 let now = recheck(client, &conn, t, &opts.schema, &d.key).await?;
-                let was = d.kind;
-                match was {
-                    "missing_in_postgres" => missing -= 1,
-                    "extra_in_postgres" => extra -= 1,
-                    _ => differing -= 1,
-                }
+                counts.count(d.kind, false);
                 match now {
                     Some(n) => {
-                        match n.kind {
-                            "missing_in_postgres" => missing += 1,
-                            "extra_in_postgres" => extra += 1,
-                            _ => differing += 1,
-                        }
+                        counts.count(n.kind, true);
                         counts.kept.push(n);
                     }
                     None => settled += 1,
                 }
             }
-            (counts.missing, counts.extra, counts.differing) = (missing, extra, differing);
         }
     }
     // Compare up to a consistent position: a row whose latest change is still in the changelog
@@ -1073,11 +1094,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
                     changes::key_pending(&conn, *tbl, &d.key, st.position)
                 })? {
                     pending += 1;
-                    match d.kind {
-                        "missing_in_postgres" => counts.missing -= 1,
-                        "extra_in_postgres" => counts.extra -= 1,
-                        _ => counts.differing -= 1,
-                    }
+                    counts.count(d.kind, false);
                 } else {
                     counts.kept.push(d);
                 }
@@ -1129,7 +1146,7 @@ pub fn print_human(r: &Report, out: &mut impl std::io::Write) -> std::io::Result
                     e.sqlite.as_deref().unwrap_or("(gone)"),
                     e.postgres.as_deref().unwrap_or("(gone)")
                 )?,
-                None => writeln!(out, "  {} {}", e.key, e.kind.replace('_', " "))?,
+                None => writeln!(out, "  {} {}", e.key, e.kind.words())?,
             }
         }
     }
