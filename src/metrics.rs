@@ -12,7 +12,7 @@ use prometheus::{
 use tokio::net::TcpListener;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::phase::Phase;
+use crate::phase::Phase;
 
 /// `sqlite2pg_phase{phase}`: 1 for the current phase.
 pub const PHASE: &str = "sqlite2pg_phase";

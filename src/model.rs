@@ -403,3 +403,43 @@ impl PgType {
         matches!(self, PgType::Int2 | PgType::Int4 | PgType::Int8)
     }
 }
+
+/// Quotes an identifier for SQLite and Postgres alike: `"` doubled inside double quotes.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// How a column's text values compare in SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Collation {
+    /// Byte by byte.
+    Binary,
+    /// ASCII letters folded to lower case.
+    Nocase,
+    /// Trailing spaces ignored.
+    Rtrim,
+}
+
+impl Collation {
+    /// The collation SQLite names `name`, if it is one of its own.
+    pub fn named(name: &str) -> Option<Collation> {
+        match name.trim_matches('"').to_ascii_uppercase().as_str() {
+            "BINARY" => Some(Collation::Binary),
+            "NOCASE" => Some(Collation::Nocase),
+            "RTRIM" => Some(Collation::Rtrim),
+            _ => None,
+        }
+    }
+
+    /// `sql` as this collation compares it, in Postgres (compared with `COLLATE "C"`).
+    pub fn key(self, sql: &str) -> String {
+        match self {
+            Collation::Binary => sql.to_string(),
+            Collation::Nocase => format!(
+                "translate({sql}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+            ),
+            Collation::Rtrim => format!("rtrim({sql}, ' ')"),
+        }
+    }
+}

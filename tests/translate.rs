@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use sqlite2pg::expr::{self, Collation, Column, Kind, Scope};
+use sqlite2pg::expr::{self, Column, Kind, Scope};
+use sqlite2pg::model::Collation;
 use sqlite2pg::model::PgType;
 
 /// One result, as both sides can give it.

@@ -2,7 +2,8 @@
 //! SQLite expressions, views and triggers: any text parses or is refused, and translation never
 //! panics; what translates is never empty.
 use libfuzzer_sys::fuzz_target;
-use sqlite2pg::expr::{self, Collation, Column, Scope};
+use sqlite2pg::expr::{self, Column, Scope};
+use sqlite2pg::model::Collation;
 use sqlite2pg::model::PgType;
 
 fuzz_target!(|data: &str| {

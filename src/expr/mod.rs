@@ -15,49 +15,13 @@ use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use crate::model::PgType;
-use crate::pg::quote_ident;
+use crate::model::{Collation, PgType, quote_ident};
 
 pub mod trigger;
 pub mod view;
 
 /// Why an expression has no exact translation.
 pub type Why = String;
-
-/// How a column's text values compare in SQLite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Collation {
-    /// Byte by byte.
-    Binary,
-    /// ASCII letters folded to lower case.
-    Nocase,
-    /// Trailing spaces ignored.
-    Rtrim,
-}
-
-impl Collation {
-    /// The collation SQLite names `name`, if it is one of its own.
-    pub fn named(name: &str) -> Option<Collation> {
-        match name.trim_matches('"').to_ascii_uppercase().as_str() {
-            "BINARY" => Some(Collation::Binary),
-            "NOCASE" => Some(Collation::Nocase),
-            "RTRIM" => Some(Collation::Rtrim),
-            _ => None,
-        }
-    }
-
-    /// `sql` as this collation compares it, in Postgres (compared with `COLLATE "C"`).
-    pub fn key(self, sql: &str) -> String {
-        match self {
-            Collation::Binary => sql.to_string(),
-            Collation::Nocase => format!(
-                "translate({sql}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
-            ),
-            Collation::Rtrim => format!("rtrim({sql}, ' ')"),
-        }
-    }
-}
 
 /// A column an expression may name.
 #[derive(Debug, Clone)]

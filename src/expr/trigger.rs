@@ -23,7 +23,7 @@ use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 
 use super::{Column, Relation, Scope, Why, condition, translate, value_for};
-use crate::pg::quote_ident;
+use crate::model::quote_ident;
 
 /// A table a trigger fires on or writes to.
 #[derive(Debug, Clone)]
@@ -704,7 +704,7 @@ fn fnv(s: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expr::Collation;
+    use crate::model::Collation;
     use crate::model::PgType;
 
     fn items() -> Table {

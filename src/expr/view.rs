@@ -12,7 +12,7 @@ use sqlparser::parser::Parser;
 
 use super::{Collation, Column, Kind, Relation, Scope, T, Why, node};
 use crate::model::PgType;
-use crate::pg::quote_ident;
+use crate::model::quote_ident;
 
 /// A translated view.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{qualified, quote_ident};
-use crate::expr::Collation;
+use crate::model::Collation;
 use crate::model::PgType;
 
 /// A CHECK constraint to add after the load.

@@ -8,8 +8,8 @@ use bytes::BytesMut;
 use super::convert::{self, ColumnConv, ConvError, ProblemKind};
 use crate::config::SourceEncoding;
 use crate::datetime::{MICROS_PER_DAY, UNIX_TO_PG_DAYS, civil_from_days};
+use crate::form::{Class, ColumnForm};
 use crate::model::{OwnedValue, PgType};
-use crate::sqlite::form::{Class, ColumnForm};
 
 fn fail<T>(kind: ProblemKind, detail: impl Into<String>) -> Result<T, ConvError> {
     Err(ConvError {
@@ -291,7 +291,7 @@ pub fn decode_exact(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sqlite::form::{DateTemplate, Fraction, Suffix};
+    use crate::form::{DateTemplate, Fraction, Suffix};
 
     fn conv(ty: PgType) -> ColumnConv {
         ColumnConv { ty, encoding: None }

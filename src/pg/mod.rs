@@ -21,7 +21,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 
-pub use crate::sqlite::quote_ident;
+pub use crate::model::quote_ident;
 
 /// `"schema"."table"`, both quoted.
 pub fn qualified(schema: &str, table: &str) -> String {

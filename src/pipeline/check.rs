@@ -316,7 +316,7 @@ fn behaviour_finding(
                 "make sure the app's migration declares this CHECK on Postgres, or Postgres accepts rows SQLite refuses".into(),
             ),
         },
-        Kind::UniqueCollation if created && crate::expr::Collation::named(&o.name).is_some() => {
+        Kind::UniqueCollation if created && crate::model::Collation::named(&o.name).is_some() => {
             severity = Severity::Info;
             (
                 format!(
@@ -513,8 +513,8 @@ fn on_app_table(
                     ),
                     format!(
                         "add in a migration: CREATE UNIQUE INDEX ON {qtable} ({})",
-                        crate::expr::Collation::named(&o.name)
-                            .unwrap_or(crate::expr::Collation::Nocase)
+                        crate::model::Collation::named(&o.name)
+                            .unwrap_or(crate::model::Collation::Nocase)
                             .key(&crate::pg::quote_ident(&col))
                     ),
                 ),

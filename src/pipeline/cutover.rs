@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::phase::Phase as RunPhase;
 use super::plan::Plan;
 use super::status;
 use super::stream::{self, End};
@@ -21,6 +20,7 @@ use crate::expr::trigger::Ported;
 use crate::model::OwnedValue;
 use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
 use crate::pg::{qualified, reverse, sequences, state};
+use crate::phase::Phase as RunPhase;
 use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture};
 use crate::window::Window;

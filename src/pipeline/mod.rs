@@ -4,7 +4,6 @@ pub mod check;
 pub mod cutover;
 pub mod fallback;
 pub mod migrations;
-pub mod phase;
 pub mod plan;
 pub mod progress;
 pub mod reverse;

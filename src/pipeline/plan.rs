@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::expr::{self, Collation};
+use crate::expr;
+use crate::model::Collation;
 use crate::model::{PgType, ScanKey, SourceIndex, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
 use crate::pg::convert::{self, ColumnConv};

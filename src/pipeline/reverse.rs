@@ -20,15 +20,16 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
-use super::phase::Phase;
 use super::plan::{Plan, TablePlan};
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
+use crate::form::ColumnForm;
 use crate::model::{OwnedValue, display_key};
 use crate::pg::scan::Raw;
 use crate::pg::{convert, decode, qualified, quote_ident, reverse, state};
+use crate::phase::Phase;
 use crate::shutdown::{Backoff, Shutdown};
-use crate::sqlite::form::{self, ColumnForm};
+use crate::sqlite::form;
 use crate::sqlite::{capture, restore};
 
 /// How long applied changes stay in the changelog: `fallback` verifies the keys applied since

@@ -11,10 +11,10 @@ use tokio_postgres::Client;
 use super::plan::Plan;
 use super::reverse::{self, Table};
 use crate::error::{Error, Result};
+use crate::form::{Class, ColumnForm};
 use crate::model::PgType;
 use crate::pg::scan::Raw;
 use crate::pg::{decode, qualified, quote_ident};
-use crate::sqlite::form::{Class, ColumnForm};
 
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -237,11 +237,11 @@ mod tests {
     #[test]
     fn example_times_follow_the_columns_form() {
         let f = ColumnForm {
-            date: crate::sqlite::form::DateTemplate {
+            date: crate::form::DateTemplate {
                 separator: 'T',
                 seconds: true,
-                fraction: crate::sqlite::form::Fraction::Fixed(3),
-                suffix: crate::sqlite::form::Suffix::Z,
+                fraction: crate::form::Fraction::Fixed(3),
+                suffix: crate::form::Suffix::Z,
             },
             ..ColumnForm::default()
         };

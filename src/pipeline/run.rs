@@ -6,11 +6,11 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::phase::Phase;
 use super::plan::{self, Plan};
 use super::{reverse, snapshot, stream};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
+use crate::phase::Phase;
 use crate::shutdown::{Backoff, Shutdown};
 use crate::sqlite;
 

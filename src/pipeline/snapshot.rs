@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::pg::state::{self, Phase};
 use crate::pg::{self, convert, copy, ddl, foreign_keys, qualified, quote_ident};
-use crate::pipeline::phase::Phase as RunPhase;
+use crate::phase::Phase as RunPhase;
 use crate::sqlite::{self, reader};
 
 /// Knobs of a snapshot run.

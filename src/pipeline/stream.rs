@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::phase::Phase;
 use super::plan::{Plan, TablePlan};
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
 use crate::model::{OwnedValue, display_key};
 use crate::pg::apply::{self, Applier, TableBatch};
 use crate::pg::{self, convert, copy, state};
+use crate::phase::Phase;
 use crate::shutdown::{Backoff, Shutdown};
 use crate::sqlite::capture::{self, Installed};
 use crate::sqlite::changes::{self, Batch, RowReader};

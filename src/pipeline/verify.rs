@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 
 use super::plan::{Plan, TablePlan};
 use crate::error::{Error, ErrorKind, Result};
-use crate::expr::Collation;
+use crate::model::Collation;
 use crate::model::{OwnedValue, PgType, display_key};
 use crate::pg::lookup::{self, Lookup};
 use crate::pg::scan::{self, Raw};

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use console::Term;
 use tokio_postgres::Client;
 
-use super::phase::Phase;
 use super::status::{self, Status};
 use crate::config::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg;
+use crate::phase::Phase;
 use crate::shutdown::Shutdown;
 
 /// How far back the lag history reaches.

@@ -18,10 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Quotes an identifier for SQLite (and Postgres): `"` doubled inside double quotes.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use crate::model::quote_ident;
 
 fn open(
     path: &Path,

@@ -198,12 +198,12 @@ fn join_type_words(sql: &str) -> Option<String> {
 
 impl Declared {
     /// The collation `column` is declared with (BINARY when none, or one SQLite does not have).
-    pub fn collation_of(&self, column: &str) -> crate::expr::Collation {
+    pub fn collation_of(&self, column: &str) -> crate::model::Collation {
         self.collations
             .iter()
             .find(|(c, _)| c.eq_ignore_ascii_case(column))
-            .and_then(|(_, name)| crate::expr::Collation::named(name))
-            .unwrap_or(crate::expr::Collation::Binary)
+            .and_then(|(_, name)| crate::model::Collation::named(name))
+            .unwrap_or(crate::model::Collation::Binary)
     }
 }
 
