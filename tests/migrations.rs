@@ -219,6 +219,16 @@ fn a_migration_made_target_waits_for_the_same_migration_on_postgres() {
         "status",
     ]);
     assert!(text(&status).contains("row id=3"), "{}", text(&status));
+    // Alive while it waits: it holds the run lock, and status says so every time it looks.
+    for _ in 0..8 {
+        assert_eq!(
+            status_json(&src.path, &db)["daemon_running"],
+            true,
+            "{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     // /healthz and the metrics say the daemon waits for a person, and for what.
     let (code, body) = http_get(&addr, "/healthz");
     assert_eq!(code, 503, "{body}");

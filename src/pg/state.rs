@@ -361,6 +361,15 @@ pub async fn daemon_running(client: &impl GenericClient) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// Lets go of the run lock at once (dropping a client ends its session only later).
+pub async fn unlock(client: &Client) -> Result<()> {
+    client
+        .query_one("SELECT pg_advisory_unlock(hashtext('sqlite2pg'), 1)", &[])
+        .await
+        .map_err(pg("release the run lock"))?;
+    Ok(())
+}
+
 /// Takes the session-level advisory lock that keeps two runs off the same target.
 pub async fn try_lock(client: &Client) -> Result<bool> {
     let row = client

@@ -91,13 +91,31 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
                     retry_in_secs = NEEDS_PERSON_RETRY.as_secs(),
                     "waiting for a person: nothing is applied until this is fixed; the daemon stays up and goes on by itself once it is (position kept)"
                 );
-                if !shutdown.sleep(NEEDS_PERSON_RETRY).await {
+                // Alive while it waits: it keeps the run lock meanwhile, so `status` shows a
+                // running daemon and its error, and a cutover waits for it rather than
+                // draining around it.
+                let held = hold_run_lock(cfg).await;
+                let slept = shutdown.sleep(NEEDS_PERSON_RETRY).await;
+                if let Some(c) = held {
+                    let _ = crate::pg::state::unlock(&c).await;
+                }
+                if !slept {
                     return stopped();
                 }
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A connection holding the run lock, when Postgres answers and no one else holds it.
+async fn hold_run_lock(cfg: &Config) -> Option<tokio_postgres::Client> {
+    let client = crate::pg::connect(cfg.require_target().ok()?).await.ok()?;
+    crate::pg::state::try_lock(&client)
+        .await
+        .ok()
+        .filter(|held| *held)
+        .map(|_| client)
 }
 
 /// Errors that a fix in SQLite or Postgres clears, which the daemon waits out.
