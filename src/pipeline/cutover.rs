@@ -760,8 +760,9 @@ async fn catch_up(
         poll_interval: Duration::from_millis(50),
         batch_changes: 10_000,
         batch_bytes: 32 << 20,
-        exit_when_caught_up: true,
-        give_up_after: Some(Duration::from_secs(10)),
+        until: super::Until::CaughtUp {
+            give_up_after: Some(Duration::from_secs(10)),
+        },
     };
     // The caller decides when to stop (before the fence only); this drain is never told to.
     let (_never, token) = Shutdown::new();

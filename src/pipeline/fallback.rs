@@ -240,7 +240,9 @@ fn drain_opts(opts: &Options) -> stream::Options {
         busy_timeout: opts.busy_timeout,
         poll_interval: Duration::from_millis(20),
         batch_changes: 5_000,
-        exit_when_caught_up: true,
+        until: super::Until::CaughtUp {
+            give_up_after: None,
+        },
     }
 }
 

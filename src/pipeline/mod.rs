@@ -19,6 +19,20 @@ pub mod watch;
 
 pub(crate) use crate::window::now_secs;
 
+/// How long a stream, either way, runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The daemon's: until a stop, a schema change, or the switch it follows.
+    Stopped,
+    /// A switch's own drain: until every change recorded so far is applied. With
+    /// `give_up_after`, it gives up when the other database stays unreachable that long
+    /// (writes are fenced meanwhile); without, it waits as long as it takes.
+    CaughtUp {
+        /// How long an unreachable database is waited for.
+        give_up_after: Option<std::time::Duration>,
+    },
+}
+
 /// Who holds a fence: `what` (the command), this process and this host, for `status`.
 pub(crate) fn fence_holder(what: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

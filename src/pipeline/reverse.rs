@@ -51,8 +51,9 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Most changes per batch (one SQLite transaction).
     pub batch_changes: usize,
-    /// Return once the changelog is empty (the fallback's drain).
-    pub exit_when_caught_up: bool,
+    /// The daemon's reverse stream, or the fallback's drain, which waits out an unreachable
+    /// Postgres as long as it takes (its fence lapses with its lease).
+    pub until: super::Until,
 }
 
 /// How the stream ended.
@@ -60,7 +61,7 @@ pub struct Options {
 pub enum End {
     /// A stop was asked for.
     Shutdown,
-    /// Nothing left to apply (with `exit_when_caught_up`).
+    /// Nothing left to apply (with `Until::CaughtUp`).
     CaughtUp,
     /// The fallback is recorded: SQLite is the database again.
     FellBack,
@@ -721,10 +722,9 @@ async fn connect(opts: &Options) -> Result<Client> {
     let client = crate::pg::connect(&opts.target).await?;
     // The forward stream's session, just closed by this same daemon, may hold the lock a
     // moment longer; a one-shot drain (a fallback's) asks once.
-    let patience = if opts.exit_when_caught_up {
-        Duration::ZERO
-    } else {
-        Duration::from_secs(5)
+    let patience = match opts.until {
+        super::Until::CaughtUp { .. } => Duration::ZERO,
+        super::Until::Stopped => Duration::from_secs(5),
     };
     let deadline = Instant::now() + patience;
     while !state::try_lock(&client).await? {
@@ -768,7 +768,7 @@ async fn listen(opts: &Options) -> Option<(Client, tokio::sync::mpsc::UnboundedR
 }
 
 /// Follows Postgres back into SQLite until a stop, the fallback, or (with
-/// `exit_when_caught_up`) an empty changelog. Reconnects by itself while Postgres is away.
+/// `Until::CaughtUp`) an empty changelog. Reconnects by itself while Postgres is away.
 pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End> {
     let mut client = connect(opts).await?;
     if !reverse::capture_installed(&client).await? {
@@ -811,7 +811,9 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
             carry = Carry::default();
         }
         match result {
-            Ok(0) if opts.exit_when_caught_up => return Ok(End::CaughtUp),
+            Ok(0) if matches!(opts.until, super::Until::CaughtUp { .. }) => {
+                return Ok(End::CaughtUp);
+            }
             Ok(0) => {
                 backoff.reset();
                 // Woken by the commit of a change, or by the poll interval (the listening

@@ -201,8 +201,7 @@ async fn run_pass(
         poll_interval: opts.poll_interval,
         batch_changes: opts.batch_changes,
         batch_bytes: 32 << 20,
-        exit_when_caught_up: false,
-        give_up_after: None,
+        until: super::Until::Stopped,
     };
     // The stream goes on on this connection, which holds the run lock since the snapshot, and
     // retakes the lock on every reconnect: the one that applies is the one that holds it, so
@@ -260,7 +259,7 @@ async fn follow_back(
         busy_timeout: Duration::from_millis(cfg.busy_timeout_ms),
         poll_interval: opts.poll_interval,
         batch_changes: opts.batch_changes,
-        exit_when_caught_up: false,
+        until: super::Until::Stopped,
     };
     match reverse::run(plan, &ropts, shutdown.clone()).await? {
         reverse::End::Shutdown => {

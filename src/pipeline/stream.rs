@@ -34,10 +34,8 @@ pub struct Options {
     pub batch_changes: usize,
     /// Most bytes of row data per SQLite read.
     pub batch_bytes: usize,
-    /// Return `End::CaughtUp` as soon as the changelog is drained (cutover without a daemon).
-    pub exit_when_caught_up: bool,
-    /// Give up when Postgres stays unreachable this long (cutover: writes are fenced meanwhile).
-    pub give_up_after: Option<Duration>,
+    /// The daemon's stream, or a cutover's drain (`End::CaughtUp` once the changelog is).
+    pub until: super::Until,
 }
 
 /// One captured table: where its key columns sit among the plan's columns, or that it is
@@ -558,7 +556,7 @@ pub enum End {
     Shutdown,
     /// The SQLite schema changed: re-plan (new tables, new columns) and stream on.
     SchemaChanged,
-    /// Every change is applied (only with `exit_when_caught_up`).
+    /// Every change is applied (only with `Until::CaughtUp`).
     CaughtUp,
     /// The migration was cut over: Postgres is the database now.
     CutOver,
@@ -658,7 +656,12 @@ pub async fn run(
         let client = match connected {
             Ok(c) => c,
             Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
-                if let (Some(limit), Some(since)) = (opts.give_up_after, down_since)
+                if let (
+                    super::Until::CaughtUp {
+                        give_up_after: Some(limit),
+                    },
+                    Some(since),
+                ) = (opts.until, down_since)
                     && since.elapsed() >= limit
                 {
                     return Err(e);
@@ -834,7 +837,7 @@ pub async fn run(
             }
             pruner.when_idle(applier.client(), &writer, position).await;
             report_lag(&reader, position);
-            if opts.exit_when_caught_up {
+            if let super::Until::CaughtUp { .. } = opts.until {
                 return Ok(End::CaughtUp);
             }
             match state::cutover_load(applier.client()).await {
