@@ -47,17 +47,6 @@ pub enum ProblemKind {
     BadUuid,
     /// A target type sqlite2pg cannot write.
     UnsupportedType,
-    /// A foreign key value with no parent row.
-    Orphan,
-    /// A key value that the target's primary key or unique constraint rejects.
-    DuplicateKey,
-    /// NULL in a primary key column.
-    NullKey,
-    /// A row that breaks its table's CHECK constraint (let in by `ignore_check_constraints`).
-    BreaksCheck,
-    /// A date and time with a UTC offset in a `timestamp` column: it moves as its UTC
-    /// instant, but Postgres ignores the offset of such a text the app writes later.
-    UtcOffset,
 }
 
 /// Why a value cannot be converted, in words for the report.

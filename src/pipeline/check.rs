@@ -31,13 +31,55 @@ pub struct Example {
     pub detail: String,
 }
 
+/// What `check` found wrong with a value or a row: a value the converter refuses, or what
+/// only a look at the whole table shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FindingKind {
+    /// A value the converter refuses (or, as a warning, moves but flags).
+    Value(ProblemKind),
+    /// A foreign key value with no parent row.
+    Orphan,
+    /// A key value that the target's primary key or unique constraint rejects.
+    DuplicateKey,
+    /// NULL in a primary key column.
+    NullKey,
+    /// A row that breaks its table's CHECK constraint (let in by `ignore_check_constraints`).
+    BreaksCheck,
+    /// A date and time with a UTC offset bound for a `timestamp` column: it moves as its UTC
+    /// instant, but Postgres ignores the offset of such a text the app writes later.
+    UtcOffset,
+}
+
+impl FindingKind {
+    /// Its name, as the report gives it (`precision`, `orphan`, ...).
+    pub fn label(self) -> String {
+        match self {
+            FindingKind::Value(k) => serde_json::to_value(k)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            FindingKind::Orphan => "orphan".into(),
+            FindingKind::DuplicateKey => "duplicate_key".into(),
+            FindingKind::NullKey => "null_key".into(),
+            FindingKind::BreaksCheck => "breaks_check".into(),
+            FindingKind::UtcOffset => "utc_offset".into(),
+        }
+    }
+}
+
+impl Serialize for FindingKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.label())
+    }
+}
+
 /// A group of values with the same problem in the same column.
 #[derive(Debug, Clone, Serialize)]
 pub struct ValueProblem {
     /// Error: the value would stop the run; warning: it moves exactly but deserves a look.
     pub severity: Severity,
     /// The kind.
-    pub kind: ProblemKind,
+    pub kind: FindingKind,
     /// Source table.
     pub table: String,
     /// Source column (or key columns for duplicates and orphans).
@@ -112,7 +154,23 @@ impl Report {
     }
 }
 
-fn hint_for(kind: ProblemKind) -> &'static str {
+fn hint_for(kind: FindingKind) -> &'static str {
+    let kind = match kind {
+        FindingKind::Value(k) => k,
+        FindingKind::Orphan => {
+            return "SQLite accepted them (foreign keys are off) and Postgres holds them too while streaming; before cutover, delete them or point them at existing rows in SQLite, or cut over with --orphans keep (that foreign key then stays NOT VALID)";
+        }
+        FindingKind::DuplicateKey => {
+            return "remove the duplicates in SQLite, or drop the unique constraint in the target";
+        }
+        FindingKind::NullKey => return "give those rows a key in SQLite, or delete them",
+        FindingKind::UtcOffset => {
+            return "--cast TABLE.COLUMN=timestamptz: Postgres then reads the offset of every value, the app's later writes too";
+        }
+        FindingKind::BreaksCheck => {
+            return "SQLite let them in with PRAGMA ignore_check_constraints; Postgres refuses them. Fix or delete those rows in SQLite";
+        }
+    };
     match kind {
         ProblemKind::TypeMismatch => {
             "fix the values in SQLite, or give the column a type that holds them with --cast TABLE.COLUMN=text"
@@ -145,19 +203,6 @@ fn hint_for(kind: ProblemKind) -> &'static str {
         }
         ProblemKind::BadUuid => "fix the values in SQLite, or --cast the column to text",
         ProblemKind::UnsupportedType => "change the target column's type",
-        ProblemKind::Orphan => {
-            "SQLite accepted them (foreign keys are off) and Postgres holds them too while streaming; before cutover, delete them or point them at existing rows in SQLite, or cut over with --orphans keep (that foreign key then stays NOT VALID)"
-        }
-        ProblemKind::DuplicateKey => {
-            "remove the duplicates in SQLite, or drop the unique constraint in the target"
-        }
-        ProblemKind::NullKey => "give those rows a key in SQLite, or delete them",
-        ProblemKind::UtcOffset => {
-            "--cast TABLE.COLUMN=timestamptz: Postgres then reads the offset of every value, the app's later writes too"
-        }
-        ProblemKind::BreaksCheck => {
-            "SQLite let them in with PRAGMA ignore_check_constraints; Postgres refuses them. Fix or delete those rows in SQLite"
-        }
     }
 }
 
@@ -575,7 +620,7 @@ fn record(
     problems: &mut Vec<ValueProblem>,
     table: &str,
     column: &str,
-    kind: ProblemKind,
+    kind: FindingKind,
     example: Example,
 ) {
     record_with(problems, Severity::Error, table, column, kind, example)
@@ -586,7 +631,7 @@ fn record_with(
     severity: Severity,
     table: &str,
     column: &str,
-    kind: ProblemKind,
+    kind: FindingKind,
     example: Example,
 ) {
     if let Some(p) = problems
@@ -643,7 +688,13 @@ fn scan_values(
                                 value: v.display(),
                                 detail: e.detail,
                             };
-                            record(problems, &t.source.name, &c.source, e.kind, example);
+                            record(
+                                problems,
+                                &t.source.name,
+                                &c.source,
+                                FindingKind::Value(e.kind),
+                                example,
+                            );
                         }
                         // Moves exactly, but many apps and JSON encoders choke on it: worth a look.
                         Ok(()) if matches!(v, SqlValue::Real(f) if !f.is_finite()) => {
@@ -657,7 +708,7 @@ fn scan_values(
                                 Severity::Warning,
                                 &t.source.name,
                                 &c.source,
-                                ProblemKind::NonFinite,
+                                FindingKind::Value(ProblemKind::NonFinite),
                                 example,
                             );
                         }
@@ -672,7 +723,7 @@ fn scan_values(
                                 Severity::Warning,
                                 &t.source.name,
                                 &c.source,
-                                ProblemKind::UtcOffset,
+                                FindingKind::UtcOffset,
                                 example,
                             );
                         }
@@ -725,7 +776,7 @@ fn key_problems(conn: &Connection, t: &TablePlan, problems: &mut Vec<ValueProble
                     value: "NULL".into(),
                     detail: "NULL in a primary key column, which Postgres rejects".into(),
                 };
-                record(problems, table, &label, ProblemKind::NullKey, example);
+                record(problems, table, &label, FindingKind::NullKey, example);
             }
         }
         // Group the way the target compares: text targets compare the text form.
@@ -749,7 +800,7 @@ fn key_problems(conn: &Connection, t: &TablePlan, problems: &mut Vec<ValueProble
                     "{count} rows share this value, which the target's unique key on ({label}) rejects"
                 ),
             };
-            record(problems, table, &label, ProblemKind::DuplicateKey, example);
+            record(problems, table, &label, FindingKind::DuplicateKey, example);
         }
     }
     Ok(())
@@ -810,7 +861,7 @@ fn orphan_problems(
             Severity::Warning,
             table,
             &label,
-            ProblemKind::Orphan,
+            FindingKind::Orphan,
             example,
         );
     }
@@ -868,7 +919,7 @@ fn check_problems(
                     c.source, c.name
                 ),
             };
-            record(problems, table, "CHECK", ProblemKind::BreaksCheck, example);
+            record(problems, table, "CHECK", FindingKind::BreaksCheck, example);
         }
     }
     Ok(())
@@ -945,14 +996,20 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
         if p.severity == Severity::Error {
             writeln!(
                 out,
-                "ERROR: {}.{}: {} value(s) would not survive ({:?})",
-                p.table, p.column, p.count, p.kind
+                "ERROR: {}.{}: {} value(s) would not survive ({})",
+                p.table,
+                p.column,
+                p.count,
+                p.kind.label()
             )?;
         } else {
             writeln!(
                 out,
-                "WARNING: {}.{}: {} value(s) worth a look ({:?})",
-                p.table, p.column, p.count, p.kind
+                "WARNING: {}.{}: {} value(s) worth a look ({})",
+                p.table,
+                p.column,
+                p.count,
+                p.kind.label()
             )?;
         }
         for e in &p.examples {
