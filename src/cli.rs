@@ -583,17 +583,13 @@ fn cmd_verify(
         tables,
         settle: Duration::from_secs(30),
     };
-    let full = opts.tables.is_empty();
-    let run = crate::pipeline::verify::run(&mut client, &plan, &opts);
+    let run = crate::pipeline::verify::run_and_record(&mut client, &plan, &opts);
     let Some(report) = rt.block_on(shutdown.or_stop(run)).transpose()? else {
         eprintln!(
             "verify interrupted (SIGINT/SIGTERM) before it compared every table: no verdict; run it again"
         );
         return Ok(ExitCode::from(INTERRUPTED));
     };
-    if let (true, true, Some(position)) = (full, report.equal, report.position) {
-        rt.block_on(crate::pg::state::set_verified(&client, position))?;
-    }
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;

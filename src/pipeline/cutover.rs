@@ -330,15 +330,12 @@ async fn before_fence(client: &mut Client, plan: &Plan, opts: &Options) -> Resul
     };
     if stale && !opts.full_verify {
         tracing::info!("no recent full verify: verifying every table before the fence");
-        let report = verify::run(client, plan, &verify_opts(opts, Vec::new())).await?;
+        let report = verify::run_and_record(client, plan, &verify_opts(opts, Vec::new())).await?;
         if !report.equal {
             return Err(Error::new(
                 ErrorKind::Schema,
                 "verify found differences before the fence; see `sqlite2pg verify` and fix them first",
             ));
-        }
-        if let Some(p) = report.position {
-            state::set_verified(client, p).await?;
         }
     }
     wait_for_lag(client, opts).await?;

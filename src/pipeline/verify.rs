@@ -1000,6 +1000,16 @@ async fn settle(client: &Client, conn: &rusqlite::Connection, wait: Duration) ->
     Ok(())
 }
 
+/// Runs [`run`] and, when every table was compared and found equal, records the position it
+/// compared up to: a cutover then verifies only the keys changed since.
+pub async fn run_and_record(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Report> {
+    let report = run(client, plan, opts).await?;
+    if let (true, true, Some(position)) = (opts.tables.is_empty(), report.equal, report.position) {
+        state::set_verified(&*client, position).await?;
+    }
+    Ok(report)
+}
+
 /// Compares the planned tables (or `opts.tables`) on both sides.
 pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Report> {
     let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
