@@ -881,46 +881,29 @@ fn cmd_install(cfg: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
-    // After the cutover, Postgres holds sqlite2pg's capture, fence and state: they go too
-    // (the migration is over, one way or the other).
-    if let Some(target) = &cfg.target {
+    use crate::pipeline::uninstall::{self, FromPostgres};
+    if cfg.target.is_some() {
         let rt = runtime()?;
-        let removed = rt.block_on(async {
-            let mut client = crate::pg::connect(target).await?;
-            let cut_over = crate::pg::state::cutover_load(&client).await?.is_some();
-            if !cut_over && !crate::pg::reverse::capture_installed(&client).await? {
-                return Ok::<_, crate::error::Error>(false);
-            }
-            let (plan, _) = plan::load(cfg).await?;
-            let tables: Vec<String> = plan.targets();
-            // Before the cutover Postgres keeps its copy and state (a later run goes on); only
-            // the capture a refused cutover left on its tables goes.
-            if !cut_over {
-                for t in &tables {
-                    crate::pg::reverse::uncapture(&client, &cfg.target_schema, t).await?;
-                }
-                println!("removed the reverse capture a cutover had installed on Postgres");
-                return Ok(false);
-            }
-            crate::pg::reverse::uninstall(&mut client, &cfg.target_schema, &tables).await?;
-            Ok(true)
-        });
-        match removed {
-            Ok(true) => println!(
+        match rt.block_on(uninstall::postgres(cfg)) {
+            Ok(FromPostgres::Everything) => println!(
                 "removed sqlite2pg's triggers, fence and state schema from Postgres; its tables stay as they are, writable"
             ),
-            Ok(false) => {}
+            Ok(FromPostgres::ReverseCapture) => {
+                println!("removed the reverse capture a cutover had installed on Postgres")
+            }
+            Ok(FromPostgres::Nothing) => {}
             Err(e) => eprintln!(
                 "warning: Postgres was not cleaned ({}); the SQLite file is cleaned anyway. Run uninstall again once Postgres answers",
                 config::redact_in_text(&e.to_string())
             ),
         }
     }
-    let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
-    let was_fenced = sqlite::capture::fenced(&rw)?;
-    let n = sqlite::capture::uninstall(&mut rw)?;
-    println!("removed {n} sqlite2pg objects; the SQLite file is as the app made it");
-    if was_fenced {
+    let removed = uninstall::sqlite(cfg, busy(cfg))?;
+    println!(
+        "removed {} sqlite2pg objects; the SQLite file is as the app made it",
+        removed.objects
+    );
+    if removed.was_fenced {
         println!(
             "the cutover fence is lifted: SQLite is writable again. Writes made on PostgreSQL since the cutover are NOT in this file unless the reverse stream applied them (`sqlite2pg fallback` is the way back that loses none)"
         );

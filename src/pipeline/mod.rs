@@ -13,6 +13,7 @@ pub mod snapshot;
 pub mod status;
 pub mod stream;
 pub mod triggers;
+pub mod uninstall;
 pub mod verify;
 pub mod views;
 pub mod watch;
