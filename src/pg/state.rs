@@ -347,11 +347,12 @@ pub async fn stream_error(client: &impl GenericClient, message: &str) -> Result<
     Ok(())
 }
 
-/// Whether a sqlite2pg daemon holds the run lock on this database right now.
+/// Whether a sqlite2pg daemon is up on this database right now: it holds the run lock, or
+/// the presence lock while it waits for a person.
 pub async fn daemon_running(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 1 AND objsubid = 2
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid IN (1, 3) AND objsubid = 2
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND classid::bigint - CASE WHEN classid::bigint > 2147483647 THEN 4294967296 ELSE 0 END = hashtext('sqlite2pg'))",
             &[],
@@ -361,13 +362,15 @@ pub async fn daemon_running(client: &impl GenericClient) -> Result<bool> {
     Ok(row.get(0))
 }
 
-/// Lets go of the run lock at once (dropping a client ends its session only later).
-pub async fn unlock(client: &Client) -> Result<()> {
-    client
-        .query_one("SELECT pg_advisory_unlock(hashtext('sqlite2pg'), 1)", &[])
+/// Takes the presence lock: a daemon that is up but holds no run lock (it waits for a
+/// person between passes) still shows in [`daemon_running`]. The keys under
+/// `hashtext('sqlite2pg')`: 1 the run lock, 2 the state schema's creation (`ensure`), 3 this.
+pub async fn take_presence(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock(hashtext('sqlite2pg'), 3)", &[])
         .await
-        .map_err(pg("release the run lock"))?;
-    Ok(())
+        .map_err(pg("take the presence lock"))?;
+    Ok(row.get(0))
 }
 
 /// Takes the session-level advisory lock that keeps two runs off the same target.

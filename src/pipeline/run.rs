@@ -50,6 +50,11 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
     let mut streamed = false;
     let mut outage_backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut outage = false;
+    // A daemon that waits for a person is still up: from its first wait on it holds the
+    // presence lock on a connection of its own for the rest of its life, so `status` shows it
+    // running (with what it waits for) between its retries, and a cutover waits for it rather
+    // than draining around it.
+    let mut presence: Option<tokio_postgres::Client> = None;
     loop {
         let pass = run_pass(cfg, opts, shutdown, &mut streamed, &mut outage).await;
         let stopping = shutdown.requested();
@@ -82,6 +87,9 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
                 }
             }
             Err(e) if streamed && !opts.snapshot_only && waits_for_person(e.kind()) => {
+                if presence.as_ref().is_none_or(|c| c.is_closed()) {
+                    presence = hold_presence(cfg).await;
+                }
                 crate::metrics::set_phase(Phase::Waiting);
                 let text = crate::config::redact_in_text(&crate::error::chain_text(&e));
                 crate::metrics::needs_operator(e.kind().label(), &text);
@@ -91,15 +99,7 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
                     retry_in_secs = NEEDS_PERSON_RETRY.as_secs(),
                     "waiting for a person: nothing is applied until this is fixed; the daemon stays up and goes on by itself once it is (position kept)"
                 );
-                // Alive while it waits: it keeps the run lock meanwhile, so `status` shows a
-                // running daemon and its error, and a cutover waits for it rather than
-                // draining around it.
-                let held = hold_run_lock(cfg).await;
-                let slept = shutdown.sleep(NEEDS_PERSON_RETRY).await;
-                if let Some(c) = held {
-                    let _ = crate::pg::state::unlock(&c).await;
-                }
-                if !slept {
+                if !shutdown.sleep(NEEDS_PERSON_RETRY).await {
                     return stopped();
                 }
             }
@@ -108,10 +108,11 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
     }
 }
 
-/// A connection holding the run lock, when Postgres answers and no one else holds it.
-async fn hold_run_lock(cfg: &Config) -> Option<tokio_postgres::Client> {
+/// A connection holding the presence lock, when Postgres answers (best effort: without it
+/// `status` only sees the daemon while a pass holds the run lock).
+async fn hold_presence(cfg: &Config) -> Option<tokio_postgres::Client> {
     let client = crate::pg::connect(cfg.require_target().ok()?).await.ok()?;
-    crate::pg::state::try_lock(&client)
+    crate::pg::state::take_presence(&client)
         .await
         .ok()
         .filter(|held| *held)
