@@ -138,6 +138,28 @@ impl Error {
         Error::with_source(kind, message, err)
     }
 
+    /// Whether Postgres itself answered that it is restarting, shutting down or recovering:
+    /// the address is right, and the outage is one to wait out.
+    pub fn server_restarting(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        while let Some(e) = cause {
+            if let Some(code) = e
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(|p| p.code())
+            {
+                return *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CRASH_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     /// Classifies a SQLite error (busy, corrupt, other).
     pub fn from_sqlite(message: impl Into<String>, err: rusqlite::Error) -> Self {
         let kind = match err.sqlite_error_code() {

@@ -55,6 +55,10 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
     // running (with what it waits for) between its retries, and a cutover waits for it rather
     // than draining around it.
     let mut presence: Option<tokio_postgres::Client> = None;
+    // Capture already in the SQLite file: a run reached the target before.
+    let resumed = sqlite::open_read_only(&cfg.source, Duration::from_millis(cfg.busy_timeout_ms))
+        .and_then(|c| sqlite::capture::installed(&c))
+        .is_ok_and(|i| i.is_some());
     loop {
         let pass = run_pass(cfg, opts, shutdown, &mut streamed, &mut outage).await;
         let stopping = shutdown.requested();
@@ -67,9 +71,14 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
             Err(e) if stopping => return Err(e),
             // Postgres went away between passes (a restart while the pass re-planned after
             // the app's migration, say): the stream waits out outages, and so does the daemon.
-            // Before anything streamed, an unreachable target is more likely a wrong address.
+            // So does a daemon that resumes a migration (restarted while Postgres restarts,
+            // say), or one that Postgres itself told it is restarting. Before anything
+            // streamed, on a new migration, an unreachable target is more likely a wrong
+            // address.
             Err(e)
-                if streamed && !opts.snapshot_only && e.kind() == ErrorKind::TargetUnreachable =>
+                if (streamed || resumed || e.server_restarting())
+                    && !opts.snapshot_only
+                    && e.kind() == ErrorKind::TargetUnreachable =>
             {
                 let wait = outage_backoff.next_wait();
                 crate::metrics::unreachable(&e.to_string());
