@@ -141,7 +141,6 @@ impl Error {
     /// Whether Postgres itself answered that it is restarting, shutting down or recovering:
     /// the address is right, and the outage is one to wait out.
     pub fn server_restarting(&self) -> bool {
-        use tokio_postgres::error::SqlState;
         let mut cause: Option<&(dyn std::error::Error + 'static)> = self
             .source
             .as_deref()
@@ -151,9 +150,7 @@ impl Error {
                 .downcast_ref::<tokio_postgres::Error>()
                 .and_then(|p| p.code())
             {
-                return *code == SqlState::ADMIN_SHUTDOWN
-                    || *code == SqlState::CRASH_SHUTDOWN
-                    || *code == SqlState::CANNOT_CONNECT_NOW;
+                return restarting(code);
             }
             cause = e.source();
         }
@@ -183,6 +180,14 @@ pub fn is_readonly_rollback(err: &rusqlite::Error) -> bool {
         if e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK)
 }
 
+/// Postgres' own answer that it is shutting down, crashed or not yet accepting connections.
+fn restarting(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState;
+    *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
+}
+
 fn pg_error_kind(err: &tokio_postgres::Error) -> ErrorKind {
     use tokio_postgres::error::SqlState;
     match err.code() {
@@ -194,9 +199,7 @@ fn pg_error_kind(err: &tokio_postgres::Error) -> ErrorKind {
             ErrorKind::TargetAuth
         }
         Some(code)
-            if *code == SqlState::ADMIN_SHUTDOWN
-                || *code == SqlState::CRASH_SHUTDOWN
-                || *code == SqlState::CANNOT_CONNECT_NOW
+            if restarting(code)
                 || *code == SqlState::CONNECTION_FAILURE
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED =>

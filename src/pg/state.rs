@@ -1,6 +1,8 @@
 //! The `sqlite2pg` schema in Postgres: per-table snapshot progress, updated in the same
 //! transaction as the rows it describes.
 
+use std::time::{Duration, Instant};
+
 use tokio_postgres::{Client, GenericClient};
 
 use crate::error::{Error, Result};
@@ -371,6 +373,21 @@ pub async fn take_presence(client: &Client) -> Result<bool> {
         .await
         .map_err(pg("take the presence lock"))?;
     Ok(row.get(0))
+}
+
+/// Takes the run lock, waiting up to `patience` for a session that holds it to end: one this
+/// daemon just let go of ends a moment after its client is dropped. `false`: held still.
+pub async fn lock_within(client: &Client, patience: Duration) -> Result<bool> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if try_lock(client).await? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Takes the session-level advisory lock that keeps two runs off the same target.

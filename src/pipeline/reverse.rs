@@ -378,19 +378,10 @@ fn same_instant(
 }
 
 /// The `YYYY-MM-DD` of the days before and after `day`, itself `YYYY-MM-DD`; none when it is
-/// not a date of four-digit years.
+/// not a date, or its neighbours are not dates of four-digit years.
 fn days_around(day: &str) -> Option<(String, String)> {
-    let b = day.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let y: i64 = day[..4].parse().ok()?;
-    let m: u32 = day[5..7].parse().ok()?;
-    let d: u32 = day[8..10].parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let n = crate::datetime::days_from_civil(y, m, d);
+    let pg_days = crate::datetime::parse(day).ok()?.days?;
+    let n = i64::from(pg_days) + crate::datetime::UNIX_TO_PG_DAYS;
     let text = |days: i64| {
         let (y, m, d) = crate::datetime::civil_from_days(days);
         (0..=9999)
@@ -726,12 +717,7 @@ async fn connect(opts: &Options) -> Result<Client> {
         super::Until::CaughtUp { .. } => Duration::ZERO,
         super::Until::Stopped => Duration::from_secs(5),
     };
-    let deadline = Instant::now() + patience;
-    while !state::try_lock(&client).await? {
-        if Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
+    if !state::lock_within(&client, patience).await? {
         return Err(Error::new(
             ErrorKind::State,
             "another sqlite2pg daemon (or a fallback) is working on this database; `sqlite2pg status` shows it",

@@ -49,9 +49,6 @@ struct Captured {
 /// Julian day of 1970-01-01 00:00 UTC.
 const UNIX_EPOCH_JULIAN: f64 = 2_440_587.5;
 
-/// How many quarter seconds `prepare` waits for the run lock before calling it another run's.
-const LOCK_TRIES: u32 = 20;
-
 /// Seconds since the Unix epoch of a julian day number.
 pub fn julian_to_unix(jd: f64) -> f64 {
     (jd - UNIX_EPOCH_JULIAN) * 86_400.0
@@ -61,7 +58,7 @@ pub fn julian_to_unix(jd: f64) -> f64 {
 /// stream starts, before the snapshot reads anything: every change after that point is in the
 /// changelog, and re-reading a key the snapshot already copied is harmless.
 /// Also creates the state schema and takes the run lock (held as long as `client` lives).
-/// Another session holding it for `LOCK_TRIES` quarter seconds is another run.
+/// Another session holding it for 5 s is another run.
 pub async fn prepare(
     client: &tokio_postgres::Client,
     installed: &Installed,
@@ -69,15 +66,8 @@ pub async fn prepare(
     busy: Duration,
 ) -> Result<()> {
     state::ensure(client).await?;
-    // A session this daemon just let go of (the previous pass's, before a re-plan) ends a
-    // moment after its client is dropped: a lock held that briefly is not another run.
-    let mut tries = 0;
-    while !state::try_lock(client).await? {
-        tries += 1;
-        if tries < LOCK_TRIES {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        }
+    // The previous pass's session (before a re-plan) may hold it a moment longer.
+    if !state::lock_within(client, Duration::from_secs(5)).await? {
         return Err(Error::new(
             ErrorKind::Config,
             "another sqlite2pg run is working on this Postgres database; stop it first (`sqlite2pg status` shows its position)",
