@@ -12,6 +12,7 @@ use crate::config::{self, Cast, Config, FileConfig, TargetUrl};
 use crate::error::{Error, RetryPolicy};
 use crate::pipeline::{check, plan, run, snapshot};
 use crate::shutdown::Shutdown;
+use crate::switch;
 use crate::{pg, sqlite};
 
 /// Moves a live SQLite application to PostgreSQL.
@@ -401,19 +402,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             orphans,
             lease,
             abort,
-        } => {
-            let flags = CutoverFlags {
+        } => cmd_cutover(
+            &cfg,
+            SwitchFlags {
                 max_lag,
                 wait,
-                full_verify,
                 dry_run,
                 exec,
-                orphans,
                 lease,
                 abort,
-            };
-            cmd_cutover(&cfg, flags)
-        }
+            },
+            full_verify,
+            orphans,
+        ),
         Command::Fallback {
             max_lag,
             wait,
@@ -424,15 +425,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             abort,
         } => cmd_fallback(
             &cfg,
-            FallbackFlags {
+            SwitchFlags {
                 max_lag,
                 wait,
                 dry_run,
                 exec,
                 lease,
-                lock_wait,
                 abort,
             },
+            lock_wait,
         ),
         Command::Config {
             action: ConfigAction::Check,
@@ -605,56 +606,101 @@ fn cmd_verify(
     })
 }
 
-/// Cutover settings from the command line.
-struct CutoverFlags {
+/// What cutover and fallback share on the command line.
+struct SwitchFlags {
     max_lag: f64,
     wait: f64,
-    full_verify: bool,
     dry_run: bool,
     exec: Option<String>,
-    orphans: Orphans,
     lease: f64,
     abort: bool,
 }
 
-fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
-    use crate::pipeline::cutover;
+/// A switch command, set up: the plan, a connection, the shared knobs.
+struct SwitchSetup {
+    rt: tokio::runtime::Runtime,
+    plan: plan::Plan,
+    client: tokio_postgres::Client,
+    opts: switch::Options,
+}
+
+fn switch_setup(cfg: &Config, flags: &SwitchFlags, what: &str) -> anyhow::Result<SwitchSetup> {
     let rt = runtime()?;
     let target = cfg.require_target()?.clone();
     let (plan, client) = rt.block_on(plan::load(cfg))?;
-    let mut client = client.context("cutover needs a Postgres target: pass --target")?;
-    let opts = cutover::Options {
+    let client =
+        client.with_context(|| format!("{what} needs the Postgres target: pass --target"))?;
+    let opts = switch::Options {
         source: cfg.source.clone(),
         target,
         schema: cfg.target_schema.clone(),
         busy_timeout: busy(cfg),
         max_lag: Duration::from_secs_f64(flags.max_lag.max(0.0)),
         wait: Duration::from_secs_f64(flags.wait.max(0.0)),
-        full_verify: flags.full_verify,
-        orphans: match flags.orphans {
+        lease: Duration::from_secs_f64(flags.lease.clamp(0.5, 3600.0)),
+    };
+    Ok(SwitchSetup {
+        rt,
+        plan,
+        client,
+        opts,
+    })
+}
+
+/// `--abort` and `--dry-run` of either switch, which print and end the command; `None` when
+/// the switch itself is to run.
+fn switch_abort_or_describe<S: switch::Side>(
+    rt: &tokio::runtime::Runtime,
+    side: &S,
+    client: &mut tokio_postgres::Client,
+    flags: &SwitchFlags,
+) -> anyhow::Result<Option<ExitCode>> {
+    let from = side.from();
+    if flags.abort {
+        match rt.block_on(side.abort(client))? {
+            Some(holder) => {
+                println!("{from} fence lifted (raised by {holder}): the app writes to {from} again")
+            }
+            None => println!("no {from} fence was up: the app writes to {from}"),
+        }
+        return Ok(Some(ExitCode::SUCCESS));
+    }
+    if flags.dry_run {
+        for step in rt.block_on(switch::describe(side, client))? {
+            println!("{step}");
+        }
+        return Ok(Some(ExitCode::SUCCESS));
+    }
+    Ok(None)
+}
+
+fn cmd_cutover(
+    cfg: &Config,
+    flags: SwitchFlags,
+    full_verify: bool,
+    orphans: Orphans,
+) -> anyhow::Result<ExitCode> {
+    use crate::switch::cutover::{self, Cutover};
+    let SwitchSetup {
+        rt,
+        plan,
+        mut client,
+        opts,
+    } = switch_setup(cfg, &flags, "cutover")?;
+    let side = Cutover {
+        plan: &plan,
+        opts: &opts,
+        full_verify,
+        orphans: match orphans {
             Orphans::Refuse => cutover::OrphanPolicy::Refuse,
             Orphans::Keep => cutover::OrphanPolicy::Keep,
         },
-        lease: Duration::from_secs_f64(flags.lease.clamp(0.5, 3600.0)),
     };
-    if flags.abort {
-        match rt.block_on(cutover::abort(&client, &opts))? {
-            Some(f) if f.active => println!(
-                "fence lifted (raised by {}): the app writes to SQLite again",
-                f.holder
-            ),
-            _ => println!("no fence was up: the app writes to SQLite"),
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if flags.dry_run {
-        for step in rt.block_on(cutover::describe(&client, &plan, &opts))? {
-            println!("{step}");
-        }
-        return Ok(ExitCode::SUCCESS);
+    if let Some(code) = switch_abort_or_describe(&rt, &side, &mut client, &flags)? {
+        return Ok(code);
     }
     let shutdown = Shutdown::on_signals(&rt, || {});
-    let outcome = rt.block_on(cutover::run(&mut client, &plan, &opts, &shutdown))?;
+    let outcome = rt.block_on(switch::run(&side, &mut client, &shutdown))?;
     let r = &outcome.record;
     println!(
         "cut over: writes were unavailable for {:.0} ms (fenced {}, done {}); {} rows verified; {} sequences moved; {} foreign keys added",
@@ -690,49 +736,24 @@ fn cmd_cutover(cfg: &Config, flags: CutoverFlags) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// Fallback settings from the command line.
-struct FallbackFlags {
-    max_lag: f64,
-    wait: f64,
-    dry_run: bool,
-    exec: Option<String>,
-    lease: f64,
-    lock_wait: f64,
-    abort: bool,
-}
-
-fn cmd_fallback(cfg: &Config, flags: FallbackFlags) -> anyhow::Result<ExitCode> {
-    use crate::pipeline::fallback;
-    let rt = runtime()?;
-    let target = cfg.require_target()?.clone();
-    let (plan, client) = rt.block_on(plan::load(cfg))?;
-    let mut client = client.context("fallback needs the Postgres target: pass --target")?;
-    let opts = fallback::Options {
-        source: cfg.source.clone(),
-        target,
-        schema: cfg.target_schema.clone(),
-        busy_timeout: busy(cfg),
-        max_lag: Duration::from_secs_f64(flags.max_lag.max(0.0)),
-        wait: Duration::from_secs_f64(flags.wait.max(0.0)),
-        lease: Duration::from_secs_f64(flags.lease.clamp(0.5, 3600.0)),
-        lock_wait: Duration::from_secs_f64(flags.lock_wait.clamp(0.01, 3600.0)),
+fn cmd_fallback(cfg: &Config, flags: SwitchFlags, lock_wait: f64) -> anyhow::Result<ExitCode> {
+    use crate::switch::fallback::Fallback;
+    let SwitchSetup {
+        rt,
+        plan,
+        mut client,
+        opts,
+    } = switch_setup(cfg, &flags, "fallback")?;
+    let side = Fallback {
+        plan: &plan,
+        opts: &opts,
+        lock_wait: Duration::from_secs_f64(lock_wait.clamp(0.01, 3600.0)),
     };
-    if flags.abort {
-        if rt.block_on(fallback::abort(&mut client, &plan, &opts))? {
-            println!("Postgres fence lifted: the app writes to Postgres again");
-        } else {
-            println!("no Postgres fence was up: the app writes to Postgres");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if flags.dry_run {
-        for step in rt.block_on(fallback::describe(&client, &plan, &opts))? {
-            println!("{step}");
-        }
-        return Ok(ExitCode::SUCCESS);
+    if let Some(code) = switch_abort_or_describe(&rt, &side, &mut client, &flags)? {
+        return Ok(code);
     }
     let shutdown = Shutdown::on_signals(&rt, || {});
-    let outcome = rt.block_on(fallback::run(&mut client, &plan, &opts, &shutdown))?;
+    let outcome = rt.block_on(switch::run(&side, &mut client, &shutdown))?;
     let r = &outcome.record;
     if outcome.completed_earlier {
         println!(

@@ -15,5 +15,6 @@ pub mod pipeline;
 pub mod shutdown;
 pub mod sql;
 pub mod sqlite;
+pub mod switch;
 pub mod typemap;
 pub mod window;

@@ -1,8 +1,6 @@
 //! The order of things: plan, check, snapshot (streaming, cutover and verify build on these).
 
 pub mod check;
-pub mod cutover;
-pub mod fallback;
 pub mod migrations;
 pub mod plan;
 pub mod progress;
@@ -18,8 +16,6 @@ pub mod verify;
 pub mod views;
 pub mod watch;
 
-pub(crate) use crate::window::now_secs;
-
 /// How long a stream, either way, runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
@@ -32,12 +28,4 @@ pub enum Until {
         /// How long an unreachable database is waited for.
         give_up_after: Option<std::time::Duration>,
     },
-}
-
-/// Who holds a fence: `what` (the command), this process and this host, for `status`.
-pub(crate) fn fence_holder(what: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    format!("sqlite2pg {what}, pid {} on {host}", std::process::id())
 }
