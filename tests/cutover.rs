@@ -30,10 +30,30 @@ fn the_users_day_check_run_cutover_verify_fall_back() {
     ]));
     assert_eq!(st["phase"], "streaming", "{st:#}");
     assert_eq!(st["daemon_running"], true);
+    // The dry run numbers the steps the run takes, and changes nothing.
+    let dry = |expect: Option<i32>| {
+        let out = sqlite2pg(&["--source", p, "--target", &db.url, "cutover", "--dry-run"]);
+        assert_eq!(out.status.code(), expect, "{}", text(&out));
+        text(&out)
+    };
+    let steps = dry(Some(0));
+    for step in [
+        "1. wait until lag <= 2.0 s",
+        "2. fence SQLite writes on",
+        "3. drain the changelog to Postgres",
+        "6. add the 5 foreign keys kept aside while streaming, NOT VALID; record the cutover",
+        "7. after writes resume: validate the foreign keys",
+    ] {
+        assert!(steps.contains(step), "{step:?} missing:\n{steps}");
+    }
+    // (Had it fenced SQLite, the writer's first failure would come before the cutover's
+    // fence: asserted below.)
     // Cut over while the app is still writing.
     let out = sqlite2pg_logging(&["--source", p, "--target", &db.url, "cutover"], "info");
     assert!(out.status.success(), "cutover:\n{}", text(&out));
     assert_one_window(&out, &path, &db, "cutover");
+    // The dry run refuses what the run would refuse.
+    assert!(dry(Some(2)).contains("already cut over"));
     let summary = writer_summary(writer);
     let st = json(&sqlite2pg(&[
         "--source", p, "--target", &db.url, "status", "--json",
