@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, Cast, Config, FileConfig, TargetUrl};
+use crate::config::{self, Cast, Config, FileConfig};
+use crate::conninfo::TargetUrl;
 use crate::error::{Error, RetryPolicy};
 use crate::pipeline::{check, plan, run, snapshot};
 use crate::shutdown::Shutdown;
@@ -258,7 +259,7 @@ pub fn describe_error(e: &anyhow::Error) -> String {
     // The Postgres client never echoes the password, but a connection string can reach a
     // message through a cause we do not control: redact every line once more.
     out.lines()
-        .map(config::redact_in_text)
+        .map(crate::conninfo::redact_in_text)
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -777,7 +778,7 @@ fn cmd_fallback(cfg: &Config, flags: SwitchFlags, lock_wait: f64) -> anyhow::Res
 
 /// Runs cutover's `--exec` command, its output logged (redacted); exit 3 if it fails.
 fn run_exec_hook(cmd: &str) -> anyhow::Result<ExitCode> {
-    tracing::info!(command = %config::redact_in_text(cmd), "running the --exec hook");
+    tracing::info!(command = %crate::conninfo::redact_in_text(cmd), "running the --exec hook");
     let out = std::process::Command::new("sh")
         .args(["-c", cmd])
         .output()
@@ -786,7 +787,7 @@ fn run_exec_hook(cmd: &str) -> anyhow::Result<ExitCode> {
         .lines()
         .chain(String::from_utf8_lossy(&out.stderr).lines())
     {
-        tracing::info!(output = %config::redact_in_text(line), "--exec");
+        tracing::info!(output = %crate::conninfo::redact_in_text(line), "--exec");
     }
     match out.status.code() {
         Some(0) => {
@@ -915,7 +916,7 @@ fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
             Ok(FromPostgres::Nothing) => {}
             Err(e) => eprintln!(
                 "warning: Postgres was not cleaned ({}); the SQLite file is cleaned anyway. Run uninstall again once Postgres answers",
-                config::redact_in_text(&e.to_string())
+                crate::conninfo::redact_in_text(&e.to_string())
             ),
         }
     }

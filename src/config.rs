@@ -1,162 +1,13 @@
 //! Configuration: command-line flags, environment and an optional TOML file, merged and validated
 //! without touching either database.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
-
-/// A Postgres connection string whose password never leaves this type unredacted by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TargetUrl(String);
-
-impl TargetUrl {
-    /// Wraps a libpq-style URL or key=value connection string.
-    pub fn new(raw: impl Into<String>) -> Self {
-        TargetUrl(raw.into())
-    }
-
-    /// The raw string, for handing to the Postgres client only.
-    pub fn expose_secret(&self) -> &str {
-        &self.0
-    }
-
-    /// The connection string with its password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        redact(&self.0)
-    }
-}
-
-impl fmt::Display for TargetUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl fmt::Debug for TargetUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TargetUrl({})", self.redacted())
-    }
-}
-
-/// Replaces every password in a connection string (URL userinfo, `password=` query parameter or
-/// key=value pair) with `***`.
-pub fn redact(conn: &str) -> String {
-    let trimmed = conn.trim_start();
-    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
-        redact_url(conn)
-    } else {
-        redact_key_values(conn)
-    }
-}
-
-fn redact_url(url: &str) -> String {
-    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
-    let (scheme, rest) = url.split_at(scheme_end);
-    // The authority ends at the first '/', '?' or '#'; its userinfo ends at the last '@' inside it.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, hosts) = authority.split_at(at);
-            match userinfo.find(':') {
-                Some(colon) => format!("{}:***{}", &userinfo[..colon], hosts),
-                None => authority.to_string(),
-            }
-        }
-        None => authority.to_string(),
-    };
-    let tail = match tail.find('?') {
-        Some(q) => {
-            let (path, query) = tail.split_at(q + 1);
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => p.to_string(),
-                })
-                .collect();
-            format!("{path}{}", params.join("&"))
-        }
-        None => tail.to_string(),
-    };
-    format!("{scheme}{authority}{tail}")
-}
-
-fn redact_key_values(conn: &str) -> String {
-    let mut out = String::with_capacity(conn.len());
-    let chars: Vec<char> = conn.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        // Copy whitespace, then read one `key = value` pair.
-        if chars[i].is_whitespace() {
-            out.push(chars[i]);
-            i += 1;
-            continue;
-        }
-        let key_start = i;
-        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
-            i += 1;
-        }
-        let key: String = chars[key_start..i].iter().collect();
-        out.push_str(&key);
-        while i < chars.len() && chars[i].is_whitespace() {
-            out.push(chars[i]);
-            i += 1;
-        }
-        if i >= chars.len() || chars[i] != '=' {
-            continue;
-        }
-        out.push('=');
-        i += 1;
-        while i < chars.len() && chars[i].is_whitespace() {
-            out.push(chars[i]);
-            i += 1;
-        }
-        let value_start = i;
-        if i < chars.len() && chars[i] == '\'' {
-            i += 1;
-            while i < chars.len() && chars[i] != '\'' {
-                if chars[i] == '\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i = (i + 1).min(chars.len());
-        } else {
-            while i < chars.len() && !chars[i].is_whitespace() {
-                if chars[i] == '\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-        }
-        let i_end = i.min(chars.len());
-        if key.eq_ignore_ascii_case("password") {
-            out.push_str("***");
-        } else {
-            out.extend(&chars[value_start..i_end]);
-        }
-        i = i_end;
-    }
-    out
-}
-
-/// How a source value is read before it is converted to the target type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceEncoding {
-    /// Integers or reals are seconds since 1970-01-01 UTC.
-    EpochS,
-    /// Integers or reals are milliseconds since 1970-01-01 UTC.
-    EpochMs,
-    /// Integers or reals are microseconds since 1970-01-01 UTC.
-    EpochUs,
-    /// Reals are julian day numbers, as SQLite's julianday() returns.
-    Julian,
-}
+use crate::model::SourceEncoding;
 
 /// A per-column override: a target type, or a way to read the source values, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,7 +205,7 @@ impl Config {
         if let Some(t) = &self.target {
             // The TLS settings are ours (libpq's verify modes, certificate files): checked
             // apart, the rest by the Postgres client's own parser.
-            let problem = match crate::pg::tls::split(t.expose_secret()) {
+            let problem = match crate::conninfo::split(t.expose_secret()) {
                 Err(e) => Some(e.to_string()),
                 Ok((rest, _)) => <tokio_postgres::Config as std::str::FromStr>::from_str(&rest)
                     .err()
@@ -426,65 +277,9 @@ impl Config {
     }
 }
 
-/// Redacts passwords of any connection string found inside free text (an error message).
-pub fn redact_in_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, word) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        if word.contains("://") {
-            match word.find("postgres") {
-                Some(start) => {
-                    out.push_str(&word[..start]);
-                    out.push_str(&redact_url(&word[start..]));
-                }
-                None => out.push_str(word),
-            }
-        } else if word.len() > 9 && word[..9].eq_ignore_ascii_case("password=") {
-            out.push_str("password=***");
-        } else {
-            out.push_str(word);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_url_password() {
-        assert_eq!(
-            redact("postgres://app:s3cr%40t@db:5432/crm?sslmode=disable"),
-            "postgres://app:***@db:5432/crm?sslmode=disable"
-        );
-        assert_eq!(redact("postgresql://app@db/crm"), "postgresql://app@db/crm");
-        assert_eq!(
-            redact("postgres://db/crm?user=a&password=hunter2"),
-            "postgres://db/crm?user=a&password=***"
-        );
-    }
-
-    #[test]
-    fn redacts_key_value_password() {
-        assert_eq!(
-            redact("host=db user=app password=hunter2 dbname=crm"),
-            "host=db user=app password=*** dbname=crm"
-        );
-        assert_eq!(
-            redact("host=db password = 'with space' dbname=crm"),
-            "host=db password = *** dbname=crm"
-        );
-        assert!(!redact("password='a\\'b' x=1").contains("a\\'b"));
-    }
-
-    #[test]
-    fn redacts_inside_error_text() {
-        let t = redact_in_text("cannot connect to postgres://a:pw@h/db password=pw2 x");
-        assert!(!t.contains("pw@") && !t.contains("pw2"), "{t}");
-    }
 
     #[test]
     fn parses_casts() {

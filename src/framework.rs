@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::config::SourceEncoding;
+use crate::model::SourceEncoding;
 use crate::model::{PgType, SourceTable};
 use crate::typemap;
 

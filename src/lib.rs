@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod conninfo;
 pub mod datetime;
 pub mod error;
 pub mod expr;

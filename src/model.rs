@@ -236,25 +236,25 @@ pub struct SourceTable {
 pub const BASE_KEY_COLUMNS: usize = 4;
 
 impl SourceTable {
-    /// Whether changes are followed by whole-row images rather than by key: rowid tables
-    /// without a usable primary key (none, or NULLs in it). Rowids cannot serve: `VACUUM` may
+    /// How its changes are followed: by key, or by whole-row images for rowid tables without
+    /// a usable primary key (none, or NULLs in it). Rowids cannot serve as a key: `VACUUM` may
     /// renumber them.
-    pub fn follows_row_images(&self) -> bool {
-        !self.without_rowid
-            && self.rowid_alias.is_none()
-            && (self.primary_key.is_empty() || self.null_in_primary_key)
+    pub fn follow(&self) -> Follow {
+        if let Some(alias) = self.rowid_alias {
+            return Follow::ByKey(vec![alias]);
+        }
+        if !self.without_rowid && (self.primary_key.is_empty() || self.null_in_primary_key) {
+            return Follow::ByImage;
+        }
+        Follow::ByKey(self.primary_key.clone())
     }
 
-    /// The columns a snapshot orders and resumes by: the rowid alias, the primary key, or the
-    /// bare rowid for tables followed by row images.
+    /// The columns a snapshot orders and resumes by: the key, or the bare rowid for tables
+    /// followed by row images.
     pub fn scan_key(&self) -> ScanKey {
-        if let Some(alias) = self.rowid_alias {
-            return ScanKey::Columns(vec![alias]);
-        }
-        if self.follows_row_images() || self.primary_key.is_empty() {
-            ScanKey::Rowid
-        } else {
-            ScanKey::Columns(self.primary_key.clone())
+        match self.follow() {
+            Follow::ByKey(columns) => ScanKey::Columns(columns),
+            Follow::ByImage => ScanKey::Rowid,
         }
     }
 
@@ -265,6 +265,31 @@ impl SourceTable {
             .find(|n| !self.columns.iter().any(|c| c.name.eq_ignore_ascii_case(n)))
             .unwrap_or("rowid")
     }
+}
+
+/// How a source value is read before it is converted to the target type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceEncoding {
+    /// Integers or reals are seconds since 1970-01-01 UTC.
+    EpochS,
+    /// Integers or reals are milliseconds since 1970-01-01 UTC.
+    EpochMs,
+    /// Integers or reals are microseconds since 1970-01-01 UTC.
+    EpochUs,
+    /// Reals are julian day numbers, as SQLite's julianday() returns.
+    Julian,
+}
+
+/// How a table's changes are followed, from the changelog to the other database and back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    /// By key (column indexes: the rowid alias or the primary key): the changelog names keys,
+    /// and the rows are read again by them.
+    ByKey(Vec<usize>),
+    /// By whole-row images: the changelog holds the rows themselves, and a table's rows are
+    /// told apart only by their values.
+    ByImage,
 }
 
 /// How a table's rows are ordered for chunked reads.

@@ -7,8 +7,8 @@ use std::io::Write;
 
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
-use sqlite2pg::config::SourceEncoding;
 use sqlite2pg::datetime;
+use sqlite2pg::model::SourceEncoding;
 use sqlite2pg::model::{PgType, SqlValue};
 use sqlite2pg::pg::convert::{ColumnConv, encode};
 use sqlite2pg::pg::copy;

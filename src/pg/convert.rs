@@ -4,8 +4,8 @@
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
-use crate::config::SourceEncoding;
 use crate::datetime::{self, MICROS_PER_DAY, UNIX_TO_PG_DAYS};
+use crate::model::SourceEncoding;
 use crate::model::{PgType, SqlValue};
 
 /// How one column's values are converted.

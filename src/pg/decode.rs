@@ -6,9 +6,9 @@
 use bytes::BytesMut;
 
 use super::convert::{self, ColumnConv, ConvError, ProblemKind};
-use crate::config::SourceEncoding;
 use crate::datetime::{MICROS_PER_DAY, UNIX_TO_PG_DAYS, civil_from_days};
 use crate::form::{Class, ColumnForm};
+use crate::model::SourceEncoding;
 use crate::model::{OwnedValue, PgType};
 
 fn fail<T>(kind: ProblemKind, detail: impl Into<String>) -> Result<T, ConvError> {

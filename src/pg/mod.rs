@@ -18,7 +18,8 @@ use std::str::FromStr;
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::TargetUrl;
+use crate::conninfo;
+use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use crate::model::quote_ident;
@@ -73,7 +74,7 @@ async fn open(
             ),
         )
     };
-    let (conn, tls) = tls::split(url.expose_secret()).map_err(invalid)?;
+    let (conn, tls) = conninfo::split(url.expose_secret()).map_err(invalid)?;
     let mut config = tokio_postgres::Config::from_str(&conn).map_err(|e| {
         Error::with_source(
             ErrorKind::Config,
@@ -176,7 +177,7 @@ const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// a cancel request skips authentication). Best effort: the statement's transaction rolls
 /// back either way once its connection closes.
 pub async fn cancel(token: tokio_postgres::CancelToken, url: &TargetUrl) {
-    let sent = match tls::split(url.expose_secret()).and_then(|(_, t)| t.connector()) {
+    let sent = match conninfo::split(url.expose_secret()).and_then(|(_, t)| t.connector()) {
         Ok(None) => token.cancel_query(NoTls).await,
         Ok(Some(tls)) => token.cancel_query(tls).await,
         Err(e) => {
@@ -185,7 +186,7 @@ pub async fn cancel(token: tokio_postgres::CancelToken, url: &TargetUrl) {
         }
     };
     if let Err(e) = sent {
-        tracing::warn!(error = %crate::config::redact_in_text(&e.to_string()), "cannot cancel the statement in flight");
+        tracing::warn!(error = %crate::conninfo::redact_in_text(&e.to_string()), "cannot cancel the statement in flight");
     }
 }
 
@@ -204,7 +205,7 @@ where
 
 /// A failed connection. A TLS failure (no TLS on the server, a certificate that does not
 /// check out) is no outage: retrying cannot fix it, so it needs a person, with what to check.
-fn connect_error(url: &TargetUrl, mode: tls::SslMode, e: tokio_postgres::Error) -> Error {
+fn connect_error(url: &TargetUrl, mode: conninfo::SslMode, e: tokio_postgres::Error) -> Error {
     let what = format!("cannot connect to Postgres at {}", url.redacted());
     let text = crate::error::chain_text(&e);
     // Only what a retry cannot change: a certificate refused, or no TLS on the server. A
@@ -219,7 +220,7 @@ fn connect_error(url: &TargetUrl, mode: tls::SslMode, e: tokio_postgres::Error) 
             format!(
                 "{what} over TLS (sslmode={}): {}. Check sslmode and sslrootcert (the CA that signed the server's certificate, or `system`); a server without TLS needs sslmode=prefer or disable",
                 mode.name(),
-                crate::config::redact_in_text(&text)
+                crate::conninfo::redact_in_text(&text)
             ),
         );
     }

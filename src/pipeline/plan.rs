@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::expr;
 use crate::model::Collation;
-use crate::model::{PgType, ScanKey, SourceIndex, SourceTable, TableKind};
+use crate::model::{Follow, PgType, ScanKey, SourceIndex, SourceTable, TableKind};
 use crate::pg::catalog::TargetTable;
 use crate::pg::convert::{self, ColumnConv};
 use crate::pg::ddl::{self, CheckDef, ColumnDef, ForeignKeyDef, IndexDef};
@@ -308,7 +308,7 @@ pub fn build(
             });
             continue;
         }
-        if t.follows_row_images() {
+        if t.follow() == Follow::ByImage {
             let why = if t.primary_key.is_empty() {
                 "has no PRIMARY KEY".to_string()
             } else {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::plan::Plan;
-use super::reverse::{self, Table};
+use super::reverse_stream::{self, Table};
 use crate::error::{Error, Result};
 use crate::form::{Class, ColumnForm};
 use crate::model::PgType;
@@ -124,7 +124,7 @@ pub async fn run(
     conn: &rusqlite::Connection,
     schema: &str,
 ) -> Result<Report> {
-    let tables = tokio::task::block_in_place(|| reverse::tables(plan, conn))?;
+    let tables = tokio::task::block_in_place(|| reverse_stream::tables(plan, conn))?;
     let mut findings = Vec::new();
     let mut rows_checked = 0;
     let tx = client

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use super::plan::{self, Plan};
-use super::{reverse, snapshot, stream};
+use super::{reverse_stream, snapshot, stream};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::phase::Phase;
@@ -100,7 +100,7 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
                     presence = hold_presence(cfg).await;
                 }
                 crate::metrics::set_phase(Phase::Waiting);
-                let text = crate::config::redact_in_text(&crate::error::chain_text(&e));
+                let text = crate::conninfo::redact_in_text(&crate::error::chain_text(&e));
                 crate::metrics::needs_operator(e.kind().label(), &text);
                 tracing::error!(
                     error = %text,
@@ -244,7 +244,7 @@ async fn follow_back(
     shutdown: &Shutdown,
     plan: &Plan,
     client: &tokio_postgres::Client,
-    target: crate::config::TargetUrl,
+    target: crate::conninfo::TargetUrl,
 ) -> Result<Pass> {
     if let Some(f) = crate::pg::reverse::fallback_load(client).await? {
         crate::metrics::set_phase(Phase::FellBack);
@@ -262,7 +262,7 @@ async fn follow_back(
             "the migration is cut over: there is no snapshot to take. `sqlite2pg run` follows Postgres back into SQLite",
         ));
     }
-    let ropts = reverse::Options {
+    let ropts = reverse_stream::Options {
         source: cfg.source.clone(),
         target,
         schema: cfg.target_schema.clone(),
@@ -271,13 +271,13 @@ async fn follow_back(
         batch_changes: opts.batch_changes,
         until: super::Until::Stopped,
     };
-    match reverse::run(plan, &ropts, shutdown.clone()).await? {
-        reverse::End::Shutdown => {
+    match reverse_stream::run(plan, &ropts, shutdown.clone()).await? {
+        reverse_stream::End::Shutdown => {
             stopped()?;
             Ok(Pass::Done)
         }
-        reverse::End::CaughtUp => Ok(Pass::Done),
-        reverse::End::FellBack => {
+        reverse_stream::End::CaughtUp => Ok(Pass::Done),
+        reverse_stream::End::FellBack => {
             tracing::info!(
                 "the fallback is recorded: SQLite is the database again; the daemon exits"
             );

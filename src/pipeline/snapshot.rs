@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use super::plan::{Plan, TablePlan};
 use super::progress::Progress;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{OwnedValue, SqlValue, display_key};
+use crate::model::{Follow, OwnedValue, SqlValue, display_key};
 use crate::pg::state::{self, Phase};
 use crate::pg::{self, convert, copy, ddl, foreign_keys, qualified, quote_ident};
 use crate::phase::Phase as RunPhase;
@@ -38,7 +38,7 @@ pub struct Options {
     /// committed with its position, so the next run resumes there).
     pub stop: crate::shutdown::Shutdown,
     /// The target, to cancel a statement in flight when stopped.
-    pub target: crate::config::TargetUrl,
+    pub target: crate::conninfo::TargetUrl,
 }
 
 /// What a snapshot did.
@@ -241,7 +241,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     loop {
         let mut torn = Vec::new();
         for (i, t) in plan.tables.iter().enumerate() {
-            if t.source.follows_row_images()
+            if t.source.follow() == Follow::ByImage
                 && state::image_copy_torn(&*client, &t.source.name).await?
             {
                 torn.push(i);
@@ -695,7 +695,7 @@ fn read_all(
                 after.as_deref(),
                 opts.chunk_rows,
                 opts.chunk_time,
-                t.source.follows_row_images(),
+                t.source.follow() == Follow::ByImage,
                 |row| {
                     copy::begin_row(&mut data, ncols);
                     for (c, v) in t.columns.iter().zip(&row[klen..]) {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::plan::{Plan, TablePlan};
-use crate::config::TargetUrl;
+use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
-use crate::model::{OwnedValue, display_key};
+use crate::model::{Follow, OwnedValue, display_key};
 use crate::pg::apply::{self, Applier, TableBatch};
 use crate::pg::{self, convert, copy, state};
 use crate::phase::Phase;
@@ -38,12 +38,11 @@ pub struct Options {
     pub until: super::Until,
 }
 
-/// One captured table: where its key columns sit among the plan's columns, or that it is
-/// followed by row images.
+/// One captured table: how it is followed, a key given by its positions among the plan's
+/// columns.
 struct Captured {
     plan_index: usize,
-    key_positions: Vec<usize>,
-    images: bool,
+    follow: Follow,
 }
 
 /// Julian day of 1970-01-01 00:00 UTC.
@@ -154,45 +153,46 @@ fn encode_batch(
             continue;
         };
         let t = &plan.tables[cap.plan_index];
-        if cap.images {
-            let mut b = table_batch(t, cap);
-            for img in &changes.images {
-                if handoff.already_copied(&t.source.name, img.seq, img.rowid) {
-                    continue;
-                }
-                copy::begin_row(&mut b.upserts, t.columns.len() + 1);
-                for (c, v) in t.columns.iter().zip(&img.values) {
-                    convert::encode(v.as_ref(), &c.conv, &mut b.upserts).map_err(|e| {
-                        conversion_error(t, &[OwnedValue::Integer(img.rowid)], &c.source, v, e)
-                    })?;
-                }
-                apply::put_int4(&mut b.upserts, img.sign);
-                b.row_keys.push(vec![OwnedValue::Integer(img.rowid)]);
-                b.n_upserts += 1;
-            }
-            out.push(b);
-            continue;
-        }
         let mut b = table_batch(t, cap);
-        b.n_upserts = changes.present.len() as u64;
-        b.n_deletes = changes.absent.len() as u64;
-        for (key, row) in changes.present {
-            copy::begin_row(&mut b.upserts, t.columns.len() + 1);
-            for (c, v) in t.columns.iter().zip(&row) {
-                convert::encode(v.as_ref(), &c.conv, &mut b.upserts)
-                    .map_err(|e| conversion_error(t, &key, &c.source, v, e))?;
+        match &cap.follow {
+            Follow::ByImage => {
+                for img in &changes.images {
+                    if handoff.already_copied(&t.source.name, img.seq, img.rowid) {
+                        continue;
+                    }
+                    copy::begin_row(&mut b.upserts, t.columns.len() + 1);
+                    for (c, v) in t.columns.iter().zip(&img.values) {
+                        convert::encode(v.as_ref(), &c.conv, &mut b.upserts).map_err(|e| {
+                            conversion_error(t, &[OwnedValue::Integer(img.rowid)], &c.source, v, e)
+                        })?;
+                    }
+                    apply::put_int4(&mut b.upserts, img.sign);
+                    b.row_keys.push(vec![OwnedValue::Integer(img.rowid)]);
+                    b.n_upserts += 1;
+                }
             }
-            apply::put_int4(&mut b.upserts, chunk);
-            b.row_keys.push(key);
-        }
-        for key in &changes.absent {
-            copy::begin_row(&mut b.deletes, key.len() + 1);
-            for (pos, v) in cap.key_positions.iter().zip(key) {
-                let c = &t.columns[*pos];
-                convert::encode(v.as_ref(), &c.conv, &mut b.deletes)
-                    .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
+            Follow::ByKey(key_positions) => {
+                b.n_upserts = changes.present.len() as u64;
+                b.n_deletes = changes.absent.len() as u64;
+                for (key, row) in changes.present {
+                    copy::begin_row(&mut b.upserts, t.columns.len() + 1);
+                    for (c, v) in t.columns.iter().zip(&row) {
+                        convert::encode(v.as_ref(), &c.conv, &mut b.upserts)
+                            .map_err(|e| conversion_error(t, &key, &c.source, v, e))?;
+                    }
+                    apply::put_int4(&mut b.upserts, chunk);
+                    b.row_keys.push(key);
+                }
+                for key in &changes.absent {
+                    copy::begin_row(&mut b.deletes, key.len() + 1);
+                    for (pos, v) in key_positions.iter().zip(key) {
+                        let c = &t.columns[*pos];
+                        convert::encode(v.as_ref(), &c.conv, &mut b.deletes)
+                            .map_err(|e| conversion_error(t, key, &c.source, v, e))?;
+                    }
+                    apply::put_int4(&mut b.deletes, chunk);
+                }
             }
-            apply::put_int4(&mut b.deletes, chunk);
         }
         out.push(b);
     }
@@ -205,23 +205,21 @@ fn table_batch(t: &TablePlan, cap: &Captured) -> TableBatch {
         index: cap.plan_index,
         table: t.target.clone(),
         columns: t.target_columns(),
-        keys: if cap.images {
-            Vec::new()
-        } else {
-            cap.key_positions
+        keys: match &cap.follow {
+            Follow::ByKey(positions) => positions
                 .iter()
                 .map(|p| t.columns[*p].target.clone())
-                .collect()
+                .collect(),
+            Follow::ByImage => Vec::new(),
         },
         upserts: copy::begin_buffer(4096),
         n_upserts: 0,
         deletes: copy::begin_buffer(0),
         n_deletes: 0,
         source: t.source.name.clone(),
-        key_names: if cap.images {
-            vec!["rowid".into()]
-        } else {
-            t.key_names.clone()
+        key_names: match cap.follow {
+            Follow::ByKey(_) => t.key_names.clone(),
+            Follow::ByImage => vec!["rowid".into()],
         },
         row_keys: Vec::new(),
     }
@@ -390,7 +388,7 @@ async fn drain(
                 let Some(marks) = done else {
                     return Ok(Drained::Shutdown);
                 };
-                if cap.images {
+                if cap.follow == Follow::ByImage {
                     handoff.to_mut().replace(&t.source.name, marks);
                 }
                 per_table.entry(t.target.clone()).or_default();
@@ -467,7 +465,7 @@ async fn resync(
                     after.as_deref(),
                     opts.batch_changes.max(1000),
                     Duration::from_millis(100),
-                    cap.images,
+                    cap.follow == Follow::ByImage,
                     |row| {
                         let key: Vec<OwnedValue> =
                             row[..klen].iter().map(|v| v.to_owned_value()).collect();
@@ -477,7 +475,13 @@ async fn resync(
                                 conversion_error(t, &key, &c.source, &v.to_owned_value(), e)
                             })?;
                         }
-                        apply::put_int4(&mut b.upserts, if cap.images { 1 } else { chunk });
+                        apply::put_int4(
+                            &mut b.upserts,
+                            match cap.follow {
+                                Follow::ByImage => 1,
+                                Follow::ByKey(_) => chunk,
+                            },
+                        );
                         b.row_keys.push(key);
                         Ok(())
                     },
@@ -579,7 +583,7 @@ pub async fn run(
         else {
             continue;
         };
-        if t.source.follows_row_images() {
+        if t.source.follow() == Follow::ByImage {
             let positions: Option<Vec<usize>> = t
                 .columns
                 .iter()
@@ -598,8 +602,7 @@ pub async fn run(
                 *id,
                 Captured {
                     plan_index: i,
-                    key_positions: Vec::new(),
-                    images: true,
+                    follow: Follow::ByImage,
                 },
             );
             continue;
@@ -620,8 +623,7 @@ pub async fn run(
             *id,
             Captured {
                 plan_index: i,
-                key_positions,
-                images: false,
+                follow: Follow::ByKey(key_positions),
             },
         );
     }

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use super::plan::{Plan, TablePlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Collation;
-use crate::model::{OwnedValue, PgType, display_key};
+use crate::model::{Follow, OwnedValue, PgType, display_key};
 use crate::pg::lookup::{self, Lookup};
 use crate::pg::scan::{self, Raw};
 use crate::pg::{convert, copy, decode, qualified, quote_ident, reverse, state};
@@ -870,7 +870,7 @@ async fn example(
     schema: &str,
     d: &Diff,
 ) -> Result<Example> {
-    if t.source.follows_row_images() {
+    if t.source.follow() == Follow::ByImage {
         return Ok(Example {
             key: match d.key.first() {
                 Some(rowid) => format!("rowid={}", rowid.as_ref().display()),
@@ -1033,10 +1033,9 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     }
     let mut found = Vec::new();
     for t in &tables {
-        let counts = if t.source.follows_row_images() {
-            compare_images(client, t, opts).await?
-        } else {
-            compare_table(client, t, opts).await?
+        let counts = match t.source.follow() {
+            Follow::ByKey(_) => compare_table(client, t, opts).await?,
+            Follow::ByImage => compare_images(client, t, opts).await?,
         };
         found.push(counts);
     }
@@ -1051,7 +1050,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
         }
         settle(client, &conn, opts.settle).await?;
         for (t, counts) in tables.iter().zip(found.iter_mut()) {
-            if t.source.follows_row_images() {
+            if t.source.follow() == Follow::ByImage {
                 // No key to re-read by: the whole table once more (once: it is all of it).
                 if round == 0 && !counts.kept.is_empty() {
                     let before = counts.missing + counts.extra;
@@ -1085,7 +1084,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
             let Some((tbl, _)) = installed.tables.iter().find(|(_, n)| n == &t.source.name) else {
                 continue;
             };
-            if t.source.follows_row_images() {
+            if t.source.follow() == Follow::ByImage {
                 // Rows are not told apart by key: with changes of the table still in the
                 // changelog, its differences are those changes.
                 let waiting = tokio::task::block_in_place(|| {

@@ -9,7 +9,7 @@ use console::Term;
 use tokio_postgres::Client;
 
 use super::status::{self, Status};
-use crate::config::TargetUrl;
+use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg;
 use crate::phase::Phase;

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::quote_ident;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{ScanKey, SourceTable, TableKind};
+use crate::model::{Follow, SourceTable, TableKind};
 use crate::sql;
 
 pub use crate::model::BASE_KEY_COLUMNS;
@@ -43,14 +43,11 @@ fn ctx(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
 }
 
 /// The columns whose values identify a row in the changelog (`None` for tables followed by
-/// row images, see [`SourceTable::follows_row_images`]).
+/// row images, see [`SourceTable::follow`]).
 pub fn key_columns(t: &SourceTable) -> Option<Vec<String>> {
-    if t.follows_row_images() {
-        return None;
-    }
-    match t.scan_key() {
-        ScanKey::Columns(idx) => Some(idx.iter().map(|i| t.columns[*i].name.clone()).collect()),
-        ScanKey::Rowid => None,
+    match t.follow() {
+        Follow::ByKey(idx) => Some(idx.iter().map(|i| t.columns[*i].name.clone()).collect()),
+        Follow::ByImage => None,
     }
 }
 
@@ -188,7 +185,7 @@ fn random_id() -> String {
 /// already captured keep their id and triggers are recreated.
 pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Installed> {
     for t in tables {
-        if t.kind != TableKind::Plain || (key_columns(t).is_none() && !t.follows_row_images()) {
+        if t.kind != TableKind::Plain {
             return Err(Error::new(
                 ErrorKind::Schema,
                 format!(
@@ -261,13 +258,12 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
             rusqlite::params![definition_key(id), t.sql],
         )
         .map_err(ctx("record a captured table's definition"))?;
-        if t.follows_row_images() {
-            ensure_image_tables(&tx, t, id)?;
-        }
-        let triggers = if t.follows_row_images() {
-            image_trigger_sql(t, id)
-        } else {
-            trigger_sql(t, id)
+        let triggers = match t.follow() {
+            Follow::ByKey(_) => trigger_sql(t, id),
+            Follow::ByImage => {
+                ensure_image_tables(&tx, t, id)?;
+                image_trigger_sql(t, id)
+            }
         };
         for sql in triggers {
             if unchanged_trigger(&tx, &sql)? {
@@ -359,7 +355,8 @@ fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'s
         .optional()
         .map_err(ctx("read a capture trigger"))
     };
-    if t.key_collations.iter().any(|c| c != "BINARY") && !t.follows_row_images() {
+    let by_image = t.follow() == Follow::ByImage;
+    if t.key_collations.iter().any(|c| c != "BINARY") && !by_image {
         if trigger_sql("ak")?.is_some_and(|sql| !sql.contains("COLLATE BINARY")) {
             return Ok(Some(
                 "its capture triggers, made by an earlier sqlite2pg, compare a NOCASE or RTRIM key under its collation and miss a key changed only in case or trailing spaces",
@@ -379,7 +376,7 @@ fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'s
             "its capture triggers, made by an earlier sqlite2pg, miss the row an UPDATE OR REPLACE evicts when it brings a row into a partial UNIQUE index",
         ));
     }
-    if t.follows_row_images()
+    if by_image
         && !unique_column_sets(t).is_empty()
         && !trigger_sql("ad")?.is_some_and(|sql| sql.contains("DELETE FROM"))
     {
@@ -502,19 +499,20 @@ pub fn install_script(conn: &Connection, tables: &[&SourceTable]) -> Result<Stri
             }
         };
         out.push(format!("\n-- table {}: changelog id {id}", t.name));
-        let triggers = if t.follows_row_images() {
-            let cols = image_columns(t.columns.len()).join(", ");
-            out.push(format!(
-                "CREATE TABLE IF NOT EXISTS {} (seq INTEGER PRIMARY KEY, {cols});",
-                quote_ident(&image_table(id))
-            ));
-            out.push(format!(
-                "CREATE TABLE IF NOT EXISTS {} (rid INTEGER, {cols});",
-                quote_ident(&evict_table(id))
-            ));
-            image_trigger_sql(t, id)
-        } else {
-            trigger_sql(t, id)
+        let triggers = match t.follow() {
+            Follow::ByKey(_) => trigger_sql(t, id),
+            Follow::ByImage => {
+                let cols = image_columns(t.columns.len()).join(", ");
+                out.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (seq INTEGER PRIMARY KEY, {cols});",
+                    quote_ident(&image_table(id))
+                ));
+                out.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (rid INTEGER, {cols});",
+                    quote_ident(&evict_table(id))
+                ));
+                image_trigger_sql(t, id)
+            }
         };
         out.extend(triggers);
     }
@@ -777,7 +775,7 @@ fn unique_column_sets(t: &SourceTable) -> Vec<UniqueSet> {
         }
     }
     let folding_key = t.key_collations.iter().any(|c| c != "BINARY");
-    if folding_key && !t.follows_row_images() && t.rowid_alias.is_none() {
+    if folding_key && t.follow() != Follow::ByImage && t.rowid_alias.is_none() {
         sets.push(UniqueSet::Columns {
             columns: t
                 .primary_key

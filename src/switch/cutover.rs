@@ -10,7 +10,7 @@ use tokio_postgres::{Client, Transaction};
 use super::{Done, Lease, Options, Side, Step, refuse};
 use crate::error::{Error, ErrorKind, Result};
 use crate::expr::trigger::Ported;
-use crate::model::OwnedValue;
+use crate::model::{Follow, OwnedValue};
 use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
 use crate::pg::{qualified, reverse, sequences, state};
 use crate::phase::Phase as RunPhase;
@@ -345,7 +345,7 @@ impl Side for Cutover<'_> {
         // forward stream's open transaction on each table, and sqlite2pg's own writes are not
         // recorded. A refused cutover leaves it in place for the next try (`uninstall`
         // removes it).
-        let tables = crate::pipeline::reverse::captured(plan);
+        let tables = crate::pipeline::reverse_stream::captured(plan);
         let missing = reverse::missing_capture(&*client, &opts.schema, &tables).await?;
         if !missing.is_empty() {
             let tx = client
@@ -434,7 +434,7 @@ impl Side for Cutover<'_> {
             let Some(t) = plan.tables.iter().find(|t| &t.source.name == name) else {
                 continue;
             };
-            if !t.source.follows_row_images() || !keys.iter().any(|(k, _)| k == tbl) {
+            if t.source.follow() != Follow::ByImage || !keys.iter().any(|(k, _)| k == tbl) {
                 continue;
             }
             if let Some(what) =
@@ -474,7 +474,8 @@ impl Side for Cutover<'_> {
         // fence; any table that lost it since gets it here): no write the app makes there
         // escapes the reverse stream, so a fallback loses none.
         let missing =
-            reverse::missing_capture(tx, schema, &crate::pipeline::reverse::captured(plan)).await?;
+            reverse::missing_capture(tx, schema, &crate::pipeline::reverse_stream::captured(plan))
+                .await?;
         reverse::install_capture(tx, schema, &missing).await?;
         reverse::record_pg_only(tx, schema, &plan.targets()).await?;
         // The app's triggers start with the record: from here on Postgres runs them, SQLite
@@ -745,12 +746,10 @@ async fn verify_keys(
         let Some(t) = plan.tables.iter().find(|t| &t.source.name == name) else {
             continue;
         };
-        if t.source.follows_row_images() {
+        let Follow::ByKey(key) = t.source.follow() else {
             continue;
-        }
-        let width = capture::key_columns(&t.source)
-            .map(|k| k.len())
-            .unwrap_or(1);
+        };
+        let width = key.len();
         for k in keys.iter_mut() {
             k.truncate(width);
         }

@@ -13,7 +13,7 @@ use super::{Done, Lease, Options, Side, Step, refuse};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{reverse, state};
 use crate::pipeline::plan::Plan;
-use crate::pipeline::reverse::{self as stream, Table};
+use crate::pipeline::reverse_stream::{self, Table};
 use crate::pipeline::verify;
 use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture, restore};
@@ -55,9 +55,9 @@ pub struct Facts {
 }
 
 impl<'a> Fallback<'a> {
-    fn drain_opts(&self) -> stream::Options {
+    fn drain_opts(&self) -> reverse_stream::Options {
         let opts = self.opts;
-        stream::Options {
+        reverse_stream::Options {
             source: opts.source.clone(),
             target: opts.target.clone(),
             schema: opts.schema.clone(),
@@ -76,8 +76,8 @@ impl<'a> Fallback<'a> {
     /// after the cutover).
     async fn catch_up(&self, client: &Client, limit: Duration, stop: &Shutdown) -> Result<()> {
         if !state::daemon_running(client).await? {
-            match stream::run(self.plan, &self.drain_opts(), stop.clone()).await {
-                Ok(stream::End::Shutdown) => {
+            match reverse_stream::run(self.plan, &self.drain_opts(), stop.clone()).await {
+                Ok(reverse_stream::End::Shutdown) => {
                     return Err(refuse("interrupted (SIGINT/SIGTERM) while draining"));
                 }
                 Ok(_) => return Ok(()),
@@ -241,7 +241,7 @@ impl<'a> Side for Fallback<'a> {
         })
         .await?;
         let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-        let tables = tokio::task::block_in_place(|| stream::tables(plan, &conn))?;
+        let tables = tokio::task::block_in_place(|| reverse_stream::tables(plan, &conn))?;
         // The keys changed during the full verify, verified now, once SQLite has every change
         // made so far: inside the window only those changed since this second pass began are
         // left. A difference here may be a change still in flight, so it only keeps every key
@@ -515,7 +515,7 @@ async fn verify_changed(
         }
         keys.sort();
         keys.dedup();
-        let sqlite_keys = stream::sqlite_keys(&*client, &opts.schema, t, &keys).await?;
+        let sqlite_keys = reverse_stream::sqlite_keys(&*client, &opts.schema, t, &keys).await?;
         if let Some((key, what)) =
             verify::check_keys(client, &conn, p, &opts.schema, &sqlite_keys).await?
         {
@@ -539,7 +539,7 @@ async fn verify_table(
     name: &str,
     t: &Table<'_>,
 ) -> Result<Option<String>> {
-    if t.plan().source.follows_row_images() {
+    if t.plan().source.follow() == crate::model::Follow::ByImage {
         return verify::check_images(client, t.plan(), &opts.verify(vec![name.to_string()])).await;
     }
     let plan = Plan {

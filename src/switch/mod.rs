@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Transaction};
 
-use crate::config::TargetUrl;
+use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shutdown::Shutdown;
 use crate::window::Window;

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
 use super::plan::{Plan, TablePlan};
-use crate::config::TargetUrl;
+use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::form::ColumnForm;
 use crate::model::{OwnedValue, display_key};
