@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, Cast, Config, FileConfig};
-use crate::conninfo::TargetUrl;
+use crate::config::{self, Config, FileConfig};
 use crate::error::{Error, RetryPolicy};
 use crate::pipeline::{check, plan, run, snapshot};
 use crate::shutdown::Shutdown;
@@ -269,57 +268,17 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let source = args.source.clone().or(file.source).ok_or_else(|| {
-        Error::new(
-            crate::error::ErrorKind::Config,
-            "no SQLite file given: pass --source PATH or set SQLITE2PG_SOURCE",
-        )
-    })?;
-    let mut casts = Vec::new();
-    for (k, v) in &file.cast {
-        casts.push(Cast::parse(&format!("{k}={v}"))?);
-    }
-    for c in &args.casts {
-        casts.push(Cast::parse(c)?);
-    }
-    Ok(Config {
-        source,
-        target: args.target.clone().or(file.target).map(TargetUrl::new),
-        target_schema: args
-            .target_schema
-            .clone()
-            .or(file.target_schema)
-            .unwrap_or_else(|| config::defaults::TARGET_SCHEMA.into()),
-        include: if args.include.is_empty() {
-            file.include
-        } else {
-            args.include.clone()
-        },
-        exclude: if args.exclude.is_empty() {
-            file.exclude
-        } else {
-            args.exclude.clone()
-        },
-        casts,
-        chunk_rows: args
-            .chunk_rows
-            .or(file.chunk_rows)
-            .unwrap_or(config::defaults::CHUNK_ROWS),
-        busy_timeout_ms: args
-            .busy_timeout_ms
-            .or(file.busy_timeout_ms)
-            .unwrap_or(config::defaults::BUSY_TIMEOUT_MS),
-        poll_interval_ms: file
-            .poll_interval_ms
-            .unwrap_or(config::defaults::POLL_INTERVAL_MS),
-        batch_changes: file
-            .batch_changes
-            .unwrap_or(config::defaults::BATCH_CHANGES),
-        metrics_addr: file.metrics_addr,
-        max_lag_seconds: file
-            .max_lag_seconds
-            .unwrap_or(config::defaults::MAX_LAG_SECONDS),
-    })
+    let flags = config::Flags {
+        source: args.source.clone(),
+        target: args.target.clone(),
+        target_schema: args.target_schema.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        casts: args.casts.clone(),
+        chunk_rows: args.chunk_rows,
+        busy_timeout_ms: args.busy_timeout_ms,
+    };
+    Ok(Config::merge(flags, file)?)
 }
 
 /// `--version`: the release, and the formats of its state on both sides.
@@ -444,6 +403,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints what a command found: as JSON with `--json`, else in words.
+fn render<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    human: impl FnOnce(&R, &mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        human(report, &mut out)
+    };
+    written.context("cannot write the report to stdout")
+}
+
 fn busy(cfg: &Config) -> Duration {
     Duration::from_millis(cfg.busy_timeout_ms)
 }
@@ -474,13 +450,7 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         target.as_ref(),
     )?;
     report.findings.extend(seeded);
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
-        writeln!(out).context("cannot write the report")?;
-    } else {
-        check::print_human(&report, &mut out).context("cannot write the report")?;
-    }
+    render(&report, json, check::print_human)?;
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -500,14 +470,7 @@ fn cmd_check_reverse(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         &conn,
         &cfg.target_schema,
     ))?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
-        writeln!(out).context("cannot write the report")?;
-    } else {
-        crate::pipeline::reverse_check::print_human(&report, &mut out)
-            .context("cannot write the report")?;
-    }
+    render(&report, json, crate::pipeline::reverse_check::print_human)?;
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -536,14 +499,7 @@ fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         busy(cfg),
     ))?;
     rt.block_on(crate::pipeline::status::add_orphans(&client, &mut status))?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &status).context("cannot write the status")?;
-        writeln!(out).context("cannot write the status")?;
-    } else {
-        crate::pipeline::status::print_human(&status, &mut out)
-            .context("cannot write the status")?;
-    }
+    render(&status, json, crate::pipeline::status::print_human)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -592,14 +548,7 @@ fn cmd_verify(
         );
         return Ok(ExitCode::from(INTERRUPTED));
     };
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
-        writeln!(out).context("cannot write the report")?;
-    } else {
-        crate::pipeline::verify::print_human(&report, &mut out)
-            .context("cannot write the report")?;
-    }
+    render(&report, json, crate::pipeline::verify::print_human)?;
     Ok(if report.equal {
         ExitCode::SUCCESS
     } else {

@@ -198,7 +198,77 @@ pub mod defaults {
     pub const MAX_LAG_SECONDS: f64 = 30.0;
 }
 
+/// The settings given on the command line, which win over the file's.
+#[derive(Debug, Default)]
+pub struct Flags {
+    /// `--source`
+    pub source: Option<PathBuf>,
+    /// `--target`
+    pub target: Option<String>,
+    /// `--target-schema`
+    pub target_schema: Option<String>,
+    /// `--include` (empty: the file's)
+    pub include: Vec<String>,
+    /// `--exclude` (empty: the file's)
+    pub exclude: Vec<String>,
+    /// `--cast`, each `TABLE.COLUMN=SPEC`, after the file's.
+    pub casts: Vec<String>,
+    /// `--chunk-rows`
+    pub chunk_rows: Option<usize>,
+    /// `--busy-timeout-ms`
+    pub busy_timeout_ms: Option<u64>,
+}
+
 impl Config {
+    /// The command line over the file over the defaults (the environment reaches both
+    /// through clap).
+    pub fn merge(flags: Flags, file: FileConfig) -> Result<Config> {
+        let source = flags.source.or(file.source).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "no SQLite file given: pass --source PATH or set SQLITE2PG_SOURCE",
+            )
+        })?;
+        let mut casts = Vec::new();
+        for (k, v) in &file.cast {
+            casts.push(Cast::parse(&format!("{k}={v}"))?);
+        }
+        for c in &flags.casts {
+            casts.push(Cast::parse(c)?);
+        }
+        Ok(Config {
+            source,
+            target: flags.target.or(file.target).map(TargetUrl::new),
+            target_schema: flags
+                .target_schema
+                .or(file.target_schema)
+                .unwrap_or_else(|| defaults::TARGET_SCHEMA.into()),
+            include: if flags.include.is_empty() {
+                file.include
+            } else {
+                flags.include
+            },
+            exclude: if flags.exclude.is_empty() {
+                file.exclude
+            } else {
+                flags.exclude
+            },
+            casts,
+            chunk_rows: flags
+                .chunk_rows
+                .or(file.chunk_rows)
+                .unwrap_or(defaults::CHUNK_ROWS),
+            busy_timeout_ms: flags
+                .busy_timeout_ms
+                .or(file.busy_timeout_ms)
+                .unwrap_or(defaults::BUSY_TIMEOUT_MS),
+            poll_interval_ms: file.poll_interval_ms.unwrap_or(defaults::POLL_INTERVAL_MS),
+            batch_changes: file.batch_changes.unwrap_or(defaults::BATCH_CHANGES),
+            metrics_addr: file.metrics_addr,
+            max_lag_seconds: file.max_lag_seconds.unwrap_or(defaults::MAX_LAG_SECONDS),
+        })
+    }
+
     /// Checks every setting without touching either database; each problem in words.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
