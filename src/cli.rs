@@ -432,7 +432,12 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let (plan, mut client) = rt.block_on(plan::load(cfg))?;
     // Tables the app's migrations made: what their schema already does is read from Postgres.
     let target = match &client {
-        Some(c) if plan.tables.iter().any(|t| !t.create) => {
+        Some(c)
+            if plan
+                .tables
+                .iter()
+                .any(|t| matches!(t.mode, plan::Target::Existing)) =>
+        {
             Some(rt.block_on(crate::pg::catalog::behaviours(c, &cfg.target_schema))?)
         }
         _ => None,

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::plan::{Finding, Plan, Severity, TablePlan};
+use super::plan::{Finding, Plan, Severity, TablePlan, Target};
 use crate::error::{Error, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::model::{PgType, ScanKey};
@@ -226,7 +226,10 @@ pub fn run(
         tables.push(TableReport {
             source: t.source.name.clone(),
             target: t.target.clone(),
-            mode: if t.create { "create" } else { "existing" },
+            mode: match t.mode {
+                Target::Create(_) => "create",
+                Target::Existing => "existing",
+            },
             rows,
             columns: t
                 .columns
@@ -291,7 +294,7 @@ fn behaviour_finding(
     use crate::sqlite::semantics::Kind;
     let col = o.column.as_deref().unwrap_or("");
     let table = plan.tables.iter().find(|t| t.source.name == o.table);
-    let created = table.is_some_and(|t| t.create);
+    let spec = table.and_then(|t| t.spec());
     let finding = |severity, message, hint| Finding {
         severity,
         table: o.table.clone(),
@@ -321,7 +324,7 @@ fn behaviour_finding(
             String::new(),
         );
     }
-    if let Some(t) = table.filter(|t| !t.create)
+    if let Some(t) = table.filter(|t| matches!(t.mode, Target::Existing))
         && let Some((severity, message, hint)) = on_app_table(o, t, triggers, target)
     {
         return finding(severity, message, hint);
@@ -342,8 +345,8 @@ fn behaviour_finding(
     }
     let mut severity = Severity::Warning;
     let (message, hint) = match o.kind {
-        Kind::Check => match table.and_then(|t| t.checks.iter().find(|c| c.source == o.name)) {
-            Some(c) if created => match &c.pg {
+        Kind::Check => match spec.and_then(|s| s.checks.iter().find(|c| c.source == o.name)) {
+            Some(c) => match &c.pg {
                 Ok(pg) => {
                     severity = Severity::Info;
                     (
@@ -361,7 +364,7 @@ fn behaviour_finding(
                 "make sure the app's migration declares this CHECK on Postgres, or Postgres accepts rows SQLite refuses".into(),
             ),
         },
-        Kind::UniqueCollation if created && crate::model::Collation::named(&o.name).is_some() => {
+        Kind::UniqueCollation if spec.is_some() && crate::model::Collation::named(&o.name).is_some() => {
             severity = Severity::Info;
             (
                 format!(
@@ -880,7 +883,8 @@ fn check_problems(
         ScanKey::Rowid => vec![t.source.rowid_name().to_string()],
         ScanKey::Columns(_) => t.key_names.iter().map(|k| quote_ident(k)).collect(),
     };
-    for c in t.checks.iter().filter(|c| c.pg.is_ok()) {
+    let checks = t.spec().map_or(&[][..], |s| &s.checks[..]);
+    for c in checks.iter().filter(|c| c.pg.is_ok()) {
         let sql = format!(
             "SELECT {} FROM {} WHERE NOT ({})",
             keys.join(", "),

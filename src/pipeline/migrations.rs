@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 use tokio_postgres::Client;
 
-use super::plan::{Finding, Plan, Severity};
+use super::plan::{Finding, Plan, Severity, Target};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::framework::{self, Spec};
@@ -30,7 +30,7 @@ pub async fn findings(client: Option<&Client>, plan: &Plan, cfg: &Config) -> Res
             message,
             hint,
         };
-        let made_by_migrations = versions.is_some_and(|t| !t.create);
+        let made_by_migrations = versions.is_some_and(|t| matches!(t.mode, Target::Existing));
         let (Some(client), Some(t), true) = (client, versions, made_by_migrations) else {
             out.push(finding(
                 Severity::Warning,
@@ -103,7 +103,11 @@ pub struct Seeded {
 /// the snapshot replaces their rows with SQLite's (SQLite's foreign keys point at SQLite's ids).
 pub async fn seeded(client: &Client, plan: &Plan, schema: &str) -> Result<Vec<Seeded>> {
     let mut out = Vec::new();
-    for t in plan.tables.iter().filter(|t| !t.create) {
+    for t in plan
+        .tables
+        .iter()
+        .filter(|t| matches!(t.mode, Target::Existing))
+    {
         if copy_started(client, &t.source.name).await? {
             continue;
         }

@@ -67,27 +67,49 @@ pub struct TablePlan {
     pub source: SourceTable,
     /// The target table name.
     pub target: String,
-    /// Whether sqlite2pg creates the target table.
-    pub create: bool,
+    /// Whether sqlite2pg creates the target table (and how), or takes the app's.
+    pub mode: Target,
     /// Columns copied, in source order.
     pub columns: Vec<ColumnPlan>,
     /// Names of the scan-key columns (`rowid` when the table has none), for messages.
     pub key_names: Vec<String>,
     /// Column sets (indexes into `columns`) the target enforces as unique, primary key first.
     pub unique_keys: Vec<Vec<usize>>,
-    /// Columns created (when `create`).
+}
+
+/// What the plan does with a target table.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// sqlite2pg creates it, as the spec says.
+    Create(TableSpec),
+    /// The app's migrations made it: sqlite2pg writes rows into it and changes nothing else.
+    Existing,
+}
+
+/// A target table sqlite2pg creates.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Its columns.
     pub column_defs: Vec<ColumnDef>,
-    /// Primary key to add after the load (target names; when `create`).
+    /// Primary key to add after the load (target names).
     pub primary_key: Vec<String>,
-    /// Indexes to build after the load (when `create`).
+    /// Indexes to build after the load.
     pub indexes: Vec<IndexDef>,
-    /// Foreign keys to add after the load (when `create`).
+    /// Foreign keys to add at cutover.
     pub foreign_keys: Vec<ForeignKeyDef>,
-    /// CHECK constraints, translated or not (when `create`).
+    /// CHECK constraints, translated or not.
     pub checks: Vec<CheckDef>,
 }
 
 impl TablePlan {
+    /// The spec of a table sqlite2pg creates; `None` for one the app's migrations made.
+    pub fn spec(&self) -> Option<&TableSpec> {
+        match &self.mode {
+            Target::Create(spec) => Some(spec),
+            Target::Existing => None,
+        }
+    }
+
     /// Source column names, in copy order.
     pub fn source_columns(&self) -> Vec<&str> {
         self.columns.iter().map(|c| c.source.as_str()).collect()
@@ -129,6 +151,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The tables sqlite2pg creates, with their specs.
+    pub fn created(&self) -> impl Iterator<Item = (&TablePlan, &TableSpec)> {
+        self.tables.iter().filter_map(|t| t.spec().map(|s| (t, s)))
+    }
+
     /// The Postgres names of the moved tables.
     pub fn targets(&self) -> Vec<String> {
         self.tables.iter().map(|t| t.target.clone()).collect()
@@ -406,13 +433,77 @@ fn plan_create(
     assumed: &mut Vec<(crate::framework::Assumption, String)>,
 ) -> TablePlan {
     let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
+    let (mut columns, mut column_defs) =
+        plan_columns(t, &declared, frameworks, cfg, findings, assumed);
+    let computed = plan_generated(t, &declared, &columns, &mut column_defs, findings);
+    columns.retain(|c| !computed.contains(&c.source));
+    // A key holding NULLs cannot be a Postgres primary key; the table is followed by row images.
+    let pk_columns: Vec<usize> = if t.null_in_primary_key {
+        Vec::new()
+    } else {
+        t.primary_key
+            .iter()
+            .filter_map(|i| column_index(&columns, &t.columns[*i].name))
+            .collect()
+    };
+    let primary_key: Vec<String> = pk_columns
+        .iter()
+        .map(|i| columns[*i].target.clone())
+        .collect();
+    let mut unique_keys = Vec::new();
+    if !pk_columns.is_empty() {
+        unique_keys.push(pk_columns);
+    }
+    let scope = scope_of(t, &columns);
+    let indexes = plan_indexes(
+        t,
+        &scope,
+        &columns,
+        &primary_key,
+        &mut unique_keys,
+        findings,
+    );
+    let checks = plan_checks(t, &scope, &declared);
+    let foreign_keys = plan_foreign_keys(t, selected, &columns, findings);
+    TablePlan {
+        source: t.clone(),
+        target: target.to_string(),
+        mode: Target::Create(TableSpec {
+            column_defs,
+            primary_key,
+            indexes,
+            foreign_keys,
+            checks,
+        }),
+        columns,
+        key_names: key_names(t),
+        unique_keys,
+    }
+}
+
+/// The position of a copied column, by its source name as SQLite matches names.
+fn column_index(columns: &[ColumnPlan], name: &str) -> Option<usize> {
+    columns
+        .iter()
+        .position(|c| c.source.eq_ignore_ascii_case(name))
+}
+
+/// Each column of a created table: its type (the framework's, a `--cast`'s or the declared
+/// type's), name, identity, default and collation.
+fn plan_columns(
+    t: &SourceTable,
+    declared: &crate::sqlite::semantics::Declared,
+    frameworks: &[&crate::framework::Spec],
+    cfg: &Config,
+    findings: &mut Vec<Finding>,
+    assumed: &mut Vec<(crate::framework::Assumption, String)>,
+) -> (Vec<ColumnPlan>, Vec<ColumnDef>) {
     let json_checked = |column: &str| {
         declared.checks.iter().any(|c| {
             crate::framework::json_valid_column(&c.expr.to_string())
                 .is_some_and(|col| col.eq_ignore_ascii_case(column))
         })
     };
-
     let mut columns = Vec::new();
     let mut column_defs = Vec::new();
     let mut finding = |sev, col: &str, message: String, hint: &str| {
@@ -530,6 +621,29 @@ fn plan_create(
             collation: declared.collation_of(&c.name),
         });
     }
+    (columns, column_defs)
+}
+
+/// Generated columns whose expression translates are computed by Postgres, over the plain
+/// columns (Postgres' generated columns cannot name one another), and never written: their
+/// names are returned, to leave the copied columns. The others stay plain columns holding
+/// SQLite's values.
+fn plan_generated(
+    t: &SourceTable,
+    declared: &crate::sqlite::semantics::Declared,
+    columns: &[ColumnPlan],
+    column_defs: &mut [ColumnDef],
+    findings: &mut Vec<Finding>,
+) -> Vec<String> {
+    let mut finding = |sev, col: &str, message: String, hint: &str| {
+        findings.push(Finding {
+            severity: sev,
+            table: t.name.clone(),
+            column: Some(col.to_string()),
+            message,
+            hint: hint.to_string(),
+        })
+    };
     // Generated columns whose expression translates are computed by Postgres, over the plain
     // columns (Postgres' generated columns cannot name one another), and never written: they
     // leave the copied columns. The others stay plain columns holding SQLite's values.
@@ -572,33 +686,24 @@ fn plan_create(
             ),
         }
     }
-    columns.retain(|c| !computed.contains(&c.source));
-    let col_index = |name: &str| {
-        columns
-            .iter()
-            .position(|c: &ColumnPlan| c.source.eq_ignore_ascii_case(name))
-    };
-    // A key holding NULLs cannot be a Postgres primary key; the table is followed by row images.
-    let pk_columns: Vec<usize> = if t.null_in_primary_key {
-        Vec::new()
-    } else {
-        t.primary_key
-            .iter()
-            .filter_map(|i| col_index(&t.columns[*i].name))
-            .collect()
-    };
-    let primary_key: Vec<String> = pk_columns
-        .iter()
-        .map(|i| columns[*i].target.clone())
-        .collect();
-    let mut unique_keys = Vec::new();
-    if !pk_columns.is_empty() {
-        unique_keys.push(pk_columns.clone());
-    }
-    let scope = scope_of(t, &columns);
+    computed
+}
+
+/// The indexes of a created table that translate (the others are findings), and the
+/// index that makes a NOCASE or RTRIM primary key unique by its folded value. Full unique
+/// indexes on plain columns join `unique_keys`.
+fn plan_indexes(
+    t: &SourceTable,
+    scope: &expr::Scope,
+    columns: &[ColumnPlan],
+    primary_key: &[String],
+    unique_keys: &mut Vec<Vec<usize>>,
+    findings: &mut Vec<Finding>,
+) -> Vec<IndexDef> {
+    let col_index = |name: &str| column_index(columns, name);
     let mut indexes = Vec::new();
     for ix in &t.indexes {
-        let (cols, expressions) = match index_terms(ix, &scope, &columns, &col_index) {
+        let (cols, expressions) = match index_terms(ix, scope, columns, &col_index) {
             Ok(terms) => terms,
             Err(why) => {
                 findings.push(Finding {
@@ -642,7 +747,7 @@ fn plan_create(
         let where_clause = match ix
             .where_clause
             .as_deref()
-            .map(|w| expr::parse(w).and_then(|e| expr::condition(&e, &scope)))
+            .map(|w| expr::parse(w).and_then(|e| expr::condition(&e, scope)))
         {
             None => None,
             Some(Ok(pg)) => Some(pg),
@@ -685,7 +790,7 @@ fn plan_create(
     let key_collations = collations(&t.key_collations);
     if !primary_key.is_empty() && key_collations.iter().any(|c| *c != Collation::Binary) {
         indexes.push(IndexDef {
-            name: ddl::object_name(&t.name, &primary_key, "fold_key"),
+            name: ddl::object_name(&t.name, primary_key, "fold_key"),
             unique: true,
             columns: primary_key.iter().map(|c| (c.clone(), false)).collect(),
             collations: key_collations,
@@ -693,7 +798,17 @@ fn plan_create(
             expressions: Vec::new(),
         });
     }
-    let checks = plan_checks(t, &scope, &declared);
+    indexes
+}
+
+/// The foreign keys of a created table whose parent is copied too (the others are findings).
+fn plan_foreign_keys(
+    t: &SourceTable,
+    selected: &[&SourceTable],
+    columns: &[ColumnPlan],
+    findings: &mut Vec<Finding>,
+) -> Vec<ForeignKeyDef> {
+    let col_index = |name: &str| column_index(columns, name);
     let mut foreign_keys = Vec::new();
     for fk in &t.foreign_keys {
         let Some(parent) = selected
@@ -750,19 +865,7 @@ fn plan_create(
             on_update: fk.on_update.clone(),
         });
     }
-    TablePlan {
-        source: t.clone(),
-        target: target.to_string(),
-        create: true,
-        columns,
-        key_names: key_names(t),
-        unique_keys,
-        column_defs,
-        primary_key,
-        indexes,
-        foreign_keys,
-        checks,
-    }
+    foreign_keys
 }
 
 /// Target names (or, for a term on an expression, SQLite's text of it) and the Postgres SQL of
@@ -1067,15 +1170,10 @@ fn plan_existing(
     TablePlan {
         source: t.clone(),
         target: tt.name.clone(),
-        create: false,
+        mode: Target::Existing,
         columns,
         key_names: key_names(t),
         unique_keys,
-        column_defs: Vec::new(),
-        primary_key: Vec::new(),
-        indexes: Vec::new(),
-        foreign_keys: Vec::new(),
-        checks: Vec::new(),
     }
 }
 

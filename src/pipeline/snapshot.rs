@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::plan::{Plan, TablePlan};
+use super::plan::{Plan, TablePlan, TableSpec};
 use super::progress::Progress;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Follow, OwnedValue, SqlValue, display_key};
@@ -57,23 +57,21 @@ pub struct Summary {
 /// The DDL a snapshot would run, for `--dry-run`.
 pub fn ddl_script(plan: &Plan, schema: &str) -> String {
     let mut out = String::new();
-    for t in plan.tables.iter().filter(|t| t.create) {
-        out.push_str(&ddl::create_table(schema, &t.target, &t.column_defs));
+    for (t, spec) in plan.created() {
+        out.push_str(&ddl::create_table(schema, &t.target, &spec.column_defs));
         out.push_str(";\n");
     }
     out.push_str("-- after the bulk load:\n");
-    for t in plan.tables.iter().filter(|t| t.create) {
-        for s in post_load_statements(t, schema) {
+    for (t, spec) in plan.created() {
+        for s in post_load_statements(t, spec, schema) {
             out.push_str(&s);
             out.push_str(";\n");
         }
     }
     let fks: Vec<String> = plan
-        .tables
-        .iter()
-        .filter(|t| t.create)
-        .flat_map(|t| {
-            t.foreign_keys.iter().map(|fk| {
+        .created()
+        .flat_map(|(t, spec)| {
+            spec.foreign_keys.iter().map(|fk| {
                 format!(
                     "--   ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID;\n",
                     qualified(schema, &t.target),
@@ -92,15 +90,15 @@ pub fn ddl_script(plan: &Plan, schema: &str) -> String {
     out
 }
 
-fn post_load_statements(t: &TablePlan, schema: &str) -> Vec<String> {
+fn post_load_statements(t: &TablePlan, spec: &TableSpec, schema: &str) -> Vec<String> {
     let mut v = Vec::new();
-    if !t.primary_key.is_empty() {
-        v.push(ddl::add_primary_key(schema, &t.target, &t.primary_key));
+    if !spec.primary_key.is_empty() {
+        v.push(ddl::add_primary_key(schema, &t.target, &spec.primary_key));
     }
-    for ix in &t.indexes {
+    for ix in &spec.indexes {
         v.push(ddl::create_index(schema, &t.target, ix));
     }
-    for c in &t.checks {
+    for c in &spec.checks {
         if let Ok(pg) = &c.pg {
             v.push(ddl::add_check(schema, &t.target, &c.name, pg));
         }
@@ -143,21 +141,14 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     // streaming Postgres must accept every orphan SQLite holds.
     let targets: Vec<String> = plan.targets();
     let derived: Vec<(String, ddl::ForeignKeyDef)> = plan
-        .tables
-        .iter()
-        .filter(|t| t.create)
-        .flat_map(|t| {
-            t.foreign_keys
+        .created()
+        .flat_map(|(t, spec)| {
+            spec.foreign_keys
                 .iter()
                 .map(|fk| (t.target.clone(), fk.clone()))
         })
         .collect();
-    let created: Vec<String> = plan
-        .tables
-        .iter()
-        .filter(|t| t.create)
-        .map(|t| t.target.clone())
-        .collect();
+    let created: Vec<String> = plan.created().map(|(t, _)| t.target.clone()).collect();
     let dropped =
         foreign_keys::take_over(client, &opts.schema, &targets, &created, &derived).await?;
     if dropped > 0 {
@@ -175,13 +166,17 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                     "cannot start a transaction for table {}",
                     t.target
                 )))?;
-                if t.create {
-                    tx.batch_execute(&ddl::create_table(&opts.schema, &t.target, &t.column_defs))
-                        .await
-                        .map_err(pg_err(format!(
-                            "cannot create table {}.{}",
-                            opts.schema, t.target
-                        )))?;
+                if let Some(spec) = t.spec() {
+                    tx.batch_execute(&ddl::create_table(
+                        &opts.schema,
+                        &t.target,
+                        &spec.column_defs,
+                    ))
+                    .await
+                    .map_err(pg_err(format!(
+                        "cannot create table {}.{}",
+                        opts.schema, t.target
+                    )))?;
                 } else {
                     let q = qualified(&opts.schema, &t.target);
                     // Rows the app's migrations seeded (content types, permissions, a version
@@ -209,7 +204,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                     &t.source.name,
                     &opts.schema,
                     &t.target,
-                    t.create,
+                    t.spec().is_some(),
                     total as i64,
                 )
                 .await?;
@@ -322,7 +317,7 @@ async fn follow_shape(
     reshaped: &[String],
 ) -> Result<()> {
     let existing = crate::pg::catalog::read_tables(client, schema).await?;
-    for t in plan.tables.iter().filter(|t| t.create) {
+    for (t, spec) in plan.created() {
         let Some(tt) = existing.get(&t.target) else {
             continue;
         };
@@ -330,10 +325,10 @@ async fn follow_shape(
             continue;
         }
         let q = qualified(schema, &t.target);
-        let key: Vec<&String> = t.primary_key.iter().collect();
+        let key: Vec<&String> = spec.primary_key.iter().collect();
         let mut must: Vec<(String, String)> = Vec::new();
         for tc in &tt.columns {
-            if !t.column_defs.iter().any(|c| c.name == tc.name) {
+            if !spec.column_defs.iter().any(|c| c.name == tc.name) {
                 must.push((
                     format!("ALTER TABLE {q} DROP COLUMN {}", quote_ident(&tc.name)),
                     format!("drop column {} (gone from SQLite)", tc.name),
@@ -342,7 +337,7 @@ async fn follow_shape(
         }
         let mut stricter: Vec<(String, String)> = Vec::new();
         let full = reshaped.contains(&t.source.name);
-        for c in &t.column_defs {
+        for c in &spec.column_defs {
             let col = quote_ident(&c.name);
             let Some(tc) = tt.columns.iter().find(|tc| tc.name == c.name) else {
                 must.push((
@@ -407,8 +402,8 @@ async fn follow_shape(
             }
         }
         if full {
-            index_changes(client, schema, t, &mut must, &mut stricter).await?;
-            check_changes(client, schema, t, &mut must, &mut stricter).await?;
+            index_changes(client, schema, t, spec, &mut must, &mut stricter).await?;
+            check_changes(client, schema, t, spec, &mut must, &mut stricter).await?;
         }
         if must.is_empty() && stricter.is_empty() {
             continue;
@@ -480,6 +475,7 @@ async fn index_changes(
     client: &Client,
     schema: &str,
     t: &TablePlan,
+    spec: &TableSpec,
     must: &mut Vec<(String, String)>,
     stricter: &mut Vec<(String, String)>,
 ) -> Result<()> {
@@ -493,7 +489,7 @@ async fn index_changes(
         "indexes",
     )
     .await?;
-    let want: Vec<(String, String, String)> = t
+    let want: Vec<(String, String, String)> = spec
         .indexes
         .iter()
         .map(|ix| {
@@ -520,6 +516,7 @@ async fn check_changes(
     client: &Client,
     schema: &str,
     t: &TablePlan,
+    spec: &TableSpec,
     must: &mut Vec<(String, String)>,
     stricter: &mut Vec<(String, String)>,
 ) -> Result<()> {
@@ -534,7 +531,7 @@ async fn check_changes(
     )
     .await?;
     let q = qualified(schema, &t.target);
-    let want: Vec<(String, String, String)> = t
+    let want: Vec<(String, String, String)> = spec
         .checks
         .iter()
         .filter_map(|c| {
@@ -766,13 +763,13 @@ async fn build_indexes(
             "cannot start a transaction for table {}",
             t.target
         )))?;
-        if t.create {
-            if !t.primary_key.is_empty() {
-                tx.batch_execute(&ddl::add_primary_key(schema, &t.target, &t.primary_key))
+        if let Some(spec) = t.spec() {
+            if !spec.primary_key.is_empty() {
+                tx.batch_execute(&ddl::add_primary_key(schema, &t.target, &spec.primary_key))
                     .await
                     .map_err(pg_err(format!("cannot add the primary key of table {} (duplicate or NULL keys? run `sqlite2pg check`)", t.target)))?;
             }
-            for ix in &t.indexes {
+            for ix in &spec.indexes {
                 let sql = ddl::create_index(schema, &t.target, ix);
                 tx.batch_execute("SAVEPOINT ix")
                     .await
@@ -805,7 +802,7 @@ async fn build_indexes(
                     }
                 }
             }
-            for c in &t.checks {
+            for c in &spec.checks {
                 let Ok(pg) = &c.pg else { continue };
                 tx.batch_execute(&ddl::add_check(schema, &t.target, &c.name, pg))
                     .await
@@ -820,7 +817,7 @@ async fn build_indexes(
             "cannot commit the indexes of table {}",
             t.target
         )))?;
-        if t.create {
+        if t.spec().is_some() {
             tracing::info!(table = %t.target, secs = started.elapsed().as_secs_f64(), "keys and indexes built");
         }
     }

@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 use tokio_postgres::GenericClient;
 
-use super::plan::Plan;
+use super::plan::{Plan, Target};
 use crate::error::{Error, Result};
 use crate::expr::trigger::{self, Ported, Table};
 use crate::pg::{ddl, qualified};
@@ -62,8 +62,9 @@ pub fn translate(conn: &Connection, plan: &Plan, schema: &str) -> Result<Vec<Tri
             .iter()
             .filter(|c| c.default.is_some())
             .filter(|c| {
-                t.column_defs
-                    .iter()
+                // A table the app's migrations made is not ours to give defaults.
+                let defs = t.spec().map_or(&[][..], |s| &s.column_defs[..]);
+                defs.iter()
                     .find(|d| Some(d.name.as_str()) == target_of(t, &c.name))
                     .is_none_or(|d| d.default.is_none() && !d.identity)
             })
@@ -81,10 +82,9 @@ pub fn translate(conn: &Connection, plan: &Plan, schema: &str) -> Result<Vec<Tri
         .into_iter()
         .map(|(name, table, sql)| {
             let function = qualified(schema, &ddl::truncate_ident(&name));
-            let app_table = plan
-                .tables
-                .iter()
-                .any(|t| t.source.name.eq_ignore_ascii_case(&table) && !t.create);
+            let app_table = plan.tables.iter().any(|t| {
+                t.source.name.eq_ignore_ascii_case(&table) && matches!(t.mode, Target::Existing)
+            });
             TriggerPlan {
                 port: trigger::translate_trigger(&sql, &function, &lookup),
                 name,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use super::plan::Plan;
+use super::plan::{Plan, Target};
 use crate::error::{Error, Result};
 use crate::expr::view::{self, Source};
 use crate::pg::{ddl, qualified, quote_ident};
@@ -87,7 +87,7 @@ pub fn translate(conn: &Connection, plan: &Plan, schema: &str) -> Result<Vec<Vie
                 if let Some(app) = view::reads(&sql).iter().find(|r| {
                     plan.tables
                         .iter()
-                        .any(|t| t.source.name.eq_ignore_ascii_case(r) && !t.create)
+                        .any(|t| t.source.name.eq_ignore_ascii_case(r) && matches!(t.mode, Target::Existing))
                 }) {
                     return Err(format!(
                         "it reads {app}, a table the app's migrations made on Postgres, and sqlite2pg adds nothing there; add the view in a migration: {create}"
