@@ -325,9 +325,9 @@ fn behaviour_finding(
         );
     }
     if let Some(t) = table.filter(|t| matches!(t.mode, Target::Existing))
-        && let Some((severity, message, hint)) = on_app_table(o, t, triggers, target)
+        && let Some(v) = on_app_table(o, t, triggers, target)
     {
-        return finding(severity, message, hint);
+        return finding(v.severity, v.message, v.hint);
     }
     if o.kind == Kind::View
         && let Some(on_pg) = target.and_then(|b| {
@@ -445,6 +445,21 @@ fn behaviour_finding(
     finding(severity, message, hint)
 }
 
+/// What a finding about one object says: how bad, what, and what to do.
+struct Verdict {
+    severity: Severity,
+    message: String,
+    hint: String,
+}
+
+fn verdict(severity: Severity, message: String, hint: String) -> Verdict {
+    Verdict {
+        severity,
+        message,
+        hint,
+    }
+}
+
 /// What SQLite does for the app on a table the app's migrations made on Postgres, where
 /// sqlite2pg adds nothing: a note when the migration has it, a WARNING with the SQL to add
 /// when it does not. `None` for kinds that do not depend on the table's owner.
@@ -453,7 +468,7 @@ fn on_app_table(
     t: &TablePlan,
     triggers: &[super::triggers::TriggerPlan],
     target: Option<&Behaviours>,
-) -> Option<(Severity, String, String)> {
+) -> Option<Verdict> {
     use crate::sqlite::semantics::Kind;
     let empty = Behaviours::default();
     let b = target.unwrap_or(&empty);
@@ -478,7 +493,7 @@ fn on_app_table(
                 on_table(tbl) && c == cols
             });
             match same {
-                Some((_, name, def, _)) => (
+                Some((_, name, def, _)) => verdict(
                     Severity::Info,
                     format!(
                         "CHECK ({}): the app's migration declares {def} ({name}) on the same column(s) on Postgres; compare the two",
@@ -490,7 +505,7 @@ fn on_app_table(
                     let scope = crate::expr::Scope::table(&t.source.name, t.expr_columns());
                     let pg = crate::expr::parse(&o.name)
                         .and_then(|e| crate::expr::condition(&e, &scope));
-                    (
+                    verdict(
                         Severity::Warning,
                         format!(
                             "CHECK ({}): {owned}, and it has no CHECK on column(s) {}: after the cutover Postgres accepts rows SQLite refuses",
@@ -531,7 +546,7 @@ fn on_app_table(
                 if !folded {
                     return None;
                 }
-                return Some((
+                return Some(verdict(
                     Severity::Info,
                     format!(
                         "declared COLLATE {}; the app's migration makes {col} compare without case on Postgres (citext or a nondeterministic collation), which also folds non-ASCII letters, unlike NOCASE",
@@ -545,7 +560,7 @@ fn on_app_table(
                 .iter()
                 .find(|(tbl, _, def)| on_table(tbl) && mentions(def) && (folded || fold_fn(def)));
             match index {
-                Some((_, name, def)) => (
+                Some((_, name, def)) => verdict(
                     Severity::Info,
                     format!(
                         "unique under COLLATE {} in SQLite; the app's migration has {name}: {def}. If it folds with lower() or citext, it also folds non-ASCII letters (É and é), which NOCASE keeps apart",
@@ -553,7 +568,7 @@ fn on_app_table(
                     ),
                     String::new(),
                 ),
-                None => (
+                None => verdict(
                     Severity::Warning,
                     format!(
                         "unique under COLLATE {} in SQLite; {owned}, and it has no unique index that folds {col}: after the cutover the app can store values SQLite held as duplicates",
@@ -575,7 +590,7 @@ fn on_app_table(
                 .iter()
                 .any(|(tbl, n)| on_table(tbl) && *n == name)
             {
-                return Some((
+                return Some(verdict(
                     Severity::Info,
                     format!(
                         "the app's trigger {}: the app's migration made a trigger of that name on Postgres",
@@ -584,7 +599,7 @@ fn on_app_table(
                     String::new(),
                 ));
             }
-            (
+            verdict(
                 Severity::Warning,
                 format!(
                     "the app's trigger {} is not created on Postgres: {owned}. What it does stops after the cutover",

@@ -121,6 +121,26 @@ fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |e| Error::from_pg(what, e)
 }
 
+/// Where one table's copy stands as a pass begins.
+#[derive(Debug, Clone)]
+struct TableCopy {
+    /// What is left to copy.
+    left: Left,
+    /// Rows copied so far, for the progress line.
+    done_rows: u64,
+    /// Rows SQLite holds, for the progress line.
+    total: u64,
+}
+
+/// What is left of one table's copy.
+#[derive(Debug, Clone)]
+enum Left {
+    /// Nothing: it is copied.
+    Nothing,
+    /// The rows after this key (`None`: from the first row).
+    After(Option<Vec<OwnedValue>>),
+}
+
 /// Runs (or resumes) the snapshot of every planned table.
 pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Summary> {
     crate::metrics::set_phase(RunPhase::Snapshot);
@@ -133,9 +153,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
 
     // Record a start for each table (creating owned tables in the same transaction), and find
     // where each one resumes.
-    let mut resume: Vec<Option<Option<Vec<OwnedValue>>>> = Vec::new();
-    let mut done_rows: Vec<u64> = Vec::new();
-    let mut totals: Vec<u64> = Vec::new();
+    let mut copies: Vec<TableCopy> = Vec::new();
     follow_shape(client, plan, &opts.schema, &opts.reshaped).await?;
     // Before any row moves: a copy in key order can reference rows not copied yet, and while
     // streaming Postgres must accept every orphan SQLite holds.
@@ -159,8 +177,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     }
     for t in &plan.tables {
         let total = sqlite::schema::count_rows(&source, &t.source.name)?;
-        totals.push(total);
-        match state::load(client, &t.source.name).await? {
+        let (left, done_rows) = match state::load(client, &t.source.name).await? {
             None => {
                 let tx = client.transaction().await.map_err(pg_err(format!(
                     "cannot start a transaction for table {}",
@@ -212,22 +229,22 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                     "cannot commit the start of table {}",
                     t.target
                 )))?;
-                resume.push(Some(None));
-                done_rows.push(0);
+                (Left::After(None), 0)
             }
             Some(st) if st.phase == Phase::Copying => {
-                resume.push(Some(st.last_key));
-                done_rows.push(st.rows_copied as u64);
+                (Left::After(st.last_key), st.rows_copied as u64)
             }
-            Some(st) => {
-                resume.push(None);
-                done_rows.push(st.rows_copied as u64);
-            }
-        }
+            Some(st) => (Left::Nothing, st.rows_copied as u64),
+        };
+        copies.push(TableCopy {
+            left,
+            done_rows,
+            total,
+        });
     }
     drop(source);
 
-    if !copy_tables(client, plan, opts, resume, &done_rows, &totals).await? {
+    if !copy_tables(client, plan, opts, copies.clone()).await? {
         summary.stopped = true;
         return Ok(summary);
     }
@@ -245,7 +262,14 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         if torn.is_empty() {
             break;
         }
-        let mut resume: Vec<Option<Option<Vec<OwnedValue>>>> = vec![None; plan.tables.len()];
+        let mut again: Vec<TableCopy> = copies
+            .iter()
+            .map(|c| TableCopy {
+                left: Left::Nothing,
+                done_rows: 0,
+                total: c.total,
+            })
+            .collect();
         for i in torn {
             let t = &plan.tables[i];
             tracing::warn!(table = %t.source.name, "the SQLite file changed shape (VACUUM?) while this table was copied; copying it again");
@@ -264,10 +288,9 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                 "cannot commit the restart of table {}",
                 t.target
             )))?;
-            resume[i] = Some(None);
+            again[i].left = Left::After(None);
         }
-        let zeros = vec![0; plan.tables.len()];
-        if !copy_tables(client, plan, opts, resume, &zeros, &totals).await? {
+        if !copy_tables(client, plan, opts, again).await? {
             summary.stopped = true;
             return Ok(summary);
         }
@@ -574,19 +597,18 @@ fn reconcile(
     }
 }
 
-/// Copies what `resume` says is left; `Ok(false)` when asked to stop first (every committed
-/// chunk stays, with its position).
+/// Copies what is left of each table (`copies`, in plan order); `Ok(false)` when asked to
+/// stop first (every committed chunk stays, with its position).
 async fn copy_tables(
     client: &mut Client,
     plan: &Plan,
     opts: &Options,
-    resume: Vec<Option<Option<Vec<OwnedValue>>>>,
-    done_rows: &[u64],
-    totals: &[u64],
+    copies: Vec<TableCopy>,
 ) -> Result<bool> {
-    if resume.iter().all(Option::is_none) {
+    if copies.iter().all(|c| matches!(c.left, Left::Nothing)) {
         return Ok(true);
     }
+    let resume: Vec<Left> = copies.iter().map(|c| c.left.clone()).collect();
     let (tx_chunks, mut rx_chunks) = mpsc::channel::<Result<Chunk>>(2);
     let tables = plan.tables.clone();
     let reader_opts = opts.clone();
@@ -599,7 +621,7 @@ async fn copy_tables(
     });
     let mut progress = Progress::new();
     let mut started: Vec<Option<Instant>> = vec![None; plan.tables.len()];
-    let mut copied = done_rows.to_vec();
+    let mut copied: Vec<u64> = copies.iter().map(|c| c.done_rows).collect();
     let result = async {
         loop {
             let chunk = tokio::select! {
@@ -613,7 +635,8 @@ async fn copy_tables(
             let t = &plan.tables[chunk.table];
             if started[chunk.table].is_none() {
                 started[chunk.table] = Some(Instant::now());
-                progress.start(&t.source.name, done_rows[chunk.table], totals[chunk.table]);
+                let c = &copies[chunk.table];
+                progress.start(&t.source.name, c.done_rows, c.total);
             }
             let tx = client.transaction().await.map_err(pg_err(format!(
                 "cannot start a transaction for table {}",
@@ -675,12 +698,14 @@ async fn copy_tables(
 fn read_all(
     tables: &[TablePlan],
     opts: &Options,
-    resume: Vec<Option<Option<Vec<OwnedValue>>>>,
+    resume: Vec<Left>,
     out: &mpsc::Sender<Result<Chunk>>,
 ) -> Result<()> {
     let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
     for (i, (t, start)) in tables.iter().zip(resume).enumerate() {
-        let Some(mut after) = start else { continue };
+        let Left::After(mut after) = start else {
+            continue;
+        };
         let q = reader::ScanQuery::new(&t.source, &t.source_columns());
         let klen = q.key_len();
         let ncols = t.columns.len();
