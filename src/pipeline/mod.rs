@@ -1,6 +1,7 @@
 //! The order of things: plan, check, snapshot (streaming, cutover and verify build on these).
 
 pub mod check;
+pub mod follower;
 pub mod migrations;
 pub mod plan;
 pub mod progress;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
+use super::follower::{Applied, Connected, Direction, Ended, Follower};
 use super::plan::{Plan, TablePlan};
 use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
@@ -28,7 +29,7 @@ use crate::model::{OwnedValue, display_key};
 use crate::pg::scan::Raw;
 use crate::pg::{convert, decode, qualified, quote_ident, reverse, state};
 use crate::phase::Phase;
-use crate::shutdown::{Backoff, Shutdown};
+use crate::shutdown::Shutdown;
 use crate::sqlite::form;
 use crate::sqlite::{capture, restore};
 
@@ -709,23 +710,6 @@ async fn one_batch(
     Ok(n)
 }
 
-async fn connect(opts: &Options) -> Result<Client> {
-    let client = crate::pg::connect(&opts.target).await?;
-    // The forward stream's session, just closed by this same daemon, may hold the lock a
-    // moment longer; a one-shot drain (a fallback's) asks once.
-    let patience = match opts.until {
-        super::Until::CaughtUp { .. } => Duration::ZERO,
-        super::Until::Stopped => Duration::from_secs(5),
-    };
-    if !state::lock_within(&client, patience).await? {
-        return Err(Error::new(
-            ErrorKind::State,
-            "another sqlite2pg daemon (or a fallback) is working on this database; `sqlite2pg status` shows it",
-        ));
-    }
-    Ok(client)
-}
-
 /// The once-a-second look: the lag and SQLite's fence for metrics, old applied changes
 /// pruned; whether the fallback is recorded.
 async fn look(client: &Client, conn: &rusqlite::Connection) -> Result<bool> {
@@ -753,17 +737,109 @@ async fn listen(opts: &Options) -> Option<(Client, tokio::sync::mpsc::UnboundedR
     Some((client, rx))
 }
 
+/// The reverse direction: Postgres' changelog into SQLite.
+struct Reverse<'a> {
+    opts: &'a Options,
+    tables: Vec<Table<'a>>,
+    /// Writes SQLite.
+    conn: rusqlite::Connection,
+    client: Option<Client>,
+    /// The connection that hears the capture's notifications (`None` while Postgres is away).
+    wake: Option<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)>,
+    carry: Carry,
+    last_look: Instant,
+}
+
+/// Why the reverse stream ends by itself: the fallback is recorded.
+struct FellBack;
+
+impl Direction for Reverse<'_> {
+    type End = FellBack;
+
+    async fn connect(&mut self) -> Result<Connected> {
+        let client = crate::pg::connect(&self.opts.target).await?;
+        // The forward stream's session, just closed by this same daemon, may hold the lock a
+        // moment longer; a one-shot drain (a fallback's) asks once.
+        let patience = match self.opts.until {
+            super::Until::CaughtUp { .. } => Duration::ZERO,
+            super::Until::Stopped => Duration::from_secs(5),
+        };
+        if !state::lock_within(&client, patience).await? {
+            return Ok(Connected::LockHeld);
+        }
+        if !reverse::capture_installed(&client).await? {
+            return Err(Error::new(
+                ErrorKind::State,
+                "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",
+            ));
+        }
+        self.client = Some(client);
+        Ok(Connected::Ready)
+    }
+
+    fn disconnect(&mut self) {
+        self.client = None;
+        // Written but unmarked changes stay pending: applied again, to the same rows.
+        self.carry = Carry::default();
+    }
+
+    async fn apply(&mut self, _stop: &Shutdown) -> Result<Applied<FellBack>> {
+        let Some(client) = self.client.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::State,
+                "the reverse stream applied while not connected",
+            ));
+        };
+        // Once a second, even while busy: the lag, pruning, and whether the fallback is
+        // recorded.
+        if self.last_look.elapsed() >= Duration::from_secs(1) {
+            self.last_look = Instant::now();
+            if look(client, &self.conn).await? {
+                crate::metrics::set_phase(Phase::FellBack);
+                return Ok(Applied::End(FellBack));
+            }
+        }
+        let applied = one_batch(
+            client,
+            &mut self.conn,
+            &self.tables,
+            self.opts,
+            &mut self.carry,
+        )
+        .await;
+        if applied.is_err() {
+            self.carry = Carry::default();
+        }
+        Ok(match applied? {
+            0 => Applied::Nothing,
+            _ => Applied::Batch,
+        })
+    }
+
+    async fn idle(&mut self) -> Result<Option<FellBack>> {
+        Ok(None)
+    }
+
+    async fn changed(&mut self) {
+        // Woken by the commit of a change; without a listening connection (gone with
+        // Postgres), listen again and let the poll interval wake the stream meanwhile.
+        match &mut self.wake {
+            Some((_, rx)) => {
+                if rx.recv().await.is_some() {
+                    return;
+                }
+                self.wake = None;
+            }
+            None => self.wake = listen(self.opts).await,
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Follows Postgres back into SQLite until a stop, the fallback, or (with
 /// `Until::CaughtUp`) an empty changelog. Reconnects by itself while Postgres is away.
 pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End> {
-    let mut client = connect(opts).await?;
-    if !reverse::capture_installed(&client).await? {
-        return Err(Error::new(
-            ErrorKind::State,
-            "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",
-        ));
-    }
-    let mut conn = tokio::task::block_in_place(|| restore::open(&opts.source, opts.busy_timeout))?;
+    let conn = tokio::task::block_in_place(|| restore::open(&opts.source, opts.busy_timeout))?;
     let tables = tokio::task::block_in_place(|| tables(plan, &conn))?;
     crate::metrics::set_phase(Phase::ReverseStreaming);
     crate::metrics::reverse_started();
@@ -771,78 +847,19 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         tables = tables.len(),
         "following Postgres back into SQLite (the reverse stream)"
     );
-    let mut wake = listen(opts).await;
-    let mut carry = Carry::default();
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    let mut last_look = Instant::now() - Duration::from_secs(10);
-    loop {
-        if shutdown.requested() {
-            return Ok(End::Shutdown);
-        }
-        let result = if last_look.elapsed() >= Duration::from_secs(1) {
-            last_look = Instant::now();
-            match look(&client, &conn).await {
-                Ok(true) => {
-                    crate::metrics::set_phase(Phase::FellBack);
-                    return Ok(End::FellBack);
-                }
-                Ok(false) => one_batch(&mut client, &mut conn, &tables, opts, &mut carry).await,
-                Err(e) => Err(e),
-            }
-        } else {
-            one_batch(&mut client, &mut conn, &tables, opts, &mut carry).await
-        };
-        if result.is_err() {
-            // Written but unmarked changes stay pending: applied again, to the same rows.
-            carry = Carry::default();
-        }
-        match result {
-            Ok(0) if matches!(opts.until, super::Until::CaughtUp { .. }) => {
-                return Ok(End::CaughtUp);
-            }
-            Ok(0) => {
-                backoff.reset();
-                // Woken by the commit of a change, or by the poll interval (the listening
-                // connection gone: listen again).
-                let notified = match &mut wake {
-                    Some((_, rx)) => tokio::select! {
-                        n = rx.recv() => n.is_some(),
-                        _ = tokio::time::sleep(opts.poll_interval) => true,
-                        _ = shutdown.wait() => return Ok(End::Shutdown),
-                    },
-                    None => false,
-                };
-                if !notified {
-                    if !shutdown.sleep(opts.poll_interval).await {
-                        return Ok(End::Shutdown);
-                    }
-                    wake = listen(opts).await;
-                }
-            }
-            Ok(_) => backoff.reset(),
-            Err(e) if e.kind() == ErrorKind::TargetUnreachable => {
-                let wait = backoff.next_wait();
-                crate::metrics::unreachable(&e.to_string());
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Postgres is unreachable; the reverse stream resumes once it answers");
-                if !shutdown.sleep(wait).await {
-                    return Ok(End::Shutdown);
-                }
-                match connect(opts).await {
-                    Ok(c) => {
-                        client = c;
-                        crate::metrics::reconnected();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reconnect failed"),
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::SourceBusy => {
-                let wait = backoff.next_wait();
-                tracing::warn!(error = %e, "SQLite is busy (a reader holds it); retrying");
-                if !shutdown.sleep(wait).await {
-                    return Ok(End::Shutdown);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let mut reverse = Reverse {
+        opts,
+        tables,
+        conn,
+        client: None,
+        wake: listen(opts).await,
+        carry: Carry::default(),
+        last_look: Instant::now() - Duration::from_secs(10),
+    };
+    let mut follower = Follower::new(opts.until, opts.poll_interval, shutdown);
+    Ok(match follower.run(&mut reverse).await? {
+        Ended::Stopped => End::Shutdown,
+        Ended::CaughtUp => End::CaughtUp,
+        Ended::By(FellBack) => End::FellBack,
+    })
 }

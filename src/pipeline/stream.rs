@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::follower::{Applied, Connected, Direction, Ended, Follower};
 use super::plan::{Plan, TablePlan};
 use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
@@ -12,7 +13,7 @@ use crate::model::{Follow, OwnedValue, display_key};
 use crate::pg::apply::{self, Applier, TableBatch};
 use crate::pg::{self, convert, copy, state};
 use crate::phase::Phase;
-use crate::shutdown::{Backoff, Shutdown};
+use crate::shutdown::Shutdown;
 use crate::sqlite::capture::{self, Installed};
 use crate::sqlite::changes::{self, Batch, RowReader};
 use crate::sqlite::{self, watch as file_watch};
@@ -561,6 +562,285 @@ fn schema_version(conn: &rusqlite::Connection) -> Result<i64> {
         .map_err(|e| Error::from_sqlite("cannot read the SQLite schema version", e))
 }
 
+/// The forward direction: SQLite's changelog into Postgres.
+struct Forward<'a> {
+    plan: &'a Plan,
+    installed: &'a Installed,
+    opts: &'a Options,
+    captured: BTreeMap<i64, Captured>,
+    readers: BTreeMap<i64, RowReader>,
+    /// Reads the changelog and the rows.
+    reader: rusqlite::Connection,
+    /// Prunes the changelog.
+    writer: rusqlite::Connection,
+    _watcher: notify::RecommendedWatcher,
+    wake: tokio::sync::mpsc::Receiver<()>,
+    /// The schema version the plan was last checked against (-1: not yet).
+    seen_version: i64,
+    /// A connection that already holds the run lock, used first.
+    first: Option<tokio_postgres::Client>,
+    /// A connection waiting for the run lock.
+    waiting: Option<tokio_postgres::Client>,
+    /// What applies, once connected and holding the lock.
+    live: Option<Live>,
+}
+
+/// A connection holding the run lock, and what the stream keeps on it.
+struct Live {
+    applier: Applier,
+    handoff: state::ImageHandoff,
+    position: i64,
+    pruner: Pruner,
+}
+
+impl<'a> Forward<'a> {
+    fn new(
+        plan: &'a Plan,
+        installed: &'a Installed,
+        opts: &'a Options,
+        first: Option<tokio_postgres::Client>,
+    ) -> Result<Forward<'a>> {
+        let mut readers = BTreeMap::new();
+        let mut captured = BTreeMap::new();
+        for (id, name) in &installed.tables {
+            let Some((i, t)) = plan
+                .tables
+                .iter()
+                .enumerate()
+                .find(|(_, t)| &t.source.name == name)
+            else {
+                continue;
+            };
+            if t.source.follow() == Follow::ByImage {
+                let positions: Option<Vec<usize>> = t
+                    .columns
+                    .iter()
+                    .map(|c| t.source.columns.iter().position(|sc| sc.name == c.source))
+                    .collect();
+                let Some(positions) = positions else {
+                    return Err(Error::new(
+                        ErrorKind::Schema,
+                        format!(
+                            "table {name}: a copied column is gone from SQLite; run again to re-plan"
+                        ),
+                    ));
+                };
+                readers.insert(*id, RowReader::images(name, *id, &positions));
+                captured.insert(
+                    *id,
+                    Captured {
+                        plan_index: i,
+                        follow: Follow::ByImage,
+                    },
+                );
+                continue;
+            }
+            let keys = capture::key_columns(&t.source).unwrap_or_default();
+            let key_positions: Option<Vec<usize>> = keys
+                .iter()
+                .map(|k| t.columns.iter().position(|c| &c.source == k))
+                .collect();
+            let Some(key_positions) = key_positions else {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    format!("table {name}: a key column is not copied to the target"),
+                ));
+            };
+            readers.insert(*id, RowReader::new(name, &keys, &t.source_columns()));
+            captured.insert(
+                *id,
+                Captured {
+                    plan_index: i,
+                    follow: Follow::ByKey(key_positions),
+                },
+            );
+        }
+        let reader = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+        let writer = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
+        let (watcher, wake) = file_watch::watch(&opts.source)?;
+        Ok(Forward {
+            plan,
+            installed,
+            opts,
+            captured,
+            readers,
+            reader,
+            writer,
+            _watcher: watcher,
+            wake,
+            seen_version: -1,
+            first,
+            waiting: None,
+            live: None,
+        })
+    }
+
+    /// Whether the app changed the schema in a way the plan must know (the version moves
+    /// with any change, ours included; the shape and the capture's drift say whether it
+    /// matters). Checked at start too: the app may have changed it since the plan was made.
+    fn schema_changed(&mut self) -> Result<bool> {
+        let version = tokio::task::block_in_place(|| schema_version(&self.reader))?;
+        if version == self.seen_version {
+            return Ok(false);
+        }
+        let tables = tokio::task::block_in_place(|| sqlite::schema::read_tables(&self.reader))?;
+        let drifted = tokio::task::block_in_place(|| {
+            capture::drift(&self.reader, self.installed, &tables, |id| {
+                self.captured.contains_key(&id)
+            })
+        })?;
+        if sqlite::schema::shape(&tables) != self.plan.source_shape || !drifted.is_empty() {
+            let position = self.live.as_ref().map(|l| l.position);
+            tracing::info!(?position, rebuilt = ?drifted, "the SQLite schema changed; re-planning");
+            return Ok(true);
+        }
+        self.seen_version = version;
+        Ok(false)
+    }
+}
+
+/// Why the forward stream ends by itself.
+enum ForwardEnd {
+    SchemaChanged,
+    CutOver,
+}
+
+impl Direction for Forward<'_> {
+    type End = ForwardEnd;
+
+    async fn connect(&mut self) -> Result<Connected> {
+        let client = match (self.waiting.take(), self.first.take()) {
+            (Some(c), _) | (None, Some(c)) => c,
+            (None, None) => pg::connect(&self.opts.target).await?,
+        };
+        // The run lock is retaken on every connection (a Postgres restart ends the session
+        // that held it). Held elsewhere (another daemon, or this one's old session that
+        // Postgres has not noticed is gone yet): nothing is applied until it is free.
+        if !state::try_lock(&client).await? {
+            self.waiting = Some(client);
+            return Ok(Connected::LockHeld);
+        }
+        let applier = Applier::new(client, &self.opts.schema).await?;
+        let Some(st) = state::stream_load(applier.client()).await? else {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                "the stream position is missing from the sqlite2pg schema; run `sqlite2pg run` again",
+            ));
+        };
+        let handoff = state::image_handoff(applier.client()).await?;
+        tracing::info!(position = st.position, "streaming");
+        self.live = Some(Live {
+            applier,
+            handoff,
+            position: st.position,
+            pruner: Pruner {
+                source: self.opts.source.clone(),
+                pruned_to: 0,
+                last: Instant::now(),
+                behind: false,
+                waiting_since: None,
+            },
+        });
+        Ok(Connected::Ready)
+    }
+
+    fn disconnect(&mut self) {
+        self.waiting = None;
+        self.live = None;
+    }
+
+    async fn apply(&mut self, stop: &Shutdown) -> Result<Applied<ForwardEnd>> {
+        // A batch is only read with the columns the plan knows: re-plan first.
+        if self.schema_changed()? {
+            return Ok(Applied::End(ForwardEnd::SchemaChanged));
+        }
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::State,
+                "the stream applied while not connected",
+            ));
+        };
+        let started = Instant::now();
+        let drained = drain(
+            &mut live.applier,
+            &self.reader,
+            self.plan,
+            &self.captured,
+            &live.handoff,
+            &self.readers,
+            self.opts,
+            live.position,
+            stop,
+        )
+        .await;
+        match drained {
+            Ok(Drained::Nothing) => Ok(Applied::Nothing),
+            Ok(Drained::Shutdown) => Ok(Applied::Stopped),
+            Ok(Drained::Applied {
+                position,
+                changes,
+                per_table,
+                chunks,
+            }) => {
+                live.position = position;
+                let secs = started.elapsed().as_secs_f64();
+                crate::metrics::batch_applied(&per_table, changes as u64, secs, position);
+                tracing::debug!(position, changes, chunks, secs, "drain applied");
+                live.pruner
+                    .after_apply(live.applier.client(), &self.writer, position)
+                    .await;
+                Ok(Applied::Batch)
+            }
+            Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => Err(e),
+            // A migration that committed between the schema check and the read (a column
+            // gone, a table rebuilt) is a schema change, not a failure.
+            Err(_)
+                if tokio::task::block_in_place(|| schema_version(&self.reader))
+                    .is_ok_and(|v| v != self.seen_version) =>
+            {
+                tracing::info!(
+                    position = live.position,
+                    "the SQLite schema changed during a drain (rolled back); re-planning"
+                );
+                Ok(Applied::End(ForwardEnd::SchemaChanged))
+            }
+            Err(e) => {
+                crate::metrics::error(e.kind().label(), Some(&e.to_string()));
+                // Kept for `status`; best effort, the connection may be what failed.
+                let _ = state::stream_error(live.applier.client(), &e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn idle(&mut self) -> Result<Option<ForwardEnd>> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(None);
+        };
+        live.pruner
+            .when_idle(live.applier.client(), &self.writer, live.position)
+            .await;
+        report_lag(&self.reader, live.position);
+        let Some(c) = state::cutover_load(live.applier.client()).await? else {
+            return Ok(None);
+        };
+        crate::metrics::cutover(c.window_ms / 1000.0);
+        crate::metrics::set_phase(Phase::CutOver);
+        tracing::info!(
+            position = live.position,
+            "the migration is cut over: Postgres is the database now; stopping"
+        );
+        Ok(Some(ForwardEnd::CutOver))
+    }
+
+    async fn changed(&mut self) {
+        if self.wake.recv().await.is_none() {
+            // The watcher is gone: the poll interval wakes the stream.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Streams until `shutdown` turns true or the SQLite schema changes. An error that needs the
 /// operator (a value that cannot be converted, a schema mismatch) stops it with the position kept.
 /// `first`, a connection that already holds the run lock, is used before any new one: handing
@@ -570,293 +850,15 @@ pub async fn run(
     installed: &Installed,
     opts: &Options,
     shutdown: Shutdown,
-    mut first: Option<tokio_postgres::Client>,
+    first: Option<tokio_postgres::Client>,
 ) -> Result<End> {
-    let mut readers = BTreeMap::new();
-    let mut captured = BTreeMap::new();
-    for (id, name) in &installed.tables {
-        let Some((i, t)) = plan
-            .tables
-            .iter()
-            .enumerate()
-            .find(|(_, t)| &t.source.name == name)
-        else {
-            continue;
-        };
-        if t.source.follow() == Follow::ByImage {
-            let positions: Option<Vec<usize>> = t
-                .columns
-                .iter()
-                .map(|c| t.source.columns.iter().position(|sc| sc.name == c.source))
-                .collect();
-            let Some(positions) = positions else {
-                return Err(Error::new(
-                    ErrorKind::Schema,
-                    format!(
-                        "table {name}: a copied column is gone from SQLite; run again to re-plan"
-                    ),
-                ));
-            };
-            readers.insert(*id, RowReader::images(name, *id, &positions));
-            captured.insert(
-                *id,
-                Captured {
-                    plan_index: i,
-                    follow: Follow::ByImage,
-                },
-            );
-            continue;
-        }
-        let keys = capture::key_columns(&t.source).unwrap_or_default();
-        let key_positions: Option<Vec<usize>> = keys
-            .iter()
-            .map(|k| t.columns.iter().position(|c| &c.source == k))
-            .collect();
-        let Some(key_positions) = key_positions else {
-            return Err(Error::new(
-                ErrorKind::Schema,
-                format!("table {name}: a key column is not copied to the target"),
-            ));
-        };
-        readers.insert(*id, RowReader::new(name, &keys, &t.source_columns()));
-        captured.insert(
-            *id,
-            Captured {
-                plan_index: i,
-                follow: Follow::ByKey(key_positions),
-            },
-        );
-    }
+    let mut forward = Forward::new(plan, installed, opts, first)?;
     crate::metrics::set_phase(Phase::Streaming);
-    let reader = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-    // The version moves with any schema change, ours included; the shape says whether the app
-    // changed something the plan must know. Checked at start too: the app may have changed
-    // the schema between planning and now.
-    let mut seen_version = -1;
-    let writer = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
-    let (_watcher, mut wake) = file_watch::watch(&opts.source)?;
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    let mut down_since: Option<Instant> = None;
-    'connect: loop {
-        if shutdown.requested() {
-            return Ok(End::Shutdown);
-        }
-        let connected = match first.take() {
-            Some(c) => Ok(c),
-            None => pg::connect(&opts.target).await,
-        };
-        let client = match connected {
-            Ok(c) => c,
-            Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
-                if let (
-                    super::Until::CaughtUp {
-                        give_up_after: Some(limit),
-                    },
-                    Some(since),
-                ) = (opts.until, down_since)
-                    && since.elapsed() >= limit
-                {
-                    return Err(e);
-                }
-                // However the outage was first noticed (mid-batch, at a check), /healthz says so.
-                crate::metrics::unreachable(&e.to_string());
-                if down_since.is_none() {
-                    tracing::warn!(error = %e, "Postgres is unreachable; retrying with backoff, nothing is lost meanwhile");
-                    down_since = Some(Instant::now());
-                }
-                if !shutdown.sleep(backoff.next_wait()).await {
-                    return Ok(End::Shutdown);
-                }
-                continue 'connect;
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(since) = down_since.take() {
-            crate::metrics::reconnected();
-            tracing::info!(
-                down_secs = since.elapsed().as_secs_f64(),
-                "Postgres is reachable again; resuming"
-            );
-        }
-        backoff.reset();
-        // Postgres can go away between any two statements: transient errors reconnect.
-        // The run lock is retaken on every connection (a Postgres restart ends the session that
-        // held it). Held elsewhere (another daemon, or this one's old session that Postgres has
-        // not noticed is gone yet): nothing is applied until it is free.
-        let mut said = false;
-        loop {
-            match state::try_lock(&client).await {
-                Ok(true) => break,
-                Ok(false) => {
-                    if !said {
-                        tracing::warn!(
-                            "another session holds the run lock on this Postgres database (another sqlite2pg daemon, or this one's session from before a network drop): not applying until it is free, so that two never apply side by side. `sqlite2pg status` shows whether a daemon runs"
-                        );
-                        said = true;
-                    }
-                    tokio::select! {
-                        _ = shutdown.wait() => return Ok(End::Shutdown),
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-                Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
-                    down_since.get_or_insert_with(Instant::now);
-                    continue 'connect;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if said {
-            tracing::info!("the run lock is free again; applying");
-        }
-        let setup = async {
-            let applier = Applier::new(client, &opts.schema).await?;
-            let st = state::stream_load(applier.client()).await?;
-            let handoff = state::image_handoff(applier.client()).await?;
-            Ok::<_, Error>((applier, st, handoff))
-        };
-        let (mut applier, st, handoff) = match setup.await {
-            Ok(v) => v,
-            Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
-                down_since.get_or_insert_with(Instant::now);
-                continue 'connect;
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(st) = st else {
-            return Err(Error::new(
-                ErrorKind::Schema,
-                "the stream position is missing from the sqlite2pg schema; run `sqlite2pg run` again",
-            ));
-        };
-        let mut position = st.position;
-        let mut pruner = Pruner {
-            source: opts.source.clone(),
-            pruned_to: 0,
-            last: Instant::now(),
-            behind: false,
-            waiting_since: None,
-        };
-        tracing::info!(position, "streaming");
-        loop {
-            // Drain: apply ranges until the changelog has nothing after the position.
-            loop {
-                if shutdown.requested() {
-                    return Ok(End::Shutdown);
-                }
-                // A batch is only read with the columns the plan knows: re-plan first.
-                let version = tokio::task::block_in_place(|| schema_version(&reader))?;
-                if version != seen_version {
-                    let tables =
-                        tokio::task::block_in_place(|| sqlite::schema::read_tables(&reader))?;
-                    let drifted = tokio::task::block_in_place(|| {
-                        capture::drift(&reader, installed, &tables, |id| captured.contains_key(&id))
-                    })?;
-                    if sqlite::schema::shape(&tables) != plan.source_shape || !drifted.is_empty() {
-                        tracing::info!(position, rebuilt = ?drifted, "the SQLite schema changed; re-planning");
-                        return Ok(End::SchemaChanged);
-                    }
-                    seen_version = version;
-                }
-                let started = Instant::now();
-                let drained = drain(
-                    &mut applier,
-                    &reader,
-                    plan,
-                    &captured,
-                    &handoff,
-                    &readers,
-                    opts,
-                    position,
-                    &shutdown,
-                )
-                .await;
-                if matches!(drained, Ok(Drained::Nothing | Drained::Applied { .. })) {
-                    crate::metrics::resumed();
-                }
-                match drained {
-                    Ok(Drained::Nothing) => break,
-                    Ok(Drained::Shutdown) => return Ok(End::Shutdown),
-                    Ok(Drained::Applied {
-                        position: last,
-                        changes,
-                        per_table,
-                        chunks,
-                    }) => {
-                        position = last;
-                        crate::metrics::batch_applied(
-                            &per_table,
-                            changes as u64,
-                            started.elapsed().as_secs_f64(),
-                            position,
-                        );
-                        tracing::debug!(
-                            position,
-                            changes,
-                            chunks,
-                            secs = started.elapsed().as_secs_f64(),
-                            "drain applied"
-                        );
-                    }
-                    Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
-                        crate::metrics::error(e.kind().label(), None);
-                        tracing::warn!(error = %e, "Postgres went away mid-batch; the batch rolled back and will be applied again");
-                        down_since = Some(Instant::now());
-                        continue 'connect;
-                    }
-                    // A migration that committed between the schema check and the read (a
-                    // column gone, a table rebuilt) is a schema change, not a failure.
-                    Err(_)
-                        if tokio::task::block_in_place(|| schema_version(&reader))
-                            .is_ok_and(|v| v != seen_version) =>
-                    {
-                        tracing::info!(
-                            position,
-                            "the SQLite schema changed during a drain (rolled back); re-planning"
-                        );
-                        return Ok(End::SchemaChanged);
-                    }
-                    Err(e) => {
-                        crate::metrics::error(e.kind().label(), Some(&e.to_string()));
-                        // Kept for `status`; best effort, the connection may be what failed.
-                        let _ = state::stream_error(applier.client(), &e.to_string()).await;
-                        return Err(e);
-                    }
-                }
-                pruner
-                    .after_apply(applier.client(), &writer, position)
-                    .await;
-            }
-            pruner.when_idle(applier.client(), &writer, position).await;
-            report_lag(&reader, position);
-            if let super::Until::CaughtUp { .. } = opts.until {
-                return Ok(End::CaughtUp);
-            }
-            match state::cutover_load(applier.client()).await {
-                Ok(Some(c)) => {
-                    crate::metrics::cutover(c.window_ms / 1000.0);
-                    crate::metrics::set_phase(Phase::CutOver);
-                    tracing::info!(
-                        position,
-                        "the migration is cut over: Postgres is the database now; stopping"
-                    );
-                    return Ok(End::CutOver);
-                }
-                Ok(None) => {}
-                Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => {
-                    tracing::warn!(error = %e, "Postgres went away; reconnecting");
-                    down_since = Some(Instant::now());
-                    continue 'connect;
-                }
-                Err(e) => return Err(e),
-            }
-            // Priority: shutdown first, then a file notification, then the fallback poll.
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => return Ok(End::Shutdown),
-                _ = wake.recv() => {}
-                _ = tokio::time::sleep(opts.poll_interval) => {}
-            }
-        }
-    }
+    let mut follower = Follower::new(opts.until, opts.poll_interval, shutdown);
+    Ok(match follower.run(&mut forward).await? {
+        Ended::Stopped => End::Shutdown,
+        Ended::CaughtUp => End::CaughtUp,
+        Ended::By(ForwardEnd::SchemaChanged) => End::SchemaChanged,
+        Ended::By(ForwardEnd::CutOver) => End::CutOver,
+    })
 }

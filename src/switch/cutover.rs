@@ -103,14 +103,17 @@ impl Cutover<'_> {
         let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
         let (newest, _, _) = crate::sqlite::changes::pending(&conn, i64::MAX)?;
         drop(conn);
-        if daemon_running {
+        let applied = async || {
             let again = "Cut over again once it has caught up";
             super::wait_applied(limit, "the last changes", again, async || {
                 Ok(state::stream_load(client)
                     .await?
                     .is_some_and(|s| s.position >= newest))
             })
-            .await?;
+            .await
+        };
+        if daemon_running {
+            applied().await?;
             return Ok(newest);
         }
         let sopts = stream::Options {
@@ -125,13 +128,20 @@ impl Cutover<'_> {
                 give_up_after: Some(std::time::Duration::from_secs(10)),
             },
         };
-        match stream::run(self.plan, installed, &sopts, stop.clone(), None).await? {
-            End::CaughtUp => Ok(newest),
-            End::Shutdown => Err(refuse("interrupted (SIGINT/SIGTERM) while draining")),
-            End::SchemaChanged | End::CutOver => Err(Error::new(
+        match stream::run(self.plan, installed, &sopts, stop.clone(), None).await {
+            Ok(End::CaughtUp) => Ok(newest),
+            Ok(End::Shutdown) => Err(refuse("interrupted (SIGINT/SIGTERM) while draining")),
+            Ok(End::SchemaChanged | End::CutOver) => Err(Error::new(
                 ErrorKind::Schema,
                 "the SQLite schema changed during cutover; retry",
             )),
+            // A daemon started meanwhile and holds the run lock: it applies the changes.
+            Err(e) if e.kind() == ErrorKind::State && state::daemon_running(client).await? => {
+                tracing::info!("a daemon took over the stream: waiting for it to apply");
+                applied().await?;
+                Ok(newest)
+            }
+            Err(e) => Err(e),
         }
     }
 }

@@ -1,0 +1,221 @@
+//! The follower: what both streams are, whichever way they go. A [`Direction`] knows how to
+//! connect, apply one batch and look around once caught up (the forward stream: SQLite's
+//! changelog into Postgres; the reverse stream: Postgres' into SQLite); the follower alone
+//! decides when each runs, how long to wait, and what an error means:
+//! - a stop ends the stream at once, between batches;
+//! - an error the kind calls transient ([`RetryPolicy::RetryLater`]) drops the connection and
+//!   tries again after a capped backoff (an unreachable Postgres is waited out, for at most
+//!   `give_up_after` in a switch's own drain), nothing lost: a batch that failed rolled back;
+//! - any other error ends the stream, the position kept.
+
+use std::time::{Duration, Instant};
+
+use super::Until;
+use crate::error::{Error, ErrorKind, Result, RetryPolicy};
+use crate::shutdown::{Backoff, Shutdown};
+
+/// What one batch did.
+pub(crate) enum Applied<E> {
+    /// It applied a batch; more may be pending.
+    Batch,
+    /// Nothing was pending.
+    Nothing,
+    /// A stop came during the batch, which rolled back.
+    Stopped,
+    /// The direction ends (a schema change to re-plan, the switch it served).
+    End(E),
+}
+
+/// Whether a connection was made.
+pub(crate) enum Connected {
+    /// Connected, holding the run lock.
+    Ready,
+    /// Connected, but another session holds the run lock.
+    LockHeld,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended<E> {
+    /// A stop was asked for.
+    Stopped,
+    /// Nothing left to apply (with `Until::CaughtUp`).
+    CaughtUp,
+    /// The direction's own end.
+    By(E),
+}
+
+/// One direction of replication, as the follower drives it.
+pub(crate) trait Direction {
+    /// How this direction ends by itself.
+    type End;
+    /// Connects to Postgres (again) and takes the run lock.
+    async fn connect(&mut self) -> Result<Connected>;
+    /// Forgets the connection after a failure; the next `connect` makes a new one.
+    fn disconnect(&mut self);
+    /// Applies one batch.
+    async fn apply(&mut self, stop: &Shutdown) -> Result<Applied<Self::End>>;
+    /// Once caught up: housekeeping (pruning, lag), and whether the switch this direction
+    /// serves was recorded.
+    async fn idle(&mut self) -> Result<Option<Self::End>>;
+    /// Resolves when the source may hold something new (a file notification, a NOTIFY);
+    /// pending forever when it cannot tell (the poll interval covers that).
+    async fn changed(&mut self);
+}
+
+/// Drives a [`Direction`] until a stop, the end of the changelog (`Until::CaughtUp`) or the
+/// direction's own end.
+pub(crate) struct Follower {
+    until: Until,
+    poll_interval: Duration,
+    stop: Shutdown,
+    backoff: Backoff,
+    /// Since when Postgres has been unreachable, while it is.
+    down_since: Option<Instant>,
+}
+
+impl Follower {
+    /// A follower polling every `poll_interval` when nothing wakes it.
+    pub(crate) fn new(until: Until, poll_interval: Duration, stop: Shutdown) -> Follower {
+        Follower {
+            until,
+            poll_interval,
+            stop,
+            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+            down_since: None,
+        }
+    }
+
+    /// Runs `dir` to its end.
+    pub(crate) async fn run<D: Direction>(&mut self, dir: &mut D) -> Result<Ended<D::End>> {
+        let mut connected = false;
+        let mut said_locked = false;
+        loop {
+            if self.stop.requested() {
+                return Ok(Ended::Stopped);
+            }
+            if !connected {
+                match dir.connect().await {
+                    Ok(Connected::Ready) => {
+                        connected = true;
+                        self.backoff.reset();
+                        if let Some(since) = self.down_since.take() {
+                            crate::metrics::reconnected();
+                            tracing::info!(
+                                down_secs = since.elapsed().as_secs_f64(),
+                                "Postgres is reachable again; resuming"
+                            );
+                        }
+                        if std::mem::take(&mut said_locked) {
+                            tracing::info!("the run lock is free again; applying");
+                        }
+                    }
+                    Ok(Connected::LockHeld) => {
+                        // A switch's own drain does not wait for a daemon: it waits for the
+                        // daemon to apply instead.
+                        if let Until::CaughtUp { .. } = self.until {
+                            return Err(Error::new(
+                                ErrorKind::State,
+                                "another sqlite2pg daemon is applying on this database; `sqlite2pg status` shows it",
+                            ));
+                        }
+                        if !std::mem::replace(&mut said_locked, true) {
+                            tracing::warn!(
+                                "another session holds the run lock on this Postgres database (another sqlite2pg daemon, or this one's session from before a network drop): not applying until it is free, so that two never apply side by side. `sqlite2pg status` shows whether a daemon runs"
+                            );
+                        }
+                        if !self.stop.sleep(Duration::from_millis(500)).await {
+                            return Ok(Ended::Stopped);
+                        }
+                    }
+                    Err(e) => {
+                        if !self.retry(dir, &mut connected, e).await? {
+                            return Ok(Ended::Stopped);
+                        }
+                    }
+                }
+                continue;
+            }
+            let applied = match dir.apply(&self.stop).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if !self.retry(dir, &mut connected, e).await? {
+                        return Ok(Ended::Stopped);
+                    }
+                    continue;
+                }
+            };
+            match applied {
+                Applied::Stopped => return Ok(Ended::Stopped),
+                Applied::End(end) => return Ok(Ended::By(end)),
+                Applied::Batch => {
+                    crate::metrics::resumed();
+                    self.backoff.reset();
+                }
+                Applied::Nothing => {
+                    crate::metrics::resumed();
+                    self.backoff.reset();
+                    if let Until::CaughtUp { .. } = self.until {
+                        return Ok(Ended::CaughtUp);
+                    }
+                    match dir.idle().await {
+                        Ok(Some(end)) => return Ok(Ended::By(end)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            if !self.retry(dir, &mut connected, e).await? {
+                                return Ok(Ended::Stopped);
+                            }
+                            continue;
+                        }
+                    }
+                    // Priority: a stop first, then news from the source, then the poll
+                    // (which also covers a notification missed or not available).
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.wait() => return Ok(Ended::Stopped),
+                        _ = dir.changed() => {}
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one retry policy, from the error's kind: a transient error waits a backoff
+    /// (`Ok(false)`: stopped meanwhile), an unreachable Postgres after dropping the
+    /// connection; any other error ends the stream.
+    async fn retry<D: Direction>(
+        &mut self,
+        dir: &mut D,
+        connected: &mut bool,
+        e: Error,
+    ) -> Result<bool> {
+        if e.kind().retry_policy() != RetryPolicy::RetryLater {
+            return Err(e);
+        }
+        crate::metrics::error(e.kind().label(), None);
+        if e.kind() == ErrorKind::TargetUnreachable {
+            dir.disconnect();
+            *connected = false;
+            if let (
+                Until::CaughtUp {
+                    give_up_after: Some(limit),
+                },
+                Some(since),
+            ) = (self.until, self.down_since)
+                && since.elapsed() >= limit
+            {
+                return Err(e);
+            }
+            // However the outage was first noticed (mid-batch, at a look), /healthz says so.
+            crate::metrics::unreachable(&e.to_string());
+            if self.down_since.is_none() {
+                tracing::warn!(error = %e, "Postgres is unreachable; retrying with backoff, nothing is lost meanwhile (a batch in flight rolled back and is applied again)");
+                self.down_since = Some(Instant::now());
+            }
+        } else {
+            tracing::warn!(error = %e, "SQLite is busy (the app or a reader holds it); retrying");
+        }
+        Ok(self.stop.sleep(self.backoff.next_wait()).await)
+    }
+}
