@@ -581,15 +581,12 @@ struct SwitchSetup {
 
 fn switch_setup(cfg: &Config, flags: &SwitchFlags, what: &str) -> anyhow::Result<SwitchSetup> {
     let rt = runtime()?;
-    let target = cfg.require_target()?.clone();
+    cfg.require_target()?;
     let (plan, client) = rt.block_on(plan::load(cfg))?;
     let client =
         client.with_context(|| format!("{what} needs the Postgres target: pass --target"))?;
     let opts = switch::Options {
-        source: cfg.source.clone(),
-        target,
-        schema: cfg.target_schema.clone(),
-        busy_timeout: busy(cfg),
+        db: crate::pipeline::Databases::of(cfg)?,
         max_lag: Duration::from_secs_f64(flags.max_lag.max(0.0)),
         wait: Duration::from_secs_f64(flags.wait.max(0.0)),
         lease: Duration::from_secs_f64(flags.lease.clamp(0.5, 3600.0)),

@@ -294,10 +294,13 @@ fn postgres_restarting_during_the_reverse_stream_loses_nothing() {
         .batch_execute("UPDATE t SET n = n + 1 WHERE id % 2 = 0")
         .unwrap();
     wait_reverse_drained(&db, &d);
+    // Said by the follower both streams share, after the reverse stream began.
     let log = d.log_text();
+    let reverse = &log[log.find("following Postgres back into SQLite").unwrap()..];
     assert!(
-        log.contains("the reverse stream resumes once it answers"),
-        "the reverse stream should say it lost Postgres:\n{log}"
+        reverse.contains("Postgres is unreachable")
+            && reverse.contains("Postgres is reachable again"),
+        "the reverse stream should say it lost Postgres, then that it resumed:\n{log}"
     );
     assert_eq!(
         sqlite_rows(

@@ -17,6 +17,31 @@ pub mod verify;
 pub mod views;
 pub mod watch;
 
+/// Where the two databases are: what every stage that works on both is told.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    /// The SQLite file.
+    pub source: std::path::PathBuf,
+    /// The Postgres database.
+    pub target: crate::conninfo::TargetUrl,
+    /// The Postgres schema the tables are in.
+    pub schema: String,
+    /// How long a SQLite statement waits for the app's lock.
+    pub busy_timeout: std::time::Duration,
+}
+
+impl Databases {
+    /// The databases a configuration names; an error when it names no target.
+    pub fn of(cfg: &crate::config::Config) -> crate::error::Result<Databases> {
+        Ok(Databases {
+            source: cfg.source.clone(),
+            target: cfg.require_target()?.clone(),
+            schema: cfg.target_schema.clone(),
+            busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
+        })
+    }
+}
+
 /// How long a stream, either way, runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {

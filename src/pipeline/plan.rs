@@ -481,6 +481,25 @@ fn plan_create(
     }
 }
 
+impl Finding {
+    /// A finding about one column of `t`.
+    fn on_column(
+        severity: Severity,
+        t: &SourceTable,
+        column: &str,
+        message: String,
+        hint: &str,
+    ) -> Finding {
+        Finding {
+            severity,
+            table: t.name.clone(),
+            column: Some(column.to_string()),
+            message,
+            hint: hint.to_string(),
+        }
+    }
+}
+
 /// The position of a copied column, by its source name as SQLite matches names.
 fn column_index(columns: &[ColumnPlan], name: &str) -> Option<usize> {
     columns
@@ -507,13 +526,7 @@ fn plan_columns(
     let mut columns = Vec::new();
     let mut column_defs = Vec::new();
     let mut finding = |sev, col: &str, message: String, hint: &str| {
-        findings.push(Finding {
-            severity: sev,
-            table: t.name.clone(),
-            column: Some(col.to_string()),
-            message,
-            hint: hint.to_string(),
-        })
+        findings.push(Finding::on_column(sev, t, col, message, hint))
     };
     let mut seen_cols: HashMap<String, String> = HashMap::new();
     for (i, c) in t.columns.iter().enumerate() {
@@ -636,13 +649,7 @@ fn plan_generated(
     findings: &mut Vec<Finding>,
 ) -> Vec<String> {
     let mut finding = |sev, col: &str, message: String, hint: &str| {
-        findings.push(Finding {
-            severity: sev,
-            table: t.name.clone(),
-            column: Some(col.to_string()),
-            message,
-            hint: hint.to_string(),
-        })
+        findings.push(Finding::on_column(sev, t, col, message, hint))
     };
     // Generated columns whose expression translates are computed by Postgres, over the plain
     // columns (Postgres' generated columns cannot name one another), and never written: they

@@ -14,7 +14,6 @@
 //! convert back to the same Postgres value, or the stream stops and says which.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -22,7 +21,6 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
 use super::follower::{Applied, Connected, Direction, Ended, Follower};
 use super::plan::{Plan, TablePlan};
-use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::form::ColumnForm;
 use crate::model::{OwnedValue, display_key};
@@ -40,14 +38,8 @@ pub const KEEP_APPLIED: Duration = Duration::from_secs(3600);
 /// Knobs of the reverse stream.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The SQLite file.
-    pub source: PathBuf,
-    /// The Postgres database the app writes to now.
-    pub target: TargetUrl,
-    /// Target schema.
-    pub schema: String,
-    /// SQLite busy timeout.
-    pub busy_timeout: Duration,
+    /// Where the two databases are.
+    pub db: super::Databases,
     /// How often to look for new changes when there were none.
     pub poll_interval: Duration,
     /// Most changes per batch (one SQLite transaction).
@@ -614,13 +606,13 @@ async fn read_batch(
     for (ti, (whole, mut keys)) in by_table {
         let t = &tables[ti];
         if whole {
-            reads.push((ti, Read::Whole(read_whole(&tx, &opts.schema, t).await?)));
+            reads.push((ti, Read::Whole(read_whole(&tx, &opts.db.schema, t).await?)));
         } else {
             keys.sort();
             keys.dedup();
             reads.push((
                 ti,
-                Read::Keys(read_keys(&tx, &opts.schema, t, &keys).await?),
+                Read::Keys(read_keys(&tx, &opts.db.schema, t, &keys).await?),
             ));
         }
     }
@@ -729,7 +721,7 @@ async fn look(client: &Client, conn: &rusqlite::Connection) -> Result<bool> {
 
 /// A connection that hears the capture's notifications (`None` while Postgres is away).
 async fn listen(opts: &Options) -> Option<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
-    let (client, rx) = crate::pg::connect_listening(&opts.target).await.ok()?;
+    let (client, rx) = crate::pg::connect_listening(&opts.db.target).await.ok()?;
     client
         .batch_execute(&format!("LISTEN {}", reverse::CHANNEL))
         .await
@@ -757,7 +749,7 @@ impl Direction for Reverse<'_> {
     type End = FellBack;
 
     async fn connect(&mut self) -> Result<Connected> {
-        let client = crate::pg::connect(&self.opts.target).await?;
+        let client = crate::pg::connect(&self.opts.db.target).await?;
         // The forward stream's session, just closed by this same daemon, may hold the lock a
         // moment longer; a one-shot drain (a fallback's) asks once.
         let patience = match self.opts.until {
@@ -839,7 +831,8 @@ impl Direction for Reverse<'_> {
 /// Follows Postgres back into SQLite until a stop, the fallback, or (with
 /// `Until::CaughtUp`) an empty changelog. Reconnects by itself while Postgres is away.
 pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End> {
-    let conn = tokio::task::block_in_place(|| restore::open(&opts.source, opts.busy_timeout))?;
+    let conn =
+        tokio::task::block_in_place(|| restore::open(&opts.db.source, opts.db.busy_timeout))?;
     let tables = tokio::task::block_in_place(|| tables(plan, &conn))?;
     crate::metrics::set_phase(Phase::ReverseStreaming);
     crate::metrics::reverse_started();

@@ -161,7 +161,7 @@ async fn run_pass(
         && crate::pg::state::cutover_load(c).await?.is_some()
     {
         *streamed = true;
-        return follow_back(cfg, opts, shutdown, &plan, c, target).await;
+        return follow_back(cfg, opts, shutdown, &plan, c).await;
     }
     refuse_lossy(&plan)?;
     for f in plan.findings.iter().filter(|f| f.table.is_empty()) {
@@ -204,10 +204,7 @@ async fn run_pass(
         return Ok(Pass::Done);
     }
     let stream_opts = stream::Options {
-        source: cfg.source.clone(),
-        target,
-        schema: cfg.target_schema.clone(),
-        busy_timeout: busy,
+        db: super::Databases::of(cfg)?,
         poll_interval: opts.poll_interval,
         batch_changes: opts.batch_changes,
         batch_bytes: 32 << 20,
@@ -244,7 +241,6 @@ async fn follow_back(
     shutdown: &Shutdown,
     plan: &Plan,
     client: &tokio_postgres::Client,
-    target: crate::conninfo::TargetUrl,
 ) -> Result<Pass> {
     if let Some(f) = crate::pg::reverse::fallback_load(client).await? {
         crate::metrics::set_phase(Phase::FellBack);
@@ -263,10 +259,7 @@ async fn follow_back(
         ));
     }
     let ropts = reverse_stream::Options {
-        source: cfg.source.clone(),
-        target,
-        schema: cfg.target_schema.clone(),
-        busy_timeout: Duration::from_millis(cfg.busy_timeout_ms),
+        db: super::Databases::of(cfg)?,
         poll_interval: opts.poll_interval,
         batch_changes: opts.batch_changes,
         until: super::Until::Stopped,

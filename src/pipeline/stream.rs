@@ -2,12 +2,10 @@
 //! states to Postgres, position in the same transaction; prune behind durable applies.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::follower::{Applied, Connected, Direction, Ended, Follower};
 use super::plan::{Plan, TablePlan};
-use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
 use crate::model::{Follow, OwnedValue, display_key};
 use crate::pg::apply::{self, Applier, TableBatch};
@@ -21,14 +19,8 @@ use crate::sqlite::{self, watch as file_watch};
 /// Knobs of the stream.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The SQLite file.
-    pub source: PathBuf,
-    /// The Postgres target.
-    pub target: TargetUrl,
-    /// Target schema.
-    pub schema: String,
-    /// SQLite busy timeout.
-    pub busy_timeout: Duration,
+    /// Where the two databases are.
+    pub db: super::Databases,
     /// Fallback poll when no file notification arrives.
     pub poll_interval: Duration,
     /// Most changelog rows per SQLite read (one chunk of a drain).
@@ -655,9 +647,9 @@ impl<'a> Forward<'a> {
                 },
             );
         }
-        let reader = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-        let writer = sqlite::open_read_write(&opts.source, opts.busy_timeout)?;
-        let (watcher, wake) = file_watch::watch(&opts.source)?;
+        let reader = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
+        let writer = sqlite::open_read_write(&opts.db.source, opts.db.busy_timeout)?;
+        let (watcher, wake) = file_watch::watch(&opts.db.source)?;
         Ok(Forward {
             plan,
             installed,
@@ -711,7 +703,7 @@ impl Direction for Forward<'_> {
     async fn connect(&mut self) -> Result<Connected> {
         let client = match (self.waiting.take(), self.first.take()) {
             (Some(c), _) | (None, Some(c)) => c,
-            (None, None) => pg::connect(&self.opts.target).await?,
+            (None, None) => pg::connect(&self.opts.db.target).await?,
         };
         // The run lock is retaken on every connection (a Postgres restart ends the session
         // that held it). Held elsewhere (another daemon, or this one's old session that
@@ -720,7 +712,7 @@ impl Direction for Forward<'_> {
             self.waiting = Some(client);
             return Ok(Connected::LockHeld);
         }
-        let applier = Applier::new(client, &self.opts.schema).await?;
+        let applier = Applier::new(client, &self.opts.db.schema).await?;
         let Some(st) = state::stream_load(applier.client()).await? else {
             return Err(Error::new(
                 ErrorKind::Schema,
@@ -734,7 +726,7 @@ impl Direction for Forward<'_> {
             handoff,
             position: st.position,
             pruner: Pruner {
-                source: self.opts.source.clone(),
+                source: self.opts.db.source.clone(),
                 pruned_to: 0,
                 last: Instant::now(),
                 behind: false,

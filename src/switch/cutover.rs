@@ -100,7 +100,7 @@ impl Cutover<'_> {
         stop: &Shutdown,
     ) -> Result<i64> {
         let opts = self.opts;
-        let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+        let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let (newest, _, _) = crate::sqlite::changes::pending(&conn, i64::MAX)?;
         drop(conn);
         let applied = async || {
@@ -117,10 +117,7 @@ impl Cutover<'_> {
             return Ok(newest);
         }
         let sopts = stream::Options {
-            source: opts.source.clone(),
-            target: opts.target.clone(),
-            schema: opts.schema.clone(),
-            busy_timeout: opts.busy_timeout,
+            db: opts.db.clone(),
             poll_interval: std::time::Duration::from_millis(50),
             batch_changes: 10_000,
             batch_bytes: 32 << 20,
@@ -171,7 +168,7 @@ impl Side for Cutover<'_> {
                 c.fenced_at
             )));
         }
-        let mut rw = sqlite::open_read_write(&self.opts.source, self.opts.busy_timeout)?;
+        let mut rw = sqlite::open_read_write(&self.opts.db.source, self.opts.db.busy_timeout)?;
         let fence = capture::fence_state(&rw)?;
         capture::unfence(&mut rw)?;
         Ok(fence.filter(|f| f.active).map(|f| f.holder))
@@ -189,7 +186,7 @@ impl Side for Cutover<'_> {
                 c.fenced_at, c.window_ms
             )));
         }
-        let conn = sqlite::open_read_only(&self.opts.source, self.opts.busy_timeout)?;
+        let conn = sqlite::open_read_only(&self.opts.db.source, self.opts.db.busy_timeout)?;
         if capture::installed(&conn)?.is_none() {
             return Err(refuse(
                 "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
@@ -201,7 +198,8 @@ impl Side for Cutover<'_> {
     async fn facts(&self, client: &Client) -> Result<Facts> {
         let kept = foreign_keys::kept(client).await?;
         Ok(Facts {
-            status: status::collect(client, &self.opts.source, self.opts.busy_timeout).await?,
+            status: status::collect(client, &self.opts.db.source, self.opts.db.busy_timeout)
+                .await?,
             verified: state::verified_position(client).await.ok().flatten(),
             kept: kept.len(),
             orphans: orphans(client, &kept).await?,
@@ -272,16 +270,16 @@ impl Side for Cutover<'_> {
 
     async fn prepare(&self, client: &mut Client, stop: &Shutdown) -> Result<Ready> {
         let (plan, opts) = (self.plan, self.opts);
-        let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+        let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let Some(installed) = capture::installed(&conn)? else {
             return Err(refuse(
                 "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
             ));
         };
-        let triggers = crate::pipeline::triggers::translate(&conn, plan, &opts.schema)?;
-        let views = crate::pipeline::views::translate(&conn, plan, &opts.schema)?;
+        let triggers = crate::pipeline::triggers::translate(&conn, plan, &opts.db.schema)?;
+        let views = crate::pipeline::views::translate(&conn, plan, &opts.db.schema)?;
         drop(conn);
-        let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
+        let st = status::collect(client, &opts.db.source, opts.db.busy_timeout).await?;
         if st.phase != RunPhase::Streaming {
             return Err(refuse(format!(
                 "the migration is in phase {}: let `sqlite2pg run` finish the snapshot first",
@@ -303,7 +301,7 @@ impl Side for Cutover<'_> {
         let stale = match state::verified_position(client).await? {
             None => true,
             Some(v) => {
-                let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+                let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
                 // A table re-synchronized since (a marker, tbl < 0) changed beyond its keys.
                 let keys = changed_keys(&conn, v)?;
                 keys.len() > 5_000 || keys.iter().any(|(tbl, _)| *tbl < 0)
@@ -321,11 +319,11 @@ impl Side for Cutover<'_> {
         }
         let reader = &*client;
         super::wait_for_lag("lag", opts.max_lag, opts.wait, async || {
-            let st = status::collect(reader, &opts.source, opts.busy_timeout).await?;
+            let st = status::collect(reader, &opts.db.source, opts.db.busy_timeout).await?;
             Ok((st.lag_seconds.unwrap_or(0.0), st.daemon_running))
         })
         .await?;
-        let st = status::collect(client, &opts.source, opts.busy_timeout).await?;
+        let st = status::collect(client, &opts.db.source, opts.db.busy_timeout).await?;
         // Orphans are SQLite's (foreign keys off) and Postgres holds the same ones once it has
         // every change made so far (a fix the user just made in SQLite included): counted
         // before the fence, since a constraint that cannot be validated is the user's call.
@@ -356,7 +354,7 @@ impl Side for Cutover<'_> {
         // recorded. A refused cutover leaves it in place for the next try (`uninstall`
         // removes it).
         let tables = crate::pipeline::reverse_stream::captured(plan);
-        let missing = reverse::missing_capture(&*client, &opts.schema, &tables).await?;
+        let missing = reverse::missing_capture(&*client, &opts.db.schema, &tables).await?;
         if !missing.is_empty() {
             let tx = client
                 .transaction()
@@ -365,7 +363,7 @@ impl Side for Cutover<'_> {
             tx.batch_execute("SET LOCAL lock_timeout = '10s'")
                 .await
                 .map_err(|e| Error::from_pg("cannot start installing the reverse capture", e))?;
-            reverse::install_capture(&tx, &opts.schema, &missing).await?;
+            reverse::install_capture(&tx, &opts.db.schema, &missing).await?;
             tx.commit()
                 .await
                 .map_err(|e| Error::from_pg("cannot install the reverse capture", e))?;
@@ -389,8 +387,8 @@ impl Side for Cutover<'_> {
 
     async fn lease(&self) -> Result<Lease> {
         Ok(Lease::Sqlite(sqlite::open_read_write(
-            &self.opts.source,
-            self.opts.busy_timeout,
+            &self.opts.db.source,
+            self.opts.db.busy_timeout,
         )?))
     }
 
@@ -402,7 +400,7 @@ impl Side for Cutover<'_> {
     ) -> Result<(rusqlite::Connection, Window)> {
         // The window opens as the fence goes up.
         let window = Window::open();
-        let mut rw = sqlite::open_read_write(&self.opts.source, self.opts.busy_timeout)?;
+        let mut rw = sqlite::open_read_write(&self.opts.db.source, self.opts.db.busy_timeout)?;
         capture::fence(&mut rw, &ready.installed.tables, holder, self.opts.lease)?;
         Ok((rw, window))
     }
@@ -435,10 +433,10 @@ impl Side for Cutover<'_> {
             return Ok(report.tables.iter().map(|t| t.rows_compared as i64).sum());
         }
         let verified = state::verified_position(&*client).await?.unwrap_or(0);
-        let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+        let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let keys = changed_keys(&conn, verified)?;
         let installed = &ready.installed;
-        let mut n = verify_keys(client, &conn, plan, &opts.schema, installed, &keys).await?;
+        let mut n = verify_keys(client, &conn, plan, &opts.db.schema, installed, &keys).await?;
         // Tables followed by row images have no key to look rows up by: compared in full.
         for (tbl, name) in &installed.tables {
             let Some(t) = plan.tables.iter().find(|t| &t.source.name == name) else {
@@ -463,7 +461,7 @@ impl Side for Cutover<'_> {
     async fn move_counters(&self, tx: &Transaction<'_>) -> Result<usize> {
         let mut moved = 0;
         for t in &self.plan.tables {
-            moved += sequences::move_past_max(tx, &self.opts.schema, &t.target).await?;
+            moved += sequences::move_past_max(tx, &self.opts.db.schema, &t.target).await?;
         }
         Ok(moved)
     }
@@ -475,7 +473,7 @@ impl Side for Cutover<'_> {
         window: &Window,
         done: Done,
     ) -> Result<()> {
-        let (plan, schema) = (self.plan, &self.opts.schema);
+        let (plan, schema) = (self.plan, &self.opts.db.schema);
         // Deferrable keys back to what the migrations made.
         for fk in &foreign_keys::kept(tx).await? {
             foreign_keys::add_not_valid(tx, fk).await?;
@@ -560,7 +558,7 @@ impl Side for Cutover<'_> {
     }
 
     async fn recorded(&self) -> Option<bool> {
-        let client = crate::pg::connect(&self.opts.target).await.ok()?;
+        let client = crate::pg::connect(&self.opts.db.target).await.ok()?;
         state::cutover_load(&client).await.ok().map(|c| c.is_some())
     }
 
@@ -613,7 +611,7 @@ async fn create_views(
                 continue;
             }
         };
-        let name = qualified(&opts.schema, &crate::pg::ddl::truncate_ident(&v.name));
+        let name = qualified(&opts.db.schema, &crate::pg::ddl::truncate_ident(&v.name));
         let exists: bool = client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
             .await

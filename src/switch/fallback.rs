@@ -58,10 +58,7 @@ impl<'a> Fallback<'a> {
     fn drain_opts(&self) -> reverse_stream::Options {
         let opts = self.opts;
         reverse_stream::Options {
-            source: opts.source.clone(),
-            target: opts.target.clone(),
-            schema: opts.schema.clone(),
-            busy_timeout: opts.busy_timeout,
+            db: opts.db.clone(),
             poll_interval: Duration::from_millis(20),
             batch_changes: 5_000,
             until: crate::pipeline::Until::CaughtUp {
@@ -103,7 +100,7 @@ impl<'a> Fallback<'a> {
         let Some(record) = reverse::fallback_load(client).await? else {
             return Ok(None);
         };
-        let conn = sqlite::open_read_only(&self.opts.source, self.opts.busy_timeout)?;
+        let conn = sqlite::open_read_only(&self.opts.db.source, self.opts.db.busy_timeout)?;
         let fenced = capture::fenced(&conn)?;
         drop(conn);
         if fenced {
@@ -120,7 +117,7 @@ impl<'a> Fallback<'a> {
 
     /// Removes sqlite2pg's objects from the SQLite file: the fence goes with them.
     fn release_sqlite(&self) -> Result<()> {
-        let mut rw = sqlite::open_read_write(&self.opts.source, self.opts.busy_timeout)?;
+        let mut rw = sqlite::open_read_write(&self.opts.db.source, self.opts.db.busy_timeout)?;
         capture::uninstall(&mut rw)?;
         Ok(())
     }
@@ -152,7 +149,7 @@ impl<'a> Side for Fallback<'a> {
             )));
         }
         let was = reverse::fence_state(&*client).await?.filter(|f| f.active);
-        reverse::unfence(client, &self.opts.schema, &self.plan.targets()).await?;
+        reverse::unfence(client, &self.opts.db.schema, &self.plan.targets()).await?;
         Ok(was.map(|f| f.holder))
     }
 
@@ -162,7 +159,7 @@ impl<'a> Side for Fallback<'a> {
 
     async fn check(&self, client: &Client) -> Result<()> {
         ready(client).await?;
-        no_new_columns(client, self.plan, &self.opts.schema).await?;
+        no_new_columns(client, self.plan, &self.opts.db.schema).await?;
         no_new_tables(client, self.plan, self.opts).await
     }
 
@@ -240,7 +237,7 @@ impl<'a> Side for Fallback<'a> {
             Ok((age.unwrap_or(0.0), daemon_running))
         })
         .await?;
-        let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+        let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let tables = tokio::task::block_in_place(|| reverse_stream::tables(plan, &conn))?;
         // The keys changed during the full verify, verified now, once SQLite has every change
         // made so far: inside the window only those changed since this second pass began are
@@ -260,7 +257,7 @@ impl<'a> Side for Fallback<'a> {
 
     async fn lease(&self) -> Result<Lease> {
         Ok(Lease::Postgres(
-            crate::pg::connect(&self.opts.target).await?,
+            crate::pg::connect(&self.opts.db.target).await?,
         ))
     }
 
@@ -273,7 +270,7 @@ impl<'a> Side for Fallback<'a> {
         let opts = self.opts;
         let fenced = reverse::fence(
             client,
-            &opts.schema,
+            &opts.db.schema,
             &self.plan.targets(),
             holder,
             opts.lease,
@@ -313,7 +310,7 @@ impl<'a> Side for Fallback<'a> {
     ) -> Result<()> {
         // The record, the permanent fence and the end of capture commit together.
         for t in &self.plan.tables {
-            reverse::uncapture(tx, &self.opts.schema, &t.target).await?;
+            reverse::uncapture(tx, &self.opts.db.schema, &t.target).await?;
         }
         let moved = i32::try_from(done.moved).unwrap_or(i32::MAX);
         reverse::fallback_record(
@@ -336,11 +333,11 @@ impl<'a> Side for Fallback<'a> {
     }
 
     async fn lift(&self, client: &mut Client, _fenced: ()) {
-        let (schema, tables) = (&self.opts.schema, self.plan.targets());
+        let (schema, tables) = (&self.opts.db.schema, self.plan.targets());
         let lifted = match reverse::unfence(client, schema, &tables).await {
             Ok(()) => Ok(()),
             // The failure may have been the connection itself.
-            Err(_) => match crate::pg::connect(&self.opts.target).await {
+            Err(_) => match crate::pg::connect(&self.opts.db.target).await {
                 Ok(mut c) => reverse::unfence(&mut c, schema, &tables).await,
                 Err(e) => Err(e),
             },
@@ -378,14 +375,14 @@ impl<'a> Side for Fallback<'a> {
     }
 
     async fn recorded_anyway(&self, e: Error) -> Result<Outcome> {
-        match crate::pg::connect(&self.opts.target).await {
+        match crate::pg::connect(&self.opts.db.target).await {
             Ok(client) => self.finish_recorded(&client).await?.ok_or(e),
             Err(_) => Err(self.unknown_outcome(e)),
         }
     }
 
     async fn recorded(&self) -> Option<bool> {
-        let client = crate::pg::connect(&self.opts.target).await.ok()?;
+        let client = crate::pg::connect(&self.opts.db.target).await.ok()?;
         reverse::fallback_load(&client)
             .await
             .ok()
@@ -457,7 +454,7 @@ async fn no_new_columns(client: &Client, plan: &Plan, schema: &str) -> Result<()
 async fn no_new_tables(client: &Client, plan: &Plan, opts: &Options) -> Result<()> {
     let mut holding = Vec::new();
     for (name, has_rows) in
-        reverse::tables_since_cutover(client, &opts.schema, &plan.targets()).await?
+        reverse::tables_since_cutover(client, &opts.db.schema, &plan.targets()).await?
     {
         if has_rows {
             holding.push(name);
@@ -493,7 +490,7 @@ async fn verify_changed(
             None => e.0 = true,
         }
     }
-    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
     let mut n = 0;
     for (name, (whole, mut keys)) in by_table {
         let Some(t) = tables.iter().find(|t| t.plan().target == name) else {
@@ -515,9 +512,9 @@ async fn verify_changed(
         }
         keys.sort();
         keys.dedup();
-        let sqlite_keys = reverse_stream::sqlite_keys(&*client, &opts.schema, t, &keys).await?;
+        let sqlite_keys = reverse_stream::sqlite_keys(&*client, &opts.db.schema, t, &keys).await?;
         if let Some((key, what)) =
-            verify::check_keys(client, &conn, p, &opts.schema, &sqlite_keys).await?
+            verify::check_keys(client, &conn, p, &opts.db.schema, &sqlite_keys).await?
         {
             return Err(Error::new(
                 ErrorKind::Schema,
@@ -569,7 +566,7 @@ async fn move_counters(
         let Some(c) = t.columns.iter().find(|c| &c.source == source_col) else {
             continue;
         };
-        for (col, last) in reverse::sequence_values(client, &opts.schema, &t.target).await? {
+        for (col, last) in reverse::sequence_values(client, &opts.db.schema, &t.target).await? {
             if col == c.target {
                 targets.push((t.source.name.clone(), last));
             }
@@ -579,7 +576,7 @@ async fn move_counters(
         return Ok(0);
     }
     tokio::task::block_in_place(|| {
-        let conn = restore::open(&opts.source, opts.busy_timeout)?;
+        let conn = restore::open(&opts.db.source, opts.db.busy_timeout)?;
         let mut moved = 0;
         for (table, last) in &targets {
             if restore::move_autoincrement(&conn, table, *last)? {

@@ -11,14 +11,12 @@
 pub mod cutover;
 pub mod fallback;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Transaction};
 
-use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shutdown::Shutdown;
 use crate::window::Window;
@@ -26,14 +24,8 @@ use crate::window::Window;
 /// What every switch is told, whichever way it goes.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The SQLite file.
-    pub source: PathBuf,
-    /// The Postgres database.
-    pub target: TargetUrl,
-    /// Target schema.
-    pub schema: String,
-    /// SQLite busy timeout.
-    pub busy_timeout: Duration,
+    /// Where the two databases are.
+    pub db: crate::pipeline::Databases,
     /// Fence only once the lag is at most this.
     pub max_lag: Duration,
     /// How long to wait for the lag to get there.
@@ -47,9 +39,9 @@ impl Options {
     /// How the verifies of a switch compare `tables` (all when empty).
     fn verify(&self, tables: Vec<String>) -> crate::pipeline::verify::Options {
         crate::pipeline::verify::Options {
-            source: self.source.clone(),
-            schema: self.schema.clone(),
-            busy_timeout: self.busy_timeout,
+            source: self.db.source.clone(),
+            schema: self.db.schema.clone(),
+            busy_timeout: self.db.busy_timeout,
             examples: 5,
             tables,
             settle: Duration::from_secs(10),
