@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, FileConfig};
 use crate::error::{Error, RetryPolicy};
-use crate::pipeline::{check, plan, run, snapshot};
+use crate::plan;
+use crate::replicate::{run, snapshot};
+use crate::report::check;
 use crate::shutdown::Shutdown;
 use crate::switch;
 use crate::{pg, sqlite};
@@ -443,7 +445,7 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let seeded = match client.as_mut() {
-        Some(c) => rt.block_on(crate::pipeline::migrations::seeded_findings(c, &plan, cfg))?,
+        Some(c) => rt.block_on(check::seeded_findings(c, &plan, cfg))?,
         None => Vec::new(),
     };
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
@@ -469,13 +471,13 @@ fn cmd_check_reverse(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let (plan, client) = rt.block_on(plan::load(cfg))?;
     let mut client = client.context("check --reverse reads Postgres: pass --target")?;
     let conn = sqlite::open_read_only(&cfg.source, busy(cfg))?;
-    let report = rt.block_on(crate::pipeline::reverse_check::run(
+    let report = rt.block_on(crate::report::reverse_check::run(
         &mut client,
         &plan,
         &conn,
         &cfg.target_schema,
     ))?;
-    render(&report, json, crate::pipeline::reverse_check::print_human)?;
+    render(&report, json, crate::report::reverse_check::print_human)?;
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -498,13 +500,13 @@ fn capturable(plan: &plan::Plan) -> Vec<&crate::model::SourceTable> {
 fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let client = rt.block_on(pg::connect(cfg.require_target()?))?;
-    let mut status = rt.block_on(crate::pipeline::status::collect(
+    let mut status = rt.block_on(crate::report::status::collect(
         &client,
         &cfg.source,
         busy(cfg),
     ))?;
-    rt.block_on(crate::pipeline::status::add_orphans(&client, &mut status))?;
-    render(&status, json, crate::pipeline::status::print_human)?;
+    rt.block_on(crate::report::status::add_orphans(&client, &mut status))?;
+    render(&status, json, crate::report::status::print_human)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -513,7 +515,7 @@ fn cmd_watch(cfg: &Config, interval: f64) -> anyhow::Result<ExitCode> {
     let target = cfg.require_target()?;
     let stop = Shutdown::on_signals(&rt, || {});
     let every = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
-    rt.block_on(crate::pipeline::watch::run(
+    rt.block_on(crate::report::watch::run(
         target,
         &cfg.source,
         busy(cfg),
@@ -538,7 +540,7 @@ fn cmd_verify(
     let shutdown = Shutdown::on_signals(&rt, || {});
     let (plan, client) = rt.block_on(plan::load(cfg))?;
     let mut client = client.context("verify needs a Postgres target: pass --target")?;
-    let opts = crate::pipeline::verify::Options {
+    let opts = crate::verify::Options {
         source: cfg.source.clone(),
         schema: cfg.target_schema.clone(),
         busy_timeout: busy(cfg),
@@ -546,14 +548,14 @@ fn cmd_verify(
         tables,
         settle: Duration::from_secs(30),
     };
-    let run = crate::pipeline::verify::run_and_record(&mut client, &plan, &opts);
+    let run = crate::verify::run_and_record(&mut client, &plan, &opts);
     let Some(report) = rt.block_on(shutdown.or_stop(run)).transpose()? else {
         eprintln!(
             "verify interrupted (SIGINT/SIGTERM) before it compared every table: no verdict; run it again"
         );
         return Ok(ExitCode::from(INTERRUPTED));
     };
-    render(&report, json, crate::pipeline::verify::print_human)?;
+    render(&report, json, crate::verify::print_human)?;
     Ok(if report.equal {
         ExitCode::SUCCESS
     } else {
@@ -586,7 +588,7 @@ fn switch_setup(cfg: &Config, flags: &SwitchFlags, what: &str) -> anyhow::Result
     let client =
         client.with_context(|| format!("{what} needs the Postgres target: pass --target"))?;
     let opts = switch::Options {
-        db: crate::pipeline::Databases::of(cfg)?,
+        db: crate::replicate::Databases::of(cfg)?,
         max_lag: Duration::from_secs_f64(flags.max_lag.max(0.0)),
         wait: Duration::from_secs_f64(flags.wait.max(0.0)),
         lease: Duration::from_secs_f64(flags.lease.clamp(0.5, 3600.0)),
@@ -854,7 +856,7 @@ fn cmd_install(cfg: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_uninstall(cfg: &Config) -> anyhow::Result<ExitCode> {
-    use crate::pipeline::uninstall::{self, FromPostgres};
+    use crate::replicate::uninstall::{self, FromPostgres};
     if cfg.target.is_some() {
         let rt = runtime()?;
         match rt.block_on(uninstall::postgres(cfg)) {

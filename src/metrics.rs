@@ -338,15 +338,12 @@ pub fn resumed() {
     });
 }
 
-/// The cutover fence as the file holds it (`None`: never raised).
-pub fn fence(f: Option<&crate::sqlite::capture::Fence>) {
+/// The cutover fence as the file holds it: whether it blocks writes, and until when (Unix
+/// seconds; infinite once permanent, 0 when not raised).
+pub fn fence(active: bool, expiry_unix: f64) {
     with(|m| {
-        m.fence_active.set(i64::from(f.is_some_and(|f| f.active)));
-        m.fence_expiry.set(match f {
-            Some(f) if f.permanent => f64::INFINITY,
-            Some(f) if f.active => f.until_unix,
-            _ => 0.0,
-        });
+        m.fence_active.set(i64::from(active));
+        m.fence_expiry.set(expiry_unix);
     });
 }
 

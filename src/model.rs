@@ -429,6 +429,19 @@ impl PgType {
     }
 }
 
+/// Postgres keeps the first 63 bytes of an identifier (cut at a character boundary), so a
+/// longer name still works in the app's queries as long as no two names share those bytes.
+pub fn truncate_ident(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let mut end = 63;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
 /// Quotes an identifier for SQLite and Postgres alike: `"` doubled inside double quotes.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

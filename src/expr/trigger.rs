@@ -124,7 +124,7 @@ fn port(
         Event::Delete => vec![row("OLD")],
         Event::Update => vec![row("NEW"), row("OLD")],
     };
-    let name = crate::pg::ddl::truncate_ident(&last_name(&t.name));
+    let name = crate::model::truncate_ident(&last_name(&t.name));
     let guard = format!("sqlite2pg.trigger_{:016x}", fnv(&format!("{own}\0{name}")));
     let ret = match (before, event) {
         (true, Event::Delete) => "OLD",

@@ -219,18 +219,7 @@ fn idents(cols: &[String]) -> String {
         .join(", ")
 }
 
-/// Postgres keeps the first 63 bytes of an identifier (cut at a character boundary), so a
-/// longer name still works in the app's queries as long as no two names share those bytes.
-pub fn truncate_ident(name: &str) -> String {
-    if name.len() <= 63 {
-        return name.to_string();
-    }
-    let mut end = 63;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    name[..end].to_string()
-}
+pub use crate::model::truncate_ident;
 
 /// A constraint or index name `table_col1_col2_suffix` that fits in 63 bytes, shortening the
 /// table and column parts (not the suffix) the way Postgres names its own objects, so that a

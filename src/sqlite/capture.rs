@@ -1005,6 +1005,16 @@ pub fn make_fence_permanent(conn: &Connection, holder: &str) -> Result<bool> {
     Ok(n == 1)
 }
 
+/// Tells the metrics what the fence is (`None`: never raised).
+pub fn report_fence(f: Option<&Fence>) {
+    let expiry = match f {
+        Some(f) if f.permanent => f64::INFINITY,
+        Some(f) if f.active => f.until_unix,
+        _ => 0.0,
+    };
+    crate::metrics::fence(f.is_some_and(|f| f.active), expiry);
+}
+
 /// The fence, if one was raised (active or lapsed).
 pub fn fence_state(conn: &Connection) -> Result<Option<Fence>> {
     if !table_exists(conn, FENCE)? {

@@ -14,11 +14,12 @@ use crate::model::{Follow, OwnedValue};
 use crate::pg::foreign_keys::{self, KeptForeignKey, Orphans};
 use crate::pg::{qualified, reverse, sequences, state};
 use crate::phase::Phase as RunPhase;
-use crate::pipeline::plan::Plan;
-use crate::pipeline::stream::{self, End};
-use crate::pipeline::{status, verify};
+use crate::plan::Plan;
+use crate::replicate::stream::{self, End};
+use crate::report::status;
 use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture};
+use crate::verify;
 use crate::window::Window;
 
 /// What cutover does about orphans (rows whose foreign key finds no parent; SQLite accepted
@@ -121,7 +122,7 @@ impl Cutover<'_> {
             poll_interval: std::time::Duration::from_millis(50),
             batch_changes: 10_000,
             batch_bytes: 32 << 20,
-            until: crate::pipeline::Until::CaughtUp {
+            until: crate::replicate::Until::CaughtUp {
                 give_up_after: Some(std::time::Duration::from_secs(10)),
             },
         };
@@ -276,8 +277,8 @@ impl Side for Cutover<'_> {
                 "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
             ));
         };
-        let triggers = crate::pipeline::triggers::translate(&conn, plan, &opts.db.schema)?;
-        let views = crate::pipeline::views::translate(&conn, plan, &opts.db.schema)?;
+        let triggers = crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?;
+        let views = crate::plan::views::translate(&conn, plan, &opts.db.schema)?;
         drop(conn);
         let st = status::collect(client, &opts.db.source, opts.db.busy_timeout).await?;
         if st.phase != RunPhase::Streaming {
@@ -353,7 +354,7 @@ impl Side for Cutover<'_> {
         // forward stream's open transaction on each table, and sqlite2pg's own writes are not
         // recorded. A refused cutover leaves it in place for the next try (`uninstall`
         // removes it).
-        let tables = crate::pipeline::reverse_stream::captured(plan);
+        let tables = crate::replicate::reverse_stream::captured(plan);
         let missing = reverse::missing_capture(&*client, &opts.db.schema, &tables).await?;
         if !missing.is_empty() {
             let tx = client
@@ -481,15 +482,18 @@ impl Side for Cutover<'_> {
         // Capture on Postgres is in place when the record commits (installed before the
         // fence; any table that lost it since gets it here): no write the app makes there
         // escapes the reverse stream, so a fallback loses none.
-        let missing =
-            reverse::missing_capture(tx, schema, &crate::pipeline::reverse_stream::captured(plan))
-                .await?;
+        let missing = reverse::missing_capture(
+            tx,
+            schema,
+            &crate::replicate::reverse_stream::captured(plan),
+        )
+        .await?;
         reverse::install_capture(tx, schema, &missing).await?;
         reverse::record_pg_only(tx, schema, &plan.targets()).await?;
         // The app's triggers start with the record: from here on Postgres runs them, SQLite
         // no longer does (and the reverse stream writes SQLite with them off).
         for t in &ready.triggers {
-            crate::pipeline::triggers::create(tx, t).await.map_err(|why| {
+            crate::plan::triggers::create(tx, t).await.map_err(|why| {
                 Error::new(
                     ErrorKind::Target,
                     format!(
@@ -601,7 +605,7 @@ pub async fn validate_foreign_keys(
 async fn create_views(
     client: &Client,
     opts: &Options,
-    views: Vec<crate::pipeline::views::ViewPlan>,
+    views: Vec<crate::plan::views::ViewPlan>,
 ) -> Result<()> {
     for v in views {
         let sql = match v.create {
@@ -640,7 +644,7 @@ async fn create_views(
 /// inside the window none is refused. The others are named with the reason.
 async fn triggers_to_create(
     client: &mut Client,
-    triggers: Vec<crate::pipeline::triggers::TriggerPlan>,
+    triggers: Vec<crate::plan::triggers::TriggerPlan>,
 ) -> Result<Vec<Ported>> {
     let mut out = Vec::new();
     for t in triggers {
@@ -655,7 +659,7 @@ async fn triggers_to_create(
                 continue;
             }
         };
-        if crate::pipeline::triggers::exists(&*client, &port).await? {
+        if crate::plan::triggers::exists(&*client, &port).await? {
             tracing::info!(trigger = %t.name, table = %t.table, "a trigger of this name is on the table in Postgres already: left as it is");
             continue;
         }
@@ -667,7 +671,7 @@ async fn triggers_to_create(
             .batch_execute("SET LOCAL lock_timeout = '10s'")
             .await
             .map_err(|e| Error::from_pg("cannot start trying the app's triggers", e))?;
-        let tried = crate::pipeline::triggers::create(&trial, &port).await;
+        let tried = crate::plan::triggers::create(&trial, &port).await;
         trial
             .rollback()
             .await

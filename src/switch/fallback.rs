@@ -12,11 +12,11 @@ use tokio_postgres::{Client, Transaction};
 use super::{Done, Lease, Options, Side, Step, refuse};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{reverse, state};
-use crate::pipeline::plan::Plan;
-use crate::pipeline::reverse_stream::{self, Table};
-use crate::pipeline::verify;
+use crate::plan::Plan;
+use crate::replicate::reverse_stream::{self, Table};
 use crate::shutdown::Shutdown;
 use crate::sqlite::{self, capture, restore};
+use crate::verify;
 use crate::window::Window;
 
 /// What a fallback did.
@@ -61,7 +61,7 @@ impl<'a> Fallback<'a> {
             db: opts.db.clone(),
             poll_interval: Duration::from_millis(20),
             batch_changes: 5_000,
-            until: crate::pipeline::Until::CaughtUp {
+            until: crate::replicate::Until::CaughtUp {
                 give_up_after: None,
             },
         }

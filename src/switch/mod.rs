@@ -25,7 +25,7 @@ use crate::window::Window;
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Where the two databases are.
-    pub db: crate::pipeline::Databases,
+    pub db: crate::replicate::Databases,
     /// Fence only once the lag is at most this.
     pub max_lag: Duration,
     /// How long to wait for the lag to get there.
@@ -37,8 +37,8 @@ pub struct Options {
 
 impl Options {
     /// How the verifies of a switch compare `tables` (all when empty).
-    fn verify(&self, tables: Vec<String>) -> crate::pipeline::verify::Options {
-        crate::pipeline::verify::Options {
+    fn verify(&self, tables: Vec<String>) -> crate::verify::Options {
+        crate::verify::Options {
             source: self.db.source.clone(),
             schema: self.db.schema.clone(),
             busy_timeout: self.db.busy_timeout,

@@ -6,11 +6,13 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::plan::{self, Plan};
-use super::{reverse_stream, snapshot, stream};
+use super::reverse_stream;
+use super::snapshot;
+use super::stream;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::phase::Phase;
+use crate::plan::{self, Plan};
 use crate::shutdown::{Backoff, Shutdown};
 use crate::sqlite;
 

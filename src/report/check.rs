@@ -8,12 +8,12 @@ use bytes::BytesMut;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::plan::{Finding, Plan, Severity, TablePlan, Target};
 use crate::error::{Error, Result};
 use crate::model::{OwnedValue, SqlValue, display_key};
 use crate::model::{PgType, ScanKey};
 use crate::pg::catalog::Behaviours;
 use crate::pg::convert::{self, ProblemKind};
+use crate::plan::{Finding, Plan, Severity, TablePlan, Target};
 use crate::sqlite::reader::{self, ScanQuery};
 use crate::sqlite::{audit, quote_ident};
 
@@ -129,7 +129,7 @@ pub struct Report {
     /// Tables and their mapping.
     pub tables: Vec<TableReport>,
     /// Tables left out, with the reason.
-    pub skipped: Vec<super::plan::Skipped>,
+    pub skipped: Vec<crate::plan::Skipped>,
     /// Target tables that have no source table.
     pub target_only: Vec<String>,
     /// Schema-level findings.
@@ -249,8 +249,8 @@ pub fn run(
     }
     let mut findings = plan.findings.clone();
     let behaviours = crate::sqlite::semantics::read(conn, plan.tables.iter().map(|t| &t.source))?;
-    let views = super::views::translate(conn, plan, schema)?;
-    let triggers = super::triggers::translate(conn, plan, schema)?;
+    let views = crate::plan::views::translate(conn, plan, schema)?;
+    let triggers = crate::plan::triggers::translate(conn, plan, schema)?;
     let behaviour_findings: Vec<Finding> = behaviours
         .iter()
         .map(|o| behaviour_finding(o, plan, &views, &triggers, target))
@@ -287,8 +287,8 @@ pub fn run(
 fn behaviour_finding(
     o: &crate::sqlite::semantics::AppObject,
     plan: &Plan,
-    views: &[super::views::ViewPlan],
-    triggers: &[super::triggers::TriggerPlan],
+    views: &[crate::plan::views::ViewPlan],
+    triggers: &[crate::plan::triggers::TriggerPlan],
     target: Option<&Behaviours>,
 ) -> Finding {
     use crate::sqlite::semantics::Kind;
@@ -466,7 +466,7 @@ fn verdict(severity: Severity, message: String, hint: String) -> Verdict {
 fn on_app_table(
     o: &crate::sqlite::semantics::AppObject,
     t: &TablePlan,
-    triggers: &[super::triggers::TriggerPlan],
+    triggers: &[crate::plan::triggers::TriggerPlan],
     target: Option<&Behaviours>,
 ) -> Option<Verdict> {
     use crate::sqlite::semantics::Kind;
@@ -1073,4 +1073,47 @@ pub fn print_human(report: &Report, out: &mut impl std::io::Write) -> std::io::R
             report.errors, report.warnings
         )
     }
+}
+
+/// For `check`: each table whose seeded rows `run` replaces, and whether they agree with
+/// SQLite's rows already (compared row by row, as verify compares).
+pub async fn seeded_findings(
+    client: &mut tokio_postgres::Client,
+    plan: &Plan,
+    cfg: &crate::config::Config,
+) -> Result<Vec<Finding>> {
+    let seeded = crate::plan::migrations::seeded(client, plan, &cfg.target_schema).await?;
+    let mut out = Vec::new();
+    for s in seeded {
+        let opts = crate::verify::Options {
+            source: cfg.source.clone(),
+            schema: cfg.target_schema.clone(),
+            busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
+            examples: 0,
+            tables: vec![s.table.clone()],
+            settle: std::time::Duration::ZERO,
+        };
+        let report = crate::verify::run(client, plan, &opts).await?;
+        let agreement = match report.tables.first() {
+            Some(r) if report.equal => {
+                format!("they agree with SQLite's {} row by row", r.rows_compared)
+            }
+            Some(r) => format!(
+                "against SQLite's {} rows: {} missing on Postgres, {} only on Postgres, {} different",
+                r.rows_compared, r.missing_in_postgres, r.extra_in_postgres, r.differing
+            ),
+            None => String::new(),
+        };
+        out.push(Finding {
+            severity: Severity::Info,
+            table: s.table.clone(),
+            column: None,
+            message: format!(
+                "target table {} already holds {} row(s) (seeded by the app's migrations?); `run` replaces them with SQLite's rows, whose ids SQLite's foreign keys point at; {agreement}",
+                s.target, s.rows
+            ),
+            hint: String::new(),
+        });
+    }
+    Ok(out)
 }

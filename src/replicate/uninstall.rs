@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::pipeline::plan;
+use crate::plan;
 use crate::sqlite;
 
 /// What `uninstall` removed from Postgres.

@@ -20,13 +20,13 @@ use bytes::BytesMut;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
 use super::follower::{Applied, Connected, Direction, Ended, Follower};
-use super::plan::{Plan, TablePlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::form::ColumnForm;
 use crate::model::{OwnedValue, display_key};
 use crate::pg::scan::Raw;
 use crate::pg::{convert, decode, qualified, quote_ident, reverse, state};
 use crate::phase::Phase;
+use crate::plan::{Plan, TablePlan};
 use crate::shutdown::Shutdown;
 use crate::sqlite::form;
 use crate::sqlite::{capture, restore};
@@ -91,7 +91,7 @@ impl<'a> Table<'a> {
     }
 
     /// The plan of written column `i`.
-    pub fn column(&self, i: usize) -> &super::plan::ColumnPlan {
+    pub fn column(&self, i: usize) -> &crate::plan::ColumnPlan {
         &self.plan.columns[self.columns[i]]
     }
 }
@@ -708,7 +708,7 @@ async fn look(client: &Client, conn: &rusqlite::Connection) -> Result<bool> {
     // The fence is permanent now; the forward stream's last reading was a lease (best
     // effort: a busy file skips it).
     if let Ok(f) = tokio::task::block_in_place(|| capture::fence_state(conn)) {
-        crate::metrics::fence(f.as_ref());
+        capture::report_fence(f.as_ref());
     }
     let (pending, age) = reverse::backlog(client).await?;
     crate::metrics::reverse_lag(pending, age.unwrap_or(0.0).max(0.0));

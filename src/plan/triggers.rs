@@ -6,7 +6,8 @@
 use rusqlite::Connection;
 use tokio_postgres::GenericClient;
 
-use super::plan::{Plan, Target};
+use super::Plan;
+use super::Target;
 use crate::error::{Error, Result};
 use crate::expr::trigger::{self, Ported, Table};
 use crate::pg::{ddl, qualified};
@@ -95,7 +96,7 @@ pub fn translate(conn: &Connection, plan: &Plan, schema: &str) -> Result<Vec<Tri
         .collect())
 }
 
-fn target_of<'a>(t: &'a super::plan::TablePlan, source: &str) -> Option<&'a str> {
+fn target_of<'a>(t: &'a super::TablePlan, source: &str) -> Option<&'a str> {
     t.columns
         .iter()
         .find(|c| c.source == source)

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::follower::{Applied, Connected, Direction, Ended, Follower};
-use super::plan::{Plan, TablePlan};
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
 use crate::model::{Follow, OwnedValue, display_key};
 use crate::pg::apply::{self, Applier, TableBatch};
 use crate::pg::{self, convert, copy, state};
 use crate::phase::Phase;
+use crate::plan::{Plan, TablePlan};
 use crate::shutdown::Shutdown;
 use crate::sqlite::capture::{self, Installed};
 use crate::sqlite::changes::{self, Batch, RowReader};
@@ -97,7 +97,7 @@ pub async fn prepare(
 /// a busy file skips it).
 fn report_lag(reader: &rusqlite::Connection, position: i64) {
     if let Ok(f) = tokio::task::block_in_place(|| capture::fence_state(reader)) {
-        crate::metrics::fence(f.as_ref());
+        capture::report_fence(f.as_ref());
     }
     if let Ok((_, pending, oldest)) =
         tokio::task::block_in_place(|| changes::pending(reader, position))

@@ -1,21 +1,14 @@
-//! The order of things: plan, check, snapshot (streaming, cutover and verify build on these).
+//! Replication: the snapshot, then the follower driving a stream either way (the forward
+//! stream from SQLite's changelog into Postgres, the reverse stream back after the cutover),
+//! and the daemon (`run`) that orders them; `uninstall` takes it all away.
 
-pub mod check;
 pub mod follower;
-pub mod migrations;
-pub mod plan;
 pub mod progress;
-pub mod reverse_check;
 pub mod reverse_stream;
 pub mod run;
 pub mod snapshot;
-pub mod status;
 pub mod stream;
-pub mod triggers;
 pub mod uninstall;
-pub mod verify;
-pub mod views;
-pub mod watch;
 
 /// Where the two databases are: what every stage that works on both is told.
 #[derive(Debug, Clone)]

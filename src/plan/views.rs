@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use super::plan::{Plan, Target};
+use super::Plan;
+use super::Target;
 use crate::error::{Error, Result};
 use crate::expr::view::{self, Source};
 use crate::pg::{ddl, qualified, quote_ident};

@@ -10,13 +10,13 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::plan::{Plan, TablePlan, TableSpec};
 use super::progress::Progress;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Follow, OwnedValue, SqlValue, display_key};
 use crate::pg::state::{self, Phase};
 use crate::pg::{self, convert, copy, ddl, foreign_keys, qualified, quote_ident};
 use crate::phase::Phase as RunPhase;
+use crate::plan::{Plan, TablePlan, TableSpec};
 use crate::sqlite::{self, reader};
 
 /// Knobs of a snapshot run.

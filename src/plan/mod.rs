@@ -1,6 +1,10 @@
 //! The plan: for every selected source table, the target table it lands in, how each column
 //! converts, and the schema-level findings `check` reports.
 
+pub mod migrations;
+pub mod triggers;
+pub mod views;
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
@@ -191,7 +195,7 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     let Some(url) = &cfg.target else {
         let mut plan = build(&tables, None, &[], cfg);
         plan.findings
-            .extend(super::migrations::findings(None, &plan, cfg).await?);
+            .extend(migrations::findings(None, &plan, cfg).await?);
         return Ok((plan, None));
     };
     let client = crate::pg::connect(url).await?;
@@ -204,7 +208,7 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     let (num, text) = crate::pg::server_version(&client).await?;
     plan.findings.extend(version_finding(num, &text));
     plan.findings
-        .extend(super::migrations::findings(Some(&client), &plan, cfg).await?);
+        .extend(migrations::findings(Some(&client), &plan, cfg).await?);
     Ok((plan, Some(client)))
 }
 

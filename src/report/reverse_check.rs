@@ -8,13 +8,13 @@ use bytes::BytesMut;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::plan::Plan;
-use super::reverse_stream::{self, Table};
 use crate::error::{Error, Result};
 use crate::form::{Class, ColumnForm};
 use crate::model::PgType;
 use crate::pg::scan::Raw;
 use crate::pg::{decode, qualified, quote_ident};
+use crate::plan::Plan;
+use crate::replicate::reverse_stream::{self, Table};
 
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

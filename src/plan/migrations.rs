@@ -6,7 +6,10 @@
 use rusqlite::Connection;
 use tokio_postgres::Client;
 
-use super::plan::{Finding, Plan, Severity, Target};
+use super::Finding;
+use super::Plan;
+use super::Severity;
+use super::Target;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::framework::{self, Spec};
@@ -198,47 +201,4 @@ async fn pg_versions(
                 .collect()
         })
         .collect())
-}
-
-/// For `check`: each table whose seeded rows `run` replaces, and whether they agree with
-/// SQLite's rows already (compared row by row, as verify compares).
-pub async fn seeded_findings(
-    client: &mut Client,
-    plan: &Plan,
-    cfg: &Config,
-) -> Result<Vec<Finding>> {
-    let seeded = seeded(client, plan, &cfg.target_schema).await?;
-    let mut out = Vec::new();
-    for s in seeded {
-        let opts = super::verify::Options {
-            source: cfg.source.clone(),
-            schema: cfg.target_schema.clone(),
-            busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
-            examples: 0,
-            tables: vec![s.table.clone()],
-            settle: std::time::Duration::ZERO,
-        };
-        let report = super::verify::run(client, plan, &opts).await?;
-        let agreement = match report.tables.first() {
-            Some(r) if report.equal => {
-                format!("they agree with SQLite's {} row by row", r.rows_compared)
-            }
-            Some(r) => format!(
-                "against SQLite's {} rows: {} missing on Postgres, {} only on Postgres, {} different",
-                r.rows_compared, r.missing_in_postgres, r.extra_in_postgres, r.differing
-            ),
-            None => String::new(),
-        };
-        out.push(Finding {
-            severity: Severity::Info,
-            table: s.table.clone(),
-            column: None,
-            message: format!(
-                "target table {} already holds {} row(s) (seeded by the app's migrations?); `run` replaces them with SQLite's rows, whose ids SQLite's foreign keys point at; {agreement}",
-                s.target, s.rows
-            ),
-            hint: String::new(),
-        });
-    }
-    Ok(out)
 }

@@ -7,12 +7,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::stream::julian_to_unix;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::foreign_keys;
 use crate::pg::reverse;
 use crate::pg::state::{self, STATE_SCHEMA};
 use crate::phase::Phase;
+use crate::replicate::stream::julian_to_unix;
 use crate::sqlite::{self, capture, changes, restore};
 
 /// One table's snapshot progress.

@@ -13,13 +13,13 @@ use bytes::BytesMut;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::plan::{Plan, TablePlan};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Collation;
 use crate::model::{Follow, OwnedValue, PgType, display_key};
 use crate::pg::lookup::{self, Lookup};
 use crate::pg::scan::{self, Raw};
 use crate::pg::{convert, copy, decode, qualified, quote_ident, reverse, state};
+use crate::plan::{Plan, TablePlan};
 use crate::sqlite::changes::{self, RowReader};
 use crate::sqlite::form;
 use crate::sqlite::reader::{self, ScanQuery};
