@@ -55,7 +55,25 @@ result["apply"] = {"changes": len(ids), "write_secs": round(t_written, 2), "unti
 #     written while the daemon is paused (SIGSTOP), then the time it takes to catch up once
 #     resumed (one Postgres transaction: every commit is one SQLite state), and the daemon's
 #     peak RSS so far.
-os.kill(daemon_pid, signal.SIGSTOP)
+def stop_daemon_outside_a_write():
+    """SIGSTOP the daemon, but never inside one of its short prune transactions: stopped
+    there it would hold SQLite's write lock, and the app's writes would time out (it happened
+    once in three runs). The app's BEGIN IMMEDIATE tells: if it cannot get the lock at once,
+    let the daemon finish its slice and stop it again."""
+    probe = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    while True:
+        os.kill(daemon_pid, signal.SIGSTOP)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            probe.close()
+            return
+        except sqlite3.OperationalError:
+            os.kill(daemon_pid, signal.SIGCONT)
+            time.sleep(0.05)
+
+
+stop_daemon_outside_a_write()
 ids = rnd.sample(task_ids, 500_000) + rnd.sample(task_ids, 500_000)
 for i in range(0, len(ids), 1000):
     app.execute("BEGIN")

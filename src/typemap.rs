@@ -100,6 +100,28 @@ pub fn map_decltype(decl: &str) -> PgType {
     }
 }
 
+/// The types a `--cast` can name, as a message lists them (each parses with
+/// [`parse_pg_type_name`]; a test holds this list to the `PgType` variants).
+pub const CAST_TYPES: &[&str] = &[
+    "boolean",
+    "smallint",
+    "integer",
+    "bigint",
+    "real",
+    "double precision",
+    "numeric(p,s)",
+    "text",
+    "varchar(n)",
+    "bytea",
+    "date",
+    "time",
+    "timestamp",
+    "timestamptz",
+    "json",
+    "jsonb",
+    "uuid",
+];
+
 /// A Postgres type named in a `--cast`, or `None` when sqlite2pg cannot write it.
 pub fn parse_pg_type_name(spec: &str) -> Option<PgType> {
     let parsed = parse_decltype(spec);
@@ -155,6 +177,79 @@ fn named_type(d: &DeclType) -> Option<PgType> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a `--cast` can name this type. Exhaustive on purpose: a new `PgType` variant
+    /// does not compile here until someone decides, and then `every_castable_type_is_listed`
+    /// holds `CAST_TYPES` to it.
+    fn castable(t: &PgType) -> bool {
+        match t {
+            PgType::Bool
+            | PgType::Int2
+            | PgType::Int4
+            | PgType::Int8
+            | PgType::Float8
+            | PgType::Numeric { .. }
+            | PgType::Text
+            | PgType::Varchar { .. }
+            | PgType::Bytea
+            | PgType::Date
+            | PgType::Time { .. }
+            | PgType::Timestamp { .. }
+            | PgType::Timestamptz { .. }
+            | PgType::Json
+            | PgType::Jsonb
+            | PgType::Uuid => true,
+            // real is written as double precision (SQLite's REAL has 8 bytes); character(n)
+            // would pad; an enum or a type sqlite2pg does not write comes from the target.
+            PgType::Float4
+            | PgType::Bpchar { .. }
+            | PgType::Enum { .. }
+            | PgType::Unsupported { .. } => false,
+        }
+    }
+
+    #[test]
+    fn every_castable_type_is_listed() {
+        let listed: Vec<PgType> = CAST_TYPES
+            .iter()
+            .map(|n| {
+                let n = n.replace("(p,s)", "(10,2)").replace("(n)", "(20)");
+                parse_pg_type_name(&n)
+                    .unwrap_or_else(|| panic!("CAST_TYPES lists {n}, which does not parse"))
+            })
+            .collect();
+        let kinds = |ts: &[PgType]| -> Vec<std::mem::Discriminant<PgType>> {
+            ts.iter().map(std::mem::discriminant).collect()
+        };
+        let listed = kinds(&listed);
+        // One example of each variant, to ask `castable` about.
+        let examples = [
+            PgType::Bool,
+            PgType::Int2,
+            PgType::Int4,
+            PgType::Int8,
+            PgType::Float4,
+            PgType::Float8,
+            PgType::Numeric { typmod: None },
+            PgType::Text,
+            PgType::Varchar { len: None },
+            PgType::Bpchar { len: None },
+            PgType::Bytea,
+            PgType::Date,
+            PgType::Time { precision: None },
+            PgType::Timestamp { precision: None },
+            PgType::Timestamptz { precision: None },
+            PgType::Json,
+            PgType::Jsonb,
+            PgType::Uuid,
+        ];
+        for t in examples.iter().filter(|t| castable(t)) {
+            assert!(
+                listed.contains(&std::mem::discriminant(t)),
+                "{t:?} can be named in a --cast but CAST_TYPES does not list it"
+            );
+        }
+    }
 
     #[test]
     fn maps_common_declarations() {

@@ -552,7 +552,7 @@ fn plan_columns(
                     Severity::Error,
                     &c.name,
                     format!("--cast names type '{name}', which sqlite2pg cannot write"),
-                    "use one of: boolean, smallint, integer, bigint, real, double precision, numeric(p,s), text, varchar(n), bytea, date, time, timestamp, timestamptz, json, jsonb, uuid",
+                    &format!("use one of: {}", typemap::CAST_TYPES.join(", ")),
                 ),
             }
         }
