@@ -10,7 +10,7 @@ use super::reverse_stream;
 use super::snapshot;
 use super::stream;
 use crate::config::Config;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, RetryPolicy};
 use crate::phase::Phase;
 use crate::plan::{self, Plan};
 use crate::shutdown::{Backoff, Shutdown};
@@ -71,28 +71,35 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
                 outage_backoff.reset();
             }
             Err(e) if stopping => return Err(e),
-            // Postgres went away between passes (a restart while the pass re-planned after
-            // the app's migration, say): the stream waits out outages, and so does the daemon.
-            // So does a daemon that resumes a migration (restarted while Postgres restarts,
-            // say), or one that Postgres itself told it is restarting. Before anything
-            // streamed, on a new migration, an unreachable target is more likely a wrong
-            // address.
+            // The error kind's retry policy, as the follower's: a transient error is waited
+            // out, and the pass starts over. Postgres going away between passes (a restart
+            // while the pass re-planned after the app's migration, say) is one. An unreachable
+            // target is waited out only once the address is known to be right: after a pass
+            // streamed, on a migration a run resumes (restarted while Postgres restarts, say),
+            // or when Postgres itself said it is restarting. Before that, on a new migration,
+            // it is more likely a wrong address.
             Err(e)
-                if (streamed || resumed || e.server_restarting())
+                if e.kind().retry_policy() == RetryPolicy::RetryLater
                     && !opts.snapshot_only
-                    && e.kind() == ErrorKind::TargetUnreachable =>
+                    && (e.kind() != ErrorKind::TargetUnreachable
+                        || streamed
+                        || resumed
+                        || e.server_restarting()) =>
             {
-                let wait = outage_backoff.next_wait();
-                crate::metrics::unreachable(&e.to_string());
-                outage = true;
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Postgres is unreachable; starting over once it answers, nothing is lost meanwhile");
-                if !shutdown.sleep(wait).await {
-                    return stopped();
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::SourceBusy && !opts.snapshot_only => {
-                let wait = busy_backoff.next_wait();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "SQLite is busy; starting over when the app lets go");
+                let (wait, why) = if e.kind() == ErrorKind::TargetUnreachable {
+                    crate::metrics::unreachable(&e.to_string());
+                    outage = true;
+                    (
+                        outage_backoff.next_wait(),
+                        "Postgres is unreachable; starting over once it answers, nothing is lost meanwhile",
+                    )
+                } else {
+                    (
+                        busy_backoff.next_wait(),
+                        "SQLite is busy; starting over when the app lets go",
+                    )
+                };
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{why}");
                 if !shutdown.sleep(wait).await {
                     return stopped();
                 }
