@@ -740,6 +740,8 @@ struct Reverse<'a> {
     wake: Option<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)>,
     carry: Carry,
     last_look: Instant,
+    /// Connected since the last batch: look before applying anything.
+    fresh: bool,
 }
 
 /// Why the reverse stream ends by itself: the fallback is recorded.
@@ -759,13 +761,8 @@ impl Direction for Reverse<'_> {
         if !state::lock_within(&client, patience).await? {
             return Ok(Connected::LockHeld);
         }
-        if !reverse::capture_installed(&client).await? {
-            return Err(Error::new(
-                ErrorKind::State,
-                "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",
-            ));
-        }
         self.client = Some(client);
+        self.fresh = true;
         Ok(Connected::Ready)
     }
 
@@ -782,13 +779,21 @@ impl Direction for Reverse<'_> {
                 "the reverse stream applied while not connected",
             ));
         };
-        // Once a second, even while busy: the lag, pruning, and whether the fallback is
-        // recorded.
-        if self.last_look.elapsed() >= Duration::from_secs(1) {
+        // Once a second, even while busy, and first on every connection: the lag, pruning,
+        // and whether the fallback is recorded. A fallback may have been recorded while this
+        // stream waited for the run lock (its own drain held it): its capture is gone then,
+        // and that is the fallback, not a cutover made without capture.
+        if self.fresh || self.last_look.elapsed() >= Duration::from_secs(1) {
             self.last_look = Instant::now();
             if look(client, &self.conn).await? {
                 crate::metrics::set_phase(Phase::FellBack);
                 return Ok(Applied::End(FellBack));
+            }
+            if std::mem::take(&mut self.fresh) && !reverse::capture_installed(client).await? {
+                return Err(Error::new(
+                    ErrorKind::State,
+                    "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",
+                ));
             }
         }
         let applied = one_batch(
@@ -848,6 +853,7 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         wake: listen(opts).await,
         carry: Carry::default(),
         last_look: Instant::now() - Duration::from_secs(10),
+        fresh: false,
     };
     let mut follower = Follower::new(opts.until, opts.poll_interval, shutdown);
     Ok(match follower.run(&mut reverse).await? {
