@@ -188,11 +188,7 @@ impl Side for Cutover<'_> {
             )));
         }
         let conn = sqlite::open_read_only(&self.opts.db.source, self.opts.db.busy_timeout)?;
-        if capture::installed(&conn)?.is_none() {
-            return Err(refuse(
-                "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
-            ));
-        }
+        installed(&conn)?;
         Ok(())
     }
 
@@ -272,11 +268,7 @@ impl Side for Cutover<'_> {
     async fn prepare(&self, client: &mut Client, stop: &Shutdown) -> Result<Ready> {
         let (plan, opts) = (self.plan, self.opts);
         let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
-        let Some(installed) = capture::installed(&conn)? else {
-            return Err(refuse(
-                "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
-            ));
-        };
+        let installed = installed(&conn)?;
         let triggers = crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?;
         let views = crate::plan::views::translate(&conn, plan, &opts.db.schema)?;
         drop(conn);
@@ -684,6 +676,15 @@ async fn triggers_to_create(
         }
     }
     Ok(out)
+}
+
+/// The capture install in the SQLite file: without one there is nothing to cut over.
+fn installed(conn: &rusqlite::Connection) -> Result<capture::Installed> {
+    capture::installed(conn)?.ok_or_else(|| {
+        refuse(
+            "capture is not installed in the SQLite file (was it uninstalled?): run `sqlite2pg run` first, let it snapshot and stream, then cut over",
+        )
+    })
 }
 
 /// The kept foreign keys that rows of their child table break.
