@@ -289,7 +289,7 @@ const VERSION: &str = concat!(
     " (state format: SQLite ",
     "2",
     ", PostgreSQL ",
-    "3",
+    "4",
     ")"
 );
 

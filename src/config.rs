@@ -3,23 +3,51 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::SourceEncoding;
 
-/// A per-column override: a target type, or a way to read the source values, or both.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A per-column override: a target type, or a way to read the source values, or both. A
+/// migration keeps the ones its first `run` was given (`sqlite2pg.setting`), in this form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cast {
     /// The source table.
     pub table: String,
     /// The source column.
     pub column: String,
     /// The target type to create (only used when sqlite2pg creates the table).
+    #[serde(rename = "type")]
     pub target_type: Option<String>,
     /// How to read numbers stored in a date or time column.
     pub encoding: Option<SourceEncoding>,
+}
+
+impl std::fmt::Display for Cast {
+    /// As the flag is written: `TABLE.COLUMN=TYPE:ENCODING`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.table.contains(['.', '"']) {
+            write!(f, "\"{}\"", self.table.replace('"', "\"\""))?;
+        } else {
+            f.write_str(&self.table)?;
+        }
+        write!(f, ".{}=", self.column)?;
+        let encoding = self.encoding.map(SourceEncoding::name);
+        match (&self.target_type, encoding) {
+            (Some(t), Some(e)) => write!(f, "{t}:{e}"),
+            (Some(t), None) => f.write_str(t),
+            (None, Some(e)) => f.write_str(e),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl Cast {
+    /// Whether two casts name the same column (SQLite matches column names without case).
+    fn same_column(&self, other: &Cast) -> bool {
+        self.table == other.table && self.column.eq_ignore_ascii_case(&other.column)
+    }
 }
 
 impl Cast {
@@ -329,6 +357,49 @@ impl Config {
         (self.include.is_empty() || matches(&self.include)) && !matches(&self.exclude)
     }
 
+    /// This configuration with the casts a migration was started with (`recorded`, kept in
+    /// its state): a command given none takes those; one given others is refused, naming
+    /// both, because the rows were written by the first ones. `None`: nothing recorded yet.
+    pub fn with_recorded_casts(&self, recorded: Option<Vec<Cast>>) -> Result<Config> {
+        let Some(recorded) = recorded else {
+            return Ok(self.clone());
+        };
+        let mut cfg = self.clone();
+        if self.casts.is_empty() {
+            cfg.casts = recorded;
+            return Ok(cfg);
+        }
+        let covers = |a: &[Cast], b: &[Cast]| {
+            a.iter().all(|c| {
+                b.iter()
+                    .find(|o| o.same_column(c))
+                    .is_some_and(|o| o.target_type == c.target_type && o.encoding == c.encoding)
+            })
+        };
+        if covers(&self.casts, &recorded) && covers(&recorded, &self.casts) {
+            return Ok(cfg);
+        }
+        let list = |casts: &[Cast]| {
+            casts
+                .iter()
+                .map(|c| format!("--cast {c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let started = if recorded.is_empty() {
+            "without a --cast".to_string()
+        } else {
+            format!("with {}", list(&recorded))
+        };
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "this migration was started {started} (kept in the sqlite2pg schema in Postgres), and this command was given {}: the rows on Postgres were written the first way, and reading them another way would misjudge them. Give no --cast (the kept ones apply) or the same ones; to change a cast, start over (`sqlite2pg uninstall`, drop the copied tables, then `run` with the new one)",
+                list(&self.casts)
+            ),
+        ))
+    }
+
     /// The override for one column, if any.
     pub fn cast_for(&self, table: &str, column: &str) -> Option<&Cast> {
         self.casts
@@ -364,6 +435,14 @@ mod tests {
         assert_eq!(c.target_type.as_deref(), Some("timestamptz"));
         assert_eq!(c.encoding, Some(SourceEncoding::EpochS));
         assert!(Cast::parse("nodot=jsonb").is_err());
+        // Kept casts are named as they were given.
+        for spec in [
+            "\"my.table\".ts=timestamptz:epoch_s",
+            "t.c=jsonb",
+            "t.c=julian",
+        ] {
+            assert_eq!(Cast::parse(spec).unwrap().to_string(), spec);
+        }
         assert!(Cast::parse("t.c=ts:nonsense").is_err());
     }
 }

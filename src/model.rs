@@ -268,7 +268,7 @@ impl SourceTable {
 }
 
 /// How a source value is read before it is converted to the target type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceEncoding {
     /// Integers or reals are seconds since 1970-01-01 UTC.
@@ -279,6 +279,18 @@ pub enum SourceEncoding {
     EpochUs,
     /// Reals are julian day numbers, as SQLite's julianday() returns.
     Julian,
+}
+
+impl SourceEncoding {
+    /// The name a `--cast` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceEncoding::EpochS => "epoch_s",
+            SourceEncoding::EpochMs => "epoch_ms",
+            SourceEncoding::EpochUs => "epoch_us",
+            SourceEncoding::Julian => "julian",
+        }
+    }
 }
 
 /// How a table's changes are followed, from the changelog to the other database and back.

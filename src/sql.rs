@@ -19,13 +19,14 @@ pub const PG_STEPS: &[(i32, &str)] = &[
         include_str!("../sql/postgres/0002_foreign_keys_and_images.sql"),
     ),
     (3, include_str!("../sql/postgres/0003_reverse.sql")),
+    (4, include_str!("../sql/postgres/0004_settings.sql")),
 ];
 
 /// The format this build writes in SQLite.
 pub const SQLITE_FORMAT: i64 = 2;
 
 /// The format this build writes in Postgres.
-pub const PG_FORMAT: i32 = 3;
+pub const PG_FORMAT: i32 = 4;
 
 const CAPTURE: &str = include_str!("../sql/sqlite/capture.sql");
 const FENCE: &str = include_str!("../sql/sqlite/fence.sql");

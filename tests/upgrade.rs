@@ -87,7 +87,7 @@ fn upgrade_and_stream_on(format: u32, kills: usize) {
     // Both sides at the formats this build writes.
     assert_eq!(after["sqlite_format"], after["formats_written"][0]);
     assert_eq!(after["postgres_format"], after["formats_written"][1]);
-    assert_eq!(after["postgres_format"], 3);
+    assert_eq!(after["postgres_format"], 4);
     // Upgraded in place: nothing was copied again.
     assert_eq!(rows_copied(&db), copied, "the snapshot was not taken again");
     let mut c = db.client();
@@ -127,8 +127,13 @@ fn a_migration_started_by_0_2_0_is_upgraded_in_place_and_streams_on_to_equal() {
 }
 
 #[test]
-fn the_current_format_fixture_streams_on_to_equal() {
+fn a_migration_started_by_0_3_0_is_upgraded_in_place_and_streams_on_to_equal() {
     upgrade_and_stream_on(3, 1);
+}
+
+#[test]
+fn the_current_format_fixture_streams_on_to_equal() {
+    upgrade_and_stream_on(4, 1);
 }
 
 #[test]

@@ -355,3 +355,66 @@ fn keys_of_every_type_are_verified_and_cut_over() {
     assert_eq!(code, Some(0), "{report:#}");
     assert!(d.stop());
 }
+
+/// A `--cast` given to `run` is kept with the migration: `verify`, `cutover`, the reverse
+/// stream and `fallback` read the rows the same way without being told again, and a command
+/// given another cast is refused, naming both.
+#[test]
+fn a_cast_given_to_run_is_remembered_by_every_later_command() {
+    let src = SqliteFile::new(
+        "CREATE TABLE flows (id INTEGER PRIMARY KEY, tags TEXT, at INTEGER);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+         INSERT INTO flows SELECT i, CASE WHEN i % 3 = 0 THEN '[]' ELSE '{\"k\": [' || i || ', 2]}' END, 1700000000 + i FROM s;",
+    );
+    let db = TestDb::new();
+    let casts = [
+        "--cast",
+        "flows.tags=jsonb",
+        "--cast",
+        "flows.at=timestamptz:epoch_s",
+    ];
+    let mut d = Daemon::start(&src.path, &db, &casts);
+    d.wait_caught_up();
+    let mut c = db.client();
+    let ty: String = scalar(
+        &mut c,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.flows'::regclass AND attname = 'tags'",
+    );
+    assert_eq!(ty, "jsonb");
+    src.conn()
+        .execute_batch("UPDATE flows SET tags = '[1]' WHERE id = 7; INSERT INTO flows VALUES (301, '{}', 1700000999);")
+        .unwrap();
+    d.wait_caught_up();
+    // Told nothing, verify reads jsonb and epoch seconds as run wrote them.
+    let (code, report) = verify(&src.path, &db, &[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["equal"], true, "{report:#}");
+    // The same casts again are fine; another one is refused with both named.
+    let (code, _) = verify(&src.path, &db, &casts);
+    assert_eq!(code, Some(0));
+    let out = sqlite2pg_on(&src.path, &db, &["--cast", "flows.tags=json", "verify"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("--cast flows.tags=jsonb --cast flows.at=timestamptz:epoch_s")
+            && said.contains("this command was given --cast flows.tags=json"),
+        "{said}"
+    );
+    let out = sqlite2pg_on(&src.path, &db, &["cutover"]);
+    assert!(out.status.success(), "cutover: {}", text(&out));
+    // The reverse stream writes jsonb and timestamptz back as the app stored them.
+    c.batch_execute(
+        "UPDATE flows SET tags = '{\"back\": true}', at = '2024-05-01 10:00:00+00' WHERE id = 8",
+    )
+    .unwrap();
+    let out = sqlite2pg_on(&src.path, &db, &["fallback"]);
+    assert!(out.status.success(), "fallback: {}", text(&out));
+    let (tags, at): (String, i64) = src
+        .conn()
+        .query_row("SELECT tags, at FROM flows WHERE id = 8", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((tags.as_str(), at), ("{\"back\": true}", 1714557600));
+    let _ = d.try_exit();
+}

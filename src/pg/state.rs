@@ -163,6 +163,61 @@ pub async fn owned_tables(client: &Client) -> Result<Vec<String>> {
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
+/// The setting holding the `--cast`s a migration was started with.
+pub const CASTS: &str = "casts";
+
+/// A setting the migration was started with (`None`: not recorded, or a state older than
+/// format 4).
+pub async fn setting<T: serde::de::DeserializeOwned>(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<Option<T>> {
+    if !state_table_exists(client, "setting").await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!("SELECT value::text FROM {STATE_SCHEMA}.setting WHERE name = $1"),
+            &[&name],
+        )
+        .await
+        .map_err(pg("read the migration's settings"))?;
+    let Some(row) = row else { return Ok(None) };
+    let text: String = row.get(0);
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        Error::with_source(
+            crate::error::ErrorKind::State,
+            format!("the setting {name} in {STATE_SCHEMA}.setting is not what this sqlite2pg wrote ({text}); restore it, or start over with `sqlite2pg uninstall`"),
+            e,
+        )
+    })
+}
+
+/// Records a setting once: the first value stays (a later command is held to it).
+pub async fn record_setting<T: serde::Serialize>(
+    client: &impl GenericClient,
+    name: &str,
+    value: &T,
+) -> Result<()> {
+    let text = serde_json::to_string(value).map_err(|e| {
+        Error::with_source(
+            crate::error::ErrorKind::State,
+            format!("cannot write the setting {name}"),
+            e,
+        )
+    })?;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {STATE_SCHEMA}.setting (name, value) VALUES ($1, $2::text::jsonb) ON CONFLICT (name) DO NOTHING"
+            ),
+            &[&name, &text],
+        )
+        .await
+        .map_err(pg("record the migration's settings"))?;
+    Ok(())
+}
+
 /// The stream's stored position.
 #[derive(Debug, Clone)]
 pub struct StreamState {

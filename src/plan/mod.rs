@@ -152,6 +152,8 @@ pub struct Plan {
     pub target_only: Vec<String>,
     /// The shape of the source schema the plan was made from (`sqlite::schema::shape`).
     pub source_shape: Vec<(String, Vec<(String, String)>)>,
+    /// The `--cast`s it was made with: given, or kept by the migration since its first `run`.
+    pub casts: Vec<crate::config::Cast>,
 }
 
 impl Plan {
@@ -199,9 +201,12 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
         return Ok((plan, None));
     };
     let client = crate::pg::connect(url).await?;
+    let mut recorded = None;
     if crate::pg::state::format_version(&client).await? > 0 {
         crate::pg::state::ensure(&client).await?;
+        recorded = crate::pg::state::setting(&client, crate::pg::state::CASTS).await?;
     }
+    let cfg = &cfg.with_recorded_casts(recorded)?;
     let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
     let owned = crate::pg::state::owned_tables(&client).await?;
     let mut plan = build(&tables, Some(&target), &owned, cfg);
@@ -388,6 +393,7 @@ pub fn build(
         findings,
         target_only,
         source_shape: crate::sqlite::schema::shape(source),
+        casts: cfg.casts.clone(),
     }
 }
 

@@ -185,7 +185,7 @@ async fn run_pass(
     })?;
     let mut client = client
         .ok_or_else(|| Error::new(ErrorKind::Config, "no Postgres connection: pass --target"))?;
-    stream::prepare(&client, &installed, &cfg.source, busy).await?;
+    stream::prepare(&client, &installed, &plan.casts, &cfg.source, busy).await?;
     let snapshot_opts = snapshot::Options {
         source: cfg.source.clone(),
         schema: cfg.target_schema.clone(),

@@ -49,15 +49,19 @@ pub fn julian_to_unix(jd: f64) -> f64 {
 /// Checks that the target's stream belongs to this capture install and records where the
 /// stream starts, before the snapshot reads anything: every change after that point is in the
 /// changelog, and re-reading a key the snapshot already copied is harmless.
-/// Also creates the state schema and takes the run lock (held as long as `client` lives).
-/// Another session holding it for 5 s is another run.
+/// Also creates the state schema, takes the run lock (held as long as `client` lives) and
+/// keeps the `--cast`s the rows are written with, for every later command. Another session
+/// holding the lock for 5 s is another run.
 pub async fn prepare(
     client: &tokio_postgres::Client,
     installed: &Installed,
+    casts: &[crate::config::Cast],
     source: &std::path::Path,
     busy: Duration,
 ) -> Result<()> {
     state::ensure(client).await?;
+    // Before any row is written; kept once (the plan already held a command to the kept ones).
+    state::record_setting(client, state::CASTS, &casts).await?;
     // The previous pass's session (before a re-plan) may hold it a moment longer.
     if !state::lock_within(client, Duration::from_secs(5)).await? {
         return Err(Error::new(

@@ -545,6 +545,7 @@ async fn verify_table(
         findings: Vec::new(),
         target_only: Vec::new(),
         source_shape: Vec::new(),
+        casts: Vec::new(),
     };
     let report = verify::run(client, &plan, &opts.verify(Vec::new())).await?;
     Ok((!report.equal).then(|| "its rows differ (see `sqlite2pg verify`)".to_string()))
