@@ -371,6 +371,9 @@ pub enum PgType {
     Jsonb,
     /// uuid
     Uuid,
+    /// interval, without months (SQLAlchemy's `Interval` keeps a `DATETIME` counted from
+    /// 1970-01-01 in SQLite, as a Python `timedelta` has no months)
+    Interval,
     /// A user-defined enum type.
     Enum {
         /// Quoted, schema-qualified type name.
@@ -430,6 +433,7 @@ impl PgType {
             PgType::Json => "json".into(),
             PgType::Jsonb => "jsonb".into(),
             PgType::Uuid => "uuid".into(),
+            PgType::Interval => "interval".into(),
             PgType::Enum { name, .. } => name.clone(),
             PgType::Unsupported { name } => name.clone(),
         }

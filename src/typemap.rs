@@ -120,13 +120,18 @@ pub const CAST_TYPES: &[&str] = &[
     "json",
     "jsonb",
     "uuid",
+    "interval",
 ];
 
 /// A Postgres type named in a `--cast`, or `None` when sqlite2pg cannot write it.
 pub fn parse_pg_type_name(spec: &str) -> Option<PgType> {
     let parsed = parse_decltype(spec);
-    let t = named_type(&parsed)?;
-    Some(t)
+    // Only by a cast: a column SQLite declares INTERVAL holds whatever its app wrote, not
+    // SQLAlchemy's date-time counted from 1970.
+    if parsed.name == "INTERVAL" && parsed.args.is_empty() && !parsed.bad_args {
+        return Some(PgType::Interval);
+    }
+    named_type(&parsed)
 }
 
 fn named_type(d: &DeclType) -> Option<PgType> {
@@ -198,7 +203,8 @@ mod tests {
             | PgType::Timestamptz { .. }
             | PgType::Json
             | PgType::Jsonb
-            | PgType::Uuid => true,
+            | PgType::Uuid
+            | PgType::Interval => true,
             // real is written as double precision (SQLite's REAL has 8 bytes); character(n)
             // would pad; an enum or a type sqlite2pg does not write comes from the target.
             PgType::Float4
@@ -242,6 +248,7 @@ mod tests {
             PgType::Json,
             PgType::Jsonb,
             PgType::Uuid,
+            PgType::Interval,
         ];
         for t in examples.iter().filter(|t| castable(t)) {
             assert!(

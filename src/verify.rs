@@ -725,6 +725,7 @@ fn canonical(ty: &PgType, v: &Option<Vec<u8>>, h: &mut impl Hasher) {
             1u8.hash(h);
             match ty {
                 PgType::Numeric { .. } => convert::numeric_value(b).hash(h),
+                PgType::Interval => convert::interval_micros(b).hash(h),
                 PgType::Jsonb => {
                     serde_json::from_slice::<serde_json::Value>(b.get(1..).unwrap_or_default())
                         .map(|j| j.to_string())

@@ -107,6 +107,36 @@ proptest! {
         }
     }
 
+    /// SQLAlchemy's Interval on SQLite (1970-01-01 plus the duration, as text) lands as the
+    /// same duration in a Postgres interval, negative ones included.
+    #[test]
+    fn sqlalchemy_intervals_read_back_as_the_same_duration(durations in proptest::collection::vec(-62_000_000_000_000_000i64..250_000_000_000_000_000, 1..20)) {
+        let db = common::TestDb::new();
+        let mut c = db.client();
+        c.batch_execute("CREATE TABLE v (n int, d interval)").unwrap();
+        let mut buf = copy::begin_buffer(4096);
+        let mut texts = Vec::new();
+        for (n, us) in durations.iter().enumerate() {
+            let day = 86_400_000_000i64;
+            let (y, m, d) = datetime::civil_from_days(us.div_euclid(day));
+            let rem = us.rem_euclid(day);
+            let text = format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}", rem / 3_600_000_000, rem / 60_000_000 % 60, rem / 1_000_000 % 60, rem % 1_000_000);
+            copy::begin_row(&mut buf, 2);
+            encode(SqlValue::Integer(n as i64), &conv(PgType::Int4), &mut buf).unwrap();
+            encode(SqlValue::Text(text.as_bytes()), &conv(PgType::Interval), &mut buf).unwrap();
+            texts.push(text);
+        }
+        buf.put_i16(-1);
+        let mut w = c.copy_in("COPY v FROM STDIN (FORMAT binary)").unwrap();
+        w.write_all(&buf).unwrap();
+        w.finish().unwrap();
+        let rows = c.query("SELECT (extract(epoch FROM d) * 1000000)::bigint, to_char('1970-01-01'::timestamp + d, 'YYYY-MM-DD HH24:MI:SS.US') FROM v ORDER BY n", &[]).unwrap();
+        for ((row, us), text) in rows.iter().zip(&durations).zip(&texts) {
+            prop_assert_eq!(row.get::<_, i64>(0), *us);
+            prop_assert_eq!(&row.get::<_, String>(1), text);
+        }
+    }
+
     #[test]
     fn declared_type_parser_never_panics_and_ignores_case_and_spacing(decl in "\\PC{0,30}") {
         let a = typemap::map_decltype(&decl);

@@ -552,6 +552,7 @@ fn column(table: Option<&str>, name: &str, quote: Option<char>, s: &Scope) -> Re
         | PgType::Json
         | PgType::Jsonb
         | PgType::Uuid
+        | PgType::Interval
         | PgType::Enum { .. } => (q, Kind::Opaque, false),
         other => {
             return Err(format!(

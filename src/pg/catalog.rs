@@ -155,6 +155,8 @@ fn pg_type_from_catalog(typname: &str, typmod: i32, formatted: &str) -> PgType {
         "json" => PgType::Json,
         "jsonb" => PgType::Jsonb,
         "uuid" => PgType::Uuid,
+        // `interval second(3)` and the like would round or drop fields: not written.
+        "interval" if typmod < 0 => PgType::Interval,
         _ => PgType::Unsupported {
             name: formatted.to_string(),
         },

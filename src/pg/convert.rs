@@ -305,6 +305,12 @@ fn encode_payload(
         | PgType::Timestamptz { .. } => {
             encode_datetime(value, conv, out)?;
         }
+        PgType::Interval => {
+            let (days, micros) = interval_of(value, conv)?;
+            out.put_i64(micros);
+            out.put_i32(days);
+            out.put_i32(0);
+        }
         PgType::Unsupported { name } => {
             return err(
                 ProblemKind::UnsupportedType,
@@ -432,6 +438,7 @@ pub fn same(ty: &PgType, a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
         (None, None) => true,
         (Some(x), Some(y)) => match ty {
             PgType::Numeric { .. } => numeric_value(x) == numeric_value(y),
+            PgType::Interval => interval_micros(x) == interval_micros(y),
             PgType::Jsonb => {
                 let parse = |v: &[u8]| {
                     serde_json::from_slice::<serde_json::Value>(v.get(1..).unwrap_or_default()).ok()
@@ -533,6 +540,65 @@ fn encode_datetime(
         }
     }
     Ok(())
+}
+
+/// SQLAlchemy's `Interval` on SQLite: the date-time 1970-01-01 plus the duration, read back as
+/// the `timedelta` SQLAlchemy would read (days, then microseconds of the day; a negative
+/// duration is negative days plus a positive time, as Python normalizes it and psycopg sends
+/// it). With an encoding, numbers are the duration in that unit.
+fn interval_of(value: SqlValue<'_>, conv: &ColumnConv) -> Result<(i32, i64), ConvError> {
+    let since_2000 = match value {
+        SqlValue::Text(t) => {
+            let s = text_of(t, "text")?;
+            let not_sqlalchemy = |why: &str| {
+                err(
+                    ProblemKind::BadDate,
+                    format!(
+                        "'{s}' {why}: SQLAlchemy's Interval stores a date-time counted from 1970-01-01 00:00:00 (5 s is '1970-01-01 00:00:05.000000')"
+                    ),
+                )
+            };
+            let p = match datetime::parse(s) {
+                Ok(p) => p,
+                Err(e) => return not_sqlalchemy(&e.to_string()),
+            };
+            let Some(days) = p.days else {
+                return not_sqlalchemy("has no date");
+            };
+            if p.offset_secs.is_some() {
+                return not_sqlalchemy("has a UTC offset");
+            }
+            i64::from(days) * MICROS_PER_DAY + p.micros
+        }
+        SqlValue::Integer(_) | SqlValue::Real(_) => match conv.encoding {
+            Some(enc) => numeric_datetime(value, enc)?,
+            None => {
+                return err(
+                    ProblemKind::NumericDate,
+                    "a number in an interval column; if it counts seconds (or ms, us): --cast TABLE.COLUMN=interval:epoch_s (epoch_ms, epoch_us)",
+                );
+            }
+        },
+        _ => return mismatch(value, &conv.ty),
+    };
+    let since_1970 = since_2000 + UNIX_TO_PG_DAYS * MICROS_PER_DAY;
+    let days = i32::try_from(since_1970.div_euclid(MICROS_PER_DAY)).or_else(|_| {
+        err(
+            ProblemKind::OutOfRange,
+            "more days than a Postgres interval holds",
+        )
+    })?;
+    Ok((days, since_1970.rem_euclid(MICROS_PER_DAY)))
+}
+
+/// An interval's length in microseconds as Postgres compares intervals (a month is 30 days,
+/// a day 24 hours): `1 day` and `24:00:00` are equal there.
+pub fn interval_micros(b: &[u8]) -> Option<i128> {
+    let micros = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    let days = i32::from_be_bytes(b.get(8..12)?.try_into().ok()?);
+    let months = i32::from_be_bytes(b.get(12..16)?.try_into().ok()?);
+    let day = i128::from(MICROS_PER_DAY);
+    Some(i128::from(micros) + i128::from(days) * day + i128::from(months) * 30 * day)
 }
 
 fn numeric_datetime(value: SqlValue<'_>, enc: SourceEncoding) -> Result<i64, ConvError> {
@@ -758,6 +824,52 @@ mod tests {
         let mut out = BytesMut::new();
         encode(v, &ColumnConv { ty, encoding: None }, &mut out)?;
         Ok(out[4..].to_vec())
+    }
+
+    #[test]
+    fn intervals_are_sqlalchemys_date_times_counted_from_1970() {
+        let five = enc(
+            SqlValue::Text(b"1970-01-01 00:00:05.123000"),
+            PgType::Interval,
+        )
+        .unwrap();
+        assert_eq!(five, [&5_123_000i64.to_be_bytes()[..], &[0; 8]].concat());
+        // -5 s: Python's timedelta(days=-1, seconds=86395).
+        let back = enc(SqlValue::Text(b"1969-12-31 23:59:55"), PgType::Interval).unwrap();
+        let want = [
+            &86_395_000_000i64.to_be_bytes()[..],
+            &(-1i32).to_be_bytes(),
+            &[0; 4],
+        ]
+        .concat();
+        assert_eq!(back, want);
+        for bad in ["0", "00:00:05", "1970-01-01 00:00:05+02:00", "soon"] {
+            let e = enc(SqlValue::Text(bad.as_bytes()), PgType::Interval).unwrap_err();
+            assert_eq!(e.kind, ProblemKind::BadDate, "{bad}: {e:?}");
+        }
+        assert_eq!(
+            enc(SqlValue::Integer(5), PgType::Interval)
+                .unwrap_err()
+                .kind,
+            ProblemKind::NumericDate
+        );
+        let secs = ColumnConv {
+            ty: PgType::Interval,
+            encoding: Some(SourceEncoding::EpochS),
+        };
+        let mut out = BytesMut::new();
+        encode(SqlValue::Integer(90_000), &secs, &mut out).unwrap();
+        let want = [
+            &3_600_000_000i64.to_be_bytes()[..],
+            &1i32.to_be_bytes(),
+            &[0; 4],
+        ]
+        .concat();
+        assert_eq!(&out[4..], &want[..]);
+        // 1 day and 24 hours are one value, as Postgres compares them.
+        let a = [&0i64.to_be_bytes()[..], &1i32.to_be_bytes(), &[0; 4]].concat();
+        let b = [&86_400_000_000i64.to_be_bytes()[..], &[0; 8]].concat();
+        assert!(same(&PgType::Interval, Some(&a), Some(&b)));
     }
 
     #[test]

@@ -209,6 +209,17 @@ pub fn decode(raw: &[u8], conv: &ColumnConv, form: &ColumnForm) -> Result<OwnedV
             }
             date_value(micros, conv, form, true)?
         }
+        PgType::Interval => {
+            let micros = convert::interval_micros(raw).ok_or_else(|| short(raw))?;
+            // Months count 30 days, as Postgres compares them and psycopg reads them into the
+            // app's timedelta.
+            let since_2000 = micros - i128::from(UNIX_TO_PG_DAYS) * i128::from(MICROS_PER_DAY);
+            let since_2000 = i64::try_from(since_2000).map_err(|_| ConvError {
+                kind: ProblemKind::OutOfRange,
+                detail: "an interval too long for a SQLite date-time".into(),
+            })?;
+            date_value(since_2000, conv, form, true)?
+        }
         PgType::Unsupported { name } => {
             return fail(
                 ProblemKind::UnsupportedType,
@@ -295,6 +306,24 @@ mod tests {
 
     fn conv(ty: PgType) -> ColumnConv {
         ColumnConv { ty, encoding: None }
+    }
+
+    #[test]
+    fn sqlalchemy_intervals_come_back_in_their_stored_form() {
+        let form = ColumnForm::default();
+        for s in [
+            "1970-01-01 00:00:05.123000",
+            "1969-12-31 23:59:55.000000",
+            "1970-03-02 01:00:00.000001",
+        ] {
+            let v = OwnedValue::Text(s.as_bytes().to_vec());
+            assert_eq!(round(v.clone(), PgType::Interval, &form), v);
+        }
+        // One month from Postgres is the 30 days the app's timedelta read there.
+        let mut raw = vec![0u8; 12];
+        raw.extend_from_slice(&1i32.to_be_bytes());
+        let v = decode(&raw, &conv(PgType::Interval), &form).unwrap();
+        assert_eq!(v, OwnedValue::Text(b"1970-01-31 00:00:00.000000".to_vec()));
     }
 
     fn round(v: OwnedValue, ty: PgType, form: &ColumnForm) -> OwnedValue {

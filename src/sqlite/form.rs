@@ -134,7 +134,8 @@ fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Re
             PgType::Date
             | PgType::Time { .. }
             | PgType::Timestamp { .. }
-            | PgType::Timestamptz { .. } => {
+            | PgType::Timestamptz { .. }
+            | PgType::Interval => {
                 if let Some((t, digits)) = template_of(s) {
                     fraction_digits.insert(digits);
                     let first = template.get_or_insert(t);
