@@ -42,6 +42,10 @@ pub struct Args {
     /// Per-column override: TABLE.COLUMN=TYPE, TABLE.COLUMN=ENCODING or TABLE.COLUMN=TYPE:ENCODING.
     #[arg(long = "cast", global = true)]
     pub casts: Vec<String>,
+    /// Two applied migrations to take as the same, SQLITE_VERSION=POSTGRES_VERSION, for an app
+    /// that keeps one migration tree per database (repeated for several).
+    #[arg(long = "equivalent-migration", global = true)]
+    pub equivalent_migrations: Vec<String>,
     /// Rows per snapshot chunk.
     #[arg(long, global = true)]
     pub chunk_rows: Option<usize>,
@@ -277,6 +281,7 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
         include: args.include.clone(),
         exclude: args.exclude.clone(),
         casts: args.casts.clone(),
+        equivalent_migrations: args.equivalent_migrations.clone(),
         chunk_rows: args.chunk_rows,
         busy_timeout_ms: args.busy_timeout_ms,
     };

@@ -145,6 +145,9 @@ pub struct FileConfig {
     /// `--cast`, as a table of `"table.column" = "spec"`.
     #[serde(default)]
     pub cast: std::collections::BTreeMap<String, String>,
+    /// `--equivalent-migration`, as a table of `"sqlite_version" = "postgres_version"`.
+    #[serde(default)]
+    pub equivalent_migration: std::collections::BTreeMap<String, String>,
     /// `--chunk-rows`
     pub chunk_rows: Option<usize>,
     /// `--busy-timeout-ms`
@@ -196,6 +199,8 @@ pub struct Config {
     pub exclude: Vec<String>,
     /// Per-column overrides.
     pub casts: Vec<Cast>,
+    /// Applied migrations taken as the same on both sides: (SQLite's, Postgres').
+    pub equivalent_migrations: Vec<(String, String)>,
     /// Rows per snapshot chunk (one SQLite read transaction, one Postgres transaction).
     pub chunk_rows: usize,
     /// How long a SQLite read waits for the app's write lock before retrying.
@@ -241,6 +246,8 @@ pub struct Flags {
     pub exclude: Vec<String>,
     /// `--cast`, each `TABLE.COLUMN=SPEC`, after the file's.
     pub casts: Vec<String>,
+    /// `--equivalent-migration`, each `SQLITE_VERSION=POSTGRES_VERSION`, after the file's.
+    pub equivalent_migrations: Vec<String>,
     /// `--chunk-rows`
     pub chunk_rows: Option<usize>,
     /// `--busy-timeout-ms`
@@ -264,6 +271,26 @@ impl Config {
         for c in &flags.casts {
             casts.push(Cast::parse(c)?);
         }
+        let mut equivalent_migrations: Vec<(String, String)> = file
+            .equivalent_migration
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+        for e in &flags.equivalent_migrations {
+            let pair = e
+                .split_once('=')
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty());
+            let Some(pair) = pair else {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "invalid --equivalent-migration '{e}': expected SQLITE_VERSION=POSTGRES_VERSION, each as `check` lists it (an Alembic revision id, a Django app.name)"
+                    ),
+                ));
+            };
+            equivalent_migrations.push(pair);
+        }
         Ok(Config {
             source,
             target: flags.target.or(file.target).map(TargetUrl::new),
@@ -282,6 +309,7 @@ impl Config {
                 flags.exclude
             },
             casts,
+            equivalent_migrations,
             chunk_rows: flags
                 .chunk_rows
                 .or(file.chunk_rows)

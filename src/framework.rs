@@ -196,6 +196,9 @@ pub struct Mapped {
 pub enum Assumption {
     /// Django stores aware datetimes in UTC without an offset (USE_TZ=True, its default).
     UtcDatetimes,
+    /// The app's own `timestamptz` columns hold UTC where SQLite's text has no offset
+    /// (SQLAlchemy's `DateTime(timezone=True)`, Django with USE_TZ=True).
+    NaiveIsUtc,
     /// The declaration has no precision or scale (Django's `decimal`).
     DecimalScale,
 }

@@ -1310,6 +1310,25 @@ fn time_value(e: &Expr, v: &Expr, s: &Scope) -> Result<String, Why> {
     ))
 }
 
+/// `column IN ('a', 'b', ...)`: the column and the words (SQLAlchemy's and Rails' enums on
+/// SQLite), for comparing with an enum type on Postgres.
+pub fn in_words(e: &Expr) -> Option<(&str, Vec<&str>)> {
+    let Expr::In {
+        expr,
+        target: sqlparser::ast::InTarget::List(list),
+        negated: false,
+        ..
+    } = e
+    else {
+        return None;
+    };
+    let Expr::Identifier(column) = expr.as_ref() else {
+        return None;
+    };
+    let words = list.iter().map(string_arg).collect::<Option<Vec<_>>>()?;
+    Some((&column.value, words))
+}
+
 fn string_arg(x: &Expr) -> Option<&str> {
     match x {
         Expr::Value(v) => match &v.value {

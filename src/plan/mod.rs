@@ -154,9 +154,39 @@ pub struct Plan {
     pub source_shape: Vec<(String, Vec<(String, String)>)>,
     /// The `--cast`s it was made with: given, or kept by the migration since its first `run`.
     pub casts: Vec<crate::config::Cast>,
+    /// The frameworks whose migrations made the SQLite schema.
+    pub frameworks: Vec<&'static crate::framework::Spec>,
+    /// The tables naming the app's applied migrations that each database keeps for itself (the
+    /// app's migrations made the Postgres one): never copied, in either direction.
+    pub app_versions: Vec<AppVersions>,
+}
+
+/// A framework's table of applied migrations, kept apart on both sides.
+#[derive(Debug, Clone)]
+pub struct AppVersions {
+    /// The framework.
+    pub spec: &'static crate::framework::Spec,
+    /// The SQLite table.
+    pub source: String,
+    /// The Postgres table.
+    pub target: String,
 }
 
 impl Plan {
+    /// A plan of one table alone (a check of that table's rows).
+    pub fn single(table: TablePlan) -> Plan {
+        Plan {
+            tables: vec![table],
+            skipped: Vec::new(),
+            findings: Vec::new(),
+            target_only: Vec::new(),
+            source_shape: Vec::new(),
+            casts: Vec::new(),
+            frameworks: Vec::new(),
+            app_versions: Vec::new(),
+        }
+    }
+
     /// The tables sqlite2pg creates, with their specs.
     pub fn created(&self) -> impl Iterator<Item = (&TablePlan, &TableSpec)> {
         self.tables.iter().filter_map(|t| t.spec().map(|s| (t, s)))
@@ -284,6 +314,7 @@ pub fn build(
     let frameworks = crate::framework::recognise(source);
     // What the framework's mapping takes for granted: (assumption, table.column).
     let mut assumed = Vec::new();
+    let mut app_versions = Vec::new();
     for t in &selected {
         if t.name.starts_with(ALEMBIC_SCRATCH) {
             // Lives only inside a batch migration's transaction (create, copy, drop, rename);
@@ -365,8 +396,28 @@ pub fn build(
         } else {
             find_ci(target_tables, &target_name)
         };
+        let versions_of = frameworks
+            .iter()
+            .find(|s| s.versions.eq_ignore_ascii_case(&t.name));
+        if let (Some((target, _)), Some(spec)) = (existing, versions_of) {
+            // Each side's rows name its own migrations (an app may keep one tree per
+            // database): SQLite's copied over would name revisions the Postgres app lacks.
+            skipped.push(Skipped {
+                table: t.name.clone(),
+                reason: format!(
+                    "{}'s applied migrations: each database keeps its own (the app's migrations made the Postgres table)",
+                    spec.name
+                ),
+            });
+            app_versions.push(AppVersions {
+                spec,
+                source: t.name.clone(),
+                target: target.clone(),
+            });
+            continue;
+        }
         let plan = match existing {
-            Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings, &mut narrow),
+            Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings, &mut narrow, &mut assumed),
             None => plan_create(
                 t,
                 &target_name,
@@ -383,7 +434,11 @@ pub fn build(
     findings.extend(assumption_findings(&assumed));
     let target_only = target_tables
         .keys()
-        .filter(|k| !tables.iter().any(|p| &p.target == *k) && !owned.contains(k))
+        .filter(|k| {
+            !tables.iter().any(|p| &p.target == *k)
+                && !owned.contains(k)
+                && !app_versions.iter().any(|v: &AppVersions| &v.target == *k)
+        })
         .cloned()
         .collect();
     order_parents_first(&mut tables);
@@ -394,6 +449,8 @@ pub fn build(
         target_only,
         source_shape: crate::sqlite::schema::shape(source),
         casts: cfg.casts.clone(),
+        frameworks,
+        app_versions,
     }
 }
 
@@ -973,7 +1030,11 @@ fn plan_checks(t: &SourceTable, scope: &expr::Scope, declared: &Declared) -> Vec
 /// One finding per assumption of a framework's mapping, naming every column it concerns.
 fn assumption_findings(assumed: &[(crate::framework::Assumption, String)]) -> Vec<Finding> {
     use crate::framework::Assumption;
-    [Assumption::UtcDatetimes, Assumption::DecimalScale]
+    [
+        Assumption::UtcDatetimes,
+        Assumption::NaiveIsUtc,
+        Assumption::DecimalScale,
+    ]
         .into_iter()
         .filter_map(|a| {
             let columns: Vec<&str> = assumed
@@ -1004,6 +1065,15 @@ fn assumption_findings(assumed: &[(crate::framework::Assumption, String)]) -> Ve
                         "if the app runs with USE_TZ=False, keep them naive: {}",
                         casts("timestamp")
                     ),
+                },
+                Assumption::NaiveIsUtc => Finding {
+                    severity: Severity::Info,
+                    table: String::new(),
+                    column: None,
+                    message: format!(
+                        "date-times without a UTC offset in SQLite are read as UTC into the app's timestamptz columns, as SQLAlchemy's DateTime(timezone=True) and Django (USE_TZ=True) store them: {list}"
+                    ),
+                    hint: "if the app wrote local times without an offset there, each would move by the zone's offset: rewrite them in SQLite as UTC (or with their offset, `2024-05-01 10:00:00+02:00`) before the move".into(),
                 },
                 Assumption::DecimalScale => Finding {
                     severity: Severity::Warning,
@@ -1073,6 +1143,7 @@ fn plan_existing(
     cfg: &Config,
     findings: &mut Vec<Finding>,
     narrow: &mut Vec<Narrow>,
+    assumed: &mut Vec<(crate::framework::Assumption, String)>,
 ) -> TablePlan {
     let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
     let mut columns = Vec::new();
@@ -1148,13 +1219,20 @@ fn plan_existing(
                         .into(),
             });
         }
+        let encoding = cast.and_then(|c| c.encoding);
+        if matches!(tc.ty, PgType::Timestamptz { .. }) && encoding.is_none() {
+            assumed.push((
+                crate::framework::Assumption::NaiveIsUtc,
+                format!("{}.{}", t.name, c.name),
+            ));
+        }
         columns.push(ColumnPlan {
             source: c.name.clone(),
             decl_type: c.decl_type.clone(),
             target: tc.name.clone(),
             conv: ColumnConv {
                 ty: tc.ty.clone(),
-                encoding: cast.and_then(|c| c.encoding),
+                encoding,
             },
             note: (tc.name != c.name).then(|| format!("matched to {} ignoring case", tc.name)),
             collation: declared.collation_of(&c.name),

@@ -460,6 +460,27 @@ fn verdict(severity: Severity, message: String, hint: String) -> Verdict {
     }
 }
 
+/// The enum type (name, labels) of `t`'s column `column` on Postgres when it holds only words
+/// in `words`.
+fn enum_within<'t>(
+    t: &'t TablePlan,
+    column: &str,
+    words: &[&str],
+) -> Option<(&'t str, &'t [String])> {
+    let c = t
+        .columns
+        .iter()
+        .find(|c| c.source.eq_ignore_ascii_case(column))?;
+    match &c.conv.ty {
+        crate::model::PgType::Enum { name, labels }
+            if labels.iter().all(|l| words.contains(&l.as_str())) =>
+        {
+            Some((name, labels))
+        }
+        _ => None,
+    }
+}
+
 /// What SQLite does for the app on a table the app's migrations made on Postgres, where
 /// sqlite2pg adds nothing: a note when the migration has it, a WARNING with the SQL to add
 /// when it does not. `None` for kinds that do not depend on the table's owner.
@@ -487,6 +508,24 @@ fn on_app_table(
             cols.extend(o.column.as_deref().and_then(target_col));
             cols.sort();
             cols.dedup();
+            let parsed = crate::expr::parse(&o.name);
+            if let Some((name, labels)) = parsed
+                .as_ref()
+                .ok()
+                .and_then(crate::expr::in_words)
+                .and_then(|(col, words)| enum_within(t, col, &words))
+            {
+                // An enum type refuses every other label, NULL allowed, as the CHECK does.
+                return Some(verdict(
+                    Severity::Info,
+                    format!(
+                        "CHECK ({}): the column's enum type {name} on Postgres holds only those words ({}), so Postgres refuses what it refuses",
+                        o.name,
+                        labels.join(", ")
+                    ),
+                    String::new(),
+                ));
+            }
             let same = b.checks.iter().find(|(tbl, _, _, c)| {
                 let mut c = c.clone();
                 c.sort();

@@ -539,14 +539,7 @@ async fn verify_table(
     if t.plan().source.follow() == crate::model::Follow::ByImage {
         return verify::check_images(client, t.plan(), &opts.verify(vec![name.to_string()])).await;
     }
-    let plan = Plan {
-        tables: vec![t.plan().clone()],
-        skipped: Vec::new(),
-        findings: Vec::new(),
-        target_only: Vec::new(),
-        source_shape: Vec::new(),
-        casts: Vec::new(),
-    };
+    let plan = Plan::single(t.plan().clone());
     let report = verify::run(client, &plan, &opts.verify(Vec::new())).await?;
     Ok((!report.equal).then(|| "its rows differ (see `sqlite2pg verify`)".to_string()))
 }
