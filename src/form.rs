@@ -110,4 +110,7 @@ pub struct ColumnForm {
     pub mixed_date_forms: bool,
     /// Date/time text with an offset other than UTC: it comes back in UTC.
     pub local_offsets: bool,
+    /// How its JSON text is written (`None`: no JSON seen; jsonb comes back as Postgres
+    /// writes it).
+    pub json: Option<crate::jsontext::JsonForm>,
 }

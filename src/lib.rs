@@ -8,6 +8,7 @@ pub mod error;
 pub mod expr;
 pub mod form;
 pub mod framework;
+pub mod jsontext;
 pub mod metrics;
 pub mod model;
 pub mod pg;

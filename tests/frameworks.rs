@@ -722,3 +722,169 @@ fn django_is_never_refused_while_the_daemon_prunes_in_rollback_journal_mode() {
 fn django_is_never_refused_while_the_daemon_prunes_in_wal_mode() {
     django_is_never_refused_while_the_daemon_prunes("wal");
 }
+
+fn flows(db: &str, args: &[&str]) -> String {
+    framework_app("flows/app.py", db, args)
+}
+
+fn flows_answers(db: &str) -> serde_json::Value {
+    last_json(&flows(db, &["answers"]))
+}
+
+/// The answers that differ, each with both values (the whole objects are long).
+fn assert_same_answers(got: &serde_json::Value, want: &serde_json::Value, when: &str) {
+    let keys = want.as_object().unwrap().keys();
+    let differ: Vec<String> = keys
+        .filter(|k| got[k.as_str()] != want[k.as_str()])
+        .map(|k| {
+            let (g, w) = (&got[k.as_str()], &want[k.as_str()]);
+            match (g.as_array(), w.as_array()) {
+                (Some(g), Some(w)) => {
+                    let first = g.iter().zip(w).find(|(a, b)| a != b);
+                    format!(
+                        "{k}: {} vs {} items, first differing: {first:?}",
+                        g.len(),
+                        w.len()
+                    )
+                }
+                _ => format!("{k}: {g} vs {w}"),
+            }
+        })
+        .collect();
+    assert!(differ.is_empty(), "{when}: {differ:#?}");
+}
+
+/// The app writing for `seconds` (reads, then writes, inside one deferred BEGIN): its tally.
+fn flows_write(db: &str, seconds: &str) -> serde_json::Value {
+    let summary = last_json(&flows(db, &["write", seconds]));
+    assert!(summary["transactions"].as_i64().unwrap() > 20, "{summary}");
+    summary
+}
+
+/// An Alembic app with SQLAlchemy's portable types (Uuid as CHAR(32), Interval as a DATETIME
+/// counted from 1970, JSON under a unique index, an Enum that is native on Postgres only,
+/// aware datetimes kept naive in SQLite) and one version tree per database, moved live on its
+/// own Postgres schema while it reads then writes inside deferred transactions: its ORM
+/// answers the same on Postgres, writes there, and after the fallback SQLite's ORM sees those
+/// writes. Each side keeps its own alembic_version. sqlite2pg's writes to the file cost the
+/// app no `database is locked`, as without sqlite2pg.
+#[test]
+fn an_alembic_app_with_portable_types_and_a_tree_per_database_moves_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orion.db");
+    let sqlite = format!("sqlite:{}", path.display());
+    flows(&sqlite, &["upgrade"]);
+    flows(&sqlite, &["seed", "400"]);
+    let db = TestDb::new();
+    flows(&db.url, &["upgrade"]);
+    let heads = |db: &str| last_json(&flows(db, &["heads"]));
+    assert_eq!(heads(&sqlite), serde_json::json!(["27d8f4e1a6c9"]));
+    assert_eq!(heads(&db.url), serde_json::json!(["91e2b8f3d6a4"]));
+
+    // The trees differ by design: named, with the flag that accepts it.
+    let (code, report) = check(&path, &db);
+    assert_eq!(code, Some(1), "{report:#}");
+    let skew = finding(&report, "migrations differ between the two sides").unwrap();
+    assert!(
+        skew["message"]
+            .as_str()
+            .unwrap()
+            .contains("SQLite is at [27d8f4e1a6c9]; Postgres is at [91e2b8f3d6a4]")
+            && skew["hint"]
+                .as_str()
+                .unwrap()
+                .contains("--equivalent-migration 27d8f4e1a6c9=91e2b8f3d6a4"),
+        "{skew:#}"
+    );
+    let same = ["--equivalent-migration", "27d8f4e1a6c9=91e2b8f3d6a4"];
+    let p = path.to_str().unwrap();
+    let out = sqlite2pg(
+        &[
+            &["--source", p, "--target", &db.url][..],
+            &same,
+            &["check", "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The columns get the app's own types, and the assumption about naive times is said.
+    for (table, column, ty) in [
+        ("flow_run", "total_run_time", "interval"),
+        ("flow_run", "id", "uuid"),
+        ("flow_run", "parameters", "jsonb"),
+        ("automation_bucket", "bucketing_key", "jsonb"),
+        ("flow_run", "start_time", "timestamptz"),
+    ] {
+        let t = report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["source"] == table)
+            .unwrap();
+        let c = t["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["source"] == column)
+            .unwrap();
+        assert_eq!(c["target_type"], ty, "{c:#}");
+    }
+    assert!(
+        finding(&report, "read as UTC into the app's timestamptz columns").is_some(),
+        "{report:#}"
+    );
+    assert!(
+        finding(&report, "holds only those words").is_some(),
+        "{report:#}"
+    );
+
+    // Without sqlite2pg, the app is never refused.
+    assert_eq!(flows_write(&sqlite, "3")["failed"], 0);
+
+    let mut d = Daemon::start(&path, &db, &same);
+    let summary = flows_write(&sqlite, "8");
+    // Nor with it: installing capture, copying, streaming and pruning cost it nothing.
+    assert_eq!(
+        (summary["failed"].clone(), summary["locked"].clone()),
+        (0.into(), 0.into()),
+        "{summary}"
+    );
+    d.wait_caught_up();
+    let out = sqlite2pg_on(&path, &db, &["verify"]);
+    assert!(out.status.success(), "verify:\n{}", text(&out));
+    let before = flows_answers(&sqlite);
+    let out = sqlite2pg_on(&path, &db, &["cutover"]);
+    assert!(out.status.success(), "cutover:\n{}", text(&out));
+    assert_same_answers(
+        &flows_answers(&db.url),
+        &before,
+        "on Postgres after the cutover",
+    );
+    assert_eq!(heads(&db.url), serde_json::json!(["91e2b8f3d6a4"]));
+
+    // The app goes on on Postgres, then falls back; SQLite's ORM sees what it wrote there.
+    assert_eq!(flows_write(&db.url, "3")["failed"], 0);
+    let after_pg = flows_answers(&db.url);
+    assert_ne!(after_pg, before);
+    let out = sqlite2pg_on(&path, &db, &["fallback"]);
+    assert!(out.status.success(), "fallback:\n{}", text(&out));
+    assert_same_answers(
+        &flows_answers(&sqlite),
+        &after_pg,
+        "on SQLite after the fallback",
+    );
+    assert_eq!(heads(&sqlite), serde_json::json!(["27d8f4e1a6c9"]));
+    wait_exit_after_fallback(&mut d);
+    // And it goes on writing on SQLite: JSON written back from Postgres in the app's own text
+    // form, so its lookups by JSON text still find the rows.
+    let pg_keys: i64 = scalar(
+        &mut db.client(),
+        "SELECT count(*) FROM automation_bucket WHERE bucketing_key::text LIKE '{\"n\"%'",
+    );
+    assert!(pg_keys > 0, "the writes on Postgres made no bucket");
+    for _ in 0..3 {
+        assert_eq!(flows_write(&sqlite, "2")["failed"], 0);
+    }
+    assert_eq!(flows_answers(&sqlite)["duplicate_buckets"], 0);
+}

@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("model", 0),
     ("conninfo", 0),
     ("form", 0),
+    ("jsontext", 0),
     ("typemap", 0),
     ("datetime", 0),
     ("expr", 0),

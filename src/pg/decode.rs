@@ -162,8 +162,20 @@ pub fn decode(raw: &[u8], conv: &ColumnConv, form: &ColumnForm) -> Result<OwnedV
             _ => OwnedValue::Blob(raw.to_vec()),
         },
         PgType::Json => OwnedValue::Text(raw.to_vec()),
-        // Version byte, then text: Postgres' normalized form (see `check --reverse`).
-        PgType::Jsonb => OwnedValue::Text(raw.get(1..).ok_or_else(|| short(raw))?.to_vec()),
+        // Version byte, then Postgres' normalized text: written as the app's serializer writes
+        // JSON (its key order, spacing and escapes), since an app on SQLite compares JSON as
+        // text. Left as it is when SQLite showed no JSON to learn from.
+        PgType::Jsonb => {
+            let pg_text = raw.get(1..).ok_or_else(|| short(raw))?;
+            let in_form = form.json.as_ref().and_then(|f| {
+                let node = crate::jsontext::parse(std::str::from_utf8(pg_text).ok()?)?;
+                Some(crate::jsontext::render(&node, f))
+            });
+            match in_form {
+                Some(t) => text(t),
+                None => OwnedValue::Text(pg_text.to_vec()),
+            }
+        }
         PgType::Uuid => {
             let b = raw.get(..16).ok_or_else(|| short(raw))?;
             if form.class == Some(Class::Blob) {

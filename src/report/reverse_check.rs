@@ -86,8 +86,15 @@ fn form_findings(t: &Table<'_>, out: &mut Vec<Finding>) {
         };
         match &c.conv.ty {
             PgType::Jsonb => add(
-                Severity::Warning,
-                "jsonb keeps the value, not the text: JSON changed on Postgres comes back in Postgres' form (keys ordered, `, ` and `: `). The app's JSON parser reads the same value; a byte-for-byte comparison would differ".into(),
+                if f.json.is_some() { Severity::Note } else { Severity::Warning },
+                match &f.json {
+                    Some(j) => format!(
+                        "jsonb keeps the value, not the text: JSON changed on Postgres comes back written as SQLite's values are ({}, {}, keys in the app's order), so lookups by JSON text still match; a number comes back in Postgres' spelling (1e-07 as 0.0000001) and a key SQLite never held after the others",
+                        if j.spaced { "`, ` and `: `" } else { "`,` and `:`" },
+                        if j.ascii_only { "non-ASCII as \\uXXXX" } else { "non-ASCII as is" }
+                    ),
+                    None => "jsonb keeps the value, not the text: SQLite holds no JSON here to learn the app's form from, so JSON changed on Postgres comes back in Postgres' (keys ordered by length, `, ` and `: `). The app's JSON parser reads the same value; a comparison of the text would differ".into(),
+                },
             ),
             PgType::Bpchar { .. } => add(
                 Severity::Warning,

@@ -120,6 +120,7 @@ fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Re
     let mut form = ColumnForm::default();
     let mut fraction_digits = std::collections::BTreeSet::new();
     let mut template: Option<DateTemplate> = None;
+    let mut json = crate::jsontext::Learned::default();
     while let Some(r) = rows.next().map_err(err)? {
         let v = r.get_ref(0).map_err(err)?;
         let Some(class) = class_of(v) else { continue };
@@ -147,6 +148,7 @@ fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Re
                 }
             }
             PgType::Bool if form.bool_words.is_none() => form.bool_words = bool_pair(s),
+            PgType::Json | PgType::Jsonb => json.read(s),
             PgType::Uuid => {
                 form.uuid_upper = s.chars().any(|c| c.is_ascii_uppercase());
                 form.uuid_bare = !s.contains('-');
@@ -161,6 +163,7 @@ fn learn_column(conn: &Connection, table: &str, column: &str, ty: &PgType) -> Re
         .filter(|(_, n)| **n > 0)
         .max_by_key(|(_, n)| **n)
         .map(|(i, _)| classes[i]);
+    form.json = json.form();
     if let Some(mut t) = template {
         let seen: Vec<usize> = fraction_digits.into_iter().collect();
         t.fraction = match seen.as_slice() {

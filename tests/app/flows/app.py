@@ -16,6 +16,7 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 import uuid
 from pathlib import Path
 
@@ -216,7 +217,12 @@ def answers(db):
             "started_after": one(select(func.count()).select_from(FlowRun).where(FlowRun.start_time > dt.datetime(2024, 4, 15, tzinfo=UTC))),
             "by_id": first is not None and s.get(FlowRun, first) is not None,
             "buckets": sorted([[str(b.automation_id), str(b.trigger_id), b.bucketing_key, b.count] for b in s.scalars(select(AutomationBucket))],
-                              key=json.dumps),
+                              key=lambda r: json.dumps(r, sort_keys=True)),
+            # Lookups by JSON text (SQLite) must keep finding the rows Postgres wrote, or the app
+            # inserts the same key again: buckets equal by value but not by text.
+            "duplicate_buckets": sum(n - 1 for n in Counter(
+                (str(b.automation_id), str(b.trigger_id), json.dumps(b.bucketing_key, sort_keys=True))
+                for b in s.scalars(select(AutomationBucket))).values()),
             "bucket_found": one(select(func.count()).select_from(AutomationBucket).where(AutomationBucket.bucketing_key == {"flow": "flow-1", "n": 1})),
         }
 
