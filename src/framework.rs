@@ -245,6 +245,15 @@ pub fn map_column(frameworks: &[&Spec], decl: &str, json_checked: bool) -> Optio
             _ => {}
         }
     }
+    if has(Framework::Alembic) && d.name == "CHAR" && d.args == [32] {
+        // SQLAlchemy's `Uuid` on SQLite (a String(32) is VARCHAR): on Postgres it binds uuid
+        // parameters, which a varchar column refuses.
+        return mapped(
+            PgType::Uuid,
+            "SQLAlchemy's Uuid: uuid (32 hex digits in SQLite, given back so)",
+            None,
+        );
+    }
     if has(Framework::Prisma) && d.name == "DATETIME" {
         return Some(Mapped {
             ty: PgType::Timestamp { precision: Some(3) },

@@ -699,3 +699,107 @@ fn a_datetime_with_a_utc_offset_is_named_and_timestamptz_keeps_the_apps_later_wr
     );
     assert_eq!(same, 4);
 }
+
+/// SQLAlchemy's schema made by sqlite2pg: `Uuid` as uuid, a JSON column under a unique index
+/// as jsonb (json has no btree operator class, so the index could not be built), `Interval`'s
+/// `DEFAULT '0'` named with the cast that makes it an interval, `DEFAULT ''` on an integer
+/// named; rows equal as JSON but not as text are named by check, and once they are fixed a
+/// clean check means the run completes.
+#[test]
+fn sqlalchemys_json_index_and_interval_default_are_settled_before_the_run() {
+    let src = SqliteFile::new(
+        r#"
+        CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY);
+        INSERT INTO alembic_version VALUES ('27d8f4e1a6c9');
+        CREATE TABLE bucket (id CHAR(32) NOT NULL PRIMARY KEY, k JSON NOT NULL, n INTEGER DEFAULT '',
+          total_run_time DATETIME DEFAULT '0' NOT NULL);
+        CREATE UNIQUE INDEX ux_bucket_k ON bucket (k);
+        INSERT INTO bucket VALUES ('0a1b2c3d4e5f40718293a4b5c6d7e8f9', '{"flow": "a", "n": 1}', 1, '1970-01-01 00:00:05.000000'),
+          ('f0e1d2c3b4a5469788796a5b4c3d2e1f', '{"flow": "b", "n": 1}', 2, '1969-12-31 23:59:00.000000'),
+          ('00000000000040008000000000000001', '{"n": 1, "flow": "a"}', 3, '1970-01-02 00:00:00.000000');
+        "#,
+    );
+    let (code, report) = check_json(&src.path, None);
+    assert_eq!(code, Some(1), "{report:#}");
+    let column = |name: &str| {
+        report["tables"][1]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["source"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(column("id")["target_type"], "uuid");
+    assert_eq!(column("k")["target_type"], "jsonb");
+    let problem = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "duplicate_key")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(problem.to_string().contains("equal as JSON"), "{problem:#}");
+    let finding = |column: &str| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| {
+                f["column"] == column && f["message"].as_str().unwrap().contains("is not created")
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("{column}: {report:#}"))
+    };
+    assert!(
+        finding("total_run_time")["hint"]
+            .as_str()
+            .unwrap()
+            .contains("--cast bucket.total_run_time=interval"),
+        "{report:#}"
+    );
+    finding("n");
+    // The app's fix: one spelling per value. Then clean, and the run completes.
+    src.conn()
+        .execute_batch(r#"UPDATE bucket SET k = '{"flow": "c", "n": 1}' WHERE n = 3"#)
+        .unwrap();
+    let cast = ["--cast", "bucket.total_run_time=interval"];
+    let out = sqlite2pg(
+        &[
+            &["--source", src.path.to_str().unwrap()][..],
+            &cast,
+            &["check"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let db = TestDb::new();
+    snapshot(&src.path, &db, &cast);
+    let mut c = db.client();
+    let rows = pg_rows(
+        &mut c,
+        "SELECT id::text, k->>'flow', extract(epoch FROM total_run_time)::text FROM bucket ORDER BY n",
+    );
+    assert_eq!(
+        rows[1],
+        vec![
+            Some("f0e1d2c3-b4a5-4697-8879-6a5b4c3d2e1f".into()),
+            Some("b".into()),
+            Some("-60.000000".into())
+        ]
+    );
+    // The default is a zero length, as the app's own Postgres migration makes it.
+    c.batch_execute(r#"INSERT INTO bucket (id, k) VALUES (gen_random_uuid(), '{"x": 1}')"#)
+        .unwrap();
+    let zero: String = scalar(
+        &mut c,
+        "SELECT total_run_time::text FROM bucket WHERE k ? 'x'",
+    );
+    assert_eq!(zero, "00:00:00");
+    let out = sqlite2pg_on(&src.path, &db, &["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the row Postgres alone has: {}",
+        text(&out)
+    );
+}

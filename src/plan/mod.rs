@@ -464,6 +464,12 @@ fn default_holds(decl_type: &str, raw: &str, conv: &ColumnConv) -> std::result::
     let Some(value) = crate::sqlite::semantics::default_value(decl_type, raw) else {
         return Ok(());
     };
+    // SQLAlchemy's `Interval(server_default="0")`: a zero length on Postgres, as the app's own
+    // Postgres migration makes it (SQLite stores the integer 0, which SQLAlchemy cannot read
+    // back there, so no row the app reads holds it).
+    if conv.ty == PgType::Interval && value.as_ref() == crate::model::SqlValue::Integer(0) {
+        return Ok(());
+    }
     let mut scratch = bytes::BytesMut::new();
     convert::encode(value.as_ref(), conv, &mut scratch).map_err(|e| {
         format!(
@@ -608,7 +614,20 @@ fn plan_columns(
         if let Some(a) = mapped.as_ref().and_then(|m| m.assumes) {
             assumed.push((a, format!("{}.{}", t.name, c.name)));
         }
+        let indexed = t.indexes.iter().any(|ix| {
+            ix.columns
+                .iter()
+                .flatten()
+                .any(|col| col.eq_ignore_ascii_case(&c.name))
+        });
+        let mut json_indexed = false;
+        if ty == PgType::Json && indexed {
+            // json has no btree operator class: an index on it cannot be built.
+            ty = PgType::Jsonb;
+            json_indexed = true;
+        }
         if let Some(name) = cast.and_then(|c| c.target_type.as_deref()) {
+            json_indexed = false;
             match typemap::parse_pg_type_name(name) {
                 Some(cast_ty) => ty = cast_ty,
                 None => finding(
@@ -657,6 +676,9 @@ fn plan_columns(
         if let Some(m) = &mapped {
             note = Some(m.why.clone());
         }
+        if json_indexed {
+            note = Some("JSON under an index: jsonb (json has no btree operator class; SQLAlchemy apps declare JSONB for it on Postgres). A unique index then compares values, not text: `check` names rows equal as JSON".into());
+        }
         let conv = ColumnConv {
             ty: ty.clone(),
             encoding: cast
@@ -673,11 +695,22 @@ fn plan_columns(
             }) {
                 Ok(d) => d,
                 Err(why) => {
+                    let interval = conv.encoding.is_none()
+                        && matches!(ty, PgType::Timestamp { .. } | PgType::Timestamptz { .. })
+                        && raw.trim().trim_matches('\'') == "0";
+                    let hint = if interval {
+                        format!(
+                            "SQLAlchemy declares its Interval as DATETIME with server_default '0' on SQLite: if this is one, --cast {}.{}=interval (then the default is a zero length, as on the app's Postgres); otherwise add the default in Postgres by hand if the app relies on it",
+                            t.name, c.name
+                        )
+                    } else {
+                        "add the default in Postgres by hand if the app relies on it".into()
+                    };
                     finding(
                         Severity::Warning,
                         &c.name,
                         format!("default {raw} is not created: {why}"),
-                        "add the default in Postgres by hand if the app relies on it",
+                        &hint,
                     );
                     None
                 }

@@ -849,12 +849,44 @@ fn key_problems(conn: &Connection, t: &TablePlan, problems: &mut Vec<ValueProble
             })
             .collect();
         let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
-        for (vals, count) in audit::duplicate_groups(conn, table, &by, 100)? {
+        let types: Vec<&PgType> = key.iter().map(|i| &t.columns[*i].conv.ty).collect();
+        let as_json = types.iter().any(|ty| **ty == PgType::Jsonb);
+        let groups = if as_json {
+            // jsonb compares values: `{"a":1,"b":2}` is `{"b": 2, "a": 1}` there, two rows
+            // in SQLite's textual unique index.
+            let canon = |i: usize, v: SqlValue<'_>| -> Option<Vec<u8>> {
+                let mut out = vec![v.storage_class().as_bytes()[0]];
+                match (types[i], v) {
+                    (PgType::Jsonb, SqlValue::Text(s)) => {
+                        let j: serde_json::Value = serde_json::from_slice(s).ok()?;
+                        out = j.to_string().into_bytes();
+                    }
+                    (PgType::Jsonb, SqlValue::Integer(n)) => out = n.to_string().into_bytes(),
+                    (PgType::Jsonb, SqlValue::Real(f)) => {
+                        out = serde_json::json!(f).to_string().into_bytes()
+                    }
+                    (_, SqlValue::Text(s) | SqlValue::Blob(s)) => out.extend_from_slice(s),
+                    (_, SqlValue::Integer(n)) => out.extend_from_slice(&n.to_be_bytes()),
+                    (_, SqlValue::Real(f)) => out.extend_from_slice(&f.to_be_bytes()),
+                    (_, SqlValue::Null) => return None,
+                }
+                Some(out)
+            };
+            audit::duplicate_groups_by(conn, table, &cols, &canon, 100)?
+        } else {
+            audit::duplicate_groups(conn, table, &by, 100)?
+        };
+        for (vals, count) in groups {
             let example = Example {
                 key: display_key(&names, &vals),
                 value: format!("{count} rows"),
                 detail: format!(
-                    "{count} rows share this value, which the target's unique key on ({label}) rejects"
+                    "{count} rows share this value{}, which the target's unique key on ({label}) rejects",
+                    if as_json {
+                        " (equal as JSON: jsonb ignores key order and spacing)"
+                    } else {
+                        ""
+                    }
                 ),
             };
             record(problems, table, &label, FindingKind::DuplicateKey, example);

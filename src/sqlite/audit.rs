@@ -80,6 +80,56 @@ pub fn duplicate_groups(
     Ok(groups)
 }
 
+/// Like [`duplicate_groups`], for a target that compares values SQL cannot group by here
+/// (jsonb: key order and spacing aside): each row's key is made comparable by `canon`
+/// (`None`: a value that does not convert, reported elsewhere), in one pass over the table.
+pub fn duplicate_groups_by(
+    conn: &Connection,
+    table: &str,
+    columns: &[&str],
+    canon: &dyn Fn(usize, crate::model::SqlValue<'_>) -> Option<Vec<u8>>,
+    limit: usize,
+) -> Result<Vec<(Vec<OwnedValue>, i64)>> {
+    let err = ctx(table, "look for duplicate keys");
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let not_null: Vec<String> = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        cols.join(", "),
+        quote_ident(table),
+        not_null.join(" AND ")
+    );
+    let mut stmt = conn.prepare(&sql).map_err(&err)?;
+    let mut rows = stmt.query([]).map_err(&err)?;
+    // canonical key -> (the first row's values, rows)
+    let mut seen: std::collections::HashMap<Vec<Vec<u8>>, (Vec<OwnedValue>, i64)> =
+        std::collections::HashMap::new();
+    'rows: while let Some(r) = rows.next().map_err(&err)? {
+        let mut key = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            let v = to_sql_value(r.get_ref(i).map_err(&err)?);
+            let Some(k) = canon(i, v) else {
+                continue 'rows;
+            };
+            key.push(k);
+        }
+        match seen.get_mut(&key) {
+            Some(group) => group.1 += 1,
+            None => {
+                let values = (0..columns.len())
+                    .map(|i| r.get_ref(i).map(|v| to_sql_value(v).to_owned_value()))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(&err)?;
+                seen.insert(key, (values, 1));
+            }
+        }
+    }
+    let mut groups: Vec<(Vec<OwnedValue>, i64)> =
+        seen.into_values().filter(|(_, n)| *n > 1).collect();
+    groups.truncate(limit);
+    Ok(groups)
+}
+
 /// Rows whose foreign key finds no parent row: (rowid, SQLite's foreign key id), as
 /// `PRAGMA foreign_key_check` reports them (rowid is `None` for WITHOUT ROWID tables).
 pub fn foreign_key_violations(conn: &Connection, table: &str) -> Result<Vec<(Option<i64>, i64)>> {

@@ -109,6 +109,7 @@ fn defaults(kind: Kind) -> &'static [(&'static str, bool)] {
             ("TRUE", true),
             ("'\"0\"'", false),
             ("'abc'", false),
+            ("''", false),
         ],
         Kind::Real => &[("1.5", true), ("'2.25'", true), ("0", true), ("'x'", false)],
         Kind::Text => &[
@@ -561,6 +562,20 @@ impl Gen {
                 .rng
                 .pick(&[None, None, None, Some("lower"), Some("trim")]);
             tab.uniques.push((c, coll, partial, func));
+        }
+        // A unique index on a JSON column (SQLAlchemy apps key buckets by a JSON value):
+        // Postgres has no btree for json, so the column becomes jsonb there.
+        let jsons: Vec<usize> = (0..tab.cols.len())
+            .filter(|i| {
+                tab.cols[*i].kind == Kind::Json
+                    && !tab.key.contains(i)
+                    && tab.cols[*i].references.is_none()
+                    && tab.cols[*i].generated.is_none()
+            })
+            .collect();
+        if !jsons.is_empty() && self.rng.chance(0.7) {
+            let c = *self.rng.pick(&jsons);
+            tab.uniques.push((c, None, None, None));
         }
         tab
     }
