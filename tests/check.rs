@@ -803,3 +803,34 @@ fn sqlalchemys_json_index_and_interval_default_are_settled_before_the_run() {
         text(&out)
     );
 }
+
+/// On the app's own schema, an interval column is filled from SQLAlchemy's date-time counted
+/// from 1970; a value that is not one is named with its table, row and column, as any value
+/// that would not survive.
+#[test]
+fn an_interval_that_sqlalchemy_could_not_read_is_named_with_its_row() {
+    let src = SqliteFile::new(
+        "CREATE TABLE flow_run (id INTEGER PRIMARY KEY, total_run_time DATETIME NOT NULL);
+         INSERT INTO flow_run VALUES (1, '1970-01-01 00:00:05.123000'), (2, 'soon'), (3, 0);",
+    );
+    let db = TestDb::new();
+    db.client()
+        .batch_execute("CREATE TABLE flow_run (id bigint PRIMARY KEY, total_run_time interval NOT NULL)")
+        .unwrap();
+    let (code, report) = check_json(&src.path, Some(&db));
+    assert_eq!(code, Some(1), "{report:#}");
+    let examples: Vec<String> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["column"] == "total_run_time")
+        .flat_map(|p| p["examples"].as_array().unwrap().clone())
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(examples.len(), 2, "{report:#}");
+    assert!(
+        examples.iter().any(|e| e.contains("id=2") && e.contains("SQLAlchemy's Interval stores a date-time counted from 1970-01-01")),
+        "{examples:#?}"
+    );
+    assert!(examples.iter().any(|e| e.contains("id=3") && e.contains("interval:epoch_s")), "{examples:#?}");
+}
