@@ -815,7 +815,9 @@ fn an_interval_that_sqlalchemy_could_not_read_is_named_with_its_row() {
     );
     let db = TestDb::new();
     db.client()
-        .batch_execute("CREATE TABLE flow_run (id bigint PRIMARY KEY, total_run_time interval NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE flow_run (id bigint PRIMARY KEY, total_run_time interval NOT NULL)",
+        )
         .unwrap();
     let (code, report) = check_json(&src.path, Some(&db));
     assert_eq!(code, Some(1), "{report:#}");
@@ -829,8 +831,14 @@ fn an_interval_that_sqlalchemy_could_not_read_is_named_with_its_row() {
         .collect();
     assert_eq!(examples.len(), 2, "{report:#}");
     assert!(
-        examples.iter().any(|e| e.contains("id=2") && e.contains("SQLAlchemy's Interval stores a date-time counted from 1970-01-01")),
+        examples.iter().any(|e| e.contains("id=2")
+            && e.contains("SQLAlchemy's Interval stores a date-time counted from 1970-01-01")),
         "{examples:#?}"
     );
-    assert!(examples.iter().any(|e| e.contains("id=3") && e.contains("interval:epoch_s")), "{examples:#?}");
+    assert!(
+        examples
+            .iter()
+            .any(|e| e.contains("id=3") && e.contains("interval:epoch_s")),
+        "{examples:#?}"
+    );
 }

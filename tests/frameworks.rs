@@ -843,12 +843,25 @@ fn an_alembic_app_with_portable_types_and_a_tree_per_database_moves_both_ways() 
     assert_eq!(flows_write(&sqlite, "3")["failed"], 0);
 
     let mut d = Daemon::start(&path, &db, &same);
-    let summary = flows_write(&sqlite, "8");
+    // Longer than the daemon's 30 s between prunes, so one falls inside the app's writes.
+    let summary = flows_write(&sqlite, "35");
     // Nor with it: installing capture, copying, streaming and pruning cost it nothing.
     assert_eq!(
         (summary["failed"].clone(), summary["locked"].clone()),
         (0.into(), 0.into()),
         "{summary}"
+    );
+    let (kept, made): (i64, i64) = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT count(*), max(seq) FROM _sqlite2pg_changes",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        kept < made,
+        "no prune while the app wrote: {kept} of {made} changes kept"
     );
     d.wait_caught_up();
     let out = sqlite2pg_on(&path, &db, &["verify"]);
