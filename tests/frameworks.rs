@@ -844,7 +844,7 @@ fn an_alembic_app_with_portable_types_and_a_tree_per_database_moves_both_ways() 
 
     let mut d = Daemon::start(&path, &db, &same);
     // Longer than the daemon's 30 s between prunes, so one falls inside the app's writes.
-    let summary = flows_write(&sqlite, "35");
+    let summary = flows_write(&sqlite, "40");
     // Nor with it: installing capture, copying, streaming and pruning cost it nothing.
     assert_eq!(
         (summary["failed"].clone(), summary["locked"].clone()),
