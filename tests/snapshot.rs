@@ -531,10 +531,23 @@ fn sigterm_during_the_index_build_cancels_it_and_the_next_run_builds_them() {
     gen_crm(&path, 2_000);
     let db = TestDb::new();
     let p = path.to_str().unwrap();
+    let log = dir.path().join("daemon.log");
+    // Chunks of 5 rows: the copy of all five tables, which comes before any key, takes long
+    // enough for the lock below to be taken first (whole chunks let the daemon reach the keys
+    // before the test saw the table, now and then under CI's load).
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
-        .args(["--source", p, "--target", &db.url, "run"])
+        .args([
+            "--source",
+            p,
+            "--target",
+            &db.url,
+            "--chunk-rows",
+            "5",
+            "run",
+        ])
+        .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     // Hold a lock that lets the copy in but not the primary key (ACCESS EXCLUSIVE) in:
@@ -554,11 +567,15 @@ fn sigterm_during_the_index_build_cancels_it_and_the_next_run_builds_them() {
     lock.batch_execute("LOCK TABLE public.clients IN ACCESS SHARE MODE")
         .unwrap();
     let mut watcher = db.client();
-    wait_until(
-        "the daemon waiting to build the key of clients",
-        std::time::Duration::from_secs(30),
-        || sqlite2pg_sessions_waiting_on_a_lock(&mut watcher) > 0,
-    );
+    let t0 = std::time::Instant::now();
+    while sqlite2pg_sessions_waiting_on_a_lock(&mut watcher) == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "the daemon did not wait to build the key of clients within 30 s; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let (status, took) = sigterm(&mut child);
     assert!(status.success(), "SIGTERM should exit 0: {status}");
     assert!(
