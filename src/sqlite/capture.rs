@@ -181,8 +181,12 @@ fn random_id() -> String {
     format!("{:x}-{:x}", nanos, std::process::id())
 }
 
-/// Installs (or completes) capture for `tables` in one write transaction. Idempotent: tables
-/// already captured keep their id and triggers are recreated.
+/// How long an install waits for a moment the app is outside a transaction.
+const INSTALL_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Installs (or completes) capture for `tables` in one write transaction, taken when the app
+/// is outside a transaction. Idempotent: tables already captured keep their id, and triggers
+/// already in place word for word are left alone.
 pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Installed> {
     for t in tables {
         if t.kind != TableKind::Plain {
@@ -195,27 +199,78 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
             ));
         }
     }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(ctx(
-            "start the install transaction (the app holds the write lock; retry)",
-        ))?;
-    upgrade(&tx)?;
+    // Most starts find capture as an earlier install left it. A read-only pass of the same
+    // steps tells (SQLite refuses the first write one of them would make), and then nothing
+    // takes the write lock. Otherwise the write waits for a moment the app is outside a
+    // transaction: an app transaction that read first must not be refused its write.
+    let reshaped = match read_only_pass(conn, tables) {
+        Ok(reshaped) => reshaped,
+        Err(e) if refused_as_a_write(&e) => {
+            super::locks::write_when_quiet(conn, "install capture", INSTALL_PATIENCE, |tx| {
+                install_steps(tx, tables)
+            })?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut done = installed(conn)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::SourceUnreadable,
+            "capture vanished right after install",
+        )
+    })?;
+    done.reshaped = reshaped;
+    Ok(done)
+}
+
+/// `install_steps` with SQLite refusing every write: `Ok` when capture is as they would leave it.
+fn read_only_pass(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Vec<String>> {
+    conn.pragma_update(None, "query_only", true)
+        .map_err(ctx("look at the capture read-only"))?;
+    let result = conn
+        .transaction_with_behavior(TransactionBehavior::Deferred)
+        .map_err(ctx("read the capture"))
+        .and_then(|tx| install_steps(&tx, tables));
+    conn.pragma_update(None, "query_only", false)
+        .map_err(ctx("end the read-only look at the capture"))?;
+    result
+}
+
+/// Whether `e` is SQLite refusing a write under `query_only`.
+fn refused_as_a_write(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<rusqlite::Error>())
+        .and_then(rusqlite::Error::sqlite_error_code)
+        == Some(rusqlite::ErrorCode::ReadOnly)
+}
+
+/// Every step of an install; each writes only what is not already so, so that a pass that
+/// would change nothing makes no write at all. Returns the tables to re-synchronize.
+fn install_steps(tx: &rusqlite::Transaction<'_>, tables: &[&SourceTable]) -> Result<Vec<String>> {
+    upgrade(tx)?;
     let widest = tables
         .iter()
         .filter_map(|t| key_columns(t).map(|k| k.len()))
         .max()
         .unwrap_or(0);
-    for n in key_slots(&tx)? + 1..=widest {
+    for n in key_slots(tx)? + 1..=widest {
         tx.execute_batch(&format!("ALTER TABLE {CHANGES} ADD COLUMN k{n}"))
             .map_err(ctx("widen the changelog for a wide primary key"))?;
     }
-    tx.execute(
-        &format!("INSERT OR IGNORE INTO {META} (key, value) VALUES ('install_id', ?1)"),
-        [random_id()],
-    )
-    .map_err(ctx("record the install id"))?;
-    drop_strays(&tx)?;
+    let has_id: bool = tx
+        .query_row(
+            &format!("SELECT count(*) > 0 FROM {META} WHERE key = 'install_id'"),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(ctx("read the install id"))?;
+    if !has_id {
+        tx.execute(
+            &format!("INSERT INTO {META} (key, value) VALUES ('install_id', ?1)"),
+            [random_id()],
+        )
+        .map_err(ctx("record the install id"))?;
+    }
+    drop_strays(tx)?;
     let mut reshaped = Vec::new();
     for t in tables {
         let known: Option<i64> = tx
@@ -241,32 +296,42 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
         // wrote while capture was missing is covered by the re-synchronization the marker asks
         // for, and everything after it is in the changelog.
         if let Some(why) = known
-            .map(|id| capture_gap(&tx, t, id))
+            .map(|id| capture_gap(tx, t, id))
             .transpose()?
             .flatten()
         {
-            reshaped.push(t.name.clone());
-            tracing::warn!(table = %t.name, reason = why, "changes to this table may have gone uncaptured; it will be re-synchronized");
             tx.execute(
                 &format!("INSERT INTO {CHANGES} (tbl, at) VALUES (?1, julianday('now'))"),
                 [resync_marker(id)],
             )
             .map_err(ctx("record a re-synchronization"))?;
+            reshaped.push(t.name.clone());
+            tracing::warn!(table = %t.name, reason = why, "changes to this table may have gone uncaptured; it will be re-synchronized");
         }
-        tx.execute(
-            &format!("INSERT OR REPLACE INTO {META} (key, value) VALUES (?1, ?2)"),
-            rusqlite::params![definition_key(id), t.sql],
-        )
-        .map_err(ctx("record a captured table's definition"))?;
+        let recorded: Option<String> = tx
+            .query_row(
+                &format!("SELECT value FROM {META} WHERE key = ?1"),
+                [definition_key(id)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(ctx("read a captured table's definition"))?;
+        if recorded.as_deref() != Some(t.sql.as_str()) {
+            tx.execute(
+                &format!("INSERT OR REPLACE INTO {META} (key, value) VALUES (?1, ?2)"),
+                rusqlite::params![definition_key(id), t.sql],
+            )
+            .map_err(ctx("record a captured table's definition"))?;
+        }
         let triggers = match t.follow() {
             Follow::ByKey(_) => trigger_sql(t, id),
             Follow::ByImage => {
-                ensure_image_tables(&tx, t, id)?;
+                ensure_image_tables(tx, t, id)?;
                 image_trigger_sql(t, id)
             }
         };
         for sql in triggers {
-            if unchanged_trigger(&tx, &sql)? {
+            if unchanged_trigger(tx, &sql)? {
                 continue;
             }
             tx.execute_batch(&sql).map_err(|e| {
@@ -277,15 +342,7 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
             })?;
         }
     }
-    tx.commit().map_err(ctx("commit the install"))?;
-    let mut done = installed(conn)?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::SourceUnreadable,
-            "capture vanished right after install",
-        )
-    })?;
-    done.reshaped = reshaped;
-    Ok(done)
+    Ok(reshaped)
 }
 
 /// Whether the trigger `script` (re)creates is in the file already, word for word. Such a
@@ -542,8 +599,10 @@ fn ensure_image_tables(tx: &rusqlite::Transaction<'_>, t: &SourceTable, id: i64)
         (evict_table(id), "rid INTEGER"),
     ] {
         let q = quote_ident(&table);
-        tx.execute_batch(&format!("CREATE TABLE IF NOT EXISTS {q} ({lead})"))
-            .map_err(ctx("create a row image table"))?;
+        if !table_exists(tx, &table)? {
+            tx.execute_batch(&format!("CREATE TABLE {q} ({lead})"))
+                .map_err(ctx("create a row image table"))?;
+        }
         let have: usize = tx
             .query_row(
                 &format!(
@@ -1167,7 +1226,15 @@ pub fn prune(
     };
     let result = (|| -> Result<()> {
         loop {
-            if app_busy() || conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // EXCLUSIVE in rollback-journal mode: an app transaction that begins meanwhile
+            // waits for its read lock, where under RESERVED it could read and then be
+            // refused its write (as `locks::write_when_quiet`).
+            let begin = if wal {
+                "BEGIN IMMEDIATE"
+            } else {
+                "BEGIN EXCLUSIVE"
+            };
+            if app_busy() || conn.execute_batch(begin).is_err() {
                 out.yielded = true;
                 return Ok(());
             }

@@ -10,6 +10,91 @@
 //! drops every POSIX lock the process holds on it, the daemon's own connections' included.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// Runs `write` in one write transaction on `conn` at a moment no other process is inside a
+/// transaction on the file, so that an app transaction that read first is never refused on
+/// account of it:
+/// - it begins only when the kernel shows no other process inside a transaction, without
+///   waiting for the lock (a refusal is a retry a moment later);
+/// - in rollback-journal mode it holds the EXCLUSIVE lock from its first statement: an app
+///   transaction that begins meanwhile waits for its SHARED lock (its busy timeout applies),
+///   where under a RESERVED lock it could read and then be refused its write;
+/// - in WAL mode, where readers are never blocked, it is rolled back and retried when an app
+///   transaction began while it ran.
+///
+/// After `patience` of an app inside a transaction at every look, it takes the lock as any
+/// writer does (waiting with the connection's busy timeout): that app may be refused once.
+pub fn write_when_quiet<T>(
+    conn: &mut Connection,
+    what: &str,
+    patience: Duration,
+    mut write: impl FnMut(&Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let err = |e| Error::from_sqlite(format!("cannot {what}"), e);
+    let path = conn
+        .path()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let wal = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .map_err(err)?
+        .eq_ignore_ascii_case("wal");
+    let waited: i64 = conn
+        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+        .map_err(err)?;
+    let waited = Duration::from_millis(u64::try_from(waited).unwrap_or(0));
+    let busy = || app_in_transaction(&path, wal) == Some(true);
+    let started = Instant::now();
+    loop {
+        let forced = started.elapsed() >= patience;
+        if forced {
+            tracing::warn!(
+                "the app was inside a transaction at every look for {patience:?}; sqlite2pg's write ({what}) waits for the lock as any writer does, and one app transaction may be refused"
+            );
+        } else if busy() {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        conn.busy_timeout(if forced { waited } else { Duration::ZERO })
+            .map_err(err)?;
+        let behavior = if wal {
+            TransactionBehavior::Immediate
+        } else {
+            TransactionBehavior::Exclusive
+        };
+        let result = (|| {
+            let tx = match conn.transaction_with_behavior(behavior) {
+                Ok(tx) => tx,
+                Err(e) if !forced && is_busy(&e) => return Ok(None),
+                Err(e) => return Err(err(e)),
+            };
+            let value = write(&tx)?;
+            if wal && !forced && busy() {
+                // Dropping the transaction rolls it back: nothing the app read has changed.
+                return Ok(None);
+            }
+            tx.commit().map_err(err)?;
+            Ok(Some(value))
+        })();
+        conn.busy_timeout(waited).map_err(err)?;
+        match result? {
+            Some(value) => return Ok(value),
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
 
 /// In rollback-journal mode: the database file's PENDING byte, RESERVED byte and SHARED range,
 /// which a connection locks for exactly as long as it is inside a transaction.
