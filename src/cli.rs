@@ -46,6 +46,10 @@ pub struct Args {
     /// that keeps one migration tree per database (repeated for several).
     #[arg(long = "equivalent-migration", global = true)]
     pub equivalent_migrations: Vec<String>,
+    /// The one tenant of the config file's [fleet] a command is about (its file's name
+    /// without the extension); without it, every tenant.
+    #[arg(long, global = true)]
+    pub tenant: Option<String>,
     /// Rows per snapshot chunk.
     #[arg(long, global = true)]
     pub chunk_rows: Option<usize>,
@@ -284,6 +288,7 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
         equivalent_migrations: args.equivalent_migrations.clone(),
         chunk_rows: args.chunk_rows,
         busy_timeout_ms: args.busy_timeout_ms,
+        tenant: args.tenant.clone(),
     };
     Ok(Config::merge(flags, file)?)
 }
@@ -319,6 +324,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 problems.join("\n  ")
             )
         ));
+    }
+    if let Some(spec) = &cfg.fleet {
+        return match args.command {
+            Command::Check {
+                json,
+                reverse: false,
+            } => cmd_fleet_check(&cfg, spec, json),
+            Command::Config {
+                action: ConfigAction::Check,
+            } => cmd_config_check(&cfg),
+            _ => Err(Error::new(
+                crate::error::ErrorKind::Config,
+                "this sqlite2pg checks a fleet (`check`, `config check`); the other commands follow one SQLite file per Postgres database: give it with --source (and --target-schema) instead of the config file's [fleet]",
+            )
+            .into()),
+        };
     }
     match args.command {
         Command::Check { json, reverse } if reverse => cmd_check_reverse(&cfg, json),
@@ -436,6 +457,57 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if cfg.target.is_none() {
         tracing::info!("no --target: checking against the schema sqlite2pg would create");
     }
+    let report = check_report(cfg, &rt)?;
+    render(&report, json, check::print_human)?;
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `check` of a fleet: every tenant (or the one `--tenant` names), each into its schema.
+fn cmd_fleet_check(
+    cfg: &Config,
+    spec: &crate::fleet::Spec,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::report::fleet::{FleetCheck, Outcome, TenantCheck};
+    let rt = runtime()?;
+    let tenants = crate::fleet::tenants(spec)?;
+    let mut checked = Vec::new();
+    for t in tenants
+        .iter()
+        .filter(|t| cfg.tenant.as_ref().is_none_or(|n| *n == t.name))
+    {
+        let outcome = if !t.present {
+            Outcome::Missing
+        } else {
+            match check_report(&cfg.for_tenant(t), &rt) {
+                Ok(report) => Outcome::Checked { report },
+                Err(e) => Outcome::Failed {
+                    error: describe_error(&e),
+                },
+            }
+        };
+        checked.push(TenantCheck {
+            tenant: t.name.clone(),
+            schema: t.schema.clone(),
+            source: t.source.display().to_string(),
+            outcome,
+        });
+    }
+    let fleet = FleetCheck::new(checked);
+    render(&fleet, json, crate::report::fleet::print_human)?;
+    Ok(if fleet.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The check of one file.
+fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<check::Report> {
     let (plan, mut client) = rt.block_on(plan::load(cfg))?;
     // Tables the app's migrations made: what their schema already does is read from Postgres.
     let target = match &client {
@@ -462,12 +534,7 @@ fn cmd_check(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         target.as_ref(),
     )?;
     report.findings.extend(seeded);
-    render(&report, json, check::print_human)?;
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(report)
 }
 
 fn cmd_check_reverse(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
@@ -766,15 +833,32 @@ fn run_exec_hook(cmd: &str) -> anyhow::Result<ExitCode> {
 fn cmd_config_check(cfg: &Config) -> anyhow::Result<ExitCode> {
     use crate::config::defaults as d;
     let problems = cfg.problems();
-    println!(
-        "source = {:?}{}",
-        cfg.source.display().to_string(),
-        if cfg.source.exists() {
-            ""
-        } else {
-            "   # does not exist (yet)"
+    match &cfg.fleet {
+        Some(spec) => {
+            for t in crate::fleet::tenants(spec).unwrap_or_default() {
+                println!(
+                    "tenant {} = {:?} -> schema {}{}",
+                    t.name,
+                    t.source.display().to_string(),
+                    t.schema,
+                    if t.present {
+                        ""
+                    } else {
+                        "   # does not exist (yet)"
+                    }
+                );
+            }
         }
-    );
+        None => println!(
+            "source = {:?}{}",
+            cfg.source.display().to_string(),
+            if cfg.source.exists() {
+                ""
+            } else {
+                "   # does not exist (yet)"
+            }
+        ),
+    }
     println!(
         "target = {:?}",
         cfg.target

@@ -162,6 +162,30 @@ pub struct FileConfig {
     pub max_lag_seconds: Option<f64>,
     /// `--log-format` (`human` or `json`)
     pub log_format: Option<String>,
+    /// `[fleet]`: many SQLite files, one per tenant.
+    pub fleet: Option<FleetFile>,
+}
+
+/// `[fleet]` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// A glob (`"tenants/*.db"`) or a list of files.
+    pub files: FleetFiles,
+    /// The schema template (default `tenant_{stem}`).
+    pub schema: Option<String>,
+    /// The tenant name template (default `{stem}`).
+    pub name: Option<String>,
+}
+
+/// `files` of `[fleet]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FleetFiles {
+    /// A glob.
+    Glob(String),
+    /// A list of files.
+    List(Vec<PathBuf>),
 }
 
 impl FileConfig {
@@ -213,6 +237,10 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     /// /healthz turns unhealthy above this lag.
     pub max_lag_seconds: f64,
+    /// Many SQLite files, one per tenant, instead of `source` (from `[fleet]`).
+    pub fleet: Option<crate::fleet::Spec>,
+    /// `--tenant`: the one tenant of the fleet a command is about.
+    pub tenant: Option<String>,
 }
 
 /// Defaults of the settings that have one (documented in the README and by `config check`).
@@ -252,18 +280,48 @@ pub struct Flags {
     pub chunk_rows: Option<usize>,
     /// `--busy-timeout-ms`
     pub busy_timeout_ms: Option<u64>,
+    /// `--tenant`
+    pub tenant: Option<String>,
 }
 
 impl Config {
     /// The command line over the file over the defaults (the environment reaches both
     /// through clap).
     pub fn merge(flags: Flags, file: FileConfig) -> Result<Config> {
-        let source = flags.source.or(file.source).ok_or_else(|| {
-            Error::new(
+        let fleet = file.fleet.map(|f| crate::fleet::Spec {
+            files: match f.files {
+                FleetFiles::Glob(g) => crate::fleet::Files::Glob(g),
+                FleetFiles::List(l) => crate::fleet::Files::List(l),
+            },
+            schema: f
+                .schema
+                .unwrap_or_else(|| crate::fleet::DEFAULT_SCHEMA.into()),
+            name: f.name.unwrap_or_else(|| crate::fleet::DEFAULT_NAME.into()),
+        });
+        let source = flags.source.or(file.source);
+        let source = match (source, &fleet) {
+            (Some(_), Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "both a SQLite file (--source or source) and a [fleet] are given: a fleet names its files itself; drop one",
+                ));
+            }
+            (Some(s), None) => s,
+            // Each tenant's own file takes its place (`Config::for_tenant`).
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "no SQLite file given: pass --source PATH or set SQLITE2PG_SOURCE (or name a [fleet] in the config file)",
+                ));
+            }
+        };
+        if flags.tenant.is_some() && fleet.is_none() {
+            return Err(Error::new(
                 ErrorKind::Config,
-                "no SQLite file given: pass --source PATH or set SQLITE2PG_SOURCE",
-            )
-        })?;
+                "--tenant names a tenant of a fleet, and the config file names no [fleet]",
+            ));
+        }
         let mut casts = Vec::new();
         for (k, v) in &file.cast {
             casts.push(Cast::parse(&format!("{k}={v}"))?);
@@ -322,6 +380,8 @@ impl Config {
             batch_changes: file.batch_changes.unwrap_or(defaults::BATCH_CHANGES),
             metrics_addr: file.metrics_addr,
             max_lag_seconds: file.max_lag_seconds.unwrap_or(defaults::MAX_LAG_SECONDS),
+            fleet,
+            tenant: flags.tenant,
         })
     }
 
@@ -363,6 +423,20 @@ impl Config {
         }
         for t in self.include.iter().filter(|t| self.exclude.contains(t)) {
             out.push(format!("table {t} is both included and excluded"));
+        }
+        if let Some(spec) = &self.fleet {
+            match crate::fleet::tenants(spec) {
+                Err(e) => out.push(e.to_string()),
+                Ok(ts) => {
+                    if let Some(name) = &self.tenant
+                        && !ts.iter().any(|t| &t.name == name)
+                    {
+                        out.push(format!(
+                            "--tenant {name}: the fleet has no such tenant (its tenants are its files' names without the extension)"
+                        ));
+                    }
+                }
+            }
         }
         for c in &self.casts {
             if let Some(ty) = &c.target_type
@@ -426,6 +500,17 @@ impl Config {
                 list(&self.casts)
             ),
         ))
+    }
+
+    /// This configuration for one tenant of its fleet: the tenant's file, into its schema.
+    pub fn for_tenant(&self, t: &crate::fleet::Tenant) -> Config {
+        Config {
+            source: t.source.clone(),
+            target_schema: t.schema.clone(),
+            fleet: None,
+            tenant: Some(t.name.clone()),
+            ..self.clone()
+        }
     }
 
     /// The override for one column, if any.

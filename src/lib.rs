@@ -6,6 +6,7 @@ pub mod conninfo;
 pub mod datetime;
 pub mod error;
 pub mod expr;
+pub mod fleet;
 pub mod form;
 pub mod framework;
 pub mod jsontext;

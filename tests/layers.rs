@@ -9,6 +9,7 @@ use std::path::Path;
 const LAYERS: &[(&str, u8)] = &[
     ("model", 0),
     ("conninfo", 0),
+    ("fleet", 0),
     ("form", 0),
     ("jsontext", 0),
     ("typemap", 0),

@@ -2,6 +2,7 @@
 //! `check --reverse`) before and after the move, `status` and its live `--watch`.
 
 pub mod check;
+pub mod fleet;
 pub mod reverse_check;
 pub mod status;
 pub mod watch;

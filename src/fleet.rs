@@ -1,0 +1,384 @@
+//! A fleet: many SQLite files, one per tenant, moved into one Postgres. Which files belong to
+//! it (a glob or a list), and each tenant's name and Postgres schema (a template over the
+//! file's name), checked before anything is touched: a name Postgres would refuse, cut or
+//! share between two tenants is an error naming both files.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The files of a fleet, as the config file names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Files {
+    /// A glob (`tenants/*.db`); files that appear later belong to the fleet too.
+    Glob(String),
+    /// Exactly these files.
+    List(Vec<PathBuf>),
+}
+
+/// What the config file says of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Its files.
+    pub files: Files,
+    /// The Postgres schema of each tenant: `{stem}` (the file name without its extension),
+    /// `{name}` (the file name) and `{parent}` (its directory's name) are filled in.
+    pub schema: String,
+    /// Each tenant's name (`--tenant NAME`), by the same placeholders.
+    pub name: String,
+}
+
+/// The default schema template.
+pub const DEFAULT_SCHEMA: &str = "tenant_{stem}";
+
+/// The default tenant name template.
+pub const DEFAULT_NAME: &str = "{stem}";
+
+/// One tenant: a SQLite file and where its tables go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    /// Its name (`--tenant NAME`): by default the file's stem.
+    pub name: String,
+    /// Its SQLite file.
+    pub source: PathBuf,
+    /// The Postgres schema its tables go into.
+    pub schema: String,
+    /// Whether the file is there (a listed file that is missing is reported, never taken for
+    /// an emptied database).
+    pub present: bool,
+}
+
+/// Why a fleet cannot be laid out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    /// The glob does not parse.
+    #[error("the fleet's files glob '{glob}' is not valid: {why}")]
+    BadGlob {
+        /// The glob.
+        glob: String,
+        /// Why.
+        why: String,
+    },
+    /// A directory the glob walks cannot be read.
+    #[error("cannot list the fleet's files under {path}: {why}")]
+    Unreadable {
+        /// Where.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// The template names a placeholder there is none of.
+    #[error(
+        "the fleet's schema template '{template}' has {{{placeholder}}}, which is none of {{stem}}, {{name}}, {{parent}}"
+    )]
+    UnknownPlaceholder {
+        /// The template.
+        template: String,
+        /// The unknown name.
+        placeholder: String,
+    },
+    /// A tenant's schema name Postgres would refuse or cut.
+    #[error(
+        "tenant file {file}: schema name '{schema}' {why}; change the fleet's schema template (now '{template}') or rename the file"
+    )]
+    BadSchema {
+        /// The file.
+        file: String,
+        /// The name made from the template.
+        schema: String,
+        /// What is wrong with it.
+        why: String,
+        /// The template.
+        template: String,
+    },
+    /// Two tenants would share a name or a schema.
+    #[error(
+        "tenant files {first} and {second} both become {what} '{name}'; rename one, or use name and schema templates that tell them apart (name = \"{{parent}}\", schema = \"tenant_{{parent}}\" when each tenant's file sits in a directory of its own)"
+    )]
+    Collision {
+        /// One file.
+        first: String,
+        /// The other.
+        second: String,
+        /// `the tenant` or `the schema`.
+        what: &'static str,
+        /// The shared name.
+        name: String,
+    },
+}
+
+/// The tenants of a fleet, in file order, each with its schema, after every check.
+pub fn tenants(spec: &Spec) -> Result<Vec<Tenant>, FleetError> {
+    let files = match &spec.files {
+        Files::Glob(g) => expand(g)?,
+        Files::List(l) => l.clone(),
+    };
+    let mut out: Vec<Tenant> = Vec::with_capacity(files.len());
+    for source in files {
+        let schema = fill(&spec.schema, &source)?;
+        let bad = |why: &str| FleetError::BadSchema {
+            file: source.display().to_string(),
+            schema: schema.clone(),
+            why: why.to_string(),
+            template: spec.schema.clone(),
+        };
+        if schema.is_empty() {
+            return Err(bad("is empty"));
+        }
+        if schema.len() > 63 {
+            return Err(bad(
+                "is longer than the 63 bytes Postgres keeps (two tenants could share what is left)",
+            ));
+        }
+        if schema.contains('\0') {
+            return Err(bad("holds a NUL byte"));
+        }
+        let lower = schema.to_lowercase();
+        if lower.starts_with("pg_") {
+            return Err(bad("starts with pg_, which Postgres keeps for itself"));
+        }
+        if ["sqlite2pg", "information_schema", "public"].contains(&lower.as_str()) {
+            return Err(bad("is a schema that is not a tenant's"));
+        }
+        let name = fill(&spec.name, &source)?;
+        if name.is_empty() {
+            return Err(bad_name(&source, &spec.name));
+        }
+        for t in &out {
+            let clash = if t.name.to_lowercase() == name.to_lowercase() {
+                Some(("the tenant", name.clone()))
+            } else if t.schema.to_lowercase() == lower {
+                Some(("the schema", schema.clone()))
+            } else {
+                None
+            };
+            if let Some((what, name)) = clash {
+                return Err(FleetError::Collision {
+                    first: t.source.display().to_string(),
+                    second: source.display().to_string(),
+                    what,
+                    name,
+                });
+            }
+        }
+        out.push(Tenant {
+            present: source.is_file(),
+            name,
+            source,
+            schema,
+        });
+    }
+    Ok(out)
+}
+
+fn bad_name(source: &Path, template: &str) -> FleetError {
+    FleetError::BadSchema {
+        file: source.display().to_string(),
+        schema: String::new(),
+        why: format!("has an empty tenant name (name template '{template}')"),
+        template: template.to_string(),
+    }
+}
+
+/// The files a glob names now, sorted.
+fn expand(pattern: &str) -> Result<Vec<PathBuf>, FleetError> {
+    let paths = glob::glob(pattern).map_err(|e| FleetError::BadGlob {
+        glob: pattern.to_string(),
+        why: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for p in paths {
+        let p = p.map_err(|e| FleetError::Unreadable {
+            path: e.path().display().to_string(),
+            why: e.error().to_string(),
+        })?;
+        // SQLite's own files beside a database are not tenants.
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if p.is_file()
+            && !["-wal", "-shm", "-journal"]
+                .iter()
+                .any(|s| name.ends_with(s))
+        {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The template with `{stem}`, `{name}` and `{parent}` of `path` filled in.
+fn fill(template: &str, path: &Path) -> Result<String, FleetError> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return Ok(out);
+        };
+        let value = match &after[..close] {
+            "stem" => stem(path),
+            "name" => path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            "parent" => path
+                .parent()
+                .and_then(Path::file_name)
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            other => {
+                return Err(FleetError::UnknownPlaceholder {
+                    template: template.to_string(),
+                    placeholder: other.to_string(),
+                });
+            }
+        };
+        out.push_str(&value);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(files: Files, schema: &str) -> Spec {
+        Spec {
+            files,
+            schema: schema.to_string(),
+            name: DEFAULT_NAME.to_string(),
+        }
+    }
+
+    fn touch(dir: &Path, names: &[&str]) {
+        for n in names {
+            let p = dir.join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_glob_names_each_file_once_with_its_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(
+            dir.path(),
+            &[
+                "bot-b.db",
+                "bot-a.db",
+                "bot-a.db-wal",
+                "bot-a.db-journal",
+                "notes.txt",
+            ],
+        );
+        let glob = format!("{}/bot-*.db*", dir.path().display());
+        let got = tenants(&spec(Files::Glob(glob), DEFAULT_SCHEMA)).unwrap();
+        let names: Vec<(&str, &str, bool)> = got
+            .iter()
+            .map(|t| (t.name.as_str(), t.schema.as_str(), t.present))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("bot-a", "tenant_bot-a", true),
+                ("bot-b", "tenant_bot-b", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_listed_file_that_is_missing_is_a_tenant_not_present() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), &["a.db"]);
+        let files = Files::List(vec![dir.path().join("a.db"), dir.path().join("gone.db")]);
+        let got = tenants(&spec(files, DEFAULT_SCHEMA)).unwrap();
+        assert_eq!(
+            got.iter().map(|t| t.present).collect::<Vec<_>>(),
+            [true, false]
+        );
+    }
+
+    #[test]
+    fn names_postgres_would_refuse_cut_or_share_are_errors_naming_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), &["eu/shop.db", "us/shop.db", "Shop.db", "x.db"]);
+        let p = |n: &str| dir.path().join(n);
+        // Same stem in two directories: one tenant name, one schema.
+        let err = tenants(&spec(
+            Files::List(vec![p("eu/shop.db"), p("us/shop.db")]),
+            "t_{parent}_{stem}",
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                FleetError::Collision {
+                    what: "the tenant",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Named by their directories, as the error advises, they are two tenants.
+        let by_dir = Spec {
+            name: "{parent}".into(),
+            ..spec(
+                Files::List(vec![p("eu/shop.db"), p("us/shop.db")]),
+                "tenant_{parent}",
+            )
+        };
+        let got = tenants(&by_dir).unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|t| (t.name.as_str(), t.schema.as_str()))
+                .collect::<Vec<_>>(),
+            [("eu", "tenant_eu"), ("us", "tenant_us")]
+        );
+        // Names that differ only in case are one name to an operator.
+        let err = tenants(&spec(
+            Files::List(vec![p("eu/shop.db"), p("Shop.db")]),
+            "{stem}",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("eu/shop.db"), "{err}");
+        assert!(err.to_string().contains("Shop.db"), "{err}");
+        // A template without the file's name puts every tenant in one schema.
+        let err =
+            tenants(&spec(Files::List(vec![p("x.db"), p("Shop.db")]), "tenants")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                FleetError::Collision {
+                    what: "the schema",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        for (template, why) in [
+            ("pg_{stem}", "pg_"),
+            ("sqlite2pg", "not a tenant's"),
+            (&*format!("{}{{stem}}", "t".repeat(63)), "63 bytes"),
+            ("{nope}", "none of"),
+        ] {
+            let err = tenants(&spec(Files::List(vec![p("x.db")]), template)).unwrap_err();
+            assert!(err.to_string().contains(why), "{template}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_glob_is_named() {
+        let err = tenants(&spec(Files::Glob("tenants/[*.db".into()), DEFAULT_SCHEMA)).unwrap_err();
+        assert!(matches!(err, FleetError::BadGlob { .. }), "{err}");
+    }
+}
