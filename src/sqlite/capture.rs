@@ -308,15 +308,7 @@ fn install_steps(tx: &rusqlite::Transaction<'_>, tables: &[&SourceTable]) -> Res
             reshaped.push(t.name.clone());
             tracing::warn!(table = %t.name, reason = why, "changes to this table may have gone uncaptured; it will be re-synchronized");
         }
-        let recorded: Option<String> = tx
-            .query_row(
-                &format!("SELECT value FROM {META} WHERE key = ?1"),
-                [definition_key(id)],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(ctx("read a captured table's definition"))?;
-        if recorded.as_deref() != Some(t.sql.as_str()) {
+        if recorded_definition(tx, id)?.as_deref() != Some(t.sql.as_str()) {
             tx.execute(
                 &format!("INSERT OR REPLACE INTO {META} (key, value) VALUES (?1, ?2)"),
                 rusqlite::params![definition_key(id), t.sql],
@@ -366,6 +358,17 @@ fn unchanged_trigger(tx: &Connection, script: &str) -> Result<bool> {
         )
         .map_err(ctx("read the capture triggers"))?;
     Ok(n == 1)
+}
+
+/// The definition of captured table `id` as its install recorded it.
+fn recorded_definition(conn: &Connection, id: i64) -> Result<Option<String>> {
+    conn.query_row(
+        &format!("SELECT value FROM {META} WHERE key = ?1"),
+        [definition_key(id)],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(ctx("read a captured table's definition"))
 }
 
 /// The changelog row that asks the stream to re-synchronize table `id`: `tbl` holds `-id`
@@ -450,15 +453,7 @@ fn capture_gap(conn: &Connection, t: &SourceTable, id: i64) -> Result<Option<&'s
             "its capture triggers, made by an earlier sqlite2pg, miss the row a REPLACE evicts through a UNIQUE index on expressions",
         ));
     }
-    let recorded: Option<String> = conn
-        .query_row(
-            &format!("SELECT value FROM {META} WHERE key = ?1"),
-            [definition_key(id)],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(ctx("read a captured table's definition"))?;
-    Ok(match recorded {
+    Ok(match recorded_definition(conn, id)? {
         None => Some("it was captured by an earlier sqlite2pg that did not record its definition"),
         Some(sql) if sql != t.sql => Some("its definition changed"),
         Some(_) => None,
