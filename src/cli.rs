@@ -934,8 +934,8 @@ fn cmd_install(cfg: &Config, dry_run: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     drop(conn);
-    let mut rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
-    let installed = sqlite::capture::install(&mut rw, &capturable(&plan))?;
+    let rw = sqlite::open_read_write(&cfg.source, busy(cfg))?;
+    let installed = sqlite::capture::install(&rw, &capturable(&plan))?;
     println!(
         "capture installed on {} tables (install {})",
         installed.tables.len(),

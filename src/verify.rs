@@ -723,17 +723,7 @@ fn canonical(ty: &PgType, v: &Option<Vec<u8>>, h: &mut impl Hasher) {
         None => 0u8.hash(h),
         Some(b) => {
             1u8.hash(h);
-            match ty {
-                PgType::Numeric { .. } => convert::numeric_value(b).hash(h),
-                PgType::Interval => convert::interval_micros(b).hash(h),
-                PgType::Jsonb => {
-                    serde_json::from_slice::<serde_json::Value>(b.get(1..).unwrap_or_default())
-                        .map(|j| j.to_string())
-                        .unwrap_or_default()
-                        .hash(h)
-                }
-                _ => b.hash(h),
-            }
+            convert::comparable(ty, b).hash(h);
         }
     }
 }

@@ -431,6 +431,35 @@ fn with_article(noun: &str) -> String {
     format!("{} {noun}", if vowel { "an" } else { "a" })
 }
 
+/// A binary value of a `ty` column in a form equal exactly when [`same`] says so: a numeric
+/// without its display scale, an interval as its length, jsonb as its parsed JSON (text that
+/// does not parse stays as it is); other types as they are.
+pub fn comparable<'a>(ty: &PgType, b: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
+    match ty {
+        PgType::Numeric { .. } => match numeric_value(b) {
+            Some((sign, weight, digits)) => {
+                let mut out = sign.to_be_bytes().to_vec();
+                out.extend_from_slice(&weight.to_be_bytes());
+                out.extend_from_slice(&digits);
+                Cow::Owned(out)
+            }
+            None => Cow::Borrowed(b),
+        },
+        PgType::Interval => match interval_micros(b) {
+            Some(m) => Cow::Owned(m.to_be_bytes().to_vec()),
+            None => Cow::Borrowed(b),
+        },
+        PgType::Jsonb => {
+            match serde_json::from_slice::<serde_json::Value>(b.get(1..).unwrap_or_default()) {
+                Ok(j) => Cow::Owned(j.to_string().into_bytes()),
+                Err(_) => Cow::Borrowed(b),
+            }
+        }
+        _ => Cow::Borrowed(b),
+    }
+}
+
 /// Whether two binary values of a `ty` column are the same value (a numeric's display scale
 /// and jsonb's formatting aside).
 pub fn same(ty: &PgType, a: Option<&[u8]>, b: Option<&[u8]>) -> bool {

@@ -614,20 +614,21 @@ fn plan_columns(
         if let Some(a) = mapped.as_ref().and_then(|m| m.assumes) {
             assumed.push((a, format!("{}.{}", t.name, c.name)));
         }
-        let indexed = t.indexes.iter().any(|ix| {
-            ix.columns
-                .iter()
-                .flatten()
-                .any(|col| col.eq_ignore_ascii_case(&c.name))
-        });
-        let mut json_indexed = false;
-        if ty == PgType::Json && indexed {
-            // json has no btree operator class: an index on it cannot be built.
+        let cast_type = cast.and_then(|c| c.target_type.as_deref());
+        // json has no btree operator class: an index on it could not be built (unless a cast
+        // says otherwise, jsonb it is).
+        let json_indexed = ty == PgType::Json
+            && cast_type.is_none()
+            && t.indexes.iter().any(|ix| {
+                ix.columns
+                    .iter()
+                    .flatten()
+                    .any(|col| col.eq_ignore_ascii_case(&c.name))
+            });
+        if json_indexed {
             ty = PgType::Jsonb;
-            json_indexed = true;
         }
-        if let Some(name) = cast.and_then(|c| c.target_type.as_deref()) {
-            json_indexed = false;
+        if let Some(name) = cast_type {
             match typemap::parse_pg_type_name(name) {
                 Some(cast_ty) => ty = cast_ty,
                 None => finding(

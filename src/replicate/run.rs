@@ -180,8 +180,8 @@ async fn run_pass(
     // the stream together miss nothing.
     let capturable: Vec<_> = plan.tables.iter().map(|t| &t.source).collect();
     let installed = tokio::task::block_in_place(|| {
-        let mut rw = sqlite::open_read_write(&cfg.source, busy)?;
-        sqlite::capture::install(&mut rw, &capturable)
+        let rw = sqlite::open_read_write(&cfg.source, busy)?;
+        sqlite::capture::install(&rw, &capturable)
     })?;
     let mut client = client
         .ok_or_else(|| Error::new(ErrorKind::Config, "no Postgres connection: pass --target"))?;

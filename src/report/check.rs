@@ -849,28 +849,16 @@ fn key_problems(conn: &Connection, t: &TablePlan, problems: &mut Vec<ValueProble
             })
             .collect();
         let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
-        let types: Vec<&PgType> = key.iter().map(|i| &t.columns[*i].conv.ty).collect();
-        let as_json = types.iter().any(|ty| **ty == PgType::Jsonb);
+        let as_json = key.iter().any(|i| t.columns[*i].conv.ty == PgType::Jsonb);
         let groups = if as_json {
             // jsonb compares values: `{"a":1,"b":2}` is `{"b": 2, "a": 1}` there, two rows
-            // in SQLite's textual unique index.
+            // in SQLite's textual unique index. Each value as the target would hold and
+            // compare it.
             let canon = |i: usize, v: SqlValue<'_>| -> Option<Vec<u8>> {
-                let mut out = vec![v.storage_class().as_bytes()[0]];
-                match (types[i], v) {
-                    (PgType::Jsonb, SqlValue::Text(s)) => {
-                        let j: serde_json::Value = serde_json::from_slice(s).ok()?;
-                        out = j.to_string().into_bytes();
-                    }
-                    (PgType::Jsonb, SqlValue::Integer(n)) => out = n.to_string().into_bytes(),
-                    (PgType::Jsonb, SqlValue::Real(f)) => {
-                        out = serde_json::json!(f).to_string().into_bytes()
-                    }
-                    (_, SqlValue::Text(s) | SqlValue::Blob(s)) => out.extend_from_slice(s),
-                    (_, SqlValue::Integer(n)) => out.extend_from_slice(&n.to_be_bytes()),
-                    (_, SqlValue::Real(f)) => out.extend_from_slice(&f.to_be_bytes()),
-                    (_, SqlValue::Null) => return None,
-                }
-                Some(out)
+                let conv = &t.columns[key[i]].conv;
+                let mut out = bytes::BytesMut::new();
+                convert::encode(v, conv, &mut out).ok()?;
+                Some(convert::comparable(&conv.ty, out.get(4..)?).into_owned())
             };
             audit::duplicate_groups_by(conn, table, &cols, &canon, 100)?
         } else {

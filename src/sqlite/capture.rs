@@ -151,7 +151,7 @@ fn pending_steps(from: i64) -> impl Iterator<Item = &'static (i64, &'static str)
 
 /// Brings the file's sqlite2pg objects to this build's format, inside the caller's write
 /// transaction: a kill mid-upgrade leaves the file at the format it had.
-fn upgrade(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+fn upgrade(tx: &Connection) -> Result<()> {
     let from = format_of(tx)?;
     for (n, step) in pending_steps(from) {
         tx.execute_batch(step)
@@ -187,7 +187,7 @@ const INSTALL_PATIENCE: Duration = Duration::from_secs(60);
 /// Installs (or completes) capture for `tables` in one write transaction, taken when the app
 /// is outside a transaction. Idempotent: tables already captured keep their id, and triggers
 /// already in place word for word are left alone.
-pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Installed> {
+pub fn install(conn: &Connection, tables: &[&SourceTable]) -> Result<Installed> {
     for t in tables {
         if t.kind != TableKind::Plain {
             return Err(Error::new(
@@ -223,13 +223,10 @@ pub fn install(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Install
 }
 
 /// `install_steps` with SQLite refusing every write: `Ok` when capture is as they would leave it.
-fn read_only_pass(conn: &mut Connection, tables: &[&SourceTable]) -> Result<Vec<String>> {
+fn read_only_pass(conn: &Connection, tables: &[&SourceTable]) -> Result<Vec<String>> {
     conn.pragma_update(None, "query_only", true)
         .map_err(ctx("look at the capture read-only"))?;
-    let result = conn
-        .transaction_with_behavior(TransactionBehavior::Deferred)
-        .map_err(ctx("read the capture"))
-        .and_then(|tx| install_steps(&tx, tables));
+    let result = super::in_read_transaction(conn, "the capture", || install_steps(conn, tables));
     conn.pragma_update(None, "query_only", false)
         .map_err(ctx("end the read-only look at the capture"))?;
     result
@@ -245,7 +242,7 @@ fn refused_as_a_write(e: &Error) -> bool {
 
 /// Every step of an install; each writes only what is not already so, so that a pass that
 /// would change nothing makes no write at all. Returns the tables to re-synchronize.
-fn install_steps(tx: &rusqlite::Transaction<'_>, tables: &[&SourceTable]) -> Result<Vec<String>> {
+fn install_steps(tx: &Connection, tables: &[&SourceTable]) -> Result<Vec<String>> {
     upgrade(tx)?;
     let widest = tables
         .iter()
@@ -484,7 +481,7 @@ pub fn drift(
 /// Drops our triggers that sit on a table other than the one their id was registered for:
 /// `ALTER TABLE ... RENAME` takes triggers along, so after a rename (or the rebuild of a table
 /// under a scratch name) they would record another table's changes under the old id.
-fn drop_strays(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+fn drop_strays(tx: &Connection) -> Result<()> {
     let registered: std::collections::HashMap<i64, String> = {
         let mut stmt = tx
             .prepare(&format!("SELECT id, name FROM {TABLES}"))
@@ -588,7 +585,7 @@ fn image_columns(n: usize) -> Vec<String> {
 }
 
 /// Creates the image (and eviction) tables, or widens them when the app added columns.
-fn ensure_image_tables(tx: &rusqlite::Transaction<'_>, t: &SourceTable, id: i64) -> Result<()> {
+fn ensure_image_tables(tx: &Connection, t: &SourceTable, id: i64) -> Result<()> {
     for (table, lead) in [
         (image_table(id), "seq INTEGER PRIMARY KEY"),
         (evict_table(id), "rid INTEGER"),
@@ -1202,14 +1199,8 @@ pub fn prune(
             )
         })
         .collect();
-    let wal = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
-        .map_err(ctx("read the journal mode"))?
-        .eq_ignore_ascii_case("wal");
-    let app_busy = || !force && super::locks::app_in_transaction(source, wal) == Some(true);
-    let waited: i64 = conn
-        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
-        .map_err(ctx("read the busy timeout"))?;
+    let lock = super::locks::WriteLock::of(conn).map_err(ctx("read the journal mode"))?;
+    let app_busy = || !force && super::locks::app_in_transaction(source, lock.wal) == Some(true);
     if !force {
         conn.busy_timeout(Duration::ZERO)
             .map_err(ctx("set the busy timeout"))?;
@@ -1221,15 +1212,7 @@ pub fn prune(
     };
     let result = (|| -> Result<()> {
         loop {
-            // EXCLUSIVE in rollback-journal mode: an app transaction that begins meanwhile
-            // waits for its read lock, where under RESERVED it could read and then be
-            // refused its write (as `locks::write_when_quiet`).
-            let begin = if wal {
-                "BEGIN IMMEDIATE"
-            } else {
-                "BEGIN EXCLUSIVE"
-            };
-            if app_busy() || conn.execute_batch(begin).is_err() {
+            if app_busy() || conn.execute_batch(lock.begin()).is_err() {
                 out.yielded = true;
                 return Ok(());
             }
@@ -1267,7 +1250,7 @@ pub fn prune(
             std::thread::sleep(Duration::from_millis(1));
         }
     })();
-    conn.busy_timeout(Duration::from_millis(u64::try_from(waited).unwrap_or(0)))
+    conn.busy_timeout(lock.waited)
         .map_err(ctx("restore the busy timeout"))?;
     result.map(|()| out)
 }

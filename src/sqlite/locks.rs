@@ -12,43 +12,68 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+
+/// How sqlite2pg takes the write lock on a file, chosen by its journal mode.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteLock {
+    /// The file is in WAL mode.
+    pub wal: bool,
+    /// The connection's busy timeout, to restore after a write that did not wait.
+    pub waited: Duration,
+}
+
+impl WriteLock {
+    /// Reads the journal mode and the busy timeout of `conn`.
+    pub fn of(conn: &Connection) -> rusqlite::Result<WriteLock> {
+        let wal = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?
+            .eq_ignore_ascii_case("wal");
+        let waited: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+        Ok(WriteLock {
+            wal,
+            waited: Duration::from_millis(u64::try_from(waited).unwrap_or(0)),
+        })
+    }
+
+    /// The BEGIN that lets an app transaction beginning meanwhile wait instead of being
+    /// refused: EXCLUSIVE in rollback-journal mode (it waits for its SHARED lock, its busy
+    /// timeout applies; under RESERVED it could read and then be refused its write). In WAL
+    /// mode readers are never blocked, so IMMEDIATE.
+    pub fn begin(self) -> &'static str {
+        if self.wal {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN EXCLUSIVE"
+        }
+    }
+}
 
 /// Runs `write` in one write transaction on `conn` at a moment no other process is inside a
 /// transaction on the file, so that an app transaction that read first is never refused on
 /// account of it:
 /// - it begins only when the kernel shows no other process inside a transaction, without
-///   waiting for the lock (a refusal is a retry a moment later);
-/// - in rollback-journal mode it holds the EXCLUSIVE lock from its first statement: an app
-///   transaction that begins meanwhile waits for its SHARED lock (its busy timeout applies),
-///   where under a RESERVED lock it could read and then be refused its write;
+///   waiting for the lock (a refusal is a retry a moment later), with [`WriteLock::begin`];
 /// - in WAL mode, where readers are never blocked, it is rolled back and retried when an app
 ///   transaction began while it ran.
 ///
 /// After `patience` of an app inside a transaction at every look, it takes the lock as any
 /// writer does (waiting with the connection's busy timeout): that app may be refused once.
 pub fn write_when_quiet<T>(
-    conn: &mut Connection,
+    conn: &Connection,
     what: &str,
     patience: Duration,
-    mut write: impl FnMut(&Transaction<'_>) -> Result<T>,
+    mut write: impl FnMut(&Connection) -> Result<T>,
 ) -> Result<T> {
     let err = |e| Error::from_sqlite(format!("cannot {what}"), e);
     let path = conn
         .path()
         .map(std::path::PathBuf::from)
         .unwrap_or_default();
-    let wal = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
-        .map_err(err)?
-        .eq_ignore_ascii_case("wal");
-    let waited: i64 = conn
-        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
-        .map_err(err)?;
-    let waited = Duration::from_millis(u64::try_from(waited).unwrap_or(0));
-    let busy = || app_in_transaction(&path, wal) == Some(true);
+    let lock = WriteLock::of(conn).map_err(err)?;
+    let busy = || app_in_transaction(&path, lock.wal) == Some(true);
     let started = Instant::now();
     loop {
         let forced = started.elapsed() >= patience;
@@ -60,28 +85,33 @@ pub fn write_when_quiet<T>(
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
-        conn.busy_timeout(if forced { waited } else { Duration::ZERO })
+        conn.busy_timeout(if forced { lock.waited } else { Duration::ZERO })
             .map_err(err)?;
-        let behavior = if wal {
-            TransactionBehavior::Immediate
-        } else {
-            TransactionBehavior::Exclusive
-        };
         let result = (|| {
-            let tx = match conn.transaction_with_behavior(behavior) {
-                Ok(tx) => tx,
+            match conn.execute_batch(lock.begin()) {
+                Ok(()) => {}
                 Err(e) if !forced && is_busy(&e) => return Ok(None),
                 Err(e) => return Err(err(e)),
+            }
+            let value = match write(conn) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
             };
-            let value = write(&tx)?;
-            if wal && !forced && busy() {
-                // Dropping the transaction rolls it back: nothing the app read has changed.
+            if lock.wal && !forced && busy() {
+                // Nothing the app read has changed.
+                conn.execute_batch("ROLLBACK").map_err(err)?;
                 return Ok(None);
             }
-            tx.commit().map_err(err)?;
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(err(e));
+            }
             Ok(Some(value))
         })();
-        conn.busy_timeout(waited).map_err(err)?;
+        conn.busy_timeout(lock.waited).map_err(err)?;
         match result? {
             Some(value) => return Ok(value),
             None => std::thread::sleep(Duration::from_millis(2)),
