@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config, FileConfig};
 use crate::error::{Error, RetryPolicy};
 use crate::plan;
-use crate::replicate::{run, snapshot};
+use crate::replicate::{Databases, run, snapshot};
 use crate::report::check;
 use crate::shutdown::Shutdown;
 use crate::switch;
@@ -326,24 +326,70 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
     }
     if let Some(spec) = &cfg.fleet {
-        return match args.command {
+        return fleet_command(args.command, &cfg, spec);
+    }
+    dispatch(args.command, &cfg)
+}
+
+/// A command given a config file with a `[fleet]`: `check` and `status` of every tenant, or
+/// any command on the one tenant `--tenant` names (its file, its schema, its state).
+fn fleet_command(
+    command: Command,
+    cfg: &Config,
+    spec: &crate::fleet::Spec,
+) -> anyhow::Result<ExitCode> {
+    match (command, &cfg.tenant) {
+        (
             Command::Check {
                 json,
                 reverse: false,
-            } => cmd_fleet_check(&cfg, spec, json),
+            },
+            _,
+        ) => cmd_fleet_check(cfg, spec, json),
+        (
             Command::Config {
                 action: ConfigAction::Check,
-            } => cmd_config_check(&cfg),
-            _ => Err(Error::new(
-                crate::error::ErrorKind::Config,
-                "this sqlite2pg checks a fleet (`check`, `config check`); the other commands follow one SQLite file per Postgres database: give it with --source (and --target-schema) instead of the config file's [fleet]",
-            )
-            .into()),
-        };
+            },
+            _,
+        ) => cmd_config_check(cfg),
+        (
+            Command::Status {
+                json, watch: false, ..
+            },
+            None,
+        ) => cmd_fleet_status(cfg, spec, json),
+        (command, Some(name)) => {
+            let tenants = crate::fleet::tenants(spec)?;
+            let Some(t) = tenants.iter().find(|t| &t.name == name) else {
+                anyhow::bail!(Error::new(
+                    crate::error::ErrorKind::Config,
+                    format!("--tenant {name}: the fleet has no such tenant"),
+                ));
+            };
+            if !t.present {
+                anyhow::bail!(Error::new(
+                    crate::error::ErrorKind::Config,
+                    format!(
+                        "tenant {name}: its file {} is not there; nothing is done to a tenant whose file is gone (it is never taken for an emptied database). Put the file back, or take it out of the fleet",
+                        t.source.display()
+                    ),
+                ));
+            }
+            dispatch(command, &cfg.for_tenant(t))
+        }
+        (_, None) => Err(Error::new(
+            crate::error::ErrorKind::Config,
+            "this command works on one tenant of the fleet at a time: give --tenant NAME (`sqlite2pg config check` lists them). `check` and `status` take every tenant at once; one daemon following every tenant is not built yet, so run one `sqlite2pg run --tenant NAME` per tenant",
+        )
+        .into()),
     }
-    match args.command {
-        Command::Check { json, reverse } if reverse => cmd_check_reverse(&cfg, json),
-        Command::Check { json, .. } => cmd_check(&cfg, json),
+}
+
+/// Runs a command on one SQLite file (a fleet's tenant is one too).
+fn dispatch(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { json, reverse } if reverse => cmd_check_reverse(cfg, json),
+        Command::Check { json, .. } => cmd_check(cfg, json),
         Command::Run {
             snapshot_only,
             poll_interval_ms,
@@ -366,21 +412,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     max_lag_seconds.unwrap_or(cfg.max_lag_seconds).max(0.0),
                 ),
             };
-            cmd_run(&cfg, flags)
+            cmd_run(cfg, flags)
         }
         Command::Status {
             json, watch: false, ..
-        } => cmd_status(&cfg, json),
+        } => cmd_status(cfg, json),
         Command::Status {
             watch: true,
             interval,
             ..
-        } => cmd_watch(&cfg, interval),
+        } => cmd_watch(cfg, interval),
         Command::Verify {
             json,
             tables,
             examples,
-        } => cmd_verify(&cfg, json, tables, examples),
+        } => cmd_verify(cfg, json, tables, examples),
         Command::Cutover {
             max_lag,
             wait,
@@ -391,7 +437,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             lease,
             abort,
         } => cmd_cutover(
-            &cfg,
+            cfg,
             SwitchFlags {
                 max_lag,
                 wait,
@@ -412,7 +458,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             lock_wait,
             abort,
         } => cmd_fallback(
-            &cfg,
+            cfg,
             SwitchFlags {
                 max_lag,
                 wait,
@@ -425,9 +471,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         Command::Config {
             action: ConfigAction::Check,
-        } => cmd_config_check(&cfg),
-        Command::Install { dry_run } => cmd_install(&cfg, dry_run),
-        Command::Uninstall => cmd_uninstall(&cfg),
+        } => cmd_config_check(cfg),
+        Command::Install { dry_run } => cmd_install(cfg, dry_run),
+        Command::Uninstall => cmd_uninstall(cfg),
     }
 }
 
@@ -506,6 +552,45 @@ fn cmd_fleet_check(
     })
 }
 
+/// `status` of a fleet: every tenant's, on one connection, and the fleet at a glance.
+fn cmd_fleet_status(
+    cfg: &Config,
+    spec: &crate::fleet::Spec,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::report::fleet::{FleetStatus, TenantStatus};
+    let rt = runtime()?;
+    let client = rt.block_on(pg::connect(cfg.require_target()?))?;
+    let mut tenants = Vec::new();
+    for t in crate::fleet::tenants(spec)? {
+        let (status, error) = if !t.present {
+            (None, Some("its file is not there".to_string()))
+        } else {
+            let one = async {
+                let db = Databases::of(&cfg.for_tenant(&t))?;
+                crate::report::status::collect(&client, &db).await
+            };
+            match rt.block_on(one) {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        };
+        tenants.push(TenantStatus {
+            tenant: t.name.clone(),
+            schema: t.schema.clone(),
+            source: t.source.display().to_string(),
+            status,
+            error,
+        });
+    }
+    render(
+        &FleetStatus::new(tenants),
+        json,
+        crate::report::fleet::print_status,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The check of one file.
 fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<check::Report> {
     let (plan, mut client) = rt.block_on(plan::load(cfg))?;
@@ -572,11 +657,8 @@ fn capturable(plan: &plan::Plan) -> Vec<&crate::model::SourceTable> {
 fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let client = rt.block_on(pg::connect(cfg.require_target()?))?;
-    let mut status = rt.block_on(crate::report::status::collect(
-        &client,
-        &cfg.source,
-        busy(cfg),
-    ))?;
+    let db = Databases::of(cfg)?;
+    let mut status = rt.block_on(crate::report::status::collect(&client, &db))?;
     rt.block_on(crate::report::status::add_orphans(&client, &mut status))?;
     render(&status, json, crate::report::status::print_human)?;
     Ok(ExitCode::SUCCESS)
@@ -584,16 +666,10 @@ fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
 
 fn cmd_watch(cfg: &Config, interval: f64) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let target = cfg.require_target()?;
+    let db = Databases::of(cfg)?;
     let stop = Shutdown::on_signals(&rt, || {});
     let every = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
-    rt.block_on(crate::report::watch::run(
-        target,
-        &cfg.source,
-        busy(cfg),
-        every,
-        &stop,
-    ))?;
+    rt.block_on(crate::report::watch::run(&db, every, &stop))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -613,9 +689,7 @@ fn cmd_verify(
     let (plan, client) = rt.block_on(plan::load(cfg))?;
     let mut client = client.context("verify needs a Postgres target: pass --target")?;
     let opts = crate::verify::Options {
-        source: cfg.source.clone(),
-        schema: cfg.target_schema.clone(),
-        busy_timeout: busy(cfg),
+        db: Databases::of(cfg)?,
         examples,
         tables,
         settle: Duration::from_secs(30),
@@ -745,7 +819,7 @@ fn cmd_cutover(
     // validating reads every child row, and the app need not wait for it.
     let code = match &flags.exec {
         None => ExitCode::SUCCESS,
-        Some(cmd) => run_exec_hook(cmd)?,
+        Some(cmd) => run_exec_hook(cmd, cfg)?,
     };
     for fk in rt.block_on(cutover::validate_foreign_keys(
         &client,
@@ -797,17 +871,24 @@ fn cmd_fallback(cfg: &Config, flags: SwitchFlags, lock_wait: f64) -> anyhow::Res
     );
     match &flags.exec {
         None => Ok(ExitCode::SUCCESS),
-        Some(cmd) => run_exec_hook(cmd),
+        Some(cmd) => run_exec_hook(cmd, cfg),
     }
 }
 
-/// Runs cutover's `--exec` command, its output logged (redacted); exit 3 if it fails.
-fn run_exec_hook(cmd: &str) -> anyhow::Result<ExitCode> {
+/// Runs a switch's `--exec` command, its output logged (redacted); exit 3 if it fails. A
+/// fleet's tenant is named to it in `SQLITE2PG_TENANT`, with its file and schema in
+/// `SQLITE2PG_TENANT_FILE` and `SQLITE2PG_TENANT_SCHEMA`, so that one hook points each tenant's
+/// app at its database.
+fn run_exec_hook(cmd: &str, cfg: &Config) -> anyhow::Result<ExitCode> {
     tracing::info!(command = %crate::conninfo::redact_in_text(cmd), "running the --exec hook");
-    let out = std::process::Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .context("cannot run the --exec command")?;
+    let mut hook = std::process::Command::new("sh");
+    hook.args(["-c", cmd]);
+    if let Some(tenant) = &cfg.tenant {
+        hook.env("SQLITE2PG_TENANT", tenant)
+            .env("SQLITE2PG_TENANT_FILE", &cfg.source)
+            .env("SQLITE2PG_TENANT_SCHEMA", &cfg.target_schema);
+    }
+    let out = hook.output().context("cannot run the --exec command")?;
     for line in String::from_utf8_lossy(&out.stdout)
         .lines()
         .chain(String::from_utf8_lossy(&out.stderr).lines())

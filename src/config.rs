@@ -513,6 +513,11 @@ impl Config {
         }
     }
 
+    /// The tenant its state is kept under: '' for the one file of `--source`.
+    pub fn tenant_id(&self) -> &str {
+        self.tenant.as_deref().unwrap_or("")
+    }
+
     /// The override for one column, if any.
     pub fn cast_for(&self, table: &str, column: &str) -> Option<&Cast> {
         self.casts

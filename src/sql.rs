@@ -20,13 +20,14 @@ pub const PG_STEPS: &[(i32, &str)] = &[
     ),
     (3, include_str!("../sql/postgres/0003_reverse.sql")),
     (4, include_str!("../sql/postgres/0004_settings.sql")),
+    (5, include_str!("../sql/postgres/0005_tenants.sql")),
 ];
 
 /// The format this build writes in SQLite.
 pub const SQLITE_FORMAT: i64 = 2;
 
 /// The format this build writes in Postgres.
-pub const PG_FORMAT: i32 = 4;
+pub const PG_FORMAT: i32 = 5;
 
 const CAPTURE: &str = include_str!("../sql/sqlite/capture.sql");
 const FENCE: &str = include_str!("../sql/sqlite/fence.sql");
@@ -72,6 +73,12 @@ pub fn fence(vars: &[(&str, &str)]) -> String {
 /// A section of `sql/postgres/reverse.sql` (capture and fence on Postgres), rendered.
 pub fn reverse(name: &str, vars: &[(&str, &str)]) -> String {
     render(&section(REVERSE, name), vars)
+}
+
+/// A string as a Postgres literal, for the few places that take no parameter (a trigger's
+/// arguments). The `E''` form reads the same whatever `standard_conforming_strings` says.
+pub fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -122,6 +129,7 @@ mod tests {
             "new_key",
             "old_row",
             "new_row",
+            "tenant",
         ];
         for (file, name) in [
             (CAPTURE, "key_insert"),

@@ -6,7 +6,6 @@
 use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -33,12 +32,8 @@ const KEEP: usize = 10_000;
 /// Knobs of a verify run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The SQLite file.
-    pub source: PathBuf,
-    /// Target schema.
-    pub schema: String,
-    /// SQLite busy timeout.
-    pub busy_timeout: Duration,
+    /// Where the two databases are.
+    pub db: crate::replicate::Databases,
     /// Examples printed per table.
     pub examples: usize,
     /// Only these source tables (all when empty).
@@ -475,7 +470,7 @@ async fn compare_by_lookup(
     keys: &[usize],
     opts: &Options,
 ) -> Result<Counts> {
-    let schema = opts.schema.as_str();
+    let schema = opts.db.schema.as_str();
     let by_key = lookup(t, schema, keys, None);
     let aliases: Vec<String> = (1..=keys.len()).map(|j| format!("a{j}")).collect();
     let tx = client
@@ -493,7 +488,7 @@ async fn compare_by_lookup(
     ))
     .await
     .map_err(|e| Error::from_pg("cannot make the verify's temporary table", e))?;
-    let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
+    let (mut source_rx, reader_thread) = spawn_source(t, &opts.db.source, opts.db.busy_timeout);
     let mut counts = Counts::default();
     while let Some(page) = source_rx.recv().await {
         let page = page?;
@@ -589,7 +584,7 @@ async fn compare_by_lookup(
         .map_err(|e| Error::from_pg("cannot end a verify transaction", e))?;
     if !extra.is_empty() {
         // Named as SQLite would hold them, in the forms its values have, to be re-read there.
-        let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+        let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let typed: Vec<(&str, &PgType)> = keys
             .iter()
             .map(|p| (t.columns[*p].source.as_str(), &t.columns[*p].conv.ty))
@@ -616,7 +611,7 @@ async fn compare_by_lookup(
 }
 
 async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Result<Counts> {
-    let schema = opts.schema.as_str();
+    let schema = opts.db.schema.as_str();
     let keys = key_positions(t)?;
     if !orders_alike(t, &keys) {
         return compare_by_lookup(client, t, &keys, opts).await;
@@ -630,7 +625,7 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
         .await
         .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
     let portal = scan::open(&tx, schema, &t.target, &t.target_columns(), &order).await?;
-    let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
+    let (mut source_rx, reader_thread) = spawn_source(t, &opts.db.source, opts.db.busy_timeout);
     let mut counts = Counts::default();
     let mut src: VecDeque<SourceRow> = VecDeque::new();
     let mut dst: VecDeque<Vec<Raw>> = VecDeque::new();
@@ -742,7 +737,7 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
         }
         h.finish()
     };
-    let (mut source_rx, reader_thread) = spawn_source(t, &opts.source, opts.busy_timeout);
+    let (mut source_rx, reader_thread) = spawn_source(t, &opts.db.source, opts.db.busy_timeout);
     while let Some(page) = source_rx.recv().await {
         for r in page?.rows {
             counts.rows += 1;
@@ -772,7 +767,7 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
         .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
     let portal = scan::open(
         &tx,
-        &opts.schema,
+        &opts.db.schema,
         &t.target,
         &t.target_columns(),
         &["ctid".into()],
@@ -963,27 +958,36 @@ pub async fn check_keys(
 }
 
 /// Waits until the stream has applied everything SQLite has recorded so far (if a daemon runs).
-async fn settle(client: &Client, conn: &rusqlite::Connection, wait: Duration) -> Result<()> {
+async fn settle(
+    client: &Client,
+    db: &crate::replicate::Databases,
+    conn: &rusqlite::Connection,
+    wait: Duration,
+) -> Result<()> {
+    let tenant = db.tenant.as_str();
     // Without a daemon nothing moves: pending changes are told apart by key afterwards.
-    if !state::daemon_running(client).await? {
+    if !state::daemon_running(client, tenant).await? {
         return Ok(());
     }
     // After the cutover the daemon follows Postgres back: wait for what it has now.
-    if state::cutover_load(client).await?.is_some() && reverse::capture_installed(client).await? {
-        let newest = reverse::newest(client).await?;
+    if state::cutover_load(client, tenant).await?.is_some()
+        && reverse::capture_installed(client, &db.schema).await?
+    {
+        let newest = reverse::newest(client, tenant).await?;
         let deadline = Instant::now() + wait;
-        while Instant::now() < deadline && !reverse::applied_through(client, newest).await? {
+        while Instant::now() < deadline && !reverse::applied_through(client, tenant, newest).await?
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         return Ok(());
     }
-    let Some(st) = state::stream_load(client).await? else {
+    let Some(st) = state::stream_load(client, tenant).await? else {
         return Ok(());
     };
     let (newest, _, _) = tokio::task::block_in_place(|| changes::pending(conn, st.position))?;
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        match state::stream_load(client).await? {
+        match state::stream_load(client, tenant).await? {
             Some(s) if s.position >= newest => return Ok(()),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -996,15 +1000,15 @@ async fn settle(client: &Client, conn: &rusqlite::Connection, wait: Duration) ->
 pub async fn run_and_record(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Report> {
     let report = run(client, plan, opts).await?;
     if let (true, true, Some(position)) = (opts.tables.is_empty(), report.equal, report.position) {
-        state::set_verified(&*client, position).await?;
+        state::set_verified(&*client, &opts.db.tenant, position).await?;
     }
     Ok(report)
 }
 
 /// Compares the planned tables (or `opts.tables`) on both sides.
 pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Report> {
-    let conn = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-    let position = state::stream_load(client)
+    let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
+    let position = state::stream_load(client, &opts.db.tenant)
         .await
         .ok()
         .flatten()
@@ -1039,7 +1043,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
         if found.iter().all(|c| c.kept.is_empty()) {
             break;
         }
-        settle(client, &conn, opts.settle).await?;
+        settle(client, &opts.db, &conn, opts.settle).await?;
         for (t, counts) in tables.iter().zip(found.iter_mut()) {
             if t.source.follow() == Follow::ByImage {
                 // No key to re-read by: the whole table once more (once: it is all of it).
@@ -1052,7 +1056,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
             }
             let kept = std::mem::take(&mut counts.kept);
             for d in kept {
-                let now = recheck(client, &conn, t, &opts.schema, &d.key).await?;
+                let now = recheck(client, &conn, t, &opts.db.schema, &d.key).await?;
                 counts.count(d.kind, false);
                 match now {
                     Some(n) => {
@@ -1069,7 +1073,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     let mut pending = 0;
     if let (Some(installed), Some(st)) = (
         capture::installed(&conn)?,
-        state::stream_load(client).await?,
+        state::stream_load(client, &opts.db.tenant).await?,
     ) {
         for (t, counts) in tables.iter().zip(found.iter_mut()) {
             let Some((tbl, _)) = installed.tables.iter().find(|(_, n)| n == &t.source.name) else {
@@ -1105,7 +1109,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     for (t, counts) in tables.iter().zip(&found) {
         let mut examples = Vec::new();
         for d in counts.kept.iter().take(opts.examples) {
-            examples.push(example(client, &conn, t, &opts.schema, d).await?);
+            examples.push(example(client, &conn, t, &opts.db.schema, d).await?);
         }
         results.push(TableResult {
             table: t.source.name.clone(),

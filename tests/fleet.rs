@@ -1,7 +1,8 @@
-//! A fleet: many SQLite files, one per tenant, into one Postgres. This release lays a fleet
-//! out (which files, each tenant's name and schema, checked for names Postgres would refuse,
-//! cut or share) and checks it: each tenant's file into its own schema, one tenant's problem
-//! named without hiding or stopping the others'.
+//! A fleet: many SQLite files, one per tenant, into one Postgres. The fleet is laid out
+//! (which files, each tenant's name and schema, checked for names Postgres would refuse, cut
+//! or share) and checked, each tenant's file into its own schema, one tenant's problem named
+//! without hiding or stopping the others'. Each tenant then moves on its own: its own run,
+//! state, cutover, fallback and uninstall, while the others stream on in the same Postgres.
 
 mod common;
 
@@ -134,7 +135,8 @@ fn check_takes_each_tenant_into_its_schema_and_names_the_ones_to_fix() {
     let out = on_fleet(&cfg, &["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        text(&out).contains("follow one SQLite file per Postgres database"),
+        text(&out).contains("give --tenant NAME")
+            && text(&out).contains("one `sqlite2pg run --tenant NAME` per tenant"),
         "{}",
         text(&out)
     );
@@ -200,4 +202,179 @@ fn tenants_that_would_share_a_name_or_are_missing_are_named() {
     // A fleet and a --source at once is one too many.
     let out = on_fleet(&cfg, &["--source", "x.db", "check"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// The rows of `table` in a tenant's SQLite file, as text.
+fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    st.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn fleet_status(cfg: &Path) -> serde_json::Value {
+    let out = on_fleet(cfg, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn phase_count(status: &serde_json::Value, phase: &str) -> i64 {
+    status["phases"][phase].as_i64().unwrap_or(0)
+}
+
+#[test]
+fn each_tenant_streams_cuts_over_falls_back_and_uninstalls_alone_beside_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    // Same table names in two tenants (their ids overlap), another shape in the third.
+    for name in ["acme.db", "globex.db"] {
+        tenant_file(
+            &tenants,
+            name,
+            "PRAGMA journal_mode = wal;
+             CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0);
+             CREATE TABLE notes (client_id INTEGER REFERENCES clients(id), body TEXT);
+             INSERT INTO clients (name) VALUES ('a'), ('b'), ('c');
+             INSERT INTO notes VALUES (1, 'first'), (2, 'second');",
+        );
+    }
+    tenant_file(
+        &tenants,
+        "initech.db",
+        "CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT);
+         INSERT INTO tasks VALUES (1, 'later');",
+    );
+    let (acme, globex) = (tenants.join("acme.db"), tenants.join("globex.db"));
+    let db = TestDb::new();
+    let cfg = config(
+        dir.path(),
+        &db,
+        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
+    );
+    let mut a = Daemon::start_tenant(&cfg, "acme", &acme, &db);
+    let mut g = Daemon::start_tenant(&cfg, "globex", &globex, &db);
+    a.wait_caught_up();
+    g.wait_caught_up();
+    sqlite3_shell(
+        &acme,
+        "INSERT INTO clients (name) VALUES ('acme only'); UPDATE clients SET visits = 7 WHERE id = 1;",
+    );
+    sqlite3_shell(
+        &globex,
+        "DELETE FROM notes WHERE client_id = 2; UPDATE clients SET name = 'g' WHERE id = 2;",
+    );
+    a.wait_caught_up();
+    g.wait_caught_up();
+    let mut c = db.client();
+    for (tenant, path) in [("acme", &acme), ("globex", &globex)] {
+        c.batch_execute(&format!("SET search_path = tenant_{tenant}"))
+            .unwrap();
+        assert_table_equal(path, &mut c, "clients", "id");
+        let out = on_fleet(&cfg, &["--tenant", tenant, "verify"]);
+        assert!(out.status.success(), "verify {tenant}: {}", text(&out));
+    }
+    // Every state row names its tenant; the third one has none yet.
+    let streams = pg_rows(&mut c, "SELECT tenant FROM sqlite2pg.stream ORDER BY 1");
+    assert_eq!(
+        streams,
+        [[Some("acme".to_string())], [Some("globex".to_string())]]
+    );
+    let status = fleet_status(&cfg);
+    assert_eq!(phase_count(&status, "streaming"), 2, "{status:#}");
+    assert_eq!(phase_count(&status, "not_started"), 1, "{status:#}");
+    assert_eq!(status["tenants"][0]["status"]["daemon_running"], true);
+    assert_eq!(status["tenants"][2]["status"]["daemon_running"], false);
+
+    // acme cuts over alone; its hook learns which tenant it points at Postgres.
+    let hook_out = dir.path().join("hook.txt");
+    let hook = format!(
+        "echo \"$SQLITE2PG_TENANT $SQLITE2PG_TENANT_SCHEMA\" > '{}'",
+        hook_out.display()
+    );
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover", "--exec", &hook]);
+    assert!(out.status.success(), "cutover acme: {}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&hook_out).unwrap().trim(),
+        "acme tenant_acme"
+    );
+    // acme's SQLite is fenced; globex's app writes on, and globex streams on.
+    let refused = std::process::Command::new("sqlite3")
+        .arg(&acme)
+        .arg("INSERT INTO clients (name) VALUES ('too late');")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "acme's SQLite is fenced");
+    sqlite3_shell(
+        &globex,
+        "INSERT INTO clients (name) VALUES ('after acme moved');",
+    );
+    g.wait_caught_up();
+    c.batch_execute("SET search_path = tenant_globex").unwrap();
+    assert_table_equal(&globex, &mut c, "clients", "id");
+    // The app of acme now writes on Postgres; acme's daemon follows it back into acme's
+    // file, and nothing of globex's schema is captured.
+    c.batch_execute(
+        "INSERT INTO tenant_acme.clients (id, name) VALUES (100, 'written on postgres');
+         UPDATE tenant_globex.clients SET visits = 1 WHERE id = 1;",
+    )
+    .unwrap();
+    wait_until(
+        "acme's write on Postgres to reach its SQLite file",
+        std::time::Duration::from_secs(30),
+        || sqlite_rows(&acme, "SELECT name FROM clients WHERE id = 100") == ["written on postgres"],
+    );
+    let captured: Vec<Vec<Option<String>>> = pg_rows(
+        &mut c,
+        "SELECT DISTINCT tenant FROM sqlite2pg.reverse_change",
+    );
+    assert_eq!(captured, [[Some("acme".to_string())]]);
+    let status = fleet_status(&cfg);
+    assert_eq!(phase_count(&status, "cut_over"), 1, "{status:#}");
+    assert_eq!(phase_count(&status, "streaming"), 1, "{status:#}");
+
+    // acme falls back alone; the fence on Postgres is acme's only.
+    let out = on_fleet(&cfg, &["--tenant", "acme", "fallback"]);
+    assert!(out.status.success(), "fallback acme: {}", text(&out));
+    assert!(a.stop(), "acme's daemon ends once fallen back");
+    let refused = c.batch_execute("INSERT INTO tenant_acme.clients (id, name) VALUES (101, 'x')");
+    assert!(refused.is_err(), "acme's tables on Postgres are fenced");
+    c.batch_execute("UPDATE tenant_globex.clients SET visits = 2 WHERE id = 1")
+        .expect("globex's tables are not fenced");
+    sqlite3_shell(
+        &acme,
+        "INSERT INTO clients (name) VALUES ('back on sqlite');",
+    );
+    let status = fleet_status(&cfg);
+    assert_eq!(phase_count(&status, "fell_back"), 1, "{status:#}");
+
+    // acme's uninstall takes its state and triggers, and leaves globex's.
+    let out = on_fleet(&cfg, &["--tenant", "acme", "uninstall"]);
+    assert!(out.status.success(), "uninstall acme: {}", text(&out));
+    c.batch_execute("INSERT INTO tenant_acme.clients (id, name) VALUES (102, 'writable again')")
+        .expect("acme's tables are writable once uninstalled");
+    let left = pg_rows(
+        &mut c,
+        "SELECT tenant FROM sqlite2pg.stream UNION ALL SELECT name FROM sqlite2pg.tenant ORDER BY 1",
+    );
+    assert_eq!(
+        left,
+        [[Some("globex".to_string())], [Some("globex".to_string())]]
+    );
+    sqlite3_shell(&globex, "UPDATE clients SET visits = visits + 1;");
+    g.wait_caught_up();
+    let out = on_fleet(&cfg, &["--tenant", "globex", "verify"]);
+    assert!(out.status.success(), "verify globex: {}", text(&out));
+    // The last tenant's uninstall takes the state schema.
+    assert!(g.stop());
+    let out = on_fleet(&cfg, &["--tenant", "globex", "cutover"]);
+    assert!(out.status.success(), "cutover globex: {}", text(&out));
+    let out = on_fleet(&cfg, &["--tenant", "globex", "uninstall"]);
+    assert!(out.status.success(), "uninstall globex: {}", text(&out));
+    let state: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'sqlite2pg'",
+    );
+    assert_eq!(state, 0);
 }

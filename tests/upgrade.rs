@@ -87,7 +87,7 @@ fn upgrade_and_stream_on(format: u32, kills: usize) {
     // Both sides at the formats this build writes.
     assert_eq!(after["sqlite_format"], after["formats_written"][0]);
     assert_eq!(after["postgres_format"], after["formats_written"][1]);
-    assert_eq!(after["postgres_format"], 4);
+    assert_eq!(after["postgres_format"], 5);
     // Upgraded in place: nothing was copied again.
     assert_eq!(rows_copied(&db), copied, "the snapshot was not taken again");
     let mut c = db.client();

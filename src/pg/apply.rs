@@ -84,6 +84,7 @@ struct ImageSql {
 /// Applies drains on one connection, remembering the temp tables it made.
 pub struct Applier {
     client: Client,
+    tenant: String,
     schema: String,
     modes: HashMap<usize, Mode>,
 }
@@ -106,7 +107,7 @@ fn img(i: usize) -> String {
 
 impl Applier {
     /// Wraps a connection used only for applying.
-    pub async fn new(client: Client, schema: &str) -> Result<Applier> {
+    pub async fn new(client: Client, tenant: &str, schema: &str) -> Result<Applier> {
         // Applies must be durable before the changelog is pruned behind them.
         client
             .batch_execute("SET synchronous_commit = on")
@@ -114,6 +115,7 @@ impl Applier {
             .map_err(pg_err("cannot configure the apply session".into()))?;
         Ok(Applier {
             client,
+            tenant: tenant.to_string(),
             schema: schema.to_string(),
             modes: HashMap::new(),
         })
@@ -133,6 +135,7 @@ impl Applier {
             .map_err(pg_err("cannot start an apply transaction".into()))?;
         Ok(Drain {
             tx,
+            tenant: &self.tenant,
             schema: &self.schema,
             known: &mut self.modes,
             fresh: HashMap::new(),
@@ -156,6 +159,7 @@ struct Staged {
 /// One drain in progress.
 pub struct Drain<'a> {
     tx: Transaction<'a>,
+    tenant: &'a str,
     schema: &'a str,
     /// Tables whose temp tables this session has (made by committed drains).
     known: &'a mut HashMap<usize, Mode>,
@@ -366,6 +370,7 @@ impl Drain<'_> {
     pub async fn commit(self, position: i64, source_at: f64, changes: i64) -> Result<()> {
         let Drain {
             tx,
+            tenant,
             schema,
             known,
             fresh,
@@ -387,7 +392,7 @@ impl Drain<'_> {
             }
             write_final_states(&tx, schema, *index, s, mode == Mode::Upsert, chunks > 1).await?;
         }
-        state::stream_advance(&tx, position, source_at, changes).await?;
+        state::stream_advance(&tx, tenant, position, source_at, changes).await?;
         tx.commit()
             .await
             .map_err(pg_err("cannot commit an applied batch".into()))?;

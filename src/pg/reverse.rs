@@ -49,9 +49,11 @@ async fn table_oid(client: &impl GenericClient, schema: &str, table: &str) -> Re
 /// the transaction that records it, so no write on Postgres escapes them.
 pub async fn install_capture(
     client: &impl GenericClient,
+    tenant: &str,
     schema: &str,
     tables: &[Captured],
 ) -> Result<()> {
+    let tenant = crate::sql::literal(tenant);
     for t in tables {
         let table = qualified(schema, &t.table);
         let mut statements = vec![crate::sql::reverse("uncapture", &[("table", &table)])];
@@ -88,16 +90,23 @@ pub async fn install_capture(
                 ));
                 statements.push(crate::sql::reverse(
                     "capture_rows",
-                    &[("function", &function), ("table", &table)],
+                    &[
+                        ("function", &function),
+                        ("table", &table),
+                        ("tenant", &tenant),
+                    ],
                 ));
             }
             None => statements.push(crate::sql::reverse(
                 "capture_statements",
-                &[("table", &table)],
+                &[("table", &table), ("tenant", &tenant)],
             )),
         }
         for name in ["capture_truncate", "capture_notify"] {
-            statements.push(crate::sql::reverse(name, &[("table", &table)]));
+            statements.push(crate::sql::reverse(
+                name,
+                &[("table", &table), ("tenant", &tenant)],
+            ));
         }
         for s in statements {
             client.batch_execute(&s).await.map_err(|e| {
@@ -221,14 +230,19 @@ pub struct Change {
 }
 
 /// The oldest committed changes not yet applied, at most `limit`, but those in `skip`.
-pub async fn pending(client: &impl GenericClient, limit: i64, skip: &[i64]) -> Result<Vec<Change>> {
+pub async fn pending(
+    client: &impl GenericClient,
+    tenant: &str,
+    limit: i64,
+    skip: &[i64],
+) -> Result<Vec<Change>> {
     let rows = client
         .query(
             &format!(
                 "SELECT seq, target_table, key FROM {STATE_SCHEMA}.reverse_change
-                 WHERE applied_at IS NULL AND NOT (seq = ANY($2)) ORDER BY seq LIMIT $1"
+                 WHERE tenant = $3 AND applied_at IS NULL AND NOT (seq = ANY($2)) ORDER BY seq LIMIT $1"
             ),
-            &[&limit, &skip],
+            &[&limit, &skip, &tenant],
         )
         .await
         .map_err(pg("read the reverse changelog"))?;
@@ -257,14 +271,19 @@ pub async fn applied(client: &impl GenericClient, seqs: &[i64]) -> Result<u64> {
 }
 
 /// Deletes changes applied longer than `keep` ago, at most `limit`; how many went.
-pub async fn prune(client: &impl GenericClient, keep: Duration, limit: i64) -> Result<u64> {
+pub async fn prune(
+    client: &impl GenericClient,
+    tenant: &str,
+    keep: Duration,
+    limit: i64,
+) -> Result<u64> {
     client
         .execute(
             &format!(
                 "DELETE FROM {STATE_SCHEMA}.reverse_change WHERE seq IN (SELECT seq FROM {STATE_SCHEMA}.reverse_change
-                 WHERE applied_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)"
+                 WHERE tenant = $3 AND applied_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)"
             ),
-            &[&keep.as_secs_f64(), &limit],
+            &[&keep.as_secs_f64(), &limit, &tenant],
         )
         .await
         .map_err(pg("prune the reverse changelog"))
@@ -272,14 +291,18 @@ pub async fn prune(client: &impl GenericClient, keep: Duration, limit: i64) -> R
 
 /// Changes applied at or after `since` (Postgres' clock, Unix seconds) or not applied yet:
 /// the keys that may have changed since a verify that started then.
-pub async fn changed_since(client: &impl GenericClient, since: f64) -> Result<Vec<Change>> {
+pub async fn changed_since(
+    client: &impl GenericClient,
+    tenant: &str,
+    since: f64,
+) -> Result<Vec<Change>> {
     let rows = client
         .query(
             &format!(
                 "SELECT seq, target_table, key FROM {STATE_SCHEMA}.reverse_change
-                 WHERE applied_at IS NULL OR applied_at >= to_timestamp($1) ORDER BY seq"
+                 WHERE tenant = $2 AND (applied_at IS NULL OR applied_at >= to_timestamp($1)) ORDER BY seq"
             ),
-            &[&since],
+            &[&since, &tenant],
         )
         .await
         .map_err(pg("read the reverse changelog"))?;
@@ -296,13 +319,14 @@ pub async fn clock(client: &impl GenericClient) -> Result<f64> {
 }
 
 /// The changes not yet in SQLite, and the age in seconds of the oldest.
-pub async fn backlog(client: &impl GenericClient) -> Result<(i64, Option<f64>)> {
+pub async fn backlog(client: &impl GenericClient, tenant: &str) -> Result<(i64, Option<f64>)> {
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*), extract(epoch FROM clock_timestamp() - min(at))::float8 FROM {STATE_SCHEMA}.reverse_change WHERE applied_at IS NULL"
+                "SELECT count(*), extract(epoch FROM clock_timestamp() - min(at))::float8 FROM {STATE_SCHEMA}.reverse_change r WHERE applied_at IS NULL AND {}",
+                super::state::of_tenant("r", 1)
             ),
-            &[],
+            &[&tenant],
         )
         .await
         .map_err(pg("read the reverse changelog"))?;
@@ -310,11 +334,13 @@ pub async fn backlog(client: &impl GenericClient) -> Result<(i64, Option<f64>)> 
 }
 
 /// The newest change recorded so far (0: none).
-pub async fn newest(client: &impl GenericClient) -> Result<i64> {
+pub async fn newest(client: &impl GenericClient, tenant: &str) -> Result<i64> {
     let row = client
         .query_one(
-            &format!("SELECT coalesce(max(seq), 0) FROM {STATE_SCHEMA}.reverse_change"),
-            &[],
+            &format!(
+                "SELECT coalesce(max(seq), 0) FROM {STATE_SCHEMA}.reverse_change WHERE tenant = $1"
+            ),
+            &[&tenant],
         )
         .await
         .map_err(pg("read the reverse changelog"))?;
@@ -322,29 +348,31 @@ pub async fn newest(client: &impl GenericClient) -> Result<i64> {
 }
 
 /// Whether every change up to `seq` is applied.
-pub async fn applied_through(client: &impl GenericClient, seq: i64) -> Result<bool> {
+pub async fn applied_through(client: &impl GenericClient, tenant: &str, seq: i64) -> Result<bool> {
     let row = client
         .query_one(
             &format!(
-                "SELECT NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.reverse_change WHERE applied_at IS NULL AND seq <= $1)"
+                "SELECT NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.reverse_change WHERE tenant = $2 AND applied_at IS NULL AND seq <= $1)"
             ),
-            &[&seq],
+            &[&seq, &tenant],
         )
         .await
         .map_err(pg("read the reverse changelog"))?;
     Ok(row.get(0))
 }
 
-/// Whether the reverse capture is installed (a cutover of 0.3.0 or later made it; the state
-/// tables alone, which an upgrade creates, are not enough).
-pub async fn capture_installed(client: &impl GenericClient) -> Result<bool> {
+/// Whether the reverse capture is installed on a table of `schema` (a cutover of 0.3.0 or
+/// later made it; the state tables alone, which an upgrade creates, are not enough).
+pub async fn capture_installed(client: &impl GenericClient, schema: &str) -> Result<bool> {
     if !super::state::state_table_exists(client, "reverse_change").await? {
         return Ok(false);
     }
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'sqlite2pg_reverse_truncate')",
-            &[],
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE t.tgname = 'sqlite2pg_reverse_truncate' AND n.nspname = $1)",
+            &[&schema],
         )
         .await
         .map_err(pg("look for the reverse capture"))?;
@@ -365,7 +393,7 @@ pub struct Fence {
 }
 
 /// The fallback fence, if one was raised.
-pub async fn fence_state(client: &impl GenericClient) -> Result<Option<Fence>> {
+pub async fn fence_state(client: &impl GenericClient, tenant: &str) -> Result<Option<Fence>> {
     if !super::state::state_table_exists(client, "pg_fence").await? {
         return Ok(None);
     }
@@ -373,10 +401,11 @@ pub async fn fence_state(client: &impl GenericClient) -> Result<Option<Fence>> {
         .query_opt(
             &format!(
                 "SELECT holder, {}, permanent, permanent OR until > clock_timestamp()
-                 FROM {STATE_SCHEMA}.pg_fence WHERE id = 1",
-                super::state::rfc3339("until")
+                 FROM {STATE_SCHEMA}.pg_fence f WHERE {}",
+                super::state::rfc3339("until"),
+                super::state::of_tenant("f", 1)
             ),
-            &[],
+            &[&tenant],
         )
         .await
         .map_err(pg("read the fallback fence"))?;
@@ -408,6 +437,7 @@ pub struct Fenced {
 /// (which never yields to `NOWAIT`) only delays the fence.
 pub async fn fence(
     client: &mut Client,
+    tenant: &str,
     schema: &str,
     tables: &[String],
     holder: &str,
@@ -461,20 +491,24 @@ pub async fn fence(
     };
     tx.execute(
         &format!(
-            "INSERT INTO {STATE_SCHEMA}.pg_fence (id, holder, since, until, permanent)
-             VALUES (1, $1, clock_timestamp(), clock_timestamp() + make_interval(secs => $2), false)
-             ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, since = EXCLUDED.since,
+            "INSERT INTO {STATE_SCHEMA}.pg_fence (tenant, holder, since, until, permanent)
+             VALUES ($3, $1, clock_timestamp(), clock_timestamp() + make_interval(secs => $2), false)
+             ON CONFLICT (tenant) DO UPDATE SET holder = EXCLUDED.holder, since = EXCLUDED.since,
                until = EXCLUDED.until, permanent = false"
         ),
-        &[&holder, &lease.as_secs_f64()],
+        &[&holder, &lease.as_secs_f64(), &tenant],
     )
     .await
     .map_err(pg("record the fallback fence lease"))?;
+    let tenant = crate::sql::literal(tenant);
     for (t, q) in tables.iter().zip(&names) {
         for name in ["unfence", "fence"] {
-            tx.batch_execute(&crate::sql::reverse(name, &[("table", q)]))
-                .await
-                .map_err(|e| Error::from_pg(format!("cannot fence table {t} on Postgres"), e))?;
+            tx.batch_execute(&crate::sql::reverse(
+                name,
+                &[("table", q), ("tenant", &tenant)],
+            ))
+            .await
+            .map_err(|e| Error::from_pg(format!("cannot fence table {t} on Postgres"), e))?;
         }
     }
     tx.commit().await.map_err(pg("commit the fallback fence"))?;
@@ -498,14 +532,19 @@ async fn lock_holders(client: &impl GenericClient, tables: &[String]) -> Result<
 
 /// Extends `holder`'s lease. `Ok(false)`: lost (ran out, or lifted), so the app may have
 /// written to Postgres since and the fallback must not go on.
-pub async fn renew(client: &impl GenericClient, holder: &str, lease: Duration) -> Result<bool> {
+pub async fn renew(
+    client: &impl GenericClient,
+    tenant: &str,
+    holder: &str,
+    lease: Duration,
+) -> Result<bool> {
     let n = client
         .execute(
             &format!(
                 "UPDATE {STATE_SCHEMA}.pg_fence SET until = clock_timestamp() + make_interval(secs => $2)
-                 WHERE id = 1 AND holder = $1 AND NOT permanent AND until > clock_timestamp()"
+                 WHERE tenant = $3 AND holder = $1 AND NOT permanent AND until > clock_timestamp()"
             ),
-            &[&holder, &lease.as_secs_f64()],
+            &[&holder, &lease.as_secs_f64(), &tenant],
         )
         .await
         .map_err(pg("renew the fallback fence lease"))?;
@@ -513,14 +552,18 @@ pub async fn renew(client: &impl GenericClient, holder: &str, lease: Duration) -
 }
 
 /// Makes `holder`'s fence permanent if its lease still holds (`Ok(false)`: it does not).
-pub async fn make_permanent(client: &impl GenericClient, holder: &str) -> Result<bool> {
+pub async fn make_permanent(
+    client: &impl GenericClient,
+    tenant: &str,
+    holder: &str,
+) -> Result<bool> {
     let n = client
         .execute(
             &format!(
                 "UPDATE {STATE_SCHEMA}.pg_fence SET permanent = true
-                 WHERE id = 1 AND holder = $1 AND until > clock_timestamp()"
+                 WHERE tenant = $2 AND holder = $1 AND until > clock_timestamp()"
             ),
-            &[&holder],
+            &[&holder, &tenant],
         )
         .await
         .map_err(pg("make the fallback fence permanent"))?;
@@ -528,7 +571,12 @@ pub async fn make_permanent(client: &impl GenericClient, holder: &str) -> Result
 }
 
 /// Lifts the fallback fence: the app writes to Postgres again.
-pub async fn unfence(client: &mut Client, schema: &str, tables: &[String]) -> Result<()> {
+pub async fn unfence(
+    client: &mut Client,
+    tenant: &str,
+    schema: &str,
+    tables: &[String],
+) -> Result<()> {
     let tx = client
         .transaction()
         .await
@@ -541,9 +589,12 @@ pub async fn unfence(client: &mut Client, schema: &str, tables: &[String]) -> Re
         .await
         .map_err(|e| Error::from_pg(format!("cannot lift the fence on table {t}"), e))?;
     }
-    tx.execute(&format!("DELETE FROM {STATE_SCHEMA}.pg_fence"), &[])
-        .await
-        .map_err(pg("drop the fallback fence lease"))?;
+    tx.execute(
+        &format!("DELETE FROM {STATE_SCHEMA}.pg_fence WHERE tenant = $1"),
+        &[&tenant],
+    )
+    .await
+    .map_err(pg("drop the fallback fence lease"))?;
     tx.commit().await.map_err(pg("commit lifting the fence"))
 }
 
@@ -565,6 +616,7 @@ pub struct Fallback {
 /// Records the fallback (times in Unix seconds).
 pub async fn fallback_record(
     client: &impl GenericClient,
+    tenant: &str,
     fenced_at: f64,
     done_at: f64,
     rows_verified: i64,
@@ -573,8 +625,8 @@ pub async fn fallback_record(
     client
         .execute(
             &format!(
-                "INSERT INTO {STATE_SCHEMA}.fallback (id, fenced_at, done_at, window_ms, rows_verified, sequences_moved)
-                 VALUES (1, to_timestamp($1), to_timestamp($2), $3, $4, $5)"
+                "INSERT INTO {STATE_SCHEMA}.fallback (tenant, fenced_at, done_at, window_ms, rows_verified, sequences_moved)
+                 VALUES ($6, to_timestamp($1), to_timestamp($2), $3, $4, $5)"
             ),
             &[
                 &fenced_at,
@@ -582,6 +634,7 @@ pub async fn fallback_record(
                 &((done_at - fenced_at) * 1000.0),
                 &rows_verified,
                 &sequences_moved,
+                &tenant,
             ],
         )
         .await
@@ -592,15 +645,16 @@ pub async fn fallback_record(
 /// Sets the end of the window once SQLite is handed back (Unix seconds).
 pub async fn fallback_done(
     client: &impl GenericClient,
+    tenant: &str,
     fenced_at: f64,
     done_at: f64,
 ) -> Result<()> {
     client
         .execute(
             &format!(
-                "UPDATE {STATE_SCHEMA}.fallback SET done_at = to_timestamp($1), window_ms = $2"
+                "UPDATE {STATE_SCHEMA}.fallback SET done_at = to_timestamp($1), window_ms = $2 WHERE tenant = $3"
             ),
-            &[&done_at, &((done_at - fenced_at) * 1000.0)],
+            &[&done_at, &((done_at - fenced_at) * 1000.0), &tenant],
         )
         .await
         .map_err(pg("record the end of the fallback window"))?;
@@ -619,18 +673,19 @@ pub async fn uncapture(client: &impl GenericClient, schema: &str, table: &str) -
 }
 
 /// The fallback record, if the migration fell back.
-pub async fn fallback_load(client: &impl GenericClient) -> Result<Option<Fallback>> {
+pub async fn fallback_load(client: &impl GenericClient, tenant: &str) -> Result<Option<Fallback>> {
     if !super::state::state_table_exists(client, "fallback").await? {
         return Ok(None);
     }
     let row = client
         .query_opt(
             &format!(
-                "SELECT {}, {}, window_ms, rows_verified, sequences_moved FROM {STATE_SCHEMA}.fallback",
+                "SELECT {}, {}, window_ms, rows_verified, sequences_moved FROM {STATE_SCHEMA}.fallback f WHERE {}",
                 super::state::rfc3339("fenced_at"),
-                super::state::rfc3339("done_at")
+                super::state::rfc3339("done_at"),
+                super::state::of_tenant("f", 1)
             ),
-            &[],
+            &[&tenant],
         )
         .await
         .map_err(pg("read the fallback record"))?;
@@ -674,23 +729,27 @@ pub async fn sequence_values(
     Ok(out)
 }
 
-/// Removes what sqlite2pg put into Postgres: its triggers on `tables`, then the whole
-/// `sqlite2pg` schema. The tables and their rows stay.
-pub async fn uninstall(client: &mut Client, schema: &str, tables: &[String]) -> Result<()> {
+/// Removes what sqlite2pg put into Postgres for `tenant`: its triggers and capture
+/// functions on `tables` and its state, then the whole `sqlite2pg` schema once no other
+/// tenant has a migration in it. The tables and their rows stay.
+pub async fn uninstall(
+    client: &mut Client,
+    tenant: &str,
+    schema: &str,
+    tables: &[String],
+) -> Result<()> {
     let tx = client
         .transaction()
         .await
         .map_err(pg("start removing sqlite2pg's objects from Postgres"))?;
     for t in tables {
         let q = qualified(schema, t);
-        let exists: bool = tx
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+        let oid: Option<u32> = tx
+            .query_one("SELECT to_regclass($1)::oid", &[&q])
             .await
             .map_err(pg("look up a moved table"))?
             .get(0);
-        if !exists {
-            continue;
-        }
+        let Some(oid) = oid else { continue };
         for name in ["unfence", "uncapture"] {
             tx.batch_execute(&crate::sql::reverse(name, &[("table", &q)]))
                 .await
@@ -698,13 +757,23 @@ pub async fn uninstall(client: &mut Client, schema: &str, tables: &[String]) -> 
                     Error::from_pg(format!("cannot drop sqlite2pg's triggers on {t}"), e)
                 })?;
         }
+        tx.batch_execute(&format!(
+            "DROP FUNCTION IF EXISTS {}.{}()",
+            quote_ident(STATE_SCHEMA),
+            quote_ident(&format!("reverse_capture_{oid}"))
+        ))
+        .await
+        .map_err(|e| Error::from_pg(format!("cannot drop sqlite2pg's capture of {t}"), e))?;
     }
-    tx.batch_execute(&format!(
-        "DROP SCHEMA IF EXISTS {} CASCADE",
-        quote_ident(STATE_SCHEMA)
-    ))
-    .await
-    .map_err(pg("drop the sqlite2pg schema"))?;
+    let others = super::state::forget(&tx, tenant, schema).await?;
+    if others == 0 {
+        tx.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(STATE_SCHEMA)
+        ))
+        .await
+        .map_err(pg("drop the sqlite2pg schema"))?;
+    }
     tx.commit()
         .await
         .map_err(pg("commit removing sqlite2pg's objects"))

@@ -148,15 +148,24 @@ pub async fn state_table_exists(client: &impl GenericClient, table: &str) -> Res
     Ok(row.get(0))
 }
 
+/// The condition picking `tenant`'s rows of the state table aliased `alias` (the tenant is
+/// parameter `$n`) on any format, for the reads a look at an older state makes (`status`
+/// does not upgrade it): before format 5, every row is the unnamed tenant's.
+pub fn of_tenant(alias: &str, n: usize) -> String {
+    format!("coalesce(to_jsonb({alias}) ->> 'tenant', '') = ${n}")
+}
+
 /// Target tables sqlite2pg created itself (by an earlier, possibly killed, run).
-pub async fn owned_tables(client: &Client) -> Result<Vec<String>> {
+pub async fn owned_tables(client: &Client, tenant: &str) -> Result<Vec<String>> {
     if !state_table_exists(client, "table_state").await? {
         return Ok(Vec::new());
     }
     let rows = client
         .query(
-            &format!("SELECT target_table FROM {STATE_SCHEMA}.table_state WHERE owned"),
-            &[],
+            &format!(
+                "SELECT target_table FROM {STATE_SCHEMA}.table_state WHERE tenant = $1 AND owned"
+            ),
+            &[&tenant],
         )
         .await
         .map_err(pg("read owned tables"))?;
@@ -170,6 +179,7 @@ pub const CASTS: &str = "casts";
 /// format 4).
 pub async fn setting<T: serde::de::DeserializeOwned>(
     client: &impl GenericClient,
+    tenant: &str,
     name: &str,
 ) -> Result<Option<T>> {
     if !state_table_exists(client, "setting").await? {
@@ -177,8 +187,10 @@ pub async fn setting<T: serde::de::DeserializeOwned>(
     }
     let row = client
         .query_opt(
-            &format!("SELECT value::text FROM {STATE_SCHEMA}.setting WHERE name = $1"),
-            &[&name],
+            &format!(
+                "SELECT value::text FROM {STATE_SCHEMA}.setting WHERE tenant = $1 AND name = $2"
+            ),
+            &[&tenant, &name],
         )
         .await
         .map_err(pg("read the migration's settings"))?;
@@ -196,6 +208,7 @@ pub async fn setting<T: serde::de::DeserializeOwned>(
 /// Records a setting once: the first value stays (a later command is held to it).
 pub async fn record_setting<T: serde::Serialize>(
     client: &impl GenericClient,
+    tenant: &str,
     name: &str,
     value: &T,
 ) -> Result<()> {
@@ -209,9 +222,9 @@ pub async fn record_setting<T: serde::Serialize>(
     client
         .execute(
             &format!(
-                "INSERT INTO {STATE_SCHEMA}.setting (name, value) VALUES ($1, $2::text::jsonb) ON CONFLICT (name) DO NOTHING"
+                "INSERT INTO {STATE_SCHEMA}.setting (tenant, name, value) VALUES ($1, $2, $3::text::jsonb) ON CONFLICT (tenant, name) DO NOTHING"
             ),
-            &[&name, &text],
+            &[&tenant, &name, &text],
         )
         .await
         .map_err(pg("record the migration's settings"))?;
@@ -234,14 +247,14 @@ pub struct StreamState {
 }
 
 /// The stream position, if the stream has been set up.
-pub async fn stream_load(client: &impl GenericClient) -> Result<Option<StreamState>> {
+pub async fn stream_load(client: &impl GenericClient, tenant: &str) -> Result<Option<StreamState>> {
     if !state_table_exists(client, "stream").await? {
         return Ok(None);
     }
     let row = client
         .query_opt(
-            &format!("SELECT install_id, position, source_at, changes_applied, last_error FROM {STATE_SCHEMA}.stream"),
-            &[],
+            &format!("SELECT install_id, position, source_at, changes_applied, last_error FROM {STATE_SCHEMA}.stream s WHERE {}", of_tenant("s", 1)),
+            &[&tenant],
         )
         .await
         .map_err(pg("read the stream position"))?;
@@ -258,13 +271,14 @@ pub async fn stream_load(client: &impl GenericClient) -> Result<Option<StreamSta
 /// nothing when a position is already stored.
 pub async fn stream_init(
     client: &impl GenericClient,
+    tenant: &str,
     install_id: &str,
     position: i64,
 ) -> Result<()> {
     client
         .execute(
-            &format!("INSERT INTO {STATE_SCHEMA}.stream (id, install_id, position) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING"),
-            &[&install_id, &position],
+            &format!("INSERT INTO {STATE_SCHEMA}.stream (tenant, install_id, position) VALUES ($1, $2, $3) ON CONFLICT (tenant) DO NOTHING"),
+            &[&tenant, &install_id, &position],
         )
         .await
         .map_err(pg("record the stream start"))?;
@@ -275,6 +289,7 @@ pub async fn stream_init(
 /// batch at or below the stored position means two daemons, and is refused.
 pub async fn stream_advance(
     client: &impl GenericClient,
+    tenant: &str,
     position: i64,
     source_at: f64,
     changes: i64,
@@ -283,9 +298,9 @@ pub async fn stream_advance(
         .execute(
             &format!(
                 "UPDATE {STATE_SCHEMA}.stream SET position = $1, source_at = $2, applied_at = now(),
-                 changes_applied = changes_applied + $3, last_error = NULL WHERE id = 1 AND position < $1"
+                 changes_applied = changes_applied + $3, last_error = NULL WHERE tenant = $4 AND position < $1"
             ),
-            &[&position, &source_at, &changes],
+            &[&position, &source_at, &changes, &tenant],
         )
         .await
         .map_err(pg("record the stream position"))?;
@@ -302,11 +317,11 @@ pub async fn stream_advance(
 
 /// Records that every table was verified equal up to `position`: cutover then only re-verifies
 /// the keys changed after it, and the daemon keeps those in the changelog.
-pub async fn set_verified(client: &impl GenericClient, position: i64) -> Result<()> {
+pub async fn set_verified(client: &impl GenericClient, tenant: &str, position: i64) -> Result<()> {
     client
         .execute(
-            &format!("UPDATE {STATE_SCHEMA}.stream SET verified_position = $1 WHERE id = 1"),
-            &[&position],
+            &format!("UPDATE {STATE_SCHEMA}.stream SET verified_position = $1 WHERE tenant = $2"),
+            &[&position, &tenant],
         )
         .await
         .map_err(pg("record the verified position"))?;
@@ -314,11 +329,11 @@ pub async fn set_verified(client: &impl GenericClient, position: i64) -> Result<
 }
 
 /// The position of the last full, equal verify.
-pub async fn verified_position(client: &impl GenericClient) -> Result<Option<i64>> {
+pub async fn verified_position(client: &impl GenericClient, tenant: &str) -> Result<Option<i64>> {
     let row = client
         .query_opt(
-            &format!("SELECT verified_position FROM {STATE_SCHEMA}.stream"),
-            &[],
+            &format!("SELECT verified_position FROM {STATE_SCHEMA}.stream WHERE tenant = $1"),
+            &[&tenant],
         )
         .await
         .map_err(pg("read the verified position"))?;
@@ -346,18 +361,19 @@ pub struct Cutover {
 }
 
 /// The cutover record, if the migration is cut over.
-pub async fn cutover_load(client: &impl GenericClient) -> Result<Option<Cutover>> {
+pub async fn cutover_load(client: &impl GenericClient, tenant: &str) -> Result<Option<Cutover>> {
     if !state_table_exists(client, "cutover").await? {
         return Ok(None);
     }
     let row = client
         .query_opt(
             &format!(
-                "SELECT {}, {}, window_ms, rows_verified, position FROM {STATE_SCHEMA}.cutover",
+                "SELECT {}, {}, window_ms, rows_verified, position FROM {STATE_SCHEMA}.cutover c WHERE {}",
                 rfc3339("fenced_at"),
-                rfc3339("done_at")
+                rfc3339("done_at"),
+                of_tenant("c", 1)
             ),
-            &[],
+            &[&tenant],
         )
         .await
         .map_err(pg("read the cutover record"))?;
@@ -373,6 +389,7 @@ pub async fn cutover_load(client: &impl GenericClient) -> Result<Option<Cutover>
 /// Records the cutover (fenced_at/done_at as seconds since the Unix epoch).
 pub async fn cutover_record(
     client: &impl GenericClient,
+    tenant: &str,
     fenced_at: f64,
     done_at: f64,
     rows_verified: i64,
@@ -382,10 +399,10 @@ pub async fn cutover_record(
     client
         .execute(
             &format!(
-                "INSERT INTO {STATE_SCHEMA}.cutover (id, fenced_at, done_at, window_ms, rows_verified, position)
-                 VALUES (1, to_timestamp($1), to_timestamp($2), $3, $4, $5)"
+                "INSERT INTO {STATE_SCHEMA}.cutover (tenant, fenced_at, done_at, window_ms, rows_verified, position)
+                 VALUES ($6, to_timestamp($1), to_timestamp($2), $3, $4, $5)"
             ),
-            &[&fenced_at, &done_at, &window_ms, &rows_verified, &position],
+            &[&fenced_at, &done_at, &window_ms, &rows_verified, &position, &tenant],
         )
         .await
         .map_err(pg("record the cutover"))?;
@@ -393,49 +410,148 @@ pub async fn cutover_record(
 }
 
 /// Records the error the daemon stopped on, for `status`.
-pub async fn stream_error(client: &impl GenericClient, message: &str) -> Result<()> {
+pub async fn stream_error(client: &impl GenericClient, tenant: &str, message: &str) -> Result<()> {
     client
         .execute(
-            &format!("UPDATE {STATE_SCHEMA}.stream SET last_error = $1 WHERE id = 1"),
-            &[&message],
+            &format!("UPDATE {STATE_SCHEMA}.stream SET last_error = $1 WHERE tenant = $2"),
+            &[&message, &tenant],
         )
         .await
         .map_err(pg("record the last error"))?;
     Ok(())
 }
 
-/// Whether a sqlite2pg daemon is up on this database right now: it holds the run lock, or
-/// the presence lock while it waits for a person.
-pub async fn daemon_running(client: &impl GenericClient) -> Result<bool> {
+/// Which of a tenant's daemon locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// Held while the daemon works on the tenant: two runs never follow one tenant.
+    Run,
+    /// Held while the daemon is up, working or waiting for a person.
+    Presence,
+}
+
+/// The advisory lock key `(class, id)` of a tenant's lock, the class as the text Postgres
+/// hashes. The tenant of no name has the keys of sqlite2pg before fleets (under
+/// `hashtext('sqlite2pg')`: 1 the run lock, 2 the state format's upgrade, 3 presence); a
+/// named tenant has its registered number. `None`: a tenant never registered.
+async fn lock_key(
+    client: &impl GenericClient,
+    tenant: &str,
+    lock: Lock,
+) -> Result<Option<(&'static str, i32)>> {
+    if tenant.is_empty() {
+        return Ok(Some(match lock {
+            Lock::Run => ("sqlite2pg", 1),
+            Lock::Presence => ("sqlite2pg", 3),
+        }));
+    }
+    if !state_table_exists(client, "tenant").await? {
+        return Ok(None);
+    }
     let row = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid IN (1, 3) AND objsubid = 2
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND classid::bigint - CASE WHEN classid::bigint > 2147483647 THEN 4294967296 ELSE 0 END = hashtext('sqlite2pg'))",
+        .query_opt(
+            &format!("SELECT lock_id FROM {STATE_SCHEMA}.tenant WHERE name = $1"),
+            &[&tenant],
+        )
+        .await
+        .map_err(pg("read a tenant's lock number"))?;
+    let class = match lock {
+        Lock::Run => "sqlite2pg run",
+        Lock::Presence => "sqlite2pg presence",
+    };
+    Ok(row.map(|r| (class, r.get(0))))
+}
+
+/// Records that a tenant's migration has begun (once), giving it its lock number.
+pub async fn register(client: &impl GenericClient, tenant: &str) -> Result<()> {
+    client
+        .execute(
+            &format!("INSERT INTO {STATE_SCHEMA}.tenant (name) VALUES ($1) ON CONFLICT DO NOTHING"),
+            &[&tenant],
+        )
+        .await
+        .map_err(pg("register the tenant"))?;
+    Ok(())
+}
+
+/// The tenants whose migration has begun, by name.
+pub async fn registered(client: &impl GenericClient) -> Result<Vec<String>> {
+    if !state_table_exists(client, "tenant").await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            &format!("SELECT name FROM {STATE_SCHEMA}.tenant ORDER BY name"),
             &[],
         )
         .await
-        .map_err(pg("look for a running daemon"))?;
+        .map_err(pg("list the tenants"))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether a sqlite2pg daemon is up for `tenant` right now: it holds the tenant's run lock,
+/// or its presence lock while it waits for a person.
+pub async fn daemon_running(client: &impl GenericClient, tenant: &str) -> Result<bool> {
+    for lock in [Lock::Run, Lock::Presence] {
+        let Some((class, id)) = lock_key(client, tenant, lock).await? else {
+            return Ok(false);
+        };
+        // pg_locks shows the two int4 keys as oids (unsigned).
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND objid::bigint = ($2::int)::bigint & 4294967295
+                   AND classid::bigint - CASE WHEN classid::bigint > 2147483647 THEN 4294967296 ELSE 0 END = hashtext($1))",
+                &[&class, &id],
+            )
+            .await
+            .map_err(pg("look for a running daemon"))?;
+        if row.get(0) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Takes one of a tenant's locks without waiting; a tenant's first lock registers it.
+async fn try_advisory(client: &Client, tenant: &str, lock: Lock) -> Result<bool> {
+    let key = match lock_key(client, tenant, lock).await? {
+        Some(key) => key,
+        None => {
+            ensure(client).await?;
+            register(client, tenant).await?;
+            lock_key(client, tenant, lock).await?.ok_or_else(|| {
+                Error::new(
+                    crate::error::ErrorKind::State,
+                    format!("tenant {tenant} has no lock number in {STATE_SCHEMA}.tenant right after it was registered: is another process removing sqlite2pg's state?"),
+                )
+            })?
+        }
+    };
+    let (class, id) = key;
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtext($1), $2)",
+            &[&class, &id],
+        )
+        .await
+        .map_err(pg("take a daemon lock"))?;
     Ok(row.get(0))
 }
 
 /// Takes the presence lock: a daemon that is up but holds no run lock (it waits for a
-/// person between passes) still shows in [`daemon_running`]. The keys under
-/// `hashtext('sqlite2pg')`: 1 the run lock, 2 the state schema's creation (`ensure`), 3 this.
-pub async fn take_presence(client: &Client) -> Result<bool> {
-    let row = client
-        .query_one("SELECT pg_try_advisory_lock(hashtext('sqlite2pg'), 3)", &[])
-        .await
-        .map_err(pg("take the presence lock"))?;
-    Ok(row.get(0))
+/// person between passes) still shows in [`daemon_running`].
+pub async fn take_presence(client: &Client, tenant: &str) -> Result<bool> {
+    try_advisory(client, tenant, Lock::Presence).await
 }
 
 /// Takes the run lock, waiting up to `patience` for a session that holds it to end: one this
 /// daemon just let go of ends a moment after its client is dropped. `false`: held still.
-pub async fn lock_within(client: &Client, patience: Duration) -> Result<bool> {
+pub async fn lock_within(client: &Client, tenant: &str, patience: Duration) -> Result<bool> {
     let deadline = Instant::now() + patience;
     loop {
-        if try_lock(client).await? {
+        if try_lock(client, tenant).await? {
             return Ok(true);
         }
         if Instant::now() >= deadline {
@@ -445,12 +561,52 @@ pub async fn lock_within(client: &Client, patience: Duration) -> Result<bool> {
     }
 }
 
-/// Takes the session-level advisory lock that keeps two runs off the same target.
-pub async fn try_lock(client: &Client) -> Result<bool> {
+/// Takes the session-level advisory lock that keeps two runs off the same tenant.
+pub async fn try_lock(client: &Client, tenant: &str) -> Result<bool> {
+    try_advisory(client, tenant, Lock::Run).await
+}
+
+/// Deletes every state row of `tenant` (its tables in `schema`); how many other tenants
+/// still have a migration here.
+pub async fn forget(client: &impl GenericClient, tenant: &str, schema: &str) -> Result<i64> {
+    for table in [
+        "table_state",
+        "image_chunk",
+        "setting",
+        "stream",
+        "cutover",
+        "fallback",
+        "pg_fence",
+        "reverse_change",
+        "tenant",
+    ] {
+        let column = if table == "tenant" { "name" } else { "tenant" };
+        client
+            .execute(
+                &format!("DELETE FROM {STATE_SCHEMA}.{table} WHERE {column} = $1"),
+                &[&tenant],
+            )
+            .await
+            .map_err(pg("forget a tenant's state"))?;
+    }
+    for table in ["foreign_key", "pg_only_table"] {
+        client
+            .execute(
+                &format!("DELETE FROM {STATE_SCHEMA}.{table} WHERE target_schema = $1"),
+                &[&schema],
+            )
+            .await
+            .map_err(pg("forget a tenant's state"))?;
+    }
     let row = client
-        .query_one("SELECT pg_try_advisory_lock(hashtext('sqlite2pg'), 1)", &[])
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {STATE_SCHEMA}.tenant) + (SELECT count(*) FROM {STATE_SCHEMA}.stream)"
+            ),
+            &[],
+        )
         .await
-        .map_err(pg("take the run lock"))?;
+        .map_err(pg("count the other tenants"))?;
     Ok(row.get(0))
 }
 
@@ -465,13 +621,17 @@ fn encode_key(key: &[OwnedValue]) -> Result<Vec<u8>> {
 }
 
 /// The stored state of a source table, if its snapshot has started.
-pub async fn load(client: &impl GenericClient, source_table: &str) -> Result<Option<TableState>> {
+pub async fn load(
+    client: &impl GenericClient,
+    tenant: &str,
+    source_table: &str,
+) -> Result<Option<TableState>> {
     let row = client
         .query_opt(
             &format!(
-                "SELECT phase, owned, last_key, rows_copied FROM {STATE_SCHEMA}.table_state WHERE source_table = $1"
+                "SELECT phase, owned, last_key, rows_copied FROM {STATE_SCHEMA}.table_state WHERE tenant = $1 AND source_table = $2"
             ),
-            &[&source_table],
+            &[&tenant, &source_table],
         )
         .await
         .map_err(pg("read table progress"))?;
@@ -505,6 +665,7 @@ pub async fn load(client: &impl GenericClient, source_table: &str) -> Result<Opt
 /// Records that a table's snapshot starts.
 pub async fn start(
     client: &impl GenericClient,
+    tenant: &str,
     source_table: &str,
     target_schema: &str,
     target_table: &str,
@@ -514,10 +675,10 @@ pub async fn start(
     client
         .execute(
             &format!(
-                "INSERT INTO {STATE_SCHEMA}.table_state (source_table, target_schema, target_table, owned, phase, rows_total)
-                 VALUES ($1, $2, $3, $4, 'copying', $5)"
+                "INSERT INTO {STATE_SCHEMA}.table_state (tenant, source_table, target_schema, target_table, owned, phase, rows_total)
+                 VALUES ($6, $1, $2, $3, $4, 'copying', $5)"
             ),
-            &[&source_table, &target_schema, &target_table, &owned, &rows_total],
+            &[&source_table, &target_schema, &target_table, &owned, &rows_total, &tenant],
         )
         .await
         .map_err(pg("record the start of a table"))?;
@@ -527,6 +688,7 @@ pub async fn start(
 /// Advances a table's copy position (same transaction as the chunk's rows).
 pub async fn advance(
     client: &impl GenericClient,
+    tenant: &str,
     source_table: &str,
     last_key: Option<&[OwnedValue]>,
     rows: i64,
@@ -543,9 +705,9 @@ pub async fn advance(
             &format!(
                 "UPDATE {STATE_SCHEMA}.table_state
                  SET last_key = COALESCE($2, last_key), rows_copied = rows_copied + $3, phase = $4, updated_at = now()
-                 WHERE source_table = $1"
+                 WHERE tenant = $5 AND source_table = $1"
             ),
-            &[&source_table, &key, &rows, &phase.as_str()],
+            &[&source_table, &key, &rows, &phase.as_str(), &tenant],
         )
         .await
         .map_err(pg("record copy progress"))?;
@@ -555,13 +717,14 @@ pub async fn advance(
 /// Moves a table to a later phase.
 pub async fn set_phase(
     client: &impl GenericClient,
+    tenant: &str,
     source_table: &str,
     phase: Phase,
 ) -> Result<()> {
     client
         .execute(
-            &format!("UPDATE {STATE_SCHEMA}.table_state SET phase = $2, updated_at = now() WHERE source_table = $1"),
-            &[&source_table, &phase.as_str()],
+            &format!("UPDATE {STATE_SCHEMA}.table_state SET phase = $2, updated_at = now() WHERE tenant = $3 AND source_table = $1"),
+            &[&source_table, &phase.as_str(), &tenant],
         )
         .await
         .map_err(pg("record a phase change"))?;
@@ -596,13 +759,13 @@ impl ImageHandoff {
 }
 
 /// The snapshot handoff of every table followed by row images.
-pub async fn image_handoff(client: &impl GenericClient) -> Result<ImageHandoff> {
+pub async fn image_handoff(client: &impl GenericClient, tenant: &str) -> Result<ImageHandoff> {
     let rows = client
         .query(
             &format!(
-                "SELECT source_table, upto_rowid, seq FROM {STATE_SCHEMA}.image_chunk ORDER BY source_table, upto_rowid NULLS LAST"
+                "SELECT source_table, upto_rowid, seq FROM {STATE_SCHEMA}.image_chunk WHERE tenant = $1 ORDER BY source_table, upto_rowid NULLS LAST"
             ),
-            &[],
+            &[&tenant],
         )
         .await
         .map_err(pg("read the snapshot handoff of row-image tables"))?;
@@ -619,6 +782,7 @@ pub async fn image_handoff(client: &impl GenericClient) -> Result<ImageHandoff> 
 /// Records one snapshot chunk of a table followed by row images (same transaction as its rows).
 pub async fn image_chunk(
     client: &impl GenericClient,
+    tenant: &str,
     source_table: &str,
     upto_rowid: Option<i64>,
     seq: i64,
@@ -626,8 +790,8 @@ pub async fn image_chunk(
 ) -> Result<()> {
     client
         .execute(
-            &format!("INSERT INTO {STATE_SCHEMA}.image_chunk VALUES ($1, $2, $3, $4)"),
-            &[&source_table, &upto_rowid, &seq, &schema_version],
+            &format!("INSERT INTO {STATE_SCHEMA}.image_chunk (source_table, upto_rowid, seq, schema_version, tenant) VALUES ($1, $2, $3, $4, $5)"),
+            &[&source_table, &upto_rowid, &seq, &schema_version, &tenant],
         )
         .await
         .map_err(pg("record a snapshot chunk"))?;
@@ -636,13 +800,17 @@ pub async fn image_chunk(
 
 /// Whether a table followed by row images was copied across a schema change (a `VACUUM`
 /// renumbers rowids and moves the schema version): its chunks then do not fit together.
-pub async fn image_copy_torn(client: &impl GenericClient, source_table: &str) -> Result<bool> {
+pub async fn image_copy_torn(
+    client: &impl GenericClient,
+    tenant: &str,
+    source_table: &str,
+) -> Result<bool> {
     let row = client
         .query_one(
             &format!(
-                "SELECT count(DISTINCT schema_version) > 1 FROM {STATE_SCHEMA}.image_chunk WHERE source_table = $1"
+                "SELECT count(DISTINCT schema_version) > 1 FROM {STATE_SCHEMA}.image_chunk WHERE tenant = $1 AND source_table = $2"
             ),
-            &[&source_table],
+            &[&tenant, &source_table],
         )
         .await
         .map_err(pg("read the snapshot chunks of a table"))?;
@@ -650,20 +818,26 @@ pub async fn image_copy_torn(client: &impl GenericClient, source_table: &str) ->
 }
 
 /// Forgets a table's snapshot so that the next pass copies it again from the start.
-pub async fn restart_copy(client: &impl GenericClient, source_table: &str) -> Result<()> {
+pub async fn restart_copy(
+    client: &impl GenericClient,
+    tenant: &str,
+    source_table: &str,
+) -> Result<()> {
     client
         .execute(
-            &format!("DELETE FROM {STATE_SCHEMA}.image_chunk WHERE source_table = $1"),
-            &[&source_table],
+            &format!(
+                "DELETE FROM {STATE_SCHEMA}.image_chunk WHERE tenant = $1 AND source_table = $2"
+            ),
+            &[&tenant, &source_table],
         )
         .await
         .map_err(pg("forget the chunks of a table"))?;
     client
         .execute(
             &format!(
-                "UPDATE {STATE_SCHEMA}.table_state SET phase = 'copying', last_key = NULL, rows_copied = 0, updated_at = now() WHERE source_table = $1"
+                "UPDATE {STATE_SCHEMA}.table_state SET phase = 'copying', last_key = NULL, rows_copied = 0, updated_at = now() WHERE tenant = $1 AND source_table = $2"
             ),
-            &[&source_table],
+            &[&tenant, &source_table],
         )
         .await
         .map_err(pg("restart the copy of a table"))?;

@@ -48,7 +48,7 @@ pub async fn findings(client: Option<&Client>, plan: &Plan, cfg: &Config) -> Res
             });
             continue;
         };
-        if migration_started(client).await? {
+        if migration_started(client, cfg.tenant_id()).await? {
             // Compared before the first copy; since then each side's migrations are its own
             // (the app migrates SQLite, then Postgres, and the stream waits for the shapes).
             continue;
@@ -174,8 +174,9 @@ fn versions_text(rows: &[Vec<String>]) -> String {
 }
 
 /// Whether the migration has begun (capture installed and the stream's start recorded).
-async fn migration_started(client: &Client) -> Result<bool> {
-    Ok(state::format_version(client).await? > 0 && state::stream_load(client).await?.is_some())
+async fn migration_started(client: &Client, tenant: &str) -> Result<bool> {
+    Ok(state::format_version(client).await? > 0
+        && state::stream_load(client, tenant).await?.is_some())
 }
 
 /// A table the app's migrations made on Postgres that already holds rows they seeded
@@ -192,14 +193,19 @@ pub struct Seeded {
 
 /// The target tables the app's migrations made that hold rows, and whose copy has not begun:
 /// the snapshot replaces their rows with SQLite's (SQLite's foreign keys point at SQLite's ids).
-pub async fn seeded(client: &Client, plan: &Plan, schema: &str) -> Result<Vec<Seeded>> {
+pub async fn seeded(
+    client: &Client,
+    plan: &Plan,
+    tenant: &str,
+    schema: &str,
+) -> Result<Vec<Seeded>> {
     let mut out = Vec::new();
     for t in plan
         .tables
         .iter()
         .filter(|t| matches!(t.mode, Target::Existing))
     {
-        if copy_started(client, &t.source.name).await? {
+        if copy_started(client, tenant, &t.source.name).await? {
             continue;
         }
         let rows: i64 = client
@@ -221,8 +227,9 @@ pub async fn seeded(client: &Client, plan: &Plan, schema: &str) -> Result<Vec<Se
     Ok(out)
 }
 
-async fn copy_started(client: &Client, table: &str) -> Result<bool> {
-    Ok(state::format_version(client).await? > 0 && state::load(client, table).await?.is_some())
+async fn copy_started(client: &Client, tenant: &str, table: &str) -> Result<bool> {
+    Ok(state::format_version(client).await? > 0
+        && state::load(client, tenant, table).await?.is_some())
 }
 
 fn sqlite_versions(conn: &Connection, spec: &Spec, table: &str) -> Result<Vec<Vec<String>>> {

@@ -234,11 +234,12 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     let mut recorded = None;
     if crate::pg::state::format_version(&client).await? > 0 {
         crate::pg::state::ensure(&client).await?;
-        recorded = crate::pg::state::setting(&client, crate::pg::state::CASTS).await?;
+        recorded =
+            crate::pg::state::setting(&client, cfg.tenant_id(), crate::pg::state::CASTS).await?;
     }
     let cfg = &cfg.with_recorded_casts(recorded)?;
     let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
-    let owned = crate::pg::state::owned_tables(&client).await?;
+    let owned = crate::pg::state::owned_tables(&client, cfg.tenant_id()).await?;
     let mut plan = build(&tables, Some(&target), &owned, cfg);
     let (num, text) = crate::pg::server_version(&client).await?;
     plan.findings.extend(version_finding(num, &text));

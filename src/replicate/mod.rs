@@ -21,6 +21,8 @@ pub struct Databases {
     pub schema: String,
     /// How long a SQLite statement waits for the app's lock.
     pub busy_timeout: std::time::Duration,
+    /// The tenant sqlite2pg's state is kept under ('' for a single file).
+    pub tenant: String,
 }
 
 impl Databases {
@@ -31,6 +33,7 @@ impl Databases {
             target: cfg.require_target()?.clone(),
             schema: cfg.target_schema.clone(),
             busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
+            tenant: cfg.tenant_id().to_string(),
         })
     }
 }

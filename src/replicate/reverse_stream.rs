@@ -577,7 +577,7 @@ async fn read_batch(
         .start()
         .await
         .map_err(|e| Error::from_pg("cannot start reading the reverse changelog", e))?;
-    let changes = reverse::pending(&tx, opts.batch_changes as i64, skip).await?;
+    let changes = reverse::pending(&tx, &opts.db.tenant, opts.batch_changes as i64, skip).await?;
     if changes.is_empty() {
         tx.commit()
             .await
@@ -704,18 +704,18 @@ async fn one_batch(
 
 /// The once-a-second look: the lag and SQLite's fence for metrics, old applied changes
 /// pruned; whether the fallback is recorded.
-async fn look(client: &Client, conn: &rusqlite::Connection) -> Result<bool> {
+async fn look(client: &Client, tenant: &str, conn: &rusqlite::Connection) -> Result<bool> {
     // The fence is permanent now; the forward stream's last reading was a lease (best
     // effort: a busy file skips it).
     if let Ok(f) = tokio::task::block_in_place(|| capture::fence_state(conn)) {
         capture::report_fence(f.as_ref());
     }
-    let (pending, age) = reverse::backlog(client).await?;
+    let (pending, age) = reverse::backlog(client, tenant).await?;
     crate::metrics::reverse_lag(pending, age.unwrap_or(0.0).max(0.0));
-    if reverse::fallback_load(client).await?.is_some() {
+    if reverse::fallback_load(client, tenant).await?.is_some() {
         return Ok(true);
     }
-    reverse::prune(client, KEEP_APPLIED, 10_000).await?;
+    reverse::prune(client, tenant, KEEP_APPLIED, 10_000).await?;
     Ok(false)
 }
 
@@ -758,7 +758,7 @@ impl Direction for Reverse<'_> {
             super::Until::CaughtUp { .. } => Duration::ZERO,
             super::Until::Stopped => Duration::from_secs(5),
         };
-        if !state::lock_within(&client, patience).await? {
+        if !state::lock_within(&client, &self.opts.db.tenant, patience).await? {
             return Ok(Connected::LockHeld);
         }
         self.client = Some(client);
@@ -785,11 +785,13 @@ impl Direction for Reverse<'_> {
         // and that is the fallback, not a cutover made without capture.
         if self.fresh || self.last_look.elapsed() >= Duration::from_secs(1) {
             self.last_look = Instant::now();
-            if look(client, &self.conn).await? {
+            if look(client, &self.opts.db.tenant, &self.conn).await? {
                 crate::metrics::set_phase(Phase::FellBack);
                 return Ok(Applied::End(FellBack));
             }
-            if std::mem::take(&mut self.fresh) && !reverse::capture_installed(client).await? {
+            if std::mem::take(&mut self.fresh)
+                && !reverse::capture_installed(client, &self.opts.db.schema).await?
+            {
                 return Err(Error::new(
                     ErrorKind::State,
                     "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",

@@ -130,7 +130,7 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
 /// `status` only sees the daemon while a pass holds the run lock).
 async fn hold_presence(cfg: &Config) -> Option<tokio_postgres::Client> {
     let client = crate::pg::connect(cfg.require_target().ok()?).await.ok()?;
-    crate::pg::state::take_presence(&client)
+    crate::pg::state::take_presence(&client, cfg.tenant_id())
         .await
         .ok()
         .filter(|held| *held)
@@ -167,7 +167,9 @@ async fn run_pass(
         tracing::info!("Postgres is reachable again; resuming");
     }
     if let Some(c) = client.as_ref()
-        && crate::pg::state::cutover_load(c).await?.is_some()
+        && crate::pg::state::cutover_load(c, cfg.tenant_id())
+            .await?
+            .is_some()
     {
         *streamed = true;
         return follow_back(cfg, opts, shutdown, &plan, c).await;
@@ -185,10 +187,19 @@ async fn run_pass(
     })?;
     let mut client = client
         .ok_or_else(|| Error::new(ErrorKind::Config, "no Postgres connection: pass --target"))?;
-    stream::prepare(&client, &installed, &plan.casts, &cfg.source, busy).await?;
+    stream::prepare(
+        &client,
+        cfg.tenant_id(),
+        &installed,
+        &plan.casts,
+        &cfg.source,
+        busy,
+    )
+    .await?;
     let snapshot_opts = snapshot::Options {
         source: cfg.source.clone(),
         schema: cfg.target_schema.clone(),
+        tenant: cfg.tenant_id().to_string(),
         chunk_rows: cfg.chunk_rows,
         chunk_time: Duration::from_millis(100),
         busy_timeout: busy,
@@ -251,7 +262,7 @@ async fn follow_back(
     plan: &Plan,
     client: &tokio_postgres::Client,
 ) -> Result<Pass> {
-    if let Some(f) = crate::pg::reverse::fallback_load(client).await? {
+    if let Some(f) = crate::pg::reverse::fallback_load(client, cfg.tenant_id()).await? {
         crate::metrics::set_phase(Phase::FellBack);
         return Err(Error::new(
             ErrorKind::State,

@@ -26,6 +26,8 @@ pub struct Options {
     pub source: PathBuf,
     /// Target schema.
     pub schema: String,
+    /// The tenant the progress is kept under ('' for a single file).
+    pub tenant: String,
     /// Most rows per chunk.
     pub chunk_rows: usize,
     /// Longest a chunk's SQLite read transaction may stay open.
@@ -150,11 +152,26 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         .map_err(pg_err("cannot configure the Postgres session".into()))?;
     let mut summary = Summary::default();
     let source = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    if !opts.tenant.is_empty() {
+        // A fleet's layout is sqlite2pg's: each tenant's schema is made here (under Citus'
+        // schema-based sharding, that makes it a distributed schema of its own). A single
+        // file's schema is the app's, made by the app.
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                crate::model::quote_ident(&opts.schema)
+            ))
+            .await
+            .map_err(pg_err(format!(
+                "cannot create schema {} for tenant {}",
+                opts.schema, opts.tenant
+            )))?;
+    }
 
     // Record a start for each table (creating owned tables in the same transaction), and find
     // where each one resumes.
     let mut copies: Vec<TableCopy> = Vec::new();
-    follow_shape(client, plan, &opts.schema, &opts.reshaped).await?;
+    follow_shape(client, plan, &opts.tenant, &opts.schema, &opts.reshaped).await?;
     // Before any row moves: a copy in key order can reference rows not copied yet, and while
     // streaming Postgres must accept every orphan SQLite holds.
     let targets: Vec<String> = plan.targets();
@@ -177,7 +194,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     }
     for t in &plan.tables {
         let total = sqlite::schema::count_rows(&source, &t.source.name)?;
-        let (left, done_rows) = match state::load(client, &t.source.name).await? {
+        let (left, done_rows) = match state::load(client, &opts.tenant, &t.source.name).await? {
             None => {
                 let tx = client.transaction().await.map_err(pg_err(format!(
                     "cannot start a transaction for table {}",
@@ -218,6 +235,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                 }
                 state::start(
                     &tx,
+                    &opts.tenant,
                     &t.source.name,
                     &opts.schema,
                     &t.target,
@@ -254,7 +272,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         let mut torn = Vec::new();
         for (i, t) in plan.tables.iter().enumerate() {
             if t.source.follow() == Follow::ByImage
-                && state::image_copy_torn(&*client, &t.source.name).await?
+                && state::image_copy_torn(&*client, &opts.tenant, &t.source.name).await?
             {
                 torn.push(i);
             }
@@ -283,7 +301,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                     "cannot empty table {} to copy it again",
                     t.target
                 )))?;
-            state::restart_copy(&tx, &t.source.name).await?;
+            state::restart_copy(&tx, &opts.tenant, &t.source.name).await?;
             tx.commit().await.map_err(pg_err(format!(
                 "cannot commit the restart of table {}",
                 t.target
@@ -300,8 +318,8 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     let token = client.cancel_token();
     let stopped = {
         let finish = async {
-            build_indexes(client, plan, &opts.schema, &mut summary).await?;
-            finish_tables(client, plan, &opts.schema).await
+            build_indexes(client, plan, &opts.tenant, &opts.schema, &mut summary).await?;
+            finish_tables(client, plan, &opts.tenant, &opts.schema).await
         };
         tokio::pin!(finish);
         tokio::select! {
@@ -316,7 +334,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     }
     summary.foreign_keys_kept = foreign_keys::kept(&*client).await?.len();
     for t in &plan.tables {
-        let st = state::load(client, &t.source.name).await?;
+        let st = state::load(client, &opts.tenant, &t.source.name).await?;
         summary.tables.push((
             t.source.name.clone(),
             st.map(|s| s.rows_copied).unwrap_or(0),
@@ -336,6 +354,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
 async fn follow_shape(
     client: &mut Client,
     plan: &Plan,
+    tenant: &str,
     schema: &str,
     reshaped: &[String],
 ) -> Result<()> {
@@ -344,7 +363,7 @@ async fn follow_shape(
         let Some(tt) = existing.get(&t.target) else {
             continue;
         };
-        if state::load(client, &t.source.name).await?.is_none() {
+        if state::load(client, tenant, &t.source.name).await?.is_none() {
             continue;
         }
         let q = qualified(schema, &t.target);
@@ -654,6 +673,7 @@ async fn copy_tables(
             }
             state::advance(
                 &tx,
+                &opts.tenant,
                 &t.source.name,
                 chunk.last_key.as_deref(),
                 chunk.rows as i64,
@@ -668,7 +688,7 @@ async fn copy_tables(
                     },
                     _ => None,
                 };
-                state::image_chunk(&tx, &t.source.name, upto, seq, version).await?;
+                state::image_chunk(&tx, &opts.tenant, &t.source.name, upto, seq, version).await?;
             }
             tx.commit().await.map_err(pg_err(format!(
                 "cannot commit a chunk of table {}",
@@ -773,11 +793,12 @@ fn conversion_error(
 async fn build_indexes(
     client: &mut Client,
     plan: &Plan,
+    tenant: &str,
     schema: &str,
     summary: &mut Summary,
 ) -> Result<()> {
     for t in &plan.tables {
-        let Some(st) = state::load(client, &t.source.name).await? else {
+        let Some(st) = state::load(client, tenant, &t.source.name).await? else {
             continue;
         };
         if st.phase != Phase::Copied {
@@ -837,7 +858,7 @@ async fn build_indexes(
                     )))?;
             }
         }
-        state::set_phase(&tx, &t.source.name, Phase::Indexed).await?;
+        state::set_phase(&tx, tenant, &t.source.name, Phase::Indexed).await?;
         tx.commit().await.map_err(pg_err(format!(
             "cannot commit the indexes of table {}",
             t.target
@@ -855,9 +876,9 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-async fn finish_tables(client: &mut Client, plan: &Plan, schema: &str) -> Result<()> {
+async fn finish_tables(client: &mut Client, plan: &Plan, tenant: &str, schema: &str) -> Result<()> {
     for t in &plan.tables {
-        let Some(st) = state::load(client, &t.source.name).await? else {
+        let Some(st) = state::load(client, tenant, &t.source.name).await? else {
             continue;
         };
         if st.phase != Phase::Indexed {
@@ -868,7 +889,7 @@ async fn finish_tables(client: &mut Client, plan: &Plan, schema: &str) -> Result
             t.target
         )))?;
         crate::pg::sequences::move_past_max(&tx, schema, &t.target).await?;
-        state::set_phase(&tx, &t.source.name, Phase::Ready).await?;
+        state::set_phase(&tx, tenant, &t.source.name, Phase::Ready).await?;
         tx.commit().await.map_err(pg_err(format!(
             "cannot commit the sequences of table {}",
             t.target

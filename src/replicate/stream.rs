@@ -54,22 +54,30 @@ pub fn julian_to_unix(jd: f64) -> f64 {
 /// holding the lock for 5 s is another run.
 pub async fn prepare(
     client: &tokio_postgres::Client,
+    tenant: &str,
     installed: &Installed,
     casts: &[crate::config::Cast],
     source: &std::path::Path,
     busy: Duration,
 ) -> Result<()> {
     state::ensure(client).await?;
+    state::register(client, tenant).await?;
     // Before any row is written; kept once (the plan already held a command to the kept ones).
-    state::record_setting(client, state::CASTS, &casts).await?;
+    state::record_setting(client, tenant, state::CASTS, &casts).await?;
     // The previous pass's session (before a re-plan) may hold it a moment longer.
-    if !state::lock_within(client, Duration::from_secs(5)).await? {
+    if !state::lock_within(client, tenant, Duration::from_secs(5)).await? {
         return Err(Error::new(
             ErrorKind::Config,
-            "another sqlite2pg run is working on this Postgres database; stop it first (`sqlite2pg status` shows its position)",
+            if tenant.is_empty() {
+                "another sqlite2pg run is working on this Postgres database; stop it first (`sqlite2pg status` shows its position)".to_string()
+            } else {
+                format!(
+                    "another sqlite2pg run is working on tenant {tenant} in this Postgres database; stop it first (`sqlite2pg status --tenant {tenant}` shows its position)"
+                )
+            },
         ));
     }
-    match state::stream_load(client).await? {
+    match state::stream_load(client, tenant).await? {
         Some(st) if st.install_id != installed.install_id => Err(Error::new(
             ErrorKind::Schema,
             "the SQLite capture was reinstalled since this target was filled (an uninstall, or a restored backup of the SQLite file), so changes in between were never recorded. Start over: drop the copied tables and the sqlite2pg schema in Postgres, then run again",
@@ -78,8 +86,11 @@ pub async fn prepare(
         None => {
             let copied: i64 = client
                 .query_one(
-                    &format!("SELECT count(*) FROM {}.table_state", state::STATE_SCHEMA),
-                    &[],
+                    &format!(
+                        "SELECT count(*) FROM {}.table_state WHERE tenant = $1",
+                        state::STATE_SCHEMA
+                    ),
+                    &[&tenant],
                 )
                 .await
                 .map_err(|e| Error::from_pg("cannot read snapshot progress", e))?
@@ -92,7 +103,7 @@ pub async fn prepare(
             }
             let conn = sqlite::open_read_only(source, busy)?;
             let (newest, _, _) = changes::pending(&conn, i64::MAX)?;
-            state::stream_init(client, &installed.install_id, newest).await
+            state::stream_init(client, tenant, &installed.install_id, newest).await
         }
     }
 }
@@ -228,6 +239,8 @@ fn table_batch(t: &TablePlan, cap: &Captured) -> TableBatch {
 struct Pruner {
     /// The SQLite file, whose locks tell whether the app is inside a transaction.
     source: std::path::PathBuf,
+    /// Whose verified position holds changes back.
+    tenant: String,
     /// Everything up to here is pruned.
     pruned_to: i64,
     /// When the last slice ran.
@@ -281,7 +294,7 @@ impl Pruner {
         position: i64,
     ) {
         // Changes after the last full verify stay for cutover to re-verify.
-        let upto = match state::verified_position(client).await {
+        let upto = match state::verified_position(client, &self.tenant).await {
             Ok(Some(v)) => v.min(position),
             Ok(None) => position,
             Err(_) => self.pruned_to,
@@ -712,18 +725,18 @@ impl Direction for Forward<'_> {
         // The run lock is retaken on every connection (a Postgres restart ends the session
         // that held it). Held elsewhere (another daemon, or this one's old session that
         // Postgres has not noticed is gone yet): nothing is applied until it is free.
-        if !state::try_lock(&client).await? {
+        if !state::try_lock(&client, &self.opts.db.tenant).await? {
             self.waiting = Some(client);
             return Ok(Connected::LockHeld);
         }
-        let applier = Applier::new(client, &self.opts.db.schema).await?;
-        let Some(st) = state::stream_load(applier.client()).await? else {
+        let applier = Applier::new(client, &self.opts.db.tenant, &self.opts.db.schema).await?;
+        let Some(st) = state::stream_load(applier.client(), &self.opts.db.tenant).await? else {
             return Err(Error::new(
                 ErrorKind::Schema,
                 "the stream position is missing from the sqlite2pg schema; run `sqlite2pg run` again",
             ));
         };
-        let handoff = state::image_handoff(applier.client()).await?;
+        let handoff = state::image_handoff(applier.client(), &self.opts.db.tenant).await?;
         tracing::info!(position = st.position, "streaming");
         self.live = Some(Live {
             applier,
@@ -731,6 +744,7 @@ impl Direction for Forward<'_> {
             position: st.position,
             pruner: Pruner {
                 source: self.opts.db.source.clone(),
+                tenant: self.opts.db.tenant.clone(),
                 pruned_to: 0,
                 last: Instant::now(),
                 behind: false,
@@ -803,7 +817,12 @@ impl Direction for Forward<'_> {
             Err(e) => {
                 crate::metrics::error(e.kind().label(), Some(&e.to_string()));
                 // Kept for `status`; best effort, the connection may be what failed.
-                let _ = state::stream_error(live.applier.client(), &e.to_string()).await;
+                let _ = state::stream_error(
+                    live.applier.client(),
+                    &self.opts.db.tenant,
+                    &e.to_string(),
+                )
+                .await;
                 Err(e)
             }
         }
@@ -817,7 +836,8 @@ impl Direction for Forward<'_> {
             .when_idle(live.applier.client(), &self.writer, live.position)
             .await;
         report_lag(&self.reader, live.position);
-        let Some(c) = state::cutover_load(live.applier.client()).await? else {
+        let Some(c) = state::cutover_load(live.applier.client(), &self.opts.db.tenant).await?
+        else {
             return Ok(None);
         };
         crate::metrics::cutover(c.window_ms / 1000.0);

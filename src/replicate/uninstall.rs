@@ -17,7 +17,8 @@ pub enum FromPostgres {
     Nothing,
     /// The capture a refused cutover had installed on the copied tables.
     ReverseCapture,
-    /// After the cutover: triggers, fence and state schema (the tables stay, writable).
+    /// After the cutover: triggers, fence and state (the tables stay, writable); the state
+    /// schema too once no other tenant has a migration in it.
     Everything,
 }
 
@@ -27,8 +28,11 @@ pub async fn postgres(cfg: &Config) -> Result<FromPostgres> {
         return Ok(FromPostgres::Nothing);
     };
     let mut client = crate::pg::connect(target).await?;
-    let cut_over = crate::pg::state::cutover_load(&client).await?.is_some();
-    if !cut_over && !crate::pg::reverse::capture_installed(&client).await? {
+    let tenant = cfg.tenant_id();
+    let cut_over = crate::pg::state::cutover_load(&client, tenant)
+        .await?
+        .is_some();
+    if !cut_over && !crate::pg::reverse::capture_installed(&client, &cfg.target_schema).await? {
         return Ok(FromPostgres::Nothing);
     }
     let (plan, _) = plan::load(cfg).await?;
@@ -39,7 +43,7 @@ pub async fn postgres(cfg: &Config) -> Result<FromPostgres> {
         }
         return Ok(FromPostgres::ReverseCapture);
     }
-    crate::pg::reverse::uninstall(&mut client, &cfg.target_schema, &tables).await?;
+    crate::pg::reverse::uninstall(&mut client, tenant, &cfg.target_schema, &tables).await?;
     Ok(FromPostgres::Everything)
 }
 

@@ -1141,13 +1141,12 @@ pub async fn seeded_findings(
     plan: &Plan,
     cfg: &crate::config::Config,
 ) -> Result<Vec<Finding>> {
-    let seeded = crate::plan::migrations::seeded(client, plan, &cfg.target_schema).await?;
+    let seeded =
+        crate::plan::migrations::seeded(client, plan, cfg.tenant_id(), &cfg.target_schema).await?;
     let mut out = Vec::new();
     for s in seeded {
         let opts = crate::verify::Options {
-            source: cfg.source.clone(),
-            schema: cfg.target_schema.clone(),
-            busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
+            db: crate::replicate::Databases::of(cfg)?,
             examples: 0,
             tables: vec![s.table.clone()],
             settle: std::time::Duration::ZERO,

@@ -1,9 +1,6 @@
 //! `status`: where the migration stands, read from Postgres and the changelog, so it works
 //! whether or not the daemon runs.
 
-use std::path::Path;
-use std::time::Duration;
-
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -12,6 +9,7 @@ use crate::pg::foreign_keys;
 use crate::pg::reverse;
 use crate::pg::state::{self, STATE_SCHEMA};
 use crate::phase::Phase;
+use crate::replicate::Databases;
 use crate::replicate::stream::julian_to_unix;
 use crate::sqlite::{self, capture, changes, restore};
 
@@ -92,8 +90,9 @@ fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
 }
 
 /// Collects the status.
-pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<Status> {
-    let conn = sqlite::open_read_only(source, busy)?;
+pub async fn collect(client: &Client, db: &Databases) -> Result<Status> {
+    let tenant = db.tenant.as_str();
+    let conn = sqlite::open_read_only(&db.source, db.busy_timeout)?;
     let installed = capture::installed(&conn)?;
     let has_state = state::state_table_exists(client, "stream").await?;
     let mut status = Status {
@@ -132,9 +131,9 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     if !has_state {
         return Ok(status);
     }
-    status.daemon_running = state::daemon_running(client).await?;
+    status.daemon_running = state::daemon_running(client, tenant).await?;
     for r in client
-        .query(&format!("SELECT source_table, phase, rows_copied, rows_total FROM {STATE_SCHEMA}.table_state ORDER BY source_table"), &[])
+        .query(&format!("SELECT source_table, phase, rows_copied, rows_total FROM {STATE_SCHEMA}.table_state t WHERE {} ORDER BY source_table", state::of_tenant("t", 1)), &[&tenant])
         .await
         .map_err(pg("read snapshot progress"))?
     {
@@ -158,7 +157,7 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
         .filter(|t| !present.contains(&t.table))
         .map(|t| t.table.clone())
         .collect();
-    let stream = state::stream_load(client).await?;
+    let stream = state::stream_load(client, tenant).await?;
     let snapshot_done =
         !status.tables.is_empty() && status.tables.iter().all(|t| t.phase == state::Phase::Ready);
     status.phase = if snapshot_done {
@@ -168,17 +167,17 @@ pub async fn collect(client: &Client, source: &Path, busy: Duration) -> Result<S
     } else {
         Phase::Snapshot
     };
-    status.cutover = state::cutover_load(client).await?;
+    status.cutover = state::cutover_load(client, tenant).await?;
     if status.cutover.is_some() {
         status.phase = Phase::CutOver;
         status.direction = "reverse";
-        status.postgres_fence = reverse::fence_state(client).await?;
-        status.fallback = reverse::fallback_load(client).await?;
+        status.postgres_fence = reverse::fence_state(client, tenant).await?;
+        status.fallback = reverse::fallback_load(client, tenant).await?;
         if status.fallback.is_some() {
             status.phase = Phase::FellBack;
             status.direction = "none";
-        } else if reverse::capture_installed(client).await? {
-            let (pending, age) = reverse::backlog(client).await?;
+        } else if reverse::capture_installed(client, &db.schema).await? {
+            let (pending, age) = reverse::backlog(client, tenant).await?;
             status.reverse_lag_changes = Some(pending);
             status.reverse_lag_seconds = Some(age.unwrap_or(0.0).max(0.0));
             status.reverse_position = Some(restore::position(&conn)?);

@@ -2,17 +2,16 @@
 //! redraws in place; piped, it prints one plain line per look.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use console::Term;
 use tokio_postgres::Client;
 
 use super::status::{self, Status};
-use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg;
 use crate::phase::Phase;
+use crate::replicate::Databases;
 use crate::shutdown::Shutdown;
 
 /// How far back the lag history reaches.
@@ -218,13 +217,7 @@ pub fn finished(status: &Status) -> bool {
 /// Looks at the status every `interval` and shows it on stdout until stopped, or until the
 /// migration is finished. Postgres going away is shown and retried, not fatal: the view is
 /// for watching exactly such moments.
-pub async fn run(
-    target: &TargetUrl,
-    source: &Path,
-    busy: Duration,
-    interval: Duration,
-    stop: &Shutdown,
-) -> Result<()> {
+pub async fn run(db: &Databases, interval: Duration, stop: &Shutdown) -> Result<()> {
     let term = Term::stdout();
     let redraw = term.is_term();
     let write = |e: std::io::Error| {
@@ -241,7 +234,7 @@ pub async fn run(
     let mut history = History::default();
     let outcome = loop {
         // A connect to a Postgres that is gone can hang for minutes: Ctrl-C must not wait.
-        let Some(look) = stop.or_stop(look(target, source, busy, &mut client)).await else {
+        let Some(look) = stop.or_stop(look(db, &mut client)).await else {
             break Ok(());
         };
         let now = Instant::now();
@@ -279,17 +272,12 @@ pub async fn run(
     outcome
 }
 
-async fn look(
-    target: &TargetUrl,
-    source: &Path,
-    busy: Duration,
-    client: &mut Option<Client>,
-) -> Result<Status> {
+async fn look(db: &Databases, client: &mut Option<Client>) -> Result<Status> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(pg::connect(target).await?);
+        *client = Some(pg::connect(&db.target).await?);
     }
     match client {
-        Some(c) => status::collect(c, source, busy).await,
+        Some(c) => status::collect(c, db).await,
         None => Err(Error::new(
             ErrorKind::TargetUnreachable,
             "no Postgres connection",

@@ -107,7 +107,7 @@ impl Cutover<'_> {
         let applied = async || {
             let again = "Cut over again once it has caught up";
             super::wait_applied(limit, "the last changes", again, async || {
-                Ok(state::stream_load(client)
+                Ok(state::stream_load(client, &self.opts.db.tenant)
                     .await?
                     .is_some_and(|s| s.position >= newest))
             })
@@ -134,7 +134,10 @@ impl Cutover<'_> {
                 "the SQLite schema changed during cutover; retry",
             )),
             // A daemon started meanwhile and holds the run lock: it applies the changes.
-            Err(e) if e.kind() == ErrorKind::State && state::daemon_running(client).await? => {
+            Err(e)
+                if e.kind() == ErrorKind::State
+                    && state::daemon_running(client, &self.opts.db.tenant).await? =>
+            {
                 tracing::info!("a daemon took over the stream: waiting for it to apply");
                 applied().await?;
                 Ok(newest)
@@ -163,7 +166,7 @@ impl Side for Cutover<'_> {
     }
 
     async fn abort(&self, client: &mut Client) -> Result<Option<String>> {
-        if let Some(c) = state::cutover_load(client).await? {
+        if let Some(c) = state::cutover_load(client, &self.opts.db.tenant).await? {
             return Err(refuse(format!(
                 "the cutover is recorded (at {}): Postgres is the database now, and lifting the fence would let the app write to a stale SQLite file. To go back to SQLite without losing the writes made on Postgres: keep `sqlite2pg run` following Postgres back, then `sqlite2pg fallback`",
                 c.fenced_at
@@ -181,7 +184,7 @@ impl Side for Cutover<'_> {
     }
 
     async fn check(&self, client: &Client) -> Result<()> {
-        if let Some(c) = state::cutover_load(client).await? {
+        if let Some(c) = state::cutover_load(client, &self.opts.db.tenant).await? {
             return Err(refuse(format!(
                 "this migration was already cut over at {} (window {:.0} ms); Postgres is the database now. To go back to SQLite: `sqlite2pg run` follows Postgres back, then `sqlite2pg fallback`",
                 c.fenced_at, c.window_ms
@@ -195,9 +198,11 @@ impl Side for Cutover<'_> {
     async fn facts(&self, client: &Client) -> Result<Facts> {
         let kept = foreign_keys::kept(client).await?;
         Ok(Facts {
-            status: status::collect(client, &self.opts.db.source, self.opts.db.busy_timeout)
-                .await?,
-            verified: state::verified_position(client).await.ok().flatten(),
+            status: status::collect(client, &self.opts.db).await?,
+            verified: state::verified_position(client, &self.opts.db.tenant)
+                .await
+                .ok()
+                .flatten(),
             kept: kept.len(),
             orphans: orphans(client, &kept).await?,
         })
@@ -272,7 +277,7 @@ impl Side for Cutover<'_> {
         let triggers = crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?;
         let views = crate::plan::views::translate(&conn, plan, &opts.db.schema)?;
         drop(conn);
-        let st = status::collect(client, &opts.db.source, opts.db.busy_timeout).await?;
+        let st = status::collect(client, &opts.db).await?;
         if st.phase != RunPhase::Streaming {
             return Err(refuse(format!(
                 "the migration is in phase {}: let `sqlite2pg run` finish the snapshot first",
@@ -291,7 +296,7 @@ impl Side for Cutover<'_> {
 
         // Without a recent full verify, one runs now, before the fence, outside the window:
         // then only the few keys changed since it are verified inside the window.
-        let stale = match state::verified_position(client).await? {
+        let stale = match state::verified_position(client, &self.opts.db.tenant).await? {
             None => true,
             Some(v) => {
                 let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
@@ -312,11 +317,11 @@ impl Side for Cutover<'_> {
         }
         let reader = &*client;
         super::wait_for_lag("lag", opts.max_lag, opts.wait, async || {
-            let st = status::collect(reader, &opts.db.source, opts.db.busy_timeout).await?;
+            let st = status::collect(reader, &opts.db).await?;
             Ok((st.lag_seconds.unwrap_or(0.0), st.daemon_running))
         })
         .await?;
-        let st = status::collect(client, &opts.db.source, opts.db.busy_timeout).await?;
+        let st = status::collect(client, &opts.db).await?;
         // Orphans are SQLite's (foreign keys off) and Postgres holds the same ones once it has
         // every change made so far (a fix the user just made in SQLite included): counted
         // before the fence, since a constraint that cannot be validated is the user's call.
@@ -356,7 +361,7 @@ impl Side for Cutover<'_> {
             tx.batch_execute("SET LOCAL lock_timeout = '10s'")
                 .await
                 .map_err(|e| Error::from_pg("cannot start installing the reverse capture", e))?;
-            reverse::install_capture(&tx, &opts.db.schema, &missing).await?;
+            reverse::install_capture(&tx, &opts.db.tenant, &opts.db.schema, &missing).await?;
             tx.commit()
                 .await
                 .map_err(|e| Error::from_pg("cannot install the reverse capture", e))?;
@@ -425,7 +430,9 @@ impl Side for Cutover<'_> {
             }
             return Ok(report.tables.iter().map(|t| t.rows_compared as i64).sum());
         }
-        let verified = state::verified_position(&*client).await?.unwrap_or(0);
+        let verified = state::verified_position(&*client, &self.opts.db.tenant)
+            .await?
+            .unwrap_or(0);
         let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let keys = changed_keys(&conn, verified)?;
         let installed = &ready.installed;
@@ -480,7 +487,7 @@ impl Side for Cutover<'_> {
             &crate::replicate::reverse_stream::captured(plan),
         )
         .await?;
-        reverse::install_capture(tx, schema, &missing).await?;
+        reverse::install_capture(tx, &self.opts.db.tenant, schema, &missing).await?;
         reverse::record_pg_only(tx, schema, &plan.targets()).await?;
         // The app's triggers start with the record: from here on Postgres runs them, SQLite
         // no longer does (and the reverse stream writes SQLite with them off).
@@ -499,6 +506,7 @@ impl Side for Cutover<'_> {
         let done_at = window.close();
         state::cutover_record(
             tx,
+            &self.opts.db.tenant,
             window.opened_at,
             done_at,
             done.rows_verified,
@@ -535,7 +543,7 @@ impl Side for Cutover<'_> {
         _window: Window,
         done: Done,
     ) -> Result<Outcome> {
-        let record = state::cutover_load(client)
+        let record = state::cutover_load(client, &self.opts.db.tenant)
             .await?
             .ok_or_else(|| Error::new(ErrorKind::Target, "the cutover record vanished"))?;
         // The figure of the record, as the result line, `status` and the metric give it.
@@ -555,7 +563,10 @@ impl Side for Cutover<'_> {
 
     async fn recorded(&self) -> Option<bool> {
         let client = crate::pg::connect(&self.opts.db.target).await.ok()?;
-        state::cutover_load(&client).await.ok().map(|c| c.is_some())
+        state::cutover_load(&client, &self.opts.db.tenant)
+            .await
+            .ok()
+            .map(|c| c.is_some())
     }
 
     fn unknown_outcome(&self, e: Error) -> Error {

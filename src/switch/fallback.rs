@@ -72,13 +72,16 @@ impl<'a> Fallback<'a> {
     /// waits for the daemon after all if one took the run lock meanwhile, as one does right
     /// after the cutover).
     async fn catch_up(&self, client: &Client, limit: Duration, stop: &Shutdown) -> Result<()> {
-        if !state::daemon_running(client).await? {
+        if !state::daemon_running(client, &self.opts.db.tenant).await? {
             match reverse_stream::run(self.plan, &self.drain_opts(), stop.clone()).await {
                 Ok(reverse_stream::End::Shutdown) => {
                     return Err(refuse("interrupted (SIGINT/SIGTERM) while draining"));
                 }
                 Ok(_) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::State && state::daemon_running(client).await? => {
+                Err(e)
+                    if e.kind() == ErrorKind::State
+                        && state::daemon_running(client, &self.opts.db.tenant).await? =>
+                {
                     tracing::info!(
                         "a daemon took over the reverse stream: waiting for it to apply"
                     );
@@ -86,10 +89,10 @@ impl<'a> Fallback<'a> {
                 Err(e) => return Err(e),
             }
         }
-        let newest = reverse::newest(client).await?;
+        let newest = reverse::newest(client, &self.opts.db.tenant).await?;
         let again = "Fall back again once it has caught up";
         super::wait_applied(limit, "the last changes from Postgres", again, async || {
-            reverse::applied_through(client, newest).await
+            reverse::applied_through(client, &self.opts.db.tenant, newest).await
         })
         .await
     }
@@ -97,7 +100,7 @@ impl<'a> Fallback<'a> {
     /// A recorded fallback: SQLite is handed back now if the run that recorded it died
     /// first; a rerun of a complete one only reports it.
     async fn finish_recorded(&self, client: &Client) -> Result<Option<Outcome>> {
-        let Some(record) = reverse::fallback_load(client).await? else {
+        let Some(record) = reverse::fallback_load(client, &self.opts.db.tenant).await? else {
             return Ok(None);
         };
         let conn = sqlite::open_read_only(&self.opts.db.source, self.opts.db.busy_timeout)?;
@@ -142,14 +145,22 @@ impl<'a> Side for Fallback<'a> {
     }
 
     async fn abort(&self, client: &mut Client) -> Result<Option<String>> {
-        if let Some(f) = reverse::fallback_load(&*client).await? {
+        if let Some(f) = reverse::fallback_load(&*client, &self.opts.db.tenant).await? {
             return Err(refuse(format!(
                 "the fallback is recorded (at {}): SQLite is the database now, and lifting the fence would let the app write to a stale Postgres",
                 f.done_at
             )));
         }
-        let was = reverse::fence_state(&*client).await?.filter(|f| f.active);
-        reverse::unfence(client, &self.opts.db.schema, &self.plan.targets()).await?;
+        let was = reverse::fence_state(&*client, &self.opts.db.tenant)
+            .await?
+            .filter(|f| f.active);
+        reverse::unfence(
+            client,
+            &self.opts.db.tenant,
+            &self.opts.db.schema,
+            &self.plan.targets(),
+        )
+        .await?;
         Ok(was.map(|f| f.holder))
     }
 
@@ -158,17 +169,17 @@ impl<'a> Side for Fallback<'a> {
     }
 
     async fn check(&self, client: &Client) -> Result<()> {
-        ready(client).await?;
+        ready(client, &self.opts.db).await?;
         no_new_columns(client, self.plan, &self.opts.db.schema).await?;
         no_new_tables(client, self.plan, self.opts).await
     }
 
     async fn facts(&self, client: &Client) -> Result<Facts> {
-        let (pending, age) = reverse::backlog(client).await?;
+        let (pending, age) = reverse::backlog(client, &self.opts.db.tenant).await?;
         Ok(Facts {
             pending,
             age,
-            daemon_running: state::daemon_running(client).await?,
+            daemon_running: state::daemon_running(client, &self.opts.db.tenant).await?,
         })
     }
 
@@ -213,8 +224,8 @@ impl<'a> Side for Fallback<'a> {
 
     async fn prepare(&self, client: &mut Client, stop: &Shutdown) -> Result<Ready<'a>> {
         let (plan, opts) = (self.plan, self.opts);
-        let daemon_running = state::daemon_running(&*client).await?;
-        let (pending, _) = reverse::backlog(&*client).await?;
+        let daemon_running = state::daemon_running(&*client, &self.opts.db.tenant).await?;
+        let (pending, _) = reverse::backlog(&*client, &self.opts.db.tenant).await?;
         if !daemon_running && pending > 50_000 {
             return Err(refuse(format!(
                 "no daemon is running and SQLite is {pending} changes behind Postgres: draining that would keep writes fenced for long. Start `sqlite2pg run`, let it catch up, then fall back"
@@ -233,7 +244,7 @@ impl<'a> Side for Fallback<'a> {
         }
         let reader = &*client;
         super::wait_for_lag("reverse lag", opts.max_lag, opts.wait, async || {
-            let (_, age) = reverse::backlog(reader).await?;
+            let (_, age) = reverse::backlog(reader, &opts.db.tenant).await?;
             Ok((age.unwrap_or(0.0), daemon_running))
         })
         .await?;
@@ -258,6 +269,7 @@ impl<'a> Side for Fallback<'a> {
     async fn lease(&self) -> Result<Lease> {
         Ok(Lease::Postgres(
             crate::pg::connect(&self.opts.db.target).await?,
+            self.opts.db.tenant.clone(),
         ))
     }
 
@@ -270,6 +282,7 @@ impl<'a> Side for Fallback<'a> {
         let opts = self.opts;
         let fenced = reverse::fence(
             client,
+            &opts.db.tenant,
             &opts.db.schema,
             &self.plan.targets(),
             holder,
@@ -315,6 +328,7 @@ impl<'a> Side for Fallback<'a> {
         let moved = i32::try_from(done.moved).unwrap_or(i32::MAX);
         reverse::fallback_record(
             tx,
+            &self.opts.db.tenant,
             window.opened_at,
             crate::window::now_secs(),
             done.rows_verified,
@@ -329,16 +343,16 @@ impl<'a> Side for Fallback<'a> {
         tx: &Transaction<'_>,
         holder: &str,
     ) -> Result<bool> {
-        reverse::make_permanent(tx, holder).await
+        reverse::make_permanent(tx, &self.opts.db.tenant, holder).await
     }
 
     async fn lift(&self, client: &mut Client, _fenced: ()) {
         let (schema, tables) = (&self.opts.db.schema, self.plan.targets());
-        let lifted = match reverse::unfence(client, schema, &tables).await {
+        let lifted = match reverse::unfence(client, &self.opts.db.tenant, schema, &tables).await {
             Ok(()) => Ok(()),
             // The failure may have been the connection itself.
             Err(_) => match crate::pg::connect(&self.opts.db.target).await {
-                Ok(mut c) => reverse::unfence(&mut c, schema, &tables).await,
+                Ok(mut c) => reverse::unfence(&mut c, &self.opts.db.tenant, schema, &tables).await,
                 Err(e) => Err(e),
             },
         };
@@ -362,8 +376,8 @@ impl<'a> Side for Fallback<'a> {
         // Recorded: SQLite is the database. Hand it back to the app.
         self.release_sqlite()?;
         let done_at = window.close();
-        reverse::fallback_done(client, window.opened_at, done_at).await?;
-        let record = reverse::fallback_load(client)
+        reverse::fallback_done(client, &self.opts.db.tenant, window.opened_at, done_at).await?;
+        let record = reverse::fallback_load(client, &self.opts.db.tenant)
             .await?
             .ok_or_else(|| Error::new(ErrorKind::Target, "the fallback record vanished"))?;
         // The figure of the record, as the result line and `status` give it.
@@ -383,7 +397,7 @@ impl<'a> Side for Fallback<'a> {
 
     async fn recorded(&self) -> Option<bool> {
         let client = crate::pg::connect(&self.opts.db.target).await.ok()?;
-        reverse::fallback_load(&client)
+        reverse::fallback_load(&client, &self.opts.db.tenant)
             .await
             .ok()
             .map(|r| r.is_some())
@@ -397,19 +411,19 @@ impl<'a> Side for Fallback<'a> {
 }
 
 /// Refuses unless the migration is cut over, not fallen back, and captured on Postgres.
-async fn ready(client: &Client) -> Result<()> {
-    if state::cutover_load(client).await?.is_none() {
+async fn ready(client: &Client, db: &crate::replicate::Databases) -> Result<()> {
+    if state::cutover_load(client, &db.tenant).await?.is_none() {
         return Err(refuse(
             "the migration is not cut over: SQLite is still the database. Before the cutover, going back is stopping `sqlite2pg run` (or `sqlite2pg uninstall`)",
         ));
     }
-    if let Some(f) = reverse::fallback_load(client).await? {
+    if let Some(f) = reverse::fallback_load(client, &db.tenant).await? {
         return Err(refuse(format!(
             "this migration already fell back to SQLite at {} (window {:.0} ms). `sqlite2pg uninstall` removes sqlite2pg's objects from Postgres",
             f.done_at, f.window_ms
         )));
     }
-    if !reverse::capture_installed(client).await? {
+    if !reverse::capture_installed(client, &db.schema).await? {
         return Err(refuse(
             "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back, so a fallback would lose them",
         ));
@@ -481,7 +495,7 @@ async fn verify_changed(
     opts: &Options,
     since: f64,
 ) -> Result<i64> {
-    let changes = reverse::changed_since(&*client, since).await?;
+    let changes = reverse::changed_since(&*client, &opts.db.tenant, since).await?;
     let mut by_table: BTreeMap<String, (bool, Vec<Vec<String>>)> = BTreeMap::new();
     for c in changes {
         let e = by_table.entry(c.table).or_default();

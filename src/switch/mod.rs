@@ -39,9 +39,7 @@ impl Options {
     /// How the verifies of a switch compare `tables` (all when empty).
     fn verify(&self, tables: Vec<String>) -> crate::verify::Options {
         crate::verify::Options {
-            source: self.db.source.clone(),
-            schema: self.db.schema.clone(),
-            busy_timeout: self.db.busy_timeout,
+            db: self.db.clone(),
             examples: 5,
             tables,
             settle: Duration::from_secs(10),
@@ -99,8 +97,8 @@ impl Step {
 pub enum Lease {
     /// Cutover's fence on SQLite writes.
     Sqlite(rusqlite::Connection),
-    /// Fallback's fence on Postgres writes.
-    Postgres(Client),
+    /// Fallback's fence on Postgres writes, with the tenant it fences.
+    Postgres(Client, String),
 }
 
 impl Lease {
@@ -110,7 +108,9 @@ impl Lease {
             Lease::Sqlite(conn) => tokio::task::block_in_place(|| {
                 crate::sqlite::capture::renew_fence(conn, holder, lease)
             }),
-            Lease::Postgres(client) => crate::pg::reverse::renew(client, holder, lease).await,
+            Lease::Postgres(client, tenant) => {
+                crate::pg::reverse::renew(client, tenant, holder, lease).await
+            }
         }
     }
 }

@@ -522,6 +522,8 @@ pub struct Daemon {
     pub log: PathBuf,
     src: PathBuf,
     url: String,
+    /// The fleet's tenant it follows ('' for a single file).
+    tenant: String,
 }
 
 impl Daemon {
@@ -532,7 +534,6 @@ impl Daemon {
 
     /// Starts `run` with global flags `extra` and `run` flags `run_extra`.
     pub fn start_with(src: &Path, db: &TestDb, extra: &[&str], run_extra: &[&str]) -> Daemon {
-        let log = src.with_extension(format!("daemon-{}.log", unique()));
         let mut args = vec![
             "--source",
             src.to_str().expect("utf-8 path"),
@@ -540,6 +541,29 @@ impl Daemon {
             &db.url,
         ];
         args.extend_from_slice(extra);
+        Daemon::spawn(src, db, "", args, run_extra)
+    }
+
+    /// Starts `run --tenant TENANT` of the fleet the config file `config` names; `src` is
+    /// the tenant's file.
+    pub fn start_tenant(config: &Path, tenant: &str, src: &Path, db: &TestDb) -> Daemon {
+        let args = vec![
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--tenant",
+            tenant,
+        ];
+        Daemon::spawn(src, db, tenant, args, &[])
+    }
+
+    fn spawn<'a>(
+        src: &Path,
+        db: &TestDb,
+        tenant: &str,
+        mut args: Vec<&'a str>,
+        run_extra: &[&'a str],
+    ) -> Daemon {
+        let log = src.with_extension(format!("daemon-{}.log", unique()));
         args.extend_from_slice(&["run", "--poll-interval-ms", "100"]);
         args.extend_from_slice(run_extra);
         let child = Command::new(env!("CARGO_BIN_EXE_sqlite2pg"))
@@ -554,6 +578,7 @@ impl Daemon {
             log,
             src: src.to_path_buf(),
             url: db.url.clone(),
+            tenant: tenant.to_string(),
         }
     }
 
@@ -632,9 +657,10 @@ impl Daemon {
         // The stream's row exists before the snapshot records its first table: an empty
         // table_state means the snapshot has not started, not that it is done.
         let row = c.query_opt(
-            "SELECT s.position, (SELECT count(*) FROM sqlite2pg.table_state WHERE phase <> 'ready'),
-                    (SELECT count(*) FROM sqlite2pg.table_state) FROM sqlite2pg.stream s",
-            &[],
+            "SELECT s.position, (SELECT count(*) FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant AND phase <> 'ready'),
+                    (SELECT count(*) FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant) FROM sqlite2pg.stream s
+             WHERE s.tenant = $1",
+            &[&self.tenant],
         );
         match row {
             Ok(Some(r)) => {
