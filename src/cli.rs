@@ -299,7 +299,7 @@ const VERSION: &str = concat!(
     " (state format: SQLite ",
     "2",
     ", PostgreSQL ",
-    "4",
+    "5",
     ")"
 );
 

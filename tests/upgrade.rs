@@ -12,7 +12,13 @@ use std::process::Command;
 use common::*;
 
 fn fixture(format: u32, db: &TestDb) -> (tempfile::TempDir, PathBuf) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format-{format}"));
+    fixture_named(&format!("format-{format}"), db)
+}
+
+/// The fixture in `tests/fixtures/NAME` restored: its target into `db`, its SQLite file in a
+/// temporary directory.
+fn fixture_named(name: &str, db: &TestDb) -> (tempfile::TempDir, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}"));
     let out = Command::new("psql")
         .args(["-q", "-v", "ON_ERROR_STOP=1", &db.url, "-f"])
         .arg(dir.join("target.sql"))
@@ -132,8 +138,94 @@ fn a_migration_started_by_0_3_0_is_upgraded_in_place_and_streams_on_to_equal() {
 }
 
 #[test]
-fn the_current_format_fixture_streams_on_to_equal() {
+fn a_migration_started_by_0_4_0_is_upgraded_in_place_and_streams_on_to_equal() {
     upgrade_and_stream_on(4, 1);
+}
+
+#[test]
+fn the_current_format_fixture_streams_on_to_equal() {
+    upgrade_and_stream_on(5, 1);
+}
+
+fn sqlite_count(path: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A migration 0.4.0 cut over, with the app's writes on Postgres still pending: the capture
+/// and fence triggers that cutover installed name no tenant. This release upgrades the state
+/// under them (format 5: every state row names its tenant), follows the pending writes and
+/// new ones back through the old triggers, and falls back with nothing lost.
+#[test]
+fn a_migration_cut_over_by_0_4_0_is_followed_back_and_falls_back_after_the_upgrade() {
+    let db = TestDb::new();
+    let (_tmp, path) = fixture_named("format-4-cutover", &db);
+    let before = status_json(&path, &db);
+    assert_eq!(before["postgres_format"], 4, "{before}");
+    assert_eq!(before["phase"], "cut_over", "{before}");
+    assert!(
+        before["reverse_lag_changes"].as_i64().unwrap_or(0) > 0,
+        "{before}"
+    );
+    let pending = "SELECT count(*) FROM clients WHERE email = 'pending-on-postgres@example.org'";
+    assert_eq!(sqlite_count(&path, pending), 0);
+    let d = Daemon::start(&path, &db, &[]);
+    wait_until(
+        "the writes pending on Postgres to reach SQLite",
+        std::time::Duration::from_secs(30),
+        || sqlite_count(&path, pending) == 1,
+    );
+    // The app writes on, through the triggers the older cutover installed.
+    db.client()
+        .batch_execute(
+            "INSERT INTO clients (email, name) VALUES ('after-upgrade@example.org', 'new');
+             UPDATE projects SET title = 'retitled on postgres' WHERE id = 10;
+             DELETE FROM tags WHERE project_id = 11;",
+        )
+        .unwrap();
+    wait_until(
+        "the app's writes after the upgrade to reach SQLite",
+        std::time::Duration::from_secs(30),
+        || {
+            sqlite_count(
+                &path,
+                "SELECT count(*) FROM clients WHERE email = 'after-upgrade@example.org'",
+            ) == 1
+                && sqlite_count(
+                    &path,
+                    "SELECT count(*) FROM projects WHERE title = 'retitled on postgres'",
+                ) == 1
+        },
+    );
+    let mut c = db.client();
+    let tenants = pg_rows(
+        &mut c,
+        "SELECT DISTINCT tenant FROM sqlite2pg.reverse_change",
+    );
+    assert_eq!(tenants, [[Some(String::new())]]);
+    let p = path.to_str().unwrap();
+    let out = sqlite2pg(&["--source", p, "--target", &db.url, "fallback"]);
+    assert!(out.status.success(), "fallback: {}", text(&out));
+    assert!(d.stop(), "the daemon ends once fallen back");
+    let after = status_json(&path, &db);
+    assert_eq!(after["postgres_format"], 5, "{after}");
+    assert_eq!(after["phase"], "fell_back", "{after}");
+    assert_table_equal(&path, &mut c, "clients", "id");
+    assert_table_equal(&path, &mut c, "projects", "id");
+    assert_eq!(
+        sqlite_count(
+            &path,
+            "SELECT count(*) FROM tags WHERE project_id IN (9, 11)"
+        ),
+        0
+    );
+    // The fence the fallback raised on Postgres holds for this tenant's tables.
+    assert!(
+        c.batch_execute("INSERT INTO clients (email) VALUES ('too late@example.org')")
+            .is_err()
+    );
 }
 
 #[test]
