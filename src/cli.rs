@@ -178,6 +178,9 @@ pub enum Command {
         /// Refused once the cutover is recorded.
         #[arg(long)]
         abort: bool,
+        /// A fleet's cutover (no --tenant): seconds between one tenant's cutover and the next.
+        #[arg(long, default_value_t = 0.0)]
+        pace: f64,
     },
     /// Back to SQLite after a cutover without losing a write made on Postgres: fence Postgres
     /// writes, drain the reverse stream, verify, move AUTOINCREMENT counters, hand SQLite back.
@@ -358,6 +361,34 @@ fn fleet_command(
             },
             None,
         ) => cmd_fleet_status(cfg, spec, json),
+        (
+            Command::Cutover {
+                max_lag,
+                wait,
+                full_verify,
+                dry_run,
+                exec,
+                orphans,
+                lease,
+                abort: false,
+                pace,
+            },
+            None,
+        ) => cmd_fleet_cutover(
+            cfg,
+            spec,
+            SwitchFlags {
+                max_lag,
+                wait,
+                dry_run,
+                exec,
+                lease,
+                abort: false,
+            },
+            full_verify,
+            orphans,
+            Duration::from_secs_f64(pace.clamp(0.0, 86_400.0)),
+        ),
         (command, Some(name)) => {
             let tenants = crate::fleet::tenants(spec)?;
             let Some(t) = tenants.iter().find(|t| &t.name == name) else {
@@ -436,6 +467,7 @@ fn dispatch(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
             orphans,
             lease,
             abort,
+            pace: _,
         } => cmd_cutover(
             cfg,
             SwitchFlags {
@@ -591,6 +623,110 @@ fn cmd_fleet_status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cutover` of a fleet: each tenant not cut over yet, one after another, `pace` apart, each
+/// with its own fence, lease, window and hook. It stops at the first tenant that fails,
+/// saying which are done; a tenant whose file is gone is left out and named.
+fn cmd_fleet_cutover(
+    cfg: &Config,
+    spec: &crate::fleet::Spec,
+    flags: SwitchFlags,
+    full_verify: bool,
+    orphans: Orphans,
+    pace: Duration,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let stop = Shutdown::on_signals(&rt, || {});
+    let client = rt.block_on(pg::connect(cfg.require_target()?))?;
+    let mut done: Vec<String> = Vec::new();
+    let mut already: Vec<String> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    let mut hooks_failed: Vec<String> = Vec::new();
+    let tenants = crate::fleet::tenants(spec)?;
+    let summary = |done: &[String], already: &[String], missing: &[String]| {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        format!(
+            "cut over now: {} ({}); cut over before: {}; file missing, left out: {}",
+            done.len(),
+            list(done),
+            list(already),
+            list(missing)
+        )
+    };
+    for (i, t) in tenants.iter().enumerate() {
+        if !t.present {
+            missing.push(t.name.clone());
+            continue;
+        }
+        let tenant_cfg = cfg.for_tenant(t);
+        let cut = rt.block_on(crate::pg::state::cutover_load(&client, &t.name))?;
+        if cut.is_some() {
+            already.push(t.name.clone());
+            continue;
+        }
+        if !done.is_empty() && !pace.is_zero() && !rt.block_on(stop.sleep(pace)) {
+            println!(
+                "fleet cutover interrupted before tenant {}; {}",
+                t.name,
+                summary(&done, &already, &missing)
+            );
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+        println!("== tenant {} ({} of {})", t.name, i + 1, tenants.len());
+        let outcome = cmd_cutover(&tenant_cfg, flags.clone(), full_verify, orphans);
+        let failed = match outcome {
+            Ok(code) if code == ExitCode::SUCCESS => None,
+            // The hook failed: the tenant is cut over, its app is not pointed at Postgres.
+            Ok(code) if code == ExitCode::from(3) => {
+                hooks_failed.push(t.name.clone());
+                None
+            }
+            Ok(_) => Some("it did not cut over (see above)".to_string()),
+            Err(e) => Some(describe_error(&e)),
+        };
+        if let Some(why) = failed {
+            let left: Vec<&str> = tenants[i + 1..].iter().map(|t| t.name.as_str()).collect();
+            println!(
+                "fleet cutover stopped at tenant {}: {why}
+{}; not tried: {}",
+                t.name,
+                summary(&done, &already, &missing),
+                if left.is_empty() {
+                    "none".to_string()
+                } else {
+                    left.join(", ")
+                }
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if !flags.dry_run {
+            done.push(t.name.clone());
+        }
+        if stop.requested() {
+            println!(
+                "fleet cutover interrupted after tenant {}; {}",
+                t.name,
+                summary(&done, &already, &missing)
+            );
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+    }
+    println!("fleet cutover done: {}", summary(&done, &already, &missing));
+    if !hooks_failed.is_empty() {
+        println!(
+            "--exec hook failed for: {} (cut over; point their apps at Postgres by hand)",
+            hooks_failed.join(", ")
+        );
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The check of one file.
 fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<check::Report> {
     let (plan, mut client) = rt.block_on(plan::load(cfg))?;
@@ -710,6 +846,7 @@ fn cmd_verify(
 }
 
 /// What cutover and fallback share on the command line.
+#[derive(Clone)]
 struct SwitchFlags {
     max_lag: f64,
     wait: f64,

@@ -378,3 +378,94 @@ fn each_tenant_streams_cuts_over_falls_back_and_uninstalls_alone_beside_the_othe
     );
     assert_eq!(state, 0);
 }
+
+#[test]
+fn a_fleet_cutover_takes_tenants_one_at_a_time_and_stops_at_the_first_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    let names: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        tenant_file(
+            &tenants,
+            &format!("{name}.db"),
+            &format!(
+                "CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0);
+                 INSERT INTO clients (name) VALUES ('{name} a'), ('{name} b');
+                 CREATE TABLE t{i} (id INTEGER PRIMARY KEY, v TEXT);"
+            ),
+        );
+    }
+    let db = TestDb::new();
+    let cfg = config(
+        dir.path(),
+        &db,
+        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
+    );
+    // Every tenant copied and its stream started, but t05's: its cutover fails.
+    for name in names.iter().filter(|n| *n != "t05") {
+        let out = on_fleet(&cfg, &["--tenant", name, "run", "--snapshot-only"]);
+        assert!(out.status.success(), "run {name}: {}", text(&out));
+        // Changes the cutover's own drain applies (no daemon runs).
+        sqlite3_shell(
+            &tenants.join(format!("{name}.db")),
+            "UPDATE clients SET visits = visits + 1; INSERT INTO clients (name) VALUES ('late');",
+        );
+    }
+    let hooks = dir.path().join("hooks.txt");
+    let hook = format!("echo \"$SQLITE2PG_TENANT\" >> '{}'", hooks.display());
+    let out = on_fleet(&cfg, &["cutover", "--pace", "0.05", "--exec", &hook]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("fleet cutover stopped at tenant t05:")
+            && said.contains("cut over now: 5 (t00, t01, t02, t03, t04)")
+            && said.contains("not tried: t06, t07"),
+        "{said}"
+    );
+    let hooked = |n: usize| -> Vec<String> {
+        let all: Vec<String> = std::fs::read_to_string(&hooks)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(all.len(), n, "{all:?}");
+        all
+    };
+    assert_eq!(hooked(5), names[..5]);
+    let status = fleet_status(&cfg);
+    assert_eq!(phase_count(&status, "cut_over"), 5, "{status:#}");
+    assert_eq!(phase_count(&status, "streaming"), 14, "{status:#}");
+
+    // Fixed, the fleet cutover goes on from there; the tenants cut over stay as they are.
+    let out = on_fleet(&cfg, &["--tenant", "t05", "run", "--snapshot-only"]);
+    assert!(out.status.success(), "run t05: {}", text(&out));
+    let out = on_fleet(&cfg, &["cutover", "--exec", &hook]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("fleet cutover done: cut over now: 15 (t05, t06,")
+            && said.contains("cut over before: t00, t01, t02, t03, t04;"),
+        "{said}"
+    );
+    assert_eq!(hooked(20), names);
+    let status = fleet_status(&cfg);
+    assert_eq!(phase_count(&status, "cut_over"), 20, "{status:#}");
+    // Each with its own window, and each tenant's rows equal with its own file's.
+    let windows: i64 = scalar(
+        &mut db.client(),
+        "SELECT count(DISTINCT tenant) FROM sqlite2pg.cutover WHERE window_ms > 0",
+    );
+    assert_eq!(windows, 20);
+    let mut c = db.client();
+    for name in &names {
+        c.batch_execute(&format!("SET search_path = tenant_{name}"))
+            .unwrap();
+        assert_table_equal(&tenants.join(format!("{name}.db")), &mut c, "clients", "id");
+        let refused = std::process::Command::new("sqlite3")
+            .arg(tenants.join(format!("{name}.db")))
+            .arg("INSERT INTO clients (name) VALUES ('after');")
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "{name}'s SQLite is fenced");
+    }
+}
