@@ -123,6 +123,10 @@ pub enum Command {
         /// Print the DDL that would run and exit.
         #[arg(long)]
         dry_run: bool,
+        /// A fleet's daemon (a [fleet] and no --tenant): the most Postgres connections it
+        /// holds at once, whatever the number of tenants [default: 10].
+        #[arg(long)]
+        max_connections: Option<usize>,
     },
     /// Where the migration stands: phase, per-table progress, position, lag, last error.
     Status {
@@ -389,6 +393,14 @@ fn fleet_command(
             orphans,
             Duration::from_secs_f64(pace.clamp(0.0, 86_400.0)),
         ),
+        (
+            command @ Command::Run {
+                snapshot_only: false,
+                dry_run: false,
+                ..
+            },
+            None,
+        ) => cmd_fleet_run(cfg, spec, RunFlags::of(command, cfg)),
         (command, Some(name)) => {
             let tenants = crate::fleet::tenants(spec)?;
             let Some(t) = tenants.iter().find(|t| &t.name == name) else {
@@ -410,7 +422,7 @@ fn fleet_command(
         }
         (_, None) => Err(Error::new(
             crate::error::ErrorKind::Config,
-            "this command works on one tenant of the fleet at a time: give --tenant NAME (`sqlite2pg config check` lists them). `check` and `status` take every tenant at once; one daemon following every tenant is not built yet, so run one `sqlite2pg run --tenant NAME` per tenant",
+            "this command works on one tenant of the fleet at a time: give --tenant NAME (`sqlite2pg config check` lists them). `check`, `status`, `run` and `cutover` take every tenant at once",
         )
         .into()),
     }
@@ -421,30 +433,7 @@ fn dispatch(command: Command, cfg: &Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { json, reverse } if reverse => cmd_check_reverse(cfg, json),
         Command::Check { json, .. } => cmd_check(cfg, json),
-        Command::Run {
-            snapshot_only,
-            poll_interval_ms,
-            batch_changes,
-            metrics_addr,
-            max_lag_seconds,
-            dry_run,
-        } => {
-            let flags = RunFlags {
-                run: run::Options {
-                    snapshot_only,
-                    poll_interval: Duration::from_millis(
-                        poll_interval_ms.unwrap_or(cfg.poll_interval_ms).max(10),
-                    ),
-                    batch_changes: batch_changes.unwrap_or(cfg.batch_changes).max(1),
-                },
-                dry_run,
-                metrics_addr: metrics_addr.or_else(|| cfg.metrics_addr.clone()),
-                max_lag: Duration::from_secs_f64(
-                    max_lag_seconds.unwrap_or(cfg.max_lag_seconds).max(0.0),
-                ),
-            };
-            cmd_run(cfg, flags)
-        }
+        command @ Command::Run { .. } => cmd_run(cfg, RunFlags::of(command, cfg)),
         Command::Status {
             json, watch: false, ..
         } => cmd_status(cfg, json),
@@ -615,6 +604,18 @@ fn cmd_fleet_status(
             error,
         });
     }
+    // Tenants with a migration in Postgres whose file the glob no longer finds.
+    for name in rt.block_on(crate::pg::state::registered(&client))? {
+        if !name.is_empty() && !tenants.iter().any(|t| t.tenant == name) {
+            tenants.push(TenantStatus {
+                tenant: name,
+                schema: String::new(),
+                source: String::new(),
+                status: None,
+                error: Some("its file is gone: the fleet's files no longer include it (its state stays in Postgres; `uninstall --tenant` needs the file)".into()),
+            });
+        }
+    }
     render(
         &FleetStatus::new(tenants),
         json,
@@ -784,6 +785,44 @@ struct RunFlags {
     dry_run: bool,
     metrics_addr: Option<String>,
     max_lag: Duration,
+    max_connections: usize,
+}
+
+/// A fleet's daemon's pool when `--max-connections` does not say.
+const DEFAULT_MAX_CONNECTIONS: usize = 10;
+
+impl RunFlags {
+    /// The `run` command's flags over the config file's.
+    fn of(command: Command, cfg: &Config) -> RunFlags {
+        let Command::Run {
+            snapshot_only,
+            poll_interval_ms,
+            batch_changes,
+            metrics_addr,
+            max_lag_seconds,
+            dry_run,
+            max_connections,
+        } = command
+        else {
+            unreachable!("RunFlags::of is given the run command")
+        };
+        RunFlags {
+            run: run::Options {
+                snapshot_only,
+                poll_interval: Duration::from_millis(
+                    poll_interval_ms.unwrap_or(cfg.poll_interval_ms).max(10),
+                ),
+                batch_changes: batch_changes.unwrap_or(cfg.batch_changes).max(1),
+                link: None,
+            },
+            dry_run,
+            metrics_addr: metrics_addr.or_else(|| cfg.metrics_addr.clone()),
+            max_lag: Duration::from_secs_f64(
+                max_lag_seconds.unwrap_or(cfg.max_lag_seconds).max(0.0),
+            ),
+            max_connections: max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        }
+    }
 }
 
 fn capturable(plan: &plan::Plan) -> Vec<&crate::model::SourceTable> {
@@ -1211,6 +1250,32 @@ fn cmd_run(cfg: &Config, flags: RunFlags) -> anyhow::Result<ExitCode> {
         )
     });
     rt.block_on(run::run(cfg, &flags.run, &shutdown))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run` of a fleet: one daemon following every tenant over a bounded pool of connections.
+fn cmd_fleet_run(
+    cfg: &Config,
+    spec: &crate::fleet::Spec,
+    flags: RunFlags,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    cfg.require_target()?;
+    // Served for the fleet: its totals, and each tenant's phase, lag and waits.
+    crate::metrics::init(flags.max_lag)?;
+    if let Some(addr) = &flags.metrics_addr {
+        rt.block_on(crate::metrics::serve(addr))?;
+    }
+    let shutdown = Shutdown::on_signals(&rt, || {
+        tracing::info!(
+            "stopping every tenant: a drain in progress is rolled back, and the next run applies it again"
+        )
+    });
+    let opts = crate::replicate::fleet::Options {
+        run: flags.run,
+        max_connections: flags.max_connections,
+    };
+    rt.block_on(crate::replicate::fleet::run(cfg, spec, &opts, &shutdown))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -57,6 +57,17 @@ pub const REVERSE_LAG_SECONDS: &str = "sqlite2pg_reverse_lag_seconds";
 pub const REVERSE_LAG_CHANGES: &str = "sqlite2pg_reverse_lag_changes";
 /// `sqlite2pg_build_info{version}`: always 1.
 pub const BUILD_INFO: &str = "sqlite2pg_build_info";
+/// `sqlite2pg_tenant_phase{tenant, phase}`: 1 for the phase each tenant of a fleet is in (one
+/// series per tenant).
+pub const TENANT_PHASE: &str = "sqlite2pg_tenant_phase";
+/// `sqlite2pg_tenant_lag_seconds{tenant}`: each tenant's lag, whichever way it streams.
+pub const TENANT_LAG_SECONDS: &str = "sqlite2pg_tenant_lag_seconds";
+/// `sqlite2pg_tenant_needs_operator{tenant}`: 1 while a tenant waits for a person.
+pub const TENANT_NEEDS_OPERATOR: &str = "sqlite2pg_tenant_needs_operator";
+/// `sqlite2pg_fleet_tenants{state}`: tenants running, paused (file gone) or stopped on an error.
+pub const FLEET_TENANTS: &str = "sqlite2pg_fleet_tenants";
+/// `sqlite2pg_fleet_connections{state}`: the pool's connections in use, and connects waiting.
+pub const FLEET_CONNECTIONS: &str = "sqlite2pg_fleet_connections";
 
 /// Every name above, for tests that check the dashboard and the rules against a scrape.
 pub const ALL: &[&str] = &[
@@ -80,7 +91,30 @@ pub const ALL: &[&str] = &[
     REVERSE_LAG_SECONDS,
     REVERSE_LAG_CHANGES,
     BUILD_INFO,
+    TENANT_PHASE,
+    TENANT_LAG_SECONDS,
+    TENANT_NEEDS_OPERATOR,
+    FLEET_TENANTS,
+    FLEET_CONNECTIONS,
 ];
+
+tokio::task_local! {
+    /// The fleet's tenant whose daemon runs in this task (unset: a daemon of its own).
+    static TENANT: String;
+}
+
+/// Runs `work` as the daemon of a fleet's tenant: what it reports of its phase, lag and waits
+/// goes to that tenant's series, not to the single-file ones.
+pub fn for_tenant<F: std::future::Future>(
+    tenant: String,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    TENANT.scope(tenant, work)
+}
+
+fn tenant() -> Option<String> {
+    TENANT.try_with(|t| t.clone()).ok()
+}
 
 /// The values of `sqlite2pg_replication_direction`'s label.
 const DIRECTIONS: [&str; 2] = ["forward", "reverse"];
@@ -106,6 +140,13 @@ struct Metrics {
     direction: IntGaugeVec,
     reverse_lag_seconds: Gauge,
     reverse_lag_changes: IntGauge,
+    tenant_phase: IntGaugeVec,
+    tenant_lag: prometheus::GaugeVec,
+    tenant_needs_operator: IntGaugeVec,
+    fleet_tenants: IntGaugeVec,
+    fleet_connections: IntGaugeVec,
+    /// Each tenant's phase series, to drop the old one when it moves.
+    tenant_phases: Mutex<std::collections::HashMap<String, &'static str>>,
     /// Why /healthz is unhealthy, if it is.
     unhealthy: Mutex<Option<String>>,
     max_lag: Mutex<Duration>,
@@ -194,11 +235,53 @@ fn build() -> prometheus::Result<Metrics> {
             REVERSE_LAG_CHANGES,
             "After the cutover: changes on Postgres not yet in SQLite",
         )?,
+        tenant_phase: IntGaugeVec::new(
+            Opts::new(
+                TENANT_PHASE,
+                "1 for the phase each tenant of the fleet is in",
+            ),
+            &["tenant", "phase"],
+        )?,
+        tenant_lag: prometheus::GaugeVec::new(
+            Opts::new(
+                TENANT_LAG_SECONDS,
+                "Each tenant's lag, whichever way it streams (0 when caught up)",
+            ),
+            &["tenant"],
+        )?,
+        tenant_needs_operator: IntGaugeVec::new(
+            Opts::new(
+                TENANT_NEEDS_OPERATOR,
+                "1 while the tenant's daemon waits for a person",
+            ),
+            &["tenant"],
+        )?,
+        fleet_tenants: IntGaugeVec::new(
+            Opts::new(
+                FLEET_TENANTS,
+                "Tenants of the fleet running, paused (file gone) or stopped on an error",
+            ),
+            &["state"],
+        )?,
+        fleet_connections: IntGaugeVec::new(
+            Opts::new(
+                FLEET_CONNECTIONS,
+                "The fleet's pool: Postgres connections in use, and connects waiting for one",
+            ),
+            &["state"],
+        )?,
+        tenant_phases: Mutex::default(),
         unhealthy: Mutex::new(None),
         max_lag: Mutex::new(Duration::from_secs(30)),
         registry,
     };
     let build_info = IntGaugeVec::new(Opts::new(BUILD_INFO, "sqlite2pg build"), &["version"])?;
+    for state in ["running", "paused", "failed"] {
+        m.fleet_tenants.with_label_values(&[state]).set(0);
+    }
+    for state in ["in_use", "waiting"] {
+        m.fleet_connections.with_label_values(&[state]).set(0);
+    }
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
@@ -223,6 +306,11 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.direction.clone()))?;
     r.register(Box::new(m.reverse_lag_seconds.clone()))?;
     r.register(Box::new(m.reverse_lag_changes.clone()))?;
+    r.register(Box::new(m.tenant_phase.clone()))?;
+    r.register(Box::new(m.tenant_lag.clone()))?;
+    r.register(Box::new(m.tenant_needs_operator.clone()))?;
+    r.register(Box::new(m.fleet_tenants.clone()))?;
+    r.register(Box::new(m.fleet_connections.clone()))?;
     for d in DIRECTIONS {
         m.direction
             .with_label_values(&[d])
@@ -270,6 +358,18 @@ fn with(f: impl FnOnce(&Metrics)) {
 
 /// The daemon entered `phase`.
 pub fn set_phase(phase: Phase) {
+    if let Some(t) = tenant() {
+        return with(|m| {
+            if let Ok(mut phases) = m.tenant_phases.lock() {
+                if let Some(old) = phases.insert(t.clone(), phase.as_str()) {
+                    let _ = m.tenant_phase.remove_label_values(&[&t, old]);
+                }
+                m.tenant_phase
+                    .with_label_values(&[t.as_str(), phase.as_str()])
+                    .set(1);
+            }
+        });
+    }
     with(|m| {
         for p in Phase::ALL {
             m.phase
@@ -310,6 +410,9 @@ pub const OPERATOR_KINDS: &[&str] = &["conversion", "schema", "target"];
 /// The daemon waits for a person: /healthz answers 503 with `message` (table, key, column and
 /// what to do) until [`resumed`].
 pub fn needs_operator(kind: &str, message: &str) {
+    if let Some(t) = tenant() {
+        return needs_operator_for(&t, kind);
+    }
     with(|m| {
         for k in OPERATOR_KINDS {
             m.needs_operator
@@ -322,8 +425,48 @@ pub fn needs_operator(kind: &str, message: &str) {
     });
 }
 
+/// A fleet's tenant waits for a person (its daemon stopped on an error of `kind`).
+pub fn needs_operator_for(tenant: &str, kind: &str) {
+    with(|m| {
+        m.tenant_needs_operator.with_label_values(&[tenant]).set(1);
+        m.errors.with_label_values(&[kind]).inc();
+    });
+}
+
+/// The fleet's daemon: how many tenants run, are paused (file gone) or stopped on an error.
+pub fn fleet_tenants(running: usize, paused: usize, failed: usize) {
+    with(|m| {
+        for (state, n) in [("running", running), ("paused", paused), ("failed", failed)] {
+            m.fleet_tenants.with_label_values(&[state]).set(n as i64);
+        }
+    });
+}
+
+/// The fleet's pool: connections open, and connects waiting for one.
+pub fn fleet_connections(in_use: usize, waiting: usize) {
+    with(|m| {
+        for (state, n) in [("in_use", in_use), ("waiting", waiting)] {
+            m.fleet_connections
+                .with_label_values(&[state])
+                .set(n as i64);
+        }
+    });
+}
+
+/// A fleet's tenant whose file is gone (paused: phase `stopped`).
+pub fn tenant_file_missing(tenant: &str) {
+    TENANT.sync_scope(tenant.to_string(), || set_phase(Phase::Stopped));
+}
+
 /// Changes apply again: a wait for a person, or an error that stopped applying, is over.
 pub fn resumed() {
+    if let Some(t) = tenant() {
+        return with(|m| {
+            if let Ok(g) = m.tenant_needs_operator.get_metric_with_label_values(&[&t]) {
+                g.set(0);
+            }
+        });
+    }
     with(|m| {
         for k in OPERATOR_KINDS {
             m.needs_operator.with_label_values(&[k]).set(0);
@@ -349,6 +492,9 @@ pub fn fence(active: bool, expiry_unix: f64) {
 
 /// Replication lag, as measured against the changelog.
 pub fn lag(pending: i64, seconds: f64) {
+    if let Some(t) = tenant() {
+        return with(|m| m.tenant_lag.with_label_values(&[&t]).set(seconds));
+    }
     with(|m| {
         m.pending.set(pending);
         m.lag_changes.set(pending);
@@ -392,6 +538,9 @@ pub fn reverse_started() {
 
 /// The reverse stream's lag; /healthz answers 503 while it is over `--max-lag-seconds`.
 pub fn reverse_lag(pending: i64, seconds: f64) {
+    if let Some(t) = tenant() {
+        return with(|m| m.tenant_lag.with_label_values(&[&t]).set(seconds));
+    }
     with(|m| {
         m.reverse_lag_changes.set(pending);
         m.reverse_lag_seconds.set(seconds);

@@ -45,17 +45,84 @@ pub async fn server_version(client: &Client) -> Result<(i32, String)> {
     Ok((row.get(0), row.get(1)))
 }
 
+/// The most Postgres connections this process holds at once, when it is a fleet's daemon:
+/// each connection holds a permit for as long as it is open, and a connect waits for one.
+/// Waiting is first come, first served.
+#[derive(Debug)]
+pub struct Limit {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    size: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+    contended: tokio::sync::Notify,
+}
+
+static LIMIT: std::sync::OnceLock<Limit> = std::sync::OnceLock::new();
+
+impl Limit {
+    /// Bounds every connection this process makes from now on to `size` (once per process).
+    pub fn install(size: usize) -> &'static Limit {
+        LIMIT.get_or_init(|| Limit {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(size.max(1))),
+            size: size.max(1),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            contended: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The process' limit, if it has one.
+    pub fn get() -> Option<&'static Limit> {
+        LIMIT.get()
+    }
+
+    /// How many connections it allows.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How many connects wait for a permit right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many connections are open now.
+    pub fn in_use(&self) -> usize {
+        self.size - self.permits.available_permits()
+    }
+
+    /// Resolves when a connect starts waiting for a permit: a holder with nothing to do
+    /// lets its connection go.
+    pub async fn contended(&self) {
+        if self.waiting() > 0 {
+            return;
+        }
+        self.contended.notified().await;
+    }
+
+    async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return p;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.contended.notify_waiters();
+        let permit = self.permits.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        // The semaphore is never closed.
+        permit.unwrap_or_else(|_| unreachable!("the connection limit's semaphore is never closed"))
+    }
+}
+
 /// Connects to the target, over TLS as its `sslmode` says (see [`tls`]); the connection's
 /// background task is spawned on the current runtime.
 pub async fn connect(url: &TargetUrl) -> Result<Client> {
     Ok(open(url, false).await?.0)
 }
 
-/// Connects like [`connect`], and forwards each notification (LISTEN) the server sends on
-/// this connection to the receiver; it closes when the connection ends.
+/// Connects like [`connect`], and forwards the payload of each notification (LISTEN) the
+/// server sends on this connection to the receiver; it closes when the connection ends.
 pub async fn connect_listening(
     url: &TargetUrl,
-) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
     let (client, rx) = open(url, true).await?;
     let rx = rx.ok_or_else(|| Error::new(ErrorKind::Target, "no notification channel"))?;
     Ok((client, rx))
@@ -64,7 +131,7 @@ pub async fn connect_listening(
 async fn open(
     url: &TargetUrl,
     listen: bool,
-) -> Result<(Client, Option<tokio::sync::mpsc::UnboundedReceiver<()>>)> {
+) -> Result<(Client, Option<tokio::sync::mpsc::UnboundedReceiver<String>>)> {
     let invalid = |e: Error| {
         Error::new(
             ErrorKind::Config,
@@ -91,6 +158,11 @@ async fn open(
     config.ssl_mode(tls.mode.negotiation());
     let connector = tls.connector()?;
     let failed = |e: tokio_postgres::Error| connect_error(url, tls.mode, e);
+    // Held by the connection's task: the permit goes back when the connection closes.
+    let permit = match Limit::get() {
+        Some(limit) => Some(limit.acquire().await),
+        None => None,
+    };
     // tokio-postgres bounds only the TCP connect; a server that accepts and then never
     // answers (hung, stopped, a proxy with nothing behind it) would hold every command, and
     // the daemon's reconnect loop, forever. The whole connect gets a deadline.
@@ -114,14 +186,14 @@ async fn open(
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(failed)?;
-            (client, drive(connection, listen))
+            (client, drive(connection, listen, permit))
         }
         Some(tls) => {
             let (client, connection) = tokio::time::timeout(limit, config.connect(tls))
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(failed)?;
-            (client, drive(connection, listen))
+            (client, drive(connection, listen, permit))
         }
     };
     // Marks the session as sqlite2pg's: the reverse capture (installed before the cutover's
@@ -140,21 +212,23 @@ const ORIGIN_SETTING: &str = "sqlite2pg.origin";
 fn drive<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
     listen: bool,
-) -> Option<tokio::sync::mpsc::UnboundedReceiver<()>>
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if !listen {
-        spawn_connection(connection);
+        spawn_connection(connection, permit);
         return None;
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let _permit = permit;
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                    if tx.send(()).is_err() {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_string()).is_err() {
                         break;
                     }
                 }
@@ -190,13 +264,14 @@ pub async fn cancel(token: tokio_postgres::CancelToken, url: &TargetUrl) {
     }
 }
 
-fn spawn_connection<F>(connection: F)
+fn spawn_connection<F>(connection: F, permit: Option<tokio::sync::OwnedSemaphorePermit>)
 where
     F: std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>
         + Send
         + 'static,
 {
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Postgres connection ended");
         }

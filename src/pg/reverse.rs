@@ -639,6 +639,12 @@ pub async fn fallback_record(
         )
         .await
         .map_err(pg("record the fallback"))?;
+    // At commit: the tenant's reverse stream in a fleet's daemon, which holds no connection
+    // while idle, hears that it is over.
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &tenant])
+        .await
+        .map_err(pg("announce the fallback"))?;
     Ok(())
 }
 

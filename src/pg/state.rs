@@ -546,6 +546,20 @@ pub async fn take_presence(client: &Client, tenant: &str) -> Result<bool> {
     try_advisory(client, tenant, Lock::Presence).await
 }
 
+/// Lets go of a tenant's presence lock (a fleet's daemon is done with the tenant).
+pub async fn release_presence(client: &Client, tenant: &str) -> Result<()> {
+    if let Some((class, id)) = lock_key(client, tenant, Lock::Presence).await? {
+        client
+            .query_one(
+                "SELECT pg_advisory_unlock(hashtext($1), $2)",
+                &[&class, &id],
+            )
+            .await
+            .map_err(pg("let go of a presence lock"))?;
+    }
+    Ok(())
+}
+
 /// Takes the run lock, waiting up to `patience` for a session that holds it to end: one this
 /// daemon just let go of ends a moment after its client is dropped. `false`: held still.
 pub async fn lock_within(client: &Client, tenant: &str, patience: Duration) -> Result<bool> {

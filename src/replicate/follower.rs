@@ -61,7 +61,21 @@ pub(crate) trait Direction {
     /// Resolves when the source may hold something new (a file notification, a NOTIFY);
     /// pending forever when it cannot tell (the poll interval covers that).
     async fn changed(&mut self);
+    /// Without a connection: whether a wake-up may have brought work worth connecting for
+    /// (`true` when the direction cannot tell without Postgres).
+    fn worth_connecting(&mut self) -> bool {
+        true
+    }
 }
+
+/// A fleet daemon's tenant holds its connection at most this long while others wait for
+/// one, then lets it go between batches and queues again (a backlog does not keep the
+/// others' lag hostage).
+const SLICE: Duration = Duration::from_millis(500);
+
+/// A fleet daemon's tenant without a connection looks at its source this often when no
+/// wake-up came (a missed notification): rarely, since idle tenants must cost nothing.
+const RELEASED_POLL: Duration = Duration::from_secs(30);
 
 /// Drives a [`Direction`] until a stop, the end of the changelog (`Until::CaughtUp`) or the
 /// direction's own end.
@@ -69,6 +83,8 @@ pub(crate) struct Follower {
     until: Until,
     poll_interval: Duration,
     stop: Shutdown,
+    /// A fleet's tenant: holds a connection only while it has work and nobody waits.
+    release: bool,
     backoff: Backoff,
     /// Since when Postgres has been unreachable, while it is.
     down_since: Option<Instant>,
@@ -81,23 +97,48 @@ impl Follower {
             until,
             poll_interval,
             stop,
+            release: false,
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
             down_since: None,
         }
+    }
+
+    /// A follower that lets its connection go when idle and someone waits for one, or when
+    /// it held it a slice while others wait (a fleet's daemon; not a switch's drain).
+    pub(crate) fn releasing(mut self, release: bool) -> Follower {
+        self.release = release && self.until == Until::Stopped;
+        self
     }
 
     /// Runs `dir` to its end.
     pub(crate) async fn run<D: Direction>(&mut self, dir: &mut D) -> Result<Ended<D::End>> {
         let mut connected = false;
         let mut said_locked = false;
+        // Released: connected again only once a wake-up brings work.
+        let mut released = false;
+        let mut since = Instant::now();
         loop {
             if self.stop.requested() {
                 return Ok(Ended::Stopped);
+            }
+            if released {
+                if dir.worth_connecting() {
+                    released = false;
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.wait() => return Ok(Ended::Stopped),
+                        _ = dir.changed() => {}
+                        _ = tokio::time::sleep(RELEASED_POLL) => {}
+                    }
+                    continue;
+                }
             }
             if !connected {
                 match dir.connect().await {
                     Ok(Connected::Ready) => {
                         connected = true;
+                        since = Instant::now();
                         self.backoff.reset();
                         if let Some(since) = self.down_since.take() {
                             crate::metrics::reconnected();
@@ -118,6 +159,10 @@ impl Follower {
                                 ErrorKind::State,
                                 "another sqlite2pg daemon is applying on this database; `sqlite2pg status` shows it",
                             ));
+                        }
+                        if self.release {
+                            // Not held while waiting: the pool serves the other tenants.
+                            dir.disconnect();
                         }
                         if !std::mem::replace(&mut said_locked, true) {
                             tracing::warn!(
@@ -151,6 +196,11 @@ impl Follower {
                 Applied::Batch => {
                     crate::metrics::resumed();
                     self.backoff.reset();
+                    if self.release && since.elapsed() >= SLICE && Self::contended() {
+                        dir.disconnect();
+                        connected = false;
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Applied::Nothing => {
                     crate::metrics::resumed();
@@ -169,16 +219,33 @@ impl Follower {
                         }
                     }
                     // Priority: a stop first, then news from the source, then the poll
-                    // (which also covers a notification missed or not available).
+                    // (which also covers a notification missed or not available). A fleet's
+                    // tenant lets its connection go as soon as another tenant waits for one.
+                    let limit = crate::pg::Limit::get().filter(|_| self.release);
                     tokio::select! {
                         biased;
                         _ = self.stop.wait() => return Ok(Ended::Stopped),
                         _ = dir.changed() => {}
+                        _ = async {
+                            match limit {
+                                Some(l) => l.contended().await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            dir.disconnect();
+                            connected = false;
+                            released = true;
+                        }
                         _ = tokio::time::sleep(self.poll_interval) => {}
                     }
                 }
             }
         }
+    }
+
+    /// Whether other connects wait for a permit of the fleet's pool.
+    fn contended() -> bool {
+        crate::pg::Limit::get().is_some_and(|l| l.waiting() > 0)
     }
 
     /// The one retry policy, from the error's kind: a transient error waits a backoff

@@ -2,6 +2,7 @@
 //! stream from SQLite's changelog into Postgres, the reverse stream back after the cutover),
 //! and the daemon (`run`) that orders them; `uninstall` takes it all away.
 
+pub mod fleet;
 pub mod follower;
 pub mod progress;
 pub mod reverse_stream;
@@ -36,6 +37,20 @@ impl Databases {
             tenant: cfg.tenant_id().to_string(),
         })
     }
+}
+
+/// What a tenant's daemon gets from the fleet daemon that runs it beside the other tenants'
+/// (`None` in the options: a daemon of its own). The fleet watches every tenant's directory
+/// with one watcher and listens on one connection, and routes each wake-up to its tenant; and
+/// a tenant holds a Postgres connection only while it has work, so that a bounded pool
+/// serves the whole fleet ([`crate::pg::Limit`]).
+#[derive(Debug, Clone, Default)]
+pub struct FleetLink {
+    /// Its SQLite file (or its -wal/-journal) changed.
+    pub file_changed: std::sync::Arc<tokio::sync::Notify>,
+    /// A change of its was committed on Postgres (the reverse capture's notification), or
+    /// its fallback was recorded.
+    pub pg_changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How long a stream, either way, runs.

@@ -47,6 +47,8 @@ pub struct Options {
     /// The daemon's reverse stream, or the fallback's drain, which waits out an unreachable
     /// Postgres as long as it takes (its fence lapses with its lease).
     pub until: super::Until,
+    /// Run by a fleet's daemon: woken by it, holding a connection only while there is work.
+    pub link: Option<super::FleetLink>,
 }
 
 /// How the stream ended.
@@ -720,7 +722,7 @@ async fn look(client: &Client, tenant: &str, conn: &rusqlite::Connection) -> Res
 }
 
 /// A connection that hears the capture's notifications (`None` while Postgres is away).
-async fn listen(opts: &Options) -> Option<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+async fn listen(opts: &Options) -> Option<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
     let (client, rx) = crate::pg::connect_listening(&opts.db.target).await.ok()?;
     client
         .batch_execute(&format!("LISTEN {}", reverse::CHANNEL))
@@ -736,8 +738,9 @@ struct Reverse<'a> {
     /// Writes SQLite.
     conn: rusqlite::Connection,
     client: Option<Client>,
-    /// The connection that hears the capture's notifications (`None` while Postgres is away).
-    wake: Option<(Client, tokio::sync::mpsc::UnboundedReceiver<()>)>,
+    /// The connection that hears the capture's notifications (`None` while Postgres is away,
+    /// and in a fleet's daemon, which hears them for every tenant).
+    wake: Option<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)>,
     carry: Carry,
     last_look: Instant,
     /// Connected since the last batch: look before applying anything.
@@ -820,12 +823,18 @@ impl Direction for Reverse<'_> {
     }
 
     async fn changed(&mut self) {
-        // Woken by the commit of a change; without a listening connection (gone with
-        // Postgres), listen again and let the poll interval wake the stream meanwhile.
+        if let Some(link) = &self.opts.link {
+            return link.pg_changed.notified().await;
+        }
+        // Woken by the commit of a change of this tenant's; without a listening connection
+        // (gone with Postgres), listen again and let the poll interval wake the stream
+        // meanwhile.
         match &mut self.wake {
             Some((_, rx)) => {
-                if rx.recv().await.is_some() {
-                    return;
+                while let Some(tenant) = rx.recv().await {
+                    if tenant == self.opts.db.tenant {
+                        return;
+                    }
                 }
                 self.wake = None;
             }
@@ -852,12 +861,16 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         tables,
         conn,
         client: None,
-        wake: listen(opts).await,
+        wake: match opts.link {
+            Some(_) => None,
+            None => listen(opts).await,
+        },
         carry: Carry::default(),
         last_look: Instant::now() - Duration::from_secs(10),
         fresh: false,
     };
-    let mut follower = Follower::new(opts.until, opts.poll_interval, shutdown);
+    let mut follower =
+        Follower::new(opts.until, opts.poll_interval, shutdown).releasing(opts.link.is_some());
     Ok(match follower.run(&mut reverse).await? {
         Ended::Stopped => End::Shutdown,
         Ended::CaughtUp => End::CaughtUp,

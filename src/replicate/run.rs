@@ -25,6 +25,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Most changelog rows per SQLite read.
     pub batch_changes: usize,
+    /// Run by a fleet's daemon beside the other tenants (`None`: a daemon of its own).
+    pub link: Option<super::FleetLink>,
 }
 
 /// What `run --snapshot-only` leaves behind, and what to do about it.
@@ -105,7 +107,8 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
                 }
             }
             Err(e) if streamed && !opts.snapshot_only && waits_for_person(e.kind()) => {
-                if presence.as_ref().is_none_or(|c| c.is_closed()) {
+                // A fleet's daemon holds every tenant's presence on one connection.
+                if opts.link.is_none() && presence.as_ref().is_none_or(|c| c.is_closed()) {
                     presence = hold_presence(cfg).await;
                 }
                 crate::metrics::set_phase(Phase::Waiting);
@@ -166,11 +169,13 @@ async fn run_pass(
         crate::metrics::reconnected();
         tracing::info!("Postgres is reachable again; resuming");
     }
-    if let Some(c) = client.as_ref()
-        && crate::pg::state::cutover_load(c, cfg.tenant_id())
+    let cut_over = match client.as_ref() {
+        Some(c) => crate::pg::state::cutover_load(c, cfg.tenant_id())
             .await?
-            .is_some()
-    {
+            .is_some(),
+        None => false,
+    };
+    if cut_over && let Some(c) = client {
         *streamed = true;
         return follow_back(cfg, opts, shutdown, &plan, c).await;
     }
@@ -229,6 +234,7 @@ async fn run_pass(
         batch_changes: opts.batch_changes,
         batch_bytes: 32 << 20,
         until: super::Until::Stopped,
+        link: opts.link.clone(),
     };
     // The stream goes on on this connection, which holds the run lock since the snapshot, and
     // retakes the lock on every reconnect: the one that applies is the one that holds it, so
@@ -260,10 +266,19 @@ async fn follow_back(
     opts: &Options,
     shutdown: &Shutdown,
     plan: &Plan,
-    client: &tokio_postgres::Client,
+    client: tokio_postgres::Client,
 ) -> Result<Pass> {
-    if let Some(f) = crate::pg::reverse::fallback_load(client, cfg.tenant_id()).await? {
+    let fell_back = crate::pg::reverse::fallback_load(&client, cfg.tenant_id()).await?;
+    // The reverse stream connects on its own: this one goes, so that a fleet's tenant holds
+    // one connection at a time.
+    drop(client);
+    if let Some(f) = fell_back {
         crate::metrics::set_phase(Phase::FellBack);
+        if opts.link.is_some() {
+            // A fleet's tenant that fell back: done, beside the others that go on.
+            tracing::info!(at = %f.done_at, "fell back to SQLite: nothing to follow");
+            return Ok(Pass::Done);
+        }
         return Err(Error::new(
             ErrorKind::State,
             format!(
@@ -283,6 +298,7 @@ async fn follow_back(
         poll_interval: opts.poll_interval,
         batch_changes: opts.batch_changes,
         until: super::Until::Stopped,
+        link: opts.link.clone(),
     };
     match reverse_stream::run(plan, &ropts, shutdown.clone()).await? {
         reverse_stream::End::Shutdown => {

@@ -152,7 +152,12 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         .map_err(pg_err("cannot configure the Postgres session".into()))?;
     let mut summary = Summary::default();
     let source = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
-    if !opts.tenant.is_empty() {
+    let missing: bool = client
+        .query_one("SELECT to_regnamespace($1) IS NULL", &[&opts.schema])
+        .await
+        .map_err(pg_err("cannot look for the target schema".into()))?
+        .get(0);
+    if !opts.tenant.is_empty() && missing {
         // A fleet's layout is sqlite2pg's: each tenant's schema is made here (under Citus'
         // schema-based sharding, that makes it a distributed schema of its own). A single
         // file's schema is the app's, made by the app.

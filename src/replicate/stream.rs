@@ -29,6 +29,8 @@ pub struct Options {
     pub batch_bytes: usize,
     /// The daemon's stream, or a cutover's drain (`End::CaughtUp` once the changelog is).
     pub until: super::Until,
+    /// Run by a fleet's daemon: woken by it, holding a connection only while there is work.
+    pub link: Option<super::FleetLink>,
 }
 
 /// One captured table: how it is followed, a key given by its positions among the plan's
@@ -582,16 +584,27 @@ struct Forward<'a> {
     reader: rusqlite::Connection,
     /// Prunes the changelog.
     writer: rusqlite::Connection,
-    _watcher: notify::RecommendedWatcher,
-    wake: tokio::sync::mpsc::Receiver<()>,
+    wake: Wake,
     /// The schema version the plan was last checked against (-1: not yet).
     seen_version: i64,
+    /// The position Postgres holds, as last read or applied (kept while not connected).
+    known_position: Option<i64>,
     /// A connection that already holds the run lock, used first.
     first: Option<tokio_postgres::Client>,
     /// A connection waiting for the run lock.
     waiting: Option<tokio_postgres::Client>,
     /// What applies, once connected and holding the lock.
     live: Option<Live>,
+}
+
+/// What wakes the forward stream: a watcher of its own, or the fleet's.
+enum Wake {
+    Own {
+        /// Watches while it lives.
+        _watcher: notify::RecommendedWatcher,
+        rx: tokio::sync::mpsc::Receiver<()>,
+    },
+    Fleet(std::sync::Arc<tokio::sync::Notify>),
 }
 
 /// A connection holding the run lock, and what the stream keeps on it.
@@ -666,7 +679,16 @@ impl<'a> Forward<'a> {
         }
         let reader = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let writer = sqlite::open_read_write(&opts.db.source, opts.db.busy_timeout)?;
-        let (watcher, wake) = file_watch::watch(&opts.db.source)?;
+        let wake = match &opts.link {
+            Some(link) => Wake::Fleet(link.file_changed.clone()),
+            None => {
+                let (watcher, rx) = file_watch::watch(&opts.db.source)?;
+                Wake::Own {
+                    _watcher: watcher,
+                    rx,
+                }
+            }
+        };
         Ok(Forward {
             plan,
             installed,
@@ -675,9 +697,9 @@ impl<'a> Forward<'a> {
             readers,
             reader,
             writer,
-            _watcher: watcher,
             wake,
             seen_version: -1,
+            known_position: None,
             first,
             waiting: None,
             live: None,
@@ -737,7 +759,10 @@ impl Direction for Forward<'_> {
             ));
         };
         let handoff = state::image_handoff(applier.client(), &self.opts.db.tenant).await?;
-        tracing::info!(position = st.position, "streaming");
+        // A fleet's tenant connects again at each burst of work: said once.
+        if self.known_position.replace(st.position).is_none() {
+            tracing::info!(position = st.position, "streaming");
+        }
         self.live = Some(Live {
             applier,
             handoff,
@@ -793,6 +818,7 @@ impl Direction for Forward<'_> {
                 chunks,
             }) => {
                 live.position = position;
+                self.known_position = Some(position);
                 let secs = started.elapsed().as_secs_f64();
                 crate::metrics::batch_applied(&per_table, changes as u64, secs, position);
                 tracing::debug!(position, changes, chunks, secs, "drain applied");
@@ -850,10 +876,30 @@ impl Direction for Forward<'_> {
     }
 
     async fn changed(&mut self) {
-        if self.wake.recv().await.is_none() {
-            // The watcher is gone: the poll interval wakes the stream.
-            std::future::pending::<()>().await;
+        match &mut self.wake {
+            Wake::Own { rx, .. } => {
+                if rx.recv().await.is_none() {
+                    // The watcher is gone: the poll interval wakes the stream.
+                    std::future::pending::<()>().await;
+                }
+            }
+            Wake::Fleet(n) => n.notified().await,
         }
+    }
+
+    fn worth_connecting(&mut self) -> bool {
+        // Without a connection: the changelog past the last applied position, a schema
+        // change, or the cutover's fence (the cutover is read on Postgres at the next look).
+        let known = self.known_position;
+        tokio::task::block_in_place(|| {
+            let newest = changes::pending(&self.reader, i64::MAX).map(|(n, _, _)| n);
+            let fence = capture::fence_state(&self.reader).map(|f| f.is_some_and(|f| f.active));
+            let version = schema_version(&self.reader);
+            !matches!(
+                (newest, fence, version),
+                (Ok(n), Ok(false), Ok(v)) if known.is_some_and(|k| n <= k) && v == self.seen_version
+            )
+        })
     }
 }
 
@@ -870,7 +916,8 @@ pub async fn run(
 ) -> Result<End> {
     let mut forward = Forward::new(plan, installed, opts, first)?;
     crate::metrics::set_phase(Phase::Streaming);
-    let mut follower = Follower::new(opts.until, opts.poll_interval, shutdown);
+    let mut follower =
+        Follower::new(opts.until, opts.poll_interval, shutdown).releasing(opts.link.is_some());
     Ok(match follower.run(&mut forward).await? {
         Ended::Stopped => End::Shutdown,
         Ended::CaughtUp => End::CaughtUp,

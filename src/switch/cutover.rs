@@ -125,6 +125,7 @@ impl Cutover<'_> {
             until: crate::replicate::Until::CaughtUp {
                 give_up_after: Some(std::time::Duration::from_secs(10)),
             },
+            link: None,
         };
         match stream::run(self.plan, installed, &sopts, stop.clone(), None).await {
             Ok(End::CaughtUp) => Ok(newest),

@@ -64,6 +64,7 @@ impl<'a> Fallback<'a> {
             until: crate::replicate::Until::CaughtUp {
                 give_up_after: None,
             },
+            link: None,
         }
     }
 

@@ -2,6 +2,8 @@
 //! database per test, SQLite files in temp dirs, and the real `sqlite2pg` binary.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -556,6 +558,13 @@ impl Daemon {
         Daemon::spawn(src, db, tenant, args, &[])
     }
 
+    /// Starts the fleet's daemon (`run` with no tenant) of the config file `config`, with
+    /// `run_extra` flags; its log goes beside the config file.
+    pub fn start_fleet(config: &Path, db: &TestDb, run_extra: &[&str]) -> Daemon {
+        let args = vec!["--config", config.to_str().expect("utf-8 path")];
+        Daemon::spawn(config, db, "", args, run_extra)
+    }
+
     fn spawn<'a>(
         src: &Path,
         db: &TestDb,
@@ -637,37 +646,7 @@ impl Daemon {
     }
 
     fn caught_up(&self) -> bool {
-        let Ok(conn) = rusqlite::Connection::open_with_flags(
-            &self.src,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        ) else {
-            return false;
-        };
-        let newest: i64 = match conn.query_row(
-            "SELECT coalesce(max(seq), 0) FROM _sqlite2pg_changes",
-            [],
-            |r| r.get(0),
-        ) {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) else {
-            return false;
-        };
-        // The stream's row exists before the snapshot records its first table: an empty
-        // table_state means the snapshot has not started, not that it is done.
-        let row = c.query_opt(
-            "SELECT s.position, (SELECT count(*) FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant AND phase <> 'ready'),
-                    (SELECT count(*) FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant) FROM sqlite2pg.stream s
-             WHERE s.tenant = $1",
-            &[&self.tenant],
-        );
-        match row {
-            Ok(Some(r)) => {
-                r.get::<_, i64>(0) >= newest && r.get::<_, i64>(1) == 0 && r.get::<_, i64>(2) > 0
-            }
-            _ => false,
-        }
+        caught_up(&self.src, &self.url, &self.tenant)
     }
 
     /// Sends SIGTERM and waits; returns whether it exited 0.
@@ -689,6 +668,41 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether the snapshot of `tenant` ('' for a single file) is done and Postgres has applied
+/// every change its SQLite file `src` has recorded so far.
+pub fn caught_up(src: &Path, url: &str, tenant: &str) -> bool {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    let newest: i64 = match conn.query_row(
+        "SELECT coalesce(max(seq), 0) FROM _sqlite2pg_changes",
+        [],
+        |r| r.get(0),
+    ) {
+        Ok(n) => n,
+        Err(_) => return false,
+    };
+    let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) else {
+        return false;
+    };
+    // The stream's row exists before the snapshot records its first table: an empty
+    // table_state means the snapshot has not started, not that it is done.
+    let row = c.query_opt(
+            "SELECT s.position, (SELECT count(*) FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant AND phase <> 'ready'),
+                    (SELECT count(*) FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant) FROM sqlite2pg.stream s
+             WHERE s.tenant = $1",
+            &[&tenant],
+        );
+    match row {
+        Ok(Some(r)) => {
+            r.get::<_, i64>(0) >= newest && r.get::<_, i64>(1) == 0 && r.get::<_, i64>(2) > 0
+        }
+        _ => false,
     }
 }
 

@@ -1,0 +1,50 @@
+//! Helpers of the fleet tests: a config file naming a fleet, tenant files, the fleet's status.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// A config file naming the fleet (`fleet` is the body of its `[fleet]` table) and the target.
+pub fn config(dir: &Path, db: &TestDb, fleet: &str) -> PathBuf {
+    let path = dir.join("fleet.toml");
+    std::fs::write(
+        &path,
+        format!("target = {:?}\n\n[fleet]\n{fleet}\n", db.url),
+    )
+    .unwrap();
+    path
+}
+
+pub fn on_fleet(cfg: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    sqlite2pg(&all)
+}
+
+pub fn tenant_file(dir: &Path, name: &str, sql: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    rusqlite::Connection::open(dir.join(name))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+/// The rows of `table` in a tenant's SQLite file, as text.
+pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    st.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+pub fn fleet_status(cfg: &Path) -> serde_json::Value {
+    let out = on_fleet(cfg, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn phase_count(status: &serde_json::Value, phase: &str) -> i64 {
+    status["phases"][phase].as_i64().unwrap_or(0)
+}
