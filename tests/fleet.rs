@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use common::fleet::*;
 use common::*;
 
@@ -416,5 +418,256 @@ fn a_fleet_cutover_takes_tenants_one_at_a_time_and_stops_at_the_first_that_fails
             .output()
             .unwrap();
         assert!(!refused.status.success(), "{name}'s SQLite is fenced");
+    }
+}
+
+/// The statements of `log` (Postgres' server log, `log_statement = all`), each with the
+/// process that sent it; a statement over several lines is one.
+fn logged_statements(log: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut open = false;
+    for line in log.lines() {
+        let prefixed = line.len() > 5
+            && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && line.as_bytes()[4] == b'-';
+        if !prefixed {
+            if open && let Some(last) = out.last_mut() {
+                last.1.push('\n');
+                last.1.push_str(line);
+            }
+            continue;
+        }
+        open = false;
+        let pid = line
+            .split_once('[')
+            .and_then(|(_, r)| r.split_once(']'))
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default();
+        let text = line
+            .split_once("LOG:  statement: ")
+            .map(|(_, s)| s)
+            .or_else(|| {
+                line.split_once("LOG:  execute ")
+                    .and_then(|(_, s)| s.split_once(": "))
+                    .map(|(_, s)| s)
+            });
+        if let Some(text) = text {
+            out.push((pid, text.to_string()));
+            open = true;
+        }
+    }
+    out
+}
+
+/// The tenant schemas a statement names.
+fn tenant_schemas(statement: &str) -> std::collections::BTreeSet<String> {
+    statement
+        .split("\"tenant_")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once('"')
+                .map(|(name, _)| format!("tenant_{name}"))
+        })
+        .collect()
+}
+
+/// What docs/citus.md says a fleet never sends; `streaming`: before any cutover, when no
+/// trigger goes on a tenant's table either. Each broken rule in words.
+fn citus_refuses(statements: &[(String, String)], streaming: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut sharding_off = std::collections::BTreeSet::new();
+    for (pid, s) in statements {
+        let upper = s.to_uppercase();
+        let mut broke = |rule: &str| out.push(format!("{rule}: {s}"));
+        for form in [
+            "CREATE PUBLICATION",
+            "CREATE SUBSCRIPTION",
+            "PG_CREATE_LOGICAL_REPLICATION_SLOT",
+            "REPLICA IDENTITY",
+        ] {
+            if upper.contains(form) {
+                broke("logical replication");
+            }
+        }
+        if upper.contains("CREATE RULE") || upper.contains("CREATE OR REPLACE RULE") {
+            broke("the rule system");
+        }
+        let schemas = tenant_schemas(s);
+        if schemas.len() > 1 {
+            broke("two tenants' schemas in one statement");
+        }
+        if upper.contains("REFERENCES") && schemas.len() != 1 {
+            broke("a foreign key outside its tenant's schema");
+        }
+        if upper.starts_with("INSERT INTO \"TENANT_")
+            && upper
+                .split_once("VALUES")
+                .is_some_and(|(_, v)| v.contains("(SELECT"))
+        {
+            broke("a subquery inside INSERT ... VALUES");
+        }
+        if upper.starts_with("UPDATE \"TENANT_")
+            && [
+                "RANDOM(",
+                "CLOCK_TIMESTAMP(",
+                "NEXTVAL(",
+                "GEN_RANDOM_UUID(",
+            ]
+            .iter()
+            .any(|f| upper.contains(f))
+        {
+            broke("a volatile function in an UPDATE of a tenant's table");
+        }
+        let trigger_on_tenant = upper.contains("CREATE TRIGGER")
+            && upper
+                .split_once(" ON ")
+                .is_some_and(|(_, on)| on.trim_start().starts_with("\"TENANT_"));
+        if trigger_on_tenant {
+            let ours = ["SQLITE2PG_REVERSE", "SQLITE2PG_FENCE"]
+                .iter()
+                .any(|n| upper.contains(&format!("CREATE TRIGGER {n}")));
+            if streaming || !ours {
+                broke("a trigger on a tenant's table");
+            }
+        }
+        if upper.contains("SET LOCAL CITUS.ENABLE_SCHEMA_BASED_SHARDING = OFF") {
+            sharding_off.insert(pid.clone());
+        }
+        if upper.contains("CREATE SCHEMA IF NOT EXISTS SQLITE2PG;") && !sharding_off.contains(pid) {
+            broke("the state schema made where Citus would distribute it");
+        }
+    }
+    out
+}
+
+#[test]
+fn the_statements_a_fleet_sends_stay_within_what_docs_citus_md_says_citus_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    tenant_file(
+        &tenants,
+        "acme.db",
+        "PRAGMA journal_mode = wal;
+         CREATE TABLE clients (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, visits INTEGER DEFAULT 0);
+         CREATE TABLE projects (id INTEGER PRIMARY KEY AUTOINCREMENT, client_id INTEGER REFERENCES clients(id), title TEXT);
+         CREATE TABLE audit (at TEXT, what TEXT);
+         INSERT INTO clients (email) VALUES ('a@x'), ('b@x');
+         INSERT INTO projects (client_id, title) VALUES (1, 'p1'), (2, 'p2');
+         INSERT INTO audit VALUES ('t', 'seed');",
+    );
+    tenant_file(
+        &tenants,
+        "globex.db",
+        "CREATE TABLE clients (id INTEGER PRIMARY KEY, email TEXT, visits INTEGER);
+         INSERT INTO clients VALUES (1, 'g@x', 0);",
+    );
+    let db = TestDb::new();
+    // Only sqlite2pg's sessions log their statements.
+    let url = format!("{}?options=-c%20log_statement%3Dall", db.url);
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "target = {url:?}\n\n[fleet]\nfiles = {:?}\n",
+            format!("{}/*.db", tenants.display())
+        ),
+    )
+    .unwrap();
+    let start = server_log(0).len();
+    let files: Vec<(String, PathBuf)> = ["acme", "globex"]
+        .iter()
+        .map(|n| (n.to_string(), tenants.join(format!("{n}.db"))))
+        .collect();
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    for (name, path) in &files {
+        wait_until(
+            &format!("tenant {name} to catch up"),
+            std::time::Duration::from_secs(60),
+            || caught_up(path, &db.url, name),
+        );
+    }
+    sqlite3_shell(
+        &files[0].1,
+        "INSERT INTO clients (email) VALUES ('c@x'); UPDATE clients SET visits = visits + 1;
+         DELETE FROM projects WHERE id = 2; INSERT INTO audit VALUES ('u', 'write');
+         DELETE FROM audit WHERE what = 'seed';",
+    );
+    sqlite3_shell(&files[1].1, "UPDATE clients SET visits = 5;");
+    for (name, path) in &files {
+        wait_until(
+            &format!("tenant {name} to catch up"),
+            std::time::Duration::from_secs(60),
+            || caught_up(path, &db.url, name),
+        );
+    }
+    let out = on_fleet(&cfg, &["--tenant", "globex", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let streaming_end = server_log(0).len();
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    db.client()
+        .batch_execute("INSERT INTO tenant_acme.clients (email) VALUES ('on-postgres@x')")
+        .unwrap();
+    wait_until(
+        "the write on Postgres to reach acme's file",
+        std::time::Duration::from_secs(30),
+        || {
+            sqlite_rows(
+                &files[0].1,
+                "SELECT email FROM clients WHERE email = 'on-postgres@x'",
+            )
+            .len()
+                == 1
+        },
+    );
+    let out = on_fleet(&cfg, &["--tenant", "acme", "fallback"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.stop());
+
+    let log = server_log(start);
+    let split = streaming_end - start;
+    let (before, after) = log.split_at(split.min(log.len()));
+    let streamed = logged_statements(before);
+    let switched = logged_statements(after);
+    // The log holds what was sent: the snapshot's COPY, the stream's upserts, the cutover.
+    for (phase, statements, needle) in [
+        ("streaming", &streamed, "COPY \"tenant_acme\".\"clients\""),
+        (
+            "streaming",
+            &streamed,
+            "INSERT INTO \"tenant_acme\".\"clients\"",
+        ),
+        (
+            "streaming",
+            &streamed,
+            "DELETE FROM \"tenant_acme\".\"audit\"",
+        ),
+        ("the switches", &switched, "LOCK TABLE \"tenant_acme\"."),
+    ] {
+        assert!(
+            statements.iter().any(|(_, s)| s.contains(needle)),
+            "{phase}: no statement with {needle} in the log"
+        );
+    }
+    let mut broken = citus_refuses(&streamed, true);
+    broken.extend(citus_refuses(&switched, false));
+    assert!(
+        broken.is_empty(),
+        "statements outside docs/citus.md:\n{}",
+        broken.join("\n")
+    );
+    // The rules can fail: statements of the forms they forbid are caught.
+    let forbidden = [
+        "CREATE PUBLICATION p FOR TABLE \"tenant_acme\".\"clients\"",
+        "ALTER TABLE \"tenant_acme\".\"projects\" ADD FOREIGN KEY (client_id) REFERENCES \"tenant_globex\".\"clients\" (id)",
+        "UPDATE \"tenant_acme\".\"clients\" SET visits = random()",
+        "CREATE TRIGGER t AFTER INSERT ON \"tenant_acme\".\"clients\" FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE SCHEMA IF NOT EXISTS sqlite2pg;",
+    ];
+    for f in forbidden {
+        assert!(
+            !citus_refuses(&[("1".into(), f.into())], true).is_empty(),
+            "not caught: {f}"
+        );
     }
 }

@@ -73,9 +73,12 @@ fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 pub async fn ensure(client: &Client) -> Result<()> {
     let found = format_version(client).await?;
     for (n, step) in crate::sql::PG_STEPS {
+        // Under Citus' schema-based sharding, a new schema would become a distributed one,
+        // placed on a worker: sqlite2pg's state stays on the coordinator (docs/citus.md). On
+        // plain PostgreSQL the setting is a placeholder.
         client
             .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{STATE_SCHEMA}'), 2)"
+                "BEGIN; SET LOCAL citus.enable_schema_based_sharding = off; SELECT pg_advisory_xact_lock(hashtext('{STATE_SCHEMA}'), 2)"
             ))
             .await
             .map_err(pg("lock the state format"))?;

@@ -200,6 +200,32 @@ fn start_cluster() -> String {
     format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres")
 }
 
+/// The server log of the test cluster from byte `from` on: the harness' own cluster's log
+/// file, or an external one's through `pg_read_file` when it runs a logging collector.
+pub fn server_log(from: usize) -> String {
+    cluster_url();
+    let text = match OWN_CLUSTER.get() {
+        Some((_, _, _, log)) => std::fs::read(log).expect("read the test cluster's log"),
+        None => {
+            let mut c = postgres::Client::connect(cluster_url(), postgres::NoTls)
+                .expect("connect to the test cluster");
+            let file: Option<String> = c
+                .query_one("SELECT pg_current_logfile()", &[])
+                .expect("pg_current_logfile")
+                .get(0);
+            let file = file.expect(
+                "this test reads the server's log: run it on the harness' own cluster (unset SQLITE2PG_TEST_PG) or on one with logging_collector = on",
+            );
+            let text: String = c
+                .query_one("SELECT pg_read_file($1)", &[&file])
+                .expect("read the server log")
+                .get(0);
+            text.into_bytes()
+        }
+    };
+    String::from_utf8_lossy(text.get(from..).unwrap_or_default()).into_owned()
+}
+
 /// Whether the tests run on a cluster this process started (and so may restart).
 pub fn own_cluster() -> bool {
     cluster_url();
