@@ -572,6 +572,8 @@ pub fn unreachable(why: &str) {
 
 /// An error of this kind happened; `stopped` marks the daemon unhealthy with it.
 pub fn error(kind: &str, message: Option<&str>) {
+    // A fleet's tenant stopping is its own series' news, not the whole daemon's health.
+    let message = message.filter(|_| tenant().is_none());
     with(|m| {
         m.errors.with_label_values(&[kind]).inc();
         if let (Some(msg), Ok(mut u)) = (message, m.unhealthy.lock()) {
