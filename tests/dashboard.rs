@@ -241,6 +241,20 @@ fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
         "sqlite2pg_reverse_lag_seconds" | "sqlite2pg_reverse_lag_changes" => {
             assert_eq!(one(r, &what), 0.0, "{what}: no cutover yet");
         }
+        // A single-file daemon is no fleet: its fleet row is zeros and empty panels.
+        "sqlite2pg_fleet_tenants" => {
+            assert_eq!(r.len(), 3, "{what}: running, paused, failed: {r:?}");
+            all(r, &what, |v| v == 0.0);
+        }
+        "sqlite2pg_fleet_connections" => {
+            assert_eq!(r.len(), 2, "{what}: in use, waiting: {r:?}");
+            all(r, &what, |v| v == 0.0);
+        }
+        "sum by (phase) (sqlite2pg_tenant_phase)"
+        | "topk(5, sqlite2pg_tenant_lag_seconds)"
+        | "sqlite2pg_tenant_needs_operator == 1" => {
+            assert!(r.is_empty(), "{what}: no tenant in a single-file daemon: {r:?}");
+        }
         other => panic!(
             "panel {title:?} has an expression this test has no expectation for: {other}; add one here"
         ),
@@ -288,6 +302,20 @@ fn check_panel_reverse(title: &str, expr: &str, r: &[(Value, f64)]) {
         }
         "increase(sqlite2pg_postgres_reconnects_total[5m])" => {
             assert_eq!(one(r, &what), 0.0, "{what}");
+        }
+        // Still no fleet.
+        "sqlite2pg_fleet_tenants" => {
+            assert_eq!(r.len(), 3, "{what}: running, paused, failed: {r:?}");
+            all(r, &what, |v| v == 0.0);
+        }
+        "sqlite2pg_fleet_connections" => {
+            assert_eq!(r.len(), 2, "{what}: in use, waiting: {r:?}");
+            all(r, &what, |v| v == 0.0);
+        }
+        "sum by (phase) (sqlite2pg_tenant_phase)"
+        | "topk(5, sqlite2pg_tenant_lag_seconds)"
+        | "sqlite2pg_tenant_needs_operator == 1" => {
+            assert!(r.is_empty(), "{what}: no tenant in a single-file daemon: {r:?}");
         }
         // The forward stream's own panels keep its last values: present, not checked again.
         _ => assert!(!r.is_empty(), "{what}: no series"),
@@ -494,4 +522,114 @@ fn every_alert_has_a_firing_and_a_quiet_promtool_case() {
             "alert {name}: quiet case {quiet}, firing case {fires}"
         );
     }
+}
+
+/// The fleet row of the dashboard for a fleet's daemon: each panel on a real Prometheus,
+/// while every tenant streams, then while one tenant waits for a person and the others go on.
+#[test]
+fn the_fleet_row_shows_a_fleet_daemon_and_the_tenant_that_waits_on_a_real_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    std::fs::create_dir_all(&tenants).unwrap();
+    let names = ["t1", "t2", "t3", "t4"];
+    for n in names {
+        rusqlite::Connection::open(tenants.join(format!("{n}.db")))
+            .unwrap()
+            .execute_batch(
+                "PRAGMA journal_mode = wal;
+                 CREATE TABLE counters (id INTEGER PRIMARY KEY, hits INTEGER NOT NULL);
+                 INSERT INTO counters VALUES (1, 0), (2, 0);",
+            )
+            .unwrap();
+    }
+    let db = TestDb::new();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "target = {:?}\n\n[fleet]\nfiles = {:?}\n",
+            db.url,
+            format!("{}/*.db", tenants.display())
+        ),
+    )
+    .unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_fleet(
+        &cfg,
+        &db,
+        &["--metrics-addr", &metrics, "--max-connections", "4"],
+    );
+    let prom = Prometheus::start(dir.path(), &metrics);
+    for n in names {
+        let path = tenants.join(format!("{n}.db"));
+        wait_until(
+            &format!("tenant {n} to catch up"),
+            Duration::from_secs(60),
+            || caught_up(&path, &db.url, n),
+        );
+    }
+    prom.wait_for("sum by (phase) (sqlite2pg_tenant_phase)", |r| {
+        r.len() == 1 && r[0].0["phase"] == "streaming" && r[0].1 == 4.0
+    });
+    let fleet: Vec<(String, String)> = panels()
+        .into_iter()
+        .filter(|(title, _)| title.starts_with("Fleet: "))
+        .collect();
+    assert_eq!(fleet.len(), 5, "the fleet row lost panels: {fleet:?}");
+    for (title, expr) in &fleet {
+        let r = prom.query(expr);
+        let what = format!("panel {title:?} ({expr})");
+        match expr.as_str() {
+            "sqlite2pg_fleet_tenants" => {
+                for (state, n) in [("running", 4.0), ("paused", 0.0), ("failed", 0.0)] {
+                    assert!(
+                        r.iter().any(|(l, v)| l["state"] == state && *v == n),
+                        "{what}: {state} should be {n}: {r:?}"
+                    );
+                }
+            }
+            "sqlite2pg_fleet_connections" => {
+                let used = r.iter().find(|(l, _)| l["state"] == "in_use");
+                assert!(
+                    used.is_some_and(|(_, v)| *v >= 1.0 && *v <= 4.0),
+                    "{what}: {r:?}"
+                );
+            }
+            "sum by (phase) (sqlite2pg_tenant_phase)" => {}
+            "topk(5, sqlite2pg_tenant_lag_seconds)" => {
+                assert_eq!(r.len(), 4, "{what}: one series per tenant: {r:?}");
+                all(&r, &what, |v| (0.0..5.0).contains(&v));
+            }
+            "sqlite2pg_tenant_needs_operator == 1" => {
+                assert!(r.is_empty(), "{what}: nobody waits: {r:?}");
+            }
+            other => panic!("{title:?}: no expectation for {other}; add one here"),
+        }
+    }
+    // A value Postgres refuses in t2: t2 waits for a person, the others stream on.
+    db.client()
+        .batch_execute(
+            "ALTER TABLE tenant_t2.counters ADD CONSTRAINT below_a_million CHECK (hits < 1000000) NOT VALID",
+        )
+        .unwrap();
+    sqlite3_shell(&tenants.join("t2.db"), "UPDATE counters SET hits = 5000000 WHERE id = 1");
+    let waiting = prom.wait_for("sqlite2pg_tenant_needs_operator == 1", |r| r.len() == 1);
+    assert_eq!(waiting[0].0["tenant"], "t2", "{waiting:?}");
+    // What the single-file scrape cannot show (tests/metrics.rs leaves it to this test).
+    let (_, scrape) = http_get(&metrics, "/metrics");
+    for name in [
+        sqlite2pg::metrics::TENANT_PHASE,
+        sqlite2pg::metrics::TENANT_LAG_SECONDS,
+        sqlite2pg::metrics::TENANT_NEEDS_OPERATOR,
+    ] {
+        assert!(scrape.contains(&format!("\n{name}{{")), "{name} is not in the fleet's scrape");
+    }
+    sqlite3_shell(&tenants.join("t3.db"), "UPDATE counters SET hits = 7");
+    let t3 = tenants.join("t3.db");
+    wait_until("t3 to go on beside t2", Duration::from_secs(30), || {
+        caught_up(&t3, &db.url, "t3")
+    });
+    sqlite3_shell(&tenants.join("t2.db"), "UPDATE counters SET hits = 1 WHERE id = 1");
+    prom.wait_for("sqlite2pg_tenant_needs_operator == 1", |r| r.is_empty());
+    assert!(d.stop());
 }

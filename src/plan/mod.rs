@@ -232,14 +232,21 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     };
     let client = crate::pg::connect(url).await?;
     let mut recorded = None;
-    if crate::pg::state::format_version(&client).await? > 0 {
+    // Read once: another process (a fleet's other tenant) may create the state meanwhile, in
+    // steps; what this plan reads of it is read only once it is at this build's format.
+    let started = crate::pg::state::format_version(&client).await? > 0;
+    if started {
         crate::pg::state::ensure(&client).await?;
         recorded =
             crate::pg::state::setting(&client, cfg.tenant_id(), crate::pg::state::CASTS).await?;
     }
     let cfg = &cfg.with_recorded_casts(recorded)?;
     let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
-    let owned = crate::pg::state::owned_tables(&client, cfg.tenant_id()).await?;
+    let owned = if started {
+        crate::pg::state::owned_tables(&client, cfg.tenant_id()).await?
+    } else {
+        Vec::new()
+    };
     let mut plan = build(&tables, Some(&target), &owned, cfg);
     let (num, text) = crate::pg::server_version(&client).await?;
     plan.findings.extend(version_finding(num, &text));

@@ -355,6 +355,15 @@ fn forget_routes(routes: &Mutex<Routes>, r: &Running) {
 fn fleet_watcher(routes: Arc<Mutex<Routes>>, rescan: Arc<Notify>) -> Result<RecommendedWatcher> {
     notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        // Events were dropped (the kernel's queue overflowed): any tenant may have changed.
+        if event.need_rescan() {
+            rescan.notify_one();
+            let routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+            for link in routes.tenants.values() {
+                link.file_changed.notify_one();
+            }
+            return;
+        }
         if matches!(
             event.kind,
             notify::EventKind::Create(_)

@@ -77,6 +77,12 @@ const SLICE: Duration = Duration::from_millis(500);
 /// wake-up came (a missed notification): rarely, since idle tenants must cost nothing.
 const RELEASED_POLL: Duration = Duration::from_secs(30);
 
+/// A file notification can come while the commit that made it is still being written (the
+/// WAL's frames before its index): for a moment after a wake-up, a released tenant that saw
+/// nothing new looks again often.
+const AFTER_WAKE: Duration = Duration::from_secs(1);
+const AFTER_WAKE_POLL: Duration = Duration::from_millis(25);
+
 /// Drives a [`Direction`] until a stop, the end of the changelog (`Until::CaughtUp`) or the
 /// direction's own end.
 pub(crate) struct Follower {
@@ -116,6 +122,7 @@ impl Follower {
         let mut said_locked = false;
         // Released: connected again only once a wake-up brings work.
         let mut released = false;
+        let mut woken: Option<Instant> = None;
         let mut since = Instant::now();
         loop {
             if self.stop.requested() {
@@ -124,12 +131,17 @@ impl Follower {
             if released {
                 if dir.worth_connecting() {
                     released = false;
+                    woken = None;
                 } else {
+                    let look = match woken {
+                        Some(at) if at.elapsed() < AFTER_WAKE => AFTER_WAKE_POLL,
+                        _ => RELEASED_POLL,
+                    };
                     tokio::select! {
                         biased;
                         _ = self.stop.wait() => return Ok(Ended::Stopped),
-                        _ = dir.changed() => {}
-                        _ = tokio::time::sleep(RELEASED_POLL) => {}
+                        _ = dir.changed() => woken = Some(Instant::now()),
+                        _ = tokio::time::sleep(look) => {}
                     }
                     continue;
                 }
