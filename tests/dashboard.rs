@@ -253,7 +253,10 @@ fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
         "sum by (phase) (sqlite2pg_tenant_phase)"
         | "topk(5, sqlite2pg_tenant_lag_seconds)"
         | "sqlite2pg_tenant_needs_operator == 1" => {
-            assert!(r.is_empty(), "{what}: no tenant in a single-file daemon: {r:?}");
+            assert!(
+                r.is_empty(),
+                "{what}: no tenant in a single-file daemon: {r:?}"
+            );
         }
         other => panic!(
             "panel {title:?} has an expression this test has no expectation for: {other}; add one here"
@@ -315,7 +318,10 @@ fn check_panel_reverse(title: &str, expr: &str, r: &[(Value, f64)]) {
         "sum by (phase) (sqlite2pg_tenant_phase)"
         | "topk(5, sqlite2pg_tenant_lag_seconds)"
         | "sqlite2pg_tenant_needs_operator == 1" => {
-            assert!(r.is_empty(), "{what}: no tenant in a single-file daemon: {r:?}");
+            assert!(
+                r.is_empty(),
+                "{what}: no tenant in a single-file daemon: {r:?}"
+            );
         }
         // The forward stream's own panels keep its last values: present, not checked again.
         _ => assert!(!r.is_empty(), "{what}: no series"),
@@ -612,7 +618,10 @@ fn the_fleet_row_shows_a_fleet_daemon_and_the_tenant_that_waits_on_a_real_promet
             "ALTER TABLE tenant_t2.counters ADD CONSTRAINT below_a_million CHECK (hits < 1000000) NOT VALID",
         )
         .unwrap();
-    sqlite3_shell(&tenants.join("t2.db"), "UPDATE counters SET hits = 5000000 WHERE id = 1");
+    sqlite3_shell(
+        &tenants.join("t2.db"),
+        "UPDATE counters SET hits = 5000000 WHERE id = 1",
+    );
     let waiting = prom.wait_for("sqlite2pg_tenant_needs_operator == 1", |r| r.len() == 1);
     assert_eq!(waiting[0].0["tenant"], "t2", "{waiting:?}");
     // What the single-file scrape cannot show (tests/metrics.rs leaves it to this test).
@@ -622,14 +631,20 @@ fn the_fleet_row_shows_a_fleet_daemon_and_the_tenant_that_waits_on_a_real_promet
         sqlite2pg::metrics::TENANT_LAG_SECONDS,
         sqlite2pg::metrics::TENANT_NEEDS_OPERATOR,
     ] {
-        assert!(scrape.contains(&format!("\n{name}{{")), "{name} is not in the fleet's scrape");
+        assert!(
+            scrape.contains(&format!("\n{name}{{")),
+            "{name} is not in the fleet's scrape"
+        );
     }
     sqlite3_shell(&tenants.join("t3.db"), "UPDATE counters SET hits = 7");
     let t3 = tenants.join("t3.db");
     wait_until("t3 to go on beside t2", Duration::from_secs(30), || {
         caught_up(&t3, &db.url, "t3")
     });
-    sqlite3_shell(&tenants.join("t2.db"), "UPDATE counters SET hits = 1 WHERE id = 1");
+    sqlite3_shell(
+        &tenants.join("t2.db"),
+        "UPDATE counters SET hits = 1 WHERE id = 1",
+    );
     prom.wait_for("sqlite2pg_tenant_needs_operator == 1", |r| r.is_empty());
     assert!(d.stop());
 }
