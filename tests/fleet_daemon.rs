@@ -9,57 +9,67 @@ use std::path::PathBuf;
 use common::fleet::*;
 use common::*;
 
-/// An app writing to tenant files: each transaction reads, then writes, inside one
-/// `BEGIN IMMEDIATE`, until told to stop. Returns how many committed, and the errors.
-fn app_writer(
-    paths: Vec<PathBuf>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(u64, Vec<String>)> {
-    std::thread::spawn(move || {
-        let conns: Vec<rusqlite::Connection> = paths
-            .iter()
-            .map(|p| {
-                let c = rusqlite::Connection::open(p).unwrap();
-                c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-                c
-            })
-            .collect();
-        let (mut ok, mut failed) = (0u64, Vec::new());
-        let mut i = 0usize;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let c = &conns[i % conns.len()];
-            let tx = (|| -> rusqlite::Result<()> {
-                c.execute_batch("BEGIN IMMEDIATE")?;
-                let n: i64 = c.query_row("SELECT count(*) FROM clients", [], |r| r.get(0))?;
-                c.execute(
-                    "INSERT INTO clients (name, visits) VALUES (?1, ?2)",
-                    rusqlite::params![format!("w{i}"), n],
-                )?;
-                c.execute(
-                    "UPDATE clients SET visits = visits + 1 WHERE id = (abs(random()) % ?1) + 1",
-                    [n.max(1)],
-                )?;
-                if i.is_multiple_of(7) {
-                    c.execute(
-                        "DELETE FROM clients WHERE id = (SELECT min(id) FROM clients)",
-                        [],
-                    )?;
-                }
-                c.execute_batch("COMMIT")
-            })();
-            match tx {
-                Ok(()) => ok += 1,
-                Err(e) => {
-                    let _ = c.execute_batch("ROLLBACK");
-                    failed.push(format!("{}: {e}", paths[i % paths.len()].display()));
-                }
-            }
-            i += 1;
-            std::thread::sleep(std::time::Duration::from_millis(3));
-        }
-        (ok, failed)
-    })
+/// The app: a Python process writing to its tenants' files (each transaction reads, then
+/// writes, inside one `BEGIN IMMEDIATE`) until the file `stop` exists. It prints how many
+/// transactions committed, then each error.
+const APP: &str = r#"
+import os, sqlite3, sys, time
+stop, paths = sys.argv[1], sys.argv[2:]
+conns = [sqlite3.connect(p, timeout=5, isolation_level=None) for p in paths]
+ok, failed, i = 0, [], 0
+while not os.path.exists(stop):
+    c = conns[i % len(conns)]
+    try:
+        c.execute("BEGIN IMMEDIATE")
+        n = c.execute("SELECT count(*) FROM clients").fetchone()[0]
+        c.execute("INSERT INTO clients (name, visits) VALUES (?, ?)", (f"w{i}", n))
+        c.execute("UPDATE clients SET visits = visits + 1 WHERE id = (abs(random()) % ?) + 1", (max(n, 1),))
+        if i % 7 == 0:
+            c.execute("DELETE FROM clients WHERE id = (SELECT min(id) FROM clients)")
+        c.execute("COMMIT")
+        ok += 1
+    except sqlite3.Error as e:
+        failed.append(f"{paths[i % len(paths)]}: {e}")
+        try:
+            c.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+    i += 1
+    time.sleep(0.01)
+print(ok)
+for f in failed:
+    print(f)
+"#;
+
+fn app_writer(paths: &[PathBuf], stop: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(APP)
+        .arg(stop)
+        .args(paths)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the app (python3)")
 }
+
+/// How many transactions an app committed, and its errors.
+fn app_result(app: std::process::Child) -> (u64, Vec<String>) {
+    let out = app.wait_with_output().expect("wait for the app");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let ok = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    (ok, lines.map(String::from).collect())
+}
+
+/// An Alembic batch migration, as `op.batch_alter_table` runs it on SQLite: the table is
+/// rebuilt under a temporary name with a new column, its rows copied, the old one dropped and
+/// the new one renamed, in one transaction.
+const BATCH_MIGRATION: &str = "BEGIN IMMEDIATE;
+CREATE TABLE _alembic_tmp_clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0, tier TEXT DEFAULT 'basic');
+INSERT INTO _alembic_tmp_clients (id, name, visits) SELECT id, name, visits FROM clients;
+DROP TABLE clients;
+ALTER TABLE _alembic_tmp_clients RENAME TO clients;
+COMMIT;";
 
 /// Connections the daemon holds on Postgres right now. A connection it let go shows for a
 /// moment more while its backend exits (idle, waiting for nothing): not counted.
@@ -87,25 +97,30 @@ fn wait_all_caught_up(files: &[(String, PathBuf)], db: &TestDb, d: &Daemon) {
 }
 
 #[test]
-fn one_daemon_follows_every_tenant_over_a_bounded_pool_through_kills_restarts_and_files_coming_and_going()
+fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_restarts_and_files_coming_and_going()
  {
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants");
+    // Three shapes, both journal modes: keyed, AUTOINCREMENT with a table without a key, and
+    // a child table whose foreign key SQLite does not enforce (FKs off, its default).
     let shape = |i: usize| {
-        if i.is_multiple_of(2) {
-            "PRAGMA journal_mode = wal;
+        match i % 3 {
+        0 => "PRAGMA journal_mode = wal;
              CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0);
-             INSERT INTO clients (name) VALUES ('seed');"
-        } else {
-            "CREATE TABLE clients (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, visits INTEGER, note TEXT DEFAULT 'x');
+             INSERT INTO clients (name) VALUES ('seed');",
+        1 => "CREATE TABLE clients (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, visits INTEGER, note TEXT DEFAULT 'x');
              CREATE TABLE audit (at TEXT, what TEXT);
              INSERT INTO clients (name, visits) VALUES ('seed', 0);
-             INSERT INTO audit VALUES ('t', 'keyless');"
-        }
+             INSERT INTO audit VALUES ('t', 'keyless');",
+        _ => "PRAGMA journal_mode = wal; PRAGMA foreign_keys = off;
+             CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0);
+             CREATE TABLE notes (id INTEGER PRIMARY KEY, client_id INTEGER REFERENCES clients(id), body TEXT);
+             INSERT INTO clients (name) VALUES ('seed'); INSERT INTO notes VALUES (1, 1, 'n'), (2, 99, 'orphan');",
+    }
     };
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    for i in 0..12 {
-        let name = format!("t{i:02}");
+    for i in 0..200 {
+        let name = format!("t{i:03}");
         tenant_file(&tenants, &format!("{name}.db"), shape(i));
         files.push((name.clone(), tenants.join(format!("{name}.db"))));
     }
@@ -116,22 +131,34 @@ fn one_daemon_follows_every_tenant_over_a_bounded_pool_through_kills_restarts_an
         &format!("files = {:?}", format!("{}/*.db", tenants.display())),
     );
     let metrics = format!("127.0.0.1:{}", free_port());
-    let max = 5;
-    let run_args = ["--max-connections", "5", "--metrics-addr", metrics.as_str()];
+    let max = 6;
+    let run_args = ["--max-connections", "6", "--metrics-addr", metrics.as_str()];
     let d = Daemon::start_fleet(&cfg, &db, &run_args);
     wait_all_caught_up(&files, &db, &d);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // t05's app is offboarded while its file goes away (below): none writes to it.
+    // Three app processes; t005's app is offboarded while its file goes away (below).
+    let stop = dir.path().join("stop");
     let writers: Vec<_> = files
-        .chunks(4)
+        .chunks(67)
         .map(|c| {
-            let paths = c.iter().filter(|(n, _)| n != "t05").map(|(_, p)| p.clone());
-            app_writer(paths.collect(), stop.clone())
+            let paths: Vec<PathBuf> = c
+                .iter()
+                .filter(|(n, _)| n != "t005")
+                .map(|(_, p)| p.clone())
+                .collect();
+            app_writer(&paths, &stop)
         })
         .collect();
     let mut c = db.client();
     let mut most = 0;
-    for _ in 0..20 {
+    for _ in 0..10 {
+        most = most.max(daemon_connections(&mut c));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Alembic batch migrations while the apps write and the daemon streams.
+    for name in ["t010", "t020", "t030"] {
+        sqlite3_shell(&tenants.join(format!("{name}.db")), BATCH_MIGRATION);
+    }
+    for _ in 0..10 {
         most = most.max(daemon_connections(&mut c));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -140,10 +167,10 @@ fn one_daemon_follows_every_tenant_over_a_bounded_pool_through_kills_restarts_an
     std::thread::sleep(std::time::Duration::from_millis(300));
     let d = Daemon::start_fleet(&cfg, &db, &run_args);
     // A tenant that appears while the daemon runs, and one whose file goes away.
-    tenant_file(&tenants, "t99.db", shape(0));
-    files.push(("t99".into(), tenants.join("t99.db")));
-    let away = dir.path().join("t05.db.away");
-    std::fs::rename(tenants.join("t05.db"), &away).unwrap();
+    tenant_file(&tenants, "t999.db", shape(0));
+    files.push(("t999".into(), tenants.join("t999.db")));
+    let away = dir.path().join("t005.db.away");
+    std::fs::rename(tenants.join("t005.db"), &away).unwrap();
     d.wait_for_log("the tenant's file is gone");
     if own_cluster() {
         restart_cluster(std::time::Duration::from_millis(500));
@@ -152,18 +179,18 @@ fn one_daemon_follows_every_tenant_over_a_bounded_pool_through_kills_restarts_an
         most = most.max(daemon_connections(&mut db.client()));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::fs::write(&stop, "").unwrap();
     let mut written = 0;
     for w in writers {
-        let (ok, failed) = w.join().unwrap();
+        let (ok, failed) = app_result(w);
         assert!(failed.is_empty(), "app transactions failed: {failed:?}");
         written += ok;
     }
-    assert!(written > 100, "the app wrote {written} transactions");
-    // t05 is paused while its file is away: back, it catches up with what it missed.
-    std::fs::rename(&away, tenants.join("t05.db")).unwrap();
+    assert!(written > 100, "the apps wrote {written} transactions");
+    // t005 is paused while its file is away: back, it catches up with what it missed.
+    std::fs::rename(&away, tenants.join("t005.db")).unwrap();
     sqlite3_shell(
-        &tenants.join("t05.db"),
+        &tenants.join("t005.db"),
         "INSERT INTO clients (name) VALUES ('while away');",
     );
     wait_all_caught_up(&files, &db, &d);
@@ -172,22 +199,31 @@ fn one_daemon_follows_every_tenant_over_a_bounded_pool_through_kills_restarts_an
         "the daemon held {most} connections, over --max-connections {max}"
     );
     let mut c = db.client();
-    for (name, path) in &files {
+    for (i, (name, path)) in files.iter().enumerate() {
         c.batch_execute(&format!("SET search_path = tenant_{name}"))
             .unwrap();
         assert_table_equal(path, &mut c, "clients", "id");
+        if i % 3 == 2 && name != "t999" {
+            assert_table_equal(path, &mut c, "notes", "id");
+        }
     }
+    // The migrated tenants' new column is on Postgres, with each row's value.
+    let tiers: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM tenant_t020.clients WHERE tier = 'basic'",
+    );
+    assert!(tiers > 0);
     let out = on_fleet(&cfg, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(phase_count(&status, "streaming"), 13, "{status:#}");
+    assert_eq!(phase_count(&status, "streaming"), 201, "{status:#}");
     let (_, scrape) = http_get(&metrics, "/metrics");
     assert_eq!(
         scrape.matches("sqlite2pg_tenant_phase{").count(),
-        13,
-        "one phase series per tenant:\n{scrape}"
+        201,
+        "one phase series per tenant"
     );
     assert!(
-        scrape.contains("sqlite2pg_fleet_tenants{state=\"running\"} 13"),
+        scrape.contains("sqlite2pg_fleet_tenants{state=\"running\"} 201"),
         "{scrape}"
     );
     let log = d.log.clone();

@@ -302,3 +302,38 @@ fn install_dry_run_prints_the_script_and_changes_nothing() {
     };
     assert_eq!(strip(sqlite_master(&copy)), strip(sqlite_master(&src.path)));
 }
+
+/// A reader holding one state table while it waits for another (a transaction, or one
+/// statement, reading two) can deadlock with a format step altering both: Postgres cancels
+/// one, and the step must then be run again, not fail the run. Seen once in CI, against this
+/// harness' own reading query (the step was the victim, and the daemon exited).
+#[test]
+fn the_state_format_is_made_while_readers_read_it() {
+    for round in 0..8 {
+        let db = TestDb::new();
+        let src = SqliteFile::new(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (url, stop) = (db.url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                // One transaction reading the stream, then the snapshot progress, a moment
+                // apart: the window in which a step altering both meets it.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c.batch_execute(
+                        "BEGIN; SELECT 1 FROM sqlite2pg.stream LIMIT 1; SELECT pg_sleep(0.05);
+                         SELECT 1 FROM sqlite2pg.table_state LIMIT 1; COMMIT",
+                    );
+                    let _ = c.batch_execute("ROLLBACK");
+                }
+            })
+        };
+        let p = src.path.to_str().unwrap();
+        let out = sqlite2pg(&["--source", p, "--target", &db.url, "run", "--snapshot-only"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+    }
+}

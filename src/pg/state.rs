@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::error::{Error, Result};
@@ -73,45 +74,106 @@ fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 pub async fn ensure(client: &Client) -> Result<()> {
     let found = format_version(client).await?;
     for (n, step) in crate::sql::PG_STEPS {
-        // Under Citus' schema-based sharding, a new schema would become a distributed one,
-        // placed on a worker: sqlite2pg's state stays on the coordinator (docs/citus.md). On
-        // plain PostgreSQL the setting is a placeholder.
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL citus.enable_schema_based_sharding = off; SELECT pg_advisory_xact_lock(hashtext('{STATE_SCHEMA}'), 2)"
-            ))
-            .await
-            .map_err(pg("lock the state format"))?;
-        let result = async {
-            let current = format_version(client).await?;
-            if current >= *n {
-                return Ok(current);
+        // A step first takes every state table, in name order (the order in which readers
+        // such as `status` meet `stream` and `table_state`). A reader taking them in another
+        // order can still deadlock with it: Postgres cancels one of the two, and the step,
+        // rolled back whole, is run again.
+        let deadline = Instant::now() + STEP_LOCK_WAIT;
+        while let Err(e) = ensure_step(client, *n, step, found).await {
+            let busy = e.code().is_some_and(|c| {
+                *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::T_R_DEADLOCK_DETECTED
+            });
+            if !busy || Instant::now() >= deadline {
+                return Err(Error::from_pg(
+                    format!("cannot upgrade the state format in the {STATE_SCHEMA} schema"),
+                    e,
+                ));
             }
-            client
-                .batch_execute(step)
-                .await
-                .map_err(pg("upgrade the state format"))?;
-            client
-                .execute(
-                    &format!("UPDATE {STATE_SCHEMA}.meta SET format_version = $1"),
-                    &[n],
-                )
-                .await
-                .map_err(pg("record the state format"))?;
-            if found > 0 {
-                tracing::info!(from = current, to = n, "upgraded the {STATE_SCHEMA} schema");
-            }
-            Ok(*n)
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        .await;
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        client
-            .batch_execute(end)
-            .await
-            .map_err(pg("end a state format step"))?;
-        result?;
     }
     Ok(())
+}
+
+/// How long a format step tries again to take the state tables from readers.
+const STEP_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// One step of [`ensure`] in its own transaction, rolled back on any error.
+async fn ensure_step(
+    client: &Client,
+    n: i32,
+    step: &str,
+    found: i32,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    // Under Citus' schema-based sharding, a new schema would become a distributed one, placed
+    // on a worker: sqlite2pg's state stays on the coordinator (docs/citus.md). On plain
+    // PostgreSQL the setting is a placeholder.
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL citus.enable_schema_based_sharding = off; SELECT pg_advisory_xact_lock(hashtext('{STATE_SCHEMA}'), 2)"
+        ))
+        .await?;
+    let result = async {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("{STATE_SCHEMA}.meta")],
+            )
+            .await?
+            .get(0);
+        let current: i32 = if exists {
+            client
+                .query_one(
+                    &format!("SELECT format_version FROM {STATE_SCHEMA}.meta"),
+                    &[],
+                )
+                .await?
+                .get(0)
+        } else {
+            0
+        };
+        if current >= n {
+            return Ok(());
+        }
+        let tables: Vec<String> = client
+            .query(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+                &[&STATE_SCHEMA],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}.{}",
+                    crate::model::quote_ident(STATE_SCHEMA),
+                    crate::model::quote_ident(r.get(0))
+                )
+            })
+            .collect();
+        if !tables.is_empty() {
+            client
+                .batch_execute(&format!(
+                    "SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                    tables.join(", ")
+                ))
+                .await?;
+        }
+        client.batch_execute(step).await?;
+        client
+            .execute(
+                &format!("UPDATE {STATE_SCHEMA}.meta SET format_version = $1"),
+                &[&n],
+            )
+            .await?;
+        if found > 0 {
+            tracing::info!(from = current, to = n, "upgraded the {STATE_SCHEMA} schema");
+        }
+        Ok(())
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = client.batch_execute(end).await;
+    result.and(ended)
 }
 
 /// The format of the `sqlite2pg` schema (0: none), refusing one newer than this build's.
