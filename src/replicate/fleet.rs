@@ -124,12 +124,13 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
         "following the fleet: each tenant's file into its schema"
     );
     loop {
-        let tenants = match crate::fleet::tenants(spec) {
-            Ok(t) => t,
-            // Listed again at the next rescan; the tenants running go on meanwhile.
+        // A listing that fails says nothing of the files: the tenants running go on, nothing
+        // is paused, and the next rescan lists again.
+        let (tenants, listed) = match crate::fleet::tenants(spec) {
+            Ok(t) => (t, true),
             Err(e) => {
-                tracing::error!(error = %e, "cannot list the fleet's files");
-                Vec::new()
+                tracing::error!(error = %e, "cannot list the fleet's files; listing again at the next rescan");
+                (Vec::new(), false)
             }
         };
         for dir in tenants
@@ -174,6 +175,9 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                     present: false,
                 });
             }
+        }
+        if !listed {
+            vanished.clear();
         }
         for t in tenants.iter().chain(&vanished) {
             let restart_due = failed.get(&t.name).is_none_or(|due| Instant::now() >= *due);
@@ -230,8 +234,19 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                 .spawn(move || {
                     let span = tracing::info_span!("tenant", tenant = %name);
                     let work = async { run::run(&tenant_cfg, &tenant_opts, &stop).await };
-                    let r = handle
-                        .block_on(crate::metrics::for_tenant(name.clone(), work).instrument(span));
+                    // A panic (a bug) ends this tenant's run, said like an error, and the
+                    // daemon still knows the thread is gone (its stop waits for every one).
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handle.block_on(
+                            crate::metrics::for_tenant(name.clone(), work).instrument(span),
+                        )
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::State,
+                            "the tenant's daemon panicked (a bug in sqlite2pg: its log above says where); it is started again later",
+                        ))
+                    });
                     let _ = ended.send((name, this, r));
                 });
             if let Err(e) = spawned {
