@@ -89,7 +89,7 @@ pub(crate) struct Follower {
     until: Until,
     poll_interval: Duration,
     stop: Shutdown,
-    /// A fleet's tenant: holds a connection only while it has work and nobody waits.
+    /// A fleet's tenant: lets its connection go when idle and another waits for one.
     release: bool,
     backoff: Backoff,
     /// Since when Postgres has been unreachable, while it is.

@@ -745,6 +745,9 @@ struct Reverse<'a> {
     last_look: Instant,
     /// Connected since the last batch: look before applying anything.
     fresh: bool,
+    /// A fleet's tenant: a change of its was announced since it last asked (it has nothing
+    /// to read in SQLite that would tell, so without it, it stays without a connection).
+    announced: bool,
 }
 
 /// Why the reverse stream ends by itself: the fallback is recorded.
@@ -824,7 +827,9 @@ impl Direction for Reverse<'_> {
 
     async fn changed(&mut self) {
         if let Some(link) = &self.opts.link {
-            return link.pg_changed.notified().await;
+            link.pg_changed.notified().await;
+            self.announced = true;
+            return;
         }
         // Woken by the commit of a change of this tenant's; without a listening connection
         // (gone with Postgres), listen again and let the poll interval wake the stream
@@ -841,6 +846,12 @@ impl Direction for Reverse<'_> {
             None => self.wake = listen(self.opts).await,
         }
         std::future::pending::<()>().await;
+    }
+
+    fn worth_connecting(&mut self) -> bool {
+        // Postgres announces each commit of the tenant's (and its fallback, and a listener
+        // that connects again announces everyone): nothing else is worth a connection.
+        std::mem::take(&mut self.announced)
     }
 }
 
@@ -868,6 +879,7 @@ pub async fn run(plan: &Plan, opts: &Options, shutdown: Shutdown) -> Result<End>
         carry: Carry::default(),
         last_look: Instant::now() - Duration::from_secs(10),
         fresh: false,
+        announced: false,
     };
     let mut follower =
         Follower::new(opts.until, opts.poll_interval, shutdown).releasing(opts.link.is_some());
