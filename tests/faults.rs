@@ -221,16 +221,6 @@ fn a_postgres_that_never_answers_fails_a_command_within_its_connect_timeout() {
     drop(silent);
 }
 
-/// Rows of a SQLite table as `quote()` text, in key order.
-fn sqlite_rows(path: &std::path::Path, sql: &str) -> Vec<String> {
-    let c = rusqlite::Connection::open(path).unwrap();
-    let mut st = c.prepare(sql).unwrap();
-    st.query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
-}
-
 /// Waits until the reverse stream has applied every change Postgres recorded, reconnecting
 /// as needed (the cluster may be restarting).
 fn wait_reverse_drained(db: &TestDb, d: &Daemon) {

@@ -29,16 +29,6 @@ pub fn tenant_file(dir: &Path, name: &str, sql: &str) {
         .unwrap();
 }
 
-/// The rows of `table` in a tenant's SQLite file, as text.
-pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
-    let c = rusqlite::Connection::open(path).unwrap();
-    let mut st = c.prepare(sql).unwrap();
-    st.query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
-}
-
 pub fn fleet_status(cfg: &Path) -> serde_json::Value {
     let out = on_fleet(cfg, &["status", "--json"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -732,6 +732,16 @@ pub fn caught_up(src: &Path, url: &str, tenant: &str) -> bool {
     }
 }
 
+/// The first column of each row `sql` returns from a SQLite file, as text.
+pub fn sqlite_rows(path: &Path, sql: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    st.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 /// Runs SQL through the system `sqlite3` shell: the app's SQLite library, older than ours.
 /// Like any app sharing a SQLite file, it waits for locks (Python's default is 5 s).
 pub fn sqlite3_shell(src: &Path, sql: &str) {
