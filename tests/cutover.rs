@@ -103,8 +103,10 @@ fn the_users_day_check_run_cutover_verify_fall_back() {
     // The app on Postgres inserts without giving ids: sequences were moved.
     let inserted = app(&["pg-insert", &db.url]);
     assert!(inserted.contains("project"), "{inserted}");
-    // SQLite refuses writes with the fence message.
+    // SQLite refuses writes with the fence message. Like the app, the shell waits for the
+    // write lock: the daemon's reverse stream may be writing the insert above back.
     let out = std::process::Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
         .arg(&path)
         .arg("INSERT INTO counters (id, hits) VALUES (99, 0)")
         .output()
