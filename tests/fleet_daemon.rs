@@ -71,13 +71,13 @@ DROP TABLE clients;
 ALTER TABLE _alembic_tmp_clients RENAME TO clients;
 COMMIT;";
 
-/// Connections the daemon holds on Postgres right now. A connection it let go shows for a
-/// moment more while its backend exits (idle, waiting for nothing): not counted.
+/// Backends of the daemon on Postgres right now, as the server counts them: one whose
+/// connection the daemon let go counts until it has exited.
 fn daemon_connections(c: &mut postgres::Client) -> i64 {
     scalar(
         c,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sqlite2pg'
-           AND datname = current_database() AND (state <> 'idle' OR wait_event IS NOT NULL)",
+           AND datname = current_database()",
     )
 }
 

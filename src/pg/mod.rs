@@ -11,6 +11,7 @@ pub mod lookup;
 pub mod reverse;
 pub mod scan;
 pub mod sequences;
+pub mod socket;
 pub mod state;
 pub mod tls;
 
@@ -128,10 +129,7 @@ pub async fn connect_listening(
     Ok((client, rx))
 }
 
-async fn open(
-    url: &TargetUrl,
-    listen: bool,
-) -> Result<(Client, Option<tokio::sync::mpsc::UnboundedReceiver<String>>)> {
+async fn open(url: &TargetUrl, listen: bool) -> Result<Opened> {
     let invalid = |e: Error| {
         Error::new(
             ErrorKind::Config,
@@ -157,45 +155,121 @@ async fn open(
     }
     config.ssl_mode(tls.mode.negotiation());
     let connector = tls.connector()?;
-    let failed = |e: tokio_postgres::Error| connect_error(url, tls.mode, e);
-    // Held by the connection's task: the permit goes back when the connection closes.
-    let permit = match Limit::get() {
-        Some(limit) => Some(limit.acquire().await),
-        None => None,
-    };
+    let targets = socket::targets(&config).map_err(|why| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "the Postgres target {} cannot be connected to: {why}",
+                url.redacted()
+            ),
+        )
+    })?;
     // tokio-postgres bounds only the TCP connect; a server that accepts and then never
     // answers (hung, stopped, a proxy with nothing behind it) would hold every command, and
-    // the daemon's reconnect loop, forever. The whole connect gets a deadline.
-    let limit = config
+    // the daemon's reconnect loop, forever. Each host's whole connect gets a deadline.
+    let deadline = config
         .get_connect_timeout()
         .copied()
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let timed_out = || {
-        Error::new(
-            ErrorKind::TargetUnreachable,
-            format!(
-                "cannot connect to Postgres at {}: no answer within {} s (raise connect_timeout in the URL if the server is just slow)",
-                url.redacted(),
-                limit.as_secs_f64()
-            ),
-        )
-    };
-    let (client, rx) = match connector {
-        None => {
-            let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(failed)?;
-            (client, drive(connection, listen, permit))
+    let mut failed = None;
+    for target in &targets {
+        // Held by the connection's task: the permit goes back when the connection closes.
+        let permit = match Limit::get() {
+            Some(limit) => Some(limit.acquire().await),
+            None => None,
+        };
+        let opened = match &connector {
+            None => {
+                let attempt = attempt(url, tls.mode, NoTls, target, &config, listen, permit);
+                tokio::time::timeout(deadline, attempt).await
+            }
+            Some(make) => {
+                let connect =
+                    tokio_postgres::tls::MakeTlsConnect::<socket::Socket>::make_tls_connect(
+                        &mut make.clone(),
+                        target.hostname.as_deref().unwrap_or(""),
+                    )
+                    .map_err(|never| match never {})?;
+                let attempt = attempt(url, tls.mode, connect, target, &config, listen, permit);
+                tokio::time::timeout(deadline, attempt).await
+            }
+        };
+        match opened {
+            Ok(Ok(opened)) => return Ok(opened),
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => {
+                failed = Some(Error::new(
+                    ErrorKind::TargetUnreachable,
+                    format!(
+                        "cannot connect to Postgres at {}: no answer within {} s (raise connect_timeout in the URL if the server is just slow)",
+                        url.redacted(),
+                        deadline.as_secs_f64()
+                    ),
+                ))
+            }
         }
-        Some(tls) => {
-            let (client, connection) = tokio::time::timeout(limit, config.connect(tls))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(failed)?;
-            (client, drive(connection, listen, permit))
-        }
+    }
+    Err(failed.unwrap_or_else(|| Error::new(ErrorKind::Config, "no host to connect to")))
+}
+
+/// A connection, and the receiver of its notifications when it listens.
+type Opened = (Client, Option<tokio::sync::mpsc::UnboundedReceiver<String>>);
+
+/// Connects to one host of the target: the socket, the startup (TLS, authentication), the
+/// session attributes the URL asks for, and the session's settings.
+async fn attempt<T>(
+    url: &TargetUrl,
+    mode: conninfo::SslMode,
+    tls: T,
+    target: &socket::Target,
+    config: &tokio_postgres::Config,
+    listen: bool,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Opened>
+where
+    T: tokio_postgres::tls::TlsConnect<socket::Socket>,
+    T::Stream: Send + 'static,
+{
+    let what = || format!("cannot connect to Postgres at {}", url.redacted());
+    let socket = target
+        .connect(config)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::TargetUnreachable, what(), e))?;
+    let (client, connection) = config
+        .connect_raw(socket, tls)
+        .await
+        .map_err(|e| connect_error(url, mode, e))?;
+    let rx = drive(connection, listen, permit);
+    let wanted = match config.get_target_session_attrs() {
+        tokio_postgres::config::TargetSessionAttrs::ReadWrite => Some("off"),
+        tokio_postgres::config::TargetSessionAttrs::ReadOnly => Some("on"),
+        _ => None,
     };
+    if let Some(wanted) = wanted {
+        let rows = client
+            .simple_query("SHOW transaction_read_only")
+            .await
+            .map_err(|e| Error::from_pg(what(), e))?;
+        let read_only = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        if read_only.as_deref() != Some(wanted) {
+            return Err(Error::new(
+                ErrorKind::TargetUnreachable,
+                format!(
+                    "{}: this host is {} (transaction_read_only={}), and target_session_attrs asks for the other kind",
+                    what(),
+                    if wanted == "off" {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
+                    read_only.as_deref().unwrap_or("unknown"),
+                ),
+            ));
+        }
+    }
     // Marks the session as sqlite2pg's: the reverse capture (installed before the cutover's
     // fence, while the forward stream still writes) records only the app's writes.
     client
