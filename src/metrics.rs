@@ -66,7 +66,8 @@ pub const TENANT_LAG_SECONDS: &str = "sqlite2pg_tenant_lag_seconds";
 pub const TENANT_NEEDS_OPERATOR: &str = "sqlite2pg_tenant_needs_operator";
 /// `sqlite2pg_fleet_tenants{state}`: tenants running, paused (file gone) or stopped on an error.
 pub const FLEET_TENANTS: &str = "sqlite2pg_fleet_tenants";
-/// `sqlite2pg_fleet_connections{state}`: the pool's connections in use, and connects waiting.
+/// `sqlite2pg_fleet_connections{state}`: the pool's connections in use, sessions given back
+/// and not yet taken (idle), and connects waiting.
 pub const FLEET_CONNECTIONS: &str = "sqlite2pg_fleet_connections";
 
 /// Every name above, for tests that check the dashboard and the rules against a scrape.
@@ -279,7 +280,7 @@ fn build() -> prometheus::Result<Metrics> {
     for state in ["running", "paused", "failed"] {
         m.fleet_tenants.with_label_values(&[state]).set(0);
     }
-    for state in ["in_use", "waiting"] {
+    for state in ["in_use", "idle", "waiting"] {
         m.fleet_connections.with_label_values(&[state]).set(0);
     }
     build_info
@@ -443,9 +444,9 @@ pub fn fleet_tenants(running: usize, paused: usize, failed: usize) {
 }
 
 /// The fleet's pool: connections open, and connects waiting for one.
-pub fn fleet_connections(in_use: usize, waiting: usize) {
+pub fn fleet_connections(in_use: usize, idle: usize, waiting: usize) {
     with(|m| {
-        for (state, n) in [("in_use", in_use), ("waiting", waiting)] {
+        for (state, n) in [("in_use", in_use), ("idle", idle), ("waiting", waiting)] {
             m.fleet_connections
                 .with_label_values(&[state])
                 .set(n as i64);

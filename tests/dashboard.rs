@@ -258,7 +258,7 @@ fn single_daemon_fleet_row(expr: &str, r: &[(Value, f64)], what: &str) {
             all(r, what, |v| v == 0.0);
         }
         "sqlite2pg_fleet_connections" => {
-            assert_eq!(r.len(), 2, "{what}: in use, waiting: {r:?}");
+            assert_eq!(r.len(), 3, "{what}: in use, idle, waiting: {r:?}");
             all(r, what, |v| v == 0.0);
         }
         _ => assert!(

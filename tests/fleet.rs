@@ -330,6 +330,90 @@ fn each_tenant_streams_cuts_over_falls_back_and_uninstalls_alone_beside_the_othe
     assert_eq!(state, 0);
 }
 
+/// Two tenants whose tables share names but not columns take turns on the one session the
+/// pool has for tenants: each write hands it from one to the other, and neither is served
+/// by the other's staging tables, locks or anything else of its session.
+#[test]
+fn tenants_of_different_shapes_take_turns_on_one_pooled_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    tenant_file(
+        &tenants,
+        "a.db",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE tags (item_id INTEGER, tag TEXT);",
+    );
+    tenant_file(
+        &tenants,
+        "b.db",
+        "PRAGMA journal_mode = wal;
+         CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL, note TEXT, name TEXT);
+         CREATE TABLE tags (item_id INTEGER, tag TEXT, weight REAL);",
+    );
+    let (a, b) = (tenants.join("a.db"), tenants.join("b.db"));
+    let db = TestDb::new();
+    let cfg = config(
+        dir.path(),
+        &db,
+        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
+    );
+    // Two connections are the daemon's own (the listener, the presence locks): one is left.
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "3"]);
+    let wait = |path: &PathBuf, name: &str| {
+        wait_until(
+            &format!("tenant {name} caught up"),
+            std::time::Duration::from_secs(30),
+            || caught_up(path, &db.url, name),
+        )
+    };
+    wait(&a, "a");
+    wait(&b, "b");
+    let mut c = db.client();
+    let mut backends = std::collections::BTreeSet::new();
+    for i in 0..15 {
+        rusqlite::Connection::open(&a)
+            .unwrap()
+            .execute_batch(&format!(
+                "INSERT INTO items (name) VALUES ('a{i}'); INSERT INTO tags VALUES ({i}, 'x');"
+            ))
+            .unwrap();
+        wait(&a, "a");
+        rusqlite::Connection::open(&b)
+            .unwrap()
+            .execute_batch(&format!(
+                "INSERT INTO items (qty, note, name) VALUES ({i}, 'n', 'b{i}');
+                 INSERT INTO tags VALUES ({i}, 'y', 0.5); UPDATE items SET qty = qty + 1 WHERE id = 1;"
+            ))
+            .unwrap();
+        wait(&b, "b");
+        for r in pg_rows(
+            &mut c,
+            "SELECT pid::text FROM pg_stat_activity WHERE application_name = 'sqlite2pg'
+               AND datname = current_database()",
+        ) {
+            backends.extend(r.into_iter().flatten());
+        }
+    }
+    for (tenant, path) in [("a", &a), ("b", &b)] {
+        c.batch_execute(&format!("SET search_path = tenant_{tenant}"))
+            .unwrap();
+        assert_table_equal(path, &mut c, "items", "id");
+        let out = on_fleet(&cfg, &["--tenant", tenant, "verify"]);
+        assert!(out.status.success(), "verify {tenant}: {}", text(&out));
+    }
+    let log = d.log_text();
+    assert!(
+        !log.contains(" ERROR ") && !log.contains(" WARN "),
+        "the daemon's log:\n{log}"
+    );
+    // 30 hand-offs, each once a new connection: the same three backends all along.
+    assert!(
+        backends.len() <= 3,
+        "the daemon used {} backends for 30 hand-offs of one session: {backends:?}",
+        backends.len()
+    );
+}
+
 #[test]
 fn a_fleet_cutover_takes_tenants_one_at_a_time_and_stops_at_the_first_that_fails() {
     let dir = tempfile::tempdir().unwrap();

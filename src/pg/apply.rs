@@ -126,6 +126,11 @@ impl Applier {
         &self.client
     }
 
+    /// The connection, to give back between drains (its staging tables are the session's).
+    pub fn into_client(self) -> Client {
+        self.client
+    }
+
     /// Starts a drain: one transaction, committed by [`Drain::commit`] (dropped: rolled back).
     pub async fn begin(&mut self) -> Result<Drain<'_>> {
         let tx = self

@@ -8,6 +8,7 @@ pub mod ddl;
 pub mod decode;
 pub mod foreign_keys;
 pub mod lookup;
+pub mod pool;
 pub mod reverse;
 pub mod scan;
 pub mod sequences;
@@ -24,6 +25,7 @@ use crate::conninfo::TargetUrl;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use crate::model::quote_ident;
+pub use pool::Limit;
 
 /// `"schema"."table"`, both quoted.
 pub fn qualified(schema: &str, table: &str) -> String {
@@ -46,77 +48,15 @@ pub async fn server_version(client: &Client) -> Result<(i32, String)> {
     Ok((row.get(0), row.get(1)))
 }
 
-/// The most Postgres connections this process holds at once, when it is a fleet's daemon:
-/// each connection holds a permit for as long as it is open, and a connect waits for one.
-/// Waiting is first come, first served.
-#[derive(Debug)]
-pub struct Limit {
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
-    size: usize,
-    waiting: std::sync::atomic::AtomicUsize,
-    contended: tokio::sync::Notify,
-}
-
-static LIMIT: std::sync::OnceLock<Limit> = std::sync::OnceLock::new();
-
-impl Limit {
-    /// Bounds every connection this process makes from now on to `size` (once per process).
-    pub fn install(size: usize) -> &'static Limit {
-        LIMIT.get_or_init(|| Limit {
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(size.max(1))),
-            size: size.max(1),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
-            contended: tokio::sync::Notify::new(),
-        })
-    }
-
-    /// The process' limit, if it has one.
-    pub fn get() -> Option<&'static Limit> {
-        LIMIT.get()
-    }
-
-    /// How many connections it allows.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
-    /// How many connects wait for a permit right now.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// How many connections are open now.
-    pub fn in_use(&self) -> usize {
-        self.size - self.permits.available_permits()
-    }
-
-    /// Resolves when a connect starts waiting for a permit: a holder with nothing to do
-    /// lets its connection go.
-    pub async fn contended(&self) {
-        if self.waiting() > 0 {
-            return;
-        }
-        self.contended.notified().await;
-    }
-
-    async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
-        use std::sync::atomic::Ordering;
-        if let Ok(p) = self.permits.clone().try_acquire_owned() {
-            return p;
-        }
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.contended.notify_waiters();
-        let permit = self.permits.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        // The semaphore is never closed.
-        permit.unwrap_or_else(|_| unreachable!("the connection limit's semaphore is never closed"))
-    }
-}
-
 /// Connects to the target, over TLS as its `sslmode` says (see [`tls`]); the connection's
 /// background task is spawned on the current runtime.
 pub async fn connect(url: &TargetUrl) -> Result<Client> {
-    Ok(open(url, false).await?.0)
+    Ok(open(url, false, None).await?.0)
+}
+
+/// Connects like [`connect`] on a permit of the fleet's limit already held.
+async fn open_with(url: &TargetUrl, permit: tokio::sync::OwnedSemaphorePermit) -> Result<Client> {
+    Ok(open(url, false, Some(permit)).await?.0)
 }
 
 /// Connects like [`connect`], and forwards the payload of each notification (LISTEN) the
@@ -124,12 +64,73 @@ pub async fn connect(url: &TargetUrl) -> Result<Client> {
 pub async fn connect_listening(
     url: &TargetUrl,
 ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
-    let (client, rx) = open(url, true).await?;
+    let (client, rx) = open(url, true, None).await?;
     let rx = rx.ok_or_else(|| Error::new(ErrorKind::Target, "no notification channel"))?;
     Ok((client, rx))
 }
 
-async fn open(url: &TargetUrl, listen: bool) -> Result<Opened> {
+async fn open(
+    url: &TargetUrl,
+    listen: bool,
+    mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Opened> {
+    let (config, tls) = settings(url)?;
+    let connector = tls.connector()?;
+    let targets = socket::targets(&config).map_err(|why| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "the Postgres target {} cannot be connected to: {why}",
+                url.redacted()
+            ),
+        )
+    })?;
+    // tokio-postgres bounds only the TCP connect; a server that accepts and then never
+    // answers (hung, stopped, a proxy with nothing behind it) would hold every command, and
+    // the daemon's reconnect loop, forever. Each host's whole connect gets a deadline.
+    let deadline = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let mut failed = None;
+    for target in &targets {
+        // Held by the connection's task: the permit goes back when the connection closes.
+        let permit = match (permit.take(), Limit::get()) {
+            (Some(p), _) => Some(p),
+            (None, Some(limit)) => Some(limit.acquire().await),
+            (None, None) => None,
+        };
+        let opened = match &connector {
+            None => {
+                let attempt = attempt(url, tls.mode, NoTls, target, &config, listen, permit);
+                tokio::time::timeout(deadline, attempt).await
+            }
+            Some(make) => {
+                let connect = tls_for(make, target);
+                let attempt = attempt(url, tls.mode, connect, target, &config, listen, permit);
+                tokio::time::timeout(deadline, attempt).await
+            }
+        };
+        match opened {
+            Ok(Ok(opened)) => return Ok(opened),
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => {
+                failed = Some(Error::new(
+                    ErrorKind::TargetUnreachable,
+                    format!(
+                        "cannot connect to Postgres at {}: no answer within {} s (raise connect_timeout in the URL if the server is just slow)",
+                        url.redacted(),
+                        deadline.as_secs_f64()
+                    ),
+                ))
+            }
+        }
+    }
+    Err(failed.unwrap_or_else(|| Error::new(ErrorKind::Config, "no host to connect to")))
+}
+
+/// The target's connection settings for tokio-postgres, and its TLS settings.
+fn settings(url: &TargetUrl) -> Result<(tokio_postgres::Config, conninfo::TlsSettings)> {
     let invalid = |e: Error| {
         Error::new(
             ErrorKind::Config,
@@ -154,62 +155,24 @@ async fn open(url: &TargetUrl, listen: bool) -> Result<Opened> {
         config.application_name("sqlite2pg");
     }
     config.ssl_mode(tls.mode.negotiation());
-    let connector = tls.connector()?;
-    let targets = socket::targets(&config).map_err(|why| {
-        Error::new(
-            ErrorKind::Config,
-            format!(
-                "the Postgres target {} cannot be connected to: {why}",
-                url.redacted()
-            ),
-        )
-    })?;
-    // tokio-postgres bounds only the TCP connect; a server that accepts and then never
-    // answers (hung, stopped, a proxy with nothing behind it) would hold every command, and
-    // the daemon's reconnect loop, forever. Each host's whole connect gets a deadline.
-    let deadline = config
-        .get_connect_timeout()
-        .copied()
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let mut failed = None;
-    for target in &targets {
-        // Held by the connection's task: the permit goes back when the connection closes.
-        let permit = match Limit::get() {
-            Some(limit) => Some(limit.acquire().await),
-            None => None,
-        };
-        let opened = match &connector {
-            None => {
-                let attempt = attempt(url, tls.mode, NoTls, target, &config, listen, permit);
-                tokio::time::timeout(deadline, attempt).await
-            }
-            Some(make) => {
-                let connect =
-                    tokio_postgres::tls::MakeTlsConnect::<socket::Socket>::make_tls_connect(
-                        &mut make.clone(),
-                        target.hostname.as_deref().unwrap_or(""),
-                    )
-                    .map_err(|never| match never {})?;
-                let attempt = attempt(url, tls.mode, connect, target, &config, listen, permit);
-                tokio::time::timeout(deadline, attempt).await
-            }
-        };
-        match opened {
-            Ok(Ok(opened)) => return Ok(opened),
-            Ok(Err(e)) => failed = Some(e),
-            Err(_) => {
-                failed = Some(Error::new(
-                    ErrorKind::TargetUnreachable,
-                    format!(
-                        "cannot connect to Postgres at {}: no answer within {} s (raise connect_timeout in the URL if the server is just slow)",
-                        url.redacted(),
-                        deadline.as_secs_f64()
-                    ),
-                ))
-            }
-        }
+    Ok((config, tls))
+}
+
+type MakeTls = tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The TLS handshake for one host, checked against the host's name.
+fn tls_for(
+    make: &MakeTls,
+    target: &socket::Target,
+) -> <MakeTls as tokio_postgres::tls::MakeTlsConnect<socket::Socket>>::TlsConnect {
+    let name = target.hostname.as_deref().unwrap_or("");
+    match tokio_postgres::tls::MakeTlsConnect::<socket::Socket>::make_tls_connect(
+        &mut make.clone(),
+        name,
+    ) {
+        Ok(connect) => connect,
+        Err(never) => match never {},
     }
-    Err(failed.unwrap_or_else(|| Error::new(ErrorKind::Config, "no host to connect to")))
 }
 
 /// A connection, and the receiver of its notifications when it listens.
@@ -325,16 +288,45 @@ const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// a cancel request skips authentication). Best effort: the statement's transaction rolls
 /// back either way once its connection closes.
 pub async fn cancel(token: tokio_postgres::CancelToken, url: &TargetUrl) {
-    let sent = match conninfo::split(url.expose_secret()).and_then(|(_, t)| t.connector()) {
-        Ok(None) => token.cancel_query(NoTls).await,
-        Ok(Some(tls)) => token.cancel_query(tls).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot cancel the statement in flight");
-            return;
+    if let Err(e) = send_cancel(&token, url).await {
+        tracing::warn!(error = %e, "cannot cancel the statement in flight");
+    }
+}
+
+/// Sends the cancel request to every host the target names: the one the session is on
+/// stops its statement, and the others know no such session and drop the request.
+async fn send_cancel(token: &tokio_postgres::CancelToken, url: &TargetUrl) -> Result<()> {
+    let (config, tls) = settings(url)?;
+    let connector = tls.connector()?;
+    let targets = socket::targets(&config).map_err(|why| Error::new(ErrorKind::Config, why))?;
+    let mut sent = false;
+    let mut failed = None;
+    for target in &targets {
+        let socket = match target.connect(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                failed = Some(e.to_string());
+                continue;
+            }
+        };
+        let result = match &connector {
+            None => token.cancel_query_raw(socket, NoTls).await,
+            Some(make) => token.cancel_query_raw(socket, tls_for(make, target)).await,
+        };
+        match result {
+            Ok(()) => sent = true,
+            Err(e) => failed = Some(crate::conninfo::redact_in_text(&e.to_string())),
         }
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %crate::conninfo::redact_in_text(&e.to_string()), "cannot cancel the statement in flight");
+    }
+    match (sent, failed) {
+        (false, Some(why)) => Err(Error::new(
+            ErrorKind::TargetUnreachable,
+            format!(
+                "cannot reach Postgres at {} to cancel: {why}",
+                url.redacted()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -267,7 +267,9 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
             );
         }
         crate::metrics::fleet_tenants(running.len(), paused.len(), failed.len());
-        crate::metrics::fleet_connections(pool.in_use(), pool.waiting());
+        pool.close_idle();
+        let (open, idle) = pool.in_use();
+        crate::metrics::fleet_connections(open - idle, idle, pool.waiting());
         if let Some(c) = &presence {
             for name in running.keys() {
                 if presence_held.contains(name) {

@@ -53,6 +53,9 @@ pub(crate) trait Direction {
     async fn connect(&mut self) -> Result<Connected>;
     /// Forgets the connection after a failure; the next `connect` makes a new one.
     fn disconnect(&mut self);
+    /// Lets the connection go between batches, when the fleet's other tenants want one: a
+    /// session still good, given back for them ([`crate::pg::pool::give_back`]).
+    async fn release(&mut self);
     /// Applies one batch.
     async fn apply(&mut self, stop: &Shutdown) -> Result<Applied<Self::End>>;
     /// Once caught up: housekeeping (pruning, lag), and whether the switch this direction
@@ -174,7 +177,7 @@ impl Follower {
                         }
                         if self.release {
                             // Not held while waiting: the pool serves the other tenants.
-                            dir.disconnect();
+                            dir.release().await;
                         }
                         if !std::mem::replace(&mut said_locked, true) {
                             tracing::warn!(
@@ -209,7 +212,7 @@ impl Follower {
                     crate::metrics::resumed();
                     self.backoff.reset();
                     if self.release && since.elapsed() >= SLICE && Self::contended() {
-                        dir.disconnect();
+                        dir.release().await;
                         connected = false;
                         tokio::task::yield_now().await;
                     }
@@ -244,7 +247,7 @@ impl Follower {
                                 None => std::future::pending().await,
                             }
                         } => {
-                            dir.disconnect();
+                            dir.release().await;
                             connected = false;
                             released = true;
                         }

@@ -757,7 +757,7 @@ impl Direction for Reverse<'_> {
     type End = FellBack;
 
     async fn connect(&mut self) -> Result<Connected> {
-        let client = crate::pg::connect(&self.opts.db.target).await?;
+        let client = crate::pg::pool::session(&self.opts.db.target).await?;
         // The forward stream's session, just closed by this same daemon, may hold the lock a
         // moment longer; a one-shot drain (a fallback's) asks once.
         let patience = match self.opts.until {
@@ -765,6 +765,7 @@ impl Direction for Reverse<'_> {
             super::Until::Stopped => Duration::from_secs(5),
         };
         if !state::lock_within(&client, &self.opts.db.tenant, patience).await? {
+            crate::pg::pool::give_back(client, &self.opts.db.target).await;
             return Ok(Connected::LockHeld);
         }
         self.client = Some(client);
@@ -776,6 +777,13 @@ impl Direction for Reverse<'_> {
         self.client = None;
         // Written but unmarked changes stay pending: applied again, to the same rows.
         self.carry = Carry::default();
+    }
+
+    async fn release(&mut self) {
+        self.carry = Carry::default();
+        if let Some(client) = self.client.take() {
+            crate::pg::pool::give_back(client, &self.opts.db.target).await;
+        }
     }
 
     async fn apply(&mut self, _stop: &Shutdown) -> Result<Applied<FellBack>> {

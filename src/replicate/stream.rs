@@ -742,7 +742,7 @@ impl Direction for Forward<'_> {
     async fn connect(&mut self) -> Result<Connected> {
         let client = match (self.waiting.take(), self.first.take()) {
             (Some(c), _) | (None, Some(c)) => c,
-            (None, None) => pg::connect(&self.opts.db.target).await?,
+            (None, None) => pg::pool::session(&self.opts.db.target).await?,
         };
         // The run lock is retaken on every connection (a Postgres restart ends the session
         // that held it). Held elsewhere (another daemon, or this one's old session that
@@ -782,6 +782,14 @@ impl Direction for Forward<'_> {
     fn disconnect(&mut self) {
         self.waiting = None;
         self.live = None;
+    }
+
+    async fn release(&mut self) {
+        let waiting = self.waiting.take();
+        let live = self.live.take().map(|l| l.applier.into_client());
+        for client in waiting.into_iter().chain(live) {
+            pg::pool::give_back(client, &self.opts.db.target).await;
+        }
     }
 
     async fn apply(&mut self, stop: &Shutdown) -> Result<Applied<ForwardEnd>> {

@@ -1,0 +1,206 @@
+//! A fleet daemon's Postgres connections: at most `--max-connections` open at once (counted
+//! as the server counts them, see [`super::socket`]), and sessions handed from tenant to
+//! tenant rather than closed and opened again.
+//!
+//! A tenant woken by one write used to open a connection for it: TCP, SCRAM, a backend forked
+//! with cold caches, the staging tables made again. At 500 writes a second over 1,000 tenants
+//! that was the whole lag. A tenant that lets its connection go now gives the session back
+//! (its run lock released, its temp tables dropped, nothing else of it left), and the next
+//! tenant to want one takes it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::Client;
+
+use crate::conninfo::TargetUrl;
+use crate::error::Result;
+
+/// A session given back and not taken again for this long is closed: an idle fleet holds no
+/// backend.
+const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// What a session given back must shed before another tenant may use it: the run lock (and
+/// any other advisory lock of the session), a LISTEN, and the staging tables of the apply,
+/// which are named per table of one tenant's plan. Its settings are sqlite2pg's own and the
+/// same for every tenant (the origin marker, `synchronous_commit`), so they stay.
+const RESET: &str = "SELECT pg_advisory_unlock_all(); UNLISTEN *; DISCARD TEMP";
+
+/// The most Postgres connections this process holds at once, when it is a fleet's daemon:
+/// each connection holds a permit for as long as it is open (until its backend has exited),
+/// and a connect waits for one. Waiting is first come, first served.
+#[derive(Debug)]
+pub struct Limit {
+    permits: std::sync::Arc<Semaphore>,
+    size: usize,
+    waiting: AtomicUsize,
+    contended: Notify,
+    /// Sessions given back, the oldest first.
+    idle: Mutex<Vec<Idle>>,
+    /// Told when a session is given back.
+    returned: Notify,
+}
+
+#[derive(Debug)]
+struct Idle {
+    client: Client,
+    url: TargetUrl,
+    since: Instant,
+}
+
+static LIMIT: std::sync::OnceLock<Limit> = std::sync::OnceLock::new();
+
+impl Limit {
+    /// Bounds every connection this process makes from now on to `size` (once per process).
+    pub fn install(size: usize) -> &'static Limit {
+        LIMIT.get_or_init(|| Limit {
+            permits: std::sync::Arc::new(Semaphore::new(size.max(1))),
+            size: size.max(1),
+            waiting: AtomicUsize::new(0),
+            contended: Notify::new(),
+            idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+        })
+    }
+
+    /// The process' limit, if it has one.
+    pub fn get() -> Option<&'static Limit> {
+        LIMIT.get()
+    }
+
+    /// How many connects wait for a permit or a session right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// How many connections are open now, and how many of them are idle sessions.
+    pub fn in_use(&self) -> (usize, usize) {
+        let open = self.size - self.permits.available_permits();
+        (open, self.idle().len())
+    }
+
+    /// Resolves when a connect starts waiting: a holder with nothing to do gives its
+    /// session back.
+    pub async fn contended(&self) {
+        if self.waiting() > 0 {
+            return;
+        }
+        self.contended.notified().await;
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding the lock leaves a list still whole: take it.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle session to `url` still open, if one is.
+    fn take_idle(&self, url: &TargetUrl) -> Option<Client> {
+        let mut idle = self.idle();
+        // The newest first: the warmest, and the oldest are left to expire.
+        while let Some(i) = idle.iter().rposition(|s| &s.url == url) {
+            let s = idle.remove(i);
+            if !s.client.is_closed() {
+                return Some(s.client);
+            }
+        }
+        None
+    }
+
+    /// A permit for a new connection. With none free, an idle session is closed for it
+    /// (one given back while this waits, too).
+    pub(super) async fn acquire(&self) -> OwnedSemaphorePermit {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return p;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.contended.notify_waiters();
+        let permit = loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            let oldest = {
+                let mut idle = self.idle();
+                (!idle.is_empty()).then(|| idle.remove(0))
+            };
+            // Its permit comes back once its backend has exited.
+            drop(oldest);
+            tokio::select! {
+                p = self.permits.clone().acquire_owned() => break p,
+                _ = returned => {}
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        permit.unwrap_or_else(|_| unreachable!("the connection limit's semaphore is never closed"))
+    }
+
+    /// A session for a tenant: one given back by another tenant if there is one, else a new
+    /// connection, else the first of the two to come.
+    async fn session(&self, url: &TargetUrl) -> Result<Client> {
+        loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(c) = self.take_idle(url) {
+                return Ok(c);
+            }
+            if let Ok(p) = self.permits.clone().try_acquire_owned() {
+                return super::open_with(url, p).await;
+            }
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            self.contended.notify_waiters();
+            let got = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.ok(),
+                _ = returned => None,
+            };
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if let Some(p) = got {
+                return super::open_with(url, p).await;
+            }
+        }
+    }
+
+    /// Takes a session given back: ready for any tenant once reset, closed if it cannot be.
+    async fn give_back(&self, client: Client, url: TargetUrl) {
+        if client.is_closed() || client.batch_execute(RESET).await.is_err() {
+            return;
+        }
+        let mut idle = self.idle();
+        let now = Instant::now();
+        // Sessions nobody took for a while are closed here, and by [`Limit::close_idle`].
+        idle.retain(|s| now.duration_since(s.since) < IDLE_CLOSE);
+        idle.push(Idle {
+            client,
+            url,
+            since: now,
+        });
+        drop(idle);
+        self.returned.notify_one();
+    }
+
+    /// Closes the sessions given back and not taken again for a while.
+    pub fn close_idle(&self) {
+        let now = Instant::now();
+        self.idle()
+            .retain(|s| now.duration_since(s.since) < IDLE_CLOSE);
+    }
+}
+
+/// A session for one tenant's stream: in a fleet's daemon, one another tenant gave back if
+/// any ([`give_back`]); elsewhere a new connection.
+pub async fn session(url: &TargetUrl) -> Result<Client> {
+    match Limit::get() {
+        Some(limit) => limit.session(url).await,
+        None => super::connect(url).await,
+    }
+}
+
+/// Gives a tenant's session back for another tenant, in a fleet's daemon; elsewhere closes
+/// it. Only a session between transactions may be given back (one in the middle of one, or
+/// broken, is closed instead).
+pub async fn give_back(client: Client, url: &TargetUrl) {
+    if let Some(limit) = Limit::get() {
+        limit.give_back(client, url.clone()).await;
+    }
+}
