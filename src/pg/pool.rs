@@ -8,6 +8,7 @@
 //! (its run lock released, its temp tables dropped, nothing else of it left), and the next
 //! tenant to want one takes it.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -39,9 +40,14 @@ pub struct Limit {
     contended: Notify,
     /// Sessions given back, the oldest first.
     idle: Mutex<Vec<Idle>>,
-    /// Told when a session is given back.
+    /// Told when a session is given back and kept: a connect waiting for a permit closes it.
     returned: Notify,
+    /// Tenants waiting for a session, the longest first.
+    queue: Mutex<VecDeque<Waiter>>,
 }
+
+/// A tenant waiting for a session to a target.
+type Waiter = (TargetUrl, tokio::sync::oneshot::Sender<Client>);
 
 #[derive(Debug)]
 struct Idle {
@@ -62,6 +68,7 @@ impl Limit {
             contended: Notify::new(),
             idle: Mutex::new(Vec::new()),
             returned: Notify::new(),
+            queue: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -136,35 +143,62 @@ impl Limit {
     }
 
     /// A session for a tenant: one given back by another tenant if there is one, else a new
-    /// connection, else the first of the two to come.
+    /// connection, else the first of the two to come. A session given back goes to the
+    /// tenant that has waited longest, not to whoever asks next.
     async fn session(&self, url: &TargetUrl) -> Result<Client> {
-        loop {
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            if let Some(c) = self.take_idle(url) {
-                return Ok(c);
-            }
-            if let Ok(p) = self.permits.clone().try_acquire_owned() {
-                return super::open_with(url, p).await;
-            }
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-            self.contended.notify_waiters();
-            let got = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.ok(),
-                _ = returned => None,
-            };
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            if let Some(p) = got {
-                return super::open_with(url, p).await;
+        if let Some(c) = self.take_idle(url) {
+            return Ok(c);
+        }
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return super::open_with(url, p).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue().push_back((url.clone(), tx));
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.contended.notify_waiters();
+        let got = tokio::select! {
+            biased;
+            c = rx => Ok(c),
+            p = self.permits.clone().acquire_owned() => Err(p),
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(Ok(client)) => Ok(client),
+            // The sender went away without a session: cannot be, the queue keeps it until
+            // it sends; a permit serves as well.
+            Ok(Err(_)) => super::open_with(url, self.acquire().await).await,
+            Err(p) => {
+                let p = p.unwrap_or_else(|_| {
+                    unreachable!("the connection limit's semaphore is never closed")
+                });
+                super::open_with(url, p).await
             }
         }
     }
 
-    /// Takes a session given back: ready for any tenant once reset, closed if it cannot be.
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiter>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a session given back: once reset, to the tenant that waited longest, or kept
+    /// for the next; closed if it cannot be reset.
     async fn give_back(&self, client: Client, url: TargetUrl) {
         if client.is_closed() || client.batch_execute(RESET).await.is_err() {
             return;
+        }
+        let mut client = client;
+        loop {
+            let next = {
+                let mut queue = self.queue();
+                let i = queue.iter().position(|(u, _)| *u == url);
+                i.and_then(|i| queue.remove(i))
+            };
+            let Some((_, tx)) = next else { break };
+            // A waiter that got a permit meanwhile has gone: the next one.
+            match tx.send(client) {
+                Ok(()) => return,
+                Err(back) => client = back,
+            }
         }
         let mut idle = self.idle();
         let now = Instant::now();
@@ -176,6 +210,7 @@ impl Limit {
             since: now,
         });
         drop(idle);
+        // A connect waiting for a permit closes it.
         self.returned.notify_one();
     }
 
