@@ -8,6 +8,8 @@
 //!   A failure prints the seed and the scenario, then shrinks it to a minimal one
 //!   (`SQLITE2PG_DIFF_SHRINK_SECONDS`, 240) and writes it to a `.case` file to keep.
 //!   `SQLITE2PG_DIFF_DUMP=DIR` writes every scenario run there.
+//! - `random_apps_agree_on_both_sides_as_tenants_of_one_fleet`: the same apps, three at a
+//!   time as the tenants of one fleet daemon (`SQLITE2PG_DIFF_FLEET_SECONDS`, 40).
 //! - `found_cases_stay_fixed`: every case in `tests/differential/cases/` (or in
 //!   `SQLITE2PG_DIFF_CASES`).
 //!
@@ -118,6 +120,62 @@ fn fail(seed: u64, s: &Scenario, failure: &str) -> ! {
          tests/differential/cases/ once fixed):\n{small}\nwhich fails with:\n{again}",
         small.items.len(),
         file.display()
+    );
+}
+
+/// Apps per fleet: enough for their wake-ups, sessions and faults to meet.
+const FLEET_APPS: u64 = 3;
+
+/// Random apps as the tenants of one fleet, one daemon following them all over one pooled
+/// session: each app's items in turn with the others', each checked on its own, the faults
+/// falling on all of them.
+/// `SQLITE2PG_DIFF_FLEET_SECONDS` (40) and the same seed as above. Not shrunk: a failure
+/// prints every app's scenario and seed, and an app that fails alone shrinks above.
+#[test]
+fn random_apps_agree_on_both_sides_as_tenants_of_one_fleet() {
+    let _one = serial();
+    let budget = Duration::from_secs(env_u64("SQLITE2PG_DIFF_FLEET_SECONDS").unwrap_or(40));
+    let seed = env_u64("SQLITE2PG_DIFF_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+    });
+    println!("differential fleet: seed {seed} (SQLITE2PG_DIFF_SEED={seed} repeats this run)");
+    let restarts = common::own_cluster();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let (mut fleets, mut steps, mut faults, mut moves) = (0u64, 0u64, 0u64, 0u64);
+    while fleets == 0 || started.elapsed() < budget {
+        let seeds: Vec<u64> = (0..FLEET_APPS)
+            .map(|i| seed.wrapping_add(fleets * FLEET_APPS + i))
+            .collect();
+        let scenarios: Vec<Scenario> = seeds
+            .iter()
+            .map(|s| apps::scenario(*s, STEPS, restarts))
+            .collect();
+        let out = run::run_fleet(&scenarios, dir.path());
+        if let Some(failure) = &out.failure {
+            let apps: Vec<String> = seeds
+                .iter()
+                .zip(&scenarios)
+                .enumerate()
+                .map(|(i, (seed, s))| format!("--- app {i} (app seed {seed}) ---\n{s}"))
+                .collect();
+            panic!(
+                "a fleet of apps diverged (SQLITE2PG_DIFF_SEED={seed} runs it first): {failure}\n\n{}",
+                apps.join("\n")
+            );
+        }
+        fleets += 1;
+        steps += out.checks as u64;
+        faults += out.faults as u64;
+        moves += out.moves as u64;
+    }
+    println!(
+        "differential fleet: {fleets} fleets of {FLEET_APPS} random apps ({moves} moved to \
+         Postgres and back), {steps} checked steps, {faults} faults, 0 divergences, in {:.0} s",
+        started.elapsed().as_secs_f64()
     );
 }
 

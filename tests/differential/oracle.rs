@@ -114,7 +114,8 @@ fn sqlite_columns(conn: &rusqlite::Connection, table: &str) -> rusqlite::Result<
 }
 
 /// Every difference between the two sides, each in a line; empty when they are equal.
-pub fn differences(sqlite: &Path, pg_url: &str) -> Vec<String> {
+/// `schema` is where the app's tables are on Postgres.
+pub fn differences(sqlite: &Path, pg_url: &str, schema: &str) -> Vec<String> {
     // Read-write, though it only reads: in rollback-journal mode a read-only connection now
     // and then takes the daemon's starting transaction for a hot journal and refuses to read
     // (SQLITE_READONLY_ROLLBACK), which would be the oracle's failure, not sqlite2pg's.
@@ -138,7 +139,7 @@ pub fn differences(sqlite: &Path, pg_url: &str) -> Vec<String> {
     };
     let mut out = Vec::new();
     for table in tables {
-        if let Err(e) = compare_table(&conn, &mut pg, &table, &mut out) {
+        if let Err(e) = compare_table(&conn, &mut pg, schema, &table, &mut out) {
             out.push(format!("{table}: cannot compare: {e}"));
         }
     }
@@ -149,6 +150,7 @@ pub fn differences(sqlite: &Path, pg_url: &str) -> Vec<String> {
 fn compare_table(
     conn: &rusqlite::Connection,
     pg: &mut postgres::Client,
+    schema: &str,
     table: &str,
     out: &mut Vec<String>,
 ) -> Result<(), String> {
@@ -156,8 +158,8 @@ fn compare_table(
     let pg_types: BTreeMap<String, String> = pg
         .query(
             "SELECT column_name::text, data_type::text FROM information_schema.columns
-             WHERE table_schema = 'public' AND table_name = $1",
-            &[&table],
+             WHERE table_schema = $1 AND table_name = $2",
+            &[&schema, &table],
         )
         .map_err(|e| e.to_string())?
         .iter()
@@ -202,7 +204,12 @@ fn compare_table(
     let pg_select: Vec<String> = cols.iter().map(|c| format!("{}::text", qi(c))).collect();
     let rows = pg
         .query(
-            &format!("SELECT {} FROM public.{}", pg_select.join(", "), qi(table)),
+            &format!(
+                "SELECT {} FROM {}.{}",
+                pg_select.join(", "),
+                qi(schema),
+                qi(table)
+            ),
             &[],
         )
         .map_err(|e| e.to_string())?;

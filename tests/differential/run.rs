@@ -2,7 +2,9 @@
 //! and checks after every step: caught up, both sides equal by a comparison of our own, `verify`
 //! of the same opinion, and the bank's total never wrong on Postgres while it catches up.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,11 +44,12 @@ struct BankReader {
 }
 
 impl BankReader {
-    fn start(url: &str) -> BankReader {
+    fn start(url: &str, schema: &str, tenant: &str) -> BankReader {
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU64::new(0));
         let wrong = Arc::new(Mutex::new(Vec::new()));
         let (s, r, w, url) = (stop.clone(), reads.clone(), wrong.clone(), url.to_string());
+        let (schema, tenant) = (schema.to_string(), tenant.to_string());
         let thread = std::thread::spawn(move || {
             let mut client: Option<postgres::Client> = None;
             while !s.load(Ordering::SeqCst) {
@@ -60,11 +63,12 @@ impl BankReader {
                 // One statement, one snapshot: the table's phase and its total together.
                 let row = c.query_opt(
                     &format!(
-                        "SELECT sum(b.balance)::bigint, count(*) FROM public.{BANK} b
-                         WHERE (SELECT phase FROM sqlite2pg.table_state WHERE source_table = '{BANK}') = 'ready'
+                        "SELECT sum(b.balance)::bigint, count(*) FROM \"{schema}\".{BANK} b
+                         WHERE (SELECT phase FROM sqlite2pg.table_state
+                                WHERE source_table = '{BANK}' AND tenant = $1) = 'ready'
                          HAVING count(*) > 0"
                     ),
-                    &[],
+                    &[&tenant],
                 );
                 match row {
                     Ok(Some(row)) => {
@@ -119,8 +123,21 @@ enum Phase {
     FellBack,
 }
 
+/// How a runner's commands name its app.
+#[derive(Clone)]
+enum Who {
+    /// One file (`--source`, `--target`): the `public` schema, the unnamed tenant.
+    Single,
+    /// A tenant of the fleet a config file names, in schema `tenant_{name}`.
+    Tenant { config: PathBuf, name: String },
+}
+
+/// The daemon: a runner's own, or the one a fleet's runners share.
+type SharedDaemon = Rc<RefCell<Option<Daemon>>>;
+
 struct Runner<'a> {
     path: PathBuf,
+    who: Who,
     phase: Phase,
     /// The app's connection to Postgres after the cutover.
     pg: Option<postgres::Client>,
@@ -129,7 +146,7 @@ struct Runner<'a> {
     fk: bool,
     shell: bool,
     recursive: bool,
-    daemon: Option<Daemon>,
+    daemon: SharedDaemon,
     reader: Option<BankReader>,
     busy: Vec<std::thread::JoinHandle<()>>,
     out: Outcome,
@@ -141,6 +158,40 @@ struct Runner<'a> {
 type Step = Result<(), String>;
 
 impl Runner<'_> {
+    /// Runs a command on this app: `--source`/`--target`, or `--config`/`--tenant`.
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<&str> = match &self.who {
+            Who::Single => vec![
+                "--source",
+                self.path.to_str().expect("utf-8 path"),
+                "--target",
+                &self.db.url,
+            ],
+            Who::Tenant { config, name } => vec![
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--tenant",
+                name,
+            ],
+        };
+        all.extend_from_slice(args);
+        sqlite2pg(&all)
+    }
+
+    fn schema(&self) -> String {
+        match &self.who {
+            Who::Single => "public".into(),
+            Who::Tenant { name, .. } => format!("tenant_{name}"),
+        }
+    }
+
+    fn tenant(&self) -> &str {
+        match &self.who {
+            Who::Single => "",
+            Who::Tenant { name, .. } => name,
+        }
+    }
+
     /// The app's move begins as a user's does, with `check`: it must find the generated app
     /// clean (its values are all movable), and from then on the whole move must complete. A
     /// finding that stops it is a false alarm of `check`'s or a refusal of `run`'s that check
@@ -150,14 +201,7 @@ impl Runner<'_> {
             return Ok(());
         }
         self.checked = true;
-        let out = sqlite2pg(&[
-            "--source",
-            self.path.to_str().unwrap_or_default(),
-            "--target",
-            &self.db.url,
-            "check",
-            "--json",
-        ]);
+        let out = self.command(&["check", "--json"]);
         if out.status.code() == Some(0) {
             return Ok(());
         }
@@ -178,14 +222,29 @@ impl Runner<'_> {
     }
 
     fn start(&mut self) {
-        if self.phase == Phase::FellBack {
+        // A fleet's daemon serves the others still.
+        if self.phase == Phase::FellBack && matches!(self.who, Who::Single) {
             return;
         }
-        if self.daemon.is_none() {
-            self.daemon = Some(Daemon::start(&self.path, self.db, &["--chunk-rows", "4"]));
+        let mut daemon = self.daemon.borrow_mut();
+        if daemon.is_none() {
+            *daemon = Some(match &self.who {
+                Who::Single => Daemon::start(&self.path, self.db, &["--chunk-rows", "4"]),
+                // One session for the tenants: every wake-up of one hands it over.
+                Who::Tenant { config, .. } => Daemon::start_fleet(
+                    config,
+                    self.db,
+                    &["--chunk-rows", "4", "--max-connections", "3"],
+                ),
+            });
         }
-        if self.reader.is_none() {
-            self.reader = Some(BankReader::start(&self.db.url));
+        drop(daemon);
+        if self.reader.is_none() && self.phase != Phase::FellBack {
+            self.reader = Some(BankReader::start(
+                &self.db.url,
+                &self.schema(),
+                self.tenant(),
+            ));
         }
     }
 
@@ -303,17 +362,8 @@ impl Runner<'_> {
 
     fn cutover(&mut self) -> Step {
         self.start();
-        let p = self.path.to_str().expect("utf-8 path");
         // An app that kept foreign keys off has orphans: its operator keeps them.
-        let out = sqlite2pg(&[
-            "--source",
-            p,
-            "--target",
-            &self.db.url,
-            "cutover",
-            "--orphans",
-            "keep",
-        ]);
+        let out = self.command(&["cutover", "--orphans", "keep"]);
         if !out.status.success() {
             return Err(format!("the cutover failed:\n{}", text(&out)));
         }
@@ -327,14 +377,33 @@ impl Runner<'_> {
         }
         self.start();
         self.pg = None;
-        let p = self.path.to_str().expect("utf-8 path");
-        let out = sqlite2pg(&["--source", p, "--target", &self.db.url, "fallback"]);
+        let out = self.command(&["fallback"]);
         if !out.status.success() {
             return Err(format!("the fallback failed:\n{}", text(&out)));
         }
-        // The daemon sees the record and ends by itself.
         let deadline = Instant::now() + CATCH_UP;
-        if let Some(mut d) = self.daemon.take() {
+        if let Who::Tenant { name, .. } = self.who.clone() {
+            // The fleet's daemon sees the record and ends that tenant alone.
+            let done = format!("the tenant's daemon is done tenant={name}");
+            loop {
+                let daemon = self.daemon.borrow();
+                let log = daemon.as_ref().map(Daemon::log_text).unwrap_or_default();
+                if log.lines().any(|l| l.ends_with(&done)) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the fleet's daemon did not end tenant {name} within {} s of its fallback:\n{}",
+                        CATCH_UP.as_secs(),
+                        tail(&log, 30)
+                    ));
+                }
+                drop(daemon);
+                std::thread::sleep(Duration::from_millis(50));
+                self.start();
+            }
+        } else if let Some(mut d) = self.daemon.borrow_mut().take() {
+            // The daemon sees the record and ends by itself.
             loop {
                 match d.try_exit() {
                     Some(Some(0)) => break,
@@ -369,12 +438,13 @@ impl Runner<'_> {
         if self.phase == Phase::Reverse {
             self.start();
             let started = Instant::now();
-            let daemon = self.daemon.as_mut().expect("started above");
-            wait_reverse_caught_up(daemon, &self.db.url)?;
+            let mut daemon = self.daemon.borrow_mut();
+            let daemon = daemon.as_mut().expect("started above");
+            wait_reverse_caught_up(daemon, &self.db.url, self.tenant())?;
             let ms = started.elapsed().as_millis() as u64;
             self.out.max_catch_up_ms = self.out.max_catch_up_ms.max(ms);
         }
-        let diffs = oracle::differences(&self.path, &self.db.url);
+        let diffs = oracle::differences(&self.path, &self.db.url, &self.schema());
         if !diffs.is_empty() {
             return Err(format!(
                 "SQLite differs from Postgres {}:\n  {}",
@@ -399,28 +469,25 @@ impl Runner<'_> {
         }
         self.start();
         let started = Instant::now();
-        let daemon = self.daemon.as_mut().expect("started above");
+        let schema = self.schema();
+        let mut daemon = self.daemon.borrow_mut();
+        let daemon = daemon.as_mut().expect("started above");
         if let Some(kib) = rss_kib(daemon.pid()) {
             self.out.max_rss_kib = self.out.max_rss_kib.max(kib);
         }
-        wait_caught_up(daemon, &self.path, &self.db.url)?;
-        let mut diffs = oracle::differences(&self.path, &self.db.url);
+        wait_caught_up(daemon, &self.path, &self.db.url, self.tenant())?;
+        let mut diffs = oracle::differences(&self.path, &self.db.url, &schema);
         // Caught up by position can still be a moment before a table's schema change is
         // followed: differences must persist to count.
         let settle = Instant::now();
         while !diffs.is_empty() && settle.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(200));
-            wait_caught_up(
-                self.daemon.as_mut().expect("started above"),
-                &self.path,
-                &self.db.url,
-            )?;
-            diffs = oracle::differences(&self.path, &self.db.url);
+            wait_caught_up(daemon, &self.path, &self.db.url, self.tenant())?;
+            diffs = oracle::differences(&self.path, &self.db.url, &schema);
         }
         let ms = started.elapsed().as_millis() as u64;
         self.out.max_catch_up_ms = self.out.max_catch_up_ms.max(ms);
-        let p = self.path.to_str().expect("utf-8 path");
-        let verify = sqlite2pg(&["--source", p, "--target", &self.db.url, "verify"]);
+        let verify = self.command(&["verify"]);
         if !diffs.is_empty() {
             return Err(format!(
                 "Postgres differs from SQLite after catching up:\n  {}\n(verify {} it)",
@@ -474,14 +541,16 @@ impl Runner<'_> {
             Item::Kill(ms) => {
                 self.out.faults += 1;
                 std::thread::sleep(Duration::from_millis(*ms));
-                if let Some(d) = self.daemon.take() {
+                let killed = self.daemon.borrow_mut().take();
+                if let Some(d) = killed {
                     d.kill9();
                 }
                 self.start();
             }
             Item::Stop => {
                 self.out.faults += 1;
-                if let Some(d) = self.daemon.take() {
+                let killed = self.daemon.borrow_mut().take();
+                if let Some(d) = killed {
                     d.kill9();
                 }
             }
@@ -489,10 +558,13 @@ impl Runner<'_> {
                 self.out.faults += 1;
                 if own_cluster() {
                     restart_cluster(Duration::from_millis(*ms));
-                } else if let Some(d) = self.daemon.take() {
+                } else {
                     // Another's cluster cannot be restarted: the daemon loses Postgres instead.
-                    d.kill9();
-                    self.start();
+                    let killed = self.daemon.borrow_mut().take();
+                    if let Some(d) = killed {
+                        d.kill9();
+                        self.start();
+                    }
                 }
             }
             Item::Busy(ms) => {
@@ -508,16 +580,31 @@ impl Runner<'_> {
             Item::Fallback if self.phase == Phase::Reverse => self.fallback()?,
             Item::Cutover | Item::PgTx { .. } | Item::Fallback => {}
         }
-        if let Some(d) = self.daemon.as_mut()
-            && let Some(code) = d.try_exit()
+        if let Some(d) = self.daemon.borrow_mut().as_mut()
+            && let Some(why) = stopped(d)
         {
-            return Err(format!(
-                "the daemon stopped by itself ({code:?}):\n{}",
-                tail(&d.log_text(), 30)
-            ));
+            return Err(why);
         }
         Ok(())
     }
+}
+
+/// Whether the daemon stopped by itself, or (a fleet's) stopped one of its tenants on an
+/// error: either is what a single-file daemon's exit is, a finding.
+fn stopped(d: &mut Daemon) -> Option<String> {
+    if let Some(code) = d.try_exit() {
+        return Some(format!(
+            "the daemon stopped by itself ({code:?}):\n{}",
+            tail(&d.log_text(), 30)
+        ));
+    }
+    let log = d.log_text();
+    log.contains("the tenant's daemon stopped").then(|| {
+        format!(
+            "the fleet's daemon stopped a tenant on an error:\n{}",
+            tail(&log, 30)
+        )
+    })
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -537,19 +624,20 @@ const CATCH_UP: Duration = Duration::from_secs(20);
 
 /// Like the harness's wait, but a daemon that stops or stalls is a finding, not a panic, and
 /// an app with no table left is caught up once the stream has started.
-fn wait_caught_up(d: &mut Daemon, path: &Path, url: &str) -> Step {
-    wait_for(d, || caught_up(path, url))
+fn wait_caught_up(d: &mut Daemon, path: &Path, url: &str, tenant: &str) -> Step {
+    wait_for(d, || caught_up(path, url, tenant))
 }
 
 /// The reverse stream's wait: no change the app made on Postgres is still pending.
-fn wait_reverse_caught_up(d: &mut Daemon, url: &str) -> Step {
+fn wait_reverse_caught_up(d: &mut Daemon, url: &str, tenant: &str) -> Step {
     wait_for(d, || {
         postgres::Client::connect(url, postgres::NoTls)
             .ok()
             .and_then(|mut c| {
                 c.query_one(
-                    "SELECT NOT EXISTS (SELECT 1 FROM sqlite2pg.reverse_change WHERE applied_at IS NULL)",
-                    &[],
+                    "SELECT NOT EXISTS (SELECT 1 FROM sqlite2pg.reverse_change
+                                        WHERE applied_at IS NULL AND tenant = $1)",
+                    &[&tenant],
                 )
                 .ok()
             })
@@ -561,11 +649,8 @@ fn wait_reverse_caught_up(d: &mut Daemon, url: &str) -> Step {
 fn wait_for(d: &mut Daemon, done: impl Fn() -> bool) -> Step {
     let deadline = Instant::now() + CATCH_UP;
     loop {
-        if let Some(code) = d.try_exit() {
-            return Err(format!(
-                "the daemon stopped by itself ({code:?}) before catching up:\n{}",
-                tail(&d.log_text(), 30)
-            ));
+        if let Some(why) = stopped(d) {
+            return Err(format!("before catching up, {why}"));
         }
         if done() {
             return Ok(());
@@ -581,7 +666,7 @@ fn wait_for(d: &mut Daemon, done: impl Fn() -> bool) -> Step {
     }
 }
 
-fn caught_up(path: &Path, url: &str) -> bool {
+fn caught_up(path: &Path, url: &str, tenant: &str) -> bool {
     // Read-write for the reason the oracle gives.
     let Ok(conn) = rusqlite::Connection::open(path) else {
         return false;
@@ -598,9 +683,9 @@ fn caught_up(path: &Path, url: &str) -> bool {
     };
     c.query_opt(
         "SELECT s.position >= $1 AND NOT EXISTS
-                (SELECT 1 FROM sqlite2pg.table_state WHERE phase <> 'ready')
-         FROM sqlite2pg.stream s",
-        &[&newest],
+                (SELECT 1 FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant AND phase <> 'ready')
+         FROM sqlite2pg.stream s WHERE s.tenant = $2",
+        &[&newest, &tenant],
     )
     .ok()
     .flatten()
@@ -636,30 +721,9 @@ pub fn kind(failure: &str) -> String {
 
 /// Runs `s` from an empty file and database, with a final check.
 pub fn run(s: &Scenario, dir: &Path) -> Outcome {
-    let path = dir.join("app.db");
-    let _ = std::fs::remove_file(&path);
-    for ext in ["-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(dir.join(format!("app.db{ext}")));
-    }
+    let path = fresh_file(dir, "app.db");
     let db = TestDb::new();
-    let app = rusqlite::Connection::open(&path).expect("open the app's SQLite file");
-    app.busy_timeout(Duration::from_secs(5))
-        .expect("set the app's busy timeout");
-    let mut r = Runner {
-        path,
-        phase: Phase::Forward,
-        pg: None,
-        db: &db,
-        app,
-        fk: false,
-        shell: false,
-        recursive: false,
-        daemon: None,
-        reader: None,
-        busy: Vec::new(),
-        out: Outcome::default(),
-        checked: false,
-    };
+    let mut r = Runner::new(path, Who::Single, &db, Rc::default());
     let mut result = Ok(());
     for (n, item) in s.items.iter().enumerate() {
         if let Err(e) = r.item(item) {
@@ -671,18 +735,133 @@ pub fn run(s: &Scenario, dir: &Path) -> Outcome {
         result = r.check().map_err(|e| format!("at the final check: {e}"));
     }
     r.out.failure = result.err();
-    r.out.bank_reads = r
-        .reader
-        .as_ref()
-        .map_or(0, |b| b.reads.load(Ordering::SeqCst));
-    drop(r.reader.take());
-    for t in r.busy.drain(..) {
-        let _ = t.join();
+    r.finish()
+}
+
+/// Runs several scenarios as the tenants of one fleet, followed by one daemon: their items
+/// taken in turn (the first of each, then the second of each...), each checked on its own,
+/// the faults (a kill, a Postgres restart) falling on all of them. The outcome adds them
+/// up; its failure names the app.
+pub fn run_fleet(scenarios: &[Scenario], dir: &Path) -> Outcome {
+    let files = dir.join("fleet");
+    let _ = std::fs::remove_dir_all(&files);
+    std::fs::create_dir_all(&files).expect("the fleet's directory");
+    let db = TestDb::new();
+    let config = dir.join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "target = {:?}\n\n[fleet]\nfiles = {:?}\n",
+            db.url,
+            format!("{}/*.db", files.display())
+        ),
+    )
+    .expect("write the fleet's config");
+    let daemon: SharedDaemon = Rc::default();
+    let mut runners: Vec<Runner> = (0..scenarios.len())
+        .map(|i| {
+            let name = format!("app{i}");
+            let path = fresh_file(&files, &format!("{name}.db"));
+            let who = Who::Tenant {
+                config: config.clone(),
+                name,
+            };
+            Runner::new(path, who, &db, daemon.clone())
+        })
+        .collect();
+    let mut failure = None;
+    let longest = scenarios.iter().map(|s| s.items.len()).max().unwrap_or(0);
+    'steps: for n in 0..longest {
+        for (i, (r, s)) in runners.iter_mut().zip(scenarios).enumerate() {
+            let Some(item) = s.items.get(n) else { continue };
+            if let Err(e) = r.item(item) {
+                failure = Some(format!(
+                    "app {i}, at item {} ({}): {e}",
+                    n + 1,
+                    headline(item)
+                ));
+                break 'steps;
+            }
+        }
     }
-    if let Some(d) = r.daemon.take() {
+    if failure.is_none() {
+        for (i, r) in runners.iter_mut().enumerate() {
+            if let Err(e) = r.check() {
+                failure = Some(format!("app {i}, at the final check: {e}"));
+                break;
+            }
+        }
+    }
+    let mut out = Outcome {
+        failure,
+        ..Outcome::default()
+    };
+    for r in runners {
+        let o = r.finish();
+        out.checks += o.checks;
+        out.refused += o.refused;
+        out.bank_reads += o.bank_reads;
+        out.faults += o.faults;
+        out.moves += o.moves;
+        out.max_rss_kib = out.max_rss_kib.max(o.max_rss_kib);
+        out.max_catch_up_ms = out.max_catch_up_ms.max(o.max_catch_up_ms);
+    }
+    if let Some(d) = daemon.borrow_mut().take() {
         d.kill9();
     }
-    std::mem::take(&mut r.out)
+    out
+}
+
+/// `dir/name`, with no file (nor journal) of an earlier run left.
+fn fresh_file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    for ext in ["-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(dir.join(format!("{name}{ext}")));
+    }
+    path
+}
+
+impl<'a> Runner<'a> {
+    fn new(path: PathBuf, who: Who, db: &'a TestDb, daemon: SharedDaemon) -> Runner<'a> {
+        let app = rusqlite::Connection::open(&path).expect("open the app's SQLite file");
+        app.busy_timeout(Duration::from_secs(5))
+            .expect("set the app's busy timeout");
+        Runner {
+            path,
+            who,
+            phase: Phase::Forward,
+            pg: None,
+            db,
+            app,
+            fk: false,
+            shell: false,
+            recursive: false,
+            daemon,
+            reader: None,
+            busy: Vec::new(),
+            out: Outcome::default(),
+            checked: false,
+        }
+    }
+
+    /// Stops what the runner started (its daemon, if it is its own) and gives its outcome.
+    fn finish(mut self) -> Outcome {
+        self.out.bank_reads = self
+            .reader
+            .as_ref()
+            .map_or(0, |b| b.reads.load(Ordering::SeqCst));
+        drop(self.reader.take());
+        for t in self.busy.drain(..) {
+            let _ = t.join();
+        }
+        if matches!(self.who, Who::Single)
+            && let Some(d) = self.daemon.borrow_mut().take()
+        {
+            d.kill9();
+        }
+        std::mem::take(&mut self.out)
+    }
 }
 
 fn headline(item: &Item) -> String {
