@@ -81,28 +81,72 @@ struct ImageSql {
     values: String,
 }
 
+/// How a table is applied, and the shape tag naming its temp tables.
+#[derive(Debug, Clone)]
+struct Prepared {
+    mode: Mode,
+    /// The temp tables are `_s2p_up_TAG`, `_s2p_del_TAG` or `_s2p_img_TAG`, TAG a hash of
+    /// their columns' names, types and collations: a session handed from tenant to tenant
+    /// (`pg::pool`) keeps them for every tenant whose table has that shape, and one of
+    /// another shape gets tables of its own, never one whose columns differ.
+    tag: String,
+}
+
 /// Applies drains on one connection, remembering the temp tables it made.
 pub struct Applier {
     client: Client,
     tenant: String,
     schema: String,
-    modes: HashMap<usize, Mode>,
+    modes: HashMap<usize, Prepared>,
 }
 
 fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |e| Error::from_pg(what, e)
 }
 
-fn up(i: usize) -> String {
-    quote_ident(&format!("_s2p_up_{i}"))
+fn up(tag: &str) -> String {
+    quote_ident(&format!("_s2p_up_{tag}"))
 }
 
-fn del(i: usize) -> String {
-    quote_ident(&format!("_s2p_del_{i}"))
+fn del(tag: &str) -> String {
+    quote_ident(&format!("_s2p_del_{tag}"))
 }
 
-fn img(i: usize) -> String {
-    quote_ident(&format!("_s2p_img_{i}"))
+fn img(tag: &str) -> String {
+    quote_ident(&format!("_s2p_img_{tag}"))
+}
+
+/// The tag of temp tables holding `columns` of `types` (name: type and collation), in a role
+/// (`up`, `del`, `img`) each. The hash only names tables within one session of this process.
+fn shape_tag(types: &HashMap<String, String>, roles: &[(&str, &[String])]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for (role, columns) in roles {
+        role.hash(&mut h);
+        for c in *columns {
+            c.hash(&mut h);
+            types.get(c).hash(&mut h);
+        }
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// Each column of `target` with its type and collation, as the shape of temp tables made
+/// from it.
+async fn column_types(
+    tx: &Transaction<'_>,
+    target: &str,
+    table: &str,
+) -> Result<HashMap<String, String>> {
+    let rows = tx
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::oid::text
+             FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&target],
+        )
+        .await
+        .map_err(pg_err(format!("cannot read the columns of {table}")))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 impl Applier {
@@ -167,9 +211,9 @@ pub struct Drain<'a> {
     tenant: &'a str,
     schema: &'a str,
     /// Tables whose temp tables this session has (made by committed drains).
-    known: &'a mut HashMap<usize, Mode>,
+    known: &'a mut HashMap<usize, Prepared>,
     /// Tables whose temp tables this drain made; they exist only once it commits.
-    fresh: HashMap<usize, Mode>,
+    fresh: HashMap<usize, Prepared>,
     chunks: i32,
     tables: BTreeMap<usize, Staged>,
 }
@@ -178,6 +222,20 @@ impl Drain<'_> {
     /// The number the next staged chunk carries in its rows (see [`put_int4`]).
     pub fn chunk(&self) -> i32 {
         self.chunks
+    }
+
+    /// The tag of `t`'s temp tables, once [`Drain::prepare`] made them.
+    fn tag(&self, t: &TableBatch) -> Result<String> {
+        self.known
+            .get(&t.index)
+            .or_else(|| self.fresh.get(&t.index))
+            .map(|p| p.tag.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    crate::error::ErrorKind::State,
+                    format!("the apply tables of {} were not prepared", t.table),
+                )
+            })
     }
 
     async fn prepare(&mut self, t: &TableBatch) -> Result<()> {
@@ -190,15 +248,17 @@ impl Drain<'_> {
         }
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
         let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
+        let types = column_types(&self.tx, &target, &t.table).await?;
+        let tag = shape_tag(&types, &[("up", &t.columns), ("del", &t.keys)]);
         // Created inside the transaction: a rollback takes them away, and `fresh` is only
         // kept by a commit, so the next drain creates them again.
         self.tx
             .batch_execute(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
                  CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;",
-                up(t.index),
+                up(&tag),
                 cols.join(", "),
-                del(t.index),
+                del(&tag),
                 keys.join(", "),
             ))
             .await
@@ -225,7 +285,7 @@ impl Drain<'_> {
         } else {
             Mode::Replace
         };
-        self.fresh.insert(t.index, mode);
+        self.fresh.insert(t.index, Prepared { mode, tag });
         Ok(())
     }
 
@@ -233,7 +293,9 @@ impl Drain<'_> {
         let types = self
             .tx
             .query(
-                "SELECT a.attname::text, a.atttypid = 'json'::regtype, a.attnotnull FROM pg_attribute a
+                "SELECT a.attname::text, a.atttypid = 'json'::regtype, a.attnotnull,
+                        format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::oid::text
+                 FROM pg_attribute a
                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&target],
             )
@@ -277,15 +339,31 @@ impl Drain<'_> {
             ),
             values: values.join(", "),
         };
+        // json is staged as text: the shape says so.
+        let shapes: HashMap<String, String> = types
+            .iter()
+            .map(|r| {
+                let shape: String = r.get(3);
+                let json: bool = r.get(1);
+                (r.get(0), if json { "json as text".into() } else { shape })
+            })
+            .collect();
+        let tag = shape_tag(&shapes, &[("img", &t.columns)]);
         self.tx
             .batch_execute(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {SIGN} FROM {target} WITH NO DATA",
-                img(t.index),
+                img(&tag),
                 sql.staged
             ))
             .await
             .map_err(pg_err(format!("cannot prepare the apply tables for {}", t.table)))?;
-        self.fresh.insert(t.index, Mode::Images(sql));
+        self.fresh.insert(
+            t.index,
+            Prepared {
+                mode: Mode::Images(sql),
+                tag,
+            },
+        );
         Ok(())
     }
 
@@ -326,7 +404,7 @@ impl Drain<'_> {
         }
         let mut cols = columns.to_vec();
         cols.push(last.into());
-        let name = format!("_s2p_{kind}_{}", t.index);
+        let name = format!("_s2p_{kind}_{}", self.tag(t)?);
         let data = data.freeze();
         copy::copy_in_bytes(&self.tx, None, &name, &cols, data.clone())
             .await
@@ -356,7 +434,7 @@ impl Drain<'_> {
         self.prepare(t).await?;
         if t.keys.is_empty() {
             self.tx
-                .batch_execute(&format!("DELETE FROM {}", img(t.index)))
+                .batch_execute(&format!("DELETE FROM {}", img(&self.tag(t)?)))
                 .await
                 .map_err(pg_err(format!(
                     "cannot start re-synchronizing table {}",
@@ -383,19 +461,20 @@ impl Drain<'_> {
             tables,
         } = self;
         for (index, s) in &tables {
-            let mode = known
-                .get(index)
-                .or_else(|| fresh.get(index))
-                .cloned()
-                .unwrap_or(Mode::Replace);
-            if let Mode::Images(sql) = &mode {
+            let Some(Prepared { mode, tag }) = known.get(index).or_else(|| fresh.get(index)) else {
+                return Err(Error::new(
+                    crate::error::ErrorKind::State,
+                    format!("the apply tables of {} were not prepared", s.table),
+                ));
+            };
+            if let Mode::Images(sql) = mode {
                 if s.resync {
-                    count_target_images(&tx, schema, *index, s, sql).await?;
+                    count_target_images(&tx, schema, tag, s, sql).await?;
                 }
-                write_images(&tx, schema, *index, s, sql).await?;
+                write_images(&tx, schema, tag, s, sql).await?;
                 continue;
             }
-            write_final_states(&tx, schema, *index, s, mode == Mode::Upsert, chunks > 1).await?;
+            write_final_states(&tx, schema, tag, s, *mode == Mode::Upsert, chunks > 1).await?;
         }
         state::stream_advance(&tx, tenant, position, source_at, changes).await?;
         tx.commit()
@@ -486,7 +565,7 @@ fn rejected_row(
 async fn write_final_states(
     tx: &Transaction<'_>,
     schema: &str,
-    index: usize,
+    tag: &str,
     s: &Staged,
     upsert: bool,
     several_chunks: bool,
@@ -508,19 +587,19 @@ async fn write_final_states(
             format!(
                 "(SELECT * FROM (SELECT DISTINCT ON ({key_list}) * FROM {u} ORDER BY {key_list}, {GEN} DESC) u
                   WHERE NOT EXISTS (SELECT 1 FROM {d} d WHERE {dk} AND d.{GEN} > u.{GEN}))",
-                u = up(index),
-                d = del(index),
+                u = up(tag),
+                d = del(tag),
                 dk = same_key("d", "u"),
             ),
             format!(
                 "(SELECT * FROM {d} d WHERE NOT EXISTS (SELECT 1 FROM {u} u WHERE {uk} AND u.{GEN} > d.{GEN}))",
-                u = up(index),
-                d = del(index),
+                u = up(tag),
+                d = del(tag),
                 uk = same_key("u", "d"),
             ),
         )
     } else {
-        (up(index), del(index))
+        (up(tag), del(tag))
     };
     let mut statements = Vec::new();
     let row_text = |alias: &str| {
@@ -536,8 +615,8 @@ async fn write_final_states(
         // Rows SQLite no longer holds: neither the re-read nor any later change names them.
         statements.push(format!(
             "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM {u} u WHERE {uk}) AND NOT EXISTS (SELECT 1 FROM {d} d WHERE {dk})",
-            u = up(index),
-            d = del(index),
+            u = up(tag),
+            d = del(tag),
             uk = same_key("u", "t"),
             dk = same_key("d", "t"),
         ));
@@ -552,8 +631,8 @@ async fn write_final_states(
             same_key("p", "t"),
             row_text("p"),
             row_text("t"),
-            u = up(index),
-            d = del(index),
+            u = up(tag),
+            d = del(tag),
         ));
         statements.push(format!(
             "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p \
@@ -595,8 +674,8 @@ async fn write_final_states(
         statements.push(format!(
             "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}",
             same_key("t", "c"),
-            u = up(index),
-            d = del(index),
+            u = up(tag),
+            d = del(tag),
         ));
         if s.upserts > 0 {
             statements.push(format!(
@@ -617,14 +696,14 @@ async fn write_final_states(
 async fn count_target_images(
     tx: &Transaction<'_>,
     schema: &str,
-    index: usize,
+    tag: &str,
     s: &Staged,
     sql: &ImageSql,
 ) -> Result<()> {
     tx.execute(
         &format!(
             "INSERT INTO {} ({}, {SIGN}) SELECT {}, -1 FROM {}",
-            img(index),
+            img(tag),
             sql.group,
             sql.staged,
             qualified(schema, &s.table)
@@ -645,7 +724,7 @@ async fn count_target_images(
 async fn write_images(
     tx: &Transaction<'_>,
     schema: &str,
-    index: usize,
+    tag: &str,
     s: &Staged,
     sql: &ImageSql,
 ) -> Result<()> {
@@ -653,7 +732,7 @@ async fn write_images(
         return Ok(());
     }
     let target = qualified(schema, &s.table);
-    let staged = img(index);
+    let staged = img(tag);
     let group = &sql.group;
     let err = |what: &str| pg_err(format!("cannot apply {what} to table {}", s.table));
     let want: i64 = tx

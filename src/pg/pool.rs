@@ -24,10 +24,18 @@ use crate::error::Result;
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
 /// What a session given back must shed before another tenant may use it: the run lock (and
-/// any other advisory lock of the session), a LISTEN, and the staging tables of the apply,
-/// which are named per table of one tenant's plan. Its settings are sqlite2pg's own and the
-/// same for every tenant (the origin marker, `synchronous_commit`), so they stay.
-const RESET: &str = "SELECT pg_advisory_unlock_all(); UNLISTEN *; DISCARD TEMP";
+/// any other advisory lock of the session) and a LISTEN. Its settings are sqlite2pg's own
+/// and the same for every tenant (the origin marker, `synchronous_commit`), so they stay, and
+/// so do the apply's staging tables: they are named by their shape (`pg::apply`), so another
+/// tenant uses only those that fit its tables, and making them again at every hand-off was
+/// most of the server's work in one (measured with pg_stat_statements). It answers how many
+/// temp tables the session holds.
+const RESET: &str = "SELECT pg_advisory_unlock_all(); UNLISTEN *; \
+    SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()";
+
+/// A session given back with more temp tables than this drops them all: tenants of many
+/// shapes would otherwise pile them up, and a commit empties every one of them.
+const TEMP_TABLES_KEPT: i64 = 64;
 
 /// The most Postgres connections this process holds at once, when it is a fleet's daemon:
 /// each connection holds a permit for as long as it is open (until its backend has exited),
@@ -183,7 +191,7 @@ impl Limit {
     /// Takes a session given back: once reset, to the tenant that waited longest, or kept
     /// for the next; closed if it cannot be reset.
     async fn give_back(&self, client: Client, url: TargetUrl) {
-        if client.is_closed() || client.batch_execute(RESET).await.is_err() {
+        if client.is_closed() || !reset(&client).await {
             return;
         }
         let mut client = client;
@@ -219,6 +227,21 @@ impl Limit {
         let now = Instant::now();
         self.idle()
             .retain(|s| now.duration_since(s.since) < IDLE_CLOSE);
+    }
+}
+
+/// Resets a session given back (see [`RESET`]); `false` when it cannot be, and is closed.
+async fn reset(client: &Client) -> bool {
+    let Ok(messages) = client.simple_query(RESET).await else {
+        return false;
+    };
+    let temp_tables = messages.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse::<i64>().ok(),
+        _ => None,
+    });
+    match temp_tables {
+        Some(n) if n <= TEMP_TABLES_KEPT => true,
+        _ => client.batch_execute("DISCARD TEMP").await.is_ok(),
     }
 }
 
