@@ -782,5 +782,9 @@ pub async fn uninstall(
     }
     tx.commit()
         .await
-        .map_err(pg("commit removing sqlite2pg's objects"))
+        .map_err(pg("commit removing sqlite2pg's objects"))?;
+    if others == 0 {
+        super::state::schema_dropped();
+    }
+    Ok(())
 }

@@ -206,6 +206,11 @@ pub async fn format_version(client: &impl GenericClient) -> Result<i32> {
 /// Whether one of sqlite2pg's state tables exists (commands that only read state must not
 /// create the schema).
 pub async fn state_table_exists(client: &impl GenericClient, table: &str) -> Result<bool> {
+    // Made current by this process: every state table exists (a fleet daemon's hand-off read
+    // state three times; each look was a round trip).
+    if FORMAT_CURRENT.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(true);
+    }
     let name = format!("{STATE_SCHEMA}.{table}");
     let row = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
@@ -228,8 +233,13 @@ pub fn of_tenant(alias: &str, n: usize) -> String {
 }
 
 /// Whether this process made (or found) the state in the current format: formats only move
-/// forward, so it stays so.
+/// forward, so it stays so until this process drops the schema ([`schema_dropped`]).
 static FORMAT_CURRENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process dropped the state schema: its tables are to be looked for again.
+pub fn schema_dropped() {
+    FORMAT_CURRENT.store(false, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Target tables sqlite2pg created itself (by an earlier, possibly killed, run).
 pub async fn owned_tables(client: &Client, tenant: &str) -> Result<Vec<String>> {
