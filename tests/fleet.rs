@@ -414,6 +414,73 @@ fn tenants_of_different_shapes_take_turns_on_one_pooled_session() {
     );
 }
 
+/// Tenants of many shapes through one pooled session: the staging tables each shape leaves
+/// in it are dropped once the session holds too many of them, and the tenants stay equal.
+#[test]
+fn a_session_handed_through_many_shapes_keeps_its_temp_tables_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    let n = 60;
+    // Each tenant's table has a column of its own: 60 shapes, two staging tables each.
+    for i in 0..n {
+        tenant_file(
+            &tenants,
+            &format!("s{i:02}.db"),
+            &format!("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, c{i} INTEGER);"),
+        );
+    }
+    let db = TestDb::new();
+    let cfg = config(
+        dir.path(),
+        &db,
+        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
+    );
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "3"]);
+    let path = |i: usize| tenants.join(format!("s{i:02}.db"));
+    let wait = |i: usize| {
+        wait_until(
+            &format!("tenant s{i:02} caught up"),
+            std::time::Duration::from_secs(60),
+            || caught_up(&path(i), &db.url, &format!("s{i:02}")),
+        )
+    };
+    (0..n).for_each(wait);
+    let mut c = db.client();
+    let most_temp_tables = |c: &mut postgres::Client| -> i64 {
+        scalar(
+            c,
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_class c
+               JOIN pg_namespace s ON s.oid = c.relnamespace
+              WHERE s.nspname LIKE 'pg\\_temp\\_%' GROUP BY s.nspname) t",
+        )
+    };
+    let mut most = 0;
+    for i in 0..n {
+        rusqlite::Connection::open(path(i))
+            .unwrap()
+            .execute_batch(&format!(
+                "INSERT INTO items (name, c{i}) VALUES ('x', {i});"
+            ))
+            .unwrap();
+        wait(i);
+        most = most.max(most_temp_tables(&mut c));
+    }
+    for i in [0, n / 2, n - 1] {
+        c.batch_execute(&format!("SET search_path = tenant_s{i:02}"))
+            .unwrap();
+        assert_table_equal(&path(i), &mut c, "items", "id");
+    }
+    // 120 staging tables made in one session; the count comes at one hand-off in 16, and
+    // each hand-off adds at most two.
+    assert!(most <= 64 + 2 * 16, "one session held {most} temp tables");
+    assert!(
+        most > 16,
+        "the session held {most} temp tables at most: the tenants did not share it"
+    );
+    let log = d.log_text();
+    assert!(!log.contains(" ERROR "), "the daemon's log:\n{log}");
+}
+
 #[test]
 fn a_fleet_cutover_takes_tenants_one_at_a_time_and_stops_at_the_first_that_fails() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,9 +96,17 @@ fn wait_all_caught_up(files: &[(String, PathBuf)], db: &TestDb, d: &Daemon) {
     }
 }
 
+/// Both tests restart the cluster: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_restarts_and_files_coming_and_going()
  {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants");
     // Three shapes, both journal modes: keyed, AUTOINCREMENT with a table without a key, and
@@ -232,4 +240,63 @@ fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_r
         "the fleet's daemon stops cleanly:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// A tenant whose file appears while Postgres is down is waited out like the others, not
+/// stopped on an error: the fleet's address is known to be right (found by the differential
+/// tester's fleet mode, where a tenant new to the fleet met a Postgres restart).
+#[test]
+fn a_tenant_that_appears_while_postgres_restarts_waits_for_it() {
+    let _one = serial();
+    assert!(
+        own_cluster(),
+        "this test restarts Postgres: unset SQLITE2PG_TEST_PG so the harness starts its own"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    let shape = "CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+                 INSERT INTO clients (name) VALUES ('seed');";
+    tenant_file(&tenants, "first.db", shape);
+    let db = TestDb::new();
+    let cfg = config(
+        dir.path(),
+        &db,
+        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
+    );
+    let d = Daemon::start_fleet(&cfg, &db, &[]);
+    let first = tenants.join("first.db");
+    wait_until(
+        "the first tenant caught up",
+        std::time::Duration::from_secs(30),
+        || caught_up(&first, &db.url, "first"),
+    );
+    // The new file comes once Postgres is down, and Postgres stays down for 3 s more.
+    let adder = {
+        let tenants = tenants.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            tenant_file(&tenants, "late.db", shape);
+        })
+    };
+    restart_cluster(std::time::Duration::from_millis(3_500));
+    adder.join().unwrap();
+    let late = tenants.join("late.db");
+    wait_until(
+        "the tenant that came while Postgres was down caught up",
+        std::time::Duration::from_secs(60),
+        || caught_up(&late, &db.url, "late"),
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("tenant{tenant=late}") && log.contains("Postgres is unreachable"),
+        "the late tenant met Postgres down: the test tested nothing\n{log}"
+    );
+    assert!(
+        !log.contains("the tenant's daemon stopped"),
+        "a tenant was stopped on an error instead of waiting for Postgres:\n{log}"
+    );
+    let mut c = db.client();
+    c.batch_execute("SET search_path = tenant_late").unwrap();
+    assert_table_equal(&late, &mut c, "clients", "id");
+    assert!(d.stop(), "the fleet's daemon stops cleanly");
 }

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -28,12 +28,17 @@ const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// and the same for every tenant (the origin marker, `synchronous_commit`), so they stay, and
 /// so do the apply's staging tables: they are named by their shape (`pg::apply`), so another
 /// tenant uses only those that fit its tables, and making them again at every hand-off was
-/// most of the server's work in one (measured with pg_stat_statements). It answers how many
-/// temp tables the session holds.
-const RESET: &str = "SELECT pg_advisory_unlock_all(); UNLISTEN *; \
-    SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()";
+/// most of the server's work in one (`bench/fleet-profile`).
+const RESET: &str = "SELECT pg_advisory_unlock_all(); UNLISTEN *";
 
-/// A session given back with more temp tables than this drops them all: tenants of many
+/// [`RESET`], and how many temp tables the session holds: asked at one hand-off in
+/// [`COUNT_EVERY`], since it reads all of `pg_class` (0.16 ms at 200 tenants, the most
+/// expensive statement of a hand-off when asked at each).
+const RESET_AND_COUNT: &str = "SELECT pg_advisory_unlock_all(); UNLISTEN *; \
+    SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()";
+const COUNT_EVERY: u64 = 16;
+
+/// A session found holding more temp tables than this drops them all: tenants of many
 /// shapes would otherwise pile them up, and a commit empties every one of them.
 const TEMP_TABLES_KEPT: i64 = 64;
 
@@ -52,6 +57,8 @@ pub struct Limit {
     returned: Notify,
     /// Tenants waiting for a session, the longest first.
     queue: Mutex<VecDeque<Waiter>>,
+    /// Sessions given back so far.
+    given_back: AtomicU64,
 }
 
 /// A tenant waiting for a session to a target.
@@ -77,6 +84,7 @@ impl Limit {
             idle: Mutex::new(Vec::new()),
             returned: Notify::new(),
             queue: Mutex::new(VecDeque::new()),
+            given_back: AtomicU64::new(0),
         })
     }
 
@@ -191,7 +199,8 @@ impl Limit {
     /// Takes a session given back: once reset, to the tenant that waited longest, or kept
     /// for the next; closed if it cannot be reset.
     async fn give_back(&self, client: Client, url: TargetUrl) {
-        if client.is_closed() || !reset(&client).await {
+        let count = self.given_back.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0;
+        if client.is_closed() || !reset(&client, count).await {
             return;
         }
         let mut client = client;
@@ -230,9 +239,13 @@ impl Limit {
     }
 }
 
-/// Resets a session given back (see [`RESET`]); `false` when it cannot be, and is closed.
-async fn reset(client: &Client) -> bool {
-    let Ok(messages) = client.simple_query(RESET).await else {
+/// Resets a session given back (see [`RESET`]), counting its temp tables when `count`;
+/// `false` when it cannot be, and is closed.
+async fn reset(client: &Client, count: bool) -> bool {
+    if !count {
+        return client.batch_execute(RESET).await.is_ok();
+    }
+    let Ok(messages) = client.simple_query(RESET_AND_COUNT).await else {
         return false;
     };
     let temp_tables = messages.iter().rev().find_map(|m| match m {

@@ -78,14 +78,17 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
             // while the pass re-planned after the app's migration, say) is one. An unreachable
             // target is waited out only once the address is known to be right: after a pass
             // streamed, on a migration a run resumes (restarted while Postgres restarts, say),
-            // or when Postgres itself said it is restarting. Before that, on a new migration,
-            // it is more likely a wrong address.
+            // when Postgres itself said it is restarting, or in a fleet's daemon (the address
+            // is the fleet's; a tenant new to it, stopped by a Postgres restart, was an error
+            // for a person to read, found by the differential tester's fleet mode). Before
+            // that, on a new migration of its own, it is more likely a wrong address.
             Err(e)
                 if e.kind().retry_policy() == RetryPolicy::RetryLater
                     && !opts.snapshot_only
                     && (e.kind() != ErrorKind::TargetUnreachable
                         || streamed
                         || resumed
+                        || opts.link.is_some()
                         || e.server_restarting()) =>
             {
                 let (wait, why) = if e.kind() == ErrorKind::TargetUnreachable {

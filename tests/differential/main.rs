@@ -38,6 +38,16 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// `SQLITE2PG_DIFF_SEED`, or the clock.
+fn seed() -> u64 {
+    env_u64("SQLITE2PG_DIFF_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+    })
+}
+
 /// Steps per app: enough for schema changes and faults to meet, few enough for many apps.
 const STEPS: usize = 24;
 
@@ -45,12 +55,7 @@ const STEPS: usize = 24;
 fn random_apps_agree_on_both_sides() {
     let _one = serial();
     let budget = Duration::from_secs(env_u64("SQLITE2PG_DIFF_SECONDS").unwrap_or(60));
-    let seed = env_u64("SQLITE2PG_DIFF_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(1)
-    });
+    let seed = seed();
     println!("differential: seed {seed} (SQLITE2PG_DIFF_SEED={seed} repeats this run)");
     let restarts = common::own_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -135,12 +140,7 @@ const FLEET_APPS: u64 = 3;
 fn random_apps_agree_on_both_sides_as_tenants_of_one_fleet() {
     let _one = serial();
     let budget = Duration::from_secs(env_u64("SQLITE2PG_DIFF_FLEET_SECONDS").unwrap_or(40));
-    let seed = env_u64("SQLITE2PG_DIFF_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(1)
-    });
+    let seed = seed();
     println!("differential fleet: seed {seed} (SQLITE2PG_DIFF_SEED={seed} repeats this run)");
     let restarts = common::own_cluster();
     let dir = tempfile::tempdir().expect("temp dir");
