@@ -199,7 +199,10 @@ impl Limit {
     /// Takes a session given back: once reset, to the tenant that waited longest, or kept
     /// for the next; closed if it cannot be reset.
     async fn give_back(&self, client: Client, url: TargetUrl) {
-        let count = self.given_back.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0;
+        let count = self
+            .given_back
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(COUNT_EVERY);
         if client.is_closed() || !reset(&client, count).await {
             return;
         }
