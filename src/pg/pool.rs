@@ -5,8 +5,8 @@
 //! A tenant woken by one write used to open a connection for it: TCP, SCRAM, a backend forked
 //! with cold caches, the staging tables made again. At 500 writes a second over 1,000 tenants
 //! that was the whole lag. A tenant that lets its connection go now gives the session back
-//! (its run lock released, its temp tables dropped, nothing else of it left), and the next
-//! tenant to want one takes it.
+//! (its advisory locks and LISTENs released; the staging tables, named by shape, stay), and
+//! the tenant that has waited longest takes it.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -59,6 +59,15 @@ pub struct Limit {
     queue: Mutex<VecDeque<Waiter>>,
     /// Sessions given back so far.
     given_back: AtomicU64,
+}
+
+/// A connect counted as waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A tenant waiting for a session to a target.
@@ -137,8 +146,7 @@ impl Limit {
         if let Ok(p) = self.permits.clone().try_acquire_owned() {
             return p;
         }
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.contended.notify_waiters();
+        let _waiting = self.wait();
         let permit = loop {
             let returned = self.returned.notified();
             tokio::pin!(returned);
@@ -154,8 +162,16 @@ impl Limit {
                 _ = returned => {}
             }
         };
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
         permit.unwrap_or_else(|_| unreachable!("the connection limit's semaphore is never closed"))
+    }
+
+    /// Counts a connect as waiting (and says so to the holders) until the guard drops, also
+    /// when the connect is given up (its tenant stopped): a count left behind would have
+    /// every tenant let its session go after each drain.
+    fn wait(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.contended.notify_waiters();
+        Waiting(&self.waiting)
     }
 
     /// A session for a tenant: one given back by another tenant if there is one, else a new
@@ -170,14 +186,13 @@ impl Limit {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue().push_back((url.clone(), tx));
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.contended.notify_waiters();
+        let waiting = self.wait();
         let got = tokio::select! {
             biased;
             c = rx => Ok(c),
             p = self.permits.clone().acquire_owned() => Err(p),
         };
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(waiting);
         match got {
             Ok(Ok(client)) => Ok(client),
             // The sender went away without a session: cannot be, the queue keeps it until
