@@ -678,14 +678,26 @@ fn caught_up(path: &Path, url: &str, tenant: &str) -> bool {
     ) else {
         return false;
     };
+    // The stream's position is stored before the snapshot lists its tables: every table of
+    // the app must be ready too, or a check right after the start compares a snapshot still
+    // building its keys (and a cutover then finds the migration in phase snapshot).
+    let Ok(tables) = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table'
+           AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_sqlite2pg%' ESCAPE '\\'",
+        [],
+        |r| r.get::<_, i64>(0),
+    ) else {
+        return false;
+    };
     let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) else {
         return false;
     };
     c.query_opt(
-        "SELECT s.position >= $1 AND NOT EXISTS
-                (SELECT 1 FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant AND phase <> 'ready')
+        "SELECT s.position >= $1
+            AND NOT EXISTS (SELECT 1 FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant AND phase <> 'ready')
+            AND (SELECT count(*) FROM sqlite2pg.table_state t WHERE t.tenant = s.tenant) >= $3
          FROM sqlite2pg.stream s WHERE s.tenant = $2",
-        &[&newest, &tenant],
+        &[&newest, &tenant, &tables],
     )
     .ok()
     .flatten()
