@@ -199,11 +199,7 @@ fn each_tenant_streams_cuts_over_falls_back_and_uninstalls_alone_beside_the_othe
     );
     let (acme, globex) = (tenants.join("acme.db"), tenants.join("globex.db"));
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
-    );
+    let cfg = glob_config(dir.path(), &db, &tenants);
     let mut a = Daemon::start_tenant(&cfg, "acme", &acme, &db);
     let mut g = Daemon::start_tenant(&cfg, "globex", &globex, &db);
     a.wait_caught_up();
@@ -352,19 +348,11 @@ fn tenants_of_different_shapes_take_turns_on_one_pooled_session() {
     );
     let (a, b) = (tenants.join("a.db"), tenants.join("b.db"));
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
-    );
+    let cfg = glob_config(dir.path(), &db, &tenants);
     // Two connections are the daemon's own (the listener, the presence locks): one is left.
     let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "3"]);
     let wait = |path: &PathBuf, name: &str| {
-        wait_until(
-            &format!("tenant {name} caught up"),
-            std::time::Duration::from_secs(30),
-            || caught_up(path, &db.url, name),
-        )
+        wait_tenant_caught_up(path, &db.url, name, std::time::Duration::from_secs(30))
     };
     wait(&a, "a");
     wait(&b, "b");
@@ -430,19 +418,12 @@ fn a_session_handed_through_many_shapes_keeps_its_temp_tables_bounded() {
         );
     }
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
-    );
+    let cfg = glob_config(dir.path(), &db, &tenants);
     let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "3"]);
     let path = |i: usize| tenants.join(format!("s{i:02}.db"));
     let wait = |i: usize| {
-        wait_until(
-            &format!("tenant s{i:02} caught up"),
-            std::time::Duration::from_secs(60),
-            || caught_up(&path(i), &db.url, &format!("s{i:02}")),
-        )
+        let name = format!("s{i:02}");
+        wait_tenant_caught_up(&path(i), &db.url, &name, std::time::Duration::from_secs(60))
     };
     (0..n).for_each(wait);
     let mut c = db.client();
@@ -498,11 +479,7 @@ fn a_fleet_cutover_takes_tenants_one_at_a_time_and_stops_at_the_first_that_fails
         );
     }
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
-    );
+    let cfg = glob_config(dir.path(), &db, &tenants);
     // Every tenant copied and its stream started, but t05's: its cutover fails.
     for name in names.iter().filter(|n| *n != "t05") {
         let out = on_fleet(&cfg, &["--tenant", name, "run", "--snapshot-only"]);
@@ -731,11 +708,7 @@ fn the_statements_a_fleet_sends_stay_within_what_docs_citus_md_says_citus_accept
         .collect();
     let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
     for (name, path) in &files {
-        wait_until(
-            &format!("tenant {name} to catch up"),
-            std::time::Duration::from_secs(60),
-            || caught_up(path, &db.url, name),
-        );
+        wait_tenant_caught_up(path, &db.url, name, std::time::Duration::from_secs(60));
     }
     sqlite3_shell(
         &files[0].1,
@@ -745,11 +718,7 @@ fn the_statements_a_fleet_sends_stay_within_what_docs_citus_md_says_citus_accept
     );
     sqlite3_shell(&files[1].1, "UPDATE clients SET visits = 5;");
     for (name, path) in &files {
-        wait_until(
-            &format!("tenant {name} to catch up"),
-            std::time::Duration::from_secs(60),
-            || caught_up(path, &db.url, name),
-        );
+        wait_tenant_caught_up(path, &db.url, name, std::time::Duration::from_secs(60));
     }
     let out = on_fleet(&cfg, &["--tenant", "globex", "verify"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -133,11 +133,7 @@ fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_r
         files.push((name.clone(), tenants.join(format!("{name}.db"))));
     }
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
-    );
+    let cfg = glob_config(dir.path(), &db, &tenants);
     let metrics = format!("127.0.0.1:{}", free_port());
     let max = 6;
     let run_args = ["--max-connections", "6", "--metrics-addr", metrics.as_str()];
@@ -258,18 +254,10 @@ fn a_tenant_that_appears_while_postgres_restarts_waits_for_it() {
                  INSERT INTO clients (name) VALUES ('seed');";
     tenant_file(&tenants, "first.db", shape);
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
-    );
+    let cfg = glob_config(dir.path(), &db, &tenants);
     let d = Daemon::start_fleet(&cfg, &db, &[]);
     let first = tenants.join("first.db");
-    wait_until(
-        "the first tenant caught up",
-        std::time::Duration::from_secs(30),
-        || caught_up(&first, &db.url, "first"),
-    );
+    wait_tenant_caught_up(&first, &db.url, "first", std::time::Duration::from_secs(30));
     // The new file comes once Postgres is down, and Postgres stays down for 3 s more.
     let adder = {
         let tenants = tenants.clone();
@@ -281,11 +269,8 @@ fn a_tenant_that_appears_while_postgres_restarts_waits_for_it() {
     restart_cluster(std::time::Duration::from_millis(3_500));
     adder.join().unwrap();
     let late = tenants.join("late.db");
-    wait_until(
-        "the tenant that came while Postgres was down caught up",
-        std::time::Duration::from_secs(60),
-        || caught_up(&late, &db.url, "late"),
-    );
+    // It came while Postgres was down.
+    wait_tenant_caught_up(&late, &db.url, "late", std::time::Duration::from_secs(60));
     let log = d.log_text();
     assert!(
         log.contains("tenant{tenant=late}") && log.contains("Postgres is unreachable"),

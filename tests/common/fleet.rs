@@ -38,3 +38,19 @@ pub fn fleet_status(cfg: &Path) -> serde_json::Value {
 pub fn phase_count(status: &serde_json::Value, phase: &str) -> i64 {
     status["phases"][phase].as_i64().unwrap_or(0)
 }
+
+/// A config file whose fleet is every `*.db` file in `tenants`.
+pub fn glob_config(dir: &Path, db: &TestDb, tenants: &Path) -> PathBuf {
+    config(
+        dir,
+        db,
+        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
+    )
+}
+
+/// Waits up to `limit` for `tenant` (its file at `path`) to be caught up on Postgres.
+pub fn wait_tenant_caught_up(path: &Path, url: &str, tenant: &str, limit: std::time::Duration) {
+    wait_until(&format!("tenant {tenant} caught up"), limit, || {
+        caught_up(path, url, tenant)
+    });
+}
