@@ -760,6 +760,15 @@ fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<ch
 }
 
 fn cmd_check_reverse(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    if cfg.tenant_column.is_some() {
+        anyhow::bail!(Error::new(
+            crate::error::ErrorKind::Config,
+            format!(
+                "check --reverse of tenant {}: the fleet's layout is shared tables, which has no way back yet (no cutover either); `sqlite2pg check` covers what it does",
+                cfg.tenant_id()
+            )
+        ));
+    }
     let rt = runtime()?;
     cfg.require_target()?;
     let (plan, client) = rt.block_on(plan::load(cfg))?;
@@ -904,6 +913,15 @@ struct SwitchSetup {
 }
 
 fn switch_setup(cfg: &Config, flags: &SwitchFlags, what: &str) -> anyhow::Result<SwitchSetup> {
+    if cfg.tenant_column.is_some() {
+        anyhow::bail!(Error::new(
+            crate::error::ErrorKind::Config,
+            format!(
+                "{what} of tenant {}: the fleet's layout is shared tables, whose {what} is not built yet (it copies, streams and verifies; see `sqlite2pg check`). The tenant's app stays on SQLite, nothing was changed; to move a tenant's app now, use layout = \"schemas\"",
+                cfg.tenant_id()
+            )
+        ));
+    }
     let rt = runtime()?;
     cfg.require_target()?;
     let (plan, client) = rt.block_on(plan::load(cfg))?;

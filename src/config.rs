@@ -176,6 +176,21 @@ pub struct FleetFile {
     pub schema: Option<String>,
     /// The tenant name template (default `{stem}`).
     pub name: Option<String>,
+    /// `schemas` (a schema per tenant, the default) or `shared` (one set of tables, a tenant
+    /// column leading every key).
+    pub layout: Option<FleetLayout>,
+    /// The shared layout's tenant column (default `tenant_id`).
+    pub tenant_column: Option<String>,
+}
+
+/// `layout` of `[fleet]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetLayout {
+    /// A schema per tenant.
+    Schemas,
+    /// Shared tables with a tenant column.
+    Shared,
 }
 
 /// `files` of `[fleet]`.
@@ -241,6 +256,8 @@ pub struct Config {
     pub fleet: Option<crate::fleet::Spec>,
     /// `--tenant`: the one tenant of the fleet a command is about.
     pub tenant: Option<String>,
+    /// In a fleet's shared-tables layout, the column naming each row's tenant.
+    pub tenant_column: Option<String>,
 }
 
 /// Defaults of the settings that have one (documented in the README and by `config check`).
@@ -288,16 +305,39 @@ impl Config {
     /// The command line over the file over the defaults (the environment reaches both
     /// through clap).
     pub fn merge(flags: Flags, file: FileConfig) -> Result<Config> {
-        let fleet = file.fleet.map(|f| crate::fleet::Spec {
-            files: match f.files {
-                FleetFiles::Glob(g) => crate::fleet::Files::Glob(g),
-                FleetFiles::List(l) => crate::fleet::Files::List(l),
-            },
-            schema: f
-                .schema
-                .unwrap_or_else(|| crate::fleet::DEFAULT_SCHEMA.into()),
-            name: f.name.unwrap_or_else(|| crate::fleet::DEFAULT_NAME.into()),
-        });
+        let fleet = match file.fleet {
+            None => None,
+            Some(f) => {
+                let shared = f.layout == Some(FleetLayout::Shared);
+                if !shared && f.tenant_column.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "[fleet] names a tenant_column, which only the shared-tables layout has: add layout = \"shared\", or drop tenant_column",
+                    ));
+                }
+                let (layout, default_schema) = if shared {
+                    (
+                        crate::fleet::Layout::Shared {
+                            column: f
+                                .tenant_column
+                                .unwrap_or_else(|| crate::fleet::DEFAULT_TENANT_COLUMN.into()),
+                        },
+                        crate::fleet::DEFAULT_SHARED_SCHEMA,
+                    )
+                } else {
+                    (crate::fleet::Layout::Schemas, crate::fleet::DEFAULT_SCHEMA)
+                };
+                Some(crate::fleet::Spec {
+                    files: match f.files {
+                        FleetFiles::Glob(g) => crate::fleet::Files::Glob(g),
+                        FleetFiles::List(l) => crate::fleet::Files::List(l),
+                    },
+                    schema: f.schema.unwrap_or_else(|| default_schema.into()),
+                    name: f.name.unwrap_or_else(|| crate::fleet::DEFAULT_NAME.into()),
+                    layout,
+                })
+            }
+        };
         let source = flags.source.or(file.source);
         let source = match (source, &fleet) {
             (Some(_), Some(_)) => {
@@ -382,6 +422,7 @@ impl Config {
             max_lag_seconds: file.max_lag_seconds.unwrap_or(defaults::MAX_LAG_SECONDS),
             fleet,
             tenant: flags.tenant,
+            tenant_column: None,
         })
     }
 
@@ -509,7 +550,22 @@ impl Config {
             target_schema: t.schema.clone(),
             fleet: None,
             tenant: Some(t.name.clone()),
+            tenant_column: self.fleet.as_ref().and_then(|f| match &f.layout {
+                crate::fleet::Layout::Shared { column } => Some(column.clone()),
+                crate::fleet::Layout::Schemas => None,
+            }),
             ..self.clone()
+        }
+    }
+
+    /// Which rows of the target's tables this migration's are.
+    pub fn rows(&self) -> crate::pg::Rows {
+        match &self.tenant_column {
+            Some(column) => crate::pg::Rows::Tenant {
+                column: column.clone(),
+                tenant: self.tenant_id().to_string(),
+            },
+            None => crate::pg::Rows::All,
         }
     }
 

@@ -26,7 +26,28 @@ pub struct Spec {
     pub schema: String,
     /// Each tenant's name (`--tenant NAME`), by the same placeholders.
     pub name: String,
+    /// How the tenants' tables are laid out on Postgres.
+    pub layout: Layout,
 }
+
+/// How a fleet's tables are laid out on Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Each tenant's tables in a schema of its own (Citus: schema-based sharding).
+    Schemas,
+    /// One set of tables for all, each row naming its tenant in `column`, which leads every
+    /// key (Citus: tables distributed by that column).
+    Shared {
+        /// The tenant column.
+        column: String,
+    },
+}
+
+/// The default tenant column of the shared-tables layout.
+pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
+
+/// The default schema of the shared-tables layout.
+pub const DEFAULT_SHARED_SCHEMA: &str = "public";
 
 /// The default schema template.
 pub const DEFAULT_SCHEMA: &str = "tenant_{stem}";
@@ -91,6 +112,28 @@ pub enum FleetError {
         /// The template.
         template: String,
     },
+    /// The shared-tables layout's schema differs from tenant to tenant.
+    #[error(
+        "the fleet's layout is shared tables, and its schema template '{template}' names a schema per file ({file} gets '{schema}'); give one schema for all (schema = \"public\"), or use layout = \"schemas\" for a schema per tenant"
+    )]
+    SharedSchemaVaries {
+        /// The template.
+        template: String,
+        /// A file.
+        file: String,
+        /// Its schema.
+        schema: String,
+    },
+    /// The shared-tables layout's tenant column cannot be a Postgres column.
+    #[error(
+        "the fleet's tenant column '{column}' {why}; name another (tenant_column = \"tenant_id\")"
+    )]
+    BadTenantColumn {
+        /// The name.
+        column: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// Two tenants would share a name or a schema.
     #[error(
         "tenant files {first} and {second} both become {what} '{name}'; rename one, or use name and schema templates that tell them apart (name = \"{{parent}}\", schema = \"tenant_{{parent}}\" when each tenant's file sits in a directory of its own)"
@@ -113,9 +156,39 @@ pub fn tenants(spec: &Spec) -> Result<Vec<Tenant>, FleetError> {
         Files::Glob(g) => expand(g)?,
         Files::List(l) => l.clone(),
     };
+    let shared = match &spec.layout {
+        Layout::Schemas => false,
+        Layout::Shared { column } => {
+            let why = if column.is_empty() {
+                Some("is empty")
+            } else if column.len() > 63 {
+                Some("is longer than the 63 bytes Postgres keeps")
+            } else if column.contains('\0') {
+                Some("holds a NUL byte")
+            } else if column.starts_with("_sqlite2pg") {
+                Some("starts with _sqlite2pg, which sqlite2pg keeps for itself")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(FleetError::BadTenantColumn {
+                    column: column.clone(),
+                    why: why.into(),
+                });
+            }
+            true
+        }
+    };
     let mut out: Vec<Tenant> = Vec::with_capacity(files.len());
     for source in files {
         let schema = fill(&spec.schema, &source)?;
+        if shared && schema != spec.schema {
+            return Err(FleetError::SharedSchemaVaries {
+                template: spec.schema.clone(),
+                file: source.display().to_string(),
+                schema,
+            });
+        }
         let bad = |why: &str| FleetError::BadSchema {
             file: source.display().to_string(),
             schema: schema.clone(),
@@ -137,7 +210,13 @@ pub fn tenants(spec: &Spec) -> Result<Vec<Tenant>, FleetError> {
         if lower.starts_with("pg_") {
             return Err(bad("starts with pg_, which Postgres keeps for itself"));
         }
-        if ["sqlite2pg", "information_schema", "public"].contains(&lower.as_str()) {
+        // One shared schema is every tenant's, so it may be the default one.
+        let not_tenants: &[&str] = if shared {
+            &["sqlite2pg", "information_schema"]
+        } else {
+            &["sqlite2pg", "information_schema", "public"]
+        };
+        if not_tenants.contains(&lower.as_str()) {
             return Err(bad("is a schema that is not a tenant's"));
         }
         let name = fill(&spec.name, &source)?;
@@ -147,7 +226,7 @@ pub fn tenants(spec: &Spec) -> Result<Vec<Tenant>, FleetError> {
         for t in &out {
             let clash = if t.name.to_lowercase() == name.to_lowercase() {
                 Some(("the tenant", name.clone()))
-            } else if t.schema.to_lowercase() == lower {
+            } else if !shared && t.schema.to_lowercase() == lower {
                 Some(("the schema", schema.clone()))
             } else {
                 None
@@ -257,6 +336,7 @@ mod tests {
             files,
             schema: schema.to_string(),
             name: DEFAULT_NAME.to_string(),
+            layout: Layout::Schemas,
         }
     }
 
@@ -373,6 +453,35 @@ mod tests {
         ] {
             let err = tenants(&spec(Files::List(vec![p("x.db")]), template)).unwrap_err();
             assert!(err.to_string().contains(why), "{template}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_shared_layout_puts_every_tenant_in_one_schema_and_checks_its_column() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), &["a.db", "b.db"]);
+        let files = Files::List(vec![dir.path().join("a.db"), dir.path().join("b.db")]);
+        let shared = |schema: &str, column: &str| Spec {
+            layout: Layout::Shared {
+                column: column.into(),
+            },
+            ..spec(files.clone(), schema)
+        };
+        let got = tenants(&shared(DEFAULT_SHARED_SCHEMA, DEFAULT_TENANT_COLUMN)).unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|t| (t.name.as_str(), t.schema.as_str()))
+                .collect::<Vec<_>>(),
+            [("a", "public"), ("b", "public")]
+        );
+        let err = tenants(&shared(DEFAULT_SCHEMA, DEFAULT_TENANT_COLUMN)).unwrap_err();
+        assert!(
+            matches!(err, FleetError::SharedSchemaVaries { .. }),
+            "{err}"
+        );
+        for column in ["", "_sqlite2pg_chunk", &"c".repeat(64)] {
+            let err = tenants(&shared("crm", column)).unwrap_err();
+            assert!(matches!(err, FleetError::BadTenantColumn { .. }), "{err}");
         }
     }
 

@@ -19,6 +19,7 @@ use crate::pg::lookup::{self, Lookup};
 use crate::pg::scan::{self, Raw};
 use crate::pg::{convert, copy, decode, qualified, quote_ident, reverse, state};
 use crate::plan::{Plan, TablePlan};
+use crate::replicate::Databases;
 use crate::sqlite::changes::{self, RowReader};
 use crate::sqlite::form;
 use crate::sqlite::reader::{self, ScanQuery};
@@ -281,7 +282,8 @@ fn encode_key(
 }
 
 /// A lookup of the table's rows by key: every copied column, or one as text.
-fn lookup(t: &TablePlan, schema: &str, keys: &[usize], text_of: Option<usize>) -> Lookup {
+fn lookup(t: &TablePlan, db: &Databases, keys: &[usize], text_of: Option<usize>) -> Lookup {
+    let schema = db.schema.as_str();
     let key_cols: Vec<(&str, &PgType)> = keys
         .iter()
         .map(|p| (t.columns[*p].target.as_str(), &t.columns[*p].conv.ty))
@@ -293,8 +295,16 @@ fn lookup(t: &TablePlan, schema: &str, keys: &[usize], text_of: Option<usize>) -
             &key_cols,
             std::slice::from_ref(&t.columns[i].target),
             true,
+            &db.rows,
         ),
-        None => Lookup::new(schema, &t.target, &key_cols, &t.target_columns(), false),
+        None => Lookup::new(
+            schema,
+            &t.target,
+            &key_cols,
+            &t.target_columns(),
+            false,
+            &db.rows,
+        ),
     }
 }
 
@@ -471,7 +481,7 @@ async fn compare_by_lookup(
     opts: &Options,
 ) -> Result<Counts> {
     let schema = opts.db.schema.as_str();
-    let by_key = lookup(t, schema, keys, None);
+    let by_key = lookup(t, &opts.db, keys, None);
     let aliases: Vec<String> = (1..=keys.len()).map(|j| format!("a{j}")).collect();
     let tx = client
         .transaction()
@@ -551,10 +561,12 @@ async fn compare_by_lookup(
             )
         })
         .collect();
+    let rows = &opts.db.rows;
     let only_postgres = format!(
-        "FROM {} t WHERE NOT EXISTS (SELECT FROM {SEEN_KEYS} k WHERE {})",
+        "FROM {} t WHERE NOT EXISTS (SELECT FROM {SEEN_KEYS} k WHERE {}){}",
         qualified(schema, &t.target),
-        unseen.join(" AND ")
+        unseen.join(" AND "),
+        rows.and("t", 1)
     );
     let extras_err = |e| {
         Error::from_pg(
@@ -563,7 +575,7 @@ async fn compare_by_lookup(
         )
     };
     let extra_count: i64 = tx
-        .query_one(&format!("SELECT count(*) {only_postgres}"), &[])
+        .query_one(&format!("SELECT count(*) {only_postgres}"), &rows.params())
         .await
         .map_err(extras_err)?
         .get(0);
@@ -573,7 +585,7 @@ async fn compare_by_lookup(
                 "SELECT {} {only_postgres} LIMIT {KEEP}",
                 key_targets.join(", ")
             ),
-            &[],
+            &rows.params(),
         )
         .await
         .map_err(extras_err)?;
@@ -624,7 +636,15 @@ async fn compare_table(client: &mut Client, t: &TablePlan, opts: &Options) -> Re
         .transaction()
         .await
         .map_err(|e| Error::from_pg("cannot start a verify transaction", e))?;
-    let portal = scan::open(&tx, schema, &t.target, &t.target_columns(), &order).await?;
+    let portal = scan::open(
+        &tx,
+        schema,
+        &opts.db.rows,
+        &t.target,
+        &t.target_columns(),
+        &order,
+    )
+    .await?;
     let (mut source_rx, reader_thread) = spawn_source(t, &opts.db.source, opts.db.busy_timeout);
     let mut counts = Counts::default();
     let mut src: VecDeque<SourceRow> = VecDeque::new();
@@ -768,6 +788,7 @@ async fn compare_images(client: &mut Client, t: &TablePlan, opts: &Options) -> R
     let portal = scan::open(
         &tx,
         &opts.db.schema,
+        &opts.db.rows,
         &t.target,
         &t.target_columns(),
         &["ctid".into()],
@@ -812,7 +833,7 @@ async fn recheck(
     client: &Client,
     conn: &rusqlite::Connection,
     t: &TablePlan,
-    schema: &str,
+    db: &Databases,
     key: &[OwnedValue],
 ) -> Result<Option<Diff>> {
     let keys = key_positions(t)?;
@@ -821,7 +842,7 @@ async fn recheck(
     let sqlite_row = tokio::task::block_in_place(|| changes::read_row_by_key(conn, &reader, key))?;
     let mut scratch = BytesMut::new();
     let encoded = encode_key(t, &keys, key, &mut scratch);
-    let pg_values = lookup(t, schema, &keys, None)
+    let pg_values = lookup(t, db, &keys, None)
         .rows(client, &[encoded])
         .await?
         .pop()
@@ -853,7 +874,7 @@ async fn example(
     client: &Client,
     conn: &rusqlite::Connection,
     t: &TablePlan,
-    schema: &str,
+    db: &Databases,
     d: &Diff,
 ) -> Result<Example> {
     if t.source.follow() == Follow::ByImage {
@@ -886,7 +907,7 @@ async fn example(
         }
         let mut scratch = BytesMut::new();
         let encoded = encode_key(t, &keys, &d.key, &mut scratch);
-        if let Some(row) = lookup(t, schema, &keys, Some(i))
+        if let Some(row) = lookup(t, db, &keys, Some(i))
             .rows(client, &[encoded])
             .await?
             .pop()
@@ -922,13 +943,13 @@ pub async fn check_keys(
     client: &Client,
     conn: &rusqlite::Connection,
     t: &TablePlan,
-    schema: &str,
+    db: &Databases,
     keys: &[Vec<OwnedValue>],
 ) -> Result<Option<(String, String)>> {
     let kp = key_positions(t)?;
     let key_names: Vec<String> = kp.iter().map(|p| t.columns[*p].source.clone()).collect();
     let reader = RowReader::new(&t.source.name, &key_names, &t.source_columns());
-    let by_key = lookup(t, schema, &kp, None);
+    let by_key = lookup(t, db, &kp, None);
     let mut scratch = BytesMut::new();
     for chunk in keys.chunks(5_000) {
         let encoded: Vec<Vec<Option<Vec<u8>>>> = chunk
@@ -1056,7 +1077,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
             }
             let kept = std::mem::take(&mut counts.kept);
             for d in kept {
-                let now = recheck(client, &conn, t, &opts.db.schema, &d.key).await?;
+                let now = recheck(client, &conn, t, &opts.db, &d.key).await?;
                 counts.count(d.kind, false);
                 match now {
                     Some(n) => {
@@ -1109,7 +1130,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Rep
     for (t, counts) in tables.iter().zip(&found) {
         let mut examples = Vec::new();
         for d in counts.kept.iter().take(opts.examples) {
-            examples.push(example(client, &conn, t, &opts.db.schema, d).await?);
+            examples.push(example(client, &conn, t, &opts.db, d).await?);
         }
         results.push(TableResult {
             table: t.source.name.clone(),

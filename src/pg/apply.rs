@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::{Client, Transaction};
 
-use super::{copy, qualified, quote_ident, state};
+use super::{Rows, copy, qualified, quote_ident, state};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, display_key};
 
@@ -97,6 +97,7 @@ pub struct Applier {
     client: Client,
     tenant: String,
     schema: String,
+    rows: Rows,
     modes: HashMap<usize, Prepared>,
 }
 
@@ -151,7 +152,7 @@ async fn column_types(
 
 impl Applier {
     /// Wraps a connection used only for applying.
-    pub async fn new(client: Client, tenant: &str, schema: &str) -> Result<Applier> {
+    pub async fn new(client: Client, tenant: &str, schema: &str, rows: Rows) -> Result<Applier> {
         // Applies must be durable before the changelog is pruned behind them.
         client
             .batch_execute("SET synchronous_commit = on")
@@ -161,6 +162,7 @@ impl Applier {
             client,
             tenant: tenant.to_string(),
             schema: schema.to_string(),
+            rows,
             modes: HashMap::new(),
         })
     }
@@ -186,6 +188,7 @@ impl Applier {
             tx,
             tenant: &self.tenant,
             schema: &self.schema,
+            rows: &self.rows,
             known: &mut self.modes,
             fresh: HashMap::new(),
             chunks: 0,
@@ -210,6 +213,7 @@ pub struct Drain<'a> {
     tx: Transaction<'a>,
     tenant: &'a str,
     schema: &'a str,
+    rows: &'a Rows,
     /// Tables whose temp tables this session has (made by committed drains).
     known: &'a mut HashMap<usize, Prepared>,
     /// Tables whose temp tables this drain made; they exist only once it commits.
@@ -263,7 +267,9 @@ impl Drain<'_> {
             ))
             .await
             .map_err(pg_err(format!("cannot prepare the apply tables for {}", t.table)))?;
-        let mut key_sorted: Vec<&String> = t.keys.iter().collect();
+        // A shared table's keys lead with the tenant column.
+        let mut key_sorted: Vec<&str> = t.keys.iter().map(String::as_str).collect();
+        key_sorted.extend(self.rows.column());
         key_sorted.sort();
         let uniques = self
             .tx
@@ -278,7 +284,9 @@ impl Drain<'_> {
         let key_index = |r: &tokio_postgres::Row| {
             let cols: Option<Vec<String>> = r.get(0);
             let plain: bool = r.get(1);
-            plain && cols.is_some_and(|c| c.iter().collect::<Vec<_>>() == key_sorted)
+            plain
+                && cols
+                    .is_some_and(|c| c.iter().map(String::as_str).collect::<Vec<_>>() == key_sorted)
         };
         let mode = if uniques.len() == 1 && key_index(&uniques[0]) {
             Mode::Upsert
@@ -455,6 +463,7 @@ impl Drain<'_> {
             tx,
             tenant,
             schema,
+            rows,
             known,
             fresh,
             chunks,
@@ -469,12 +478,13 @@ impl Drain<'_> {
             };
             if let Mode::Images(sql) = mode {
                 if s.resync {
-                    count_target_images(&tx, schema, tag, s, sql).await?;
+                    count_target_images(&tx, schema, rows, tag, s, sql).await?;
                 }
-                write_images(&tx, schema, tag, s, sql).await?;
+                write_images(&tx, schema, rows, tag, s, sql).await?;
                 continue;
             }
-            write_final_states(&tx, schema, tag, s, *mode == Mode::Upsert, chunks > 1).await?;
+            let target = Target { schema, rows };
+            write_final_states(&tx, &target, tag, s, *mode == Mode::Upsert, chunks > 1).await?;
         }
         state::stream_advance(&tx, tenant, position, source_at, changes).await?;
         tx.commit()
@@ -560,17 +570,27 @@ fn rejected_row(
     )
 }
 
+/// Where final states go: a schema, and the rows of its tables that are this tenant's.
+struct Target<'a> {
+    schema: &'a str,
+    rows: &'a Rows,
+}
+
 /// The statements that turn staged states into final rows. With one chunk each key appears
-/// once; with several, a key's state is the one of the newest chunk that read it.
+/// once; with several, a key's state is the one of the newest chunk that read it. In a
+/// shared table every statement names the tenant (`$1`): its rows only are read, matched and
+/// deleted, and the rows it writes carry it.
 async fn write_final_states(
     tx: &Transaction<'_>,
-    schema: &str,
+    to: &Target<'_>,
     tag: &str,
     s: &Staged,
     upsert: bool,
     several_chunks: bool,
 ) -> Result<()> {
-    let target = qualified(schema, &s.table);
+    let target = qualified(to.schema, &s.table);
+    let mine = |alias: &str| to.rows.and(alias, 1);
+    let (lead_col, lead_val) = (to.rows.lead_column(), to.rows.lead_value(1));
     let keys: Vec<String> = s.keys.iter().map(|c| quote_ident(c)).collect();
     let key_list = keys.join(", ");
     let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(c)).collect();
@@ -614,7 +634,8 @@ async fn write_final_states(
     if s.resync {
         // Rows SQLite no longer holds: neither the re-read nor any later change names them.
         statements.push(format!(
-            "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM {u} u WHERE {uk}) AND NOT EXISTS (SELECT 1 FROM {d} d WHERE {dk})",
+            "DELETE FROM {target} t WHERE NOT EXISTS (SELECT 1 FROM {u} u WHERE {uk}) AND NOT EXISTS (SELECT 1 FROM {d} d WHERE {dk}){}",
+            mine("t"),
             u = up(tag),
             d = del(tag),
             uk = same_key("u", "t"),
@@ -625,9 +646,10 @@ async fn write_final_states(
         // Only keys whose row differs leave, and only missing rows come in: a re-read of a
         // whole table writes what differs, not the table again.
         statements.push(format!(
-            "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {} \
+            "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}{} \
              AND NOT EXISTS (SELECT 1 FROM {present} p WHERE {} AND {} = {})",
             same_key("t", "c"),
+            mine("t"),
             same_key("p", "t"),
             row_text("p"),
             row_text("t"),
@@ -635,15 +657,17 @@ async fn write_final_states(
             d = del(tag),
         ));
         statements.push(format!(
-            "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p \
-             WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {})",
+            "INSERT INTO {target} ({lead_col}{col_list}) OVERRIDING SYSTEM VALUE SELECT {lead_val}{col_list} FROM {present} p \
+             WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {}{})",
             same_key("t", "p"),
+            mine("t"),
         ));
     } else if upsert {
         if s.deletes > 0 {
             statements.push(format!(
-                "DELETE FROM {target} t USING {gone} d WHERE {}",
-                same_key("t", "d")
+                "DELETE FROM {target} t USING {gone} d WHERE {}{}",
+                same_key("t", "d"),
+                mine("t"),
             ));
         }
         if s.upserts > 0 {
@@ -666,25 +690,27 @@ async fn write_final_states(
                 format!("UPDATE SET {}", sets.join(", "))
             };
             statements.push(format!(
-                "INSERT INTO {target} AS t ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p ON CONFLICT ({key_list}) DO {action}"
+                "INSERT INTO {target} AS t ({lead_col}{col_list}) OVERRIDING SYSTEM VALUE SELECT {lead_val}{col_list} FROM {present} p ON CONFLICT ({lead_col}{key_list}) DO {action}"
             ));
         }
     } else {
         // Every changed key leaves first, so no final row meets a stale unique value.
         statements.push(format!(
-            "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}",
+            "DELETE FROM {target} t USING (SELECT {key_list} FROM {u} UNION SELECT {key_list} FROM {d}) c WHERE {}{}",
             same_key("t", "c"),
+            mine("t"),
             u = up(tag),
             d = del(tag),
         ));
         if s.upserts > 0 {
             statements.push(format!(
-                "INSERT INTO {target} ({col_list}) OVERRIDING SYSTEM VALUE SELECT {col_list} FROM {present} p"
+                "INSERT INTO {target} ({lead_col}{col_list}) OVERRIDING SYSTEM VALUE SELECT {lead_val}{col_list} FROM {present} p"
             ));
         }
     }
+    let params = to.rows.params();
     for sql in statements {
-        tx.execute(&sql, &[])
+        tx.execute(&sql, &params)
             .await
             .map_err(pg_err(format!("cannot apply changes to table {}", s.table)))?;
     }
@@ -696,19 +722,21 @@ async fn write_final_states(
 async fn count_target_images(
     tx: &Transaction<'_>,
     schema: &str,
+    rows: &Rows,
     tag: &str,
     s: &Staged,
     sql: &ImageSql,
 ) -> Result<()> {
     tx.execute(
         &format!(
-            "INSERT INTO {} ({}, {SIGN}) SELECT {}, -1 FROM {}",
+            "INSERT INTO {} ({}, {SIGN}) SELECT {}, -1 FROM {}{}",
             img(tag),
             sql.group,
             sql.staged,
-            qualified(schema, &s.table)
+            qualified(schema, &s.table),
+            rows.filter(1)
         ),
-        &[],
+        &rows.params(),
     )
     .await
     .map_err(pg_err(format!(
@@ -724,6 +752,7 @@ async fn count_target_images(
 async fn write_images(
     tx: &Transaction<'_>,
     schema: &str,
+    rows: &Rows,
     tag: &str,
     s: &Staged,
     sql: &ImageSql,
@@ -755,12 +784,13 @@ async fn write_images(
                          FROM {target} r JOIN (
                            SELECT row_number() OVER () AS g, {group}, -sum({SIGN}) AS cnt FROM {staged}
                            GROUP BY {group} HAVING sum({SIGN}) < 0
-                         ) n ON {}
+                         ) n ON {}{}
                        ) x WHERE x.rn <= x.cnt
                      ) d WHERE t.ctid = d.tid",
-                    sql.matches
+                    sql.matches,
+                    rows.and("r", 1)
                 ),
-                &[],
+                &rows.params(),
             )
             .await
             .map_err(err("deleted rows"))?;
@@ -776,17 +806,19 @@ async fn write_images(
     }
     tx.execute(
         &format!(
-            "INSERT INTO {target} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM
+            "INSERT INTO {target} ({}{}) OVERRIDING SYSTEM VALUE SELECT {}{} FROM
                (SELECT {group}, sum({SIGN}) AS cnt FROM {staged} GROUP BY {group} HAVING sum({SIGN}) > 0) n,
                generate_series(1, n.cnt)",
+            rows.lead_column(),
             s.columns
                 .iter()
                 .map(|c| quote_ident(c))
                 .collect::<Vec<_>>()
                 .join(", "),
+            rows.lead_value(1),
             sql.values
         ),
-        &[],
+        &rows.params(),
     )
     .await
     .map_err(err("new rows"))?;

@@ -11,7 +11,7 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 use super::scan::Raw;
-use super::{qualified, quote_ident};
+use super::{Rows, qualified, quote_ident};
 use crate::error::{Error, Result};
 use crate::model::PgType;
 
@@ -66,17 +66,20 @@ pub struct Lookup {
     sql: String,
     table: String,
     key_len: usize,
+    /// The tenant, bound after the key arrays in a shared table.
+    tenant: Option<String>,
 }
 
 impl Lookup {
-    /// Reads `columns` (as text when `as_text`, else in binary) of `schema.table`, whose key
-    /// columns are `keys` (target name and type).
+    /// Reads `columns` (as text when `as_text`, else in binary) of `schema.table`'s `rows`,
+    /// whose key columns are `keys` (target name and type).
     pub fn new(
         schema: &str,
         table: &str,
         keys: &[(&str, &PgType)],
         columns: &[String],
         as_text: bool,
+        rows: &Rows,
     ) -> Lookup {
         let arrays: Vec<String> = std::iter::once("$1::bigint[]".to_string())
             .chain(
@@ -105,16 +108,21 @@ impl Lookup {
             .collect();
         Lookup {
             sql: format!(
-                "SELECT k.n{}{} FROM unnest({}) AS k({}) JOIN {} t ON {}",
+                "SELECT k.n{}{} FROM unnest({}) AS k({}) JOIN {} t ON {}{}",
                 if select.is_empty() { "" } else { ", " },
                 select.join(", "),
                 arrays.join(", "),
                 aliases.join(", "),
                 qualified(schema, table),
-                on.join(" AND ")
+                on.join(" AND "),
+                rows.and("t", keys.len() + 2)
             ),
             table: table.to_string(),
             key_len: keys.len(),
+            tenant: match rows {
+                Rows::All => None,
+                Rows::Tenant { tenant, .. } => Some(tenant.clone()),
+            },
         }
     }
 
@@ -133,10 +141,13 @@ impl Lookup {
         let columns: Vec<EncodedArray> = (0..self.key_len)
             .map(|j| EncodedArray(keys.iter().map(|k| k.get(j).cloned().flatten()).collect()))
             .collect();
-        let params: Vec<&(dyn ToSql + Sync)> = std::iter::once(&ordinals)
+        let mut params: Vec<&(dyn ToSql + Sync)> = std::iter::once(&ordinals)
             .chain(columns.iter())
             .map(|a| a as &(dyn ToSql + Sync))
             .collect();
+        if let Some(t) = &self.tenant {
+            params.push(t);
+        }
         let rows = client.query(&self.sql, &params).await.map_err(|e| {
             Error::from_pg(
                 format!("cannot read rows of table {} by key", self.table),

@@ -10,6 +10,7 @@ pub mod foreign_keys;
 pub mod lookup;
 pub mod pool;
 pub mod reverse;
+pub mod rows;
 pub mod scan;
 pub mod sequences;
 pub mod socket;
@@ -26,6 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use crate::model::quote_ident;
 pub use pool::Limit;
+pub use rows::Rows;
 
 /// `"schema"."table"`, both quoted.
 pub fn qualified(schema: &str, table: &str) -> String {

@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Portal, Transaction};
 
-use super::{qualified, quote_ident};
+use super::{Rows, qualified, quote_ident};
 use crate::error::{Error, Result};
 use crate::model::PgType;
 
@@ -40,22 +40,25 @@ pub fn order_term(column: &str, ty: &PgType) -> String {
     }
 }
 
-/// Opens a portal over `columns` of a table ordered by `order` (terms from `order_term`).
+/// Opens a portal over `columns` of a table's `rows` ordered by `order` (terms from
+/// `order_term`).
 pub async fn open(
     tx: &Transaction<'_>,
     schema: &str,
+    rows: &Rows,
     table: &str,
     columns: &[String],
     order: &[String],
 ) -> Result<Portal> {
     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let sql = format!(
-        "SELECT {} FROM {} ORDER BY {}",
+        "SELECT {} FROM {}{} ORDER BY {}",
         cols.join(", "),
         qualified(schema, table),
+        rows.filter(1),
         order.join(", ")
     );
-    tx.bind(sql.as_str(), &[])
+    tx.bind(sql.as_str(), &rows.params())
         .await
         .map_err(|e| Error::from_pg(format!("cannot read table {table} for verify"), e))
 }

@@ -241,18 +241,34 @@ pub fn schema_dropped() {
     FORMAT_CURRENT.store(false, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Target tables sqlite2pg created itself (by an earlier, possibly killed, run).
-pub async fn owned_tables(client: &Client, tenant: &str) -> Result<Vec<String>> {
+/// Target tables sqlite2pg created itself (by an earlier, possibly killed, run). In the
+/// shared-tables layout (`rows` names a tenant column), those it created in `schema` for any
+/// tenant: they are every tenant's.
+pub async fn owned_tables(
+    client: &Client,
+    tenant: &str,
+    rows: &super::Rows,
+    schema: &str,
+) -> Result<Vec<String>> {
     if !state_table_exists(client, "table_state").await? {
         return Ok(Vec::new());
     }
-    let rows = client
-        .query(
-            &format!(
+    let (sql, key) = match rows {
+        super::Rows::All => (
+            format!(
                 "SELECT target_table FROM {STATE_SCHEMA}.table_state WHERE tenant = $1 AND owned"
             ),
-            &[&tenant],
-        )
+            tenant,
+        ),
+        super::Rows::Tenant { .. } => (
+            format!(
+                "SELECT DISTINCT target_table FROM {STATE_SCHEMA}.table_state WHERE target_schema = $1 AND owned"
+            ),
+            schema,
+        ),
+    };
+    let rows = client
+        .query(&sql, &[&key])
         .await
         .map_err(pg("read owned tables"))?;
     Ok(rows.into_iter().map(|r| r.get(0)).collect())

@@ -2,6 +2,7 @@
 //! converts, and the schema-level findings `check` reports.
 
 pub mod migrations;
+pub mod shared;
 pub mod triggers;
 pub mod views;
 
@@ -243,7 +244,8 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     let cfg = &cfg.with_recorded_casts(recorded)?;
     let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
     let owned = if started {
-        crate::pg::state::owned_tables(&client, cfg.tenant_id()).await?
+        crate::pg::state::owned_tables(&client, cfg.tenant_id(), &cfg.rows(), &cfg.target_schema)
+            .await?
     } else {
         Vec::new()
     };
@@ -404,6 +406,12 @@ pub fn build(
         } else {
             find_ci(target_tables, &target_name)
         };
+        if cfg.tenant_column.is_some()
+            && let Some((name, _)) = existing
+        {
+            findings.push(shared::not_ours(&t.name, &cfg.target_schema, name));
+            continue;
+        }
         let versions_of = frameworks
             .iter()
             .find(|s| s.versions.eq_ignore_ascii_case(&t.name));
@@ -424,7 +432,7 @@ pub fn build(
             });
             continue;
         }
-        let plan = match existing {
+        let mut plan = match existing {
             Some((_, tt)) => plan_existing(t, tt, cfg, &mut findings, &mut narrow, &mut assumed),
             None => plan_create(
                 t,
@@ -436,7 +444,20 @@ pub fn build(
                 &mut assumed,
             ),
         };
+        if let Some(column) = cfg.tenant_column.as_deref() {
+            findings.extend(shared::clash(&plan, column));
+            if let Target::Create(spec) = &mut plan.mode {
+                shared::lead_with(spec, column);
+                // Made by another tenant (or an earlier run of this one): taken as it is.
+                if let Some(tt) = target_tables.get(&target_name) {
+                    findings.extend(shared::differences(&t.name, spec, tt, &cfg.target_schema));
+                }
+            }
+        }
         tables.push(plan);
+    }
+    if cfg.tenant_column.is_some() {
+        findings.push(shared::not_yet());
     }
     findings.extend(narrow_finding(&narrow, &cfg.target_schema));
     findings.extend(assumption_findings(&assumed));

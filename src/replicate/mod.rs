@@ -24,6 +24,8 @@ pub struct Databases {
     pub busy_timeout: std::time::Duration,
     /// The tenant sqlite2pg's state is kept under ('' for a single file).
     pub tenant: String,
+    /// Which rows of the target's tables are this tenant's.
+    pub rows: crate::pg::Rows,
 }
 
 impl Databases {
@@ -35,6 +37,7 @@ impl Databases {
             schema: cfg.target_schema.clone(),
             busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
             tenant: cfg.tenant_id().to_string(),
+            rows: cfg.rows(),
         })
     }
 }

@@ -28,6 +28,8 @@ pub struct Options {
     pub schema: String,
     /// The tenant the progress is kept under ('' for a single file).
     pub tenant: String,
+    /// Which rows of the target tables are this tenant's.
+    pub rows: pg::Rows,
     /// Most rows per chunk.
     pub chunk_rows: usize,
     /// Longest a chunk's SQLite read transaction may stay open.
@@ -161,22 +163,32 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         // A fleet's layout is sqlite2pg's: each tenant's schema is made here (under Citus'
         // schema-based sharding, that makes it a distributed schema of its own). A single
         // file's schema is the app's, made by the app.
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                crate::model::quote_ident(&opts.schema)
-            ))
-            .await
-            .map_err(pg_err(format!(
+        let fail = || {
+            format!(
                 "cannot create schema {} for tenant {}",
                 opts.schema, opts.tenant
-            )))?;
+            )
+        };
+        let tx = client.transaction().await.map_err(pg_err(fail()))?;
+        // A shared schema is made by the first of the tenants that start at once.
+        lock_shared(&tx, &opts.schema, "").await?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            crate::model::quote_ident(&opts.schema)
+        ))
+        .await
+        .map_err(pg_err(fail()))?;
+        tx.commit().await.map_err(pg_err(fail()))?;
     }
 
     // Record a start for each table (creating owned tables in the same transaction), and find
     // where each one resumes.
     let mut copies: Vec<TableCopy> = Vec::new();
-    follow_shape(client, plan, &opts.tenant, &opts.schema, &opts.reshaped).await?;
+    // Shared tables are every tenant's: one tenant's migration is not followed there (the
+    // plan names the difference, and this tenant waits until the tables agree).
+    if opts.rows == pg::Rows::All {
+        follow_shape(client, plan, &opts.tenant, &opts.schema, &opts.reshaped).await?;
+    }
     // Before any row moves: a copy in key order can reference rows not copied yet, and while
     // streaming Postgres must accept every orphan SQLite holds.
     let targets: Vec<String> = plan.targets();
@@ -206,16 +218,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                     t.target
                 )))?;
                 if let Some(spec) = t.spec() {
-                    tx.batch_execute(&ddl::create_table(
-                        &opts.schema,
-                        &t.target,
-                        &spec.column_defs,
-                    ))
-                    .await
-                    .map_err(pg_err(format!(
-                        "cannot create table {}.{}",
-                        opts.schema, t.target
-                    )))?;
+                    create_table(&tx, opts, t, spec).await?;
                 } else {
                     let q = qualified(&opts.schema, &t.target);
                     // Rows the app's migrations seeded (content types, permissions, a version
@@ -300,12 +303,10 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                 "cannot start a transaction for table {}",
                 t.target
             )))?;
-            tx.batch_execute(&format!("TRUNCATE {}", qualified(&opts.schema, &t.target)))
-                .await
-                .map_err(pg_err(format!(
-                    "cannot empty table {} to copy it again",
-                    t.target
-                )))?;
+            empty_table(&tx, opts, t).await.map_err(pg_err(format!(
+                "cannot empty table {} to copy it again",
+                t.target
+            )))?;
             state::restart_copy(&tx, &opts.tenant, &t.source.name).await?;
             tx.commit().await.map_err(pg_err(format!(
                 "cannot commit the restart of table {}",
@@ -323,7 +324,15 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     let token = client.cancel_token();
     let stopped = {
         let finish = async {
-            build_indexes(client, plan, &opts.tenant, &opts.schema, &mut summary).await?;
+            build_indexes(
+                client,
+                plan,
+                &opts.tenant,
+                &opts.rows,
+                &opts.schema,
+                &mut summary,
+            )
+            .await?;
             finish_tables(client, plan, &opts.tenant, &opts.schema).await
         };
         tokio::pin!(finish);
@@ -667,14 +676,11 @@ async fn copy_tables(
                 t.target
             )))?;
             if chunk.rows > 0 {
-                copy::copy_in(
-                    &tx,
-                    Some(&opts.schema),
-                    &t.target,
-                    &t.target_columns(),
-                    chunk.data,
-                )
-                .await?;
+                let mut columns = t.target_columns();
+                if let Some(c) = opts.rows.column() {
+                    columns.insert(0, c.to_string());
+                }
+                copy::copy_in(&tx, Some(&opts.schema), &t.target, &columns, chunk.data).await?;
             }
             state::advance(
                 &tx,
@@ -733,7 +739,12 @@ fn read_all(
         };
         let q = reader::ScanQuery::new(&t.source, &t.source_columns());
         let klen = q.key_len();
-        let ncols = t.columns.len();
+        // In the shared-tables layout every row leads with its tenant.
+        let tenant = match &opts.rows {
+            pg::Rows::All => None,
+            pg::Rows::Tenant { tenant, .. } => Some(tenant.as_bytes()),
+        };
+        let ncols = t.columns.len() + usize::from(tenant.is_some());
         loop {
             let mut data = copy::begin_buffer(1 << 20);
             let read = reader::read_chunk_marked(
@@ -745,6 +756,9 @@ fn read_all(
                 t.source.follow() == Follow::ByImage,
                 |row| {
                     copy::begin_row(&mut data, ncols);
+                    if tenant.is_some() {
+                        copy::put_field(&mut data, tenant);
+                    }
                     for (c, v) in t.columns.iter().zip(&row[klen..]) {
                         convert::encode(*v, &c.conv, &mut data)
                             .map_err(|e| conversion_error(t, &row[..klen], &c.source, *v, e))?;
@@ -795,10 +809,103 @@ fn conversion_error(
     )
 }
 
+/// What a shared table already has of what `build_indexes` adds.
+#[derive(Default)]
+struct Made {
+    primary_key: bool,
+    checks: Vec<String>,
+}
+
+/// Takes the shared table's lock for this transaction, then reads what it has.
+async fn made_on(tx: &tokio_postgres::Transaction<'_>, schema: &str, table: &str) -> Result<Made> {
+    lock_shared(tx, schema, table).await?;
+    let rows = tx
+        .query(
+            "SELECT contype::text, conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype IN ('p', 'c')",
+            &[&qualified(schema, table)],
+        )
+        .await
+        .map_err(pg_err(format!("cannot read the constraints of table {table}")))?;
+    Ok(Made {
+        primary_key: rows.iter().any(|r| r.get::<_, String>(0) == "p"),
+        checks: rows
+            .iter()
+            .filter(|r| r.get::<_, String>(0) == "c")
+            .map(|r| r.get(1))
+            .collect(),
+    })
+}
+
+/// Serializes the tenants that make or change one shared table, until the transaction ends.
+async fn lock_shared(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sqlite2pg shared table ' || $1, 0))",
+        &[&qualified(schema, table)],
+    )
+    .await
+    .map_err(pg_err(format!("cannot lock shared table {table}")))?;
+    Ok(())
+}
+
+/// Creates a table sqlite2pg makes; in the shared-tables layout, only when no other tenant
+/// made it yet, and this tenant's rows left by an uninstalled earlier run go.
+async fn create_table(
+    tx: &tokio_postgres::Transaction<'_>,
+    opts: &Options,
+    t: &TablePlan,
+    spec: &TableSpec,
+) -> Result<()> {
+    let q = qualified(&opts.schema, &t.target);
+    if opts.rows != pg::Rows::All {
+        lock_shared(tx, &opts.schema, &t.target).await?;
+        let exists: bool = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+            .await
+            .map_err(pg_err(format!("cannot look for table {q}")))?
+            .get(0);
+        if exists {
+            return empty_table(tx, opts, t).await.map_err(pg_err(format!(
+                "cannot empty this tenant's rows of table {q}"
+            )));
+        }
+    }
+    tx.batch_execute(&ddl::create_table(
+        &opts.schema,
+        &t.target,
+        &spec.column_defs,
+    ))
+    .await
+    .map_err(pg_err(format!("cannot create table {q}")))
+}
+
+/// Deletes this tenant's rows of a target table: all of them, or its own in a shared one.
+async fn empty_table(
+    tx: &tokio_postgres::Transaction<'_>,
+    opts: &Options,
+    t: &TablePlan,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let q = qualified(&opts.schema, &t.target);
+    match &opts.rows {
+        pg::Rows::All => tx.batch_execute(&format!("TRUNCATE {q}")).await,
+        rows => tx
+            .execute(
+                &format!("DELETE FROM {q}{}", rows.filter(1)),
+                &rows.params(),
+            )
+            .await
+            .map(|_| ()),
+    }
+}
+
 async fn build_indexes(
     client: &mut Client,
     plan: &Plan,
     tenant: &str,
+    rows: &pg::Rows,
     schema: &str,
     summary: &mut Summary,
 ) -> Result<()> {
@@ -815,7 +922,13 @@ async fn build_indexes(
             t.target
         )))?;
         if let Some(spec) = t.spec() {
-            if !spec.primary_key.is_empty() {
+            // Shared tables get their keys from the first tenant to finish its copy: the
+            // others (one at a time, under the table's lock) add only what is missing.
+            let made = match rows {
+                pg::Rows::All => Made::default(),
+                pg::Rows::Tenant { .. } => made_on(&tx, schema, &t.target).await?,
+            };
+            if !spec.primary_key.is_empty() && !made.primary_key {
                 tx.batch_execute(&ddl::add_primary_key(schema, &t.target, &spec.primary_key))
                     .await
                     .map_err(pg_err(format!("cannot add the primary key of table {} (duplicate or NULL keys? run `sqlite2pg check`)", t.target)))?;
@@ -853,7 +966,11 @@ async fn build_indexes(
                     }
                 }
             }
-            for c in &spec.checks {
+            for c in spec
+                .checks
+                .iter()
+                .filter(|c| !made.checks.contains(&c.name))
+            {
                 let Ok(pg) = &c.pg else { continue };
                 tx.batch_execute(&ddl::add_check(schema, &t.target, &c.name, pg))
                     .await

@@ -751,7 +751,13 @@ impl Direction for Forward<'_> {
             self.waiting = Some(client);
             return Ok(Connected::LockHeld);
         }
-        let applier = Applier::new(client, &self.opts.db.tenant, &self.opts.db.schema).await?;
+        let applier = Applier::new(
+            client,
+            &self.opts.db.tenant,
+            &self.opts.db.schema,
+            self.opts.db.rows.clone(),
+        )
+        .await?;
         let Some(st) = state::stream_load(applier.client(), &self.opts.db.tenant).await? else {
             return Err(Error::new(
                 ErrorKind::Schema,

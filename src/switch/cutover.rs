@@ -437,7 +437,7 @@ impl Side for Cutover<'_> {
         let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let keys = changed_keys(&conn, verified)?;
         let installed = &ready.installed;
-        let mut n = verify_keys(client, &conn, plan, &opts.db.schema, installed, &keys).await?;
+        let mut n = verify_keys(client, &conn, plan, &opts.db, installed, &keys).await?;
         // Tables followed by row images have no key to look rows up by: compared in full.
         for (tbl, name) in &installed.tables {
             let Some(t) = plan.tables.iter().find(|t| &t.source.name == name) else {
@@ -751,7 +751,7 @@ async fn verify_keys(
     client: &Client,
     conn: &rusqlite::Connection,
     plan: &Plan,
-    schema: &str,
+    db: &crate::replicate::Databases,
     installed: &capture::Installed,
     keys: &BTreeSet<(i64, Vec<u8>)>,
 ) -> Result<i64> {
@@ -778,7 +778,7 @@ async fn verify_keys(
         for k in keys.iter_mut() {
             k.truncate(width);
         }
-        if let Some((key, what)) = verify::check_keys(client, conn, t, schema, &keys).await? {
+        if let Some((key, what)) = verify::check_keys(client, conn, t, db, &keys).await? {
             return Err(Error::new(
                 ErrorKind::Schema,
                 format!(

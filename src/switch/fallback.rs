@@ -529,7 +529,7 @@ async fn verify_changed(
         keys.dedup();
         let sqlite_keys = reverse_stream::sqlite_keys(&*client, &opts.db.schema, t, &keys).await?;
         if let Some((key, what)) =
-            verify::check_keys(client, &conn, p, &opts.db.schema, &sqlite_keys).await?
+            verify::check_keys(client, &conn, p, &opts.db, &sqlite_keys).await?
         {
             return Err(Error::new(
                 ErrorKind::Schema,

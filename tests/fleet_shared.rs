@@ -1,0 +1,193 @@
+//! A fleet in the shared-tables layout: every tenant's rows in one set of tables, each row
+//! naming its tenant in a column that leads every key. Ids and unique values overlap across
+//! tenants and stay each tenant's own; each tenant's rows on Postgres stay equal to its file
+//! while the apps write; a tenant whose tables differ from the shared ones is named and waits
+//! alone until a person makes them agree; and what is not built yet (the cutover) refuses.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::fleet::*;
+use common::*;
+
+const SHAPE: &str = "PRAGMA journal_mode = wal;
+    CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT UNIQUE);
+    CREATE TABLE notes (client_id INTEGER REFERENCES clients(id), body TEXT);
+    CREATE TABLE projects (id INTEGER PRIMARY KEY, title TEXT);";
+
+/// A tenant's rows as SQLite holds them, and as the shared tables hold its rows.
+fn clients_on_both_sides(path: &Path, c: &mut postgres::Client, tenant: &str) {
+    for (table, row, order) in [
+        (
+            "clients",
+            "id || '|' || name || '|' || coalesce(email, '-')",
+            "id",
+        ),
+        ("notes", "client_id || '|' || body", "1"),
+        ("projects", "id || '|' || coalesce(title, '-')", "id"),
+    ] {
+        let sqlite = sqlite_rows(path, &format!("SELECT {row} FROM {table} ORDER BY {order}"));
+        let pg: Vec<String> = c
+            .query(
+                &format!("SELECT {row} FROM crm.{table} WHERE tenant_id = $1 ORDER BY {order}"),
+                &[&tenant],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(sqlite, pg, "tenant {tenant}'s {table}");
+    }
+}
+
+fn write(path: &Path, sql: &str) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+#[test]
+fn tenants_share_tables_each_row_naming_its_tenant_and_one_that_differs_waits_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    for (name, first) in [("acme", "ann"), ("globex", "gus"), ("initech", "ian")] {
+        // The same ids, and one e-mail address in every tenant: unique per tenant only.
+        tenant_file(
+            &tenants,
+            &format!("{name}.db"),
+            &format!(
+                "{SHAPE}
+                 INSERT INTO clients (name, email) VALUES ('{first}', 'boss@example.com'), ('{first} 2', NULL);
+                 INSERT INTO notes VALUES (1, 'hello'), (1, 'hello'), (2, 'bye');
+                 INSERT INTO projects (title) VALUES ('one'), ('two'), ('three');"
+            ),
+        );
+    }
+    let db = TestDb::new();
+    let cfg = config(
+        dir.path(),
+        &db,
+        &format!(
+            "files = {:?}\nlayout = \"shared\"\nschema = \"crm\"",
+            format!("{}/*.db", tenants.display())
+        ),
+    );
+    let out = on_fleet(&cfg, &["check"]);
+    assert!(out.status.success(), "check: {}", text(&out));
+    assert!(
+        text(&out).contains("cutover and fallback are not built yet"),
+        "check says what the layout does not do yet: {}",
+        text(&out)
+    );
+
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    let path = |name: &str| tenants.join(format!("{name}.db"));
+    let wait =
+        |name: &str| wait_tenant_caught_up(&path(name), &db.url, name, Duration::from_secs(60));
+    for name in ["acme", "globex", "initech"] {
+        wait(name);
+    }
+    // The apps write on: keys, unique values swapped, duplicate keyless rows.
+    write(
+        &path("acme"),
+        "INSERT INTO clients (name, email) VALUES ('new', 'new@example.com');
+         UPDATE clients SET email = CASE id WHEN 1 THEN NULL ELSE 'boss@example.com' END WHERE id IN (1, 2);
+         DELETE FROM notes WHERE rowid = (SELECT min(rowid) FROM notes WHERE body = 'hello');
+         DELETE FROM projects WHERE id = 2; UPDATE projects SET title = 'uno' WHERE id = 1;",
+    );
+    write(
+        &path("globex"),
+        "DELETE FROM notes WHERE client_id = 2; DELETE FROM clients WHERE id = 2;
+         INSERT INTO notes VALUES (1, 'x'), (1, 'x'); INSERT INTO projects (title) VALUES ('four');",
+    );
+    write(
+        &path("initech"),
+        "BEGIN; UPDATE clients SET name = name || '!'; INSERT INTO clients (id, name) VALUES (100, 'far'); COMMIT;",
+    );
+    let mut c = db.client();
+    for name in ["acme", "globex", "initech"] {
+        wait(name);
+        clients_on_both_sides(&path(name), &mut c, name);
+        let out = on_fleet(&cfg, &["--tenant", name, "verify"]);
+        assert!(out.status.success(), "verify {name}: {}", text(&out));
+    }
+    // The layout Citus distributes by column: the tenant column leads the keys.
+    let keys = pg_rows(
+        &mut c,
+        "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'crm' AND i.indisunique ORDER BY 1, 2",
+    );
+    assert!(!keys.is_empty());
+    for k in &keys {
+        let def = k[1].as_deref().unwrap_or_default();
+        assert!(
+            def.contains("(tenant_id, "),
+            "a unique key without the tenant first: {def}"
+        );
+    }
+
+    // A tenant whose file is at another migration (a phone, no e-mail) appears: it is named
+    // and waits, and the others stream on.
+    tenant_file(
+        &tenants,
+        "umbrella.db",
+        "CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, phone TEXT);
+         CREATE TABLE notes (client_id INTEGER REFERENCES clients(id), body TEXT);
+         CREATE TABLE projects (id INTEGER PRIMARY KEY, title TEXT);
+         INSERT INTO clients (name, phone) VALUES ('uma', '555');",
+    );
+    wait_until(
+        "the differing tenant to be named in the daemon's log",
+        Duration::from_secs(60),
+        || d.log_text().contains("has no column phone"),
+    );
+    write(
+        &path("acme"),
+        "INSERT INTO clients (name) VALUES ('still streaming');",
+    );
+    wait("acme");
+    clients_on_both_sides(&path("acme"), &mut c, "acme");
+    let waiting: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM crm.clients WHERE tenant_id = 'umbrella'",
+    );
+    assert_eq!(waiting, 0, "nothing of the differing tenant is written");
+    // A person makes the shared table hold both: the tenant goes on by itself, and its rows
+    // hold NULL in the column its file lacks.
+    c.batch_execute("ALTER TABLE crm.clients ADD COLUMN phone text")
+        .unwrap();
+    wait("umbrella");
+    let phone: Vec<Vec<Option<String>>> = pg_rows(
+        &mut c,
+        "SELECT name, phone, email FROM crm.clients WHERE tenant_id = 'umbrella'",
+    );
+    assert_eq!(
+        phone,
+        [[Some("uma".to_string()), Some("555".to_string()), None]]
+    );
+    let out = on_fleet(&cfg, &["--tenant", "umbrella", "verify"]);
+    assert!(out.status.success(), "verify umbrella: {}", text(&out));
+    // The others' rows hold NULL in the new column; they are equal still.
+    let out = on_fleet(&cfg, &["--tenant", "acme", "verify"]);
+    assert!(out.status.success(), "verify acme: {}", text(&out));
+
+    // Not built yet: the cutover says so and changes nothing.
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
+    assert!(!out.status.success(), "cutover of a shared layout refuses");
+    assert!(
+        text(&out).contains("not built yet"),
+        "the refusal says why: {}",
+        text(&out)
+    );
+    write(
+        &path("acme"),
+        "INSERT INTO clients (name) VALUES ('after the refusal');",
+    );
+    wait("acme");
+    clients_on_both_sides(&path("acme"), &mut c, "acme");
+    drop(d);
+}
