@@ -549,44 +549,6 @@ fn a_fleet_cutover_takes_tenants_one_at_a_time_and_stops_at_the_first_that_fails
     }
 }
 
-/// The statements of `log` (Postgres' server log, `log_statement = all`), each with the
-/// process that sent it; a statement over several lines is one.
-fn logged_statements(log: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut open = false;
-    for line in log.lines() {
-        let prefixed = line.len() > 5
-            && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
-            && line.as_bytes()[4] == b'-';
-        if !prefixed {
-            if open && let Some(last) = out.last_mut() {
-                last.1.push('\n');
-                last.1.push_str(line);
-            }
-            continue;
-        }
-        open = false;
-        let pid = line
-            .split_once('[')
-            .and_then(|(_, r)| r.split_once(']'))
-            .map(|(p, _)| p.to_string())
-            .unwrap_or_default();
-        let text = line
-            .split_once("LOG:  statement: ")
-            .map(|(_, s)| s)
-            .or_else(|| {
-                line.split_once("LOG:  execute ")
-                    .and_then(|(_, s)| s.split_once(": "))
-                    .map(|(_, s)| s)
-            });
-        if let Some(text) = text {
-            out.push((pid, text.to_string()));
-            open = true;
-        }
-    }
-    out
-}
-
 /// The tenant schemas a statement names.
 fn tenant_schemas(statement: &str) -> std::collections::BTreeSet<String> {
     statement

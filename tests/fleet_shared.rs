@@ -191,3 +191,111 @@ fn tenants_share_tables_each_row_naming_its_tenant_and_one_that_differs_waits_al
     clients_on_both_sides(&path("acme"), &mut c, "acme");
     drop(d);
 }
+
+/// What Citus refuses of statements on tables distributed by the tenant column (see
+/// docs/citus.md), each broken rule in words: a write that does not name the tenant (it
+/// would reach every shard, and other tenants' rows), and a unique key or primary key that
+/// does not lead with it.
+fn shared_refuses(statements: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, s) in statements {
+        let upper = s.trim_start().to_uppercase();
+        let mut broke = |rule: &str| out.push(format!("{rule}: {s}"));
+        let writes = [
+            "INSERT INTO \"CRM\".",
+            "DELETE FROM \"CRM\".",
+            "UPDATE \"CRM\".",
+            "COPY \"CRM\".",
+        ]
+        .iter()
+        .any(|w| upper.starts_with(w));
+        if writes && !s.contains("\"tenant_id\"") {
+            broke("a write on a shared table that does not name the tenant");
+        }
+        let keyed = (upper.starts_with("CREATE UNIQUE INDEX") && upper.contains(" ON \"CRM\"."))
+            || (upper.starts_with("ALTER TABLE \"CRM\".")
+                && (upper.contains(" PRIMARY KEY") || upper.contains(" UNIQUE")));
+        if keyed && !s.contains("(\"tenant_id\"") {
+            broke("a unique key of a shared table that does not lead with the tenant column");
+        }
+    }
+    out
+}
+
+#[test]
+fn the_statements_on_shared_tables_name_the_tenant_and_lead_every_key_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    for name in ["acme", "globex"] {
+        tenant_file(
+            &tenants,
+            &format!("{name}.db"),
+            &format!(
+                "{SHAPE}
+                 INSERT INTO clients (name, email) VALUES ('{name}', 'a@x'), ('{name} 2', 'b@x');
+                 INSERT INTO notes VALUES (1, 'n'); INSERT INTO projects (title) VALUES ('p');"
+            ),
+        );
+    }
+    let db = TestDb::new();
+    // Only sqlite2pg's sessions log their statements.
+    let url = format!("{}?options=-c%20log_statement%3Dall", db.url);
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "target = {url:?}\n\n[fleet]\nfiles = {:?}\nlayout = \"shared\"\nschema = \"crm\"\n",
+            format!("{}/*.db", tenants.display())
+        ),
+    )
+    .unwrap();
+    let start = server_log(0).len();
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    let path = |name: &str| tenants.join(format!("{name}.db"));
+    for name in ["acme", "globex"] {
+        wait_tenant_caught_up(&path(name), &db.url, name, Duration::from_secs(60));
+    }
+    write(
+        &path("acme"),
+        "INSERT INTO clients (name) VALUES ('c'); UPDATE clients SET email = NULL WHERE id = 1;
+         DELETE FROM notes; INSERT INTO notes VALUES (2, 'm'); DELETE FROM projects;",
+    );
+    write(&path("globex"), "UPDATE projects SET title = 'q';");
+    for name in ["acme", "globex"] {
+        wait_tenant_caught_up(&path(name), &db.url, name, Duration::from_secs(60));
+        let out = on_fleet(&cfg, &["--tenant", name, "verify"]);
+        assert!(out.status.success(), "verify {name}: {}", text(&out));
+    }
+    assert!(d.stop());
+    let statements = logged_statements(&server_log(start));
+    for needle in [
+        "COPY \"crm\".\"clients\"",
+        "INSERT INTO \"crm\".\"clients\"",
+        "DELETE FROM \"crm\".\"notes\"",
+        "DELETE FROM \"crm\".\"projects\"",
+        "ADD CONSTRAINT \"clients_pkey\" PRIMARY KEY",
+        "CREATE UNIQUE INDEX",
+    ] {
+        assert!(
+            statements.iter().any(|(_, s)| s.contains(needle)),
+            "no statement with {needle} in the log"
+        );
+    }
+    let broken = shared_refuses(&statements);
+    assert!(
+        broken.is_empty(),
+        "statements outside docs/citus.md:\n{}",
+        broken.join("\n")
+    );
+    // The rules can fail.
+    for f in [
+        "DELETE FROM \"crm\".\"clients\" t USING \"_s2p_del_1\" d WHERE t.\"id\" = d.\"id\"",
+        "CREATE UNIQUE INDEX IF NOT EXISTS \"e\" ON \"crm\".\"clients\" (\"email\")",
+        "ALTER TABLE \"crm\".\"clients\" ADD CONSTRAINT \"clients_pkey\" PRIMARY KEY (\"id\")",
+    ] {
+        assert!(
+            !shared_refuses(&[("1".into(), f.into())]).is_empty(),
+            "not caught: {f}"
+        );
+    }
+}

@@ -786,9 +786,12 @@ async fn write_images(
                            GROUP BY {group} HAVING sum({SIGN}) < 0
                          ) n ON {}{}
                        ) x WHERE x.rn <= x.cnt
-                     ) d WHERE t.ctid = d.tid",
+                     ) d WHERE t.ctid = d.tid{}",
                     sql.matches,
-                    rows.and("r", 1)
+                    rows.and("r", 1),
+                    // A ctid names a row within one table; under Citus a shared table is
+                    // many shards, and the tenant keeps the delete on its own.
+                    rows.and("t", 1)
                 ),
                 &rows.params(),
             )
