@@ -456,9 +456,6 @@ pub fn build(
         }
         tables.push(plan);
     }
-    if cfg.tenant_column.is_some() {
-        findings.push(shared::not_yet());
-    }
     findings.extend(narrow_finding(&narrow, &cfg.target_schema));
     findings.extend(assumption_findings(&assumed));
     let target_only = target_tables
