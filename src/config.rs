@@ -558,17 +558,6 @@ impl Config {
         }
     }
 
-    /// Which rows of the target's tables this migration's are.
-    pub fn rows(&self) -> crate::pg::Rows {
-        match &self.tenant_column {
-            Some(column) => crate::pg::Rows::Tenant {
-                column: column.clone(),
-                tenant: self.tenant_id().to_string(),
-            },
-            None => crate::pg::Rows::All,
-        }
-    }
-
     /// The tenant its state is kept under: '' for the one file of `--source`.
     pub fn tenant_id(&self) -> &str {
         self.tenant.as_deref().unwrap_or("")

@@ -285,3 +285,150 @@ fn a_tenant_that_appears_while_postgres_restarts_waits_for_it() {
     assert_table_equal(&late, &mut c, "clients", "id");
     assert!(d.stop(), "the fleet's daemon stops cleanly");
 }
+
+/// A tenant's clients on both sides: its file's, and the shared table's rows of the tenant.
+fn shared_clients_equal(c: &mut postgres::Client, name: &str, path: &std::path::Path, tier: bool) {
+    let cols = if tier {
+        "id || '|' || coalesce(name, '-') || '|' || coalesce(visits, -1) || '|' || coalesce(tier, '-')"
+    } else {
+        "id || '|' || coalesce(name, '-') || '|' || coalesce(visits, -1)"
+    };
+    let sqlite = sqlite_rows(path, &format!("SELECT {cols} FROM clients ORDER BY id"));
+    let pg: Vec<String> = c
+        .query(
+            &format!("SELECT {cols} FROM crm.clients WHERE tenant_id = $1 ORDER BY id"),
+            &[&name],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sqlite, pg, "tenant {name}'s clients");
+    let notes = "coalesce(client_id, -1) || '|' || coalesce(body, '-')";
+    let sqlite = sqlite_rows(path, &format!("SELECT {notes} FROM notes ORDER BY 1"));
+    let pg: Vec<String> = c
+        .query(
+            &format!("SELECT {notes} FROM crm.notes WHERE tenant_id = $1 ORDER BY 1"),
+            &[&name],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sqlite, pg, "tenant {name}'s notes");
+}
+
+/// The shared-tables layout through what the schema-per-tenant fleet goes through: tenants
+/// starting at once make each shared table once, a kill -9 lands while they copy and build
+/// its keys, the apps write on, one tenant's Alembic batch migration makes it wait alone
+/// until a person adds the column, and Postgres restarts. Every tenant's rows end equal.
+#[test]
+fn a_shared_tables_fleet_goes_through_kills_restarts_and_one_tenants_migration() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for i in 0..30 {
+        let name = format!("s{i:02}");
+        let journal = if i % 2 == 0 { "wal" } else { "delete" };
+        // The same ids in every tenant; a keyless table with an orphan (FKs off).
+        let seed: String = (0..200)
+            .map(|j| format!("('c{j}', {j}),"))
+            .collect::<String>()
+            .trim_end_matches(',')
+            .to_string();
+        tenant_file(
+            &tenants,
+            &format!("{name}.db"),
+            &format!(
+                "PRAGMA journal_mode = {journal}; PRAGMA foreign_keys = off;
+                 CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL, visits INTEGER DEFAULT 0);
+                 CREATE TABLE notes (client_id INTEGER REFERENCES clients(id), body TEXT);
+                 INSERT INTO clients (name, visits) VALUES {seed};
+                 INSERT INTO notes VALUES (1, 'n'), (1, 'n'), (999, 'orphan');"
+            ),
+        );
+        files.push((name.clone(), tenants.join(format!("{name}.db"))));
+    }
+    let db = TestDb::new();
+    let cfg = config(
+        dir.path(),
+        &db,
+        &format!(
+            "files = {:?}\nlayout = \"shared\"\nschema = \"crm\"",
+            format!("{}/*.db", tenants.display())
+        ),
+    );
+    let run_args = ["--max-connections", "6"];
+    // Killed while the tenants make the tables, copy and build their keys.
+    let d = Daemon::start_fleet(&cfg, &db, &run_args);
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    d.kill9();
+    let d = Daemon::start_fleet(&cfg, &db, &run_args);
+    wait_all_caught_up(&files, &db, &d);
+    let stop = dir.path().join("stop");
+    let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
+    let writers: Vec<_> = paths.chunks(15).map(|c| app_writer(c, &stop)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // One tenant migrates ahead of the others: the shared table has no `tier` yet.
+    let migrated = &files[7];
+    sqlite3_shell(&migrated.1, BATCH_MIGRATION);
+    d.wait_for_log("has no column tier");
+    d.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let d = Daemon::start_fleet(&cfg, &db, &run_args);
+    if own_cluster() {
+        restart_cluster(std::time::Duration::from_millis(500));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    std::fs::write(&stop, "").unwrap();
+    let mut written = 0;
+    for w in writers {
+        let (ok, failed) = app_result(w);
+        assert!(failed.is_empty(), "app transactions failed: {failed:?}");
+        written += ok;
+    }
+    assert!(written > 50, "the apps wrote {written} transactions");
+    let others: Vec<(String, PathBuf)> = files
+        .iter()
+        .filter(|(n, _)| *n != migrated.0)
+        .cloned()
+        .collect();
+    wait_all_caught_up(&others, &db, &d);
+    let mut c = db.client();
+    let waiting: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'crm.clients'::regclass AND attname = 'tier'",
+    );
+    assert_eq!(
+        waiting, 0,
+        "nothing changed the shared table's shape by itself"
+    );
+    // A person makes the shared table hold both; the migrated tenant goes on by itself.
+    c.batch_execute("ALTER TABLE crm.clients ADD COLUMN tier text DEFAULT 'basic'")
+        .unwrap();
+    // Its changes since the migration are in no changelog (the rebuilt table had no capture
+    // until its plan passed): they come with the re-synchronization of the table.
+    let resynced = format!("tenant{{tenant={}}}", migrated.0);
+    wait_until(
+        "the migrated tenant to re-synchronize its table",
+        std::time::Duration::from_secs(60),
+        || {
+            d.log_text()
+                .lines()
+                .any(|l| l.contains(&resynced) && l.contains("re-read for re-synchronization"))
+        },
+    );
+    wait_all_caught_up(&files, &db, &d);
+    for (name, path) in &files {
+        shared_clients_equal(&mut c, name, path, name == &migrated.0);
+        let out = on_fleet(&cfg, &["--tenant", name, "verify"]);
+        assert!(out.status.success(), "verify {name}: {}", text(&out));
+    }
+    let log = d.log.clone();
+    assert!(
+        d.stop(),
+        "the fleet's daemon stops cleanly:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}

@@ -22,6 +22,18 @@ pub enum Rows {
 }
 
 impl Rows {
+    /// A migration's rows: those of `tenant` when the target's tables have a tenant `column`
+    /// (a fleet's shared-tables layout), else all.
+    pub fn of(column: Option<&str>, tenant: &str) -> Rows {
+        match column {
+            Some(column) => Rows::Tenant {
+                column: column.to_string(),
+                tenant: tenant.to_string(),
+            },
+            None => Rows::All,
+        }
+    }
+
     /// The tenant column, when rows name their tenant.
     pub fn column(&self) -> Option<&str> {
         match self {

@@ -244,8 +244,13 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
     let cfg = &cfg.with_recorded_casts(recorded)?;
     let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
     let owned = if started {
-        crate::pg::state::owned_tables(&client, cfg.tenant_id(), &cfg.rows(), &cfg.target_schema)
-            .await?
+        crate::pg::state::owned_tables(
+            &client,
+            cfg.tenant_id(),
+            &crate::pg::Rows::of(cfg.tenant_column.as_deref(), cfg.tenant_id()),
+            &cfg.target_schema,
+        )
+        .await?
     } else {
         Vec::new()
     };

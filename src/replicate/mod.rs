@@ -37,7 +37,7 @@ impl Databases {
             schema: cfg.target_schema.clone(),
             busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
             tenant: cfg.tenant_id().to_string(),
-            rows: cfg.rows(),
+            rows: crate::pg::Rows::of(cfg.tenant_column.as_deref(), cfg.tenant_id()),
         })
     }
 }

@@ -208,7 +208,7 @@ async fn run_pass(
         source: cfg.source.clone(),
         schema: cfg.target_schema.clone(),
         tenant: cfg.tenant_id().to_string(),
-        rows: cfg.rows(),
+        rows: crate::pg::Rows::of(cfg.tenant_column.as_deref(), cfg.tenant_id()),
         chunk_rows: cfg.chunk_rows,
         chunk_time: Duration::from_millis(100),
         busy_timeout: busy,
