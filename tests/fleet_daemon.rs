@@ -41,6 +41,16 @@ for f in failed:
     print(f)
 "#;
 
+/// Makes the apps' stop file when dropped: a test that fails before its end must not leave
+/// them writing (they hold the test's output open, and the run would wait for them).
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
 fn app_writer(paths: &[PathBuf], stop: &std::path::Path) -> std::process::Child {
     std::process::Command::new("python3")
         .arg("-c")
@@ -141,6 +151,7 @@ fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_r
     wait_all_caught_up(&files, &db, &d);
     // Three app processes; t005's app is offboarded while its file goes away (below).
     let stop = dir.path().join("stop");
+    let _stops = StopOnDrop(stop.clone());
     let writers: Vec<_> = files
         .chunks(67)
         .map(|c| {
@@ -367,6 +378,7 @@ fn a_shared_tables_fleet_goes_through_kills_restarts_and_one_tenants_migration()
     let d = Daemon::start_fleet(&cfg, &db, &run_args);
     wait_all_caught_up(&files, &db, &d);
     let stop = dir.path().join("stop");
+    let _stops = StopOnDrop(stop.clone());
     let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
     let writers: Vec<_> = paths.chunks(15).map(|c| app_writer(c, &stop)).collect();
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -374,6 +386,13 @@ fn a_shared_tables_fleet_goes_through_kills_restarts_and_one_tenants_migration()
     let migrated = &files[7];
     sqlite3_shell(&migrated.1, BATCH_MIGRATION);
     d.wait_for_log("has no column tier");
+    // `status` names it among the tenants waiting for a person, with why.
+    let status = fleet_status(&cfg);
+    let waiting = status["waiting"].to_string();
+    assert!(
+        waiting.contains(&migrated.0) && waiting.contains("has no column tier"),
+        "{status:#}"
+    );
     d.kill9();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let d = Daemon::start_fleet(&cfg, &db, &run_args);

@@ -682,6 +682,12 @@ pub async fn try_lock(client: &Client, tenant: &str) -> Result<bool> {
     try_advisory(client, tenant, Lock::Run).await
 }
 
+/// Lets go of every daemon lock the session holds (best effort: a session that is gone holds
+/// none).
+pub async fn let_go(client: &Client) {
+    let _ = client.execute("SELECT pg_advisory_unlock_all()", &[]).await;
+}
+
 /// Deletes every state row of `tenant` (its tables in `schema`); how many other tenants
 /// still have a migration here.
 pub async fn forget(client: &impl GenericClient, tenant: &str, schema: &str) -> Result<i64> {

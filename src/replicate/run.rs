@@ -117,6 +117,7 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
                 crate::metrics::set_phase(Phase::Waiting);
                 let text = crate::conninfo::redact_in_text(&crate::error::chain_text(&e));
                 crate::metrics::needs_operator(e.kind().label(), &text);
+                record_waiting(cfg, presence.as_ref(), &text).await;
                 tracing::error!(
                     error = %text,
                     hint = e.kind().hint(),
@@ -141,6 +142,24 @@ async fn hold_presence(cfg: &Config) -> Option<tokio_postgres::Client> {
         .ok()
         .filter(|held| *held)
         .map(|_| client)
+}
+
+/// Keeps why the daemon waits in its state, where `status` shows it (a plan that fails, as
+/// after an app's migration Postgres cannot take yet, is no failed apply, which keeps its own).
+/// Best effort: Postgres may be what fails. Cleared by the next applied batch.
+async fn record_waiting(cfg: &Config, presence: Option<&tokio_postgres::Client>, text: &str) {
+    let tenant = cfg.tenant_id();
+    if let Some(c) = presence.filter(|c| !c.is_closed()) {
+        let _ = crate::pg::state::stream_error(c, tenant, text).await;
+        return;
+    }
+    let Ok(target) = cfg.require_target() else {
+        return;
+    };
+    if let Ok(c) = crate::pg::pool::session(target).await {
+        let _ = crate::pg::state::stream_error(&c, tenant, text).await;
+        crate::pg::pool::give_back(c, target).await;
+    }
 }
 
 /// Errors that a fix in SQLite or Postgres clears, which the daemon waits out.
@@ -218,6 +237,11 @@ async fn run_pass(
     };
     let started = Instant::now();
     let summary = snapshot::run(&mut client, &plan, &snapshot_opts).await?;
+    if summary.stopped || opts.snapshot_only {
+        // The process exits next, and its backend may outlive it for a moment: a `status`
+        // right after must not take the run lock it still holds for a daemon at work.
+        crate::pg::state::let_go(&client).await;
+    }
     if summary.stopped {
         crate::metrics::set_phase(Phase::Stopped);
         tracing::info!(
