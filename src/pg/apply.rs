@@ -5,7 +5,7 @@
 //! state SQLite had when the drain's last chunk was read, however large the backlog, while
 //! memory holds one chunk. Applying the same drain twice is harmless.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::{Client, Transaction};
@@ -84,6 +84,8 @@ struct ImageSql {
 /// How a table is applied, and the shape tag naming its temp tables.
 #[derive(Debug, Clone)]
 struct Prepared {
+    /// The statements that make its temp tables in a session that lacks them.
+    create: String,
     mode: Mode,
     /// The temp tables are `_s2p_up_TAG`, `_s2p_del_TAG` or `_s2p_img_TAG`, TAG a hash of
     /// their columns' names, types and collations: a session handed from tenant to tenant
@@ -92,13 +94,21 @@ struct Prepared {
     tag: String,
 }
 
+/// How each table of one migration is applied, read from the catalog once and kept across
+/// the sessions a fleet's tenant is handed (see [`Applier::into_parts`]); dropped with the
+/// session after an error, so that a table a person changed meanwhile is read again.
+#[derive(Debug, Default)]
+pub struct Shapes(HashMap<usize, Prepared>);
+
 /// Applies drains on one connection, remembering the temp tables it made.
 pub struct Applier {
     client: Client,
     tenant: String,
     schema: String,
     rows: Rows,
-    modes: HashMap<usize, Prepared>,
+    shapes: Shapes,
+    /// The tags whose temp tables this session has (made by committed drains).
+    made: HashSet<String>,
 }
 
 fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -151,8 +161,14 @@ async fn column_types(
 }
 
 impl Applier {
-    /// Wraps a connection used only for applying.
-    pub async fn new(client: Client, tenant: &str, schema: &str, rows: Rows) -> Result<Applier> {
+    /// Wraps a connection used only for applying, with what is known of the tables' shapes.
+    pub async fn new(
+        client: Client,
+        tenant: &str,
+        schema: &str,
+        rows: Rows,
+        shapes: Shapes,
+    ) -> Result<Applier> {
         // Applies must be durable before the changelog is pruned behind them.
         client
             .batch_execute("SET synchronous_commit = on")
@@ -163,7 +179,8 @@ impl Applier {
             tenant: tenant.to_string(),
             schema: schema.to_string(),
             rows,
-            modes: HashMap::new(),
+            shapes,
+            made: HashSet::new(),
         })
     }
 
@@ -172,9 +189,10 @@ impl Applier {
         &self.client
     }
 
-    /// The connection, to give back between drains (its staging tables are the session's).
-    pub fn into_client(self) -> Client {
-        self.client
+    /// The connection, to give back between drains (its staging tables are the session's),
+    /// and the shapes, for the next session.
+    pub fn into_parts(self) -> (Client, Shapes) {
+        (self.client, self.shapes)
     }
 
     /// Starts a drain: one transaction, committed by [`Drain::commit`] (dropped: rolled back).
@@ -189,8 +207,10 @@ impl Applier {
             tenant: &self.tenant,
             schema: &self.schema,
             rows: &self.rows,
-            known: &mut self.modes,
+            known: &mut self.shapes.0,
             fresh: HashMap::new(),
+            made: &mut self.made,
+            fresh_made: HashSet::new(),
             chunks: 0,
             tables: BTreeMap::new(),
         })
@@ -214,10 +234,14 @@ pub struct Drain<'a> {
     tenant: &'a str,
     schema: &'a str,
     rows: &'a Rows,
-    /// Tables whose temp tables this session has (made by committed drains).
+    /// How the tables are applied, as committed drains read it.
     known: &'a mut HashMap<usize, Prepared>,
-    /// Tables whose temp tables this drain made; they exist only once it commits.
+    /// What this drain read of it; kept only once it commits.
     fresh: HashMap<usize, Prepared>,
+    /// Tags whose temp tables this session has (made by committed drains).
+    made: &'a mut HashSet<String>,
+    /// Tags whose temp tables this drain made; they exist only once it commits.
+    fresh_made: HashSet<String>,
     chunks: i32,
     tables: BTreeMap<usize, Staged>,
 }
@@ -243,7 +267,23 @@ impl Drain<'_> {
     }
 
     async fn prepare(&mut self, t: &TableBatch) -> Result<()> {
-        if self.known.contains_key(&t.index) || self.fresh.contains_key(&t.index) {
+        if let Some(p) = self
+            .known
+            .get(&t.index)
+            .or_else(|| self.fresh.get(&t.index))
+        {
+            if self.made.contains(&p.tag) || self.fresh_made.contains(&p.tag) {
+                return Ok(());
+            }
+            let (tag, create) = (p.tag.clone(), p.create.clone());
+            self.tx
+                .batch_execute(&create)
+                .await
+                .map_err(pg_err(format!(
+                    "cannot prepare the apply tables for {}",
+                    t.table
+                )))?;
+            self.fresh_made.insert(tag);
             return Ok(());
         }
         let target = qualified(self.schema, &t.table);
@@ -254,19 +294,23 @@ impl Drain<'_> {
         let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
         let types = column_types(&self.tx, &target, &t.table).await?;
         let tag = shape_tag(&types, &[("up", &t.columns), ("del", &t.keys)]);
-        // Created inside the transaction: a rollback takes them away, and `fresh` is only
-        // kept by a commit, so the next drain creates them again.
+        // Created inside the transaction: a rollback takes them away, and `fresh_made` is
+        // only kept by a commit, so the next drain creates them again.
+        let create = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
+             CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;",
+            up(&tag),
+            cols.join(", "),
+            del(&tag),
+            keys.join(", "),
+        );
         self.tx
-            .batch_execute(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
-                 CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;",
-                up(&tag),
-                cols.join(", "),
-                del(&tag),
-                keys.join(", "),
-            ))
+            .batch_execute(&create)
             .await
-            .map_err(pg_err(format!("cannot prepare the apply tables for {}", t.table)))?;
+            .map_err(pg_err(format!(
+                "cannot prepare the apply tables for {}",
+                t.table
+            )))?;
         // A shared table's keys lead with the tenant column.
         let mut key_sorted: Vec<&str> = t.keys.iter().map(String::as_str).collect();
         key_sorted.extend(self.rows.column());
@@ -293,7 +337,8 @@ impl Drain<'_> {
         } else {
             Mode::Replace
         };
-        self.fresh.insert(t.index, Prepared { mode, tag });
+        self.fresh_made.insert(tag.clone());
+        self.fresh.insert(t.index, Prepared { create, mode, tag });
         Ok(())
     }
 
@@ -357,17 +402,23 @@ impl Drain<'_> {
             })
             .collect();
         let tag = shape_tag(&shapes, &[("img", &t.columns)]);
+        let create = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {SIGN} FROM {target} WITH NO DATA",
+            img(&tag),
+            sql.staged
+        );
         self.tx
-            .batch_execute(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {SIGN} FROM {target} WITH NO DATA",
-                img(&tag),
-                sql.staged
-            ))
+            .batch_execute(&create)
             .await
-            .map_err(pg_err(format!("cannot prepare the apply tables for {}", t.table)))?;
+            .map_err(pg_err(format!(
+                "cannot prepare the apply tables for {}",
+                t.table
+            )))?;
+        self.fresh_made.insert(tag.clone());
         self.fresh.insert(
             t.index,
             Prepared {
+                create,
                 mode: Mode::Images(sql),
                 tag,
             },
@@ -466,11 +517,14 @@ impl Drain<'_> {
             rows,
             known,
             fresh,
+            made,
+            fresh_made,
             chunks,
             tables,
         } = self;
         for (index, s) in &tables {
-            let Some(Prepared { mode, tag }) = known.get(index).or_else(|| fresh.get(index)) else {
+            let Some(Prepared { mode, tag, .. }) = known.get(index).or_else(|| fresh.get(index))
+            else {
                 return Err(Error::new(
                     crate::error::ErrorKind::State,
                     format!("the apply tables of {} were not prepared", s.table),
@@ -491,6 +545,7 @@ impl Drain<'_> {
             .await
             .map_err(pg_err("cannot commit an applied batch".into()))?;
         known.extend(fresh);
+        made.extend(fresh_made);
         Ok(())
     }
 }

@@ -532,6 +532,16 @@ enum Lock {
     Presence,
 }
 
+impl Lock {
+    /// The text hashed into a named tenant's lock class.
+    fn class(self) -> &'static str {
+        match self {
+            Lock::Run => "sqlite2pg run",
+            Lock::Presence => "sqlite2pg presence",
+        }
+    }
+}
+
 /// The advisory lock key `(class, id)` of a tenant's lock, the class as the text Postgres
 /// hashes. The tenant of no name has the keys of sqlite2pg before fleets (under
 /// `hashtext('sqlite2pg')`: 1 the run lock, 2 the state format's upgrade, 3 presence); a
@@ -557,11 +567,7 @@ async fn lock_key(
         )
         .await
         .map_err(pg("read a tenant's lock number"))?;
-    let class = match lock {
-        Lock::Run => "sqlite2pg run",
-        Lock::Presence => "sqlite2pg presence",
-    };
-    Ok(row.map(|r| (class, r.get(0))))
+    Ok(row.map(|r| (lock.class(), r.get(0))))
 }
 
 /// Records that a tenant's migration has begun (once), giving it its lock number.
@@ -618,6 +624,22 @@ pub async fn daemon_running(client: &impl GenericClient, tenant: &str) -> Result
 
 /// Takes one of a tenant's locks without waiting; a tenant's first lock registers it.
 async fn try_advisory(client: &Client, tenant: &str, lock: Lock) -> Result<bool> {
+    // A named tenant's number and its lock in one statement: a fleet's tenant takes its run
+    // lock at every hand-off of a session. No row: not registered yet.
+    if !tenant.is_empty() && state_table_exists(client, "tenant").await? {
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT pg_try_advisory_lock(hashtext($2), lock_id) FROM {STATE_SCHEMA}.tenant WHERE name = $1"
+                ),
+                &[&tenant, &lock.class()],
+            )
+            .await
+            .map_err(pg("take a daemon lock"))?;
+        if let Some(r) = row {
+            return Ok(r.get(0));
+        }
+    }
     let key = match lock_key(client, tenant, lock).await? {
         Some(key) => key,
         None => {

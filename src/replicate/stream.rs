@@ -595,6 +595,8 @@ struct Forward<'a> {
     waiting: Option<tokio_postgres::Client>,
     /// What applies, once connected and holding the lock.
     live: Option<Live>,
+    /// How the tables are applied, kept while not connected (not after an error).
+    shapes: apply::Shapes,
 }
 
 /// What wakes the forward stream: a watcher of its own, or the fleet's.
@@ -703,6 +705,7 @@ impl<'a> Forward<'a> {
             first,
             waiting: None,
             live: None,
+            shapes: apply::Shapes::default(),
         })
     }
 
@@ -756,6 +759,7 @@ impl Direction for Forward<'_> {
             &self.opts.db.tenant,
             &self.opts.db.schema,
             self.opts.db.rows.clone(),
+            std::mem::take(&mut self.shapes),
         )
         .await?;
         let Some(st) = state::stream_load(applier.client(), &self.opts.db.tenant).await? else {
@@ -764,7 +768,12 @@ impl Direction for Forward<'_> {
                 "the stream position is missing from the sqlite2pg schema; run `sqlite2pg run` again",
             ));
         };
-        let handoff = state::image_handoff(applier.client(), &self.opts.db.tenant).await?;
+        // Only tables followed by row images have a snapshot handoff to read.
+        let handoff = if self.captured.values().any(|c| c.follow == Follow::ByImage) {
+            state::image_handoff(applier.client(), &self.opts.db.tenant).await?
+        } else {
+            state::ImageHandoff::default()
+        };
         // A fleet's tenant connects again at each burst of work: said once.
         if self.known_position.replace(st.position).is_none() {
             tracing::info!(position = st.position, "streaming");
@@ -792,7 +801,13 @@ impl Direction for Forward<'_> {
 
     async fn release(&mut self) {
         let waiting = self.waiting.take();
-        let live = self.live.take().map(|l| l.applier.into_client());
+        let live = self.live.take().map(|l| {
+            let (client, shapes) = l.applier.into_parts();
+            // Kept for the next session: a tenant handed a session at each burst of work
+            // reads its tables' shapes once, not at each hand-off.
+            self.shapes = shapes;
+            client
+        });
         for client in waiting.into_iter().chain(live) {
             pg::pool::give_back(client, &self.opts.db.target).await;
         }
@@ -876,6 +891,14 @@ impl Direction for Forward<'_> {
             .when_idle(live.applier.client(), &self.writer, live.position)
             .await;
         report_lag(&self.reader, live.position);
+        // A cutover raises the fence in SQLite before it records itself on Postgres: with no
+        // fence ever raised there is nothing to read there (a fleet's tenant comes here at
+        // every hand-off of a session).
+        let never_fenced = tokio::task::block_in_place(|| capture::fence_state(&self.reader))
+            .is_ok_and(|f| f.is_none());
+        if never_fenced {
+            return Ok(None);
+        }
         let Some(c) = state::cutover_load(live.applier.client(), &self.opts.db.tenant).await?
         else {
             return Ok(None);
