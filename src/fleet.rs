@@ -180,6 +180,10 @@ pub fn tenants(spec: &Spec) -> Result<Vec<Tenant>, FleetError> {
         }
     };
     let mut out: Vec<Tenant> = Vec::with_capacity(files.len());
+    // Names and schemas taken so far, without case, and by which tenant (its index in `out`):
+    // a fleet of thousands is listed at every rescan.
+    let mut names: std::collections::HashMap<String, usize> = Default::default();
+    let mut schemas: std::collections::HashMap<String, usize> = Default::default();
     for source in files {
         let schema = fill(&spec.schema, &source)?;
         if shared && schema != spec.schema {
@@ -223,23 +227,23 @@ pub fn tenants(spec: &Spec) -> Result<Vec<Tenant>, FleetError> {
         if name.is_empty() {
             return Err(bad_name(&source, &spec.name));
         }
-        for t in &out {
-            let clash = if t.name.to_lowercase() == name.to_lowercase() {
-                Some(("the tenant", name.clone()))
-            } else if !shared && t.schema.to_lowercase() == lower {
-                Some(("the schema", schema.clone()))
-            } else {
-                None
-            };
-            if let Some((what, name)) = clash {
-                return Err(FleetError::Collision {
-                    first: t.source.display().to_string(),
-                    second: source.display().to_string(),
-                    what,
-                    name,
-                });
-            }
+        let clash = match names.get(&name.to_lowercase()) {
+            Some(i) => Some((*i, "the tenant", name.clone())),
+            None => schemas
+                .get(&lower)
+                .filter(|_| !shared)
+                .map(|i| (*i, "the schema", schema.clone())),
+        };
+        if let Some((i, what, name)) = clash {
+            return Err(FleetError::Collision {
+                first: out[i].source.display().to_string(),
+                second: source.display().to_string(),
+                what,
+                name,
+            });
         }
+        names.insert(name.to_lowercase(), out.len());
+        schemas.insert(lower, out.len());
         out.push(Tenant {
             present: source.is_file(),
             name,

@@ -117,7 +117,7 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
     let mut generation = 0u64;
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<Ended>();
     let mut threads = 0usize;
-    let mut presence_held: Vec<String> = Vec::new();
+    let mut presence_held: std::collections::HashSet<String> = Default::default();
     let handle = tokio::runtime::Handle::current();
     tracing::info!(
         max_connections = opts.max_connections,
@@ -126,7 +126,10 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
     loop {
         // A listing that fails says nothing of the files: the tenants running go on, nothing
         // is paused, and the next rescan lists again.
-        let (tenants, listed) = match crate::fleet::tenants(spec) {
+        // Listed off the runtime's threads: at thousands of files a listing takes a while,
+        // and the tenants' connections are driven there.
+        let listing = tokio::task::block_in_place(|| crate::fleet::tenants(spec));
+        let (tenants, listed) = match listing {
             Ok(t) => (t, true),
             Err(e) => {
                 tracing::error!(error = %e, "cannot list the fleet's files; listing again at the next rescan");
@@ -157,7 +160,9 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
             Some(c) => crate::pg::state::registered(c).await.unwrap_or_default(),
             None => Vec::new(),
         };
-        let unlisted = |name: &str| !name.is_empty() && !tenants.iter().any(|t| t.name == name);
+        let listed_names: std::collections::HashSet<&str> =
+            tenants.iter().map(|t| t.name.as_str()).collect();
+        let unlisted = |name: &str| !name.is_empty() && !listed_names.contains(name);
         let mut vanished: Vec<Tenant> = running
             .values()
             .filter(|r| unlisted(&r.tenant.name))
@@ -191,7 +196,7 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                     && let Some(c) = &presence
                 {
                     let _ = crate::pg::state::release_presence(c, &t.name).await;
-                    presence_held.retain(|n| *n != t.name);
+                    presence_held.remove(&t.name);
                 }
                 if was_running.is_some() || !paused.contains(&t.name) {
                     tracing::warn!(tenant = %t.name, file = %t.source.display(), "the tenant's file is gone: its stream is paused (never taken for an emptied database) until the file is back");
@@ -276,7 +281,9 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                     continue;
                 }
                 match crate::pg::state::take_presence(c, name).await {
-                    Ok(_) => presence_held.push(name.clone()),
+                    Ok(_) => {
+                        presence_held.insert(name.clone());
+                    }
                     Err(e) => {
                         tracing::debug!(tenant = %name, error = %e, "cannot take the tenant's presence lock");
                         break;
@@ -344,7 +351,7 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                         {
                             let _ = crate::pg::state::release_presence(c, &name).await;
                         }
-                        presence_held.retain(|n| *n != name);
+                        presence_held.remove(&name);
                     }
                     crate::metrics::fleet_tenants(running.len(), paused.len(), failed.len());
                 }
