@@ -653,16 +653,11 @@ fn the_statements_a_fleet_sends_stay_within_what_docs_citus_md_says_citus_accept
     );
     let db = TestDb::new();
     // Only sqlite2pg's sessions log their statements.
-    let url = format!("{}?options=-c%20log_statement%3Dall", db.url);
-    let cfg = dir.path().join("fleet.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "target = {url:?}\n\n[fleet]\nfiles = {:?}\n",
-            format!("{}/*.db", tenants.display())
-        ),
-    )
-    .unwrap();
+    let cfg = logging_config(
+        dir.path(),
+        &db,
+        &format!("files = {:?}", format!("{}/*.db", tenants.display())),
+    );
     let start = server_log(0).len();
     let files: Vec<(String, PathBuf)> = ["acme", "globex"]
         .iter()

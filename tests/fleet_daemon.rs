@@ -71,6 +71,18 @@ fn app_result(app: std::process::Child) -> (u64, Vec<String>) {
     (ok, lines.map(String::from).collect())
 }
 
+/// Stops the apps; how many transactions they committed, none of them having failed.
+fn stop_apps(stop: &std::path::Path, writers: Vec<std::process::Child>) -> u64 {
+    std::fs::write(stop, "").unwrap();
+    let mut written = 0;
+    for w in writers {
+        let (ok, failed) = app_result(w);
+        assert!(failed.is_empty(), "app transactions failed: {failed:?}");
+        written += ok;
+    }
+    written
+}
+
 /// An Alembic batch migration, as `op.batch_alter_table` runs it on SQLite: the table is
 /// rebuilt under a temporary name with a new column, its rows copied, the old one dropped and
 /// the new one renamed, in one transaction.
@@ -194,13 +206,7 @@ fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_r
         most = most.max(daemon_connections(&mut db.client()));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    std::fs::write(&stop, "").unwrap();
-    let mut written = 0;
-    for w in writers {
-        let (ok, failed) = app_result(w);
-        assert!(failed.is_empty(), "app transactions failed: {failed:?}");
-        written += ok;
-    }
+    let written = stop_apps(&stop, writers);
     assert!(written > 100, "the apps wrote {written} transactions");
     // t005 is paused while its file is away: back, it catches up with what it missed.
     std::fs::rename(&away, tenants.join("t005.db")).unwrap();
@@ -297,36 +303,16 @@ fn a_tenant_that_appears_while_postgres_restarts_waits_for_it() {
     assert!(d.stop(), "the fleet's daemon stops cleanly");
 }
 
-/// A tenant's clients on both sides: its file's, and the shared table's rows of the tenant.
+/// A tenant's clients and notes on both sides: its file's, and the shared tables' rows of it.
 fn shared_clients_equal(c: &mut postgres::Client, name: &str, path: &std::path::Path, tier: bool) {
-    let cols = if tier {
+    let clients = if tier {
         "id || '|' || coalesce(name, '-') || '|' || coalesce(visits, -1) || '|' || coalesce(tier, '-')"
     } else {
         "id || '|' || coalesce(name, '-') || '|' || coalesce(visits, -1)"
     };
-    let sqlite = sqlite_rows(path, &format!("SELECT {cols} FROM clients ORDER BY id"));
-    let pg: Vec<String> = c
-        .query(
-            &format!("SELECT {cols} FROM crm.clients WHERE tenant_id = $1 ORDER BY id"),
-            &[&name],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(sqlite, pg, "tenant {name}'s clients");
+    shared_rows_equal(path, c, name, "clients", clients, "id");
     let notes = "coalesce(client_id, -1) || '|' || coalesce(body, '-')";
-    let sqlite = sqlite_rows(path, &format!("SELECT {notes} FROM notes ORDER BY 1"));
-    let pg: Vec<String> = c
-        .query(
-            &format!("SELECT {notes} FROM crm.notes WHERE tenant_id = $1 ORDER BY 1"),
-            &[&name],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(sqlite, pg, "tenant {name}'s notes");
+    shared_rows_equal(path, c, name, "notes", notes, "1");
 }
 
 /// The shared-tables layout through what the schema-per-tenant fleet goes through: tenants
@@ -362,14 +348,7 @@ fn a_shared_tables_fleet_goes_through_kills_restarts_and_one_tenants_migration()
         files.push((name.clone(), tenants.join(format!("{name}.db"))));
     }
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!(
-            "files = {:?}\nlayout = \"shared\"\nschema = \"crm\"",
-            format!("{}/*.db", tenants.display())
-        ),
-    );
+    let cfg = config(dir.path(), &db, &shared_fleet(&tenants));
     let run_args = ["--max-connections", "6"];
     // Killed while the tenants make the tables, copy and build their keys.
     let d = Daemon::start_fleet(&cfg, &db, &run_args);
@@ -400,13 +379,7 @@ fn a_shared_tables_fleet_goes_through_kills_restarts_and_one_tenants_migration()
         restart_cluster(std::time::Duration::from_millis(500));
     }
     std::thread::sleep(std::time::Duration::from_millis(1_000));
-    std::fs::write(&stop, "").unwrap();
-    let mut written = 0;
-    for w in writers {
-        let (ok, failed) = app_result(w);
-        assert!(failed.is_empty(), "app transactions failed: {failed:?}");
-        written += ok;
-    }
+    let written = stop_apps(&stop, writers);
     assert!(written > 50, "the apps wrote {written} transactions");
     let others: Vec<(String, PathBuf)> = files
         .iter()

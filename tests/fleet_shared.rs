@@ -28,17 +28,7 @@ fn clients_on_both_sides(path: &Path, c: &mut postgres::Client, tenant: &str) {
         ("notes", "client_id || '|' || body", "1"),
         ("projects", "id || '|' || coalesce(title, '-')", "id"),
     ] {
-        let sqlite = sqlite_rows(path, &format!("SELECT {row} FROM {table} ORDER BY {order}"));
-        let pg: Vec<String> = c
-            .query(
-                &format!("SELECT {row} FROM crm.{table} WHERE tenant_id = $1 ORDER BY {order}"),
-                &[&tenant],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(sqlite, pg, "tenant {tenant}'s {table}");
+        shared_rows_equal(path, c, tenant, table, row, order);
     }
 }
 
@@ -67,14 +57,7 @@ fn tenants_share_tables_each_row_naming_its_tenant_and_one_that_differs_waits_al
         );
     }
     let db = TestDb::new();
-    let cfg = config(
-        dir.path(),
-        &db,
-        &format!(
-            "files = {:?}\nlayout = \"shared\"\nschema = \"crm\"",
-            format!("{}/*.db", tenants.display())
-        ),
-    );
+    let cfg = config(dir.path(), &db, &shared_fleet(&tenants));
     let out = on_fleet(&cfg, &["check"]);
     assert!(out.status.success(), "check: {}", text(&out));
     assert!(
@@ -239,16 +222,7 @@ fn the_statements_on_shared_tables_name_the_tenant_and_lead_every_key_with_it() 
     }
     let db = TestDb::new();
     // Only sqlite2pg's sessions log their statements.
-    let url = format!("{}?options=-c%20log_statement%3Dall", db.url);
-    let cfg = dir.path().join("fleet.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "target = {url:?}\n\n[fleet]\nfiles = {:?}\nlayout = \"shared\"\nschema = \"crm\"\n",
-            format!("{}/*.db", tenants.display())
-        ),
-    )
-    .unwrap();
+    let cfg = logging_config(dir.path(), &db, &shared_fleet(&tenants));
     let start = server_log(0).len();
     let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
     let path = |name: &str| tenants.join(format!("{name}.db"));

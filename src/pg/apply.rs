@@ -266,6 +266,18 @@ impl Drain<'_> {
             })
     }
 
+    /// Makes `t`'s temp tables (tagged `tag`) in this session. Inside the transaction: a
+    /// rollback takes them away, and `fresh_made` is only kept by a commit, so the next drain
+    /// makes them again.
+    async fn make(&mut self, t: &TableBatch, tag: String, create: &str) -> Result<()> {
+        self.tx.batch_execute(create).await.map_err(pg_err(format!(
+            "cannot prepare the apply tables for {}",
+            t.table
+        )))?;
+        self.fresh_made.insert(tag);
+        Ok(())
+    }
+
     async fn prepare(&mut self, t: &TableBatch) -> Result<()> {
         if let Some(p) = self
             .known
@@ -276,15 +288,7 @@ impl Drain<'_> {
                 return Ok(());
             }
             let (tag, create) = (p.tag.clone(), p.create.clone());
-            self.tx
-                .batch_execute(&create)
-                .await
-                .map_err(pg_err(format!(
-                    "cannot prepare the apply tables for {}",
-                    t.table
-                )))?;
-            self.fresh_made.insert(tag);
-            return Ok(());
+            return self.make(t, tag, &create).await;
         }
         let target = qualified(self.schema, &t.table);
         if t.keys.is_empty() {
@@ -294,8 +298,6 @@ impl Drain<'_> {
         let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
         let types = column_types(&self.tx, &target, &t.table).await?;
         let tag = shape_tag(&types, &[("up", &t.columns), ("del", &t.keys)]);
-        // Created inside the transaction: a rollback takes them away, and `fresh_made` is
-        // only kept by a commit, so the next drain creates them again.
         let create = format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
              CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;",
@@ -304,13 +306,7 @@ impl Drain<'_> {
             del(&tag),
             keys.join(", "),
         );
-        self.tx
-            .batch_execute(&create)
-            .await
-            .map_err(pg_err(format!(
-                "cannot prepare the apply tables for {}",
-                t.table
-            )))?;
+        self.make(t, tag.clone(), &create).await?;
         // A shared table's keys lead with the tenant column.
         let mut key_sorted: Vec<&str> = t.keys.iter().map(String::as_str).collect();
         key_sorted.extend(self.rows.column());
@@ -337,7 +333,6 @@ impl Drain<'_> {
         } else {
             Mode::Replace
         };
-        self.fresh_made.insert(tag.clone());
         self.fresh.insert(t.index, Prepared { create, mode, tag });
         Ok(())
     }
@@ -407,14 +402,7 @@ impl Drain<'_> {
             img(&tag),
             sql.staged
         );
-        self.tx
-            .batch_execute(&create)
-            .await
-            .map_err(pg_err(format!(
-                "cannot prepare the apply tables for {}",
-                t.table
-            )))?;
-        self.fresh_made.insert(tag.clone());
+        self.make(t, tag.clone(), &create).await?;
         self.fresh.insert(
             t.index,
             Prepared {

@@ -92,3 +92,43 @@ pub fn logged_statements(log: &str) -> Vec<(String, String)> {
     }
     out
 }
+
+/// Asserts that `tenant`'s rows of `table` in the shared schema `crm` are its file's: `row`
+/// (an expression both databases compute alike) in `order`.
+pub fn shared_rows_equal(
+    path: &Path,
+    c: &mut postgres::Client,
+    tenant: &str,
+    table: &str,
+    row: &str,
+    order: &str,
+) {
+    let sqlite = sqlite_rows(path, &format!("SELECT {row} FROM {table} ORDER BY {order}"));
+    let pg: Vec<String> = c
+        .query(
+            &format!("SELECT {row} FROM crm.{table} WHERE tenant_id = $1 ORDER BY {order}"),
+            &[&tenant],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sqlite, pg, "tenant {tenant}'s {table}");
+}
+
+/// A config file whose target logs every statement of sqlite2pg's sessions (and only of
+/// those), for a fleet whose `[fleet]` table is `fleet`.
+pub fn logging_config(dir: &Path, db: &TestDb, fleet: &str) -> PathBuf {
+    let url = format!("{}?options=-c%20log_statement%3Dall", db.url);
+    let path = dir.join("fleet.toml");
+    std::fs::write(&path, format!("target = {url:?}\n\n[fleet]\n{fleet}\n")).unwrap();
+    path
+}
+
+/// The `[fleet]` body of a shared-tables fleet in schema `crm` of every `*.db` in `tenants`.
+pub fn shared_fleet(tenants: &Path) -> String {
+    format!(
+        "files = {:?}\nlayout = \"shared\"\nschema = \"crm\"",
+        format!("{}/*.db", tenants.display())
+    )
+}
