@@ -847,7 +847,11 @@ fn cmd_status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let client = rt.block_on(pg::connect(cfg.require_target()?))?;
     let db = Databases::of(cfg)?;
     let mut status = rt.block_on(crate::report::status::collect(&client, &db))?;
-    rt.block_on(crate::report::status::add_orphans(&client, &mut status))?;
+    rt.block_on(crate::report::status::add_orphans(
+        &client,
+        &db.schema,
+        &mut status,
+    ))?;
     render(&status, json, crate::report::status::print_human)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -246,6 +246,41 @@ fn each_tenant_streams_cuts_over_falls_back_and_uninstalls_alone_beside_the_othe
         std::fs::read_to_string(&hook_out).unwrap().trim(),
         "acme tenant_acme"
     );
+    // acme's foreign keys are on Postgres now, and globex's are not: its app leaves them off
+    // in SQLite, so a client it deletes leaves its notes (a key on Postgres would refuse the
+    // delete, or cascade it where SQLite did not).
+    let mut c = db.client();
+    let fks = |c: &mut postgres::Client, schema: &str| -> i64 {
+        scalar(
+            c,
+            &format!(
+                "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = '{schema}'::regnamespace"
+            ),
+        )
+    };
+    assert_eq!(
+        fks(&mut c, "tenant_acme"),
+        1,
+        "acme's key is added by its cutover"
+    );
+    assert_eq!(
+        fks(&mut c, "tenant_globex"),
+        0,
+        "globex's keys wait for its own cutover"
+    );
+    sqlite3_shell(
+        &globex,
+        "INSERT INTO clients (id, name) VALUES (50, 'gone soon'); INSERT INTO notes VALUES (50, 'left');
+         DELETE FROM clients WHERE id = 50;",
+    );
+    g.wait_caught_up();
+    let orphans: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM tenant_globex.notes WHERE client_id = 50",
+    );
+    assert_eq!(orphans, 1, "globex's orphan note stays, as in SQLite");
+    // Its app tidies up, as it must before its own cutover.
+    sqlite3_shell(&globex, "DELETE FROM notes WHERE client_id = 50;");
     // acme's SQLite is fenced; globex's app writes on, and globex streams on.
     let refused = std::process::Command::new("sqlite3")
         .arg(&acme)

@@ -154,15 +154,19 @@ pub async fn take_over(
     Ok(rows.len())
 }
 
-/// The foreign keys waiting for cutover.
-pub async fn kept(client: &impl GenericClient) -> Result<Vec<KeptForeignKey>> {
+/// The foreign keys waiting for cutover on the tables of `schema`: a fleet keeps every
+/// tenant's, and one tenant's cutover must add its own only (another's tables still stream,
+/// and SQLite enforces none of their keys).
+pub async fn kept(client: &impl GenericClient, schema: &str) -> Result<Vec<KeptForeignKey>> {
     if !super::state::state_table_exists(client, "foreign_key").await? {
         return Ok(Vec::new());
     }
     let rows = client
         .query(
-            &format!("SELECT * FROM {STATE_SCHEMA}.foreign_key ORDER BY 1, 2, 3"),
-            &[],
+            &format!(
+                "SELECT * FROM {STATE_SCHEMA}.foreign_key WHERE target_schema = $1 ORDER BY 1, 2, 3"
+            ),
+            &[&schema],
         )
         .await
         .map_err(pg("read the foreign keys kept in the sqlite2pg schema"))?;

@@ -346,7 +346,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         summary.stopped = true;
         return Ok(summary);
     }
-    summary.foreign_keys_kept = foreign_keys::kept(&*client).await?.len();
+    summary.foreign_keys_kept = foreign_keys::kept(&*client, &opts.schema).await?.len();
     for t in &plan.tables {
         let st = state::load(client, &opts.tenant, &t.source.name).await?;
         summary.tables.push((

@@ -235,11 +235,11 @@ pub fn idle_capture(s: &Status) -> Option<String> {
 
 /// Adds the foreign keys kept aside and their orphans (a scan of each child table, so only
 /// the `status` command asks, not cutover's polling).
-pub async fn add_orphans(client: &Client, status: &mut Status) -> Result<()> {
+pub async fn add_orphans(client: &Client, schema: &str, status: &mut Status) -> Result<()> {
     if status.phase != Phase::Streaming {
         return Ok(());
     }
-    let kept = foreign_keys::kept(client).await?;
+    let kept = foreign_keys::kept(client, schema).await?;
     status.foreign_keys_kept = kept.len();
     for fk in &kept {
         let o = foreign_keys::orphans(client, fk, 3).await?;

@@ -197,7 +197,7 @@ impl Side for Cutover<'_> {
     }
 
     async fn facts(&self, client: &Client) -> Result<Facts> {
-        let kept = foreign_keys::kept(client).await?;
+        let kept = foreign_keys::kept(client, &self.opts.db.schema).await?;
         Ok(Facts {
             status: status::collect(client, &self.opts.db).await?,
             verified: state::verified_position(client, &self.opts.db.tenant)
@@ -328,7 +328,7 @@ impl Side for Cutover<'_> {
         // before the fence, since a constraint that cannot be validated is the user's call.
         self.catch_up(client, &installed, st.daemon_running, opts.wait, stop)
             .await?;
-        let kept = foreign_keys::kept(&*client).await?;
+        let kept = foreign_keys::kept(&*client, &opts.db.schema).await?;
         let found = orphans(client, &kept).await?;
         if !found.is_empty() && self.orphans == OrphanPolicy::Refuse {
             let mut msg = String::from(
@@ -476,7 +476,7 @@ impl Side for Cutover<'_> {
     ) -> Result<()> {
         let (plan, schema) = (self.plan, &self.opts.db.schema);
         // Deferrable keys back to what the migrations made.
-        for fk in &foreign_keys::kept(tx).await? {
+        for fk in &foreign_keys::kept(tx, schema).await? {
             foreign_keys::add_not_valid(tx, fk).await?;
         }
         // Capture on Postgres is in place when the record commits (installed before the
