@@ -806,6 +806,13 @@ impl Direction for Reverse<'_> {
             if std::mem::take(&mut self.fresh)
                 && !reverse::capture_installed(client, &self.opts.db.schema).await?
             {
+                // A fallback commits its record with the end of capture: one that committed
+                // between the look above and this read is seen by a look after it (found by
+                // the differential tester's fleet mode: a daemon restarted during a fallback).
+                if look(client, &self.opts.db.tenant, &self.conn).await? {
+                    crate::metrics::set_phase(Phase::FellBack);
+                    return Ok(Applied::End(FellBack));
+                }
                 return Err(Error::new(
                     ErrorKind::State,
                     "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",
