@@ -758,21 +758,28 @@ fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<ch
     report.findings.extend(seeded);
     // Said by `check` only: the daemon of a fleet of many tenants would say it for each.
     if cfg.tenant_column.is_some() {
-        report.findings.push(plan::shared::not_yet());
+        report.findings.push(plan::shared::one_way());
     }
     Ok(report)
 }
 
-fn cmd_check_reverse(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    if cfg.tenant_column.is_some() {
-        anyhow::bail!(Error::new(
-            crate::error::ErrorKind::Config,
-            format!(
-                "check --reverse of tenant {}: the fleet's layout is shared tables, which has no way back yet (no cutover either); `sqlite2pg check` covers what it does",
-                cfg.tenant_id()
-            )
-        ));
+/// Refuses `what`, a way back to SQLite, for a tenant of a fleet's shared tables, whose
+/// cutover is one way ([`crate::replicate::Databases::two_way`]).
+fn refuse_one_way(cfg: &Config, what: &str) -> anyhow::Result<()> {
+    if cfg.tenant_column.is_none() {
+        return Ok(());
     }
+    anyhow::bail!(Error::new(
+        crate::error::ErrorKind::Config,
+        format!(
+            "{what} of tenant {}: the fleet's layout is shared tables, whose cutover is one way: Postgres captures no tenant's writes there (a capture on a shared table would take every tenant's), so there is no way back to SQLite that keeps them. Nothing was changed. For a tenant that needs one, use layout = \"schemas\"",
+            cfg.tenant_id()
+        )
+    ));
+}
+
+fn cmd_check_reverse(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    refuse_one_way(cfg, "check --reverse")?;
     let rt = runtime()?;
     cfg.require_target()?;
     let (plan, client) = rt.block_on(plan::load(cfg))?;
@@ -921,15 +928,6 @@ struct SwitchSetup {
 }
 
 fn switch_setup(cfg: &Config, flags: &SwitchFlags, what: &str) -> anyhow::Result<SwitchSetup> {
-    if cfg.tenant_column.is_some() {
-        anyhow::bail!(Error::new(
-            crate::error::ErrorKind::Config,
-            format!(
-                "{what} of tenant {}: the fleet's layout is shared tables, whose {what} is not built yet (it copies, streams and verifies; see `sqlite2pg check`). The tenant's app stays on SQLite, nothing was changed; to move a tenant's app now, use layout = \"schemas\"",
-                cfg.tenant_id()
-            )
-        ));
-    }
     let rt = runtime()?;
     cfg.require_target()?;
     let (plan, client) = rt.block_on(plan::load(cfg))?;
@@ -1017,6 +1015,13 @@ fn cmd_cutover(
         "Postgres is the database now: point the app at it. SQLite refuses writes with \"{}\"",
         sqlite::capture::FENCE_MESSAGE
     );
+    if let Some(kept) = outcome.one_way {
+        println!(
+            "one way (shared tables): on Postgres the app names its tenant in column {} ({}); no fallback. {kept} foreign keys stay kept aside in sqlite2pg.foreign_key: add them once no tenant streams into these tables (docs/citus.md)",
+            cfg.tenant_column.as_deref().unwrap_or_default(),
+            cfg.tenant_id()
+        );
+    }
     // The hook (pointing the app at Postgres) runs before the foreign keys are validated:
     // validating reads every child row, and the app need not wait for it.
     let code = match &flags.exec {
@@ -1040,6 +1045,7 @@ fn cmd_cutover(
 
 fn cmd_fallback(cfg: &Config, flags: SwitchFlags, lock_wait: f64) -> anyhow::Result<ExitCode> {
     use crate::switch::fallback::Fallback;
+    refuse_one_way(cfg, "fallback")?;
     let SwitchSetup {
         rt,
         plan,

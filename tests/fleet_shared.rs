@@ -2,7 +2,8 @@
 //! naming its tenant in a column that leads every key. Ids and unique values overlap across
 //! tenants and stay each tenant's own; each tenant's rows on Postgres stay equal to its file
 //! while the apps write; a tenant whose tables differ from the shared ones is named and waits
-//! alone until a person makes them agree; and what is not built yet (the cutover) refuses.
+//! alone until a person makes them agree; a tenant cuts over one way while the others stream
+//! on, and the ids the shared sequences hand out never go back.
 
 mod common;
 
@@ -61,8 +62,8 @@ fn tenants_share_tables_each_row_naming_its_tenant_and_one_that_differs_waits_al
     let out = on_fleet(&cfg, &["check"]);
     assert!(out.status.success(), "check: {}", text(&out));
     assert!(
-        text(&out).contains("cutover and fallback are not built yet"),
-        "check says what the layout does not do yet: {}",
+        text(&out).contains("a tenant's cutover is one way"),
+        "check says what the layout's cutover leaves behind: {}",
         text(&out)
     );
 
@@ -157,28 +158,216 @@ fn tenants_share_tables_each_row_naming_its_tenant_and_one_that_differs_waits_al
     // The others' rows hold NULL in the new column; they are equal still.
     let out = on_fleet(&cfg, &["--tenant", "acme", "verify"]);
     assert!(out.status.success(), "verify acme: {}", text(&out));
+    drop(d);
+}
 
-    // Not built yet: the cutover says so and changes nothing.
-    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
-    assert!(!out.status.success(), "cutover of a shared layout refuses");
+/// The next id the app of `tenant` gets for a client on Postgres.
+fn next_client_id(c: &mut postgres::Client, tenant: &str) -> i64 {
+    c.query_one(
+        "INSERT INTO crm.clients (tenant_id, name) VALUES ($1, 'on postgres') RETURNING id",
+        &[&tenant],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn a_shared_tenant_cuts_over_one_way_while_the_others_stream_and_their_apps_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    for name in ["acme", "globex", "initech"] {
+        tenant_file(
+            &tenants,
+            &format!("{name}.db"),
+            // The app leaves foreign keys off, and a note finds no client.
+            &format!(
+                "PRAGMA foreign_keys = OFF; {SHAPE}
+                 INSERT INTO clients (name, email) VALUES ('{name}', 'boss@example.com'), ('{name} 2', NULL);
+                 INSERT INTO notes VALUES (1, 'hello'), (7, 'orphan');
+                 INSERT INTO projects (title) VALUES ('one');"
+            ),
+        );
+    }
+    // initech's ids run far past acme's: the ids handed out on Postgres start past both.
+    write(
+        &tenants.join("initech.db"),
+        "INSERT INTO clients (id, name) VALUES (100, 'far');",
+    );
+    let db = TestDb::new();
+    let cfg = config(dir.path(), &db, &shared_fleet(&tenants));
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    let path = |name: &str| tenants.join(format!("{name}.db"));
+    let wait =
+        |name: &str| wait_tenant_caught_up(&path(name), &db.url, name, Duration::from_secs(60));
+    for name in ["acme", "globex", "initech"] {
+        wait(name);
+    }
+    // globex's app writes all along, one transaction after another.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, file) = (stop.clone(), path("globex"));
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&file).unwrap();
+            conn.busy_timeout(Duration::from_secs(5)).unwrap();
+            let (mut written, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match conn.execute_batch(
+                    "BEGIN; INSERT INTO projects (title) VALUES ('busy'); UPDATE clients SET name = name || '.' WHERE id = 1; COMMIT;",
+                ) {
+                    Ok(()) => written += 1,
+                    Err(_) => {
+                        failed += 1;
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            (written, failed)
+        })
+    };
+
+    let hook_out = dir.path().join("hook.txt");
+    let hook = format!(
+        "echo \"$SQLITE2PG_TENANT $SQLITE2PG_TENANT_SCHEMA\" > '{}'",
+        hook_out.display()
+    );
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover", "--exec", &hook]);
+    assert!(out.status.success(), "cutover acme: {}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("writes were unavailable for"), "{said}");
     assert!(
-        text(&out).contains("not built yet"),
-        "the refusal says why: {}",
-        text(&out)
+        said.contains("one way (shared tables)") && said.contains("1 foreign keys stay kept aside"),
+        "the cutover says what it leaves: {said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hook_out).unwrap().trim(),
+        "acme crm"
+    );
+    // acme's SQLite is fenced; its app writes on Postgres, naming its tenant, and its next id
+    // is past every tenant's (initech holds 100).
+    let refused = rusqlite::Connection::open(path("acme"))
+        .unwrap()
+        .execute_batch("INSERT INTO clients (name) VALUES ('too late');");
+    assert!(refused.is_err(), "acme's SQLite is fenced");
+    let mut c = db.client();
+    assert_eq!(next_client_id(&mut c, "acme"), 101);
+    // An app that takes ids ahead (as some ORMs do) keeps them: a tenant that joins later,
+    // whose snapshot moves the sequence past its own ids, never moves it back.
+    let ahead: i64 = scalar(
+        &mut c,
+        "SELECT nextval(pg_get_serial_sequence('crm.clients', 'id'))",
+    );
+    assert_eq!(ahead, 102);
+    c.batch_execute("DELETE FROM crm.clients WHERE tenant_id = 'acme' AND id = 101")
+        .unwrap();
+    tenant_file(
+        &tenants,
+        "umbrella.db",
+        &format!(
+            "{SHAPE}
+             INSERT INTO clients (name) VALUES ('uma');
+             INSERT INTO projects (title) VALUES ('u');"
+        ),
+    );
+    wait("umbrella");
+    assert_eq!(
+        next_client_id(&mut c, "acme"),
+        103,
+        "the sequence never goes back"
+    );
+    // No capture, no foreign key: Postgres takes a note of acme's that finds no client, as
+    // the other tenants' apps' files do.
+    let captures: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+          WHERE r.relnamespace = 'crm'::regnamespace AND NOT t.tgisinternal",
+    );
+    assert_eq!(captures, 0, "nothing captures the shared tables");
+    let fks: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'crm'::regnamespace",
+    );
+    assert_eq!(fks, 0, "a shared table's key waits for every tenant");
+    c.batch_execute("INSERT INTO crm.notes (tenant_id, client_id, body) VALUES ('acme', 999, 'x')")
+        .unwrap();
+
+    // The daemon leaves acme be, and the others stream on.
+    wait_until(
+        "the daemon to stop following acme",
+        Duration::from_secs(30),
+        || {
+            d.log_text()
+                .contains("cut over one way (shared tables): nothing to follow")
+        },
     );
     write(
-        &path("acme"),
-        "INSERT INTO clients (name) VALUES ('after the refusal');",
+        &path("initech"),
+        "UPDATE clients SET name = 'moved on' WHERE id = 100; DELETE FROM notes WHERE client_id = 7;",
     );
-    wait("acme");
-    clients_on_both_sides(&path("acme"), &mut c, "acme");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (written, failed) = writer.join().unwrap();
+    assert!(written > 5, "globex's app wrote {written} times");
+    assert_eq!(failed, 0, "globex's app never saw a failed write");
+    for name in ["globex", "initech", "umbrella"] {
+        wait(name);
+        clients_on_both_sides(&path(name), &mut c, name);
+        let out = on_fleet(&cfg, &["--tenant", name, "verify"]);
+        assert!(out.status.success(), "verify {name}: {}", text(&out));
+    }
+    let acme_rows: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM crm.clients WHERE tenant_id = 'acme'",
+    );
+    assert_eq!(
+        acme_rows, 3,
+        "acme's two clients and the one its app added on Postgres"
+    );
+    let status = fleet_status(&cfg);
+    let acme = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "acme")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(acme["status"]["phase"], "cut_over", "{acme:#}");
+    assert_eq!(acme["status"]["direction"], "none", "{acme:#}");
+
+    // No way back: fallback and its check refuse, saying why, and change nothing.
+    for args in [
+        &["--tenant", "acme", "fallback"][..],
+        &["--tenant", "acme", "check", "--reverse"],
+    ] {
+        let out = on_fleet(&cfg, args);
+        assert!(!out.status.success(), "{args:?} refuses");
+        assert!(
+            text(&out).contains("cutover is one way"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(next_client_id(&mut c, "acme"), 104);
+
+    // The rest cut over one after another; the kept keys stay kept for whoever adds them.
+    let out = on_fleet(&cfg, &["cutover", "--pace", "0.05"]);
+    assert!(out.status.success(), "fleet cutover: {}", text(&out));
+    let cut: i64 = scalar(&mut c, "SELECT count(*) FROM sqlite2pg.cutover");
+    assert_eq!(cut, 4);
+    // Uninstalling one tenant leaves the schema's kept keys to the others.
+    let out = on_fleet(&cfg, &["--tenant", "acme", "uninstall"]);
+    assert!(out.status.success(), "uninstall acme: {}", text(&out));
+    let kept: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM sqlite2pg.foreign_key WHERE target_schema = 'crm'",
+    );
+    assert_eq!(kept, 1, "the notes key is kept for the tenants still there");
     drop(d);
 }
 
 /// What Citus refuses of statements on tables distributed by the tenant column (see
 /// docs/citus.md), each broken rule in words: a write that does not name the tenant (it
-/// would reach every shard, and other tenants' rows), and a unique key or primary key that
-/// does not lead with it.
+/// would reach every shard, and other tenants' rows), a unique key or primary key that
+/// does not lead with it, and a trigger (the one-way cutover installs none).
 fn shared_refuses(statements: &[(String, String)]) -> Vec<String> {
     let mut out = Vec::new();
     for (_, s) in statements {
@@ -200,6 +389,9 @@ fn shared_refuses(statements: &[(String, String)]) -> Vec<String> {
                 && (upper.contains(" PRIMARY KEY") || upper.contains(" UNIQUE")));
         if keyed && !s.contains("(\"tenant_id\"") {
             broke("a unique key of a shared table that does not lead with the tenant column");
+        }
+        if upper.contains("CREATE TRIGGER") && upper.contains(" ON \"CRM\".") {
+            broke("a trigger on a shared table");
         }
     }
     out
@@ -240,6 +432,11 @@ fn the_statements_on_shared_tables_name_the_tenant_and_lead_every_key_with_it() 
         let out = on_fleet(&cfg, &["--tenant", name, "verify"]);
         assert!(out.status.success(), "verify {name}: {}", text(&out));
     }
+    // The one-way cutover's statements too.
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
+    assert!(out.status.success(), "cutover acme: {}", text(&out));
+    write(&path("globex"), "UPDATE projects SET title = 'r';");
+    wait_tenant_caught_up(&path("globex"), &db.url, "globex", Duration::from_secs(60));
     assert!(d.stop());
     let statements = logged_statements(&server_log(start));
     for needle in [
@@ -249,6 +446,8 @@ fn the_statements_on_shared_tables_name_the_tenant_and_lead_every_key_with_it() 
         "DELETE FROM \"crm\".\"projects\"",
         "ADD CONSTRAINT \"clients_pkey\" PRIMARY KEY",
         "CREATE UNIQUE INDEX",
+        "LOCK TABLE \"crm\".\"clients\"",
+        "SELECT setval(",
     ] {
         assert!(
             statements.iter().any(|(_, s)| s.contains(needle)),
@@ -266,6 +465,7 @@ fn the_statements_on_shared_tables_name_the_tenant_and_lead_every_key_with_it() 
         "DELETE FROM \"crm\".\"clients\" t USING \"_s2p_del_1\" d WHERE t.\"id\" = d.\"id\"",
         "CREATE UNIQUE INDEX IF NOT EXISTS \"e\" ON \"crm\".\"clients\" (\"email\")",
         "ALTER TABLE \"crm\".\"clients\" ADD CONSTRAINT \"clients_pkey\" PRIMARY KEY (\"id\")",
+        "CREATE TRIGGER sqlite2pg_reverse AFTER INSERT ON \"crm\".\"clients\" FOR EACH ROW",
     ] {
         assert!(
             !shared_refuses(&[("1".into(), f.into())]).is_empty(),

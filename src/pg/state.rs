@@ -733,10 +733,14 @@ pub async fn forget(client: &impl GenericClient, tenant: &str, schema: &str) -> 
             .await
             .map_err(pg("forget a tenant's state"))?;
     }
+    // What is kept per schema goes with the schema's last tenant: a fleet's shared tables
+    // keep their foreign keys for the tenants still there.
     for table in ["foreign_key", "pg_only_table"] {
         client
             .execute(
-                &format!("DELETE FROM {STATE_SCHEMA}.{table} WHERE target_schema = $1"),
+                &format!(
+                    "DELETE FROM {STATE_SCHEMA}.{table} WHERE target_schema = $1 AND NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.table_state WHERE target_schema = $1)"
+                ),
                 &[&schema],
             )
             .await

@@ -183,13 +183,13 @@ pub fn not_ours(source: &str, schema: &str, target: &str) -> Finding {
     }
 }
 
-/// What the shared-tables layout does not do yet, said by `check` for every tenant.
-pub fn not_yet() -> Finding {
+/// What a cutover of the shared-tables layout leaves behind, said by `check` for every tenant.
+pub fn one_way() -> Finding {
     Finding {
         severity: Severity::Warning,
         table: String::new(),
         column: None,
-        message: "the shared-tables layout copies, streams and verifies each tenant; its cutover and fallback are not built yet (`cutover` refuses it, saying so)".into(),
-        hint: "use it to fill Postgres and compare; to move a tenant's app, use layout = \"schemas\" for now".into(),
+        message: "in the shared-tables layout a tenant's cutover is one way: no capture on Postgres, no fallback; the app's views and triggers are not carried, and foreign keys stay kept aside (a key on a shared table holds for every tenant's rows)".into(),
+        hint: "after its cutover the tenant's app names its tenant in every statement on Postgres; for a tenant that needs a way back, use layout = \"schemas\"".into(),
     }
 }

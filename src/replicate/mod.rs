@@ -40,6 +40,13 @@ impl Databases {
             rows: crate::pg::Rows::of(cfg.tenant_column.as_deref(), cfg.tenant_id()),
         })
     }
+
+    /// Whether a cutover has a way back. A fleet's shared tables hold every tenant's rows: a
+    /// capture on them would take every tenant's writes, and their triggers and views would
+    /// act on every tenant, so a tenant's cutover there is one way (no capture, no fallback).
+    pub fn two_way(&self) -> bool {
+        self.rows == crate::pg::Rows::All
+    }
 }
 
 /// What a tenant's daemon gets from the fleet daemon that runs it beside the other tenants'

@@ -315,6 +315,13 @@ async fn follow_back(
             ),
         ));
     }
+    let db = super::Databases::of(cfg)?;
+    if !db.two_way() {
+        // Shared tables: Postgres captures nothing to follow back.
+        crate::metrics::set_phase(Phase::CutOver);
+        tracing::info!("cut over one way (shared tables): nothing to follow");
+        return Ok(Pass::Done);
+    }
     if opts.snapshot_only {
         return Err(Error::new(
             ErrorKind::State,
@@ -322,7 +329,7 @@ async fn follow_back(
         ));
     }
     let ropts = reverse_stream::Options {
-        db: super::Databases::of(cfg)?,
+        db,
         poll_interval: opts.poll_interval,
         batch_changes: opts.batch_changes,
         until: super::Until::Stopped,

@@ -333,7 +333,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
                 &mut summary,
             )
             .await?;
-            finish_tables(client, plan, &opts.tenant, &opts.schema).await
+            finish_tables(client, plan, &opts.tenant, &opts.schema, &opts.rows).await
         };
         tokio::pin!(finish);
         tokio::select! {
@@ -998,7 +998,13 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-async fn finish_tables(client: &mut Client, plan: &Plan, tenant: &str, schema: &str) -> Result<()> {
+async fn finish_tables(
+    client: &mut Client,
+    plan: &Plan,
+    tenant: &str,
+    schema: &str,
+    rows: &pg::Rows,
+) -> Result<()> {
     for t in &plan.tables {
         let Some(st) = state::load(client, tenant, &t.source.name).await? else {
             continue;
@@ -1010,7 +1016,8 @@ async fn finish_tables(client: &mut Client, plan: &Plan, tenant: &str, schema: &
             "cannot start a transaction for table {}",
             t.target
         )))?;
-        crate::pg::sequences::move_past_max(&tx, schema, &t.target).await?;
+        crate::pg::sequences::move_past_max(&tx, schema, std::slice::from_ref(&t.target), rows)
+            .await?;
         state::set_phase(&tx, tenant, &t.source.name, Phase::Ready).await?;
         tx.commit().await.map_err(pg_err(format!(
             "cannot commit the sequences of table {}",

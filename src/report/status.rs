@@ -176,6 +176,9 @@ pub async fn collect(client: &Client, db: &Databases) -> Result<Status> {
         if status.fallback.is_some() {
             status.phase = Phase::FellBack;
             status.direction = "none";
+        } else if !db.two_way() {
+            // One way (shared tables): nothing flows back.
+            status.direction = "none";
         } else if reverse::capture_installed(client, &db.schema).await? {
             let (pending, age) = reverse::backlog(client, tenant).await?;
             status.reverse_lag_changes = Some(pending);

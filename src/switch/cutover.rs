@@ -54,6 +54,9 @@ pub struct Outcome {
     /// Foreign keys added (NOT VALID) inside the window, to validate once the app writes to
     /// Postgres ([`validate_foreign_keys`]).
     pub foreign_keys: Vec<KeptForeignKey>,
+    /// A fleet's shared tables: the cutover is one way, and their foreign keys stay kept
+    /// aside (how many), since a key on a shared table holds for every tenant's rows.
+    pub one_way: Option<usize>,
 }
 
 /// The cutover side of the switch.
@@ -205,7 +208,11 @@ impl Side for Cutover<'_> {
                 .ok()
                 .flatten(),
             kept: kept.len(),
-            orphans: orphans(client, &kept).await?,
+            // Shared tables' keys are not added by a cutover: their orphans stop nothing.
+            orphans: match self.opts.db.two_way() {
+                true => orphans(client, &kept).await?,
+                false => Vec::new(),
+            },
         })
     }
 
@@ -260,6 +267,13 @@ impl Side for Cutover<'_> {
             Step::MoveCounters => vec![format!(
                 "move identity/serial sequences past the copied ids on {tables} tables"
             )],
+            Step::Record if !self.opts.db.two_way() => vec![
+                "record the cutover and the write-unavailable window; the daemon stops following this tenant".into(),
+                format!(
+                    "one way (shared tables): no capture on Postgres, so no `fallback`; the {} foreign keys kept aside stay so (a key holds for every tenant's rows: add them once no tenant streams)",
+                    f.kept
+                ),
+            ],
             Step::Record => vec![
                 format!(
                     "add the {} foreign keys kept aside while streaming, NOT VALID; record the cutover and the write-unavailable window; a running daemon exits by itself",
@@ -267,6 +281,9 @@ impl Side for Cutover<'_> {
                 ),
                 "and install the capture of the app's writes on Postgres (for the reverse stream and `fallback`)".into(),
             ],
+            Step::HandOver if !self.opts.db.two_way() => {
+                vec!["after writes resume: nothing (no foreign key was added)".into()]
+            }
             Step::HandOver => vec!["after writes resume: validate the foreign keys".into()],
         }
     }
@@ -275,9 +292,19 @@ impl Side for Cutover<'_> {
         let (plan, opts) = (self.plan, self.opts);
         let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let installed = installed(&conn)?;
-        let triggers = crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?;
-        let views = crate::plan::views::translate(&conn, plan, &opts.db.schema)?;
+        let mut triggers = crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?;
+        let mut views = crate::plan::views::translate(&conn, plan, &opts.db.schema)?;
         drop(conn);
+        let two_way = opts.db.two_way();
+        if !two_way && (!triggers.is_empty() || !views.is_empty()) {
+            tracing::warn!(
+                triggers = triggers.len(),
+                views = views.len(),
+                "the app's triggers and views are not carried to shared tables: there they would fire for and read every tenant's rows. The app, which names its tenant on Postgres, needs its own"
+            );
+            triggers.clear();
+            views.clear();
+        }
         let st = status::collect(client, &opts.db).await?;
         if st.phase != RunPhase::Streaming {
             return Err(refuse(format!(
@@ -328,7 +355,12 @@ impl Side for Cutover<'_> {
         // before the fence, since a constraint that cannot be validated is the user's call.
         self.catch_up(client, &installed, st.daemon_running, opts.wait, stop)
             .await?;
-        let kept = foreign_keys::kept(&*client, &opts.db.schema).await?;
+        // Shared tables keep their keys aside: none is added, so orphans change nothing.
+        let kept = if two_way {
+            foreign_keys::kept(&*client, &opts.db.schema).await?
+        } else {
+            Vec::new()
+        };
         let found = orphans(client, &kept).await?;
         if !found.is_empty() && self.orphans == OrphanPolicy::Refuse {
             let mut msg = String::from(
@@ -353,7 +385,10 @@ impl Side for Cutover<'_> {
         // recorded. A refused cutover leaves it in place for the next try (`uninstall`
         // removes it).
         let tables = crate::replicate::reverse_stream::captured(plan);
-        let missing = reverse::missing_capture(&*client, &opts.db.schema, &tables).await?;
+        let missing = match two_way {
+            true => reverse::missing_capture(&*client, &opts.db.schema, &tables).await?,
+            false => Vec::new(),
+        };
         if !missing.is_empty() {
             let tx = client
                 .transaction()
@@ -460,11 +495,8 @@ impl Side for Cutover<'_> {
     }
 
     async fn move_counters(&self, tx: &Transaction<'_>) -> Result<usize> {
-        let mut moved = 0;
-        for t in &self.plan.tables {
-            moved += sequences::move_past_max(tx, &self.opts.db.schema, &t.target).await?;
-        }
-        Ok(moved)
+        let db = &self.opts.db;
+        sequences::move_past_max(tx, &db.schema, &self.plan.targets(), &db.rows).await
     }
 
     async fn record(
@@ -475,21 +507,23 @@ impl Side for Cutover<'_> {
         done: Done,
     ) -> Result<()> {
         let (plan, schema) = (self.plan, &self.opts.db.schema);
-        // Deferrable keys back to what the migrations made.
-        for fk in &foreign_keys::kept(tx, schema).await? {
-            foreign_keys::add_not_valid(tx, fk).await?;
+        if self.opts.db.two_way() {
+            // Deferrable keys back to what the migrations made.
+            for fk in &foreign_keys::kept(tx, schema).await? {
+                foreign_keys::add_not_valid(tx, fk).await?;
+            }
+            // Capture on Postgres is in place when the record commits (installed before the
+            // fence; any table that lost it since gets it here): no write the app makes there
+            // escapes the reverse stream, so a fallback loses none.
+            let missing = reverse::missing_capture(
+                tx,
+                schema,
+                &crate::replicate::reverse_stream::captured(plan),
+            )
+            .await?;
+            reverse::install_capture(tx, &self.opts.db.tenant, schema, &missing).await?;
+            reverse::record_pg_only(tx, schema, &plan.targets()).await?;
         }
-        // Capture on Postgres is in place when the record commits (installed before the
-        // fence; any table that lost it since gets it here): no write the app makes there
-        // escapes the reverse stream, so a fallback loses none.
-        let missing = reverse::missing_capture(
-            tx,
-            schema,
-            &crate::replicate::reverse_stream::captured(plan),
-        )
-        .await?;
-        reverse::install_capture(tx, &self.opts.db.tenant, schema, &missing).await?;
-        reverse::record_pg_only(tx, schema, &plan.targets()).await?;
         // The app's triggers start with the record: from here on Postgres runs them, SQLite
         // no longer does (and the reverse stream writes SQLite with them off).
         for t in &ready.triggers {
@@ -549,10 +583,19 @@ impl Side for Cutover<'_> {
             .ok_or_else(|| Error::new(ErrorKind::Target, "the cutover record vanished"))?;
         // The figure of the record, as the result line, `status` and the metric give it.
         tracing::info!(window_ms = record.window_ms, "cut over");
+        let one_way = match self.opts.db.two_way() {
+            true => None,
+            false => Some(
+                foreign_keys::kept(client, &self.opts.db.schema)
+                    .await?
+                    .len(),
+            ),
+        };
         Ok(Outcome {
             record,
             sequences_moved: done.moved,
             foreign_keys: ready.kept,
+            one_way,
         })
     }
 
