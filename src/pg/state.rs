@@ -515,7 +515,11 @@ pub async fn cutover_record(
 pub async fn stream_error(client: &impl GenericClient, tenant: &str, message: &str) -> Result<()> {
     client
         .execute(
-            &format!("UPDATE {STATE_SCHEMA}.stream SET last_error = $1 WHERE tenant = $2"),
+            // A daemon waiting for a person says it again at every retry: only a new text
+            // writes the row.
+            &format!(
+                "UPDATE {STATE_SCHEMA}.stream SET last_error = $1 WHERE tenant = $2 AND last_error IS DISTINCT FROM $1"
+            ),
             &[&message, &tenant],
         )
         .await
