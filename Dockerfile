@@ -4,6 +4,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The bundled SQLite's build flags (memory per connection, for fleets).
+COPY .cargo ./.cargo
 # The profile keeps symbols (names in backtraces) and leaves DWARF out of the binary.
 RUN cargo build --release --locked
 

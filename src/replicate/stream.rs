@@ -241,6 +241,12 @@ fn table_batch(t: &TablePlan, cap: &Captured) -> TableBatch {
 struct Pruner {
     /// The SQLite file, whose locks tell whether the app is inside a transaction.
     source: std::path::PathBuf,
+    /// How long a prune's statements wait for the app's lock.
+    busy_timeout: Duration,
+    /// The connection prunes write with, kept only while a prune is unfinished: each open
+    /// connection holds SQLite memory (its lookaside, page cache and schema, about 150 KB),
+    /// and a fleet's idle tenants would each keep one for a prune every 30 s at most.
+    writer: Option<rusqlite::Connection>,
     /// Whose verified position holds changes back.
     tenant: String,
     /// Everything up to here is pruned.
@@ -264,37 +270,22 @@ const PRUNE_PATIENCE: Duration = Duration::from_secs(300);
 impl Pruner {
     /// After a drain: prune every 10,000 changes or every 30 seconds (each prune is a moment the
     /// app may meet our write), or go on with unfinished work.
-    async fn after_apply(
-        &mut self,
-        client: &tokio_postgres::Client,
-        writer: &rusqlite::Connection,
-        position: i64,
-    ) {
+    async fn after_apply(&mut self, client: &tokio_postgres::Client, position: i64) {
         if self.behind || position - self.pruned_to >= 10_000 || self.last.elapsed() >= PRUNE_EVERY
         {
-            self.slice(client, writer, position).await;
+            self.slice(client, position).await;
         }
     }
 
     /// Caught up, before waiting for the app: finish what a large drain left to prune, or
     /// what the app wrote since the last prune once it has rested a while.
-    async fn when_idle(
-        &mut self,
-        client: &tokio_postgres::Client,
-        writer: &rusqlite::Connection,
-        position: i64,
-    ) {
+    async fn when_idle(&mut self, client: &tokio_postgres::Client, position: i64) {
         if self.behind || (position > self.pruned_to && self.last.elapsed() >= PRUNE_EVERY) {
-            self.slice(client, writer, position).await;
+            self.slice(client, position).await;
         }
     }
 
-    async fn slice(
-        &mut self,
-        client: &tokio_postgres::Client,
-        writer: &rusqlite::Connection,
-        position: i64,
-    ) {
+    async fn slice(&mut self, client: &tokio_postgres::Client, position: i64) {
         // Changes after the last full verify stay for cutover to re-verify.
         let upto = match state::verified_position(client, &self.tenant).await {
             Ok(Some(v)) => v.min(position),
@@ -316,7 +307,13 @@ impl Pruner {
             );
         }
         let pruned = tokio::task::block_in_place(|| {
-            capture::prune(writer, &self.source, upto, 2_000, budget, force)
+            let writer = match self.writer.take() {
+                Some(w) => w,
+                None => sqlite::open_read_write(&self.source, self.busy_timeout)?,
+            };
+            let pruned = capture::prune(&writer, &self.source, upto, 2_000, budget, force);
+            self.writer = Some(writer);
+            pruned
         });
         match pruned {
             Ok(p) if p.yielded => {
@@ -333,6 +330,9 @@ impl Pruner {
             Err(e) => {
                 tracing::debug!(error = %e, "changelog prune deferred")
             }
+        }
+        if !self.behind {
+            self.writer = None;
         }
         self.last = Instant::now();
     }
@@ -582,8 +582,6 @@ struct Forward<'a> {
     readers: BTreeMap<i64, RowReader>,
     /// Reads the changelog and the rows.
     reader: rusqlite::Connection,
-    /// Prunes the changelog.
-    writer: rusqlite::Connection,
     wake: Wake,
     /// The schema version the plan was last checked against (-1: not yet).
     seen_version: i64,
@@ -680,7 +678,6 @@ impl<'a> Forward<'a> {
             );
         }
         let reader = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
-        let writer = sqlite::open_read_write(&opts.db.source, opts.db.busy_timeout)?;
         let wake = match &opts.link {
             Some(link) => Wake::Fleet(link.file_changed.clone()),
             None => {
@@ -698,7 +695,6 @@ impl<'a> Forward<'a> {
             captured,
             readers,
             reader,
-            writer,
             wake,
             seen_version: -1,
             known_position: None,
@@ -784,6 +780,8 @@ impl Direction for Forward<'_> {
             position: st.position,
             pruner: Pruner {
                 source: self.opts.db.source.clone(),
+                busy_timeout: self.opts.db.busy_timeout,
+                writer: None,
                 tenant: self.opts.db.tenant.clone(),
                 pruned_to: 0,
                 last: Instant::now(),
@@ -852,7 +850,7 @@ impl Direction for Forward<'_> {
                 crate::metrics::batch_applied(&per_table, changes as u64, secs, position);
                 tracing::debug!(position, changes, chunks, secs, "drain applied");
                 live.pruner
-                    .after_apply(live.applier.client(), &self.writer, position)
+                    .after_apply(live.applier.client(), position)
                     .await;
                 Ok(Applied::Batch)
             }
@@ -888,7 +886,7 @@ impl Direction for Forward<'_> {
             return Ok(None);
         };
         live.pruner
-            .when_idle(live.applier.client(), &self.writer, live.position)
+            .when_idle(live.applier.client(), live.position)
             .await;
         report_lag(&self.reader, live.position);
         // A cutover raises the fence in SQLite before it records itself on Postgres: with no
