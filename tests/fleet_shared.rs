@@ -332,6 +332,22 @@ fn a_shared_tenant_cuts_over_one_way_while_the_others_stream_and_their_apps_writ
         .unwrap_or_else(|| panic!("{status:#}"));
     assert_eq!(acme["status"]["phase"], "cut_over", "{acme:#}");
     assert_eq!(acme["status"]["direction"], "none", "{acme:#}");
+    let out = on_fleet(&cfg, &["--tenant", "acme", "status"]);
+    assert!(
+        text(&out).contains("cut over one way (shared tables)"),
+        "{}",
+        text(&out)
+    );
+    // A daemon killed and started again leaves acme be too, and the others stream on.
+    d.kill9();
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    d.wait_for_log("cut over one way (shared tables): nothing to follow");
+    write(
+        &path("globex"),
+        "INSERT INTO projects (title) VALUES ('after the restart');",
+    );
+    wait("globex");
+    clients_on_both_sides(&path("globex"), &mut c, "globex");
 
     // No way back: fallback and its check refuse, saying why, and change nothing.
     for args in [

@@ -170,8 +170,11 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
             )
         };
         let tx = client.transaction().await.map_err(pg_err(fail()))?;
-        // A shared schema is made by the first of the tenants that start at once.
-        lock_shared(&tx, &opts.schema, "").await?;
+        // A shared schema is made by the first of the tenants that start at once (two
+        // sessions' CREATE SCHEMA IF NOT EXISTS can collide); a tenant's own is its alone.
+        if opts.rows != pg::Rows::All {
+            lock_shared(&tx, &opts.schema, "").await?;
+        }
         tx.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {}",
             crate::model::quote_ident(&opts.schema)

@@ -360,7 +360,9 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
             match s.direction {
                 "reverse" =>
                     "reverse: the app writes on Postgres; `sqlite2pg run` follows it back into SQLite, so `sqlite2pg fallback` loses nothing",
-                "none" => "none: fallen back, SQLite is the database",
+                "none" if s.fallback.is_some() => "none: fallen back, SQLite is the database",
+                "none" =>
+                    "none: cut over one way (shared tables), Postgres is the database and nothing follows back",
                 other => other,
             }
         )?;
