@@ -74,6 +74,11 @@ fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 pub async fn ensure(client: &Client) -> Result<()> {
     let found = format_version(client).await?;
     for (n, step) in crate::sql::PG_STEPS {
+        // Formats only move forward: a step the state had already needs no transaction (a
+        // fleet's tenants, each ensuring the state at every plan, queued on the step lock).
+        if found >= *n {
+            continue;
+        }
         // A step first takes every state table, in name order (the order in which readers
         // such as `status` meet `stream` and `table_state`). A reader taking them in another
         // order can still deadlock with it: Postgres cancels one of the two, and the step,
