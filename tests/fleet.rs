@@ -235,11 +235,7 @@ fn each_tenant_streams_cuts_over_falls_back_and_uninstalls_alone_beside_the_othe
     assert_eq!(status["tenants"][2]["status"]["daemon_running"], false);
 
     // acme cuts over alone; its hook learns which tenant it points at Postgres.
-    let hook_out = dir.path().join("hook.txt");
-    let hook = format!(
-        "echo \"$SQLITE2PG_TENANT $SQLITE2PG_TENANT_SCHEMA\" > '{}'",
-        hook_out.display()
-    );
+    let (hook, hook_out) = tenant_hook(dir.path());
     let out = on_fleet(&cfg, &["--tenant", "acme", "cutover", "--exec", &hook]);
     assert!(out.status.success(), "cutover acme: {}", text(&out));
     assert_eq!(

@@ -226,11 +226,7 @@ fn a_shared_tenant_cuts_over_one_way_while_the_others_stream_and_their_apps_writ
         })
     };
 
-    let hook_out = dir.path().join("hook.txt");
-    let hook = format!(
-        "echo \"$SQLITE2PG_TENANT $SQLITE2PG_TENANT_SCHEMA\" > '{}'",
-        hook_out.display()
-    );
+    let (hook, hook_out) = tenant_hook(dir.path());
     let out = on_fleet(&cfg, &["--tenant", "acme", "cutover", "--exec", &hook]);
     assert!(out.status.success(), "cutover acme: {}", text(&out));
     let said = text(&out);

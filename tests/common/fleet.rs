@@ -132,3 +132,13 @@ pub fn shared_fleet(tenants: &Path) -> String {
         format!("{}/*.db", tenants.display())
     )
 }
+
+/// An `--exec` hook that writes the tenant and schema it is told into a file, and that file.
+pub fn tenant_hook(dir: &Path) -> (String, PathBuf) {
+    let out = dir.join("hook.txt");
+    let hook = format!(
+        "echo \"$SQLITE2PG_TENANT $SQLITE2PG_TENANT_SCHEMA\" > '{}'",
+        out.display()
+    );
+    (hook, out)
+}
