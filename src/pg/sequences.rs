@@ -12,9 +12,12 @@ fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
 /// returns how many.
 ///
 /// A fleet's shared table (`rows` a tenant's) has one sequence for every tenant, and a tenant
-/// cut over earlier takes ids from it: it moves past this tenant's largest id and never back,
-/// with the tables locked against inserts meanwhile (other tenants' writes wait a moment,
-/// reads go on), so that no id is handed out between the read and the move.
+/// cut over earlier takes ids from it: it moves past this tenant's largest id and never back.
+/// An id handed out between its read and the move (within one statement) could still be
+/// handed out again: the cutover, whose tenant's app starts taking ids next, takes
+/// [`lock_shared`] first; a snapshot's end does not (its many tenants would queue on the lock
+/// behind each other's copies), and that race costs at worst one refused insert of a tenant
+/// cut over earlier (a duplicate key), never a wrong row.
 pub async fn move_past_max(
     tx: &impl tokio_postgres::GenericClient,
     schema: &str,
@@ -34,11 +37,6 @@ pub async fn move_past_max(
         for c in cols {
             counters.push((table, q.clone(), c.get::<_, String>(0)));
         }
-    }
-    if rows.column().is_some() && !counters.is_empty() {
-        let mut locked: Vec<&str> = counters.iter().map(|(_, q, _)| q.as_str()).collect();
-        locked.dedup();
-        lock_shared(tx, &locked).await?;
     }
     for (table, q, col) in &counters {
         // `setval(seq, max, true)` hands out max + 1 next, without computing max + 1 (which
@@ -65,10 +63,16 @@ pub async fn move_past_max(
     Ok(counters.len())
 }
 
-/// Locks shared tables against inserts, all at once and without waiting while holding any:
-/// other tenants' writes hold them for a moment, and may want one this transaction holds, so
-/// a try that finds one busy lets go of all (its savepoint) and tries again shortly.
-async fn lock_shared(tx: &impl tokio_postgres::GenericClient, tables: &[&str]) -> Result<()> {
+/// Locks a fleet's shared `tables` (of `schema`) against inserts until the transaction ends,
+/// all at once and without waiting while holding any: other tenants' writes hold them for a
+/// moment, and may want one this transaction holds, so a try that finds one busy lets go of
+/// all (its savepoint) and tries again shortly.
+pub async fn lock_shared(
+    tx: &impl tokio_postgres::GenericClient,
+    schema: &str,
+    tables: &[String],
+) -> Result<()> {
+    let tables: Vec<String> = tables.iter().map(|t| qualified(schema, t)).collect();
     let lock = format!("LOCK TABLE {} IN SHARE MODE NOWAIT", tables.join(", "));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let what = || {

@@ -495,8 +495,12 @@ impl Side for Cutover<'_> {
     }
 
     async fn move_counters(&self, tx: &Transaction<'_>) -> Result<usize> {
-        let db = &self.opts.db;
-        sequences::move_past_max(tx, &db.schema, &self.plan.targets(), &db.rows).await
+        let (db, tables) = (&self.opts.db, self.plan.targets());
+        // Shared sequences: no other tenant's app takes an id while they move.
+        if !db.two_way() {
+            sequences::lock_shared(tx, &db.schema, &tables).await?;
+        }
+        sequences::move_past_max(tx, &db.schema, &tables, &db.rows).await
     }
 
     async fn record(
