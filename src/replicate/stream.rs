@@ -569,7 +569,8 @@ pub enum End {
 }
 
 fn schema_version(conn: &rusqlite::Connection) -> Result<i64> {
-    conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+    conn.prepare_cached("PRAGMA schema_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(|e| Error::from_sqlite("cannot read the SQLite schema version", e))
 }
 

@@ -82,11 +82,8 @@ pub fn installed(conn: &Connection) -> Result<Option<Installed>> {
 /// Whether one of sqlite2pg's tables is in the file.
 fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
     let n: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [name],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| r.get(0)))
         .map_err(ctx("read the SQLite schema"))?;
     Ok(n > 0)
 }
@@ -1071,14 +1068,13 @@ pub fn fence_state(conn: &Connection) -> Result<Option<Fence>> {
     if !table_exists(conn, FENCE)? {
         return Ok(None);
     }
-    conn.query_row(
-        &format!(
-            "SELECT holder, (since - 2440587.5) * 86400.0, (until - 2440587.5) * 86400.0, permanent,
-                    permanent = 1 OR until > julianday('now')
-             FROM {FENCE} WHERE id = 1"
-        ),
-        [],
-        |r| {
+    conn.prepare_cached(&format!(
+        "SELECT holder, (since - 2440587.5) * 86400.0, (until - 2440587.5) * 86400.0, permanent,
+                permanent = 1 OR until > julianday('now')
+         FROM {FENCE} WHERE id = 1"
+    ))
+    .and_then(|mut s| {
+        s.query_row([], |r| {
             Ok(Fence {
                 holder: r.get(0)?,
                 since_unix: r.get(1)?,
@@ -1086,9 +1082,9 @@ pub fn fence_state(conn: &Connection) -> Result<Option<Fence>> {
                 permanent: r.get::<_, i64>(3)? == 1,
                 active: r.get::<_, i64>(4)? == 1,
             })
-        },
-    )
-    .optional()
+        })
+        .optional()
+    })
     .map_err(ctx("read the fence"))
 }
 

@@ -285,7 +285,7 @@ pub fn read_row_by_key(
 /// Ids of tables whose re-synchronization marker (`capture::resync_marker`) is after `after`.
 pub fn pending_resyncs(conn: &Connection, after: i64) -> Result<Vec<i64>> {
     let mut stmt = conn
-        .prepare(&format!(
+        .prepare_cached(&format!(
             "SELECT DISTINCT -tbl FROM {CHANGES} WHERE seq > ?1 AND tbl < 0 ORDER BY 1"
         ))
         .map_err(ctx("read the changelog"))?;
@@ -305,29 +305,26 @@ pub fn key_pending(conn: &Connection, tbl: i64, key: &[OwnedValue], after: i64) 
     );
     let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after, &tbl];
     params.extend(key.iter().map(|k| k as &dyn rusqlite::ToSql));
-    conn.query_row(&sql, params.as_slice(), |r| r.get(0))
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.query_row(params.as_slice(), |r| r.get(0)))
         .map_err(ctx("look for a pending change"))
 }
 
 /// Whether the changelog holds a change to table `tbl` after `after` (not applied yet).
 pub fn table_pending(conn: &Connection, tbl: i64, after: i64) -> Result<bool> {
-    conn.query_row(
-        &format!("SELECT EXISTS (SELECT 1 FROM {CHANGES} WHERE seq > ?1 AND tbl = ?2)"),
-        [after, tbl],
-        |r| r.get(0),
-    )
+    conn.prepare_cached(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {CHANGES} WHERE seq > ?1 AND tbl = ?2)"
+    ))
+    .and_then(|mut s| s.query_row([after, tbl], |r| r.get(0)))
     .map_err(ctx("look for a pending change"))
 }
 
 /// The newest sequence number in the changelog (0 when it is empty), and the count of rows
 /// after `after` with the commit time of the oldest of them.
 pub fn pending(conn: &Connection, after: i64) -> Result<(i64, i64, Option<f64>)> {
-    conn.query_row(
-        &format!(
-            "SELECT (SELECT coalesce(max(seq), 0) FROM {CHANGES}), count(*), min(at) FROM {CHANGES} WHERE seq > ?1"
-        ),
-        [after],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
+    conn.prepare_cached(&format!(
+        "SELECT (SELECT coalesce(max(seq), 0) FROM {CHANGES}), count(*), min(at) FROM {CHANGES} WHERE seq > ?1"
+    ))
+    .and_then(|mut s| s.query_row([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
     .map_err(ctx("read the changelog position"))
 }

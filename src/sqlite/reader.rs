@@ -127,14 +127,11 @@ pub fn read_chunk_marked(
         let param_refs: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref()).collect();
         let mark = if marked {
             Some(
-                conn.query_row(
-                    &format!(
-                        "SELECT (SELECT coalesce(max(seq), 0) FROM {}), (SELECT schema_version FROM pragma_schema_version)",
-                        super::capture::CHANGES
-                    ),
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                conn.prepare_cached(&format!(
+                    "SELECT (SELECT coalesce(max(seq), 0) FROM {}), (SELECT schema_version FROM pragma_schema_version)",
+                    super::capture::CHANGES
+                ))
+                .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
                 .map_err(ctx)?,
             )
         } else {
