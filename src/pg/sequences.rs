@@ -15,7 +15,7 @@ fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
 /// cut over earlier takes ids from it: it moves past this tenant's largest id and never back.
 /// An id handed out between its read and the move (within one statement) could still be
 /// handed out again: the cutover, whose tenant's app starts taking ids next, takes
-/// [`lock_shared`] first; a snapshot's end does not (its many tenants would queue on the lock
+/// [`lock_against_inserts`] first; a snapshot's end does not (its many tenants would queue on the lock
 /// behind each other's copies), and that race costs at worst one refused insert of a tenant
 /// cut over earlier (a duplicate key), never a wrong row.
 pub async fn move_past_max(
@@ -67,7 +67,7 @@ pub async fn move_past_max(
 /// all at once and without waiting while holding any: other tenants' writes hold them for a
 /// moment, and may want one this transaction holds, so a try that finds one busy lets go of
 /// all (its savepoint) and tries again shortly.
-pub async fn lock_shared(
+pub async fn lock_against_inserts(
     tx: &impl tokio_postgres::GenericClient,
     schema: &str,
     tables: &[String],

@@ -498,7 +498,7 @@ impl Side for Cutover<'_> {
         let (db, tables) = (&self.opts.db, self.plan.targets());
         // Shared sequences: no other tenant's app takes an id while they move.
         if !db.two_way() {
-            sequences::lock_shared(tx, &db.schema, &tables).await?;
+            sequences::lock_against_inserts(tx, &db.schema, &tables).await?;
         }
         sequences::move_past_max(tx, &db.schema, &tables, &db.rows).await
     }
