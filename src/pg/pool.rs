@@ -85,7 +85,11 @@ static LIMIT: std::sync::OnceLock<Limit> = std::sync::OnceLock::new();
 impl Limit {
     /// Bounds every connection this process makes from now on to `size` (once per process).
     pub fn install(size: usize) -> &'static Limit {
-        LIMIT.get_or_init(|| Limit {
+        LIMIT.get_or_init(|| Limit::new(size))
+    }
+
+    fn new(size: usize) -> Limit {
+        Limit {
             permits: std::sync::Arc::new(Semaphore::new(size.max(1))),
             size: size.max(1),
             waiting: AtomicUsize::new(0),
@@ -94,7 +98,19 @@ impl Limit {
             returned: Notify::new(),
             queue: Mutex::new(VecDeque::new()),
             given_back: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// A pool of its own, not the process' (a unit test's).
+    #[cfg(test)]
+    pub(crate) fn of_test(size: usize) -> &'static Limit {
+        Box::leak(Box::new(Limit::new(size)))
+    }
+
+    /// Counts as a connect waiting until the guard drops (a unit test's contention).
+    #[cfg(test)]
+    pub(crate) fn waiting_for_test(&self) -> impl Sized + '_ {
+        self.wait()
     }
 
     /// The process' limit, if it has one.

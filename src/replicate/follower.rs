@@ -8,7 +8,10 @@
 //!   `give_up_after` in a switch's own drain), nothing lost: a batch that failed rolled back;
 //! - any other error ends the stream, the position kept.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The pace after a wake-up follows tokio's clock, which a test can pause.
+use tokio::time::Instant;
 
 use super::Until;
 use crate::error::{Error, ErrorKind, Result, RetryPolicy};
@@ -49,6 +52,9 @@ pub(crate) enum Ended<E> {
 pub(crate) trait Direction {
     /// How this direction ends by itself.
     type End;
+    /// Whether a wake-up can come before its change can be read: a file notification comes
+    /// while the commit is being written, a NOTIFY only after its commit.
+    const WAKES_EARLY: bool = false;
     /// Connects to Postgres (again) and takes the run lock.
     async fn connect(&mut self) -> Result<Connected>;
     /// Forgets the connection after a failure; the next `connect` makes a new one.
@@ -80,11 +86,22 @@ const SLICE: Duration = Duration::from_millis(500);
 /// wake-up came (a missed notification): rarely, since idle tenants must cost nothing.
 const RELEASED_POLL: Duration = Duration::from_secs(30);
 
-/// A file notification can come while the commit that made it is still being written (the
-/// WAL's frames before its index): for a moment after a wake-up, a released tenant that saw
-/// nothing new looks again often.
-const AFTER_WAKE: Duration = Duration::from_secs(1);
+/// A file notification comes while the commit that made it is still being written (the
+/// WAL's last frame is written before the WAL index says it is committed), and the writer can
+/// be preempted in between. After a wake-up that brought nothing yet, the follower looks again
+/// soon, then less and less often: at 25, 50, 100 ... ms after it (a commit seen at most
+/// twice as late as it became visible), for `AFTER_WAKE`, then at its usual pace.
+const AFTER_WAKE: Duration = Duration::from_secs(2);
 const AFTER_WAKE_POLL: Duration = Duration::from_millis(25);
+
+/// How long to wait before the next look when nothing wakes the follower: `usual`, or sooner
+/// after a wake-up whose change was not seen yet (`unseen`, when it came).
+fn next_look(unseen: Option<Instant>, usual: Duration) -> Duration {
+    match unseen.map(|at| at.elapsed()) {
+        Some(since) if since < AFTER_WAKE => since.max(AFTER_WAKE_POLL).min(usual),
+        _ => usual,
+    }
+}
 
 /// Drives a [`Direction`] until a stop, the end of the changelog (`Until::CaughtUp`) or the
 /// direction's own end.
@@ -92,8 +109,8 @@ pub(crate) struct Follower {
     until: Until,
     poll_interval: Duration,
     stop: Shutdown,
-    /// A fleet's tenant: lets its connection go when idle and another waits for one.
-    release: bool,
+    /// A fleet's pool: the tenant lets its connection go when idle and another waits for one.
+    limit: Option<&'static crate::pg::Limit>,
     backoff: Backoff,
     /// Since when Postgres has been unreachable, while it is.
     down_since: Option<Instant>,
@@ -106,7 +123,7 @@ impl Follower {
             until,
             poll_interval,
             stop,
-            release: false,
+            limit: None,
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
             down_since: None,
         }
@@ -114,8 +131,14 @@ impl Follower {
 
     /// A follower that lets its connection go when idle and someone waits for one, or when
     /// it held it a slice while others wait (a fleet's daemon; not a switch's drain).
-    pub(crate) fn releasing(mut self, release: bool) -> Follower {
-        self.release = release && self.until == Until::Stopped;
+    pub(crate) fn releasing(self, release: bool) -> Follower {
+        let limit = crate::pg::Limit::get().filter(|_| release);
+        self.releasing_to(limit)
+    }
+
+    /// [`Follower::releasing`] to a given pool.
+    fn releasing_to(mut self, limit: Option<&'static crate::pg::Limit>) -> Follower {
+        self.limit = limit.filter(|_| self.until == Until::Stopped);
         self
     }
 
@@ -125,7 +148,10 @@ impl Follower {
         let mut said_locked = false;
         // Released: connected again only once a wake-up brings work.
         let mut released = false;
-        let mut woken: Option<Instant> = None;
+        // A wake-up whose change was not seen yet, connected or not: a session let go just
+        // after it must not wait a released tenant's long poll for a commit still becoming
+        // visible.
+        let mut unseen: Option<Instant> = None;
         let mut since = Instant::now();
         loop {
             if self.stop.requested() {
@@ -134,17 +160,13 @@ impl Follower {
             if released {
                 if dir.worth_connecting() {
                     released = false;
-                    woken = None;
+                    unseen = None;
                 } else {
-                    let look = match woken {
-                        Some(at) if at.elapsed() < AFTER_WAKE => AFTER_WAKE_POLL,
-                        _ => RELEASED_POLL,
-                    };
                     tokio::select! {
                         biased;
                         _ = self.stop.wait() => return Ok(Ended::Stopped),
-                        _ = dir.changed() => woken = Some(Instant::now()),
-                        _ = tokio::time::sleep(look) => {}
+                        _ = dir.changed() => unseen = D::WAKES_EARLY.then(Instant::now),
+                        _ = tokio::time::sleep(next_look(unseen, RELEASED_POLL)) => {}
                     }
                     continue;
                 }
@@ -175,7 +197,7 @@ impl Follower {
                                 "another sqlite2pg daemon is applying on this database; `sqlite2pg status` shows it",
                             ));
                         }
-                        if self.release {
+                        if self.limit.is_some() {
                             // Not held while waiting: the pool serves the other tenants.
                             dir.release().await;
                         }
@@ -211,7 +233,8 @@ impl Follower {
                 Applied::Batch => {
                     crate::metrics::resumed();
                     self.backoff.reset();
-                    if self.release && since.elapsed() >= SLICE && Self::contended() {
+                    unseen = None;
+                    if since.elapsed() >= SLICE && self.contended() {
                         dir.release().await;
                         connected = false;
                         tokio::task::yield_now().await;
@@ -236,11 +259,11 @@ impl Follower {
                     // Priority: a stop first, then news from the source, then the poll
                     // (which also covers a notification missed or not available). A fleet's
                     // tenant lets its connection go as soon as another tenant waits for one.
-                    let limit = crate::pg::Limit::get().filter(|_| self.release);
+                    let limit = self.limit;
                     tokio::select! {
                         biased;
                         _ = self.stop.wait() => return Ok(Ended::Stopped),
-                        _ = dir.changed() => {}
+                        _ = dir.changed() => unseen = D::WAKES_EARLY.then(Instant::now),
                         _ = async {
                             match limit {
                                 Some(l) => l.contended().await,
@@ -251,7 +274,7 @@ impl Follower {
                             connected = false;
                             released = true;
                         }
-                        _ = tokio::time::sleep(self.poll_interval) => {}
+                        _ = tokio::time::sleep(next_look(unseen, self.poll_interval)) => {}
                     }
                 }
             }
@@ -259,8 +282,8 @@ impl Follower {
     }
 
     /// Whether other connects wait for a permit of the fleet's pool.
-    fn contended() -> bool {
-        crate::pg::Limit::get().is_some_and(|l| l.waiting() > 0)
+    fn contended(&self) -> bool {
+        self.limit.is_some_and(|l| l.waiting() > 0)
     }
 
     /// The one retry policy, from the error's kind: a transient error waits a backoff
@@ -299,5 +322,144 @@ impl Follower {
             tracing::warn!(error = %e, "SQLite is busy (the app or a reader holds it); retrying");
         }
         Ok(self.stop.sleep(self.backoff.next_wait()).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source whose one change is announced at once but can be read only `visible_after`
+    /// later (an app preempted between writing its commit's last WAL frame and the WAL index),
+    /// applied into a target that is always reachable. The scheduling alone is under test.
+    struct EarlyWake {
+        start: Instant,
+        visible_after: Duration,
+        announced: bool,
+        applied_at: Option<Duration>,
+        releases: usize,
+    }
+
+    impl EarlyWake {
+        fn new(visible_after: Duration) -> EarlyWake {
+            EarlyWake {
+                start: Instant::now(),
+                visible_after,
+                announced: false,
+                applied_at: None,
+                releases: 0,
+            }
+        }
+
+        fn readable(&self) -> bool {
+            self.start.elapsed() >= self.visible_after
+        }
+    }
+
+    impl Direction for EarlyWake {
+        type End = ();
+        const WAKES_EARLY: bool = true;
+
+        async fn connect(&mut self) -> Result<Connected> {
+            Ok(Connected::Ready)
+        }
+
+        fn disconnect(&mut self) {}
+
+        async fn release(&mut self) {
+            self.releases += 1;
+        }
+
+        async fn apply(&mut self, _stop: &Shutdown) -> Result<Applied<()>> {
+            if self.applied_at.is_some() {
+                return Ok(Applied::End(()));
+            }
+            if !self.readable() {
+                return Ok(Applied::Nothing);
+            }
+            self.applied_at = Some(self.start.elapsed());
+            Ok(Applied::Batch)
+        }
+
+        async fn idle(&mut self) -> Result<Option<()>> {
+            Ok(None)
+        }
+
+        async fn changed(&mut self) {
+            if std::mem::replace(&mut self.announced, true) {
+                std::future::pending::<()>().await;
+            }
+        }
+
+        fn worth_connecting(&mut self) -> bool {
+            self.applied_at.is_none() && self.readable()
+        }
+    }
+
+    async fn follow(source: &mut EarlyWake, limit: Option<&'static crate::pg::Limit>) {
+        let (_trigger, stop) = Shutdown::new();
+        let mut follower =
+            Follower::new(Until::Stopped, Duration::from_secs(1), stop).releasing_to(limit);
+        let ended = follower.run(source).await;
+        assert!(matches!(ended, Ok(Ended::By(()))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_that_lets_its_session_go_just_after_an_early_wake_up_looks_again_soon() {
+        let limit = crate::pg::Limit::of_test(1);
+        // Another tenant waits for a session all along: this one lets its session go as soon
+        // as it has nothing to do, right after the wake-up that brought nothing yet.
+        let _other = limit.waiting_for_test();
+        let mut source = EarlyWake::new(Duration::from_millis(100));
+        follow(&mut source, Some(limit)).await;
+        assert!(source.releases >= 1, "the session was never let go");
+        let late = source.applied_at.expect("applied");
+        // Looks at 25, 50, 100, 200 ms after the wake-up: seen at 200 ms at the latest, not at
+        // the released tenant's 30 s poll.
+        assert!(
+            late <= Duration::from_millis(200),
+            "applied {late:?} after the wake-up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_keeps_its_session_looks_again_sooner_than_its_poll_after_an_early_wake_up()
+     {
+        let mut source = EarlyWake::new(Duration::from_millis(60));
+        follow(&mut source, None).await;
+        assert_eq!(source.releases, 0);
+        let late = source.applied_at.expect("applied");
+        assert!(
+            late <= Duration::from_millis(120),
+            "applied {late:?} after the wake-up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_readable_long_after_its_wake_up_waits_for_the_usual_poll_not_more() {
+        let mut source = EarlyWake::new(Duration::from_millis(3_500));
+        follow(&mut source, None).await;
+        let late = source.applied_at.expect("applied");
+        // The quick looks stop after AFTER_WAKE; the 1 s poll covers the rest.
+        assert!(
+            late <= Duration::from_millis(4_500),
+            "applied {late:?} after the wake-up"
+        );
+    }
+
+    #[test]
+    fn the_looks_after_a_wake_up_double_then_fall_back_to_the_usual_pace() {
+        let usual = Duration::from_secs(30);
+        assert_eq!(next_look(None, usual), usual);
+        let now = Instant::now();
+        assert_eq!(next_look(Some(now), usual), AFTER_WAKE_POLL);
+        let long_ago = now.checked_sub(AFTER_WAKE).expect("clock");
+        assert_eq!(next_look(Some(long_ago), usual), usual);
+        // Never longer than the usual pace.
+        let recently = now.checked_sub(Duration::from_millis(800)).expect("clock");
+        assert_eq!(
+            next_look(Some(recently), Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
     }
 }

@@ -738,6 +738,7 @@ enum ForwardEnd {
 
 impl Direction for Forward<'_> {
     type End = ForwardEnd;
+    const WAKES_EARLY: bool = true;
 
     async fn connect(&mut self) -> Result<Connected> {
         let client = match (self.waiting.take(), self.first.take()) {
