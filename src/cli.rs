@@ -754,12 +754,9 @@ fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<ch
         &cfg.target_schema,
         cfg.chunk_rows,
         target.as_ref(),
+        cfg.tenant_column.is_some(),
     )?;
-    report.findings.extend(seeded);
-    // Said by `check` only: the daemon of a fleet of many tenants would say it for each.
-    if cfg.tenant_column.is_some() {
-        report.findings.push(plan::shared::one_way());
-    }
+    report.add(seeded);
     Ok(report)
 }
 

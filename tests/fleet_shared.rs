@@ -376,6 +376,101 @@ fn a_shared_tenant_cuts_over_one_way_while_the_others_stream_and_their_apps_writ
     drop(d);
 }
 
+#[test]
+fn a_shared_tenant_whose_app_relies_on_a_trigger_or_a_view_is_refused_its_cutover_until_they_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    // The same tables in both; a key whose delete cascades in both (the app may or may not
+    // turn foreign keys on); acme's app also keeps a trigger and a view.
+    let shape = format!(
+        "{SHAPE}
+         CREATE TABLE tags (client_id INTEGER REFERENCES clients(id) ON DELETE CASCADE, tag TEXT);
+         INSERT INTO clients (name) VALUES ('first');
+         INSERT INTO tags VALUES (1, 'vip');"
+    );
+    tenant_file(&tenants, "globex.db", &shape);
+    tenant_file(
+        &tenants,
+        "acme.db",
+        &format!(
+            "{shape}
+             CREATE TRIGGER shout AFTER INSERT ON projects BEGIN
+               UPDATE projects SET title = upper(title) WHERE id = NEW.id;
+             END;
+             CREATE VIEW client_names AS SELECT name FROM clients;"
+        ),
+    );
+    let db = TestDb::new();
+    let cfg = config(dir.path(), &db, &shared_fleet(&tenants));
+    let path = |name: &str| tenants.join(format!("{name}.db"));
+
+    // `check` is not clean while acme's app relies on them, and names each; the cascade is
+    // said for both, as a warning.
+    let out = on_fleet(&cfg, &["check"]);
+    let said = text(&out);
+    assert!(!out.status.success(), "check is not clean: {said}");
+    for needle in ["trigger shout", "view client_names", "ON DELETE CASCADE"] {
+        assert!(said.contains(needle), "check names {needle}: {said}");
+    }
+    let out = on_fleet(&cfg, &["--tenant", "globex", "check"]);
+    assert!(out.status.success(), "globex's check: {}", text(&out));
+    assert!(text(&out).contains("ON DELETE CASCADE"), "{}", text(&out));
+
+    // Both stream all the same: the trigger's work comes from SQLite like any write.
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    write(
+        &path("acme"),
+        "INSERT INTO projects (title) VALUES ('quiet');",
+    );
+    for name in ["acme", "globex"] {
+        wait_tenant_caught_up(&path(name), &db.url, name, Duration::from_secs(60));
+    }
+    let mut c = db.client();
+    let title: String = scalar(
+        &mut c,
+        "SELECT title FROM crm.projects WHERE tenant_id = 'acme'",
+    );
+    assert_eq!(title, "QUIET");
+
+    // acme's cutover refuses before any fence, naming both; its app goes on writing SQLite.
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
+    let said = text(&out);
+    assert!(!out.status.success(), "acme's cutover refuses: {said}");
+    for needle in ["trigger shout", "view client_names", "nothing was fenced"] {
+        assert!(said.contains(needle), "the refusal names {needle}: {said}");
+    }
+    write(
+        &path("acme"),
+        "INSERT INTO projects (title) VALUES ('still here');",
+    );
+    wait_tenant_caught_up(&path("acme"), &db.url, "acme", Duration::from_secs(60));
+    let cut: i64 = scalar(&mut c, "SELECT count(*) FROM sqlite2pg.cutover");
+    assert_eq!(cut, 0);
+
+    // globex relies on neither: it cuts over, warned about its cascade.
+    let out = on_fleet(&cfg, &["--tenant", "globex", "cutover"]);
+    assert!(out.status.success(), "globex's cutover: {}", text(&out));
+    assert!(text(&out).contains("ON DELETE CASCADE"), "{}", text(&out));
+
+    // Once acme's app does that work itself and drops them, acme cuts over too.
+    write(
+        &path("acme"),
+        "DROP TRIGGER shout; DROP VIEW client_names; INSERT INTO projects (title) VALUES ('Done by the app');",
+    );
+    wait_tenant_caught_up(&path("acme"), &db.url, "acme", Duration::from_secs(60));
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
+    assert!(out.status.success(), "acme's cutover: {}", text(&out));
+    let cut: i64 = scalar(&mut c, "SELECT count(*) FROM sqlite2pg.cutover");
+    assert_eq!(cut, 2);
+    let triggers: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+         JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = 'crm' AND NOT t.tgisinternal",
+    );
+    assert_eq!(triggers, 0, "no trigger on the shared tables");
+    drop(d);
+}
+
 /// What Citus refuses of statements on tables distributed by the tenant column (see
 /// docs/citus.md), each broken rule in words: a write that does not name the tenant (it
 /// would reach every shard, and other tenants' rows), a unique key or primary key that

@@ -5,6 +5,7 @@
 //! tenant whose tables differ from them (one migrated, another not yet) is named, and waits.
 
 use super::{Finding, Severity, TablePlan, TableSpec};
+use crate::error::{Error, Result};
 use crate::model::{Collation, PgType};
 use crate::pg::catalog::TargetTable;
 use crate::pg::ddl::ColumnDef;
@@ -189,7 +190,66 @@ pub fn one_way() -> Finding {
         severity: Severity::Warning,
         table: String::new(),
         column: None,
-        message: "in the shared-tables layout a tenant's cutover is one way: no capture on Postgres, no fallback; the app's views and triggers are not carried, and foreign keys stay kept aside (a key on a shared table holds for every tenant's rows)".into(),
+        message: "in the shared-tables layout a tenant's cutover is one way: no capture on Postgres, no fallback; foreign keys stay kept aside (a key on a shared table holds for every tenant's rows), so Postgres accepts a row whose parent is missing where SQLite with foreign_keys=ON would refuse it".into(),
         hint: "after its cutover the tenant's app names its tenant in every statement on Postgres; for a tenant that needs a way back, use layout = \"schemas\"".into(),
     }
+}
+
+/// What the app of a tenant would miss on Postgres after a one-way cutover to shared tables:
+/// its triggers would not fire and its views would not exist (on shared tables they would
+/// fire for and read every tenant's rows), errors on which the cutover refuses; and a foreign
+/// key's ON DELETE or ON UPDATE action would not run while the keys stay aside, a warning,
+/// since SQLite runs it only for an app that turns foreign_keys on. SQLite's own capture
+/// triggers are sqlite2pg's, not the app's.
+pub fn not_carried(conn: &rusqlite::Connection, plan: &super::Plan) -> Result<Vec<Finding>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT type, name, tbl_name FROM sqlite_master
+             WHERE type IN ('trigger', 'view') AND sql IS NOT NULL AND substr(name, 1, ?1) <> ?2
+             ORDER BY type, name",
+        )
+        .map_err(|e| Error::from_sqlite("cannot read the app's triggers and views", e))?;
+    let prefix = crate::sqlite::capture::TRIGGER_PREFIX;
+    let found: Vec<(String, String, String)> = stmt
+        .query_map(rusqlite::params![prefix.len() as i64, prefix], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .and_then(|r| r.collect())
+        .map_err(|e| Error::from_sqlite("cannot read the app's triggers and views", e))?;
+    let hint = "do its work in the app and drop it from the SQLite file (the stream follows), or move this app with layout = \"schemas\", whose cutover carries it";
+    let mut out: Vec<Finding> = found
+        .into_iter()
+        .map(|(kind, name, table)| Finding {
+            severity: Severity::Error,
+            table: if kind == "trigger" { table } else { name.clone() },
+            column: None,
+            message: if kind == "trigger" {
+                format!("the app's trigger {name} is not carried to shared tables: after the cutover it would not fire for this tenant's writes on Postgres, and the app would answer differently")
+            } else {
+                format!("the app's view {name} is not carried to shared tables: after the cutover the app's queries on it would fail on Postgres")
+            },
+            hint: hint.into(),
+        })
+        .collect();
+    for t in &plan.tables {
+        for fk in &t.source.foreign_keys {
+            let acts = |a: &str| !matches!(a, "" | "NO ACTION" | "RESTRICT");
+            for (when, action) in [("DELETE", &fk.on_delete), ("UPDATE", &fk.on_update)] {
+                if acts(action) {
+                    out.push(Finding {
+                        severity: Severity::Warning,
+                        table: t.source.name.clone(),
+                        column: fk.columns.first().cloned(),
+                        message: format!(
+                            "the foreign key ({}) to {} has ON {when} {action}: on shared tables the keys stay kept aside, so after the cutover that action would not run for this tenant's writes on Postgres (SQLite runs it only when the app turns foreign_keys on)",
+                            fk.columns.join(", "),
+                            fk.parent
+                        ),
+                        hint: "if the app turns foreign_keys on, do the action in the app, or move this app with layout = \"schemas\"".into(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -152,6 +152,18 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.errors == 0
     }
+
+    /// Adds findings made elsewhere (on the target), counted like the report's own.
+    pub fn add(&mut self, findings: Vec<Finding>) {
+        for f in &findings {
+            match f.severity {
+                Severity::Error => self.errors += 1,
+                Severity::Warning => self.warnings += 1,
+                Severity::Info => {}
+            }
+        }
+        self.findings.extend(findings);
+    }
 }
 
 fn hint_for(kind: FindingKind) -> &'static str {
@@ -215,6 +227,7 @@ pub fn run(
     schema: &str,
     chunk_rows: usize,
     target: Option<&Behaviours>,
+    shared: bool,
 ) -> Result<Report> {
     let mut problems: Vec<ValueProblem> = Vec::new();
     let mut tables = Vec::new();
@@ -251,15 +264,27 @@ pub fn run(
     let behaviours = crate::sqlite::semantics::read(conn, plan.tables.iter().map(|t| &t.source))?;
     let views = crate::plan::views::translate(conn, plan, schema)?;
     let triggers = crate::plan::triggers::translate(conn, plan, schema)?;
-    let behaviour_findings: Vec<Finding> = behaviours
+    let mut behaviour_findings: Vec<Finding> = behaviours
         .iter()
+        // Shared tables carry neither views nor triggers: said below, as what they cost.
+        .filter(|o| {
+            !(shared
+                && matches!(
+                    o.kind,
+                    crate::sqlite::semantics::Kind::View | crate::sqlite::semantics::Kind::Trigger
+                ))
+        })
         .map(|o| behaviour_finding(o, plan, &views, &triggers, target))
         .collect();
-    let behaviour_count = behaviour_findings
+    if shared {
+        findings.push(crate::plan::shared::one_way());
+        behaviour_findings.extend(crate::plan::shared::not_carried(conn, plan)?);
+    }
+    let behaviours_kept = behaviour_findings
         .iter()
-        .filter(|f| f.severity == Severity::Warning)
+        .filter(|f| f.severity == Severity::Info)
         .count();
-    let behaviours_kept = behaviour_findings.len() - behaviour_count;
+    let behaviour_count = behaviour_findings.len() - behaviours_kept;
     findings.extend(behaviour_findings);
     findings
         .sort_by(|a, b| (a.severity, &a.table, &a.column).cmp(&(b.severity, &b.table, &b.column)));

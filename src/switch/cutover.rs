@@ -292,19 +292,35 @@ impl Side for Cutover<'_> {
         let (plan, opts) = (self.plan, self.opts);
         let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let installed = installed(&conn)?;
-        let mut triggers = crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?;
-        let mut views = crate::plan::views::translate(&conn, plan, &opts.db.schema)?;
-        drop(conn);
         let two_way = opts.db.two_way();
-        if !two_way && (!triggers.is_empty() || !views.is_empty()) {
-            tracing::warn!(
-                triggers = triggers.len(),
-                views = views.len(),
-                "the app's triggers and views are not carried to shared tables: there they would fire for and read every tenant's rows. The app, which names its tenant on Postgres, needs its own"
-            );
-            triggers.clear();
-            views.clear();
-        }
+        let (triggers, views) = if two_way {
+            (
+                crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?,
+                crate::plan::views::translate(&conn, plan, &opts.db.schema)?,
+            )
+        } else {
+            // Shared tables carry neither: the app would answer differently for what it
+            // relies on, so that refuses before anything is fenced.
+            let lost = crate::plan::shared::not_carried(&conn, plan)?;
+            let (errors, warnings): (Vec<_>, Vec<_>) = lost
+                .iter()
+                .partition(|f| f.severity == crate::plan::Severity::Error);
+            for w in warnings {
+                tracing::warn!(table = %w.table, "{}", w.message);
+            }
+            if !errors.is_empty() {
+                let mut msg = String::from(
+                    "the app relies on what a one-way cutover to shared tables cannot carry; nothing was fenced:",
+                );
+                for e in &errors {
+                    msg.push_str(&format!("\n  {}", e.message));
+                }
+                msg.push_str(&format!("\n{}", errors[0].hint));
+                return Err(refuse(msg));
+            }
+            (Vec::new(), Vec::new())
+        };
+        drop(conn);
         let st = status::collect(client, &opts.db).await?;
         if st.phase != RunPhase::Streaming {
             return Err(refuse(format!(
