@@ -89,8 +89,9 @@ const RELEASED_POLL: Duration = Duration::from_secs(30);
 /// A file notification comes while the commit that made it is still being written (the
 /// WAL's last frame is written before the WAL index says it is committed), and the writer can
 /// be preempted in between. After a wake-up that brought nothing yet, the follower looks again
-/// soon, then less and less often: at 25, 50, 100 ... ms after it (a commit seen at most
-/// twice as late as it became visible), for `AFTER_WAKE`, then at its usual pace.
+/// soon, then less and less often: at 25, 100, 400 and 1,600 ms after it (a commit seen at
+/// most four times as late as it became visible; most wake-ups that bring nothing are a
+/// commit's later notifications, so few looks), for `AFTER_WAKE`, then at its usual pace.
 const AFTER_WAKE: Duration = Duration::from_secs(2);
 const AFTER_WAKE_POLL: Duration = Duration::from_millis(25);
 
@@ -98,7 +99,7 @@ const AFTER_WAKE_POLL: Duration = Duration::from_millis(25);
 /// after a wake-up whose change was not seen yet (`unseen`, when it came).
 fn next_look(unseen: Option<Instant>, usual: Duration) -> Duration {
     match unseen.map(|at| at.elapsed()) {
-        Some(since) if since < AFTER_WAKE => since.max(AFTER_WAKE_POLL).min(usual),
+        Some(since) if since < AFTER_WAKE => (since * 3).max(AFTER_WAKE_POLL).min(usual),
         _ => usual,
     }
 }
@@ -414,10 +415,10 @@ mod tests {
         follow(&mut source, Some(limit)).await;
         assert!(source.releases >= 1, "the session was never let go");
         let late = source.applied_at.expect("applied");
-        // Looks at 25, 50, 100, 200 ms after the wake-up: seen at 200 ms at the latest, not at
-        // the released tenant's 30 s poll.
+        // Looks at 25 and 100 ms after the wake-up: seen at 100 ms, not at the released
+        // tenant's 30 s poll.
         assert!(
-            late <= Duration::from_millis(200),
+            late <= Duration::from_millis(120),
             "applied {late:?} after the wake-up"
         );
     }
@@ -447,8 +448,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_looks_after_a_wake_up_double_then_fall_back_to_the_usual_pace() {
+    #[tokio::test(start_paused = true)]
+    async fn the_looks_after_a_wake_up_spread_out_then_fall_back_to_the_usual_pace() {
         let usual = Duration::from_secs(30);
         assert_eq!(next_look(None, usual), usual);
         let now = Instant::now();
@@ -456,10 +457,11 @@ mod tests {
         let long_ago = now.checked_sub(AFTER_WAKE).expect("clock");
         assert_eq!(next_look(Some(long_ago), usual), usual);
         // Never longer than the usual pace.
-        let recently = now.checked_sub(Duration::from_millis(800)).expect("clock");
+        let recently = now.checked_sub(Duration::from_millis(100)).expect("clock");
+        assert_eq!(next_look(Some(recently), usual), Duration::from_millis(300));
         assert_eq!(
-            next_look(Some(recently), Duration::from_millis(500)),
-            Duration::from_millis(500)
+            next_look(Some(recently), Duration::from_millis(200)),
+            Duration::from_millis(200)
         );
     }
 }
