@@ -1014,10 +1014,15 @@ fn cmd_cutover(
     );
     if let Some(kept) = outcome.one_way {
         println!(
-            "one way (shared tables): on Postgres the app names its tenant in column {} ({}); no fallback. {kept} foreign keys stay kept aside in sqlite2pg.foreign_key: add them once no tenant streams into these tables (docs/citus.md)",
+            "one way (shared tables): on Postgres the app names its tenant in column {} ({}); no fallback",
             cfg.tenant_column.as_deref().unwrap_or_default(),
             cfg.tenant_id()
         );
+        if kept > 0 {
+            println!(
+                "{kept} foreign keys stay kept aside in sqlite2pg.foreign_key while other tenants stream into these tables: the last tenant's cutover adds them (docs/citus.md)"
+            );
+        }
     }
     // The hook (pointing the app at Postgres) runs before the foreign keys are validated:
     // validating reads every child row, and the app need not wait for it.

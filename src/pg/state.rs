@@ -467,6 +467,22 @@ pub struct Cutover {
     pub position: i64,
 }
 
+/// The tenants with tables in `schema` that are not cut over: in a fleet's shared tables,
+/// those still streaming into them (a tenant paused or waiting for a person counts).
+pub async fn not_cut_over_in(client: &impl GenericClient, schema: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT DISTINCT s.tenant FROM {STATE_SCHEMA}.table_state s WHERE s.target_schema = $1
+                 AND NOT EXISTS (SELECT 1 FROM {STATE_SCHEMA}.cutover c WHERE c.tenant = s.tenant) ORDER BY 1"
+            ),
+            &[&schema],
+        )
+        .await
+        .map_err(pg("read which tenants still stream into the schema"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The cutover record, if the migration is cut over.
 pub async fn cutover_load(client: &impl GenericClient, tenant: &str) -> Result<Option<Cutover>> {
     if !state_table_exists(client, "cutover").await? {

@@ -51,11 +51,12 @@ pub struct Outcome {
     pub record: state::Cutover,
     /// Sequences moved.
     pub sequences_moved: usize,
-    /// Foreign keys added (NOT VALID) inside the window, to validate once the app writes to
-    /// Postgres ([`validate_foreign_keys`]).
+    /// Foreign keys added (NOT VALID) inside the window (shared tables: after it, by the
+    /// last tenant streaming into them), to validate once the app writes to Postgres
+    /// ([`validate_foreign_keys`]).
     pub foreign_keys: Vec<KeptForeignKey>,
-    /// A fleet's shared tables: the cutover is one way, and their foreign keys stay kept
-    /// aside (how many), since a key on a shared table holds for every tenant's rows.
+    /// A fleet's shared tables: the cutover is one way, and how many of their foreign keys
+    /// stay kept aside (a key holds for every tenant's rows, and others still stream).
     pub one_way: Option<usize>,
 }
 
@@ -270,7 +271,7 @@ impl Side for Cutover<'_> {
             Step::Record if !self.opts.db.two_way() => vec![
                 "record the cutover and the write-unavailable window; the daemon stops following this tenant".into(),
                 format!(
-                    "one way (shared tables): no capture on Postgres, so no `fallback`; the {} foreign keys kept aside stay so (a key holds for every tenant's rows: add them once no tenant streams)",
+                    "one way (shared tables): no capture on Postgres, so no `fallback`; the {} foreign keys kept aside stay so while another tenant streams into these tables (a key holds for every tenant's rows)",
                     f.kept
                 ),
             ],
@@ -282,7 +283,7 @@ impl Side for Cutover<'_> {
                 "and install the capture of the app's writes on Postgres (for the reverse stream and `fallback`)".into(),
             ],
             Step::HandOver if !self.opts.db.two_way() => {
-                vec!["after writes resume: nothing (no foreign key was added)".into()]
+                vec!["after writes resume: if no other tenant streams into the shared tables, add the foreign keys kept aside, NOT VALID, and validate them".into()]
             }
             Step::HandOver => vec!["after writes resume: validate the foreign keys".into()],
         }
@@ -603,18 +604,18 @@ impl Side for Cutover<'_> {
             .ok_or_else(|| Error::new(ErrorKind::Target, "the cutover record vanished"))?;
         // The figure of the record, as the result line, `status` and the metric give it.
         tracing::info!(window_ms = record.window_ms, "cut over");
-        let one_way = match self.opts.db.two_way() {
-            true => None,
-            false => Some(
-                foreign_keys::kept(client, &self.opts.db.schema)
-                    .await?
-                    .len(),
-            ),
+        let (foreign_keys, one_way) = match self.opts.db.two_way() {
+            true => (ready.kept, None),
+            false => {
+                let added = self.shared_keys_back(client).await;
+                let kept = foreign_keys::kept(client, &self.opts.db.schema).await?;
+                (added, Some(kept.len()))
+            }
         };
         Ok(Outcome {
             record,
             sequences_moved: done.moved,
-            foreign_keys: ready.kept,
+            foreign_keys,
             one_way,
         })
     }
@@ -637,6 +638,55 @@ impl Side for Cutover<'_> {
         refuse(format!(
             "{e}; whether Postgres recorded the cutover is unknown (unreachable), so the fence stays up. Once Postgres answers: `sqlite2pg status` shows a record if it was; otherwise `sqlite2pg cutover --abort` lifts the fence"
         ))
+    }
+}
+
+impl Cutover<'_> {
+    /// A fleet's shared tables take their kept foreign keys back once no tenant streams into
+    /// them (this tenant was the last): added NOT VALID, the caller validates them like any
+    /// cutover's. A tenant that joins later keeps them aside again for its stream (its
+    /// snapshot's `take_over`), and its own cutover, the last again, puts them back. Any
+    /// failure here leaves them kept aside, said, and the cutover stands.
+    async fn shared_keys_back(&self, client: &Client) -> Vec<KeptForeignKey> {
+        let schema = &self.opts.db.schema;
+        let back = async {
+            client
+                .batch_execute("BEGIN; SET LOCAL lock_timeout = '5s'")
+                .await
+                .map_err(|e| Error::from_pg("cannot start adding the kept foreign keys", e))?;
+            let streaming = state::not_cut_over_in(client, schema).await?;
+            let kept = foreign_keys::kept(client, schema).await?;
+            if !streaming.is_empty() || kept.is_empty() {
+                client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|e| Error::from_pg("cannot end a read", e))?;
+                if !kept.is_empty() {
+                    tracing::info!(
+                        streaming = streaming.len(),
+                        kept = kept.len(),
+                        "the shared tables' foreign keys stay kept aside while other tenants stream into them; the last one's cutover adds them"
+                    );
+                }
+                return Ok(Vec::new());
+            }
+            for fk in &kept {
+                foreign_keys::add_not_valid(client, fk).await?;
+            }
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| Error::from_pg("cannot commit the kept foreign keys", e))?;
+            Ok::<_, Error>(kept)
+        };
+        match back.await {
+            Ok(added) => added,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                tracing::warn!(error = %e, "no tenant streams into the shared tables any more, but their foreign keys could not be added: they stay kept aside in sqlite2pg.foreign_key (the next cutover into these tables tries again)");
+                Vec::new()
+            }
+        }
     }
 }
 
