@@ -5,10 +5,10 @@
 //! tenant whose tables differ from them (one migrated, another not yet) is named, and waits.
 
 use super::{Finding, Severity, TablePlan, TableSpec};
-use crate::error::{Error, Result};
 use crate::model::{Collation, PgType};
 use crate::pg::catalog::TargetTable;
 use crate::pg::ddl::ColumnDef;
+use crate::sqlite::semantics::{AppObject, Kind};
 
 /// `spec` with the tenant column first, leading its primary key, indexes and foreign keys.
 pub fn lead_with(spec: &mut TableSpec, column: &str) {
@@ -199,36 +199,26 @@ pub fn one_way() -> Finding {
 /// its triggers would not fire and its views would not exist (on shared tables they would
 /// fire for and read every tenant's rows), errors on which the cutover refuses; and a foreign
 /// key's ON DELETE or ON UPDATE action would not run while the keys stay aside, a warning,
-/// since SQLite runs it only for an app that turns foreign_keys on. SQLite's own capture
-/// triggers are sqlite2pg's, not the app's.
-pub fn not_carried(conn: &rusqlite::Connection, plan: &super::Plan) -> Result<Vec<Finding>> {
-    let mut stmt = conn
-        .prepare(
-            "SELECT type, name, tbl_name FROM sqlite_master
-             WHERE type IN ('trigger', 'view') AND sql IS NOT NULL AND substr(name, 1, ?1) <> ?2
-             ORDER BY type, name",
-        )
-        .map_err(|e| Error::from_sqlite("cannot read the app's triggers and views", e))?;
-    let prefix = crate::sqlite::capture::TRIGGER_PREFIX;
-    let found: Vec<(String, String, String)> = stmt
-        .query_map(rusqlite::params![prefix.len() as i64, prefix], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .and_then(|r| r.collect())
-        .map_err(|e| Error::from_sqlite("cannot read the app's triggers and views", e))?;
+/// since SQLite runs it only for an app that turns foreign_keys on. `objects` are the app's
+/// own, as [`crate::sqlite::semantics::read`] lists them (sqlite2pg's capture triggers left out).
+pub fn not_carried(objects: &[AppObject], plan: &super::Plan) -> Vec<Finding> {
     let hint = "do its work in the app and drop it from the SQLite file (the stream follows), or move this app with layout = \"schemas\", whose cutover carries it";
-    let mut out: Vec<Finding> = found
-        .into_iter()
-        .map(|(kind, name, table)| Finding {
-            severity: Severity::Error,
-            table: if kind == "trigger" { table } else { name.clone() },
-            column: None,
-            message: if kind == "trigger" {
-                format!("the app's trigger {name} is not carried to shared tables: after the cutover it would not fire for this tenant's writes on Postgres, and the app would answer differently")
-            } else {
-                format!("the app's view {name} is not carried to shared tables: after the cutover the app's queries on it would fail on Postgres")
-            },
-            hint: hint.into(),
+    let mut out: Vec<Finding> = objects
+        .iter()
+        .filter_map(|o| {
+            let message = match o.kind {
+                Kind::Trigger => format!("the app's trigger {} is not carried to shared tables: after the cutover it would not fire for this tenant's writes on Postgres, and the app would answer differently", o.name),
+                Kind::View => format!("the app's view {} is not carried to shared tables: after the cutover the app's queries on it would fail on Postgres", o.name),
+                _ => return None,
+            };
+            Some(Finding {
+                severity: Severity::Error,
+                // A trigger's table; a view's own name.
+                table: o.table.clone(),
+                column: None,
+                message,
+                hint: hint.into(),
+            })
         })
         .collect();
     for t in &plan.tables {
@@ -251,5 +241,5 @@ pub fn not_carried(conn: &rusqlite::Connection, plan: &super::Plan) -> Result<Ve
             }
         }
     }
-    Ok(out)
+    out
 }

@@ -278,7 +278,7 @@ pub fn run(
         .collect();
     if shared {
         findings.push(crate::plan::shared::one_way());
-        behaviour_findings.extend(crate::plan::shared::not_carried(conn, plan)?);
+        behaviour_findings.extend(crate::plan::shared::not_carried(&behaviours, plan));
     }
     let behaviours_kept = behaviour_findings
         .iter()

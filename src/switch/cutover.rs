@@ -302,7 +302,8 @@ impl Side for Cutover<'_> {
         } else {
             // Shared tables carry neither: the app would answer differently for what it
             // relies on, so that refuses before anything is fenced.
-            let lost = crate::plan::shared::not_carried(&conn, plan)?;
+            let objects = sqlite::semantics::read(&conn, plan.tables.iter().map(|t| &t.source))?;
+            let lost = crate::plan::shared::not_carried(&objects, plan);
             let (errors, warnings): (Vec<_>, Vec<_>) = lost
                 .iter()
                 .partition(|f| f.severity == crate::plan::Severity::Error);
