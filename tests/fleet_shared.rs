@@ -521,6 +521,113 @@ fn a_shared_tenant_whose_app_relies_on_a_trigger_or_a_view_is_refused_its_cutove
     drop(d);
 }
 
+#[test]
+fn a_tenant_joining_while_the_last_one_puts_the_keys_back_still_streams_its_orphans() {
+    // The race between a joining tenant's snapshot and the cutover of the last tenant
+    // streaming into the shared tables, forced: wayne's snapshot has kept the keys aside
+    // (there are none yet) and waits to read its file, which the test holds locked, while
+    // globex's cutover finds no other tenant's tables and puts the key back.
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    for name in ["acme", "globex"] {
+        tenant_file(
+            &tenants,
+            &format!("{name}.db"),
+            &format!(
+                "PRAGMA foreign_keys = OFF; {SHAPE}
+                 INSERT INTO clients (name) VALUES ('{name}');
+                 INSERT INTO notes VALUES (1, 'hello');"
+            ),
+        );
+    }
+    let db = TestDb::new();
+    let cfg = config(dir.path(), &db, &shared_fleet(&tenants));
+    // wayne's snapshot waits for its file as long as the test holds it.
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("busy_timeout_ms = 120000\n{body}")).unwrap();
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    let path = |name: &str| tenants.join(format!("{name}.db"));
+    let wait =
+        |name: &str| wait_tenant_caught_up(&path(name), &db.url, name, Duration::from_secs(60));
+    for name in ["acme", "globex"] {
+        wait(name);
+    }
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
+    assert!(out.status.success(), "cutover acme: {}", text(&out));
+
+    // wayne's keeping of the keys aside waits for the test's lock 4242 (its file has a
+    // rollback journal: a lock on it holds readers up).
+    let mut c = db.client();
+    let mut hold = db.client();
+    hold.batch_execute(
+        "SELECT pg_advisory_lock(4242);
+         CREATE FUNCTION public.hold_wayne() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242); RETURN NEW; END $$;
+         CREATE TRIGGER hold_wayne BEFORE INSERT ON sqlite2pg.foreign_key FOR EACH ROW
+           EXECUTE FUNCTION public.hold_wayne();",
+    )
+    .unwrap();
+    // Made aside and moved in whole: the daemon must not start wayne on half a file.
+    tenant_file(
+        dir.path(),
+        "wayne.db",
+        &format!(
+            "PRAGMA foreign_keys = OFF; {} INSERT INTO clients (name) VALUES ('bruce'); INSERT INTO notes VALUES (9, 'orphan');",
+            SHAPE.replace("journal_mode = wal", "journal_mode = delete")
+        ),
+    );
+    std::fs::rename(dir.path().join("wayne.db"), path("wayne")).unwrap();
+    let waiting = |c: &mut postgres::Client, query: &str| -> bool {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+                &[&format!("{query}%")],
+            )
+            .unwrap()
+            .get(0);
+        n > 0
+    };
+    wait_until(
+        "wayne's snapshot to keep the keys aside",
+        Duration::from_secs(60),
+        || waiting(&mut c, "INSERT INTO sqlite2pg.foreign_key"),
+    );
+    let file = rusqlite::Connection::open(path("wayne")).unwrap();
+    file.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    hold.batch_execute("SELECT pg_advisory_unlock(4242)")
+        .unwrap();
+    let out = on_fleet(&cfg, &["--tenant", "globex", "cutover"]);
+    assert!(out.status.success(), "cutover globex: {}", text(&out));
+    assert!(
+        text(&out).contains("1 foreign keys added"),
+        "the last cutover put the key back: {}",
+        text(&out)
+    );
+    file.execute_batch("ROLLBACK").unwrap();
+
+    // wayne's snapshot takes it aside again before its copy: its orphan streams, no failure.
+    wait("wayne");
+    shared_rows_equal(
+        &path("wayne"),
+        &mut c,
+        "wayne",
+        "notes",
+        "client_id || '|' || body",
+        "1",
+    );
+    let kept: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM sqlite2pg.foreign_key WHERE target_schema = 'crm'",
+    );
+    assert_eq!(kept, 1, "kept aside while wayne streams");
+    let log = d.log_text();
+    assert!(
+        !log.contains("violates foreign key constraint"),
+        "wayne's copy met the key it should have taken aside:\n{log}"
+    );
+    drop(d);
+}
+
 /// What Citus refuses of statements on tables distributed by the tenant column (see
 /// docs/citus.md), each broken rule in words: a write that does not name the tenant (it
 /// would reach every shard, and other tenants' rows), a unique key or primary key that

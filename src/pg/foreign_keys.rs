@@ -73,6 +73,7 @@ pub async fn take_over(
         .transaction()
         .await
         .map_err(pg("start a transaction"))?;
+    lock_schema_keys(&tx, schema).await?;
     let insert = insert_sql();
     let rows = tx
         .query(
@@ -152,6 +153,23 @@ pub async fn take_over(
         .await
         .map_err(pg("commit the foreign keys kept aside"))?;
     Ok(rows.len())
+}
+
+/// Takes, until the end of the transaction, the right to take `schema`'s foreign keys aside
+/// or to put them back. In a fleet's shared tables a tenant's snapshot takes them aside while
+/// the last streaming tenant's cutover puts them back: one at a time, each sees what the
+/// other committed (the cutover, the joining tenant's tables; the snapshot, the keys back).
+pub async fn lock_schema_keys(client: &impl GenericClient, schema: &str) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('sqlite2pg foreign keys of ' || $1, 0))",
+            &[&schema],
+        )
+        .await
+        .map_err(pg(&format!(
+            "lock the foreign keys of schema {schema} (another tenant's snapshot or cutover holds them)"
+        )))?;
+    Ok(())
 }
 
 /// The foreign keys waiting for cutover on the tables of `schema`: a fleet keeps every

@@ -193,25 +193,10 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         follow_shape(client, plan, &opts.tenant, &opts.schema, &opts.reshaped).await?;
     }
     // Before any row moves: a copy in key order can reference rows not copied yet, and while
-    // streaming Postgres must accept every orphan SQLite holds.
-    let targets: Vec<String> = plan.targets();
-    let derived: Vec<(String, ddl::ForeignKeyDef)> = plan
-        .created()
-        .flat_map(|(t, spec)| {
-            spec.foreign_keys
-                .iter()
-                .map(|fk| (t.target.clone(), fk.clone()))
-        })
-        .collect();
-    let created: Vec<String> = plan.created().map(|(t, _)| t.target.clone()).collect();
-    let dropped =
-        foreign_keys::take_over(client, &opts.schema, &targets, &created, &derived).await?;
-    if dropped > 0 {
-        tracing::info!(
-            dropped,
-            "foreign keys of the target tables are kept in sqlite2pg.foreign_key until cutover: SQLite does not enforce them, so Postgres must not either"
-        );
-    }
+    // streaming Postgres must accept every orphan SQLite holds. Before the tables' starts too:
+    // a seeded table's TRUNCATE, a shared table's leftover rows of this tenant, go only
+    // without the keys that point at them.
+    take_keys_aside(client, plan, opts).await?;
     for t in &plan.tables {
         let total = sqlite::schema::count_rows(&source, &t.source.name)?;
         let (left, done_rows) = match state::load(client, &opts.tenant, &t.source.name).await? {
@@ -272,6 +257,12 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         });
     }
     drop(source);
+    // In shared tables, the last streaming tenant's cutover puts the keys back when no other
+    // tenant's tables are recorded (`state::not_cut_over_in`); this tenant's are recorded only
+    // now, and a cutover that read just before may have put them back since the first pass.
+    if opts.rows != pg::Rows::All {
+        take_keys_aside(client, plan, opts).await?;
+    }
 
     if !copy_tables(client, plan, opts, copies.clone()).await? {
         summary.stopped = true;
@@ -837,6 +828,30 @@ async fn made_on(tx: &tokio_postgres::Transaction<'_>, schema: &str, table: &str
             .map(|r| r.get(1))
             .collect(),
     })
+}
+
+/// Keeps the foreign keys of the plan's tables aside until cutover (see
+/// [`foreign_keys::take_over`]).
+async fn take_keys_aside(client: &mut Client, plan: &Plan, opts: &Options) -> Result<()> {
+    let targets: Vec<String> = plan.targets();
+    let derived: Vec<(String, ddl::ForeignKeyDef)> = plan
+        .created()
+        .flat_map(|(t, spec)| {
+            spec.foreign_keys
+                .iter()
+                .map(|fk| (t.target.clone(), fk.clone()))
+        })
+        .collect();
+    let created: Vec<String> = plan.created().map(|(t, _)| t.target.clone()).collect();
+    let dropped =
+        foreign_keys::take_over(client, &opts.schema, &targets, &created, &derived).await?;
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "foreign keys of the target tables are kept in sqlite2pg.foreign_key until cutover: SQLite does not enforce them, so Postgres must not either"
+        );
+    }
+    Ok(())
 }
 
 /// Serializes the tenants that make or change one shared table, until the transaction ends.

@@ -655,6 +655,9 @@ impl Cutover<'_> {
                 .batch_execute("BEGIN; SET LOCAL lock_timeout = '5s'")
                 .await
                 .map_err(|e| Error::from_pg("cannot start adding the kept foreign keys", e))?;
+            // A tenant joining meanwhile takes them aside again only after this commits, or
+            // its tables are recorded before this reads (its snapshot's second pass).
+            foreign_keys::lock_schema_keys(client, schema).await?;
             let streaming = state::not_cut_over_in(client, schema).await?;
             let kept = foreign_keys::kept(client, schema).await?;
             if !streaming.is_empty() || kept.is_empty() {
