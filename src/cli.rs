@@ -760,18 +760,19 @@ fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<ch
     Ok(report)
 }
 
-/// Refuses `what`, a way back to SQLite, for a tenant of a fleet's shared tables, whose
-/// cutover is one way ([`crate::replicate::Databases::two_way`]).
+/// Refuses `what`, a way back to SQLite, for a fleet tenant whose cutover is one way
+/// ([`crate::replicate::Databases::two_way`]).
 fn refuse_one_way(cfg: &Config, what: &str) -> anyhow::Result<()> {
-    if cfg.tenant_column.is_none() {
+    let why = if cfg.tenant_column.is_some() {
+        "the fleet's layout is shared tables, whose cutover is one way: Postgres captures no tenant's writes there (a capture on a shared table would take every tenant's), so there is no way back to SQLite that keeps them. Nothing was changed. For a tenant that needs one, use layout = \"schemas\""
+    } else if cfg.one_way {
+        "the fleet says one_way = true, so its cutover is one way: Postgres captures none of the app's writes (no trigger on its tables, as Citus requires), so there is no way back to SQLite that keeps them. Nothing was changed. A later migration needs one_way off before its cutover"
+    } else {
         return Ok(());
-    }
+    };
     anyhow::bail!(Error::new(
         crate::error::ErrorKind::Config,
-        format!(
-            "{what} of tenant {}: the fleet's layout is shared tables, whose cutover is one way: Postgres captures no tenant's writes there (a capture on a shared table would take every tenant's), so there is no way back to SQLite that keeps them. Nothing was changed. For a tenant that needs one, use layout = \"schemas\"",
-            cfg.tenant_id()
-        )
+        format!("{what} of tenant {}: {why}", cfg.tenant_id())
     ));
 }
 
@@ -1012,17 +1013,21 @@ fn cmd_cutover(
         "Postgres is the database now: point the app at it. SQLite refuses writes with \"{}\"",
         sqlite::capture::FENCE_MESSAGE
     );
-    if let Some(kept) = outcome.one_way {
+    if let (true, Some(column)) = (outcome.one_way, &cfg.tenant_column) {
         println!(
-            "one way (shared tables): on Postgres the app names its tenant in column {} ({}); no fallback",
-            cfg.tenant_column.as_deref().unwrap_or_default(),
+            "one way (shared tables): on Postgres the app names its tenant in column {column} ({}); no fallback",
             cfg.tenant_id()
         );
+        let kept = outcome.kept_aside;
         if kept > 0 {
             println!(
                 "{kept} foreign keys stay kept aside in sqlite2pg.foreign_key while other tenants stream into these tables: the last tenant's cutover adds them (docs/citus.md)"
             );
         }
+    } else if outcome.one_way {
+        println!(
+            "one way ([fleet] one_way): Postgres captures none of the app's writes, so there is no fallback"
+        );
     }
     // The hook (pointing the app at Postgres) runs before the foreign keys are validated:
     // validating reads every child row, and the app need not wait for it.
@@ -1139,6 +1144,15 @@ fn cmd_config_check(cfg: &Config) -> anyhow::Result<ExitCode> {
                     }
                 );
             }
+            println!(
+                "one_way = {}   # cutovers: {}",
+                spec.one_way,
+                if spec.one_way {
+                    "no trigger on Postgres, no fallback"
+                } else {
+                    "two way (capture on Postgres, fallback)"
+                }
+            );
         }
         None => println!(
             "source = {:?}{}",

@@ -181,6 +181,9 @@ pub struct FleetFile {
     pub layout: Option<FleetLayout>,
     /// The shared layout's tenant column (default `tenant_id`).
     pub tenant_column: Option<String>,
+    /// Each tenant's cutover is one way: no capture on Postgres, so no fallback (what Citus
+    /// takes: a trigger on a distributed table is refused). The shared layout's always is.
+    pub one_way: Option<bool>,
 }
 
 /// `layout` of `[fleet]`.
@@ -258,6 +261,8 @@ pub struct Config {
     pub tenant: Option<String>,
     /// In a fleet's shared-tables layout, the column naming each row's tenant.
     pub tenant_column: Option<String>,
+    /// A fleet tenant's cutover is one way (`[fleet] one_way`, or the shared layout).
+    pub one_way: bool,
 }
 
 /// Defaults of the settings that have one (documented in the README and by `config check`).
@@ -315,6 +320,12 @@ impl Config {
                         "[fleet] names a tenant_column, which only the shared-tables layout has: add layout = \"shared\", or drop tenant_column",
                     ));
                 }
+                if shared && f.one_way == Some(false) {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "[fleet] says one_way = false, but the shared-tables layout's cutover is always one way (a capture on a shared table would take every tenant's writes): drop one_way, or use layout = \"schemas\"",
+                    ));
+                }
                 let (layout, default_schema) = if shared {
                     (
                         crate::fleet::Layout::Shared {
@@ -334,6 +345,7 @@ impl Config {
                     },
                     schema: f.schema.unwrap_or_else(|| default_schema.into()),
                     name: f.name.unwrap_or_else(|| crate::fleet::DEFAULT_NAME.into()),
+                    one_way: shared || f.one_way.unwrap_or(false),
                     layout,
                 })
             }
@@ -423,6 +435,7 @@ impl Config {
             fleet,
             tenant: flags.tenant,
             tenant_column: None,
+            one_way: false,
         })
     }
 
@@ -554,6 +567,7 @@ impl Config {
                 crate::fleet::Layout::Shared { column } => Some(column.clone()),
                 crate::fleet::Layout::Schemas => None,
             }),
+            one_way: self.fleet.as_ref().is_some_and(|f| f.one_way),
             ..self.clone()
         }
     }

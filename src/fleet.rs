@@ -28,6 +28,8 @@ pub struct Spec {
     pub name: String,
     /// How the tenants' tables are laid out on Postgres.
     pub layout: Layout,
+    /// Each tenant's cutover is one way (no capture on Postgres, no fallback).
+    pub one_way: bool,
 }
 
 /// How a fleet's tables are laid out on Postgres.
@@ -341,6 +343,7 @@ mod tests {
             schema: schema.to_string(),
             name: DEFAULT_NAME.to_string(),
             layout: Layout::Schemas,
+            one_way: false,
         }
     }
 

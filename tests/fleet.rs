@@ -779,3 +779,137 @@ fn the_statements_a_fleet_sends_stay_within_what_docs_citus_md_says_citus_accept
         );
     }
 }
+
+#[test]
+fn a_one_way_fleet_cuts_over_with_no_trigger_on_postgres_and_refuses_a_way_back() {
+    // What a fleet under Citus' schema-based sharding needs: Citus refuses a trigger on a
+    // distributed table, and the way back rests on triggers. `one_way = true` cuts over
+    // without them.
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    tenant_file(
+        &tenants,
+        "acme.db",
+        "PRAGMA journal_mode = wal;
+         CREATE TABLE clients (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE);
+         CREATE TABLE projects (id INTEGER PRIMARY KEY, client_id INTEGER REFERENCES clients(id), title TEXT);
+         INSERT INTO clients (email) VALUES ('a@x'), ('b@x');
+         INSERT INTO projects (client_id, title) VALUES (1, 'p1');",
+    );
+    tenant_file(
+        &tenants,
+        "globex.db",
+        "CREATE TABLE clients (id INTEGER PRIMARY KEY, email TEXT);
+         INSERT INTO clients VALUES (1, 'g@x');",
+    );
+    let db = TestDb::new();
+    let glob = format!("{}/*.db", tenants.display());
+    // The shared layout is one way already: saying otherwise is refused.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let out = on_fleet(
+        &config(
+            &bad,
+            &db,
+            &format!("files = {glob:?}\nlayout = \"shared\"\none_way = false"),
+        ),
+        &["check"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("always one way"), "{}", text(&out));
+    let cfg = logging_config(
+        dir.path(),
+        &db,
+        &format!("files = {glob:?}\none_way = true"),
+    );
+    let start = server_log(0).len();
+    let path = |name: &str| tenants.join(format!("{name}.db"));
+    let wait = |name: &str| {
+        wait_tenant_caught_up(
+            &path(name),
+            &db.url,
+            name,
+            std::time::Duration::from_secs(60),
+        )
+    };
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    for name in ["acme", "globex"] {
+        wait(name);
+    }
+    sqlite3_shell(
+        &path("acme"),
+        "INSERT INTO projects (client_id, title) VALUES (2, 'p2');",
+    );
+    wait("acme");
+
+    let out = on_fleet(&cfg, &["--tenant", "acme", "cutover"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    for needle in [
+        "writes were unavailable for",
+        "1 foreign keys added",
+        "one way ([fleet] one_way)",
+        "validated",
+    ] {
+        assert!(said.contains(needle), "the cutover says {needle}: {said}");
+    }
+    let mut c = db.client();
+    let triggers: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+         WHERE r.relnamespace = 'tenant_acme'::regnamespace AND NOT t.tgisinternal",
+    );
+    assert_eq!(triggers, 0, "no trigger on acme's tables");
+    let fks: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated
+           AND connamespace = 'tenant_acme'::regnamespace",
+    );
+    assert_eq!(fks, 1, "acme's key is back, validated");
+    // acme's app writes on Postgres; the daemon leaves acme be, and globex streams on.
+    c.batch_execute("INSERT INTO tenant_acme.clients (email) VALUES ('on-postgres@x')")
+        .unwrap();
+    d.wait_for_log("cut over one way ([fleet] one_way): nothing to follow");
+    sqlite3_shell(&path("globex"), "INSERT INTO clients VALUES (2, 'after');");
+    wait("globex");
+    let out = on_fleet(&cfg, &["--tenant", "globex", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = on_fleet(&cfg, &["--tenant", "acme", "status"]);
+    assert!(text(&out).contains("cut over one way"), "{}", text(&out));
+    // No way back: fallback and its check refuse, saying why, and change nothing.
+    for args in [
+        &["--tenant", "acme", "fallback"][..],
+        &["--tenant", "acme", "check", "--reverse"],
+    ] {
+        let out = on_fleet(&cfg, args);
+        assert!(!out.status.success(), "{args:?} refuses");
+        assert!(
+            text(&out).contains("one_way = true"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        sqlite_rows(
+            &path("acme"),
+            "SELECT email FROM clients WHERE email = 'on-postgres@x'"
+        )
+        .is_empty(),
+        "nothing went back to acme's file"
+    );
+    assert!(d.stop());
+    // Not a trigger on a tenant's table in anything sent, the cutover's included.
+    let statements = logged_statements(&server_log(start));
+    assert!(
+        statements
+            .iter()
+            .any(|(_, s)| s.contains("ALTER TABLE \"tenant_acme\".\"projects\" ADD CONSTRAINT")),
+        "the cutover's statements are in the log"
+    );
+    let broken = citus_refuses(&statements, true);
+    assert!(
+        broken.is_empty(),
+        "statements outside docs/citus.md:\n{}",
+        broken.join("\n")
+    );
+}

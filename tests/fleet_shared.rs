@@ -330,7 +330,7 @@ fn a_shared_tenant_cuts_over_one_way_while_the_others_stream_and_their_apps_writ
     assert_eq!(acme["status"]["direction"], "none", "{acme:#}");
     let out = on_fleet(&cfg, &["--tenant", "acme", "status"]);
     assert!(
-        text(&out).contains("cut over one way (shared tables)"),
+        text(&out).contains("cut over one way (no capture on Postgres"),
         "{}",
         text(&out)
     );

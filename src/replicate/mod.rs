@@ -26,6 +26,8 @@ pub struct Databases {
     pub tenant: String,
     /// Which rows of the target's tables are this tenant's.
     pub rows: crate::pg::Rows,
+    /// The cutover has no way back ([`Databases::two_way`]).
+    pub one_way: bool,
 }
 
 impl Databases {
@@ -38,14 +40,22 @@ impl Databases {
             busy_timeout: std::time::Duration::from_millis(cfg.busy_timeout_ms),
             tenant: cfg.tenant_id().to_string(),
             rows: crate::pg::Rows::of(cfg.tenant_column.as_deref(), cfg.tenant_id()),
+            one_way: cfg.one_way || cfg.tenant_column.is_some(),
         })
     }
 
-    /// Whether a cutover has a way back. A fleet's shared tables hold every tenant's rows: a
-    /// capture on them would take every tenant's writes, and their triggers and views would
-    /// act on every tenant, so a tenant's cutover there is one way (no capture, no fallback).
+    /// Whether a cutover has a way back: a capture of the app's writes on Postgres, the
+    /// reverse stream and `fallback`. Not in a fleet that says `one_way` (under Citus a
+    /// trigger on a distributed table is refused), nor in shared tables, where a capture
+    /// would take every tenant's writes.
     pub fn two_way(&self) -> bool {
-        self.rows == crate::pg::Rows::All
+        !self.one_way
+    }
+
+    /// Whether the tables hold other tenants' rows too (a fleet's shared layout): their
+    /// triggers, views, foreign keys and sequences are every tenant's.
+    pub fn shared(&self) -> bool {
+        self.rows != crate::pg::Rows::All
     }
 }
 

@@ -317,9 +317,13 @@ async fn follow_back(
     }
     let db = super::Databases::of(cfg)?;
     if !db.two_way() {
-        // Shared tables: Postgres captures nothing to follow back.
+        // Postgres captures nothing to follow back.
         crate::metrics::set_phase(Phase::CutOver);
-        tracing::info!("cut over one way (shared tables): nothing to follow");
+        if db.shared() {
+            tracing::info!("cut over one way (shared tables): nothing to follow");
+        } else {
+            tracing::info!("cut over one way ([fleet] one_way): nothing to follow");
+        }
         return Ok(Pass::Done);
     }
     if opts.snapshot_only {

@@ -177,7 +177,7 @@ pub async fn collect(client: &Client, db: &Databases) -> Result<Status> {
             status.phase = Phase::FellBack;
             status.direction = "none";
         } else if !db.two_way() {
-            // One way (shared tables): nothing flows back.
+            // One way: nothing flows back.
             status.direction = "none";
         } else if reverse::capture_installed(client, &db.schema).await? {
             let (pending, age) = reverse::backlog(client, tenant).await?;
@@ -362,7 +362,7 @@ pub fn print_human(s: &Status, out: &mut impl std::io::Write) -> std::io::Result
                     "reverse: the app writes on Postgres; `sqlite2pg run` follows it back into SQLite, so `sqlite2pg fallback` loses nothing",
                 "none" if s.fallback.is_some() => "none: fallen back, SQLite is the database",
                 "none" =>
-                    "none: cut over one way (shared tables), Postgres is the database and nothing follows back",
+                    "none: cut over one way (no capture on Postgres: shared tables, or [fleet] one_way), Postgres is the database and nothing follows back",
                 other => other,
             }
         )?;

@@ -55,9 +55,11 @@ pub struct Outcome {
     /// last tenant streaming into them), to validate once the app writes to Postgres
     /// ([`validate_foreign_keys`]).
     pub foreign_keys: Vec<KeptForeignKey>,
-    /// A fleet's shared tables: the cutover is one way, and how many of their foreign keys
-    /// stay kept aside (a key holds for every tenant's rows, and others still stream).
-    pub one_way: Option<usize>,
+    /// The cutover has no way back ([`crate::replicate::Databases::two_way`]).
+    pub one_way: bool,
+    /// A fleet's shared tables: how many of their foreign keys stay kept aside (a key holds
+    /// for every tenant's rows, and others still stream).
+    pub kept_aside: usize,
 }
 
 /// The cutover side of the switch.
@@ -210,9 +212,9 @@ impl Side for Cutover<'_> {
                 .flatten(),
             kept: kept.len(),
             // Shared tables' keys are not added by a cutover: their orphans stop nothing.
-            orphans: match self.opts.db.two_way() {
-                true => orphans(client, &kept).await?,
-                false => Vec::new(),
+            orphans: match self.opts.db.shared() {
+                false => orphans(client, &kept).await?,
+                true => Vec::new(),
             },
         })
     }
@@ -268,12 +270,19 @@ impl Side for Cutover<'_> {
             Step::MoveCounters => vec![format!(
                 "move identity/serial sequences past the copied ids on {tables} tables"
             )],
-            Step::Record if !self.opts.db.two_way() => vec![
+            Step::Record if self.opts.db.shared() => vec![
                 "record the cutover and the write-unavailable window; the daemon stops following this tenant".into(),
                 format!(
                     "one way (shared tables): no capture on Postgres, so no `fallback`; the {} foreign keys kept aside stay so while another tenant streams into these tables (a key holds for every tenant's rows)",
                     f.kept
                 ),
+            ],
+            Step::Record if !self.opts.db.two_way() => vec![
+                format!(
+                    "add the {} foreign keys kept aside while streaming, NOT VALID; record the cutover and the write-unavailable window; a running daemon stops following this tenant",
+                    f.kept
+                ),
+                "one way ([fleet] one_way): no capture on Postgres, so no `fallback`".into(),
             ],
             Step::Record => vec![
                 format!(
@@ -282,7 +291,7 @@ impl Side for Cutover<'_> {
                 ),
                 "and install the capture of the app's writes on Postgres (for the reverse stream and `fallback`)".into(),
             ],
-            Step::HandOver if !self.opts.db.two_way() => {
+            Step::HandOver if self.opts.db.shared() => {
                 vec!["after writes resume: if no other tenant streams into the shared tables, add the foreign keys kept aside, NOT VALID, and validate them".into()]
             }
             Step::HandOver => vec!["after writes resume: validate the foreign keys".into()],
@@ -293,8 +302,8 @@ impl Side for Cutover<'_> {
         let (plan, opts) = (self.plan, self.opts);
         let conn = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
         let installed = installed(&conn)?;
-        let two_way = opts.db.two_way();
-        let (triggers, views) = if two_way {
+        let (shared, two_way) = (opts.db.shared(), opts.db.two_way());
+        let (triggers, views) = if !shared {
             (
                 crate::plan::triggers::translate(&conn, plan, &opts.db.schema)?,
                 crate::plan::views::translate(&conn, plan, &opts.db.schema)?,
@@ -374,7 +383,7 @@ impl Side for Cutover<'_> {
         self.catch_up(client, &installed, st.daemon_running, opts.wait, stop)
             .await?;
         // Shared tables keep their keys aside: none is added, so orphans change nothing.
-        let kept = if two_way {
+        let kept = if !shared {
             foreign_keys::kept(&*client, &opts.db.schema).await?
         } else {
             Vec::new()
@@ -515,7 +524,7 @@ impl Side for Cutover<'_> {
     async fn move_counters(&self, tx: &Transaction<'_>) -> Result<usize> {
         let (db, tables) = (&self.opts.db, self.plan.targets());
         // Shared sequences: no other tenant's app takes an id while they move.
-        if !db.two_way() {
+        if db.shared() {
             sequences::lock_against_inserts(tx, &db.schema, &tables).await?;
         }
         sequences::move_past_max(tx, &db.schema, &tables, &db.rows).await
@@ -529,11 +538,13 @@ impl Side for Cutover<'_> {
         done: Done,
     ) -> Result<()> {
         let (plan, schema) = (self.plan, &self.opts.db.schema);
-        if self.opts.db.two_way() {
+        if !self.opts.db.shared() {
             // Deferrable keys back to what the migrations made.
             for fk in &foreign_keys::kept(tx, schema).await? {
                 foreign_keys::add_not_valid(tx, fk).await?;
             }
+        }
+        if self.opts.db.two_way() {
             // Capture on Postgres is in place when the record commits (installed before the
             // fence; any table that lost it since gets it here): no write the app makes there
             // escapes the reverse stream, so a fallback loses none.
@@ -605,19 +616,20 @@ impl Side for Cutover<'_> {
             .ok_or_else(|| Error::new(ErrorKind::Target, "the cutover record vanished"))?;
         // The figure of the record, as the result line, `status` and the metric give it.
         tracing::info!(window_ms = record.window_ms, "cut over");
-        let (foreign_keys, one_way) = match self.opts.db.two_way() {
-            true => (ready.kept, None),
-            false => {
+        let (foreign_keys, kept_aside) = match self.opts.db.shared() {
+            false => (ready.kept, 0),
+            true => {
                 let added = self.shared_keys_back(client).await;
                 let kept = foreign_keys::kept(client, &self.opts.db.schema).await?;
-                (added, Some(kept.len()))
+                (added, kept.len())
             }
         };
         Ok(Outcome {
             record,
             sequences_moved: done.moved,
             foreign_keys,
-            one_way,
+            one_way: !self.opts.db.two_way(),
+            kept_aside,
         })
     }
 
