@@ -912,4 +912,29 @@ fn a_one_way_fleet_cuts_over_with_no_trigger_on_postgres_and_refuses_a_way_back(
         "statements outside docs/citus.md:\n{}",
         broken.join("\n")
     );
+    // A fleet that says two way afterwards still has no way back for acme: nothing captured
+    // its app's writes on Postgres, and a fallback would lose them.
+    let cfg = logging_config(dir.path(), &db, &format!("files = {glob:?}"));
+    let out = on_fleet(&cfg, &["--tenant", "acme", "fallback"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("installed no capture on Postgres"),
+        "{}",
+        text(&out)
+    );
+    // The other way round: globex cut over two way, then the fleet says one way. Its app's
+    // writes on Postgres are still captured, and the daemon says nothing follows them.
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    wait("globex");
+    let out = on_fleet(&cfg, &["--tenant", "globex", "cutover"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(d.stop());
+    let cfg = logging_config(
+        dir.path(),
+        &db,
+        &format!("files = {glob:?}\none_way = true"),
+    );
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    d.wait_for_log("but [fleet] now says one_way = true: nothing follows them back");
+    assert!(d.stop());
 }

@@ -815,7 +815,7 @@ impl Direction for Reverse<'_> {
                 }
                 return Err(Error::new(
                     ErrorKind::State,
-                    "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back",
+                    "the cutover installed no capture on Postgres (it was one way: [fleet] one_way = true when it ran; or an sqlite2pg older than 0.3.0 made it): writes made there since cannot be followed back",
                 ));
             }
         }

@@ -297,6 +297,12 @@ async fn follow_back(
     client: tokio_postgres::Client,
 ) -> Result<Pass> {
     let fell_back = crate::pg::reverse::fallback_load(&client, cfg.tenant_id()).await?;
+    let db = super::Databases::of(cfg)?;
+    // A tenant cut over two way whose fleet says one way since: its app's writes on Postgres
+    // are still captured for a way back, and would wait there unfollowed.
+    let captured = !db.two_way()
+        && !db.shared()
+        && crate::pg::reverse::capture_installed(&client, &db.schema).await?;
     // The reverse stream connects on its own: this one goes, so that a fleet's tenant holds
     // one connection at a time.
     drop(client);
@@ -315,12 +321,15 @@ async fn follow_back(
             ),
         ));
     }
-    let db = super::Databases::of(cfg)?;
     if !db.two_way() {
         // Postgres captures nothing to follow back.
         crate::metrics::set_phase(Phase::CutOver);
         if db.shared() {
             tracing::info!("cut over one way (shared tables): nothing to follow");
+        } else if captured {
+            tracing::warn!(
+                "this tenant was cut over two way (Postgres captures its app's writes for a way back), but [fleet] now says one_way = true: nothing follows them back. Set one_way = false to follow them (nothing is lost meanwhile), or `sqlite2pg --tenant NAME uninstall` once SQLite is given up"
+            );
         } else {
             tracing::info!("cut over one way ([fleet] one_way): nothing to follow");
         }

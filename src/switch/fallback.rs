@@ -426,7 +426,7 @@ async fn ready(client: &Client, db: &crate::replicate::Databases) -> Result<()> 
     }
     if !reverse::capture_installed(client, &db.schema).await? {
         return Err(refuse(
-            "the cutover was made by an sqlite2pg older than 0.3.0, which installed no capture on Postgres: writes made there since cannot be followed back, so a fallback would lose them",
+            "the cutover installed no capture on Postgres (it was one way: [fleet] one_way = true when it ran; or an sqlite2pg older than 0.3.0 made it): writes made there since cannot be followed back, so a fallback would lose them",
         ));
     }
     Ok(())
