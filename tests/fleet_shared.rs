@@ -345,19 +345,7 @@ fn a_shared_tenant_cuts_over_one_way_while_the_others_stream_and_their_apps_writ
     wait("globex");
     clients_on_both_sides(&path("globex"), &mut c, "globex");
 
-    // No way back: fallback and its check refuse, saying why, and change nothing.
-    for args in [
-        &["--tenant", "acme", "fallback"][..],
-        &["--tenant", "acme", "check", "--reverse"],
-    ] {
-        let out = on_fleet(&cfg, args);
-        assert!(!out.status.success(), "{args:?} refuses");
-        assert!(
-            text(&out).contains("cutover is one way"),
-            "{args:?}: {}",
-            text(&out)
-        );
-    }
+    no_way_back(&cfg, "acme", "cutover is one way");
     assert_eq!(next_client_id(&mut c, "acme"), 104);
 
     // The rest cut over one after another; the last puts the kept key back, NOT VALID (the

@@ -142,3 +142,16 @@ pub fn tenant_hook(dir: &Path) -> (String, PathBuf) {
     );
     (hook, out)
 }
+
+/// Asserts that a tenant cut over one way has no way back: `fallback` and `check --reverse`
+/// refuse, each saying `why`.
+pub fn no_way_back(cfg: &Path, tenant: &str, why: &str) {
+    for args in [
+        &["--tenant", tenant, "fallback"][..],
+        &["--tenant", tenant, "check", "--reverse"],
+    ] {
+        let out = on_fleet(cfg, args);
+        assert!(!out.status.success(), "{args:?} refuses");
+        assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
+    }
+}
