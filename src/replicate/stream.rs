@@ -588,9 +588,6 @@ struct Forward<'a> {
     seen_version: i64,
     /// The position Postgres holds, as last read or applied (kept while not connected).
     known_position: Option<i64>,
-    /// What the last look without a connection found nothing new against: the reader's
-    /// `data_version`, `known_position` and `seen_version` then.
-    quiet: Option<(i64, Option<i64>, i64)>,
     /// A connection that already holds the run lock, used first.
     first: Option<tokio_postgres::Client>,
     /// A connection waiting for the run lock.
@@ -702,7 +699,6 @@ impl<'a> Forward<'a> {
             wake,
             seen_version: -1,
             known_position: None,
-            quiet: None,
             first,
             waiting: None,
             live: None,
@@ -933,25 +929,13 @@ impl Direction for Forward<'_> {
         // change, or the cutover's fence (the cutover is read on Postgres at the next look).
         let known = self.known_position;
         tokio::task::block_in_place(|| {
-            // Most wake-ups of a busy fleet are a commit's later file notifications, and a
-            // quick look after a wake-up often finds the commit not there yet: when no
-            // connection committed since the last look that found nothing, nothing changed
-            // (an inactive fence cannot become active by time alone). One statement instead
-            // of four reads.
-            let data = sqlite::data_version(&self.reader).ok();
-            let now = data.map(|d| (d, known, self.seen_version));
-            if now.is_some() && now == self.quiet {
-                return false;
-            }
-            let worth = sqlite::in_read_transaction(&self.reader, "the changelog", || {
-                let newest = changes::pending(&self.reader, i64::MAX)?.0;
-                let fence = capture::fence_state(&self.reader)?.is_some_and(|f| f.active);
-                let version = schema_version(&self.reader)?;
-                Ok(fence || known.is_none_or(|k| newest > k) || version != self.seen_version)
-            })
-            .unwrap_or(true);
-            self.quiet = if worth { None } else { now };
-            worth
+            let newest = changes::pending(&self.reader, i64::MAX).map(|(n, _, _)| n);
+            let fence = capture::fence_state(&self.reader).map(|f| f.is_some_and(|f| f.active));
+            let version = schema_version(&self.reader);
+            !matches!(
+                (newest, fence, version),
+                (Ok(n), Ok(false), Ok(v)) if known.is_some_and(|k| n <= k) && v == self.seen_version
+            )
         })
     }
 }

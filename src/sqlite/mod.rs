@@ -47,14 +47,6 @@ fn open(
     Ok(conn)
 }
 
-/// SQLite's count of commits by other connections seen by `conn` (`PRAGMA data_version`):
-/// equal twice, nothing was committed in between.
-pub fn data_version(conn: &Connection) -> Result<i64> {
-    conn.prepare_cached("PRAGMA data_version")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(|e| Error::from_sqlite("cannot read the SQLite data version", e))
-}
-
 /// Opens the source for writing sqlite2pg's own objects (never the app's rows).
 pub fn open_read_write(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     open(
@@ -133,39 +125,4 @@ pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection>
         Error::from_sqlite(what, e)
     })?;
     Ok(conn)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The gate of a look without a connection: another connection's commit, a schema
-    /// change included, moves the data version; a look, a rolled-back write, or nothing,
-    /// do not.
-    #[test]
-    fn the_data_version_moves_with_every_commit_of_another_connection_and_only_then() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("app.db");
-        let app = Connection::open(&path).expect("open");
-        app.execute_batch("PRAGMA journal_mode = wal; CREATE TABLE t (x)")
-            .expect("schema");
-        let reader = open_read_only(&path, Duration::from_secs(1)).expect("reader");
-        let v = || data_version(&reader).expect("data_version");
-        let first = v();
-        in_read_transaction(&reader, "t", || {
-            reader
-                .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-                .map_err(|e| Error::from_sqlite("read", e))
-        })
-        .expect("a look");
-        app.execute_batch("BEGIN; INSERT INTO t VALUES (1); ROLLBACK")
-            .expect("rolled back");
-        assert_eq!(v(), first, "nothing committed");
-        app.execute("INSERT INTO t VALUES (1)", []).expect("insert");
-        let second = v();
-        assert_ne!(second, first, "a commit");
-        assert_eq!(v(), second);
-        app.execute_batch("CREATE TABLE u (y)").expect("ddl");
-        assert_ne!(v(), second, "a schema change");
-    }
 }
