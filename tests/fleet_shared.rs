@@ -555,16 +555,14 @@ fn a_tenant_joining_while_the_last_one_puts_the_keys_back_still_streams_its_orph
            EXECUTE FUNCTION public.hold_wayne();",
     )
     .unwrap();
-    // Made aside and moved in whole: the daemon must not start wayne on half a file.
     tenant_file(
-        dir.path(),
+        &tenants,
         "wayne.db",
         &format!(
             "PRAGMA foreign_keys = OFF; {} INSERT INTO clients (name) VALUES ('bruce'); INSERT INTO notes VALUES (9, 'orphan');",
             SHAPE.replace("journal_mode = wal", "journal_mode = delete")
         ),
     );
-    std::fs::rename(dir.path().join("wayne.db"), path("wayne")).unwrap();
     let waiting = |c: &mut postgres::Client, query: &str| -> bool {
         let n: i64 = c
             .query_one(

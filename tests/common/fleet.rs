@@ -21,12 +21,26 @@ pub fn on_fleet(cfg: &Path, args: &[&str]) -> std::process::Output {
     sqlite2pg(&all)
 }
 
+/// Runs `sql` on the tenant file `dir/name`. A new file is made whole beside it and moved in,
+/// as a copied or restored file arrives: a daemon watching `dir` must not start the tenant on
+/// half of it and be found caught up before the rest (its tables appear as a migration).
 pub fn tenant_file(dir: &Path, name: &str, sql: &str) {
     std::fs::create_dir_all(dir).unwrap();
-    rusqlite::Connection::open(dir.join(name))
+    let path = dir.join(name);
+    if path.exists() {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        return;
+    }
+    let aside = dir.join(format!(".{name}.making"));
+    // Closed before the move: the last connection checkpoints and removes a WAL.
+    rusqlite::Connection::open(&aside)
         .unwrap()
         .execute_batch(sql)
         .unwrap();
+    std::fs::rename(&aside, &path).unwrap();
 }
 
 pub fn fleet_status(cfg: &Path) -> serde_json::Value {
