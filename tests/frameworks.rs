@@ -691,11 +691,19 @@ fn django_is_never_refused_while_the_daemon_prunes(journal: &str) {
     django(&db.url, &["migrate"]);
     let mut d = Daemon::start(&path, &db, &[]);
     d.wait_caught_up();
-    let out = django(&sqlite, &["write", "15"]);
-    let summary = last_json(&out);
-    assert_eq!(summary["failed"], 0, "{journal}: {summary}");
-    let transactions = summary["transactions"].as_i64().unwrap();
-    assert!(transactions > 200, "{summary}");
+    // More than 200 transactions beside the daemon, however slow the machine: another 15 s
+    // of writing until then (a rate would fail on a busy machine, not on a refusal).
+    let mut transactions = 0;
+    for _ in 0..4 {
+        let out = django(&sqlite, &["write", "15"]);
+        let summary = last_json(&out);
+        assert_eq!(summary["failed"], 0, "{journal}: {summary}");
+        transactions += summary["transactions"].as_i64().unwrap();
+        if transactions > 200 {
+            break;
+        }
+    }
+    assert!(transactions > 200, "{transactions} transactions in 60 s");
     d.wait_caught_up();
     // Pruning waited for the app's quiet moments; once the app rests, the changelog goes.
     let reader = rusqlite::Connection::open(&path).unwrap();
