@@ -169,3 +169,14 @@ pub fn no_way_back(cfg: &Path, tenant: &str, why: &str) {
         assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
     }
 }
+
+/// How many triggers (not Postgres' own, for constraints) are on the tables of `schema`.
+pub fn triggers_in(c: &mut postgres::Client, schema: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+         JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = $1 AND NOT t.tgisinternal",
+        &[&schema],
+    )
+    .unwrap()
+    .get(0)
+}
