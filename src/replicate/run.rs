@@ -322,7 +322,7 @@ async fn follow_back(
         ));
     }
     if !db.two_way() {
-        // Postgres captures nothing to follow back.
+        // One way: nothing follows back (what Postgres may still capture is said below).
         crate::metrics::set_phase(Phase::CutOver);
         if db.shared() {
             tracing::info!("cut over one way (shared tables): nothing to follow");
