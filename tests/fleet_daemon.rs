@@ -10,11 +10,13 @@ use common::fleet::*;
 use common::*;
 
 /// The app: a Python process writing to its tenants' files (each transaction reads, then
-/// writes, inside one `BEGIN IMMEDIATE`) until the file `stop` exists. It prints how many
-/// transactions committed, then each error.
+/// writes, inside one `BEGIN IMMEDIATE`) until the file `stop` exists. It keeps how many
+/// transactions committed so far in `{stop}.{pid}.ok`, and prints at the end how many
+/// committed, then each error.
 const APP: &str = r#"
 import os, sqlite3, sys, time
 stop, paths = sys.argv[1], sys.argv[2:]
+tally = f"{stop}.{os.getpid()}"
 conns = [sqlite3.connect(p, timeout=5, isolation_level=None) for p in paths]
 ok, failed, i = 0, [], 0
 while not os.path.exists(stop):
@@ -28,6 +30,9 @@ while not os.path.exists(stop):
             c.execute("DELETE FROM clients WHERE id = (SELECT min(id) FROM clients)")
         c.execute("COMMIT")
         ok += 1
+        with open(tally + ".tmp", "w") as f:
+            f.write(str(ok))
+        os.replace(tally + ".tmp", tally + ".ok")
     except sqlite3.Error as e:
         failed.append(f"{paths[i % len(paths)]}: {e}")
         try:
@@ -69,6 +74,29 @@ fn app_result(app: std::process::Child) -> (u64, Vec<String>) {
     let mut lines = text.lines();
     let ok = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
     (ok, lines.map(String::from).collect())
+}
+
+/// Waits until the apps writing until `stop` have committed more than `more_than`
+/// transactions between them: a count, not a rate, for a busy machine writes slower.
+fn wait_written(stop: &std::path::Path, more_than: u64) {
+    let dir = stop.parent().expect("the stop file is in a directory");
+    let prefix = format!("{}.", stop.file_name().unwrap().to_string_lossy());
+    let written = || -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.starts_with(&prefix) && name.ends_with(".ok")
+            })
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.parse::<u64>().ok())
+            .sum()
+    };
+    wait_until(
+        &format!("the apps to commit more than {more_than} transactions"),
+        std::time::Duration::from_secs(120),
+        || written() > more_than,
+    );
 }
 
 /// Stops the apps; how many transactions they committed, none of them having failed.
@@ -206,6 +234,7 @@ fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_r
         most = most.max(daemon_connections(&mut db.client()));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    wait_written(&stop, 100);
     let written = stop_apps(&stop, writers);
     assert!(written > 100, "the apps wrote {written} transactions");
     // t005 is paused while its file is away: back, it catches up with what it missed.
@@ -379,6 +408,7 @@ fn a_shared_tables_fleet_goes_through_kills_restarts_and_one_tenants_migration()
         restart_cluster(std::time::Duration::from_millis(500));
     }
     std::thread::sleep(std::time::Duration::from_millis(1_000));
+    wait_written(&stop, 50);
     let written = stop_apps(&stop, writers);
     assert!(written > 50, "the apps wrote {written} transactions");
     let others: Vec<(String, PathBuf)> = files

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -25,6 +24,22 @@ fn django(db: &str, args: &[&str]) -> String {
 fn last_json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.lines().last().unwrap_or_default())
         .unwrap_or_else(|_| panic!("no JSON at the end of:\n{out}"))
+}
+
+/// Django writes through its ORM beside the daemon in rounds of `secs` seconds, at most four,
+/// until more than `more_than` transactions committed, none failing. A count, not a rate: a
+/// busy machine writes slower, and the tests are about refusals, not speed.
+fn django_writes(sqlite: &str, secs: &str, more_than: i64) -> i64 {
+    let mut transactions = 0;
+    for _ in 0..4 {
+        let summary = last_json(&django(sqlite, &["write", secs]));
+        assert_eq!(summary["failed"], 0, "the app's writes failed: {summary}");
+        transactions += summary["transactions"].as_i64().unwrap();
+        if transactions > more_than {
+            return transactions;
+        }
+    }
+    panic!("Django committed {transactions} transactions in four rounds of {secs} s");
 }
 
 /// The Django ORM's answers.
@@ -144,18 +159,7 @@ fn a_django_app_moves_on_its_own_migrations_and_answers_the_same_both_ways() {
     // The move, live: the app writes through its ORM while the daemon copies and streams
     // (no --truncate: the seeded rows give way to SQLite's).
     let mut d = Daemon::start(&path, &db, &[]);
-    let writer = Command::new(app_python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app/django/app.py"))
-        .args(["write", &sqlite, "6"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let written = writer.wait_with_output().unwrap();
-    assert!(written.status.success(), "{}", text(&written));
-    let summary = last_json(&text(&written));
-    assert_eq!(summary["failed"], 0, "the app's writes failed: {summary}");
-    assert!(summary["transactions"].as_i64().unwrap() > 50, "{summary}");
+    django_writes(&sqlite, "6", 50);
     d.wait_caught_up();
     let before = answers(&sqlite);
     let out = sqlite2pg(&[
@@ -691,19 +695,7 @@ fn django_is_never_refused_while_the_daemon_prunes(journal: &str) {
     django(&db.url, &["migrate"]);
     let mut d = Daemon::start(&path, &db, &[]);
     d.wait_caught_up();
-    // More than 200 transactions beside the daemon, however slow the machine: another 15 s
-    // of writing until then (a rate would fail on a busy machine, not on a refusal).
-    let mut transactions = 0;
-    for _ in 0..4 {
-        let out = django(&sqlite, &["write", "15"]);
-        let summary = last_json(&out);
-        assert_eq!(summary["failed"], 0, "{journal}: {summary}");
-        transactions += summary["transactions"].as_i64().unwrap();
-        if transactions > 200 {
-            break;
-        }
-    }
-    assert!(transactions > 200, "{transactions} transactions in 60 s");
+    django_writes(&sqlite, "15", 200);
     d.wait_caught_up();
     // Pruning waited for the app's quiet moments; once the app rests, the changelog goes.
     let reader = rusqlite::Connection::open(&path).unwrap();
