@@ -413,6 +413,10 @@ struct Gen {
     rng: Rng,
     tabs: Vec<Tab>,
     serial: usize,
+    /// A tenant of a fleet's shared tables: no triggers of the app's (they are not carried
+    /// there, and `check` is not clean with them), no schema change (a tenant whose tables
+    /// differ waits for a person), and a cutover that is one way.
+    shared: bool,
 }
 
 impl Gen {
@@ -600,7 +604,7 @@ impl Gen {
             self.tabs.push(t);
         }
         // The app's own triggers: an audit log, and an edit counter on a rowid table.
-        if self.rng.chance(0.4) {
+        if self.rng.chance(0.4) && !self.shared {
             self.tabs.push(Tab {
                 name: "audit_log".into(),
                 cols: vec![
@@ -629,7 +633,7 @@ impl Gen {
         let counted: Vec<usize> = (1..self.tabs.len())
             .filter(|t| self.tabs[*t].name != "audit_log")
             .collect();
-        if self.rng.chance(0.4) {
+        if self.rng.chance(0.4) && !self.shared {
             let without_rowid = self.rng.chance(0.5);
             self.tabs.push(Tab {
                 name: COUNTS.into(),
@@ -1044,111 +1048,150 @@ fn sql_text(s: &str) -> String {
 /// The scenario of `seed`: a schema, its first rows, the daemon started, then `steps` steps
 /// (writes, schema changes, faults), each followed by a check.
 pub fn scenario(seed: u64, steps: usize, pg_restarts: bool) -> Scenario {
-    let mut g = Gen {
-        rng: Rng::new(seed),
-        tabs: Vec::new(),
-        serial: 0,
-    };
-    let mut items = vec![Item::Journal(g.rng.pick(&["wal", "delete"]).to_string())];
-    items.push(Item::ForeignKeys(g.rng.chance(0.5)));
-    if g.rng.chance(0.2) {
-        items.push(Item::ShellLibrary);
-    }
-    if g.rng.chance(0.3) {
-        items.push(Item::RecursiveTriggers);
-    }
+    let mut g = Gen::new(seed, false);
+    let mut items = g.habits();
     items.push(Item::Ddl(g.schema()));
-    let mut first = vec![format!(
-        "INSERT INTO bank (id, balance) SELECT value, 100 FROM (WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < {ACCOUNTS}) SELECT value FROM s)"
-    )];
-    for _ in 0..g.rng.range(3, 12) {
-        let t = g.rng.range(1, (g.tabs.len() - 1) as u64) as usize;
-        first.push(g.insert(t));
-    }
-    // The bank's rows must exist whatever else fails: its own transaction.
-    items.push(Item::Tx {
-        commit: true,
-        stmts: vec![first.remove(0)],
-    });
-    items.push(Item::Tx {
-        commit: true,
-        stmts: first,
-    });
-    items.push(Item::Start);
-    items.push(Item::Check);
-    for _ in 0..steps {
-        let roll = g.rng.below(100);
-        match roll {
-            0..=5 => items.push(g.ddl()),
-            6..=11 => {
-                items.push(g.tx());
-                items.push(Item::Kill(g.rng.range(0, 300)));
-            }
-            12..=15 => {
-                // A backlog: the daemon is down while the app writes, then drains it while a
-                // reader watches the bank.
-                items.push(Item::Stop);
-                for _ in 0..g.rng.range(5, 30) {
-                    items.push(g.tx());
-                }
-                items.push(Item::Start);
-            }
-            16..=18 if pg_restarts => {
-                items.push(g.tx());
-                items.push(Item::PgRestart(g.rng.range(100, 800)));
-                items.push(g.tx());
-            }
-            19..=23 => {
-                items.push(Item::Busy(g.rng.range(100, 1500)));
-                items.push(g.tx());
-            }
-            _ => {
-                for _ in 0..g.rng.range(1, 4) {
-                    items.push(g.tx());
-                }
-            }
+    g.life(items, steps, pg_restarts)
+}
+
+/// `apps` scenarios of one schema, for the tenants of a fleet's shared tables: the schema of
+/// `seed`, and each app's habits and life from a seed of its own.
+pub fn shared_scenarios(seed: u64, apps: u64, steps: usize, pg_restarts: bool) -> Vec<Scenario> {
+    let mut g = Gen::new(seed, true);
+    let schema = g.schema();
+    (1..=apps)
+        .map(|i| {
+            let mut app = Gen::new(seed.wrapping_add(i.wrapping_mul(0x9e37_79b9)), true);
+            app.tabs = g.tabs.clone();
+            let mut items = app.habits();
+            items.push(Item::Ddl(schema.clone()));
+            app.life(items, steps, pg_restarts)
+        })
+        .collect()
+}
+
+impl Gen {
+    fn new(seed: u64, shared: bool) -> Gen {
+        Gen {
+            rng: Rng::new(seed),
+            tabs: Vec::new(),
+            serial: 0,
+            shared,
         }
-        items.push(Item::Check);
     }
-    // The end of the move for some apps: the cutover, the app on Postgres (with faults), and
-    // the fallback, with nothing of what it wrote there lost on the way back.
-    if g.rng.chance(0.35) {
-        items.push(Item::Cutover);
+
+    /// The app's habits: its journal mode, foreign keys, SQLite library, recursive triggers.
+    fn habits(&mut self) -> Vec<Item> {
+        let mut items = vec![Item::Journal(self.rng.pick(&["wal", "delete"]).to_string())];
+        items.push(Item::ForeignKeys(self.rng.chance(0.5)));
+        if self.rng.chance(0.2) {
+            items.push(Item::ShellLibrary);
+        }
+        if self.rng.chance(0.3) {
+            items.push(Item::RecursiveTriggers);
+        }
+        items
+    }
+
+    /// After `items` (the habits and the schema): the first rows, the daemon started, then
+    /// `steps` steps, each followed by a check, and for some apps the move.
+    fn life(&mut self, mut items: Vec<Item>, steps: usize, pg_restarts: bool) -> Scenario {
+        let mut first = vec![format!(
+            "INSERT INTO bank (id, balance) SELECT value, 100 FROM (WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < {ACCOUNTS}) SELECT value FROM s)"
+        )];
+        for _ in 0..self.rng.range(3, 12) {
+            let t = self.rng.range(1, (self.tabs.len() - 1) as u64) as usize;
+            first.push(self.insert(t));
+        }
+        // The bank's rows must exist whatever else fails: its own transaction.
+        items.push(Item::Tx {
+            commit: true,
+            stmts: vec![first.remove(0)],
+        });
+        items.push(Item::Tx {
+            commit: true,
+            stmts: first,
+        });
+        items.push(Item::Start);
         items.push(Item::Check);
-        for _ in 0..g.rng.range(3, 8) {
-            match g.rng.below(10) {
-                0 => {
-                    items.push(g.pg_tx());
-                    items.push(Item::Kill(g.rng.range(0, 300)));
+        for _ in 0..steps {
+            let roll = self.rng.below(100);
+            match roll {
+                0..=5 if !self.shared => items.push(self.ddl()),
+                6..=11 => {
+                    items.push(self.tx());
+                    items.push(Item::Kill(self.rng.range(0, 300)));
                 }
-                1 if pg_restarts => {
-                    items.push(g.pg_tx());
-                    items.push(Item::PgRestart(g.rng.range(100, 800)));
-                    items.push(g.pg_tx());
-                }
-                2 => {
+                12..=15 => {
+                    // A backlog: the daemon is down while the app writes, then drains it while a
+                    // reader watches the bank.
                     items.push(Item::Stop);
-                    for _ in 0..g.rng.range(3, 15) {
-                        items.push(g.pg_tx());
+                    for _ in 0..self.rng.range(5, 30) {
+                        items.push(self.tx());
                     }
                     items.push(Item::Start);
                 }
-                3 => {
-                    items.push(Item::Busy(g.rng.range(100, 1500)));
-                    items.push(g.pg_tx());
+                16..=18 if pg_restarts => {
+                    items.push(self.tx());
+                    items.push(Item::PgRestart(self.rng.range(100, 800)));
+                    items.push(self.tx());
+                }
+                19..=23 => {
+                    items.push(Item::Busy(self.rng.range(100, 1500)));
+                    items.push(self.tx());
                 }
                 _ => {
-                    for _ in 0..g.rng.range(1, 4) {
-                        items.push(g.pg_tx());
+                    for _ in 0..self.rng.range(1, 4) {
+                        items.push(self.tx());
                     }
                 }
             }
             items.push(Item::Check);
         }
-        items.push(Item::Fallback);
-        items.push(Item::Check);
+        // The end of the move for some apps: the cutover, the app on Postgres (with faults), and
+        // the fallback, with nothing of what it wrote there lost on the way back.
+        if self.rng.chance(0.35) {
+            items.push(Item::Cutover);
+            items.push(Item::Check);
+            if self.shared {
+                // One way: nothing follows the app on Postgres, and there is no way back.
+                return Scenario { items };
+            }
+            for _ in 0..self.rng.range(3, 8) {
+                match self.rng.below(10) {
+                    0 => {
+                        items.push(self.pg_tx());
+                        items.push(Item::Kill(self.rng.range(0, 300)));
+                    }
+                    1 if pg_restarts => {
+                        items.push(self.pg_tx());
+                        items.push(Item::PgRestart(self.rng.range(100, 800)));
+                        items.push(self.pg_tx());
+                    }
+                    2 => {
+                        items.push(Item::Stop);
+                        for _ in 0..self.rng.range(3, 15) {
+                            items.push(self.pg_tx());
+                        }
+                        items.push(Item::Start);
+                    }
+                    3 => {
+                        items.push(Item::Busy(self.rng.range(100, 1500)));
+                        items.push(self.pg_tx());
+                    }
+                    _ => {
+                        for _ in 0..self.rng.range(1, 4) {
+                            items.push(self.pg_tx());
+                        }
+                    }
+                }
+                items.push(Item::Check);
+            }
+            items.push(Item::Fallback);
+            items.push(Item::Check);
+        }
+        Scenario { items }
     }
-    Scenario { items }
 }
 
 /// Every seed makes an app: a generator that panics on one seed in a thousand would fail CI
@@ -1158,5 +1201,28 @@ fn every_seed_makes_an_app() {
     for seed in 0..20_000 {
         let s = scenario(seed, 24, seed % 2 == 0);
         assert!(s.statements() > 0, "seed {seed}");
+    }
+    // A shared fleet's apps: one schema for all, never changed, and no way back.
+    for seed in 0..2_000 {
+        let apps = shared_scenarios(seed, 3, 24, seed % 2 == 0);
+        let ddl = |s: &Scenario| -> Vec<Item> {
+            s.items
+                .iter()
+                .filter(|i| matches!(i, Item::Ddl(_)))
+                .cloned()
+                .collect()
+        };
+        let first = ddl(&apps[0]);
+        assert_eq!(first.len(), 1, "seed {seed}");
+        for s in &apps {
+            assert!(s.statements() > 0, "seed {seed}");
+            assert_eq!(ddl(s), first, "seed {seed}");
+            assert!(
+                !s.items
+                    .iter()
+                    .any(|i| matches!(i, Item::PgTx { .. } | Item::Fallback)),
+                "seed {seed}"
+            );
+        }
     }
 }

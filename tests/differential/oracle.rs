@@ -113,9 +113,13 @@ fn sqlite_columns(conn: &rusqlite::Connection, table: &str) -> rusqlite::Result<
         .collect()
 }
 
+/// The column of a fleet's shared tables that names each row's tenant (the default).
+pub const TENANT_COLUMN: &str = "tenant_id";
+
 /// Every difference between the two sides, each in a line; empty when they are equal.
-/// `schema` is where the app's tables are on Postgres.
-pub fn differences(sqlite: &Path, pg_url: &str, schema: &str) -> Vec<String> {
+/// `schema` is where the app's tables are on Postgres; `tenant`, in a fleet's shared tables,
+/// the value of `TENANT_COLUMN` in this app's rows (the others' rows are not its own).
+pub fn differences(sqlite: &Path, pg_url: &str, schema: &str, tenant: Option<&str>) -> Vec<String> {
     // Read-write, though it only reads: in rollback-journal mode a read-only connection now
     // and then takes the daemon's starting transaction for a hot journal and refuses to read
     // (SQLITE_READONLY_ROLLBACK), which would be the oracle's failure, not sqlite2pg's.
@@ -139,7 +143,7 @@ pub fn differences(sqlite: &Path, pg_url: &str, schema: &str) -> Vec<String> {
     };
     let mut out = Vec::new();
     for table in tables {
-        if let Err(e) = compare_table(&conn, &mut pg, schema, &table, &mut out) {
+        if let Err(e) = compare_table(&conn, &mut pg, schema, tenant, &table, &mut out) {
             out.push(format!("{table}: cannot compare: {e}"));
         }
     }
@@ -151,6 +155,7 @@ fn compare_table(
     conn: &rusqlite::Connection,
     pg: &mut postgres::Client,
     schema: &str,
+    tenant: Option<&str>,
     table: &str,
     out: &mut Vec<String>,
 ) -> Result<(), String> {
@@ -202,17 +207,17 @@ fn compare_table(
         .and_then(|rows| rows.collect())
         .map_err(|e| e.to_string())?;
     let pg_select: Vec<String> = cols.iter().map(|c| format!("{}::text", qi(c))).collect();
-    let rows = pg
-        .query(
-            &format!(
-                "SELECT {} FROM {}.{}",
-                pg_select.join(", "),
-                qi(schema),
-                qi(table)
-            ),
-            &[],
-        )
-        .map_err(|e| e.to_string())?;
+    let from = format!(
+        "SELECT {} FROM {}.{}",
+        pg_select.join(", "),
+        qi(schema),
+        qi(table)
+    );
+    let rows = match tenant {
+        None => pg.query(&from, &[]),
+        Some(t) => pg.query(&format!("{from} WHERE {} = $1", qi(TENANT_COLUMN)), &[&t]),
+    }
+    .map_err(|e| e.to_string())?;
     let mut right: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

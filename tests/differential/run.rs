@@ -44,7 +44,8 @@ struct BankReader {
 }
 
 impl BankReader {
-    fn start(url: &str, schema: &str, tenant: &str) -> BankReader {
+    /// `shared`: the bank is a fleet's shared table, holding every tenant's accounts.
+    fn start(url: &str, schema: &str, tenant: &str, shared: bool) -> BankReader {
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU64::new(0));
         let wrong = Arc::new(Mutex::new(Vec::new()));
@@ -61,10 +62,15 @@ impl BankReader {
                     continue;
                 };
                 // One statement, one snapshot: the table's phase and its total together.
+                let own = if shared {
+                    format!("b.{} = $1 AND", oracle::TENANT_COLUMN)
+                } else {
+                    String::new()
+                };
                 let row = c.query_opt(
                     &format!(
                         "SELECT sum(b.balance)::bigint, count(*) FROM \"{schema}\".{BANK} b
-                         WHERE (SELECT phase FROM sqlite2pg.table_state
+                         WHERE {own} (SELECT phase FROM sqlite2pg.table_state
                                 WHERE source_table = '{BANK}' AND tenant = $1) = 'ready'
                          HAVING count(*) > 0"
                     ),
@@ -121,6 +127,8 @@ enum Phase {
     Reverse,
     /// SQLite again, after the fallback; no daemon.
     FellBack,
+    /// Postgres, after a one-way cutover (a fleet's shared tables): nothing follows it.
+    Moved,
 }
 
 /// How a runner's commands name its app.
@@ -128,9 +136,18 @@ enum Phase {
 enum Who {
     /// One file (`--source`, `--target`): the `public` schema, the unnamed tenant.
     Single,
-    /// A tenant of the fleet a config file names, in schema `tenant_{name}`.
-    Tenant { config: PathBuf, name: String },
+    /// A tenant of the fleet a config file names: in schema `tenant_{name}`, or with
+    /// `shared` in the fleet's shared tables of schema `SHARED_SCHEMA`, its rows those whose
+    /// tenant column holds its name.
+    Tenant {
+        config: PathBuf,
+        name: String,
+        shared: bool,
+    },
 }
+
+/// The schema of a shared fleet's tables.
+const SHARED_SCHEMA: &str = "crm";
 
 /// The daemon: a runner's own, or the one a fleet's runners share.
 type SharedDaemon = Rc<RefCell<Option<Daemon>>>;
@@ -167,7 +184,7 @@ impl Runner<'_> {
                 "--target",
                 &self.db.url,
             ],
-            Who::Tenant { config, name } => vec![
+            Who::Tenant { config, name, .. } => vec![
                 "--config",
                 config.to_str().expect("utf-8 path"),
                 "--tenant",
@@ -181,7 +198,18 @@ impl Runner<'_> {
     fn schema(&self) -> String {
         match &self.who {
             Who::Single => "public".into(),
+            Who::Tenant { shared: true, .. } => SHARED_SCHEMA.into(),
             Who::Tenant { name, .. } => format!("tenant_{name}"),
+        }
+    }
+
+    /// In a fleet's shared tables, the value of the tenant column in this app's rows.
+    fn shared_tenant(&self) -> Option<&str> {
+        match &self.who {
+            Who::Tenant {
+                name, shared: true, ..
+            } => Some(name),
+            _ => None,
         }
     }
 
@@ -244,6 +272,7 @@ impl Runner<'_> {
                 &self.db.url,
                 &self.schema(),
                 self.tenant(),
+                self.shared_tenant().is_some(),
             ));
         }
     }
@@ -367,7 +396,12 @@ impl Runner<'_> {
         if !out.status.success() {
             return Err(format!("the cutover failed:\n{}", text(&out)));
         }
-        self.phase = Phase::Reverse;
+        self.phase = if self.shared_tenant().is_some() {
+            self.out.moves += 1;
+            Phase::Moved
+        } else {
+            Phase::Reverse
+        };
         Ok(())
     }
 
@@ -444,14 +478,19 @@ impl Runner<'_> {
             let ms = started.elapsed().as_millis() as u64;
             self.out.max_catch_up_ms = self.out.max_catch_up_ms.max(ms);
         }
-        let diffs = oracle::differences(&self.path, &self.db.url, &self.schema());
+        let diffs = oracle::differences(
+            &self.path,
+            &self.db.url,
+            &self.schema(),
+            self.shared_tenant(),
+        );
         if !diffs.is_empty() {
             return Err(format!(
                 "SQLite differs from Postgres {}:\n  {}",
-                if self.phase == Phase::Reverse {
-                    "after the reverse stream caught up"
-                } else {
-                    "after the fallback"
+                match self.phase {
+                    Phase::Reverse => "after the reverse stream caught up",
+                    Phase::Moved => "after its one-way cutover",
+                    _ => "after the fallback",
                 },
                 diffs.join("\n  ")
             ));
@@ -476,14 +515,15 @@ impl Runner<'_> {
             self.out.max_rss_kib = self.out.max_rss_kib.max(kib);
         }
         wait_caught_up(daemon, &self.path, &self.db.url, self.tenant())?;
-        let mut diffs = oracle::differences(&self.path, &self.db.url, &schema);
+        let tenant = self.shared_tenant().map(str::to_string);
+        let mut diffs = oracle::differences(&self.path, &self.db.url, &schema, tenant.as_deref());
         // Caught up by position can still be a moment before a table's schema change is
         // followed: differences must persist to count.
         let settle = Instant::now();
         while !diffs.is_empty() && settle.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(200));
             wait_caught_up(daemon, &self.path, &self.db.url, self.tenant())?;
-            diffs = oracle::differences(&self.path, &self.db.url, &schema);
+            diffs = oracle::differences(&self.path, &self.db.url, &schema, tenant.as_deref());
         }
         let ms = started.elapsed().as_millis() as u64;
         self.out.max_catch_up_ms = self.out.max_catch_up_ms.max(ms);
@@ -753,17 +793,23 @@ pub fn run(s: &Scenario, dir: &Path) -> Outcome {
 /// Runs several scenarios as the tenants of one fleet, followed by one daemon: their items
 /// taken in turn (the first of each, then the second of each...), each checked on its own,
 /// the faults (a kill, a Postgres restart) falling on all of them. The outcome adds them
-/// up; its failure names the app.
-pub fn run_fleet(scenarios: &[Scenario], dir: &Path) -> Outcome {
+/// up; its failure names the app. `shared`: the fleet's layout is one set of shared tables
+/// (the scenarios then are of one schema, `apps::shared_scenarios`).
+pub fn run_fleet(scenarios: &[Scenario], dir: &Path, shared: bool) -> Outcome {
     let files = dir.join("fleet");
     let _ = std::fs::remove_dir_all(&files);
     std::fs::create_dir_all(&files).expect("the fleet's directory");
     let db = TestDb::new();
     let config = dir.join("fleet.toml");
+    let layout = if shared {
+        format!("layout = \"shared\"\nschema = {SHARED_SCHEMA:?}\n")
+    } else {
+        String::new()
+    };
     std::fs::write(
         &config,
         format!(
-            "target = {:?}\n\n[fleet]\nfiles = {:?}\n",
+            "target = {:?}\n\n[fleet]\nfiles = {:?}\n{layout}",
             db.url,
             format!("{}/*.db", files.display())
         ),
@@ -777,6 +823,7 @@ pub fn run_fleet(scenarios: &[Scenario], dir: &Path) -> Outcome {
             let who = Who::Tenant {
                 config: config.clone(),
                 name,
+                shared,
             };
             Runner::new(path, who, &db, daemon.clone())
         })
