@@ -755,6 +755,7 @@ fn check_report(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<ch
         cfg.chunk_rows,
         target.as_ref(),
         cfg.tenant_column.is_some(),
+        cfg.one_way,
     )?;
     report.add(seeded);
     Ok(report)

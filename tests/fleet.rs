@@ -780,6 +780,73 @@ fn the_statements_a_fleet_sends_stay_within_what_docs_citus_md_says_citus_accept
     }
 }
 
+/// Every finding's message anywhere in a report.
+fn messages(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .flat_map(|(k, v)| match (k.as_str(), v) {
+                ("message", serde_json::Value::String(s)) => vec![s.clone()],
+                _ => messages(v),
+            })
+            .collect(),
+        serde_json::Value::Array(a) => a.iter().flat_map(messages).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn check_says_a_one_way_fleet_has_no_way_back_and_names_the_triggers_citus_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    tenant_file(
+        &tenants,
+        "acme.db",
+        "CREATE TABLE clients (id INTEGER PRIMARY KEY, email TEXT);
+         CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT);
+         CREATE TRIGGER clients_audit AFTER INSERT ON clients
+         BEGIN INSERT INTO audit (what) VALUES (NEW.email); END;
+         INSERT INTO clients (email) VALUES ('a@x');",
+    );
+    let db = TestDb::new();
+    let glob = format!("files = {:?}", format!("{}/*.db", tenants.display()));
+    let check = |fleet: &str| {
+        let out = on_fleet(
+            &config(dir.path(), &db, fleet),
+            &["--tenant", "acme", "check", "--json"],
+        );
+        // Warnings: the tenant is still clean, a cutover is not refused.
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        messages(&report)
+    };
+    let said = check(&format!("{glob}\none_way = true"));
+    assert!(
+        said.iter()
+            .any(|m| m.contains("one_way = true: this tenant's cutover is one way")),
+        "{said:#?}"
+    );
+    assert!(
+        said.iter()
+            .any(|m| m.contains("trigger clients_audit")
+                && m.contains("citus.enable_unsafe_triggers")),
+        "{said:#?}"
+    );
+    // Two way: neither is said (the trigger is ported, an INFO of its own).
+    let said = check(&glob);
+    assert!(
+        !said
+            .iter()
+            .any(|m| m.contains("one way") || m.contains("citus.enable_unsafe_triggers")),
+        "{said:#?}"
+    );
+    assert!(
+        said.iter()
+            .any(|m| m.contains("trigger clients_audit is ported")),
+        "{said:#?}"
+    );
+}
+
 #[test]
 fn a_one_way_fleet_cuts_over_with_no_trigger_on_postgres_and_refuses_a_way_back() {
     // What a fleet under Citus' schema-based sharding needs: Citus refuses a trigger on a

@@ -220,7 +220,8 @@ fn hint_for(kind: FindingKind) -> &'static str {
 
 /// Scans every row of every planned table and assembles the report.
 /// `target`: what the target schema already has (with `--target`), for the tables the app's
-/// migrations made.
+/// migrations made. `shared`: a tenant of a fleet's shared tables; `one_way`: its cutover
+/// installs nothing on Postgres for a way back (`[fleet] one_way`, or the shared layout).
 pub fn run(
     conn: &Connection,
     plan: &Plan,
@@ -228,6 +229,7 @@ pub fn run(
     chunk_rows: usize,
     target: Option<&Behaviours>,
     shared: bool,
+    one_way: bool,
 ) -> Result<Report> {
     let mut problems: Vec<ValueProblem> = Vec::new();
     let mut tables = Vec::new();
@@ -279,6 +281,14 @@ pub fn run(
     if shared {
         findings.push(crate::plan::shared::one_way());
         behaviour_findings.extend(crate::plan::shared::not_carried(&behaviours, plan));
+    } else if one_way {
+        findings.push(one_way_cutover());
+        findings.extend(
+            triggers
+                .iter()
+                .filter(|t| t.port.is_ok() && !t.app_table)
+                .map(trigger_under_citus),
+        );
     }
     let behaviours_kept = behaviour_findings
         .iter()
@@ -305,6 +315,34 @@ pub fn run(
         behaviours: behaviour_count,
         behaviours_kept,
     })
+}
+
+/// What a one-way fleet's cutover (`[fleet] one_way`) leaves behind, said for every tenant
+/// before it is too late to choose otherwise.
+fn one_way_cutover() -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        table: String::new(),
+        column: None,
+        message: "the fleet says one_way = true: this tenant's cutover is one way (no capture and no fence on Postgres), so after it `fallback` and `check --reverse` refuse, and the app's writes on Postgres have no way back to SQLite".into(),
+        hint: "for a tenant that needs a way back, cut it over while one_way is off (one_way = true is for Citus, which refuses the way back's triggers on distributed tables)".into(),
+    }
+}
+
+/// An app trigger that a one-way cutover creates on Postgres: under Citus, what `one_way`
+/// is for, a trigger on a distributed table is refused unless `citus.enable_unsafe_triggers`
+/// is on.
+fn trigger_under_citus(t: &crate::plan::triggers::TriggerPlan) -> Finding {
+    Finding {
+        severity: Severity::Warning,
+        table: t.table.clone(),
+        column: None,
+        message: format!(
+            "the app's trigger {} is created on Postgres by the cutover: under Citus (what one_way = true is for) a trigger on a distributed table is refused unless citus.enable_unsafe_triggers is on (docs/citus.md; Citus was not run here)",
+            t.name
+        ),
+        hint: "on Citus, turn citus.enable_unsafe_triggers on before the cutover (the trigger then runs on the shard's worker), or do its work in the app and drop it from the SQLite file".into(),
+    }
 }
 
 /// What SQLite does for the app, and whether Postgres will do it after the cutover: an INFO
