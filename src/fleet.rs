@@ -277,18 +277,24 @@ fn expand(pattern: &str) -> Result<Vec<PathBuf>, FleetError> {
             path: e.path().display().to_string(),
             why: e.error().to_string(),
         })?;
-        // SQLite's own files beside a database are not tenants.
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if p.is_file()
-            && !["-wal", "-shm", "-journal"]
-                .iter()
-                .any(|s| name.ends_with(s))
-        {
+        if !is_companion(&p) && p.is_file() {
             out.push(p);
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// One of SQLite's own files beside a database (its WAL, the WAL's shared memory, a rollback
+/// journal): never a tenant, and its coming and going changes nothing in the fleet.
+pub fn is_companion(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 fn stem(path: &Path) -> String {

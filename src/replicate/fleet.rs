@@ -391,12 +391,7 @@ fn fleet_watcher(routes: Arc<Mutex<Routes>>, rescan: Arc<Notify>) -> Result<Reco
             }
             return;
         }
-        if matches!(
-            event.kind,
-            notify::EventKind::Create(_)
-                | notify::EventKind::Remove(_)
-                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
-        ) {
+        if asks_for_rescan(&event) {
             rescan.notify_one();
         }
         let routes = routes.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,6 +408,19 @@ fn fleet_watcher(routes: Arc<Mutex<Routes>>, rescan: Arc<Notify>) -> Result<Reco
             e,
         )
     })
+}
+
+/// Whether a directory event may have changed the fleet's files: one made, removed or renamed,
+/// other than SQLite's own beside a database. Those come and go with the app's connections and
+/// transactions (a rollback journal at every commit), and a listing of thousands of files at
+/// each would cost the daemon more than the writes.
+fn asks_for_rescan(event: &notify::Event) -> bool {
+    matches!(
+        event.kind,
+        notify::EventKind::Create(_)
+            | notify::EventKind::Remove(_)
+            | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+    ) && (event.paths.is_empty() || !event.paths.iter().all(|p| crate::fleet::is_companion(p)))
 }
 
 /// Listens for the reverse capture's notifications on one connection and wakes the tenant
@@ -488,5 +496,40 @@ mod tests {
                 .of_path(std::path::Path::new("/srv/other/a.db"))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn only_a_file_that_may_be_a_tenant_asks_for_a_rescan() {
+        use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+        use notify::{Event, EventKind};
+        let event = |kind: EventKind, paths: &[&str]| {
+            paths
+                .iter()
+                .fold(Event::new(kind), |e, p| e.add_path(PathBuf::from(p)))
+        };
+        let made = EventKind::Create(CreateKind::File);
+        let gone = EventKind::Remove(RemoveKind::File);
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        // A tenant arrives, leaves, or is renamed in (a copy made aside, then moved).
+        assert!(asks_for_rescan(&event(made, &["/srv/bots/new.db"])));
+        assert!(asks_for_rescan(&event(gone, &["/srv/bots/a.db"])));
+        assert!(asks_for_rescan(&event(
+            renamed,
+            &["/srv/bots/.new.db.part", "/srv/bots/new.db"]
+        )));
+        // SQLite's own files, at every connection or (rollback journal) every commit: no.
+        for f in [
+            "/srv/bots/a.db-journal",
+            "/srv/bots/a.db-wal",
+            "/srv/bots/a.db-shm",
+        ] {
+            assert!(!asks_for_rescan(&event(made, &[f])), "{f}");
+            assert!(!asks_for_rescan(&event(gone, &[f])), "{f}");
+        }
+        // A write to a tenant's file wakes the tenant, not the listing.
+        let written = EventKind::Modify(ModifyKind::Data(DataChange::Content));
+        assert!(!asks_for_rescan(&event(written, &["/srv/bots/a.db"])));
+        // An event that names no file may be anything.
+        assert!(asks_for_rescan(&event(made, &[])));
     }
 }
