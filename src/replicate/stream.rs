@@ -811,10 +811,6 @@ impl Direction for Forward<'_> {
         for client in waiting.into_iter().chain(live) {
             pg::pool::give_back(client, &self.opts.db.target).await;
         }
-        // Idle from here, maybe for long, among a fleet's thousand readers: the pages the
-        // batches read go back to the heap for the others. Nothing is lost: the app's next
-        // commit makes the reader's next transaction drop its cache anyway.
-        let _ = tokio::task::block_in_place(|| self.reader.execute_batch("PRAGMA shrink_memory"));
     }
 
     async fn apply(&mut self, stop: &Shutdown) -> Result<Applied<ForwardEnd>> {
