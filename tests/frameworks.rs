@@ -26,20 +26,37 @@ fn last_json(out: &str) -> serde_json::Value {
         .unwrap_or_else(|_| panic!("no JSON at the end of:\n{out}"))
 }
 
-/// Django writes through its ORM beside the daemon in rounds of `secs` seconds, at most four,
-/// until more than `more_than` transactions committed, none failing. A count, not a rate: a
-/// busy machine writes slower, and the tests are about refusals, not speed.
-fn django_writes(sqlite: &str, secs: &str, more_than: i64) -> i64 {
-    let mut transactions = 0;
+/// An app writing beside the daemon in rounds (`write` runs one and gives its output), at most
+/// four, until more than `more_than` transactions: the rounds' tallies added up (numbers
+/// summed, lists joined). A count, not a rate: a busy machine writes slower, and the tests are
+/// about refusals and locks, not speed.
+fn write_until(write: impl Fn() -> String, more_than: i64) -> serde_json::Value {
+    let mut total = serde_json::json!({});
     for _ in 0..4 {
-        let summary = last_json(&django(sqlite, &["write", secs]));
-        assert_eq!(summary["failed"], 0, "the app's writes failed: {summary}");
-        transactions += summary["transactions"].as_i64().unwrap();
-        if transactions > more_than {
-            return transactions;
+        let summary = last_json(&write());
+        for (k, v) in summary.as_object().into_iter().flatten() {
+            match (v, &mut total[k]) {
+                (serde_json::Value::Array(more), serde_json::Value::Array(all)) => {
+                    all.extend(more.iter().cloned())
+                }
+                (serde_json::Value::Number(n), t) => {
+                    *t = (t.as_i64().unwrap_or(0) + n.as_i64().unwrap_or(0)).into()
+                }
+                (v, t) => *t = v.clone(),
+            }
+        }
+        if total["transactions"].as_i64().unwrap_or(0) > more_than {
+            return total;
         }
     }
-    panic!("Django committed {transactions} transactions in four rounds of {secs} s");
+    panic!("more than {more_than} transactions not committed in four rounds: {total}");
+}
+
+/// Django writes through its ORM beside the daemon in rounds of `secs` seconds until more
+/// than `more_than` transactions committed, none failing.
+fn django_writes(sqlite: &str, secs: &str, more_than: i64) {
+    let total = write_until(|| django(sqlite, &["write", secs]), more_than);
+    assert_eq!(total["failed"], 0, "the app's writes failed: {total}");
 }
 
 /// The Django ORM's answers.
@@ -754,27 +771,10 @@ fn assert_same_answers(got: &serde_json::Value, want: &serde_json::Value, when: 
     assert!(differ.is_empty(), "{when}: {differ:#?}");
 }
 
-/// The app writing for `seconds` (reads, then writes, inside one deferred BEGIN), again until
-/// more than 20 transactions (at most four times: a slow machine writes longer instead of
-/// failing): their tally added up.
+/// The app writing for `seconds` at a time (reads, then writes, inside one deferred BEGIN)
+/// until more than 20 transactions: their tally added up.
 fn flows_write(db: &str, seconds: &str) -> serde_json::Value {
-    let mut total = serde_json::json!({"transactions": 0, "failed": 0, "locked": 0, "errors": []});
-    for _ in 0..4 {
-        let summary = last_json(&flows(db, &["write", seconds]));
-        for k in ["transactions", "failed", "locked"] {
-            total[k] = (total[k].as_i64().unwrap_or(0) + summary[k].as_i64().unwrap_or(0)).into();
-        }
-        if let (Some(all), Some(more)) =
-            (total["errors"].as_array_mut(), summary["errors"].as_array())
-        {
-            all.extend(more.iter().cloned());
-        }
-        if total["transactions"].as_i64().unwrap_or(0) > 20 {
-            break;
-        }
-    }
-    assert!(total["transactions"].as_i64().unwrap_or(0) > 20, "{total}");
-    total
+    write_until(|| flows(db, &["write", seconds]), 20)
 }
 
 /// An Alembic app with SQLAlchemy's portable types (Uuid as CHAR(32), Interval as a DATETIME
