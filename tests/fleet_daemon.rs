@@ -244,6 +244,13 @@ fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_r
         "INSERT INTO clients (name) VALUES ('while away');",
     );
     wait_all_caught_up(&files, &db, &d);
+    // Tenants are tasks: a thread each would be 201 (a stack and a hand-off at every round
+    // trip each).
+    let threads = daemon_threads(d.pid());
+    assert!(
+        threads < 50,
+        "the fleet's daemon runs {threads} threads for 201 tenants"
+    );
     assert!(
         most <= max,
         "the daemon held {most} connections, over --max-connections {max}"
@@ -453,4 +460,14 @@ fn a_shared_tables_fleet_goes_through_kills_restarts_and_one_tenants_migration()
         "the fleet's daemon stops cleanly:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// How many threads a process runs, from /proc.
+fn daemon_threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no thread count in /proc/{pid}/status"))
 }

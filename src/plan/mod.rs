@@ -221,10 +221,10 @@ fn find_ci<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<(&'a Strin
 /// first, never taken for a fresh start). The client is handed back to go on with.
 pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)> {
     let busy = std::time::Duration::from_millis(cfg.busy_timeout_ms);
-    let tables = tokio::task::block_in_place(|| {
-        let conn = crate::sqlite::open_read_only(&cfg.source, busy)?;
-        crate::sqlite::schema::read_tables(&conn)
-    })?;
+    let tables = {
+        let conn = crate::sqlite::open_read_only_now(&cfg.source, busy)?;
+        crate::sqlite::read_now(&conn, busy, crate::sqlite::schema::read_tables)?
+    };
     let Some(url) = &cfg.target else {
         let mut plan = build(&tables, None, &[], cfg);
         plan.findings

@@ -10,16 +10,20 @@
 //!   while it has work, lets it go when another waits, and a long backlog yields between
 //!   batches, so one tenant neither starves the pool nor holds the others' lag hostage.
 //!
-//! Each tenant's daemon runs on a thread of its own: SQLite calls block (a read waits for the
-//! app's commit, a prune for a moment the app is outside a transaction), and one tenant's
-//! wait must not hold up the others. A tenant that stops on an error waits alone and is
-//! started again later; the others go on.
+//! Each tenant's daemon is a task of the runtime. A SQLite call may wait (a read for the app's
+//! commit, a prune for a moment the app is outside a transaction), and one tenant's wait must
+//! not hold up the others: such calls leave the runtime's worker
+//! ([`tokio::task::block_in_place`]), and the stream's frequent reads try first with no wait
+//! ([`crate::sqlite::read_now`]). A thread a tenant cost a thousand stacks and a hand-off
+//! between threads at every Postgres round trip. A tenant that stops on an error waits alone
+//! and is started again later; the others go on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -116,9 +120,8 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
     let mut paused: Vec<String> = Vec::new();
     let mut generation = 0u64;
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<Ended>();
-    let mut threads = 0usize;
+    let mut alive = 0usize;
     let mut presence_held: std::collections::HashSet<String> = Default::default();
-    let handle = tokio::runtime::Handle::current();
     tracing::info!(
         max_connections = opts.max_connections,
         "following the fleet: each tenant's file into its schema"
@@ -233,36 +236,27 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
             let name = t.name.clone();
             generation += 1;
             let this = generation;
-            let (handle, ended) = (handle.clone(), ended_tx.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("tenant {name}"))
-                .spawn(move || {
-                    let span = tracing::info_span!("tenant", tenant = %name);
-                    // On the heap: moved through the wrappers below on the stack, the
-                    // tenant's future touched each thread's stack pages many times its size
-                    // (90 KB a thread instead of 63, at a thousand threads).
-                    let work = Box::pin(async { run::run(&tenant_cfg, &tenant_opts, &stop).await });
-                    // A panic (a bug) ends this tenant's run, said like an error, and the
-                    // daemon still knows the thread is gone (its stop waits for every one).
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        handle.block_on(
-                            crate::metrics::for_tenant(name.clone(), work).instrument(span),
-                        )
-                    }))
+            let ended = ended_tx.clone();
+            let span = tracing::info_span!("tenant", tenant = %name);
+            let work = async move {
+                let work = crate::metrics::for_tenant(name.clone(), async move {
+                    run::run(&tenant_cfg, &tenant_opts, &stop).await
+                });
+                // A panic (a bug) ends this tenant's run, said like an error, and the daemon
+                // still knows the tenant is gone (its stop waits for every one).
+                let r = std::panic::AssertUnwindSafe(work)
+                    .catch_unwind()
+                    .await
                     .unwrap_or_else(|_| {
                         Err(Error::new(
                             ErrorKind::State,
                             "the tenant's daemon panicked (a bug in sqlite2pg: its log above says where); it is started again later",
                         ))
                     });
-                    let _ = ended.send((name, this, r));
-                });
-            if let Err(e) = spawned {
-                tracing::error!(tenant = %t.name, error = %e, "cannot start a thread for the tenant; it is tried again later");
-                failed.insert(t.name.clone(), Instant::now() + RESTART_MAX);
-                continue;
-            }
-            threads += 1;
+                let _ = ended.send((name, this, r));
+            };
+            tokio::spawn(work.instrument(span));
+            alive += 1;
             running.insert(
                 t.name.clone(),
                 Running {
@@ -311,9 +305,9 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                     for r in running.values() {
                         r.stop.fire();
                     }
-                    while threads > 0 {
+                    while alive > 0 {
                         let Some((name, _, result)) = ended_rx.recv().await else { break };
-                        threads -= 1;
+                        alive -= 1;
                         if let Err(e) = result {
                             tracing::warn!(tenant = %name, error = %e, "the tenant's stream ended with an error while stopping");
                         }
@@ -323,7 +317,7 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                     return Ok(());
                 }
                 Some((name, ended, result)) = ended_rx.recv() => {
-                    threads -= 1;
+                    alive -= 1;
                     // A run stopped for a pause may end after its tenant started again.
                     if running.get(&name).is_none_or(|r| r.generation != ended) {
                         continue;

@@ -706,7 +706,7 @@ async fn one_batch(
 
 /// The once-a-second look: the lag and SQLite's fence for metrics, old applied changes
 /// pruned; whether the fallback is recorded.
-async fn look(client: &Client, tenant: &str, conn: &rusqlite::Connection) -> Result<bool> {
+async fn look(client: &Client, tenant: &str, conn: &mut rusqlite::Connection) -> Result<bool> {
     // The fence is permanent now; the forward stream's last reading was a lease (best
     // effort: a busy file skips it).
     if let Ok(f) = tokio::task::block_in_place(|| capture::fence_state(conn)) {
@@ -799,7 +799,7 @@ impl Direction for Reverse<'_> {
         // and that is the fallback, not a cutover made without capture.
         if self.fresh || self.last_look.elapsed() >= Duration::from_secs(1) {
             self.last_look = Instant::now();
-            if look(client, &self.opts.db.tenant, &self.conn).await? {
+            if look(client, &self.opts.db.tenant, &mut self.conn).await? {
                 crate::metrics::set_phase(Phase::FellBack);
                 return Ok(Applied::End(FellBack));
             }
@@ -809,7 +809,7 @@ impl Direction for Reverse<'_> {
                 // A fallback commits its record with the end of capture: one that committed
                 // between the look above and this read is seen by a look after it (found by
                 // the differential tester's fleet mode: a daemon restarted during a fallback).
-                if look(client, &self.opts.db.tenant, &self.conn).await? {
+                if look(client, &self.opts.db.tenant, &mut self.conn).await? {
                     crate::metrics::set_phase(Phase::FellBack);
                     return Ok(Applied::End(FellBack));
                 }

@@ -60,8 +60,9 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: &Shutdown) -> Result<()
     // than draining around it.
     let mut presence: Option<tokio_postgres::Client> = None;
     // Capture already in the SQLite file: a run reached the target before.
-    let resumed = sqlite::open_read_only(&cfg.source, Duration::from_millis(cfg.busy_timeout_ms))
-        .and_then(|c| sqlite::capture::installed(&c))
+    let busy = Duration::from_millis(cfg.busy_timeout_ms);
+    let resumed = sqlite::open_read_only_now(&cfg.source, busy)
+        .and_then(|c| sqlite::read_now(&c, busy, sqlite::capture::installed))
         .is_ok_and(|i| i.is_some());
     loop {
         let pass = run_pass(cfg, opts, shutdown, &mut streamed, &mut outage).await;

@@ -153,7 +153,7 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
         .await
         .map_err(pg_err("cannot configure the Postgres session".into()))?;
     let mut summary = Summary::default();
-    let source = sqlite::open_read_only(&opts.source, opts.busy_timeout)?;
+    let source = sqlite::open_read_only_now(&opts.source, opts.busy_timeout)?;
     let missing: bool = client
         .query_one("SELECT to_regnamespace($1) IS NULL", &[&opts.schema])
         .await
@@ -198,7 +198,9 @@ pub async fn run(client: &mut Client, plan: &Plan, opts: &Options) -> Result<Sum
     // without the keys that point at them.
     take_keys_aside(client, plan, opts).await?;
     for t in &plan.tables {
-        let total = sqlite::schema::count_rows(&source, &t.source.name)?;
+        let total = sqlite::read_now(&source, opts.busy_timeout, |c| {
+            sqlite::schema::count_rows(c, &t.source.name)
+        })?;
         let (left, done_rows) = match state::load(client, &opts.tenant, &t.source.name).await? {
             None => {
                 let tx = client.transaction().await.map_err(pg_err(format!(
@@ -639,7 +641,8 @@ async fn copy_tables(
     let (tx_chunks, mut rx_chunks) = mpsc::channel::<Result<Chunk>>(2);
     let tables = plan.tables.clone();
     let reader_opts = opts.clone();
-    let reader = std::thread::spawn(move || {
+    // Off the runtime's workers: its reads may wait for the app's commits.
+    let reader = tokio::task::spawn_blocking(move || {
         let result = read_all(&tables, &reader_opts, resume, &tx_chunks);
         if let Err(e) = result {
             // The writer may already be gone; nothing else to tell then.
@@ -711,7 +714,7 @@ async fn copy_tables(
     }
     .await;
     drop(rx_chunks);
-    if reader.join().is_err() {
+    if reader.await.is_err() {
         return Err(Error::new(
             ErrorKind::SourceUnreadable,
             "the SQLite reader thread panicked; re-run to resume",

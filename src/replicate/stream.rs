@@ -103,8 +103,8 @@ pub async fn prepare(
                     "this target holds a snapshot taken before capture was installed; the changes since are unknown. Start over: drop the copied tables and the sqlite2pg schema in Postgres, then run again",
                 ));
             }
-            let conn = sqlite::open_read_only(source, busy)?;
-            let (newest, _, _) = changes::pending(&conn, i64::MAX)?;
+            let conn = sqlite::open_read_only_now(source, busy)?;
+            let (newest, _, _) = sqlite::read_now(&conn, busy, |c| changes::pending(c, i64::MAX))?;
             state::stream_init(client, tenant, &installed.install_id, newest).await
         }
     }
@@ -112,12 +112,12 @@ pub async fn prepare(
 
 /// Measures the lag against the changelog, and reads the fence, for the metrics (best effort:
 /// a busy file skips it).
-fn report_lag(reader: &rusqlite::Connection, position: i64) {
-    if let Ok(f) = tokio::task::block_in_place(|| capture::fence_state(reader)) {
+fn report_lag(reader: &rusqlite::Connection, busy: Duration, position: i64) {
+    if let Ok(f) = sqlite::read_now(reader, busy, capture::fence_state) {
         capture::report_fence(f.as_ref());
     }
     if let Ok((_, pending, oldest)) =
-        tokio::task::block_in_place(|| changes::pending(reader, position))
+        sqlite::read_now(reader, busy, |r| changes::pending(r, position))
     {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -363,7 +363,7 @@ enum Drained {
 #[allow(clippy::too_many_arguments)]
 async fn drain(
     applier: &mut Applier,
-    reader: &rusqlite::Connection,
+    reader: &mut rusqlite::Connection,
     plan: &Plan,
     captured: &BTreeMap<i64, Captured>,
     handoff: &state::ImageHandoff,
@@ -372,12 +372,12 @@ async fn drain(
     position: i64,
     shutdown: &Shutdown,
 ) -> Result<Drained> {
-    let read = |after: i64| {
-        tokio::task::block_in_place(|| {
-            changes::read_batch(reader, after, opts.batch_changes, opts.batch_bytes, readers)
+    let read = |reader: &rusqlite::Connection, after: i64| {
+        sqlite::read_now(reader, opts.db.busy_timeout, |r| {
+            changes::read_batch(r, after, opts.batch_changes, opts.batch_bytes, readers)
         })
     };
-    let mut batch = match read_retrying(&read, position, shutdown).await? {
+    let mut batch = match read_retrying(reader, &read, position, shutdown).await? {
         Some(b) if b.changes > 0 => b,
         Some(_) => return Ok(Drained::Nothing),
         None => return Ok(Drained::Shutdown),
@@ -421,7 +421,7 @@ async fn drain(
             break;
         }
         // Dropping the transaction rolls it back: nothing of this drain is applied.
-        batch = match read_retrying(&read, last, shutdown).await? {
+        batch = match read_retrying(reader, &read, last, shutdown).await? {
             Some(b) => b,
             None => return Ok(Drained::Shutdown),
         };
@@ -446,7 +446,7 @@ async fn drain(
 /// largest rowid and the changelog position it saw); `None` when asked to stop meanwhile.
 async fn resync(
     tx: &mut apply::Drain<'_>,
-    reader: &rusqlite::Connection,
+    reader: &mut rusqlite::Connection,
     t: &TablePlan,
     cap: &Captured,
     opts: &Options,
@@ -533,7 +533,8 @@ async fn resync(
 /// One changelog range, retried while the app holds SQLite's write lock past the busy timeout
 /// (never given up on); `None` when asked to stop meanwhile.
 async fn read_retrying(
-    read: &impl Fn(i64) -> Result<Batch>,
+    reader: &mut rusqlite::Connection,
+    read: &impl Fn(&rusqlite::Connection, i64) -> Result<Batch>,
     after: i64,
     shutdown: &Shutdown,
 ) -> Result<Option<Batch>> {
@@ -541,7 +542,7 @@ async fn read_retrying(
         if shutdown.requested() {
             return Ok(None);
         }
-        match read(after) {
+        match read(reader, after) {
             Ok(b) => return Ok(Some(b)),
             Err(e) if e.kind() == ErrorKind::SourceBusy => {
                 tracing::warn!(error = %e, "SQLite is busy; retrying");
@@ -678,7 +679,7 @@ impl<'a> Forward<'a> {
                 },
             );
         }
-        let reader = sqlite::open_read_only(&opts.db.source, opts.db.busy_timeout)?;
+        let reader = sqlite::open_read_only_now(&opts.db.source, opts.db.busy_timeout)?;
         let wake = match &opts.link {
             Some(link) => Wake::Fleet(link.file_changed.clone()),
             None => {
@@ -710,7 +711,7 @@ impl<'a> Forward<'a> {
     /// with any change, ours included; the shape and the capture's drift say whether it
     /// matters). Checked at start too: the app may have changed it since the plan was made.
     fn schema_changed(&mut self) -> Result<bool> {
-        let version = tokio::task::block_in_place(|| schema_version(&self.reader))?;
+        let version = sqlite::read_now(&self.reader, self.opts.db.busy_timeout, schema_version)?;
         if version == self.seen_version {
             return Ok(false);
         }
@@ -827,7 +828,7 @@ impl Direction for Forward<'_> {
         let started = Instant::now();
         let drained = drain(
             &mut live.applier,
-            &self.reader,
+            &mut self.reader,
             self.plan,
             &self.captured,
             &live.handoff,
@@ -890,12 +891,16 @@ impl Direction for Forward<'_> {
         live.pruner
             .when_idle(live.applier.client(), live.position)
             .await;
-        report_lag(&self.reader, live.position);
+        report_lag(&self.reader, self.opts.db.busy_timeout, live.position);
         // A cutover raises the fence in SQLite before it records itself on Postgres: with no
         // fence ever raised there is nothing to read there (a fleet's tenant comes here at
         // every hand-off of a session).
-        let never_fenced = tokio::task::block_in_place(|| capture::fence_state(&self.reader))
-            .is_ok_and(|f| f.is_none());
+        let never_fenced = sqlite::read_now(
+            &self.reader,
+            self.opts.db.busy_timeout,
+            capture::fence_state,
+        )
+        .is_ok_and(|f| f.is_none());
         if never_fenced {
             return Ok(None);
         }
@@ -927,16 +932,14 @@ impl Direction for Forward<'_> {
     fn worth_connecting(&mut self) -> bool {
         // Without a connection: the changelog past the last applied position, a schema
         // change, or the cutover's fence (the cutover is read on Postgres at the next look).
+        // Any error (a busy file included) is worth a look with a connection.
         let known = self.known_position;
-        tokio::task::block_in_place(|| {
-            let newest = changes::pending(&self.reader, i64::MAX).map(|(n, _, _)| n);
-            let fence = capture::fence_state(&self.reader).map(|f| f.is_some_and(|f| f.active));
-            let version = schema_version(&self.reader);
-            !matches!(
-                (newest, fence, version),
-                (Ok(n), Ok(false), Ok(v)) if known.is_some_and(|k| n <= k) && v == self.seen_version
-            )
-        })
+        let look = sqlite::read_now(&self.reader, self.opts.db.busy_timeout, |r| {
+            let (newest, _, _) = changes::pending(r, i64::MAX)?;
+            let fence = capture::fence_state(r)?.is_some_and(|f| f.active);
+            Ok((newest, fence, schema_version(r)?))
+        });
+        !matches!(look, Ok((n, false, v)) if known.is_some_and(|k| n <= k) && v == self.seen_version)
     }
 }
 
