@@ -161,27 +161,27 @@ async fn column_types(
 }
 
 impl Applier {
-    /// Wraps a connection used only for applying, with what is known of the tables' shapes.
-    pub async fn new(
-        client: Client,
-        tenant: &str,
-        schema: &str,
-        rows: Rows,
-        shapes: Shapes,
-    ) -> Result<Applier> {
-        // Applies must be durable before the changelog is pruned behind them.
+    /// Readies a session for applying (sent with the connect's other statements, in one
+    /// round trip): applies must be durable before the changelog is pruned behind them, and
+    /// a session handed from a tenant's snapshot had them asynchronous.
+    pub async fn configure(client: &Client) -> Result<()> {
         client
             .batch_execute("SET synchronous_commit = on")
             .await
-            .map_err(pg_err("cannot configure the apply session".into()))?;
-        Ok(Applier {
+            .map_err(pg_err("cannot configure the apply session".into()))
+    }
+
+    /// Wraps a connection used only for applying, readied by [`Applier::configure`], with
+    /// what is known of the tables' shapes.
+    pub fn new(client: Client, tenant: &str, schema: &str, rows: Rows, shapes: Shapes) -> Applier {
+        Applier {
             client,
             tenant: tenant.to_string(),
             schema: schema.to_string(),
             rows,
             shapes,
             made: HashSet::new(),
-        })
+        }
     }
 
     /// The connection, for reading state.
@@ -751,9 +751,11 @@ async fn write_final_states(
             ));
         }
     }
-    let params = to.rows.params();
+    // Typed: one round trip each, where a prepare first made it two (a fleet's tenant applies
+    // a write or two at each hand-off of a session).
+    let params = to.rows.typed_params();
     for sql in statements {
-        tx.execute(&sql, &params)
+        tx.execute_typed(&sql, &params)
             .await
             .map_err(pg_err(format!("cannot apply changes to table {}", s.table)))?;
     }

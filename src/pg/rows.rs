@@ -3,7 +3,7 @@
 //! owns the rows whose tenant column holds its name, and every statement sqlite2pg sends
 //! names that column: inserts write it, keys lead with it, reads and deletes filter on it.
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::quote_ident;
 
@@ -85,6 +85,15 @@ impl Rows {
         match self {
             Rows::All => Vec::new(),
             Rows::Tenant { tenant, .. } => vec![tenant],
+        }
+    }
+
+    /// [`Rows::params`] with their types, for a statement sent in one round trip
+    /// (`execute_typed`: no prepare first).
+    pub fn typed_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        match self {
+            Rows::All => Vec::new(),
+            Rows::Tenant { tenant, .. } => vec![(tenant, Type::TEXT)],
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::error::{Error, Result};
@@ -359,9 +360,9 @@ pub async fn stream_load(client: &impl GenericClient, tenant: &str) -> Result<Op
         return Ok(None);
     }
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!("SELECT install_id, position, source_at, changes_applied, last_error FROM {STATE_SCHEMA}.stream s WHERE {}", of_tenant("s", 1)),
-            &[&tenant],
+            &[(&tenant, Type::TEXT)],
         )
         .await
         .map_err(pg("read the stream position"))?;
@@ -401,13 +402,19 @@ pub async fn stream_advance(
     source_at: f64,
     changes: i64,
 ) -> Result<()> {
+    // Typed, like the other statements of a drain's every commit: one round trip.
     let n = client
-        .execute(
+        .execute_typed(
             &format!(
                 "UPDATE {STATE_SCHEMA}.stream SET position = $1, source_at = $2, applied_at = now(),
                  changes_applied = changes_applied + $3, last_error = NULL WHERE tenant = $4 AND position < $1"
             ),
-            &[&position, &source_at, &changes, &tenant],
+            &[
+                (&position, Type::INT8),
+                (&source_at, Type::FLOAT8),
+                (&changes, Type::INT8),
+                (&tenant, Type::TEXT),
+            ],
         )
         .await
         .map_err(pg("record the stream position"))?;
@@ -653,11 +660,11 @@ async fn try_advisory(client: &Client, tenant: &str, lock: Lock) -> Result<bool>
     // lock at every hand-off of a session. No row: not registered yet.
     if !tenant.is_empty() && state_table_exists(client, "tenant").await? {
         let row = client
-            .query_opt(
+            .query_typed_opt(
                 &format!(
                     "SELECT pg_try_advisory_lock(hashtext($2), lock_id) FROM {STATE_SCHEMA}.tenant WHERE name = $1"
                 ),
-                &[&tenant, &lock.class()],
+                &[(&tenant, Type::TEXT), (&lock.class(), Type::TEXT)],
             )
             .await
             .map_err(pg("take a daemon lock"))?;

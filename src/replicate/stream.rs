@@ -749,19 +749,27 @@ impl Direction for Forward<'_> {
         // The run lock is retaken on every connection (a Postgres restart ends the session
         // that held it). Held elsewhere (another daemon, or this one's old session that
         // Postgres has not noticed is gone yet): nothing is applied until it is free.
-        if !state::try_lock(&client, &self.opts.db.tenant).await? {
+        // The session's setting, the lock and the position in one round trip (requests
+        // polled together are pipelined): a fleet's tenant connects at every burst of work.
+        let tenant = &self.opts.db.tenant;
+        let (configured, locked, st) = tokio::join!(
+            Applier::configure(&client),
+            state::try_lock(&client, tenant),
+            state::stream_load(&client, tenant),
+        );
+        configured?;
+        if !locked? {
             self.waiting = Some(client);
             return Ok(Connected::LockHeld);
         }
         let applier = Applier::new(
             client,
-            &self.opts.db.tenant,
+            tenant,
             &self.opts.db.schema,
             self.opts.db.rows.clone(),
             std::mem::take(&mut self.shapes),
-        )
-        .await?;
-        let Some(st) = state::stream_load(applier.client(), &self.opts.db.tenant).await? else {
+        );
+        let Some(st) = st? else {
             return Err(Error::new(
                 ErrorKind::Schema,
                 "the stream position is missing from the sqlite2pg schema; run `sqlite2pg run` again",
