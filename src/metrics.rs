@@ -69,6 +69,9 @@ pub const FLEET_TENANTS: &str = "sqlite2pg_fleet_tenants";
 /// `sqlite2pg_fleet_connections{state}`: the pool's connections in use, sessions given back
 /// and not yet taken (idle), and connects waiting.
 pub const FLEET_CONNECTIONS: &str = "sqlite2pg_fleet_connections";
+/// `sqlite2pg_fleet_session_wait_seconds`: how long a fleet's tenant with work waited for a
+/// session of the pool (a long wait: the pool is too small for the writes, `--max-connections`).
+pub const FLEET_SESSION_WAIT: &str = "sqlite2pg_fleet_session_wait_seconds";
 
 /// Every name above, for tests that check the dashboard and the rules against a scrape.
 pub const ALL: &[&str] = &[
@@ -97,6 +100,7 @@ pub const ALL: &[&str] = &[
     TENANT_NEEDS_OPERATOR,
     FLEET_TENANTS,
     FLEET_CONNECTIONS,
+    FLEET_SESSION_WAIT,
 ];
 
 tokio::task_local! {
@@ -146,6 +150,7 @@ struct Metrics {
     tenant_needs_operator: IntGaugeVec,
     fleet_tenants: IntGaugeVec,
     fleet_connections: IntGaugeVec,
+    fleet_session_wait: Histogram,
     /// Each tenant's phase series, to drop the old one when it moves.
     tenant_phases: Mutex<std::collections::HashMap<String, &'static str>>,
     /// Why /healthz is unhealthy, if it is.
@@ -271,6 +276,15 @@ fn build() -> prometheus::Result<Metrics> {
             ),
             &["state"],
         )?,
+        fleet_session_wait: Histogram::with_opts(
+            HistogramOpts::new(
+                FLEET_SESSION_WAIT,
+                "How long a fleet's tenant with work waited for a session of the pool",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )?,
         tenant_phases: Mutex::default(),
         unhealthy: Mutex::new(None),
         max_lag: Mutex::new(Duration::from_secs(30)),
@@ -312,6 +326,7 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.tenant_needs_operator.clone()))?;
     r.register(Box::new(m.fleet_tenants.clone()))?;
     r.register(Box::new(m.fleet_connections.clone()))?;
+    r.register(Box::new(m.fleet_session_wait.clone()))?;
     for d in DIRECTIONS {
         m.direction
             .with_label_values(&[d])
@@ -452,6 +467,11 @@ pub fn fleet_connections(in_use: usize, idle: usize, waiting: usize) {
                 .set(n as i64);
         }
     });
+}
+
+/// A fleet's tenant waited `secs` for a session of the pool.
+pub fn fleet_session_wait(secs: f64) {
+    with(|m| m.fleet_session_wait.observe(secs));
 }
 
 /// A fleet's tenant whose file is gone (paused: phase `stopped`).

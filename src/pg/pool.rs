@@ -194,6 +194,14 @@ impl Limit {
     /// connection, else the first of the two to come. A session given back goes to the
     /// tenant that has waited longest, not to whoever asks next.
     async fn session(&self, url: &TargetUrl) -> Result<Client> {
+        let asked = Instant::now();
+        let got = self.session_now(url).await;
+        crate::metrics::fleet_session_wait(asked.elapsed().as_secs_f64());
+        got
+    }
+
+    /// [`Limit::session`], unmeasured.
+    async fn session_now(&self, url: &TargetUrl) -> Result<Client> {
         if let Some(c) = self.take_idle(url) {
             return Ok(c);
         }
