@@ -82,6 +82,11 @@ pub(crate) trait Direction {
 /// others' lag hostage).
 const SLICE: Duration = Duration::from_millis(500);
 
+/// How long a switch's own drain waits for the run lock before it says a daemon applies: a
+/// session that held it (a run that just ended, this process' own) keeps it until its
+/// backend has exited, a moment after the client let go (longer on a loaded server).
+const LOCK_PATIENCE: Duration = Duration::from_secs(3);
+
 /// A fleet daemon's tenant without a connection looks at its source this often when no
 /// wake-up came (a missed notification): rarely, since idle tenants must cost nothing.
 const RELEASED_POLL: Duration = Duration::from_secs(30);
@@ -147,6 +152,7 @@ impl Follower {
     pub(crate) async fn run<D: Direction>(&mut self, dir: &mut D) -> Result<Ended<D::End>> {
         let mut connected = false;
         let mut said_locked = false;
+        let mut locked_since: Option<Instant> = None;
         // Released: connected again only once a wake-up brings work.
         let mut released = false;
         // A wake-up whose change was not seen yet, connected or not: a session let go just
@@ -191,12 +197,19 @@ impl Follower {
                     }
                     Ok(Connected::LockHeld) => {
                         // A switch's own drain does not wait for a daemon: it waits for the
-                        // daemon to apply instead.
+                        // daemon to apply instead (once a session just let go is surely gone).
                         if let Until::CaughtUp { .. } = self.until {
-                            return Err(Error::new(
-                                ErrorKind::State,
-                                "another sqlite2pg daemon is applying on this database; `sqlite2pg status` shows it",
-                            ));
+                            let since = *locked_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= LOCK_PATIENCE {
+                                return Err(Error::new(
+                                    ErrorKind::State,
+                                    "another sqlite2pg daemon is applying on this database; `sqlite2pg status` shows it",
+                                ));
+                            }
+                            if !self.stop.sleep(Duration::from_millis(100)).await {
+                                return Ok(Ended::Stopped);
+                            }
+                            continue;
                         }
                         if self.limit.is_some() {
                             // Not held while waiting: the pool serves the other tenants.
