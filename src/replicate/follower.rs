@@ -191,6 +191,8 @@ impl Follower {
                                 "Postgres is reachable again; resuming"
                             );
                         }
+                        // A later wait for the lock (a reconnect) gets its own patience.
+                        locked_since = None;
                         if std::mem::take(&mut said_locked) {
                             tracing::info!("the run lock is free again; applying");
                         }
