@@ -626,3 +626,32 @@ fn a_unique_value_moving_between_rows_within_one_batch_is_replayed_in_order() {
     assert_table_equal(&src.path, &mut db.client(), "clients", "id");
     assert!(d.stop());
 }
+
+#[test]
+fn a_batch_behind_the_stored_position_is_refused_and_none_of_its_rows_land() {
+    let src = SqliteFile::new(CLIENTS);
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    // Another writer of the state (a second daemon, a person) moved the position past what
+    // this daemon's next batch reaches. The batch's rows, the position and the COMMIT go to
+    // Postgres together: the refusal must still keep every row of it out.
+    db.client()
+        .batch_execute("UPDATE sqlite2pg.stream SET position = 1000000000")
+        .unwrap();
+    sqlite3_shell(
+        &src.path,
+        "INSERT INTO clients (email, name) VALUES ('late@x', 'Late'); UPDATE clients SET name = 'A2' WHERE id = 1",
+    );
+    d.wait_for_log("already at or past");
+    d.kill9();
+    let mut c = db.client();
+    let late: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM clients WHERE email = 'late@x'",
+    );
+    let renamed: i64 = scalar(&mut c, "SELECT count(*) FROM clients WHERE name = 'A2'");
+    assert_eq!((late, renamed), (0, 0), "rows of a refused batch landed");
+    let position: i64 = scalar(&mut c, "SELECT position FROM sqlite2pg.stream");
+    assert_eq!(position, 1_000_000_000);
+}

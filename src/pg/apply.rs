@@ -4,12 +4,20 @@
 //! stream position in the same transaction. Readers of Postgres therefore only ever see the
 //! state SQLite had when the drain's last chunk was read, however large the backlog, while
 //! memory holds one chunk. Applying the same drain twice is harmless.
+//!
+//! The temp tables are the session's and outlive a drain; each drain empties the ones it
+//! staged in before its `COMMIT` (a rollback leaves them empty too). `ON COMMIT DELETE ROWS`
+//! would truncate every temp table of the session at every commit, each with its TOAST
+//! table and index: at 1,000 tenants that was a fifth of Postgres' CPU (a `perf` profile of
+//! the whole machine at 500 writes a second).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use bytes::{BufMut, BytesMut};
-use tokio_postgres::{Client, Transaction};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::Client;
 
+use super::pipeline::{self, Pipeline};
 use super::{Rows, copy, qualified, quote_ident, state};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, display_key};
@@ -144,11 +152,7 @@ fn shape_tag(types: &HashMap<String, String>, roles: &[(&str, &[String])]) -> St
 
 /// Each column of `target` with its type and collation, as the shape of temp tables made
 /// from it.
-async fn column_types(
-    tx: &Transaction<'_>,
-    target: &str,
-    table: &str,
-) -> Result<HashMap<String, String>> {
+async fn column_types(tx: &Client, target: &str, table: &str) -> Result<HashMap<String, String>> {
     let rows = tx
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::oid::text
@@ -196,14 +200,13 @@ impl Applier {
     }
 
     /// Starts a drain: one transaction, committed by [`Drain::commit`] (dropped: rolled back).
-    pub async fn begin(&mut self) -> Result<Drain<'_>> {
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(pg_err("cannot start an apply transaction".into()))?;
-        Ok(Drain {
-            tx,
+    /// Its `BEGIN` leaves with the drain's first statements.
+    pub fn begin(&mut self) -> Drain<'_> {
+        Drain {
+            client: &self.client,
+            pipe: Pipeline::default(),
+            begun: false,
+            ended: false,
             tenant: &self.tenant,
             schema: &self.schema,
             rows: &self.rows,
@@ -213,7 +216,7 @@ impl Applier {
             fresh_made: HashSet::new(),
             chunks: 0,
             tables: BTreeMap::new(),
-        })
+        }
     }
 }
 
@@ -228,9 +231,17 @@ struct Staged {
     resync: bool,
 }
 
-/// One drain in progress.
+/// One drain in progress: a transaction of its own, opened, committed and rolled back by
+/// statements sent in line with the others (tokio-postgres' `Transaction` awaits its `BEGIN`
+/// alone, a round trip of its own at every drain).
 pub struct Drain<'a> {
-    tx: Transaction<'a>,
+    client: &'a Client,
+    /// Statements sent and not yet answered.
+    pipe: Pipeline<'a>,
+    /// `BEGIN` was sent.
+    begun: bool,
+    /// `COMMIT` was sent: the transaction is over, whatever it answers.
+    ended: bool,
     tenant: &'a str,
     schema: &'a str,
     rows: &'a Rows,
@@ -246,7 +257,40 @@ pub struct Drain<'a> {
     tables: BTreeMap<usize, Staged>,
 }
 
-impl Drain<'_> {
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        if self.begun && !self.ended {
+            // Written now, after every statement of the drain: the session is out of the
+            // transaction before anything else it is given runs.
+            drop(pipeline::send(Box::pin(
+                self.client.batch_execute("ROLLBACK"),
+            )));
+        }
+    }
+}
+
+impl<'a> Drain<'a> {
+    /// Sends the drain's `BEGIN`, once.
+    fn open(&mut self) {
+        if !self.begun {
+            self.begun = true;
+            let client = self.client;
+            self.pipe.send(async move {
+                client
+                    .batch_execute("BEGIN")
+                    .await
+                    .map_err(pg_err("cannot start an apply transaction".into()))
+            });
+        }
+    }
+
+    /// The connection, once every statement sent so far has been answered (`BEGIN` too).
+    async fn settled(&mut self) -> Result<&'a Client> {
+        self.open();
+        self.pipe.flush().await?;
+        Ok(self.client)
+    }
+
     /// The number the next staged chunk carries in its rows (see [`put_int4`]).
     pub fn chunk(&self) -> i32 {
         self.chunks
@@ -269,13 +313,15 @@ impl Drain<'_> {
     /// Makes `t`'s temp tables (tagged `tag`) in this session. Inside the transaction: a
     /// rollback takes them away, and `fresh_made` is only kept by a commit, so the next drain
     /// makes them again.
-    async fn make(&mut self, t: &TableBatch, tag: String, create: &str) -> Result<()> {
-        self.tx.batch_execute(create).await.map_err(pg_err(format!(
-            "cannot prepare the apply tables for {}",
-            t.table
-        )))?;
+    fn make(&mut self, t: &TableBatch, tag: String, create: String) {
+        self.open();
+        let (client, table) = (self.client, t.table.clone());
+        self.pipe.send(async move {
+            client.batch_execute(&create).await.map_err(pg_err(format!(
+                "cannot prepare the apply tables for {table}"
+            )))
+        });
         self.fresh_made.insert(tag);
-        Ok(())
     }
 
     async fn prepare(&mut self, t: &TableBatch) -> Result<()> {
@@ -288,7 +334,8 @@ impl Drain<'_> {
                 return Ok(());
             }
             let (tag, create) = (p.tag.clone(), p.create.clone());
-            return self.make(t, tag, &create).await;
+            self.make(t, tag, create);
+            return Ok(());
         }
         let target = qualified(self.schema, &t.table);
         if t.keys.is_empty() {
@@ -296,23 +343,25 @@ impl Drain<'_> {
         }
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
         let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
-        let types = column_types(&self.tx, &target, &t.table).await?;
+        let client = self.settled().await?;
+        let types = column_types(client, &target, &t.table).await?;
         let tag = shape_tag(&types, &[("up", &t.columns), ("del", &t.keys)]);
         let create = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
-             CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;",
+            "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
+             CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;",
             up(&tag),
             cols.join(", "),
             del(&tag),
             keys.join(", "),
         );
-        self.make(t, tag.clone(), &create).await?;
+        self.make(t, tag.clone(), create.clone());
         // A shared table's keys lead with the tenant column.
         let mut key_sorted: Vec<&str> = t.keys.iter().map(String::as_str).collect();
         key_sorted.extend(self.rows.column());
         key_sorted.sort();
         let uniques = self
-            .tx
+            .settled()
+            .await?
             .query(
                 "SELECT array_agg(a.attname::text ORDER BY a.attname::text) FILTER (WHERE a.attname IS NOT NULL), i.indpred IS NULL AND i.indexprs IS NULL
                  FROM pg_index i LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND a.attnum > 0
@@ -339,7 +388,8 @@ impl Drain<'_> {
 
     async fn prepare_images(&mut self, t: &TableBatch, target: &str) -> Result<()> {
         let types = self
-            .tx
+            .settled()
+            .await?
             .query(
                 "SELECT a.attname::text, a.atttypid = 'json'::regtype, a.attnotnull,
                         format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::oid::text
@@ -398,11 +448,11 @@ impl Drain<'_> {
             .collect();
         let tag = shape_tag(&shapes, &[("img", &t.columns)]);
         let create = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {}, 0 AS {SIGN} FROM {target} WITH NO DATA",
+            "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {}, 0 AS {SIGN} FROM {target} WITH NO DATA",
             img(&tag),
             sql.staged
         );
-        self.make(t, tag.clone(), &create).await?;
+        self.make(t, tag.clone(), create.clone());
         self.fresh.insert(
             t.index,
             Prepared {
@@ -421,41 +471,72 @@ impl Drain<'_> {
             self.prepare(&t).await?;
             let upserts = std::mem::take(&mut t.upserts);
             let deletes = std::mem::take(&mut t.deletes);
+            let (n_upserts, n_deletes) = (t.n_upserts, t.n_deletes);
+            self.stage_counts(&t);
+            let tag = self.tag(&t)?;
+            let named = std::sync::Arc::new(Named {
+                source: t.source,
+                table: t.table,
+                key_names: t.key_names,
+                row_keys: t.row_keys,
+            });
             if t.keys.is_empty() {
-                self.copy_staged("img", &t, &t.columns, SIGN, t.n_upserts, upserts)
+                let cols = t.columns;
+                self.copy_staged(img(&tag), &named, cols, SIGN, n_upserts, upserts, false)
                     .await?;
             } else {
-                self.copy_staged("up", &t, &t.columns, GEN, t.n_upserts, upserts)
+                self.copy_staged(up(&tag), &named, t.columns, GEN, n_upserts, upserts, false)
                     .await?;
-                self.copy_staged("del", &t, &t.keys, GEN, t.n_deletes, deletes)
+                self.copy_staged(del(&tag), &named, t.keys, GEN, n_deletes, deletes, true)
                     .await?;
             }
-            self.stage_counts(&t);
         }
         self.chunks += 1;
         Ok(())
     }
 
-    /// COPYs `rows` rows (each ending with the `last` field) into temp table `_s2p_{kind}_N`.
+    /// COPYs `rows` rows (each ending with the `last` field) into temp table `name` (quoted).
+    /// The COPY starts in line with the statements before it (the drain's `BEGIN`, a temp
+    /// table made), and its end is read with the statements after it.
+    #[allow(clippy::too_many_arguments)]
     async fn copy_staged(
-        &self,
-        kind: &str,
-        t: &TableBatch,
-        columns: &[String],
+        &mut self,
+        name: String,
+        named: &std::sync::Arc<Named>,
+        columns: Vec<String>,
         last: &str,
         rows: u64,
         data: BytesMut,
+        keys_only: bool,
     ) -> Result<()> {
         if rows == 0 {
             return Ok(());
         }
-        let mut cols = columns.to_vec();
+        self.open();
+        let mut cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
         cols.push(last.into());
-        let name = format!("_s2p_{kind}_{}", self.tag(t)?);
+        let sql = format!(
+            "COPY {name} ({}) FROM STDIN (FORMAT binary)",
+            cols.join(", ")
+        );
+        let table = named.table.clone();
+        let ctx = move |e| Error::from_pg(format!("COPY into table {table} failed"), e);
+        let started = pipeline::send(Box::pin(self.client.copy_in::<_, Bytes>(&sql)));
+        self.pipe.flush().await?;
+        let sink = started.await.map_err(ctx.clone())?;
         let data = data.freeze();
-        copy::copy_in_bytes(&self.tx, None, &name, &cols, data.clone())
-            .await
-            .map_err(|e| rejected_row(t, columns, &data, kind == "del", e))?;
+        let named = named.clone();
+        self.pipe.send(async move {
+            futures_util::pin_mut!(sink);
+            let sent = async {
+                sink.send(data.clone()).await?;
+                sink.send(Bytes::from_static(&copy::TRAILER)).await?;
+                sink.as_mut().finish().await
+            };
+            sent.await
+                .map(|_| ())
+                .map_err(|e| rejected_row(&named, &columns, &data, keys_only, ctx(e)))
+        });
         Ok(())
     }
 
@@ -480,8 +561,10 @@ impl Drain<'_> {
     pub async fn begin_resync(&mut self, t: &TableBatch) -> Result<()> {
         self.prepare(t).await?;
         if t.keys.is_empty() {
-            self.tx
-                .batch_execute(&format!("DELETE FROM {}", img(&self.tag(t)?)))
+            let sql = format!("DELETE FROM {}", img(&self.tag(t)?));
+            self.settled()
+                .await?
+                .batch_execute(&sql)
                 .await
                 .map_err(pg_err(format!(
                     "cannot start re-synchronizing table {}",
@@ -497,56 +580,108 @@ impl Drain<'_> {
 
     /// Writes every staged key's final state and moves the position to `position`, then
     /// commits: Postgres moves from one committed SQLite state to a later one in one step.
-    pub async fn commit(self, position: i64, source_at: f64, changes: i64) -> Result<()> {
-        let Drain {
-            tx,
-            tenant,
-            schema,
-            rows,
-            known,
-            fresh,
-            made,
-            fresh_made,
-            chunks,
-            tables,
-        } = self;
+    /// The statements, the position and the `COMMIT` go together, in one round trip; an
+    /// error in any of them leaves the transaction failed, and the `COMMIT` then rolls it back.
+    pub async fn commit(mut self, position: i64, source_at: f64, changes: i64) -> Result<()> {
+        self.open();
+        let client = self.client;
+        let tables = std::mem::take(&mut self.tables);
         for (index, s) in &tables {
-            let Some(Prepared { mode, tag, .. }) = known.get(index).or_else(|| fresh.get(index))
+            let Some(Prepared { mode, tag, .. }) = self
+                .known
+                .get(index)
+                .or_else(|| self.fresh.get(index))
+                .cloned()
             else {
                 return Err(Error::new(
                     crate::error::ErrorKind::State,
                     format!("the apply tables of {} were not prepared", s.table),
                 ));
             };
-            if let Mode::Images(sql) = mode {
+            if let Mode::Images(sql) = &mode {
+                // Its statements check what they did: each waits for its answer.
+                let client = self.settled().await?;
                 if s.resync {
-                    count_target_images(&tx, schema, rows, tag, s, sql).await?;
+                    count_target_images(client, self.schema, self.rows, &tag, s, sql).await?;
                 }
-                write_images(&tx, schema, rows, tag, s, sql).await?;
+                write_images(client, self.schema, self.rows, &tag, s, sql).await?;
+                self.empty(s, &[img(&tag)]);
                 continue;
             }
-            let target = Target { schema, rows };
-            write_final_states(&tx, &target, tag, s, *mode == Mode::Upsert, chunks > 1).await?;
+            let target = Target {
+                schema: self.schema,
+                rows: self.rows,
+            };
+            let several = self.chunks > 1;
+            for sql in final_state_statements(&target, &tag, s, mode == Mode::Upsert, several) {
+                let (rows, table) = (self.rows, s.table.clone());
+                self.pipe.send(async move {
+                    client
+                        .execute_typed(&sql, &rows.typed_params())
+                        .await
+                        .map(|_| ())
+                        .map_err(pg_err(format!("cannot apply changes to table {table}")))
+                });
+            }
+            self.empty(s, &[up(&tag), del(&tag)]);
         }
-        state::stream_advance(&tx, tenant, position, source_at, changes).await?;
-        tx.commit()
-            .await
-            .map_err(pg_err("cannot commit an applied batch".into()))?;
-        known.extend(fresh);
-        made.extend(fresh_made);
+        let tenant = self.tenant;
+        self.pipe.send(state::stream_advance(
+            client, tenant, position, source_at, changes,
+        ));
+        self.pipe.send(async move {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(pg_err("cannot commit an applied batch".into()))
+        });
+        self.ended = true;
+        self.pipe.flush().await?;
+        let fresh = std::mem::take(&mut self.fresh);
+        self.known.extend(fresh);
+        let fresh_made = std::mem::take(&mut self.fresh_made);
+        self.made.extend(fresh_made);
         Ok(())
     }
 }
 
+impl Drain<'_> {
+    /// Empties the temp tables `staged` (quoted) that `s` was staged in, in line with the
+    /// drain's other statements. A few rows are deleted: `TRUNCATE` gives a table a new file
+    /// and the catalog a new row. Many are truncated: deleted, they would leave pages that
+    /// only a `VACUUM` (which never runs on temp tables) makes room in again.
+    fn empty(&mut self, s: &Staged, staged: &[String]) {
+        let sql = if s.resync || s.upserts + s.deletes > TRUNCATE_FROM {
+            format!("TRUNCATE {}", staged.join(", "))
+        } else {
+            staged.iter().map(|t| format!("DELETE FROM {t};")).collect()
+        };
+        let (client, table) = (self.client, s.table.clone());
+        self.pipe.send(async move {
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(pg_err(format!("cannot empty the apply tables of {table}")))
+        });
+    }
+}
+
+/// How many staged rows of a table make a drain truncate its temp tables, not delete from
+/// them (see [`Drain::empty`]).
+const TRUNCATE_FROM: u64 = 1_000;
+
+/// What names a staged row to a person: its source table and key, not our temp table.
+struct Named {
+    source: String,
+    table: String,
+    key_names: Vec<String>,
+    /// The key of each staged row, in order (none for staged keys of deleted rows).
+    row_keys: Vec<Vec<OwnedValue>>,
+}
+
 /// A staged row Postgres refused (a value too long for a `varchar(n)`, out of a type's range),
 /// named as the source has it: table, key, column and value, never our temp table.
-fn rejected_row(
-    t: &TableBatch,
-    columns: &[String],
-    data: &[u8],
-    keys_only: bool,
-    e: Error,
-) -> Error {
+fn rejected_row(t: &Named, columns: &[String], data: &[u8], keys_only: bool, e: Error) -> Error {
     use std::error::Error as _;
     let Some(db) = e
         .source()
@@ -623,14 +758,13 @@ struct Target<'a> {
 /// once; with several, a key's state is the one of the newest chunk that read it. In a
 /// shared table every statement names the tenant (`$1`): its rows only are read, matched and
 /// deleted, and the rows it writes carry it.
-async fn write_final_states(
-    tx: &Transaction<'_>,
+fn final_state_statements(
     to: &Target<'_>,
     tag: &str,
     s: &Staged,
     upsert: bool,
     several_chunks: bool,
-) -> Result<()> {
+) -> Vec<String> {
     let target = qualified(to.schema, &s.table);
     let mine = |alias: &str| to.rows.and(alias, 1);
     let (lead_col, lead_val) = (to.rows.lead_column(), to.rows.lead_value(1));
@@ -751,21 +885,13 @@ async fn write_final_states(
             ));
         }
     }
-    // Typed: one round trip each, where a prepare first made it two (a fleet's tenant applies
-    // a write or two at each hand-off of a session).
-    let params = to.rows.typed_params();
-    for sql in statements {
-        tx.execute_typed(&sql, &params)
-            .await
-            .map_err(pg_err(format!("cannot apply changes to table {}", s.table)))?;
-    }
-    Ok(())
+    statements
 }
 
 /// A re-synchronized table followed by row images: every target row is staged with sign -1
 /// beside SQLite's rows (+1), so the net count of each distinct row is exactly what differs.
 async fn count_target_images(
-    tx: &Transaction<'_>,
+    tx: &Client,
     schema: &str,
     rows: &Rows,
     tag: &str,
@@ -795,7 +921,7 @@ async fn count_target_images(
 /// that many copies, a positive one inserts that many. Deleting fewer rows than the images
 /// say means Postgres no longer equals SQLite: that stops the drain instead of going on.
 async fn write_images(
-    tx: &Transaction<'_>,
+    tx: &Client,
     schema: &str,
     rows: &Rows,
     tag: &str,

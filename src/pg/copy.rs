@@ -55,15 +55,7 @@ pub async fn copy_in_bytes(
     columns: &[String],
     buf: Bytes,
 ) -> Result<u64> {
-    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-    let relation = match schema {
-        Some(s) => qualified(s, table),
-        None => quote_ident(table),
-    };
-    let sql = format!(
-        "COPY {relation} ({}) FROM STDIN (FORMAT binary)",
-        cols.join(", ")
-    );
+    let sql = statement(schema, table, columns);
     let ctx = |e| Error::from_pg(format!("COPY into table {table} failed"), e);
     let sink = tx.copy_in::<_, Bytes>(&sql).await.map_err(ctx)?;
     futures_util::pin_mut!(sink);
@@ -72,8 +64,22 @@ pub async fn copy_in_bytes(
     sink.as_mut().finish().await.map_err(ctx)
 }
 
+/// The statement that COPYs binary rows of `columns` into a table (`schema` None: a table
+/// of the session).
+fn statement(schema: Option<&str>, table: &str, columns: &[String]) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let relation = match schema {
+        Some(s) => qualified(s, table),
+        None => quote_ident(table),
+    };
+    format!(
+        "COPY {relation} ({}) FROM STDIN (FORMAT binary)",
+        cols.join(", ")
+    )
+}
+
 /// The file trailer: a tuple of -1 fields.
-const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+pub const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
 
 /// The raw bytes of field `field` of tuple `row` (both from 0) of a buffer made by
 /// `begin_buffer`: `Some(None)` for NULL, `None` when the buffer has no such field.

@@ -8,6 +8,7 @@ pub mod ddl;
 pub mod decode;
 pub mod foreign_keys;
 pub mod lookup;
+pub mod pipeline;
 pub mod pool;
 pub mod reverse;
 pub mod rows;

@@ -39,7 +39,7 @@ const RESET_AND_COUNT: &str = "SELECT pg_advisory_unlock_all(); UNLISTEN *; \
 const COUNT_EVERY: u64 = 16;
 
 /// A session found holding more temp tables than this drops them all: tenants of many
-/// shapes would otherwise pile them up, and a commit empties every one of them.
+/// shapes would otherwise pile them up in the catalog and in the backend's caches.
 const TEMP_TABLES_KEPT: i64 = 64;
 
 /// The most Postgres connections this process holds at once, when it is a fleet's daemon:

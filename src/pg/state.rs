@@ -395,6 +395,10 @@ pub async fn stream_init(
 
 /// Moves the position forward (same transaction as the applied rows). It never moves back: a
 /// batch at or below the stored position means two daemons, and is refused.
+///
+/// The refusal is the server's own error (a division by the count of rows moved), not a
+/// count read afterwards: a drain sends its `COMMIT` before this is answered
+/// ([`super::pipeline`]), and only an error keeps that `COMMIT` from applying the batch.
 pub async fn stream_advance(
     client: &impl GenericClient,
     tenant: &str,
@@ -403,11 +407,12 @@ pub async fn stream_advance(
     changes: i64,
 ) -> Result<()> {
     // Typed, like the other statements of a drain's every commit: one round trip.
-    let n = client
+    let moved = client
         .execute_typed(
             &format!(
-                "UPDATE {STATE_SCHEMA}.stream SET position = $1, source_at = $2, applied_at = now(),
-                 changes_applied = changes_applied + $3, last_error = NULL WHERE tenant = $4 AND position < $1"
+                "WITH moved AS (UPDATE {STATE_SCHEMA}.stream SET position = $1, source_at = $2, applied_at = now(),
+                 changes_applied = changes_applied + $3, last_error = NULL WHERE tenant = $4 AND position < $1 RETURNING 1)
+                 SELECT 1 / count(*) FROM moved"
             ),
             &[
                 (&position, Type::INT8),
@@ -416,17 +421,17 @@ pub async fn stream_advance(
                 (&tenant, Type::TEXT),
             ],
         )
-        .await
-        .map_err(pg("record the stream position"))?;
-    if n != 1 {
-        return Err(Error::new(
+        .await;
+    match moved {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::DIVISION_BY_ZERO) => Err(Error::new(
             crate::error::ErrorKind::Schema,
             format!(
                 "the stored stream position is already at or past {position}: is another sqlite2pg daemon running on this target?"
             ),
-        ));
+        )),
+        Err(e) => Err(pg("record the stream position")(e)),
     }
-    Ok(())
 }
 
 /// Records that every table was verified equal up to `position`: cutover then only re-verifies

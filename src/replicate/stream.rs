@@ -382,7 +382,7 @@ async fn drain(
         Some(_) => return Ok(Drained::Nothing),
         None => return Ok(Drained::Shutdown),
     };
-    let mut tx = applier.begin().await?;
+    let mut tx = applier.begin();
     let (mut last, mut changes, mut max_at) = (position, 0i64, 0f64);
     let mut per_table: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     // Re-synchronized tables followed by row images get a handoff of their own for the rest of
