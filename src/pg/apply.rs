@@ -15,9 +15,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
-use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Statement};
 
 use super::pipeline::{self, Pipeline};
+use super::pool::Session;
 use super::{Rows, copy, qualified, quote_ident, state};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{OwnedValue, display_key};
@@ -108,15 +110,31 @@ struct Prepared {
 #[derive(Debug, Default)]
 pub struct Shapes(HashMap<usize, Prepared>);
 
-/// Applies drains on one connection, remembering the temp tables it made.
+/// What the drains made in a session that outlives them: its staging tables, and the COPY
+/// statements prepared for them. A fleet's session goes from tenant to tenant (`pg::pool`),
+/// and a tenant's drain of one write is two round trips when both are there already.
+#[derive(Debug, Default)]
+pub struct Staging {
+    /// The tags whose temp tables the session has (made by committed drains).
+    made: HashSet<String>,
+    /// The COPY statements prepared in the session, by their text.
+    copies: HashMap<String, Statement>,
+}
+
+impl Staging {
+    /// Forgets everything: the session's temp tables were dropped.
+    pub fn forget(&mut self) {
+        *self = Staging::default();
+    }
+}
+
+/// Applies drains on one connection.
 pub struct Applier {
-    client: Client,
+    session: Session,
     tenant: String,
     schema: String,
     rows: Rows,
     shapes: Shapes,
-    /// The tags whose temp tables this session has (made by committed drains).
-    made: HashSet<String>,
 }
 
 fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -150,19 +168,16 @@ fn shape_tag(types: &HashMap<String, String>, roles: &[(&str, &[String])]) -> St
     format!("{:016x}", h.finish())
 }
 
-/// Each column of `target` with its type and collation, as the shape of temp tables made
+/// Each column of table `$1` with its type and collation, as the shape of temp tables made
 /// from it.
-async fn column_types(tx: &Client, target: &str, table: &str) -> Result<HashMap<String, String>> {
-    let rows = tx
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::oid::text
-             FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&target],
-        )
-        .await
-        .map_err(pg_err(format!("cannot read the columns of {table}")))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
+const COLUMN_TYPES: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::oid::text
+     FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped";
+
+/// The unique indexes of table `$1`: their columns, sorted, and whether the index is plain
+/// (no predicate, no expression).
+const UNIQUE_INDEXES: &str = "SELECT array_agg(a.attname::text ORDER BY a.attname::text) FILTER (WHERE a.attname IS NOT NULL), i.indpred IS NULL AND i.indexprs IS NULL
+     FROM pg_index i LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND a.attnum > 0
+     WHERE i.indrelid = $1::text::regclass AND i.indisunique GROUP BY i.indexrelid, i.indpred, i.indexprs";
 
 impl Applier {
     /// Readies a session for applying (sent with the connect's other statements, in one
@@ -177,33 +192,39 @@ impl Applier {
 
     /// Wraps a connection used only for applying, readied by [`Applier::configure`], with
     /// what is known of the tables' shapes.
-    pub fn new(client: Client, tenant: &str, schema: &str, rows: Rows, shapes: Shapes) -> Applier {
+    pub fn new(
+        session: Session,
+        tenant: &str,
+        schema: &str,
+        rows: Rows,
+        shapes: Shapes,
+    ) -> Applier {
         Applier {
-            client,
+            session,
             tenant: tenant.to_string(),
             schema: schema.to_string(),
             rows,
             shapes,
-            made: HashSet::new(),
         }
     }
 
     /// The connection, for reading state.
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.session
     }
 
-    /// The connection, to give back between drains (its staging tables are the session's),
+    /// The session, to give back between drains (its staging tables are the session's),
     /// and the shapes, for the next session.
-    pub fn into_parts(self) -> (Client, Shapes) {
-        (self.client, self.shapes)
+    pub fn into_parts(self) -> (Session, Shapes) {
+        (self.session, self.shapes)
     }
 
     /// Starts a drain: one transaction, committed by [`Drain::commit`] (dropped: rolled back).
     /// Its `BEGIN` leaves with the drain's first statements.
     pub fn begin(&mut self) -> Drain<'_> {
+        let (client, staging) = self.session.parts();
         Drain {
-            client: &self.client,
+            client,
             pipe: Pipeline::default(),
             begun: false,
             ended: false,
@@ -212,8 +233,9 @@ impl Applier {
             rows: &self.rows,
             known: &mut self.shapes.0,
             fresh: HashMap::new(),
-            made: &mut self.made,
+            staging,
             fresh_made: HashSet::new(),
+            fresh_copies: HashMap::new(),
             chunks: 0,
             tables: BTreeMap::new(),
         }
@@ -249,10 +271,13 @@ pub struct Drain<'a> {
     known: &'a mut HashMap<usize, Prepared>,
     /// What this drain read of it; kept only once it commits.
     fresh: HashMap<usize, Prepared>,
-    /// Tags whose temp tables this session has (made by committed drains).
-    made: &'a mut HashSet<String>,
+    /// What committed drains made in this session.
+    staging: &'a mut Staging,
     /// Tags whose temp tables this drain made; they exist only once it commits.
     fresh_made: HashSet<String>,
+    /// COPY statements this drain prepared, kept once it commits (the tables they fill
+    /// may be this drain's).
+    fresh_copies: HashMap<String, Statement>,
     chunks: i32,
     tables: BTreeMap<usize, Staged>,
 }
@@ -330,7 +355,7 @@ impl<'a> Drain<'a> {
             .get(&t.index)
             .or_else(|| self.fresh.get(&t.index))
         {
-            if self.made.contains(&p.tag) || self.fresh_made.contains(&p.tag) {
+            if self.staging.made.contains(&p.tag) || self.fresh_made.contains(&p.tag) {
                 return Ok(());
             }
             let (tag, create) = (p.tag.clone(), p.create.clone());
@@ -343,8 +368,26 @@ impl<'a> Drain<'a> {
         }
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
         let keys: Vec<String> = t.keys.iter().map(|c| quote_ident(c)).collect();
-        let client = self.settled().await?;
-        let types = column_types(client, &target, &t.table).await?;
+        // Both read with the drain's BEGIN, typed (no prepare): a tenant's first drain after
+        // a start reads every table it touches, and a fleet starts a thousand at once.
+        self.open();
+        let param = [(
+            &target as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::TEXT,
+        )];
+        let types = pipeline::send(Box::pin(self.client.query_typed(COLUMN_TYPES, &param)));
+        let uniques = pipeline::send(Box::pin(self.client.query_typed(UNIQUE_INDEXES, &param)));
+        self.pipe.flush().await?;
+        let types: HashMap<String, String> = types
+            .await
+            .map_err(pg_err(format!("cannot read the columns of {}", t.table)))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let uniques = uniques.await.map_err(pg_err(format!(
+            "cannot read the unique indexes of {}",
+            t.table
+        )))?;
         let tag = shape_tag(&types, &[("up", &t.columns), ("del", &t.keys)]);
         let create = format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {}, 0 AS {GEN} FROM {target} WITH NO DATA;
@@ -359,17 +402,6 @@ impl<'a> Drain<'a> {
         let mut key_sorted: Vec<&str> = t.keys.iter().map(String::as_str).collect();
         key_sorted.extend(self.rows.column());
         key_sorted.sort();
-        let uniques = self
-            .settled()
-            .await?
-            .query(
-                "SELECT array_agg(a.attname::text ORDER BY a.attname::text) FILTER (WHERE a.attname IS NOT NULL), i.indpred IS NULL AND i.indexprs IS NULL
-                 FROM pg_index i LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND a.attnum > 0
-                 WHERE i.indrelid = $1::text::regclass AND i.indisunique GROUP BY i.indexrelid, i.indpred, i.indexprs",
-                &[&target],
-            )
-            .await
-            .map_err(pg_err(format!("cannot read the unique indexes of {}", t.table)))?;
         let key_index = |r: &tokio_postgres::Row| {
             let cols: Option<Vec<String>> = r.get(0);
             let plain: bool = r.get(1);
@@ -390,12 +422,12 @@ impl<'a> Drain<'a> {
         let types = self
             .settled()
             .await?
-            .query(
+            .query_typed(
                 "SELECT a.attname::text, a.atttypid = 'json'::regtype, a.attnotnull,
                         format_type(a.atttypid, a.atttypmod) || ' ' || a.attcollation::oid::text
                  FROM pg_attribute a
                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&target],
+                &[(&target, Type::TEXT)],
             )
             .await
             .map_err(pg_err(format!("cannot read the columns of {}", t.table)))?;
@@ -521,7 +553,18 @@ impl<'a> Drain<'a> {
         );
         let table = named.table.clone();
         let ctx = move |e| Error::from_pg(format!("COPY into table {table} failed"), e);
-        let started = pipeline::send(Box::pin(self.client.copy_in::<_, Bytes>(&sql)));
+        let known = self.staging.copies.get(&sql);
+        let statement = match known.or_else(|| self.fresh_copies.get(&sql)) {
+            Some(st) => st.clone(),
+            None => {
+                let prepared = pipeline::send(Box::pin(self.client.prepare(&sql)));
+                self.pipe.flush().await?;
+                let st = prepared.await.map_err(ctx.clone())?;
+                self.fresh_copies.insert(sql, st.clone());
+                st
+            }
+        };
+        let started = pipeline::send(Box::pin(self.client.copy_in::<_, Bytes>(&statement)));
         self.pipe.flush().await?;
         let sink = started.await.map_err(ctx.clone())?;
         let data = data.freeze();
@@ -640,7 +683,9 @@ impl<'a> Drain<'a> {
         let fresh = std::mem::take(&mut self.fresh);
         self.known.extend(fresh);
         let fresh_made = std::mem::take(&mut self.fresh_made);
-        self.made.extend(fresh_made);
+        self.staging.made.extend(fresh_made);
+        let fresh_copies = std::mem::take(&mut self.fresh_copies);
+        self.staging.copies.extend(fresh_copies);
         Ok(())
     }
 }

@@ -16,8 +16,45 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
+use super::apply::Staging;
 use crate::conninfo::TargetUrl;
 use crate::error::Result;
+
+/// A connection of a tenant's stream, with what this process made in it that outlives a
+/// tenant's turn: the apply's staging tables and the statements that fill them.
+#[derive(Debug)]
+pub struct Session {
+    client: Client,
+    staging: Staging,
+}
+
+impl Session {
+    /// A connection nothing was made in yet.
+    pub fn new(client: Client) -> Session {
+        Session {
+            client,
+            staging: Staging::default(),
+        }
+    }
+
+    /// The connection, and what the apply made in it.
+    pub fn parts(&mut self) -> (&Client, &mut Staging) {
+        (&self.client, &mut self.staging)
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
 
 /// A session given back and not taken again for this long is closed: an idle fleet holds no
 /// backend.
@@ -71,11 +108,11 @@ impl Drop for Waiting<'_> {
 }
 
 /// A tenant waiting for a session to a target.
-type Waiter = (TargetUrl, tokio::sync::oneshot::Sender<Client>);
+type Waiter = (TargetUrl, tokio::sync::oneshot::Sender<Session>);
 
 #[derive(Debug)]
 struct Idle {
-    client: Client,
+    client: Session,
     url: TargetUrl,
     since: Instant,
 }
@@ -144,7 +181,7 @@ impl Limit {
     }
 
     /// An idle session to `url` still open, if one is.
-    fn take_idle(&self, url: &TargetUrl) -> Option<Client> {
+    fn take_idle(&self, url: &TargetUrl) -> Option<Session> {
         let mut idle = self.idle();
         // The newest first: the warmest, and the oldest are left to expire.
         while let Some(i) = idle.iter().rposition(|s| &s.url == url) {
@@ -193,7 +230,7 @@ impl Limit {
     /// A session for a tenant: one given back by another tenant if there is one, else a new
     /// connection, else the first of the two to come. A session given back goes to the
     /// tenant that has waited longest, not to whoever asks next.
-    async fn session(&self, url: &TargetUrl) -> Result<Client> {
+    async fn session(&self, url: &TargetUrl) -> Result<Session> {
         let asked = Instant::now();
         let got = self.session_now(url).await;
         crate::metrics::fleet_session_wait(asked.elapsed().as_secs_f64());
@@ -201,12 +238,12 @@ impl Limit {
     }
 
     /// [`Limit::session`], unmeasured.
-    async fn session_now(&self, url: &TargetUrl) -> Result<Client> {
+    async fn session_now(&self, url: &TargetUrl) -> Result<Session> {
         if let Some(c) = self.take_idle(url) {
             return Ok(c);
         }
         if let Ok(p) = self.permits.clone().try_acquire_owned() {
-            return super::open_with(url, p).await;
+            return super::open_with(url, p).await.map(Session::new);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue().push_back((url.clone(), tx));
@@ -221,12 +258,14 @@ impl Limit {
             Ok(Ok(client)) => Ok(client),
             // The sender went away without a session: cannot be, the queue keeps it until
             // it sends; a permit serves as well.
-            Ok(Err(_)) => super::open_with(url, self.acquire().await).await,
+            Ok(Err(_)) => super::open_with(url, self.acquire().await)
+                .await
+                .map(Session::new),
             Err(p) => {
                 let p = p.unwrap_or_else(|_| {
                     unreachable!("the connection limit's semaphore is never closed")
                 });
-                super::open_with(url, p).await
+                super::open_with(url, p).await.map(Session::new)
             }
         }
     }
@@ -235,17 +274,30 @@ impl Limit {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a session given back: once reset, to the tenant that waited longest, or kept
-    /// for the next; closed if it cannot be reset.
-    async fn give_back(&self, client: Client, url: TargetUrl) {
+    /// Takes a session given back: reset, to the tenant that waited longest, or kept for the
+    /// next; closed if it cannot be reset.
+    async fn give_back(&self, mut client: Session, url: TargetUrl) {
+        if client.is_closed() {
+            return;
+        }
         let count = self
             .given_back
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(COUNT_EVERY);
-        if client.is_closed() || !reset(&client, count).await {
-            return;
+        if count {
+            match reset_counting(&client).await {
+                Reset::Failed => return,
+                Reset::Dropped => client.staging.forget(),
+                Reset::Kept => {}
+            }
+        } else {
+            // Written, not awaited: whatever the next holder sends follows it on the
+            // connection, and the server answers in order. A session is only given back
+            // between transactions, so the reset can only fail with the connection, and
+            // the next holder's own statements then say so. Awaited, it was one round trip
+            // of every hand-off, the session of no use meanwhile.
+            drop(super::pipeline::send(Box::pin(client.batch_execute(RESET))));
         }
-        let mut client = client;
         loop {
             let next = {
                 let mut queue = self.queue();
@@ -281,38 +333,48 @@ impl Limit {
     }
 }
 
-/// Resets a session given back (see [`RESET`]), counting its temp tables when `count`;
-/// `false` when it cannot be, and is closed.
-async fn reset(client: &Client, count: bool) -> bool {
-    if !count {
-        return client.batch_execute(RESET).await.is_ok();
-    }
+/// What [`reset_counting`] did.
+enum Reset {
+    /// The session is reset and keeps its temp tables.
+    Kept,
+    /// The session is reset and its temp tables are dropped.
+    Dropped,
+    /// It cannot be reset: closed.
+    Failed,
+}
+
+/// Resets a session given back (see [`RESET`]) and counts its temp tables, dropping them all
+/// when it holds too many.
+async fn reset_counting(client: &Client) -> Reset {
     let Ok(messages) = client.simple_query(RESET_AND_COUNT).await else {
-        return false;
+        return Reset::Failed;
     };
     let temp_tables = messages.iter().rev().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse::<i64>().ok(),
         _ => None,
     });
     match temp_tables {
-        Some(n) if n <= TEMP_TABLES_KEPT => true,
-        _ => client.batch_execute("DISCARD TEMP").await.is_ok(),
+        Some(n) if n <= TEMP_TABLES_KEPT => Reset::Kept,
+        _ => match client.batch_execute("DISCARD TEMP").await {
+            Ok(()) => Reset::Dropped,
+            Err(_) => Reset::Failed,
+        },
     }
 }
 
 /// A session for one tenant's stream: in a fleet's daemon, one another tenant gave back if
 /// any ([`give_back`]); elsewhere a new connection.
-pub async fn session(url: &TargetUrl) -> Result<Client> {
+pub async fn session(url: &TargetUrl) -> Result<Session> {
     match Limit::get() {
         Some(limit) => limit.session(url).await,
-        None => super::connect(url).await,
+        None => super::connect(url).await.map(Session::new),
     }
 }
 
 /// Gives a tenant's session back for another tenant, in a fleet's daemon; elsewhere closes
 /// it. Only a session between transactions may be given back (one in the middle of one, or
 /// broken, is closed instead).
-pub async fn give_back(client: Client, url: &TargetUrl) {
+pub async fn give_back(client: Session, url: &TargetUrl) {
     if let Some(limit) = Limit::get() {
         limit.give_back(client, url.clone()).await;
     }

@@ -737,7 +737,7 @@ struct Reverse<'a> {
     tables: Vec<Table<'a>>,
     /// Writes SQLite.
     conn: rusqlite::Connection,
-    client: Option<Client>,
+    client: Option<crate::pg::pool::Session>,
     /// The connection that hears the capture's notifications (`None` while Postgres is away,
     /// and in a fleet's daemon, which hears them for every tenant).
     wake: Option<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)>,
@@ -804,7 +804,7 @@ impl Direction for Reverse<'_> {
                 return Ok(Applied::End(FellBack));
             }
             if std::mem::take(&mut self.fresh)
-                && !reverse::capture_installed(client, &self.opts.db.schema).await?
+                && !reverse::capture_installed(&**client, &self.opts.db.schema).await?
             {
                 // A fallback commits its record with the end of capture: one that committed
                 // between the look above and this read is seen by a look after it (found by

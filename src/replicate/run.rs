@@ -158,7 +158,7 @@ async fn record_waiting(cfg: &Config, presence: Option<&tokio_postgres::Client>,
         return;
     };
     if let Ok(c) = crate::pg::pool::session(target).await {
-        let _ = crate::pg::state::stream_error(&c, tenant, text).await;
+        let _ = crate::pg::state::stream_error(&*c, tenant, text).await;
         crate::pg::pool::give_back(c, target).await;
     }
 }

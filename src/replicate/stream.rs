@@ -592,7 +592,7 @@ struct Forward<'a> {
     /// A connection that already holds the run lock, used first.
     first: Option<tokio_postgres::Client>,
     /// A connection waiting for the run lock.
-    waiting: Option<tokio_postgres::Client>,
+    waiting: Option<pg::pool::Session>,
     /// What applies, once connected and holding the lock.
     live: Option<Live>,
     /// How the tables are applied, kept while not connected (not after an error).
@@ -743,7 +743,8 @@ impl Direction for Forward<'_> {
 
     async fn connect(&mut self) -> Result<Connected> {
         let client = match (self.waiting.take(), self.first.take()) {
-            (Some(c), _) | (None, Some(c)) => c,
+            (Some(c), _) => c,
+            (None, Some(c)) => pg::pool::Session::new(c),
             (None, None) => pg::pool::session(&self.opts.db.target).await?,
         };
         // The run lock is retaken on every connection (a Postgres restart ends the session
@@ -755,7 +756,7 @@ impl Direction for Forward<'_> {
         let (configured, locked, st) = tokio::join!(
             Applier::configure(&client),
             state::try_lock(&client, tenant),
-            state::stream_load(&client, tenant),
+            state::stream_load(&*client, tenant),
         );
         configured?;
         if !locked? {
