@@ -597,6 +597,11 @@ struct Forward<'a> {
     live: Option<Live>,
     /// How the tables are applied, kept while not connected (not after an error).
     shapes: apply::Shapes,
+    /// What is pruned and when it last was, kept while not connected: a fleet's tenant
+    /// connects at each burst of work, and a pruner made anew at each connect pruned at
+    /// every drain once the changelog's positions passed 10,000 (counted from 0 again), and
+    /// never by time.
+    pruner: Pruner,
 }
 
 /// What wakes the forward stream: a watcher of its own, or the fleet's.
@@ -614,7 +619,6 @@ struct Live {
     applier: Applier,
     handoff: state::ImageHandoff,
     position: i64,
-    pruner: Pruner,
 }
 
 impl<'a> Forward<'a> {
@@ -704,6 +708,16 @@ impl<'a> Forward<'a> {
             waiting: None,
             live: None,
             shapes: apply::Shapes::default(),
+            pruner: Pruner {
+                source: opts.db.source.clone(),
+                busy_timeout: opts.db.busy_timeout,
+                writer: None,
+                tenant: opts.db.tenant.clone(),
+                pruned_to: 0,
+                last: Instant::now(),
+                behind: false,
+                waiting_since: None,
+            },
         })
     }
 
@@ -790,16 +804,6 @@ impl Direction for Forward<'_> {
             applier,
             handoff,
             position: st.position,
-            pruner: Pruner {
-                source: self.opts.db.source.clone(),
-                busy_timeout: self.opts.db.busy_timeout,
-                writer: None,
-                tenant: self.opts.db.tenant.clone(),
-                pruned_to: 0,
-                last: Instant::now(),
-                behind: false,
-                waiting_since: None,
-            },
         });
         Ok(Connected::Ready)
     }
@@ -861,7 +865,7 @@ impl Direction for Forward<'_> {
                 let secs = started.elapsed().as_secs_f64();
                 crate::metrics::batch_applied(&per_table, changes as u64, secs, position);
                 tracing::debug!(position, changes, chunks, secs, "drain applied");
-                live.pruner
+                self.pruner
                     .after_apply(live.applier.client(), position)
                     .await;
                 Ok(Applied::Batch)
@@ -897,7 +901,7 @@ impl Direction for Forward<'_> {
         let Some(live) = self.live.as_mut() else {
             return Ok(None);
         };
-        live.pruner
+        self.pruner
             .when_idle(live.applier.client(), live.position)
             .await;
         report_lag(&self.reader, self.opts.db.busy_timeout, live.position);
