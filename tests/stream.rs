@@ -655,3 +655,42 @@ fn a_batch_behind_the_stored_position_is_refused_and_none_of_its_rows_land() {
     let position: i64 = scalar(&mut c, "SELECT position FROM sqlite2pg.stream");
     assert_eq!(position, 1_000_000_000);
 }
+
+#[test]
+fn the_staging_tables_stay_small_over_many_drains_of_any_size() {
+    let src = SqliteFile::new(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);",
+    );
+    let db = TestDb::new();
+    let mut d = Daemon::start(&src.path, &db, &[]);
+    d.wait_caught_up();
+    let app = rusqlite::Connection::open(&src.path).unwrap();
+    // One drain each: a row, then twenty (a few kilobytes). Nothing vacuums a temp table,
+    // so rows deleted from it leave pages only the same page's next rows reuse.
+    for i in 0..240 {
+        let rows = if i % 3 == 0 { 20 } else { 1 };
+        let tx = app.unchecked_transaction().unwrap();
+        for _ in 0..rows {
+            tx.execute(
+                "INSERT INTO notes (body) VALUES (printf('%.120c', 'x'))",
+                [],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        d.wait_caught_up();
+    }
+    let largest: i64 = scalar(
+        &mut db.client(),
+        "SELECT coalesce(max(pg_relation_size(c.oid)), 0) FROM pg_class c
+          JOIN pg_namespace s ON s.oid = c.relnamespace
+         WHERE s.nspname LIKE 'pg\\_temp\\_%' AND c.relname LIKE '\\_s2p\\_%'",
+    );
+    assert!(
+        largest <= 4 * 8192,
+        "a staging table grew to {largest} bytes over 240 drains"
+    );
+    assert_table_equal(&src.path, &mut db.client(), "notes", "id");
+    assert!(d.stop());
+}

@@ -249,6 +249,8 @@ struct Staged {
     keys: Vec<String>,
     upserts: u64,
     deletes: u64,
+    /// The COPY data staged for it, in bytes.
+    bytes: u64,
     /// Every row of the table was staged by a re-synchronization (see [`Drain::begin_resync`]).
     resync: bool,
 }
@@ -504,7 +506,7 @@ impl<'a> Drain<'a> {
             let upserts = std::mem::take(&mut t.upserts);
             let deletes = std::mem::take(&mut t.deletes);
             let (n_upserts, n_deletes) = (t.n_upserts, t.n_deletes);
-            self.stage_counts(&t);
+            self.stage_counts(&t, (upserts.len() + deletes.len()) as u64);
             let tag = self.tag(&t)?;
             let named = std::sync::Arc::new(Named {
                 source: t.source,
@@ -583,17 +585,19 @@ impl<'a> Drain<'a> {
         Ok(())
     }
 
-    fn stage_counts(&mut self, t: &TableBatch) {
+    fn stage_counts(&mut self, t: &TableBatch, bytes: u64) {
         let s = self.tables.entry(t.index).or_insert_with(|| Staged {
             table: t.table.clone(),
             columns: t.columns.clone(),
             keys: t.keys.clone(),
             upserts: 0,
             deletes: 0,
+            bytes: 0,
             resync: false,
         });
         s.upserts += t.n_upserts;
         s.deletes += t.n_deletes;
+        s.bytes += bytes;
     }
 
     /// Starts re-synchronizing a table in this drain: the chunks staged for it from here on
@@ -614,7 +618,7 @@ impl<'a> Drain<'a> {
                     t.table
                 )))?;
         }
-        self.stage_counts(t);
+        self.stage_counts(t, 0);
         if let Some(s) = self.tables.get_mut(&t.index) {
             s.resync = true;
         }
@@ -692,11 +696,10 @@ impl<'a> Drain<'a> {
 
 impl Drain<'_> {
     /// Empties the temp tables `staged` (quoted) that `s` was staged in, in line with the
-    /// drain's other statements. A few rows are deleted: `TRUNCATE` gives a table a new file
-    /// and the catalog a new row. Many are truncated: deleted, they would leave pages that
-    /// only a `VACUUM` (which never runs on temp tables) makes room in again.
+    /// drain's other statements. A few bytes of rows are deleted (`TRUNCATE` gives a table a
+    /// new file and the catalog a new row); more are truncated (see [`DELETE_UP_TO`]).
     fn empty(&mut self, s: &Staged, staged: &[String]) {
-        let sql = if s.resync || s.upserts + s.deletes > TRUNCATE_FROM {
+        let sql = if s.resync || s.bytes > DELETE_UP_TO {
             format!("TRUNCATE {}", staged.join(", "))
         } else {
             staged.iter().map(|t| format!("DELETE FROM {t};")).collect()
@@ -711,9 +714,13 @@ impl Drain<'_> {
     }
 }
 
-/// How many staged rows of a table make a drain truncate its temp tables, not delete from
-/// them (see [`Drain::empty`]).
-const TRUNCATE_FROM: u64 = 1_000;
+/// The most bytes of rows a drain stages in a table and then deletes (more are truncated).
+/// No `VACUUM` runs on temp tables, so the space of deleted rows is only found again on the
+/// page that new rows go to: a read prunes a page once less than a tenth of it (819 bytes)
+/// is free, and rows that fit in that tenth always go back into it. Larger batches deleted
+/// would move on to a new page whenever the last was too full, leaving the old ones empty
+/// and never used again: a table growing with every few drains.
+const DELETE_UP_TO: u64 = 512;
 
 /// What names a staged row to a person: its source table and key, not our temp table.
 struct Named {
