@@ -87,6 +87,11 @@ const SLICE: Duration = Duration::from_millis(500);
 /// backend has exited, a moment after the client let go (longer on a loaded server).
 const LOCK_PATIENCE: Duration = Duration::from_secs(3);
 
+/// How soon a daemon looks at the run lock again after finding it held: at once, then less
+/// and less often (see the follower's `LockHeld`).
+const LOCK_RETRY_FIRST: Duration = Duration::from_millis(10);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(500);
+
 /// A fleet daemon's tenant without a connection looks at its source this often when no
 /// wake-up came (a missed notification): rarely, since idle tenants must cost nothing.
 const RELEASED_POLL: Duration = Duration::from_secs(30);
@@ -200,10 +205,10 @@ impl Follower {
                         }
                     }
                     Ok(Connected::LockHeld) => {
+                        let since = *locked_since.get_or_insert_with(Instant::now);
                         // A switch's own drain does not wait for a daemon: it waits for the
                         // daemon to apply instead (once a session just let go is surely gone).
                         if let Until::CaughtUp { .. } = self.until {
-                            let since = *locked_since.get_or_insert_with(Instant::now);
                             if since.elapsed() >= LOCK_PATIENCE {
                                 return Err(Error::new(
                                     ErrorKind::State,
@@ -219,12 +224,19 @@ impl Follower {
                             // Not held while waiting: the pool serves the other tenants.
                             dir.release().await;
                         }
-                        if !std::mem::replace(&mut said_locked, true) {
+                        // Most often the holder is a session this daemon just let go: a
+                        // fleet's tenant gives its session back with the reset that frees
+                        // the lock written, not awaited, and may come back on another
+                        // session before the server has run it. Looked at again soon, and
+                        // said only once it lasts.
+                        let held = since.elapsed();
+                        if held >= LOCK_PATIENCE && !std::mem::replace(&mut said_locked, true) {
                             tracing::warn!(
                                 "another session holds the run lock on this Postgres database (another sqlite2pg daemon, or this one's session from before a network drop): not applying until it is free, so that two never apply side by side. `sqlite2pg status` shows whether a daemon runs"
                             );
                         }
-                        if !self.stop.sleep(Duration::from_millis(500)).await {
+                        let wait = (held * 2).clamp(LOCK_RETRY_FIRST, LOCK_RETRY_MAX);
+                        if !self.stop.sleep(wait).await {
                             return Ok(Ended::Stopped);
                         }
                     }
@@ -356,6 +368,8 @@ mod tests {
         announced: bool,
         applied_at: Option<Duration>,
         releases: usize,
+        /// Until when another session holds the run lock.
+        lock_free_after: Duration,
     }
 
     impl EarlyWake {
@@ -366,6 +380,7 @@ mod tests {
                 announced: false,
                 applied_at: None,
                 releases: 0,
+                lock_free_after: Duration::ZERO,
             }
         }
 
@@ -379,6 +394,9 @@ mod tests {
         const WAKES_EARLY: bool = true;
 
         async fn connect(&mut self) -> Result<Connected> {
+            if self.start.elapsed() < self.lock_free_after {
+                return Ok(Connected::LockHeld);
+            }
             Ok(Connected::Ready)
         }
 
@@ -451,6 +469,20 @@ mod tests {
         assert!(
             late <= Duration::from_millis(140),
             "applied {late:?} after the wake-up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_lock_a_session_just_let_go_still_holds_delays_the_stream_by_milliseconds() {
+        // The lock is free 15 ms after the start (the reset of a session given back has
+        // run): looked at again at 10, 20 and 40 ms, not after half a second.
+        let mut source = EarlyWake::new(Duration::ZERO);
+        source.lock_free_after = Duration::from_millis(15);
+        follow(&mut source, None).await;
+        let late = source.applied_at.expect("applied");
+        assert!(
+            late <= Duration::from_millis(50),
+            "applied {late:?} after the start"
         );
     }
 
