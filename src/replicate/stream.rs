@@ -597,11 +597,6 @@ struct Forward<'a> {
     live: Option<Live>,
     /// How the tables are applied, kept while not connected (not after an error).
     shapes: apply::Shapes,
-    /// What is pruned and when it last was, kept while not connected: a fleet's tenant
-    /// connects at each burst of work, and a pruner made anew at each connect pruned at
-    /// every drain once the changelog's positions passed 10,000 (counted from 0 again), and
-    /// never by time.
-    pruner: Pruner,
 }
 
 /// What wakes the forward stream: a watcher of its own, or the fleet's.
@@ -619,6 +614,7 @@ struct Live {
     applier: Applier,
     handoff: state::ImageHandoff,
     position: i64,
+    pruner: Pruner,
 }
 
 impl<'a> Forward<'a> {
@@ -708,16 +704,6 @@ impl<'a> Forward<'a> {
             waiting: None,
             live: None,
             shapes: apply::Shapes::default(),
-            pruner: Pruner {
-                source: opts.db.source.clone(),
-                busy_timeout: opts.db.busy_timeout,
-                writer: None,
-                tenant: opts.db.tenant.clone(),
-                pruned_to: 0,
-                last: Instant::now(),
-                behind: false,
-                waiting_since: None,
-            },
         })
     }
 
@@ -804,6 +790,16 @@ impl Direction for Forward<'_> {
             applier,
             handoff,
             position: st.position,
+            pruner: Pruner {
+                source: self.opts.db.source.clone(),
+                busy_timeout: self.opts.db.busy_timeout,
+                writer: None,
+                tenant: self.opts.db.tenant.clone(),
+                pruned_to: 0,
+                last: Instant::now(),
+                behind: false,
+                waiting_since: None,
+            },
         });
         Ok(Connected::Ready)
     }
@@ -865,7 +861,7 @@ impl Direction for Forward<'_> {
                 let secs = started.elapsed().as_secs_f64();
                 crate::metrics::batch_applied(&per_table, changes as u64, secs, position);
                 tracing::debug!(position, changes, chunks, secs, "drain applied");
-                self.pruner
+                live.pruner
                     .after_apply(live.applier.client(), position)
                     .await;
                 Ok(Applied::Batch)
@@ -901,7 +897,7 @@ impl Direction for Forward<'_> {
         let Some(live) = self.live.as_mut() else {
             return Ok(None);
         };
-        self.pruner
+        live.pruner
             .when_idle(live.applier.client(), live.position)
             .await;
         report_lag(&self.reader, self.opts.db.busy_timeout, live.position);
