@@ -497,6 +497,97 @@ fn a_session_handed_through_many_shapes_keeps_its_temp_tables_bounded() {
     assert!(!log.contains(" ERROR "), "the daemon's log:\n{log}");
 }
 
+/// A fleet's tenant connects again at each burst of work once another tenant waits for its
+/// session; its changelog is pruned once 10,000 changes are applied, counted from its last
+/// prune, not from each connect.
+#[test]
+fn a_tenant_past_ten_thousand_changes_does_not_prune_at_every_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    for name in ["big.db", "other.db"] {
+        tenant_file(
+            &tenants,
+            name,
+            "PRAGMA journal_mode = wal; CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);",
+        );
+    }
+    let (big, other) = (tenants.join("big.db"), tenants.join("other.db"));
+    let db = TestDb::new();
+    let cfg = glob_config(dir.path(), &db, &tenants);
+    // Two connections are the daemon's own: the two tenants take turns on the third.
+    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "3"]);
+    let wait = |path: &PathBuf, name: &str| {
+        wait_tenant_caught_up(path, &db.url, name, std::time::Duration::from_secs(60));
+    };
+    let write = |path: &PathBuf, sql: &str| {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap()
+    };
+    // A burst of `big`'s, then one of `other`'s, which waits for the session `big` holds.
+    let burst = |sql: &str| {
+        write(&big, sql);
+        wait(&big, "big");
+        // The prune follows the drain's commit: time for it to run before counting.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        write(&other, "INSERT INTO items (name) VALUES ('turn')");
+        wait(&other, "other");
+    };
+    wait(&big, "big");
+    wait(&other, "other");
+    let changelog = || -> i64 {
+        sqlite_rows(
+            &big,
+            "SELECT CAST(count(*) AS TEXT) FROM _sqlite2pg_changes",
+        )[0]
+        .parse()
+        .unwrap()
+    };
+    burst(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10100)
+         INSERT INTO items (name) SELECT 'bulk ' || i FROM n;",
+    );
+    // The 10,100 changes are pruned, in slices, over the next bursts at most.
+    let mut bursts = 0;
+    while changelog() > 50 {
+        bursts += 1;
+        assert!(
+            bursts <= 20,
+            "10,100 applied changes still unpruned after {bursts} bursts"
+        );
+        burst(&format!(
+            "INSERT INTO items (name) VALUES ('after {bursts}')"
+        ));
+    }
+    let before = changelog();
+    for i in 0..5 {
+        burst(&format!(
+            "UPDATE items SET name = 'small {i}' WHERE id = {}",
+            i + 1
+        ));
+    }
+    assert!(
+        changelog() >= before + 5,
+        "5 bursts of one change each left {} changelog rows (from {before}): the tenant pruned at each",
+        changelog()
+    );
+    let backends = scalar::<i64>(
+        &mut db.client(),
+        "SELECT count(DISTINCT pid) FROM pg_stat_activity WHERE application_name = 'sqlite2pg'
+           AND datname = current_database()",
+    );
+    assert!(backends <= 3, "{backends} backends for a pool of 3");
+    let mut c = db.client();
+    for (name, path) in [("big", &big), ("other", &other)] {
+        c.batch_execute(&format!("SET search_path = tenant_{name}"))
+            .unwrap();
+        assert_table_equal(path, &mut c, "items", "id");
+    }
+    let log = d.log_text();
+    assert!(!log.contains(" ERROR "), "the daemon's log:\n{log}");
+}
+
 #[test]
 fn a_fleet_cutover_takes_tenants_one_at_a_time_and_stops_at_the_first_that_fails() {
     let dir = tempfile::tempdir().unwrap();

@@ -107,6 +107,7 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
     let target = cfg.require_target()?.clone();
     let pool = crate::pg::Limit::install(opts.max_connections);
     let routes: Arc<Mutex<Routes>> = Arc::default();
+    let prunes = Arc::new(super::PruneTurns::default());
     let rescan = Arc::new(Notify::new());
     let mut watcher = fleet_watcher(routes.clone(), rescan.clone())?;
     let mut watched: Vec<PathBuf> = Vec::new();
@@ -216,7 +217,10 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
                 tracing::info!(tenant = %t.name, "the tenant's file is back: following it again");
             }
             failed.remove(&t.name);
-            let link = FleetLink::default();
+            let link = FleetLink {
+                prunes: prunes.clone(),
+                ..FleetLink::default()
+            };
             {
                 let mut r = routes.lock().unwrap_or_else(|e| e.into_inner());
                 r.tenants.insert(t.name.clone(), link.clone());

@@ -71,6 +71,34 @@ pub struct FleetLink {
     /// A change of its was committed on Postgres (the reverse capture's notification), or
     /// its fallback was recorded.
     pub pg_changed: std::sync::Arc<tokio::sync::Notify>,
+    /// The fleet's turns at pruning a changelog on time alone (one for every tenant).
+    pub prunes: std::sync::Arc<PruneTurns>,
+}
+
+/// Spaces out the changelog prunes that a fleet's tenants make only because time has passed.
+/// Each is a SQLite write transaction (a connection opened, a sync) and a Postgres read,
+/// made while the tenant holds a pooled session: a thousand writing tenants each due every
+/// 30 s pruned 33 times a second, and the fleet's lag p50 went from 5 ms to 1 s.
+#[derive(Debug, Default)]
+pub struct PruneTurns {
+    /// When the next turn is free (`None`: now).
+    next: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl PruneTurns {
+    /// At most one prune on time alone in this long, across the fleet: 1,000 writing tenants
+    /// each get one every 200 s, when their changelogs hold a few hundred rows.
+    pub const GAP: std::time::Duration = std::time::Duration::from_millis(200);
+
+    /// Whether a prune due on time alone may run at `now` (and if so, the turn is taken).
+    pub fn take(&self, now: std::time::Instant) -> bool {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_some_and(|n| now < n) {
+            return false;
+        }
+        *next = Some(now + Self::GAP);
+        true
+    }
 }
 
 /// How long a stream, either way, runs.
@@ -85,4 +113,21 @@ pub enum Until {
         /// How long an unreachable database is waited for.
         give_up_after: Option<std::time::Duration>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_fleet_prunes_on_time_once_a_gap_whoever_asks() {
+        let turns = PruneTurns::default();
+        let now = Instant::now();
+        assert!(turns.take(now));
+        assert!(!turns.take(now), "a second tenant at once");
+        assert!(!turns.take(now + PruneTurns::GAP - Duration::from_millis(1)));
+        assert!(turns.take(now + PruneTurns::GAP));
+        assert!(!turns.take(now + PruneTurns::GAP));
+    }
 }

@@ -237,7 +237,9 @@ fn table_batch(t: &TablePlan, cap: &Captured) -> TableBatch {
 
 /// Prunes the changelog behind durable applies, in slices, between drains, when the app is
 /// not inside a transaction (`sqlite::locks`): a write of ours between an app transaction's
-/// read and its write would make SQLite refuse that write at once.
+/// read and its write would make SQLite refuse that write at once. It lives as long as the
+/// stream, across connections: a fleet's tenant connects at each burst of work, and a pruner
+/// made anew at each connect pruned at every drain past 10,000 changes, and never on time.
 struct Pruner {
     /// The SQLite file, whose locks tell whether the app is inside a transaction.
     source: std::path::PathBuf,
@@ -249,6 +251,8 @@ struct Pruner {
     writer: Option<rusqlite::Connection>,
     /// Whose verified position holds changes back.
     tenant: String,
+    /// A fleet's turns at pruning on time alone (`None`: a daemon of its own).
+    turns: Option<std::sync::Arc<super::PruneTurns>>,
     /// Everything up to here is pruned.
     pruned_to: i64,
     /// When the last slice ran.
@@ -263,24 +267,60 @@ struct Pruner {
 /// find our write in its way.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
+/// How many applied changes are pruned without waiting for [`PRUNE_EVERY`].
+const PRUNE_AFTER: i64 = 10_000;
+
 /// How long a prune waits for a moment the app is outside a transaction before it prunes
 /// anyway (a changelog must not grow without end under an app that is never idle).
 const PRUNE_PATIENCE: Duration = Duration::from_secs(300);
 
+/// Why a prune is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    No,
+    /// Work left from the last slice, or [`PRUNE_AFTER`] changes: it runs now.
+    Work,
+    /// Only [`PRUNE_EVERY`] has passed: in a fleet, it waits for its turn.
+    Time,
+}
+
 impl Pruner {
-    /// After a drain: prune every 10,000 changes or every 30 seconds (each prune is a moment the
-    /// app may meet our write), or go on with unfinished work.
-    async fn after_apply(&mut self, client: &tokio_postgres::Client, position: i64) {
-        if self.behind || position - self.pruned_to >= 10_000 || self.last.elapsed() >= PRUNE_EVERY
-        {
-            self.slice(client, position).await;
+    fn new(opts: &Options) -> Pruner {
+        Pruner {
+            source: opts.db.source.clone(),
+            busy_timeout: opts.db.busy_timeout,
+            writer: None,
+            tenant: opts.db.tenant.clone(),
+            turns: opts.link.as_ref().map(|l| l.prunes.clone()),
+            pruned_to: 0,
+            last: Instant::now(),
+            behind: false,
+            waiting_since: None,
         }
     }
 
-    /// Caught up, before waiting for the app: finish what a large drain left to prune, or
-    /// what the app wrote since the last prune once it has rested a while.
-    async fn when_idle(&mut self, client: &tokio_postgres::Client, position: i64) {
-        if self.behind || (position > self.pruned_to && self.last.elapsed() >= PRUNE_EVERY) {
+    /// Whether a prune is due at `position`: after a drain, every 10,000 changes or every 30
+    /// seconds (each prune is a moment the app may meet our write); caught up, whatever the
+    /// app wrote since the last prune once it has rested a while.
+    fn due(&self, position: i64, now: Instant) -> Due {
+        if self.behind || position - self.pruned_to >= PRUNE_AFTER {
+            Due::Work
+        } else if position > self.pruned_to && now.duration_since(self.last) >= PRUNE_EVERY {
+            Due::Time
+        } else {
+            Due::No
+        }
+    }
+
+    /// Prunes if due, and in a fleet only in its turn when time alone makes it due.
+    async fn maybe(&mut self, client: &tokio_postgres::Client, position: i64) {
+        let now = Instant::now();
+        let go = match self.due(position, now) {
+            Due::No => false,
+            Due::Work => true,
+            Due::Time => self.turns.as_ref().is_none_or(|t| t.take(now)),
+        };
+        if go {
             self.slice(client, position).await;
         }
     }
@@ -597,6 +637,7 @@ struct Forward<'a> {
     live: Option<Live>,
     /// How the tables are applied, kept while not connected (not after an error).
     shapes: apply::Shapes,
+    pruner: Pruner,
 }
 
 /// What wakes the forward stream: a watcher of its own, or the fleet's.
@@ -614,7 +655,6 @@ struct Live {
     applier: Applier,
     handoff: state::ImageHandoff,
     position: i64,
-    pruner: Pruner,
 }
 
 impl<'a> Forward<'a> {
@@ -704,6 +744,7 @@ impl<'a> Forward<'a> {
             waiting: None,
             live: None,
             shapes: apply::Shapes::default(),
+            pruner: Pruner::new(opts),
         })
     }
 
@@ -790,16 +831,6 @@ impl Direction for Forward<'_> {
             applier,
             handoff,
             position: st.position,
-            pruner: Pruner {
-                source: self.opts.db.source.clone(),
-                busy_timeout: self.opts.db.busy_timeout,
-                writer: None,
-                tenant: self.opts.db.tenant.clone(),
-                pruned_to: 0,
-                last: Instant::now(),
-                behind: false,
-                waiting_since: None,
-            },
         });
         Ok(Connected::Ready)
     }
@@ -861,9 +892,7 @@ impl Direction for Forward<'_> {
                 let secs = started.elapsed().as_secs_f64();
                 crate::metrics::batch_applied(&per_table, changes as u64, secs, position);
                 tracing::debug!(position, changes, chunks, secs, "drain applied");
-                live.pruner
-                    .after_apply(live.applier.client(), position)
-                    .await;
+                self.pruner.maybe(live.applier.client(), position).await;
                 Ok(Applied::Batch)
             }
             Err(e) if e.kind().retry_policy() == RetryPolicy::RetryLater => Err(e),
@@ -897,8 +926,8 @@ impl Direction for Forward<'_> {
         let Some(live) = self.live.as_mut() else {
             return Ok(None);
         };
-        live.pruner
-            .when_idle(live.applier.client(), live.position)
+        self.pruner
+            .maybe(live.applier.client(), live.position)
             .await;
         report_lag(&self.reader, self.opts.db.busy_timeout, live.position);
         // A cutover raises the fence in SQLite before it records itself on Postgres: with no
@@ -973,4 +1002,41 @@ pub async fn run(
         Ended::By(ForwardEnd::SchemaChanged) => End::SchemaChanged,
         Ended::By(ForwardEnd::CutOver) => End::CutOver,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pruner(pruned_to: i64, last: Instant) -> Pruner {
+        Pruner {
+            source: "app.db".into(),
+            busy_timeout: Duration::ZERO,
+            writer: None,
+            tenant: String::new(),
+            turns: None,
+            pruned_to,
+            last,
+            behind: false,
+            waiting_since: None,
+        }
+    }
+
+    #[test]
+    fn a_prune_is_due_at_once_for_work_and_after_thirty_seconds_for_time() {
+        let now = Instant::now();
+        let fresh = pruner(0, now);
+        assert_eq!(fresh.due(PRUNE_AFTER - 1, now), Due::No);
+        assert_eq!(fresh.due(PRUNE_AFTER, now), Due::Work);
+        assert_eq!(fresh.due(1, now + PRUNE_EVERY), Due::Time);
+        assert_eq!(fresh.due(0, now + PRUNE_EVERY), Due::No, "nothing to prune");
+        // Counted from where the last prune ended, not from the changelog's start.
+        let pruned = pruner(50_000, now);
+        assert_eq!(pruned.due(50_000 + PRUNE_AFTER - 1, now), Due::No);
+        let behind = Pruner {
+            behind: true,
+            ..pruner(50_000, now)
+        };
+        assert_eq!(behind.due(50_000, now), Due::Work);
+    }
 }
