@@ -141,16 +141,21 @@ fn pg_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |e| Error::from_pg(what, e)
 }
 
+/// The temp table of one kind (`up`, `del`, `img`) that a shape is staged in, unquoted.
+fn temp(kind: &str, tag: &str) -> String {
+    format!("_s2p_{kind}_{tag}")
+}
+
 fn up(tag: &str) -> String {
-    quote_ident(&format!("_s2p_up_{tag}"))
+    quote_ident(&temp("up", tag))
 }
 
 fn del(tag: &str) -> String {
-    quote_ident(&format!("_s2p_del_{tag}"))
+    quote_ident(&temp("del", tag))
 }
 
 fn img(tag: &str) -> String {
-    quote_ident(&format!("_s2p_img_{tag}"))
+    quote_ident(&temp("img", tag))
 }
 
 /// The tag of temp tables holding `columns` of `types` (name: type and collation), in a role
@@ -516,12 +521,22 @@ impl<'a> Drain<'a> {
             });
             if t.keys.is_empty() {
                 let cols = t.columns;
-                self.copy_staged(img(&tag), &named, cols, SIGN, n_upserts, upserts, false)
-                    .await?;
+                self.copy_staged(
+                    temp("img", &tag),
+                    &named,
+                    cols,
+                    SIGN,
+                    n_upserts,
+                    upserts,
+                    false,
+                )
+                .await?;
             } else {
-                self.copy_staged(up(&tag), &named, t.columns, GEN, n_upserts, upserts, false)
+                let up = temp("up", &tag);
+                self.copy_staged(up, &named, t.columns, GEN, n_upserts, upserts, false)
                     .await?;
-                self.copy_staged(del(&tag), &named, t.keys, GEN, n_deletes, deletes, true)
+                let del = temp("del", &tag);
+                self.copy_staged(del, &named, t.keys, GEN, n_deletes, deletes, true)
                     .await?;
             }
         }
@@ -529,7 +544,7 @@ impl<'a> Drain<'a> {
         Ok(())
     }
 
-    /// COPYs `rows` rows (each ending with the `last` field) into temp table `name` (quoted).
+    /// COPYs `rows` rows (each ending with the `last` field) into temp table `name`.
     /// The COPY starts in line with the statements before it (the drain's `BEGIN`, a temp
     /// table made), and its end is read with the statements after it.
     #[allow(clippy::too_many_arguments)]
@@ -547,12 +562,8 @@ impl<'a> Drain<'a> {
             return Ok(());
         }
         self.open();
-        let mut cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        cols.push(last.into());
-        let sql = format!(
-            "COPY {name} ({}) FROM STDIN (FORMAT binary)",
-            cols.join(", ")
-        );
+        let fields: Vec<String> = columns.iter().cloned().chain([last.into()]).collect();
+        let sql = copy::statement(None, &name, &fields);
         let table = named.table.clone();
         let ctx = move |e| Error::from_pg(format!("COPY into table {table} failed"), e);
         let known = self.staging.copies.get(&sql);
@@ -692,9 +703,7 @@ impl<'a> Drain<'a> {
         self.staging.copies.extend(fresh_copies);
         Ok(())
     }
-}
 
-impl Drain<'_> {
     /// Empties the temp tables `staged` (quoted) that `s` was staged in, in line with the
     /// drain's other statements. A few bytes of rows are deleted (`TRUNCATE` gives a table a
     /// new file and the catalog a new row); more are truncated (see [`DELETE_UP_TO`]).

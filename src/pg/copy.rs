@@ -66,7 +66,7 @@ pub async fn copy_in_bytes(
 
 /// The statement that COPYs binary rows of `columns` into a table (`schema` None: a table
 /// of the session).
-fn statement(schema: Option<&str>, table: &str, columns: &[String]) -> String {
+pub(crate) fn statement(schema: Option<&str>, table: &str, columns: &[String]) -> String {
     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let relation = match schema {
         Some(s) => qualified(s, table),
