@@ -190,6 +190,12 @@ fn hostile_identifiers_survive() {
         "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx with space'",
     );
     assert_eq!(ix, 1);
+    // Statistics under the hostile names too: the ANALYZE quotes them.
+    let analyzed: i64 = scalar(
+        &mut c,
+        "SELECT count(DISTINCT tablename) FROM pg_stats WHERE schemaname = 'public'",
+    );
+    assert_eq!(analyzed, 4);
 }
 
 #[test]
@@ -255,6 +261,24 @@ fn existing_target_schema_made_by_alembic_from_the_apps_models() {
     );
     let v: String = scalar(&mut c, "SELECT version_num FROM alembic_version");
     assert_eq!(v, "0001");
+    // Every copied table has statistics for the app's first queries, the tables its
+    // migrations made too; alembic_version, not copied, is left to autovacuum.
+    let unanalyzed = pg_rows(
+        &mut c,
+        "SELECT relname::text FROM pg_stat_user_tables t WHERE schemaname = 'public'
+           AND relname <> 'alembic_version'
+           AND NOT EXISTS (SELECT 1 FROM pg_stats s WHERE s.schemaname = t.schemaname
+                            AND s.tablename = t.relname)",
+    );
+    assert!(unanalyzed.is_empty(), "no statistics on {unanalyzed:?}");
+    // And the copy's rows are not counted as changes after it (autovacuum would analyze
+    // them all again).
+    let changed = pg_rows(
+        &mut c,
+        "SELECT relname || ' ' || n_mod_since_analyze FROM pg_stat_user_tables
+          WHERE schemaname = 'public' AND relname <> 'alembic_version' AND n_mod_since_analyze > 0",
+    );
+    assert!(changed.is_empty(), "changed since the ANALYZE: {changed:?}");
     // Serial sequences moved past the copied ids: the app inserts without giving an id.
     let id: i32 = scalar(
         &mut c,

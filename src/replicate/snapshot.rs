@@ -930,6 +930,16 @@ async fn build_indexes(
     schema: &str,
     summary: &mut Summary,
 ) -> Result<()> {
+    if *rows == pg::Rows::All {
+        // The copy's row counts wait in this session (up to a second) before they reach the
+        // server's statistics. Reaching them after the ANALYZE below, they would count as
+        // changes since it, and autovacuum would analyze the tables again while the stream
+        // applies: the pass the ANALYZE is there to spare.
+        client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .map_err(pg_err("cannot report the copy's statistics".into()))?;
+    }
     for t in &plan.tables {
         let Some(st) = state::load(client, tenant, &t.source.name).await? else {
             continue;
@@ -1000,6 +1010,16 @@ async fn build_indexes(
                         c.source, t.target, c.name
                     )))?;
             }
+        }
+        // Statistics for the app's first queries on Postgres, made with the copy and not
+        // left to autovacuum's first pass over the new tables: that pass comes while the
+        // stream applies (for a fleet, thousands of tables at once: seconds of Postgres CPU,
+        // and every tenant's lag behind it). A shared table holds every tenant's rows, and
+        // autovacuum keeps its statistics as they arrive.
+        if *rows == pg::Rows::All {
+            tx.batch_execute(&format!("ANALYZE {}", qualified(schema, &t.target)))
+                .await
+                .map_err(pg_err(format!("cannot analyze table {}", t.target)))?;
         }
         state::set_phase(&tx, tenant, &t.source.name, Phase::Indexed).await?;
         tx.commit().await.map_err(pg_err(format!(
