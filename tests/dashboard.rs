@@ -206,6 +206,10 @@ fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
             assert!(r.len() >= 5, "{what}: one series per table: {r:?}");
             all(r, &what, |v| v == 1.0);
         }
+        // Before the quantiles: the fleet row has one.
+        e if e.contains("sqlite2pg_fleet_") || e.contains("sqlite2pg_tenant_") => {
+            single_daemon_fleet_row(e, r, &what);
+        }
         e if e.starts_with("histogram_quantile(") => {
             let v = one(r, &what);
             assert!(v > 0.0 && v < 5.0, "{what}: batch latency {v} s");
@@ -241,9 +245,6 @@ fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
         "sqlite2pg_reverse_lag_seconds" | "sqlite2pg_reverse_lag_changes" => {
             assert_eq!(one(r, &what), 0.0, "{what}: no cutover yet");
         }
-        e if e.contains("sqlite2pg_fleet_") || e.contains("sqlite2pg_tenant_") => {
-            single_daemon_fleet_row(e, r, &what);
-        }
         other => panic!(
             "panel {title:?} has an expression this test has no expectation for: {other}; add one here"
         ),
@@ -260,6 +261,14 @@ fn single_daemon_fleet_row(expr: &str, r: &[(Value, f64)], what: &str) {
         "sqlite2pg_fleet_connections" => {
             assert_eq!(r.len(), 3, "{what}: in use, idle, waiting: {r:?}");
             all(r, what, |v| v == 0.0);
+        }
+        // No session was waited for: no quantile (NaN), or no rate yet.
+        "histogram_quantile(0.99, sum by (le) (rate(sqlite2pg_fleet_session_wait_seconds_bucket[5m])))" =>
+        {
+            assert!(
+                r.len() <= 1 && r.iter().all(|(_, v)| v.is_nan()),
+                "{what}: {r:?}"
+            );
         }
         _ => assert!(
             r.is_empty(),
@@ -571,9 +580,14 @@ fn the_fleet_row_shows_a_fleet_daemon_and_the_tenant_that_waits_on_a_real_promet
         .into_iter()
         .filter(|(title, _)| title.starts_with("Fleet: "))
         .collect();
-    assert_eq!(fleet.len(), 5, "the fleet row lost panels: {fleet:?}");
+    assert_eq!(fleet.len(), 6, "the fleet row lost panels: {fleet:?}");
     for (title, expr) in &fleet {
-        let r = prom.query(expr);
+        let r = if expr.contains("rate(") {
+            // A rate needs two scrapes.
+            prom.wait_for(expr, |r| r.len() == 1)
+        } else {
+            prom.query(expr)
+        };
         let what = format!("panel {title:?} ({expr})");
         match expr.as_str() {
             "sqlite2pg_fleet_tenants" => {
@@ -598,6 +612,11 @@ fn the_fleet_row_shows_a_fleet_daemon_and_the_tenant_that_waits_on_a_real_promet
             }
             "sqlite2pg_tenant_needs_operator == 1" => {
                 assert!(r.is_empty(), "{what}: nobody waits: {r:?}");
+            }
+            // Four tenants on two sessions: a wait of up to a few seconds, or none (NaN).
+            "histogram_quantile(0.99, sum by (le) (rate(sqlite2pg_fleet_session_wait_seconds_bucket[5m])))" =>
+            {
+                all(&r, &what, |v| v.is_nan() || (0.0..=10.0).contains(&v));
             }
             other => panic!("{title:?}: no expectation for {other}; add one here"),
         }
