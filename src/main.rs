@@ -1,10 +1,12 @@
-//! The `sqlite2pg` command: parse, set up logging, hand over to `cli`.
+//! The `sqlite2pg` command: cap the allocator's arenas, parse, set up logging, hand over to
+//! `cli`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    sqlite2pg::cli::limit_malloc_arenas();
     let args = sqlite2pg::cli::Args::parse();
     sqlite2pg::cli::init_tracing(&args);
     match sqlite2pg::cli::run(args) {
