@@ -16,13 +16,17 @@ TABLES = ["admin_users", "clients", "projects", "tasks", "leads"]
 
 
 PSQL_SESSIONS = {}
+# One psql at a time: a session count read while the sampler's psql was counted but not yet
+# connected came out one short (-1 sessions opened).
+PSQL_LOCK = threading.Lock()
 
 
 def psql(db, sql):
     # Counted, so that the benchmark's own sessions are taken out of the daemon's.
-    PSQL_SESSIONS[db] = PSQL_SESSIONS.get(db, 0) + 1
-    out = subprocess.run(["psql", "-qtA", "-v", "ON_ERROR_STOP=1", f"{BASE}/{db}", "-c", sql],
-                         check=True, capture_output=True, text=True)
+    with PSQL_LOCK:
+        PSQL_SESSIONS[db] = PSQL_SESSIONS.get(db, 0) + 1
+        out = subprocess.run(["psql", "-qtA", "-v", "ON_ERROR_STOP=1", f"{BASE}/{db}", "-c", sql],
+                             check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
 
@@ -127,12 +131,16 @@ say(f"| snapshot of all {N} tenants, rows/s vs one file of the same total | at l
     f"{fleet_rate:.0f} vs {single_rate:.0f} rows/s: **{fleet_rate / single_rate:.2f}x** "
     f"({fleet_secs:.1f} s vs {single_secs:.1f} s) |")
 
+# The daemon's peak RSS at the end of each phase: where the peak is reached.
+peaks = [("snapshot", peak_rss_mb(daemon.pid))]
+
 # 3. Idle: no writes for 30 s.
 time.sleep(5)
 c0, t0 = proc_cpu(daemon.pid), time.time()
 time.sleep(30)
 idle = (proc_cpu(daemon.pid) - c0) / (time.time() - t0) * 100
 say(f"| idle CPU with no writes (30 s) | under 2% of one core | **{idle:.2f}%** |")
+peaks.append(("idle", peak_rss_mb(daemon.pid)))
 
 # 4. Lag across tenants: app writes spread over every tenant at 500 tx/s for 30 s. Postgres
 # notes when each row lands (a trigger on every tenant's leads, bench's own, not sqlite2pg's).
@@ -216,6 +224,8 @@ say(f"| lag, app writes over {N} tenants at 500 tx/s (30 s, {len(sent)} tx) | p9
 say(f"| the same lag's p99 in each 5 s window | | {by_window} ms |")
 say(f"| Postgres sessions opened during those writes | | **{opened}** ({100 * opened / max(len(sent), 1):.1f} per 100 app writes) |")
 
+peaks.append(("lag", peak_rss_mb(daemon.pid)))
+
 # 5. One tenant applies a 1M-change backlog while the others are written and measured.
 heavy = files[0]
 c = sqlite3.connect(heavy, timeout=30, isolation_level=None)
@@ -234,6 +244,8 @@ backlog_secs = time.time() - backlog_start
 say(f"| the others' lag while one tenant applies a {BACKLOG}-change backlog (100 tx/s over the others, 30 s) | "
     f"p99 at most 250 ms | p50 {pct(ms2, 0.5):.0f} ms, **p99 {pct(ms2, 0.99):.0f} ms**, max {max(ms2):.0f} ms; "
     f"{len(missing2)} not arrived within 60 s (the backlog applied in {backlog_secs:.0f} s) |")
+
+peaks.append(("backlog", peak_rss_mb(daemon.pid)))
 
 # 6. 100 tenants cut over one after another while their apps write.
 hundred = files[1:101]
@@ -260,7 +272,9 @@ say(f"| {len(windows)} tenants cut over one after another ({cut_secs:.0f} s), ap
     f"p90 {pct(windows, 0.9):.0f} ms, max {max(windows):.0f} ms; **{len(other)}** failures other than the fence "
     f"({len(fenced)} writes refused by a fence, as meant) |")
 
+peaks.append(("cutovers", peak_rss_mb(daemon.pid)))
 say(f"| daemon peak RSS | at most 250 MB | **{peak_rss_mb(daemon.pid):.0f} MB** |")
+say("| the same peak at the end of each phase | | " + ", ".join(f"{p} {m:.0f}" for p, m in peaks) + " MB |")
 sampler_stop.set()
 say(f"| Postgres connections (sampled every 0.1 s) | at most the pool ({POOL}) | **{most}** |")
 import urllib.request
