@@ -633,6 +633,9 @@ fn a_batch_behind_the_stored_position_is_refused_and_none_of_its_rows_land() {
     let db = TestDb::new();
     let mut d = Daemon::start(&src.path, &db, &[]);
     d.wait_caught_up();
+    // Caught up is seen once the snapshot is done; the stream reads its position when it
+    // connects just after. Moved before that read, the position is simply where it starts.
+    d.wait_for_log("streaming position=");
     // Another writer of the state (a second daemon, a person) moved the position past what
     // this daemon's next batch reaches. The batch's rows, the position and the COMMIT go to
     // Postgres together: the refusal must still keep every row of it out.
