@@ -251,6 +251,10 @@ fn check_panel(title: &str, expr: &str, r: &[(Value, f64)]) {
     }
 }
 
+/// The fleet row's panel of waits for a pooled session.
+const SESSION_WAIT_P99: &str =
+    "histogram_quantile(0.99, sum by (le) (rate(sqlite2pg_fleet_session_wait_seconds_bucket[5m])))";
+
 /// A single-file daemon is no fleet: its fleet row is zeros and empty panels.
 fn single_daemon_fleet_row(expr: &str, r: &[(Value, f64)], what: &str) {
     match expr {
@@ -263,8 +267,7 @@ fn single_daemon_fleet_row(expr: &str, r: &[(Value, f64)], what: &str) {
             all(r, what, |v| v == 0.0);
         }
         // No session was waited for: no quantile (NaN), or no rate yet.
-        "histogram_quantile(0.99, sum by (le) (rate(sqlite2pg_fleet_session_wait_seconds_bucket[5m])))" =>
-        {
+        SESSION_WAIT_P99 => {
             assert!(
                 r.len() <= 1 && r.iter().all(|(_, v)| v.is_nan()),
                 "{what}: {r:?}"
@@ -614,8 +617,7 @@ fn the_fleet_row_shows_a_fleet_daemon_and_the_tenant_that_waits_on_a_real_promet
                 assert!(r.is_empty(), "{what}: nobody waits: {r:?}");
             }
             // Four tenants on two sessions: a wait of up to a few seconds, or none (NaN).
-            "histogram_quantile(0.99, sum by (le) (rate(sqlite2pg_fleet_session_wait_seconds_bucket[5m])))" =>
-            {
+            SESSION_WAIT_P99 => {
                 all(&r, &what, |v| v.is_nan() || (0.0..=10.0).contains(&v));
             }
             other => panic!("{title:?}: no expectation for {other}; add one here"),

@@ -6,10 +6,10 @@
 //! memory holds one chunk. Applying the same drain twice is harmless.
 //!
 //! The temp tables are the session's and outlive a drain; each drain empties the ones it
-//! staged in before its `COMMIT` (a rollback leaves them empty too; see [`DELETE_UP_TO`]). `ON COMMIT DELETE ROWS`
-//! would truncate every temp table of the session at every commit, each with its TOAST
-//! table and index: at 1,000 tenants that was a fifth of Postgres' CPU (a `perf` profile of
-//! the whole machine at 500 writes a second).
+//! staged in before its `COMMIT` (a rollback leaves them empty too; see [`DELETE_UP_TO`]).
+//! `ON COMMIT DELETE ROWS` would truncate every temp table of the session at every commit,
+//! each with its TOAST table and index: at 1,000 tenants that was a fifth of Postgres' CPU (a
+//! `perf` profile of the whole machine at 500 writes a second).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
