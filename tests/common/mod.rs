@@ -975,11 +975,13 @@ pub fn sigterm(child: &mut std::process::Child) -> (std::process::ExitStatus, st
     (status, t0.elapsed())
 }
 
-/// Postgres sessions of sqlite2pg (its application_name) waiting on a lock now.
+/// Postgres sessions of sqlite2pg (its application_name) waiting on a lock now, in the
+/// client's database: the cluster is shared by the tests running beside it.
 pub fn sqlite2pg_sessions_waiting_on_a_lock(client: &mut postgres::Client) -> i64 {
     scalar(
         client,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sqlite2pg' AND wait_event_type = 'Lock'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sqlite2pg' AND wait_event_type = 'Lock'
+            AND datname = current_database()",
     )
 }
 
