@@ -37,7 +37,7 @@ pub enum Framework {
 }
 
 /// What sqlite2pg knows of one framework.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spec {
     /// Which framework.
     pub framework: Framework,

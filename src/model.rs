@@ -149,7 +149,7 @@ pub enum TableKind {
 }
 
 /// A column as SQLite declares it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceColumn {
     /// The column name.
     pub name: String,
@@ -164,7 +164,7 @@ pub struct SourceColumn {
 }
 
 /// A foreign key as SQLite declares it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceForeignKey {
     /// SQLite's id of the key (as `PRAGMA foreign_key_list` and `foreign_key_check` number it).
     pub id: i64,
@@ -181,7 +181,7 @@ pub struct SourceForeignKey {
 }
 
 /// An index (explicit, or implied by UNIQUE) as SQLite declares it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceIndex {
     /// The index name.
     pub name: String,
@@ -202,7 +202,7 @@ pub struct SourceIndex {
 }
 
 /// A table as SQLite declares it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceTable {
     /// The table name.
     pub name: String,

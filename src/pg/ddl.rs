@@ -8,7 +8,7 @@ use crate::model::Collation;
 use crate::model::PgType;
 
 /// A CHECK constraint to add after the load.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckDef {
     /// The constraint name.
     pub name: String,
@@ -19,7 +19,7 @@ pub struct CheckDef {
 }
 
 /// A column to create.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ColumnDef {
     /// The column name.
     pub name: String,
@@ -51,7 +51,7 @@ impl ColumnDef {
 }
 
 /// An index or unique constraint to build after the load.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IndexDef {
     /// The index name.
     pub name: String,
@@ -77,7 +77,7 @@ impl IndexDef {
 }
 
 /// A foreign key to add after the load.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ForeignKeyDef {
     /// The constraint name.
     pub name: String,

@@ -34,7 +34,7 @@ pub enum Severity {
 }
 
 /// A schema-level finding.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// How serious.
     pub severity: Severity,
@@ -49,7 +49,7 @@ pub struct Finding {
 }
 
 /// One column's mapping.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ColumnPlan {
     /// Source column name.
     pub source: String,
@@ -66,7 +66,7 @@ pub struct ColumnPlan {
 }
 
 /// One table's mapping.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TablePlan {
     /// The source table.
     pub source: SourceTable,
@@ -83,7 +83,7 @@ pub struct TablePlan {
 }
 
 /// What the plan does with a target table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     /// sqlite2pg creates it, as the spec says.
     Create(TableSpec),
@@ -92,7 +92,7 @@ pub enum Target {
 }
 
 /// A target table sqlite2pg creates.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {
     /// Its columns.
     pub column_defs: Vec<ColumnDef>,
@@ -132,7 +132,7 @@ impl TablePlan {
 }
 
 /// A table that is not copied, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Skipped {
     /// The source table.
     pub table: String,
@@ -141,7 +141,7 @@ pub struct Skipped {
 }
 
 /// The whole plan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// Tables to copy, parents before children.
     pub tables: Vec<TablePlan>,
@@ -163,7 +163,7 @@ pub struct Plan {
 }
 
 /// A framework's table of applied migrations, kept apart on both sides.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppVersions {
     /// The framework.
     pub spec: &'static crate::framework::Spec,
@@ -201,6 +201,33 @@ impl Plan {
     /// Whether any finding is an error.
     pub fn has_errors(&self) -> bool {
         self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+/// One copy of each distinct plan among a fleet's tenants. Tenants made from one app share
+/// its schema, so their plans are equal, and a plan is about 30 KB of a tenant's memory for
+/// as long as it streams: at 1,000 tenants, a tenth of the daemon's peak.
+#[derive(Debug, Default)]
+pub struct SharedPlans {
+    plans: std::sync::Mutex<Vec<std::sync::Weak<Plan>>>,
+}
+
+impl SharedPlans {
+    /// `plan`, or an equal one a running tenant already holds. Compared whole, so a tenant
+    /// whose schema, target or casts differ in anything keeps a plan of its own.
+    pub fn share(&self, plan: Plan) -> std::sync::Arc<Plan> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        plans.retain(|p| p.strong_count() > 0);
+        if let Some(same) = plans
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|p| **p == plan)
+        {
+            return same;
+        }
+        let plan = std::sync::Arc::new(plan);
+        plans.push(std::sync::Arc::downgrade(&plan));
+        plan
     }
 }
 
@@ -1371,5 +1398,47 @@ mod version_tests {
         assert_eq!(warned(170005, "17.5"), None);
         assert_eq!(warned(180006, "18.6"), None);
         assert!(warned(190000, "19devel").is_some_and(|m| m.contains("newer")));
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    fn plan_of(ddl: &str) -> Plan {
+        let conn = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
+        conn.execute_batch(ddl).expect("schema");
+        let tables = crate::sqlite::schema::read_tables(&conn).expect("read tables");
+        let flags = crate::config::Flags {
+            source: Some("app.db".into()),
+            ..Default::default()
+        };
+        let cfg = Config::merge(flags, crate::config::FileConfig::default()).expect("config");
+        build(&tables, None, &[], &cfg)
+    }
+
+    const CRM: &str = "CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+        CREATE TABLE leads (id INTEGER PRIMARY KEY, client_id INTEGER REFERENCES clients (id),
+                            created_at DATETIME);";
+
+    #[test]
+    fn tenants_of_one_schema_share_one_plan_and_any_difference_keeps_its_own() {
+        let shared = SharedPlans::default();
+        let first = shared.share(plan_of(CRM));
+        let second = shared.share(plan_of(CRM));
+        assert!(std::sync::Arc::ptr_eq(&first, &second));
+        // One column more (a tenant migrated ahead), or one declared type apart.
+        let migrated = shared.share(plan_of(&format!(
+            "{CRM} ALTER TABLE leads ADD COLUMN source TEXT;"
+        )));
+        assert!(!std::sync::Arc::ptr_eq(&first, &migrated));
+        let typed = shared.share(plan_of(&CRM.replace("DATETIME", "TEXT")));
+        assert!(!std::sync::Arc::ptr_eq(&first, &typed));
+        assert_eq!(typed.tables[1].columns[2].conv.ty, PgType::Text);
+        // A plan no tenant holds any more is not kept.
+        drop((first, second, migrated, typed));
+        let again = shared.share(plan_of(CRM));
+        assert_eq!(std::sync::Arc::strong_count(&again), 1);
+        assert_eq!(shared.plans.lock().map(|p| p.len()).unwrap_or(0), 1);
     }
 }

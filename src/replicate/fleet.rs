@@ -108,6 +108,7 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
     let pool = crate::pg::Limit::install(opts.max_connections);
     let routes: Arc<Mutex<Routes>> = Arc::default();
     let prunes = Arc::new(super::PruneTurns::default());
+    let plans = Arc::new(crate::plan::SharedPlans::default());
     let rescan = Arc::new(Notify::new());
     let mut watcher = fleet_watcher(routes.clone(), rescan.clone())?;
     let mut watched: Vec<PathBuf> = Vec::new();
@@ -219,6 +220,7 @@ pub async fn run(cfg: &Config, spec: &Spec, opts: &Options, shutdown: &Shutdown)
             failed.remove(&t.name);
             let link = FleetLink {
                 prunes: prunes.clone(),
+                plans: plans.clone(),
                 ..FleetLink::default()
             };
             {

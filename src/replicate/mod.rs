@@ -73,6 +73,8 @@ pub struct FleetLink {
     pub pg_changed: std::sync::Arc<tokio::sync::Notify>,
     /// The fleet's turns at pruning a changelog on time alone (one for every tenant).
     pub prunes: std::sync::Arc<PruneTurns>,
+    /// The plans the fleet's tenants share (one for each distinct one).
+    pub plans: std::sync::Arc<crate::plan::SharedPlans>,
 }
 
 /// Spaces out the changelog prunes that a fleet's tenants make only because time has passed.

@@ -188,6 +188,10 @@ async fn run_pass(
     let busy = Duration::from_millis(cfg.busy_timeout_ms);
     let target = cfg.require_target()?.clone();
     let (plan, client) = plan::load(cfg).await?;
+    let plan = match &opts.link {
+        Some(link) => link.plans.share(plan),
+        None => std::sync::Arc::new(plan),
+    };
     if std::mem::take(outage) {
         crate::metrics::reconnected();
         tracing::info!("Postgres is reachable again; resuming");
