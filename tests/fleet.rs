@@ -433,6 +433,61 @@ fn tenants_of_different_shapes_take_turns_on_one_pooled_session() {
     );
 }
 
+/// A fleet's tenants make their first pass (the plan, the snapshot) on the pool's sessions,
+/// handed from tenant to tenant: each one opened a connection of its own before, a backend
+/// forked with cold caches for every tenant's DDL.
+#[test]
+fn a_fleets_first_passes_take_the_pools_sessions_rather_than_a_connection_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants");
+    let n = 12;
+    for i in 0..n {
+        tenant_file(
+            &tenants,
+            &format!("t{i:02}.db"),
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO items (name) VALUES ('a'), ('b');",
+        );
+    }
+    let db = TestDb::new();
+    let cfg = glob_config(dir.path(), &db, &tenants);
+    // Every session counted from here on is the daemon's but this one.
+    let mut c = db.client();
+    let sessions = |c: &mut postgres::Client| -> i64 {
+        scalar(
+            c,
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+        )
+    };
+    let before = sessions(&mut c);
+    let _d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "4"]);
+    wait_until(
+        "every tenant copied and streaming",
+        std::time::Duration::from_secs(120),
+        || {
+            let made: bool = scalar(&mut c, "SELECT to_regclass('sqlite2pg.stream') IS NOT NULL");
+            made && scalar::<i64>(
+                &mut c,
+                "SELECT count(*) FROM sqlite2pg.table_state WHERE phase = 'ready'",
+            ) == n
+                && scalar::<i64>(&mut c, "SELECT count(*) FROM sqlite2pg.stream") == n
+        },
+    );
+    for i in 0..n {
+        let tenant = format!("t{i:02}");
+        c.batch_execute(&format!("SET search_path = tenant_{tenant}"))
+            .unwrap();
+        assert_table_equal(&tenants.join(format!("{tenant}.db")), &mut c, "items", "id");
+    }
+    // A backend counts its session in the server's statistics by its first report at the
+    // latest, and one that exited has reported: at most the pool, never one a tenant.
+    let opened = sessions(&mut c) - before;
+    assert!(
+        opened <= 4,
+        "the daemon opened {opened} sessions for {n} tenants under --max-connections 4"
+    );
+}
+
 /// Tenants of many shapes through one pooled session: the staging tables each shape leaves
 /// in it are dropped once the session holds too many of them, and the tenants stay equal.
 #[test]

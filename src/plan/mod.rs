@@ -247,32 +247,42 @@ fn find_ci<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<(&'a Strin
 /// sqlite2pg owns there (a state left by an older sqlite2pg is brought to this build's format
 /// first, never taken for a fresh start). The client is handed back to go on with.
 pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)> {
-    let busy = std::time::Duration::from_millis(cfg.busy_timeout_ms);
-    let tables = {
-        let conn = crate::sqlite::open_read_only_now(&cfg.source, busy)?;
-        crate::sqlite::read_now(&conn, busy, crate::sqlite::schema::read_tables)?
-    };
     let Some(url) = &cfg.target else {
+        let tables = source_tables(cfg)?;
         let mut plan = build(&tables, None, &[], cfg);
         plan.findings
             .extend(migrations::findings(None, &plan, cfg).await?);
         return Ok((plan, None));
     };
     let client = crate::pg::connect(url).await?;
+    let plan = load_on(cfg, &client).await?;
+    Ok((plan, Some(client)))
+}
+
+fn source_tables(cfg: &Config) -> Result<Vec<SourceTable>> {
+    let busy = std::time::Duration::from_millis(cfg.busy_timeout_ms);
+    let conn = crate::sqlite::open_read_only_now(&cfg.source, busy)?;
+    crate::sqlite::read_now(&conn, busy, crate::sqlite::schema::read_tables)
+}
+
+/// [`load`] on a connection to the target the caller has (a fleet's tenant, a pooled
+/// session).
+pub async fn load_on(cfg: &Config, client: &tokio_postgres::Client) -> Result<Plan> {
+    let tables = source_tables(cfg)?;
     let mut recorded = None;
     // Read once: another process (a fleet's other tenant) may create the state meanwhile, in
     // steps; what this plan reads of it is read only once it is at this build's format.
-    let started = crate::pg::state::format_version(&client).await? > 0;
+    let started = crate::pg::state::format_version(client).await? > 0;
     if started {
-        crate::pg::state::ensure(&client).await?;
+        crate::pg::state::ensure(client).await?;
         recorded =
-            crate::pg::state::setting(&client, cfg.tenant_id(), crate::pg::state::CASTS).await?;
+            crate::pg::state::setting(client, cfg.tenant_id(), crate::pg::state::CASTS).await?;
     }
     let cfg = &cfg.with_recorded_casts(recorded)?;
-    let target = crate::pg::catalog::read_tables(&client, &cfg.target_schema).await?;
+    let target = crate::pg::catalog::read_tables(client, &cfg.target_schema).await?;
     let owned = if started {
         crate::pg::state::owned_tables(
-            &client,
+            client,
             cfg.tenant_id(),
             &crate::pg::Rows::of(cfg.tenant_column.as_deref(), cfg.tenant_id()),
             &cfg.target_schema,
@@ -282,11 +292,11 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
         Vec::new()
     };
     let mut plan = build(&tables, Some(&target), &owned, cfg);
-    let (num, text) = crate::pg::server_version(&client).await?;
+    let (num, text) = crate::pg::server_version(client).await?;
     plan.findings.extend(version_finding(num, &text));
     plan.findings
-        .extend(migrations::findings(Some(&client), &plan, cfg).await?);
-    Ok((plan, Some(client)))
+        .extend(migrations::findings(Some(client), &plan, cfg).await?);
+    Ok(plan)
 }
 
 /// A warning when the server is outside the majors the suite runs on: older ones may lack SQL

@@ -187,7 +187,11 @@ async fn run_pass(
 ) -> Result<Pass> {
     let busy = Duration::from_millis(cfg.busy_timeout_ms);
     let target = cfg.require_target()?.clone();
-    let (plan, client) = plan::load(cfg).await?;
+    // A fleet's tenant plans and snapshots on a session of the pool, one another tenant let
+    // go when there is one: a new connection is a backend forked with cold caches, and each
+    // tenant's first pass opened one.
+    let mut client = crate::pg::pool::session(&target).await?;
+    let plan = plan::load_on(cfg, &client).await?;
     let plan = match &opts.link {
         Some(link) => link.plans.share(plan),
         None => std::sync::Arc::new(plan),
@@ -196,15 +200,12 @@ async fn run_pass(
         crate::metrics::reconnected();
         tracing::info!("Postgres is reachable again; resuming");
     }
-    let cut_over = match client.as_ref() {
-        Some(c) => crate::pg::state::cutover_load(c, cfg.tenant_id())
-            .await?
-            .is_some(),
-        None => false,
-    };
-    if cut_over && let Some(c) = client {
+    if crate::pg::state::cutover_load(&*client, cfg.tenant_id())
+        .await?
+        .is_some()
+    {
         *streamed = true;
-        return follow_back(cfg, opts, shutdown, &plan, c).await;
+        return follow_back(cfg, opts, shutdown, &plan, client).await;
     }
     refuse_lossy(&plan)?;
     for f in plan.findings.iter().filter(|f| f.table.is_empty()) {
@@ -217,8 +218,6 @@ async fn run_pass(
         let rw = sqlite::open_read_write(&cfg.source, busy)?;
         sqlite::capture::install(&rw, &capturable)
     })?;
-    let mut client = client
-        .ok_or_else(|| Error::new(ErrorKind::Config, "no Postgres connection: pass --target"))?;
     stream::prepare(
         &client,
         cfg.tenant_id(),
@@ -299,18 +298,18 @@ async fn follow_back(
     opts: &Options,
     shutdown: &Shutdown,
     plan: &Plan,
-    client: tokio_postgres::Client,
+    client: crate::pg::pool::Session,
 ) -> Result<Pass> {
-    let fell_back = crate::pg::reverse::fallback_load(&client, cfg.tenant_id()).await?;
+    let fell_back = crate::pg::reverse::fallback_load(&*client, cfg.tenant_id()).await?;
     let db = super::Databases::of(cfg)?;
     // A tenant cut over two way whose fleet says one way since: its app's writes on Postgres
     // are still captured for a way back, and would wait there unfollowed.
     let captured = !db.two_way()
         && !db.shared()
-        && crate::pg::reverse::capture_installed(&client, &db.schema).await?;
-    // The reverse stream connects on its own: this one goes, so that a fleet's tenant holds
-    // one connection at a time.
-    drop(client);
+        && crate::pg::reverse::capture_installed(&*client, &db.schema).await?;
+    // The reverse stream connects on its own: this one goes back, so that a fleet's tenant
+    // holds one connection at a time.
+    crate::pg::pool::give_back(client, &db.target).await;
     if let Some(f) = fell_back {
         crate::metrics::set_phase(Phase::FellBack);
         if opts.link.is_some() {

@@ -630,7 +630,7 @@ struct Forward<'a> {
     /// The position Postgres holds, as last read or applied (kept while not connected).
     known_position: Option<i64>,
     /// A connection that already holds the run lock, used first.
-    first: Option<tokio_postgres::Client>,
+    first: Option<pg::pool::Session>,
     /// A connection waiting for the run lock.
     waiting: Option<pg::pool::Session>,
     /// What applies, once connected and holding the lock.
@@ -662,7 +662,7 @@ impl<'a> Forward<'a> {
         plan: &'a Plan,
         installed: &'a Installed,
         opts: &'a Options,
-        first: Option<tokio_postgres::Client>,
+        first: Option<pg::pool::Session>,
     ) -> Result<Forward<'a>> {
         let mut readers = BTreeMap::new();
         let mut captured = BTreeMap::new();
@@ -785,7 +785,7 @@ impl Direction for Forward<'_> {
     async fn connect(&mut self) -> Result<Connected> {
         let client = match (self.waiting.take(), self.first.take()) {
             (Some(c), _) => c,
-            (None, Some(c)) => pg::pool::Session::new(c),
+            (None, Some(c)) => c,
             (None, None) => pg::pool::session(&self.opts.db.target).await?,
         };
         // The run lock is retaken on every connection (a Postgres restart ends the session
@@ -990,7 +990,7 @@ pub async fn run(
     installed: &Installed,
     opts: &Options,
     shutdown: Shutdown,
-    first: Option<tokio_postgres::Client>,
+    first: Option<pg::pool::Session>,
 ) -> Result<End> {
     let mut forward = Forward::new(plan, installed, opts, first)?;
     crate::metrics::set_phase(Phase::Streaming);
