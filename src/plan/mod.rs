@@ -664,8 +664,9 @@ fn plan_columns(
                 .is_some_and(|col| col.eq_ignore_ascii_case(column))
         })
     };
-    let mut columns = Vec::new();
-    let mut column_defs = Vec::new();
+    // Sized once: a fleet daemon keeps every tenant's plan for as long as it streams.
+    let mut columns = Vec::with_capacity(t.columns.len());
+    let mut column_defs = Vec::with_capacity(t.columns.len());
     let mut finding = |sev, col: &str, message: String, hint: &str| {
         findings.push(Finding::on_column(sev, t, col, message, hint))
     };
@@ -1248,7 +1249,7 @@ fn plan_existing(
     assumed: &mut Vec<(crate::framework::Assumption, String)>,
 ) -> TablePlan {
     let declared = crate::sqlite::semantics::declared(&t.sql).unwrap_or_default();
-    let mut columns = Vec::new();
+    let mut columns = Vec::with_capacity(t.columns.len());
     let mut used = vec![false; tt.columns.len()];
     for c in &t.columns {
         let found = tt
