@@ -247,28 +247,33 @@ fn find_ci<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Option<(&'a Strin
 /// sqlite2pg owns there (a state left by an older sqlite2pg is brought to this build's format
 /// first, never taken for a fresh start). The client is handed back to go on with.
 pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)> {
+    let tables = source_tables(cfg)?;
     let Some(url) = &cfg.target else {
-        let tables = source_tables(cfg)?;
         let mut plan = build(&tables, None, &[], cfg);
         plan.findings
             .extend(migrations::findings(None, &plan, cfg).await?);
         return Ok((plan, None));
     };
     let client = crate::pg::connect(url).await?;
-    let plan = load_on(cfg, &client).await?;
+    let plan = load_on(cfg, &tables, &client).await?;
     Ok((plan, Some(client)))
 }
 
-fn source_tables(cfg: &Config) -> Result<Vec<SourceTable>> {
+/// The SQLite side of [`load`]: read first, so that a wrong `--source` is said before
+/// Postgres is asked anything.
+pub fn source_tables(cfg: &Config) -> Result<Vec<SourceTable>> {
     let busy = std::time::Duration::from_millis(cfg.busy_timeout_ms);
     let conn = crate::sqlite::open_read_only_now(&cfg.source, busy)?;
     crate::sqlite::read_now(&conn, busy, crate::sqlite::schema::read_tables)
 }
 
-/// [`load`] on a connection to the target the caller has (a fleet's tenant, a pooled
-/// session).
-pub async fn load_on(cfg: &Config, client: &tokio_postgres::Client) -> Result<Plan> {
-    let tables = source_tables(cfg)?;
+/// The Postgres side of [`load`], on a connection the caller has (a fleet's tenant plans on
+/// a pooled session).
+pub async fn load_on(
+    cfg: &Config,
+    tables: &[SourceTable],
+    client: &tokio_postgres::Client,
+) -> Result<Plan> {
     let mut recorded = None;
     // Read once: another process (a fleet's other tenant) may create the state meanwhile, in
     // steps; what this plan reads of it is read only once it is at this build's format.
@@ -291,7 +296,7 @@ pub async fn load_on(cfg: &Config, client: &tokio_postgres::Client) -> Result<Pl
     } else {
         Vec::new()
     };
-    let mut plan = build(&tables, Some(&target), &owned, cfg);
+    let mut plan = build(tables, Some(&target), &owned, cfg);
     let (num, text) = crate::pg::server_version(client).await?;
     plan.findings.extend(version_finding(num, &text));
     plan.findings

@@ -187,11 +187,12 @@ async fn run_pass(
 ) -> Result<Pass> {
     let busy = Duration::from_millis(cfg.busy_timeout_ms);
     let target = cfg.require_target()?.clone();
+    let tables = plan::source_tables(cfg)?;
     // A fleet's tenant plans and snapshots on a session of the pool, one another tenant let
     // go when there is one: a new connection is a backend forked with cold caches, and each
     // tenant's first pass opened one.
     let mut client = crate::pg::pool::session(&target).await?;
-    let plan = plan::load_on(cfg, &client).await?;
+    let plan = plan::load_on(cfg, &tables, &client).await?;
     let plan = match &opts.link {
         Some(link) => link.plans.share(plan),
         None => std::sync::Arc::new(plan),
