@@ -56,6 +56,13 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
+def counter(name):
+    """A counter of the daemon's, from its /metrics."""
+    import urllib.request
+    body = urllib.request.urlopen(f"http://{METRICS}/metrics").read().decode()
+    return next(float(l.split()[1]) for l in body.splitlines() if l.startswith(name + " "))
+
+
 def connections(db):
     # Every backend of the daemon, one still exiting after its connection was let go too.
     return int(psql(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sqlite2pg-fleet' "
@@ -209,7 +216,9 @@ def sample():
 
 threading.Thread(target=sample, daemon=True).start()
 opened = sessions("fleet")
+prunes = counter("sqlite2pg_changelog_prunes_total"), time.time()
 writer(files, 500, 30, sent, failures)
+prunes = counter("sqlite2pg_changelog_prunes_total") - prunes[0], time.time() - prunes[1]
 ms, missing = lags(sent)
 opened = sessions("fleet") - opened
 # Where in time the tail sits: a stall shows as one window, a slow start as the first.
@@ -223,6 +232,7 @@ say(f"| lag, app writes over {N} tenants at 500 tx/s (30 s, {len(sent)} tx) | p9
     f"{len(failures)} app failures |")
 say(f"| the same lag's p99 in each 5 s window | | {by_window} ms |")
 say(f"| Postgres sessions opened during those writes | | **{opened}** ({100 * opened / max(len(sent), 1):.1f} per 100 app writes) |")
+say(f"| changelog prunes during those writes (on time alone the fleet takes turns, 5 a second at most) | | **{prunes[0]:.0f}** ({prunes[0] / prunes[1]:.1f} a second) |")
 
 peaks.append(("lag", peak_rss_mb(daemon.pid)))
 

@@ -32,6 +32,10 @@ pub const LAG_CHANGES: &str = "sqlite2pg_replication_lag_changes";
 pub const BATCH_DURATION: &str = "sqlite2pg_apply_batch_duration_seconds";
 /// `sqlite2pg_apply_batch_changes` (histogram).
 pub const BATCH_CHANGES: &str = "sqlite2pg_apply_batch_changes";
+/// `sqlite2pg_changelog_prunes_total`.
+pub const CHANGELOG_PRUNES: &str = "sqlite2pg_changelog_prunes_total";
+/// `sqlite2pg_changelog_pruned_rows_total`.
+pub const CHANGELOG_PRUNED: &str = "sqlite2pg_changelog_pruned_rows_total";
 /// `sqlite2pg_postgres_reconnects_total`.
 pub const RECONNECTS: &str = "sqlite2pg_postgres_reconnects_total";
 /// `sqlite2pg_errors_total{kind}`.
@@ -84,6 +88,8 @@ pub const ALL: &[&str] = &[
     LAG_CHANGES,
     BATCH_DURATION,
     BATCH_CHANGES,
+    CHANGELOG_PRUNES,
+    CHANGELOG_PRUNED,
     RECONNECTS,
     ERRORS,
     POSITION,
@@ -135,6 +141,8 @@ struct Metrics {
     lag_changes: IntGauge,
     batch_duration: Histogram,
     batch_changes: Histogram,
+    prunes: IntCounter,
+    pruned: IntCounter,
     reconnects: IntCounter,
     errors: IntCounterVec,
     position: IntGauge,
@@ -206,6 +214,14 @@ fn build() -> prometheus::Result<Metrics> {
         batch_changes: Histogram::with_opts(
             HistogramOpts::new(BATCH_CHANGES, "Changelog rows per applied batch")
                 .buckets(vec![1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0, 50000.0]),
+        )?,
+        prunes: IntCounter::new(
+            CHANGELOG_PRUNES,
+            "Prunes of the SQLite changelog (each a few short write transactions on the file)",
+        )?,
+        pruned: IntCounter::new(
+            CHANGELOG_PRUNED,
+            "Applied changelog rows deleted from the SQLite file",
         )?,
         reconnects: IntCounter::new(RECONNECTS, "Reconnections to Postgres after it went away")?,
         errors: IntCounterVec::new(Opts::new(ERRORS, "Errors by kind"), &["kind"])?,
@@ -311,6 +327,8 @@ fn build() -> prometheus::Result<Metrics> {
     r.register(Box::new(m.lag_changes.clone()))?;
     r.register(Box::new(m.batch_duration.clone()))?;
     r.register(Box::new(m.batch_changes.clone()))?;
+    r.register(Box::new(m.prunes.clone()))?;
+    r.register(Box::new(m.pruned.clone()))?;
     r.register(Box::new(m.reconnects.clone()))?;
     r.register(Box::new(m.errors.clone()))?;
     r.register(Box::new(m.position.clone()))?;
@@ -566,6 +584,14 @@ pub fn reverse_lag(pending: i64, seconds: f64) {
         m.reverse_lag_changes.set(pending);
         m.reverse_lag_seconds.set(seconds);
         lag_health(m, seconds, "replication lag (reverse, Postgres to SQLite)");
+    });
+}
+
+/// A prune of the changelog ran and deleted `rows` (the fleet's tenants' add up).
+pub fn pruned(rows: usize) {
+    with(|m| {
+        m.prunes.inc();
+        m.pruned.inc_by(rows as u64);
     });
 }
 

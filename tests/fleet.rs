@@ -570,7 +570,26 @@ fn a_tenant_past_ten_thousand_changes_does_not_prune_at_every_burst() {
     let db = TestDb::new();
     let cfg = glob_config(dir.path(), &db, &tenants);
     // Two connections are the daemon's own: the two tenants take turns on the third.
-    let d = Daemon::start_fleet(&cfg, &db, &["--max-connections", "3"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_fleet(
+        &cfg,
+        &db,
+        &["--max-connections", "3", "--metrics-addr", &addr],
+    );
+    // The fleet's prunes and the rows they deleted, as the daemon counts them.
+    let prunes = || -> (u64, u64) {
+        let (_, body) = http_get(&addr, "/metrics");
+        let counter = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} is not in the scrape:\n{body}"))
+        };
+        (
+            counter("sqlite2pg_changelog_prunes_total"),
+            counter("sqlite2pg_changelog_pruned_rows_total"),
+        )
+    };
     let wait = |path: &PathBuf, name: &str| {
         wait_tenant_caught_up(path, &db.url, name, std::time::Duration::from_secs(60));
     };
@@ -616,6 +635,11 @@ fn a_tenant_past_ten_thousand_changes_does_not_prune_at_every_burst() {
         ));
     }
     let before = changelog();
+    let (prunes_before, pruned_rows) = prunes();
+    assert!(
+        pruned_rows >= 10_000,
+        "the 10,100 changes were pruned, but the daemon counts {pruned_rows} rows pruned"
+    );
     for i in 0..5 {
         burst(&format!(
             "UPDATE items SET name = 'small {i}' WHERE id = {}",
@@ -626,6 +650,12 @@ fn a_tenant_past_ten_thousand_changes_does_not_prune_at_every_burst() {
         changelog() >= before + 5,
         "5 bursts of one change each left {} changelog rows (from {before}): the tenant pruned at each",
         changelog()
+    );
+    let (prunes_after, _) = prunes();
+    assert!(
+        prunes_after < prunes_before + 5,
+        "5 bursts of one change each made {} prunes",
+        prunes_after - prunes_before
     );
     let backends = scalar::<i64>(
         &mut db.client(),

@@ -355,6 +355,9 @@ impl Pruner {
             self.writer = Some(writer);
             pruned
         });
+        if let Ok(p) = &pruned {
+            crate::metrics::pruned(p.rows);
+        }
         match pruned {
             Ok(p) if p.yielded => {
                 self.waiting_since.get_or_insert_with(Instant::now);
