@@ -255,7 +255,7 @@ pub async fn load(cfg: &Config) -> Result<(Plan, Option<tokio_postgres::Client>)
         return Ok((plan, None));
     };
     let client = crate::pg::connect(url).await?;
-    let plan = load_on(cfg, &tables, &client).await?;
+    let plan = load_on(cfg, tables, &client).await?;
     Ok((plan, Some(client)))
 }
 
@@ -268,10 +268,12 @@ pub fn source_tables(cfg: &Config) -> Result<Vec<SourceTable>> {
 }
 
 /// The Postgres side of [`load`], on a connection the caller has (a fleet's tenant plans on
-/// a pooled session).
+/// a pooled session). Takes the tables: the plan holds what it needs of them, and a fleet's
+/// daemon that kept them beside it for as long as each tenant streams held 13 MB more at
+/// 1,000 tenants.
 pub async fn load_on(
     cfg: &Config,
-    tables: &[SourceTable],
+    tables: Vec<SourceTable>,
     client: &tokio_postgres::Client,
 ) -> Result<Plan> {
     let mut recorded = None;
@@ -296,7 +298,7 @@ pub async fn load_on(
     } else {
         Vec::new()
     };
-    let mut plan = build(tables, Some(&target), &owned, cfg);
+    let mut plan = build(&tables, Some(&target), &owned, cfg);
     let (num, text) = crate::pg::server_version(client).await?;
     plan.findings.extend(version_finding(num, &text));
     plan.findings

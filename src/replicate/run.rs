@@ -192,7 +192,7 @@ async fn run_pass(
     // go when there is one: a new connection is a backend forked with cold caches, and each
     // tenant's first pass opened one.
     let mut client = crate::pg::pool::session(&target).await?;
-    let plan = plan::load_on(cfg, &tables, &client).await?;
+    let plan = plan::load_on(cfg, tables, &client).await?;
     let plan = match &opts.link {
         Some(link) => link.plans.share(plan),
         None => std::sync::Arc::new(plan),
