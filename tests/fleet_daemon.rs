@@ -285,10 +285,7 @@ fn one_daemon_follows_200_tenants_over_a_bounded_pool_through_migrations_kills_r
     );
     // Tenants woken by their apps' writes took sessions of the pool (a tenant's first one
     // comes from its start, not the pool's queue), each wait measured.
-    let waits: f64 = scrape
-        .lines()
-        .find_map(|l| l.strip_prefix("sqlite2pg_fleet_session_wait_seconds_count "))
-        .and_then(|n| n.trim().parse().ok())
+    let waits = metric_value(&scrape, "sqlite2pg_fleet_session_wait_seconds_count")
         .unwrap_or_else(|| panic!("no session wait histogram:\n{scrape}"));
     assert!(waits > 0.0, "{waits} session waits for 201 tenants");
     let log = d.log.clone();

@@ -5,13 +5,6 @@ mod common;
 
 use common::*;
 
-fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 fn promtool() -> &'static str {
     let ok = std::process::Command::new("promtool")
         .arg("--version")
@@ -43,20 +36,20 @@ fn metrics_exist_and_move_while_the_app_writes() {
     let (_, second) = http_get(&addr, "/metrics");
     // The series exist and move.
     assert_eq!(
-        value(&second, "sqlite2pg_phase{phase=\"streaming\"}"),
+        metric_value(&second, "sqlite2pg_phase{phase=\"streaming\"}"),
         Some(1.0),
         "{second}"
     );
     assert_eq!(
-        value(&second, "sqlite2pg_snapshot_rows_copied{table=\"tasks\"}"),
+        metric_value(&second, "sqlite2pg_snapshot_rows_copied{table=\"tasks\"}"),
         Some(600.0)
     );
     assert_eq!(
-        value(&second, "sqlite2pg_snapshot_source_rows{table=\"tasks\"}"),
+        metric_value(&second, "sqlite2pg_snapshot_source_rows{table=\"tasks\"}"),
         Some(600.0)
     );
     let applied = |s: &str| {
-        value(
+        metric_value(
             s,
             "sqlite2pg_changes_applied_total{operation=\"upsert\",table=\"counters\"}",
         )
@@ -67,14 +60,14 @@ fn metrics_exist_and_move_while_the_app_writes() {
         "applied changes should grow:\n{second}"
     );
     assert!(
-        value(&second, "sqlite2pg_position").unwrap()
-            > value(&first, "sqlite2pg_position").unwrap_or(0.0)
+        metric_value(&second, "sqlite2pg_position").unwrap()
+            > metric_value(&first, "sqlite2pg_position").unwrap_or(0.0)
     );
-    assert!(value(&second, "sqlite2pg_replication_lag_seconds").is_some());
-    assert!(value(&second, "sqlite2pg_replication_lag_changes").is_some());
-    assert!(value(&second, "sqlite2pg_apply_batch_duration_seconds_count").unwrap() > 0.0);
+    assert!(metric_value(&second, "sqlite2pg_replication_lag_seconds").is_some());
+    assert!(metric_value(&second, "sqlite2pg_replication_lag_changes").is_some());
+    assert!(metric_value(&second, "sqlite2pg_apply_batch_duration_seconds_count").unwrap() > 0.0);
     assert_eq!(
-        value(
+        metric_value(
             &second,
             &format!(
                 "sqlite2pg_build_info{{version=\"{}\"}}",

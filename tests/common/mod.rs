@@ -975,6 +975,15 @@ pub fn sigterm(child: &mut std::process::Child) -> (std::process::ExitStatus, st
     (status, t0.elapsed())
 }
 
+/// The value of `series` (a metric's name with its labels, as the scrape writes them) in a
+/// Prometheus scrape.
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// Postgres sessions of sqlite2pg (its application_name) waiting on a lock now, in the
 /// client's database: the cluster is shared by the tests running beside it.
 pub fn sqlite2pg_sessions_waiting_on_a_lock(client: &mut postgres::Client) -> i64 {
