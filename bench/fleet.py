@@ -3,7 +3,7 @@ daemon, against one file of the same total rows in the same sitting. Prints a Ma
 
 usage: fleet.py BIN URL WORKDIR [TENANTS] [SCALE]
 """
-import json, os, shutil, sqlite3, statistics, subprocess, sys, threading, time, uuid
+import json, os, shutil, sqlite3, statistics, subprocess, sys, threading, time, urllib.request, uuid
 
 BIN, URL, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 N = int(sys.argv[4]) if len(sys.argv) > 4 else 1000
@@ -56,11 +56,14 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
+def scrape():
+    """The daemon's /metrics."""
+    return urllib.request.urlopen(f"http://{METRICS}/metrics").read().decode()
+
+
 def counter(name):
     """A counter of the daemon's, from its /metrics."""
-    import urllib.request
-    body = urllib.request.urlopen(f"http://{METRICS}/metrics").read().decode()
-    return next(float(l.split()[1]) for l in body.splitlines() if l.startswith(name + " "))
+    return next(float(l.split()[1]) for l in scrape().splitlines() if l.startswith(name + " "))
 
 
 def connections(db):
@@ -287,9 +290,7 @@ say(f"| daemon peak RSS | at most 250 MB | **{peak_rss_mb(daemon.pid):.0f} MB** 
 say("| the same peak at the end of each phase | | " + ", ".join(f"{p} {m:.0f}" for p, m in peaks) + " MB |")
 sampler_stop.set()
 say(f"| Postgres connections (sampled every 0.1 s) | at most the pool ({POOL}) | **{most}** |")
-import urllib.request
-scrape = urllib.request.urlopen(f"http://{METRICS}/metrics").read().decode()
-lines = [l for l in scrape.splitlines() if l and not l.startswith("#")]
+lines = [l for l in scrape().splitlines() if l and not l.startswith("#")]
 per_tenant = [l for l in lines if l.startswith("sqlite2pg_tenant_")]
 say(f"| Prometheus series at {N} tenants | usable | **{len(lines)}** series, {len(per_tenant)} of them per tenant |")
 daemon.terminate()
